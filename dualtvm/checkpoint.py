@@ -1,0 +1,74 @@
+"""Checkpoints that say how they were made: config, vocabulary, data checksums, seed, git revision."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import LMConfig, ModelError, RNNLanguageModel, Seq2Seq, Seq2SeqConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CACHE_ENV = "DUALTVM_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where checkpoints live (git-ignored): ``$DUALTVM_CACHE`` or ``<repo>/cache``."""
+    root = os.environ.get(CACHE_ENV) or Path(__file__).resolve().parent.parent / "cache"
+    return Path(root)
+
+
+def git_revision(short: bool = True) -> str:
+    try:
+        args = ["git", "rev-parse", "--short", "HEAD"] if short else ["git", "rev-parse", "HEAD"]
+        out = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).resolve().parent, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, kind: str, config: dict, **extra: Any) -> None:
+    """Atomic write (tmp + rename) so a killed run never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT_VERSION, "kind": kind, "config": config, "state_dict": model.state_dict(),
+               "git": git_revision(), **extra}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise ModelError(f"{path}: not a dualtvm checkpoint (format {payload.get('format') if isinstance(payload, dict) else '?'})")
+    return payload
+
+
+def model_from_checkpoint(payload: dict) -> torch.nn.Module:
+    """Instantiate the model a checkpoint describes and load its weights, with a clear shape error."""
+    kind = payload["kind"]
+    if kind == "lm":
+        model = RNNLanguageModel(LMConfig(**payload["config"]))
+    elif kind == "seq2seq":
+        model = Seq2Seq(Seq2SeqConfig(**payload["config"]))
+    else:
+        raise ModelError(f"unknown checkpoint kind {kind!r}")
+    own = model.state_dict()
+    for name, tensor in payload["state_dict"].items():
+        if name in own and own[name].shape != tensor.shape:
+            raise ModelError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)} but the config "
+                             f"{payload['config']} needs {tuple(own[name].shape)}")
+    missing = set(own) - set(payload["state_dict"])
+    if missing:
+        raise ModelError(f"checkpoint lacks tensors {sorted(missing)[:4]} for config {payload['config']}")
+    model.load_state_dict(payload["state_dict"])
+    return model

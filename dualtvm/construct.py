@@ -1,0 +1,81 @@
+"""From a trained big RNN to a calibrated dual-module RNN: record, fit (eq. 7), calibrate (eq. 5).
+
+This is the user-facing entry point: ``build_dual(rnn, run_train, run_valid)`` takes a
+trained ``nn.LSTM``/``nn.GRU`` (or single-layer modules wired in any way, e.g. a GNMT
+decoder stack) and two callables that run the model over training and validation data.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .dual import DualModuleLayer, DualModuleRNN, StackedRNN, gate_activations
+from .little import BigLayer, LittleConfig, LittleModule, SampleRecorder, big_layers, fit_little, single_layers
+from .thresholds import GateCalibration
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[nn.Module], None]
+
+
+def as_single_layers(rnn: nn.Module) -> tuple[list[BigLayer], nn.Module]:
+    """Big layers and an equivalent :class:`StackedRNN` of single-layer modules to hook."""
+    layers = big_layers(rnn)
+    return layers, StackedRNN(list(single_layers(rnn)), lstm=isinstance(rnn, nn.LSTM))
+
+
+def record(modules: list[nn.Module], run: Callable[[], None], max_rows: int | None) -> list[list]:
+    with SampleRecorder(modules, max_rows) as rec, torch.no_grad():
+        run()
+    return rec.samples
+
+
+def calibrate(little: LittleModule, layer: BigLayer, samples, symmetric: bool = True) -> None:
+    """Quantiles of a_LL per gate on validation samples (the big model's trajectory)."""
+    acts: dict[str, list[torch.Tensor]] = {g: [] for g in layer.layout.gates}
+    with torch.no_grad():
+        for x, h in samples:
+            a_ll, _ = gate_activations(layer, little, x, h)
+            for g in acts:
+                acts[g].append(a_ll[g].reshape(-1))
+    little.calibration = {g: GateCalibration.fit(torch.cat(v), layer.layout.activation(g), symmetric)
+                          for g, v in acts.items()}
+
+
+def build_dual_layers(layers: list[BigLayer], modules: list[nn.Module], run_train: Callable[[], None],
+                      run_valid: Callable[[], None], cfg: LittleConfig | None = None,
+                      max_rows: int = 200_000, progress: bool = True) -> tuple[list[DualModuleLayer], list[torch.Tensor]]:
+    """Fit and calibrate one little module per big layer; ``modules[i]`` runs ``layers[i]``.
+
+    Returns the dual layers and each little module's fp32 weight (for requantisation studies).
+    """
+    cfg = cfg or LittleConfig()
+    train = record(modules, run_train, max_rows)
+    valid = record(modules, run_valid, max_rows // 4)
+    duals, fp32 = [], []
+    for i, layer in enumerate(tqdm(layers, desc="little modules", disable=not progress or len(layers) == 1)):
+        if not train[i]:
+            raise RuntimeError(f"layer {i} never ran during run_train: nothing to fit")
+        little, w = fit_little(layer, train[i], LittleConfig(**{**cfg.__dict__, "seed": cfg.seed + 2 * i}),
+                               valid[i], progress)
+        calibrate(little, layer, valid[i])
+        duals.append(DualModuleLayer(layer, little))
+        fp32.append(w)
+    return duals, fp32
+
+
+def build_dual(rnn: nn.Module, run_train: RunFn, run_valid: RunFn, cfg: LittleConfig | None = None,
+               max_rows: int = 200_000, progress: bool = True) -> DualModuleRNN:
+    """Dual-module version of a user's trained ``nn.LSTM``/``nn.GRU``.
+
+    ``run_train(core)`` / ``run_valid(core)`` must run ``core`` — a stand-in with the RNN's call
+    signature — over the data (e.g. ``lambda core: model(tokens, hidden, rnn=core)``).
+    """
+    layers, stacked = as_single_layers(rnn)
+    duals, _ = build_dual_layers(layers, list(stacked.layers), lambda: run_train(stacked),
+                                 lambda: run_valid(stacked), cfg, max_rows, progress)
+    return DualModuleRNN(duals)

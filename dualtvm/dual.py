@@ -1,0 +1,231 @@
+"""Dual-module LSTM/GRU layers (paper eq. 1, eq. 6, Algorithm 1) — the PyTorch reference.
+
+A :class:`DualModuleLayer` is a drop-in for a single-layer ``nn.LSTM``/``nn.GRU`` (same
+call signature, seq-first).  Each step: the little module predicts every gate (steps 1–2),
+the mask marks sensitive rows (step 3, eq. 5), the big module's result replaces the little
+one on those rows (steps 4–5, eq. 1).  The reference computes the big GEMV densely and
+selects rows — the compiled decoder is what reads only the sensitive rows; its results are
+verified against this module.  At insensitive ratio 0 the layer *is* the big layer.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .gates import SIGMOID
+from .little import BigLayer, LittleModule
+from .thresholds import INF, Thresholds, check_ratio, sensitive_mask
+
+log = logging.getLogger(__name__)
+
+
+def _act(name: str, x: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(x) if name == SIGMOID else torch.tanh(x)
+
+
+@dataclass
+class MaskStats:
+    """Counts of insensitive rows per gate over the steps run since the last reset."""
+
+    insensitive: dict = field(default_factory=dict)
+    total: dict = field(default_factory=dict)
+
+    def add(self, gate: str, mask: torch.Tensor) -> None:
+        self.insensitive[gate] = self.insensitive.get(gate, 0) + int((~mask).sum())
+        self.total[gate] = self.total.get(gate, 0) + mask.numel()
+
+    def ratio(self, gate: str | None = None) -> float:
+        if gate is not None:
+            return self.insensitive[gate] / max(self.total[gate], 1)
+        return sum(self.insensitive.values()) / max(sum(self.total.values()), 1)
+
+
+class DualModuleLayer(nn.Module):
+    """Big layer + little module + thresholds; forward(x (T, B, d_x), state) like ``nn.LSTM``."""
+
+    def __init__(self, big: BigLayer, little: LittleModule) -> None:
+        super().__init__()
+        if little.big_hash != big.weight_hash():
+            raise ValueError("little module was fitted to different big weights (hash mismatch)")
+        self.big, self.little = big, little
+        self.stats = MaskStats()
+        self.set_bands(Thresholds({g: (-INF, INF) for g in big.layout.gates}))
+
+    @property
+    def rnn_type(self) -> str:
+        return self.big.rnn_type
+
+    def set_bands(self, thresholds: Thresholds) -> None:
+        lo, hi = thresholds.row_bounds(self.big.layout.gates, self.big.hidden)
+        self.thresholds = thresholds
+        self.lo, self.hi = torch.from_numpy(lo), torch.from_numpy(hi)
+
+    def set_insensitive_ratio(self, ratio: "float | dict[str, float]") -> None:
+        """One ratio for every gate, or {gate: ratio}; thresholds come from the calibration."""
+        gates = self.big.layout.gates
+        ratios = ratio if isinstance(ratio, dict) else {g: ratio for g in gates}
+        if not self.little.calibration and any(check_ratio(r) > 0 for r in ratios.values()):
+            raise RuntimeError("little module is not calibrated: run calibrate() before asking for a ratio > 0")
+        bands = {g: (self.little.calibration[g].band(ratios[g]) if check_ratio(ratios[g]) > 0 else (-INF, INF))
+                 for g in gates}
+        self.set_bands(Thresholds(bands))
+
+    # ---------------------------------------------------------------- one step
+    def step(self, x: torch.Tensor, state, record: bool = True):
+        """One time step for a batch: returns (h', new_state, mask (B, n_gates·H))."""
+        big, H = self.big, self.big.hidden
+        gates = big.layout.gates
+        h = state[0] if isinstance(state, tuple) else state
+        pre_ll = self.little.preactivations(x, h)
+        gi = x @ big.w_ih.t() + big.b_ih  # reference: dense, then select rows by the mask
+        gh = h @ big.w_hh.t() + big.b_hh
+        lo, hi = self.lo, self.hi
+        if self.rnn_type == "LSTM":
+            acts, masks = [], []
+            for j, g in enumerate(gates):
+                sl = slice(j * H, (j + 1) * H)
+                a_ll = _act(big.layout.activations[j], pre_ll[:, sl])
+                m = sensitive_mask(a_ll, lo[sl], hi[sl])
+                a_big = _act(big.layout.activations[j], gi[:, sl] + gh[:, sl])
+                acts.append(torch.where(m, a_big, a_ll))  # eq. 1
+                masks.append(m)
+            i, f, g, o = acts
+            c = f * state[1] + i * g  # eq. 6
+            h_new = o * torch.tanh(c)
+            new_state = (h_new, c)
+        else:
+            r_ll, z_ll = torch.sigmoid(pre_ll[:, :H]), torch.sigmoid(pre_ll[:, H : 2 * H])
+            m_r = sensitive_mask(r_ll, lo[:H], hi[:H])
+            m_z = sensitive_mask(z_ll, lo[H : 2 * H], hi[H : 2 * H])
+            r = torch.where(m_r, torch.sigmoid(gi[:, :H] + gh[:, :H]), r_ll)
+            z = torch.where(m_z, torch.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H]), z_ll)
+            n_ll = torch.tanh(pre_ll[:, 2 * H : 3 * H] + r * pre_ll[:, 3 * H :])
+            m_n = sensitive_mask(n_ll, lo[2 * H :], hi[2 * H :])
+            n = torch.where(m_n, torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :]), n_ll)
+            h_new = (1 - z) * n + z * h
+            new_state = h_new
+            masks = [m_r, m_z, m_n]
+        if record:
+            for g, m in zip(gates, masks):
+                self.stats.add(g, m)
+        return h_new, new_state, torch.cat(masks, dim=-1)
+
+    def forward(self, x: torch.Tensor, state=None):
+        B = x.shape[1]
+        if state is None:
+            z = x.new_zeros(1, B, self.big.hidden)
+            state = (z, z.clone()) if self.rnn_type == "LSTM" else z
+        st = tuple(s[0] for s in state) if isinstance(state, tuple) else state[0]
+        outs = []
+        for t in range(x.shape[0]):
+            h, st, _ = self.step(x[t], st)
+            outs.append(h)
+        out_state = tuple(s.unsqueeze(0) for s in st) if isinstance(st, tuple) else st.unsqueeze(0)
+        return torch.stack(outs), out_state
+
+    def big_bytes_read_fraction(self) -> float:
+        """Fraction of the big weight bytes a masked GEMV reads (= sensitive rows, both W_ih and W_hh)."""
+        return 1.0 - self.stats.ratio()
+
+
+class StackedRNN(nn.Module):
+    """Single-layer RNN modules run in sequence, called like a multi-layer ``nn.LSTM``/``nn.GRU``."""
+
+    def __init__(self, layers: list[nn.Module], lstm: bool) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("need at least one layer")
+        self.layers = nn.ModuleList(layers)
+        self.lstm = lstm
+
+    def forward(self, x: torch.Tensor, state=None):
+        outs_h, outs_c = [], []
+        for i, layer in enumerate(self.layers):
+            st = None
+            if state is not None:
+                st = (state[0][i : i + 1], state[1][i : i + 1]) if self.lstm else state[i : i + 1]
+            x, st = layer(x, st)
+            outs_h.append(st[0] if self.lstm else st)
+            if self.lstm:
+                outs_c.append(st[1])
+        return x, ((torch.cat(outs_h), torch.cat(outs_c)) if self.lstm else torch.cat(outs_h))
+
+
+class DualModuleRNN(StackedRNN):
+    """Stack of dual-module layers with the call signature of a multi-layer ``nn.LSTM``/``nn.GRU``."""
+
+    def __init__(self, layers: list[DualModuleLayer]) -> None:
+        super().__init__(layers, lstm=bool(layers) and layers[0].rnn_type == "LSTM")
+
+    @property
+    def rnn_type(self) -> str:
+        return self.layers[0].rnn_type
+
+    def set_insensitive_ratio(self, ratio: "float | list") -> None:
+        """A float for all, or one entry (float or {gate: ratio}) per layer."""
+        per_layer = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(self.layers)
+        if len(per_layer) != len(self.layers):
+            raise ValueError(f"got {len(per_layer)} per-layer ratios for {len(self.layers)} layers")
+        for layer, r in zip(self.layers, per_layer):
+            layer.set_insensitive_ratio(r)
+
+    def reset_stats(self) -> None:
+        for layer in self.layers:
+            layer.stats = MaskStats()
+
+    def measured_ratio(self) -> float:
+        ins = sum(sum(l.stats.insensitive.values()) for l in self.layers)
+        tot = sum(sum(l.stats.total.values()) for l in self.layers)
+        return ins / max(tot, 1)
+
+    def gate_ratios(self) -> list[dict[str, float]]:
+        return [{g: l.stats.ratio(g) for g in l.stats.total} for l in self.layers]
+
+
+def bands_summary(layer: DualModuleLayer) -> dict:
+    return {g: tuple(float(v) for v in b) for g, b in layer.thresholds.bands.items()}
+
+
+def gate_activations(layer: BigLayer, little: LittleModule, x: torch.Tensor, h: torch.Tensor
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Little and big activations of every gate for recorded (x, h): calibration's raw material.
+
+    For the GRU candidate gate both use the big r (the state the samples came from).
+    """
+    H = layer.hidden
+    pre_ll = little.preactivations(x, h)
+    tgt = layer.targets(x, h)
+    out_ll, out_big = {}, {}
+    for j, g in enumerate(layer.layout.gates):
+        a = layer.layout.activations[j]
+        if layer.rnn_type == "GRU" and g == "n":
+            r = torch.sigmoid(tgt[:, :H])
+            out_ll[g] = torch.tanh(pre_ll[:, 2 * H : 3 * H] + r * pre_ll[:, 3 * H :])
+            out_big[g] = torch.tanh(tgt[:, 2 * H : 3 * H] + r * tgt[:, 3 * H :])
+        else:
+            out_ll[g] = _act(a, pre_ll[:, j * H : (j + 1) * H])
+            out_big[g] = _act(a, tgt[:, j * H : (j + 1) * H])
+    return out_ll, out_big
+
+
+def error_curves(layer: BigLayer, little: LittleModule, samples, grid: np.ndarray) -> dict[str, np.ndarray]:
+    """Per gate: mean squared activation error that taking the little result costs at each ratio."""
+    from .thresholds import GateCalibration
+
+    sums = {g: np.zeros(len(grid)) for g in layer.layout.gates}
+    count = 0
+    with torch.no_grad():
+        for x, h in samples:
+            a_ll, a_big = gate_activations(layer, little, x, h)
+            for j, g in enumerate(layer.layout.gates):
+                cal: GateCalibration = little.calibration[g]
+                err = (a_ll[g] - a_big[g]) ** 2
+                for i, r in enumerate(grid):
+                    lo, hi = cal.band(float(r))
+                    sums[g][i] += float((err * (~sensitive_mask(a_ll[g], lo, hi))).sum())
+            count += x.shape[0] * layer.hidden
+    return {g: v / max(count, 1) for g, v in sums.items()}

@@ -1,0 +1,277 @@
+"""The big layer's weights and the little module fitted to it (paper §3.2, eqs. 4 and 7).
+
+The little module of a layer is ``y_LL = W_LL [Q(P_x x); Q(P_h h)] + b_LL``: sparse random
+projections of the input and the previous hidden state to k dims each (§3.5), a linear map
+fitted to the big layer's pre-activations over all samples and time steps (eq. 7), then
+quantised (INT8 per-row by default).  Eq. 7's minimiser is a least-squares solution, so the
+default fit accumulates the normal equations while streaming the training data (exact, one
+pass, bounded memory); ``method="sgd"`` runs the paper's mini-batch SGD on the same loss.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .gates import GateLayout, layout
+from .projection import SparseProjection, reduced_dim
+from .quantize import QuantizedTensor, fake_quantize_activations, quantize
+from .thresholds import GateCalibration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BigLayer:
+    """One recurrent layer's fp32 weights in PyTorch's layout (gate rows stacked)."""
+
+    rnn_type: str
+    w_ih: torch.Tensor  # (n, d_x)
+    w_hh: torch.Tensor  # (n, d_h)
+    b_ih: torch.Tensor  # (n,)
+    b_hh: torch.Tensor  # (n,)
+
+    @property
+    def hidden(self) -> int:
+        return self.w_hh.shape[1]
+
+    @property
+    def input_size(self) -> int:
+        return self.w_ih.shape[1]
+
+    @property
+    def layout(self) -> GateLayout:
+        return layout(self.rnn_type)
+
+    def weight_hash(self) -> str:
+        """sha256 of the weights: ties a little-module artefact to exactly these big weights."""
+        h = hashlib.sha256(self.rnn_type.encode())
+        for t in (self.w_ih, self.w_hh, self.b_ih, self.b_hh):
+            h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def weight_bytes(self) -> int:
+        return 4 * (self.w_ih.numel() + self.w_hh.numel())
+
+    def targets(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """What the little module regresses onto (eq. 7): gate pre-activations, GRU n split in two."""
+        gi = x @ self.w_ih.t() + self.b_ih
+        gh = h @ self.w_hh.t() + self.b_hh
+        if self.rnn_type == "LSTM":
+            return gi + gh
+        H = self.hidden
+        return torch.cat([gi[..., : 2 * H] + gh[..., : 2 * H], gi[..., 2 * H :], gh[..., 2 * H :]], dim=-1)
+
+
+def big_layers(rnn: nn.Module) -> list[BigLayer]:
+    """Split a user's ``nn.LSTM``/``nn.GRU`` (any number of layers) into :class:`BigLayer` s."""
+    if not isinstance(rnn, (nn.LSTM, nn.GRU)):
+        raise TypeError(f"expected nn.LSTM or nn.GRU, got {type(rnn).__name__}")
+    if rnn.bidirectional or getattr(rnn, "proj_size", 0) or rnn.batch_first:
+        raise ValueError("dual-module layers support unidirectional, seq-first RNNs without projections")
+    rnn_type = "LSTM" if isinstance(rnn, nn.LSTM) else "GRU"
+    layers = []
+    for l in range(rnn.num_layers):
+        def get(name: str, rows: int) -> torch.Tensor:
+            t = getattr(rnn, f"{name}_l{l}", None)
+            return t.detach().clone().float() if t is not None else torch.zeros(rows)
+        w_ih = get("weight_ih", 0)
+        layers.append(BigLayer(rnn_type, w_ih, get("weight_hh", 0), get("bias_ih", w_ih.shape[0]), get("bias_hh", w_ih.shape[0])))
+    return layers
+
+
+@dataclass
+class LittleConfig:
+    eps: float = 0.5  # eq. 3
+    k: int | None = None  # overrides eps
+    bits: int = 8  # weight precision (Table 6)
+    act_bits: int = 8  # run-time precision of the projected inputs
+    per_row: bool = True
+    seed: int = 0
+    method: str = "lstsq"  # or "sgd" (paper)
+    ridge: float = 1e-6  # relative ridge for the normal equations
+    sgd_epochs: int = 3
+    sgd_lr: float = 1e-3
+    sgd_batch: int = 1024
+
+
+@dataclass
+class LittleModule:
+    """Projection, quantised W_LL/b_LL and calibration of one layer."""
+
+    rnn_type: str
+    hidden: int
+    input_size: int
+    proj_x: SparseProjection
+    proj_h: SparseProjection
+    weight: QuantizedTensor  # (n_little, 2k)
+    bias: torch.Tensor  # (n_little,) fp32
+    act_bits: int
+    big_hash: str
+    fit_mse: dict = field(default_factory=dict)  # per gate, on validation data
+    calibration: dict = field(default_factory=dict)  # gate -> GateCalibration
+    fit_seconds: float = 0.0
+
+    @property
+    def k(self) -> int:
+        return self.proj_x.shape[0]
+
+    @property
+    def layout(self) -> GateLayout:
+        return layout(self.rnn_type)
+
+    def project(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Steps 1 of Algorithm 1: [Q(P_x x); Q(P_h h)] (fake-quantised, per vector)."""
+        return torch.cat([fake_quantize_activations(self.proj_x.apply(x), self.act_bits),
+                          fake_quantize_activations(self.proj_h.apply(h), self.act_bits)], dim=-1)
+
+    def preactivations(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Step 2 before φ: W_LL z + b_LL."""
+        return self.project(x, h) @ self.weight.dequantize().t() + self.bias
+
+    def requantize(self, bits: int, per_row: bool = True, fp32_weight: torch.Tensor | None = None) -> "LittleModule":
+        """The same fit at another precision (Table 6); needs the fp32 weight kept by the fit."""
+        w = fp32_weight if fp32_weight is not None else self.weight.dequantize()
+        clone = LittleModule(**{**self.__dict__, "weight": quantize(w, bits, per_row)})
+        return clone
+
+    def param_bytes(self) -> int:
+        """Little-module storage: W_LL codes + scales + fp32 bias (P is a seed, or 2 bits an entry)."""
+        return self.weight.nbytes() + 4 * self.bias.numel()
+
+
+def single_layers(rnn: nn.Module) -> nn.ModuleList:
+    """A multi-layer ``nn.LSTM``/``nn.GRU`` as single-layer modules (same weights, run in sequence)."""
+    mods = nn.ModuleList()
+    for layer in big_layers(rnn):
+        mods.append(big_module(layer))
+    return mods
+
+
+def big_module(layer: BigLayer) -> nn.Module:
+    """A single-layer ``nn.LSTM``/``nn.GRU`` carrying ``layer``'s weights."""
+    rnn = getattr(nn, layer.rnn_type)(layer.input_size, layer.hidden)
+    with torch.no_grad():
+        for name in ("w_ih", "w_hh", "b_ih", "b_hh"):
+            getattr(rnn, name.replace("w_", "weight_").replace("b_", "bias_") + "_l0").copy_(getattr(layer, name))
+    return rnn.eval()
+
+
+class SampleRecorder:
+    """Forward hooks that record (x(t), h(t−1)) every time a single-layer RNN module runs.
+
+    Works on any model built from single-layer ``nn.LSTM``/``nn.GRU`` modules (the LM's core,
+    the seq2seq decoder stack), whatever wiring (residuals, attention) sits between them.
+    """
+
+    def __init__(self, modules: list[nn.Module], max_rows: int | None = None) -> None:
+        self.samples: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in modules]
+        self.rows = [0] * len(modules)
+        self.max_rows = max_rows
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(modules)]
+
+    def _hook(self, i: int):
+        def hook(module, args, output):
+            if self.max_rows is not None and self.rows[i] >= self.max_rows:
+                return
+            x = args[0]
+            state = args[1] if len(args) > 1 else None
+            out = output[0]
+            h0 = (state[0] if isinstance(state, tuple) else state) if state is not None else out[:1] * 0
+            prev = torch.cat([h0, out[:-1]], dim=0)
+            self.samples[i].append((x.detach().reshape(-1, x.shape[-1]), prev.detach().reshape(-1, out.shape[-1])))
+            self.rows[i] += x.shape[0] * x.shape[1]
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def __enter__(self) -> "SampleRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _design(little_x: SparseProjection, little_h: SparseProjection, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    z = torch.cat([little_x.apply(x), little_h.apply(h)], dim=-1)
+    return torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype)], dim=-1)
+
+
+def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]], cfg: LittleConfig,
+               valid_samples: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+               progress: bool = True) -> tuple[LittleModule, torch.Tensor]:
+    """Fit W_LL, b_LL to the frozen big layer (eq. 7); returns the module and its fp32 weight.
+
+    The fp32 weight is returned so Table 6 can requantise one fit at every precision.
+    """
+    t0 = time.time()
+    lay = layer.layout
+    n_little = lay.little_outputs(layer.hidden)
+    k = cfg.k or reduced_dim(layer.w_ih.shape[0], cfg.eps)
+    px = SparseProjection.draw(k, layer.input_size, cfg.seed)
+    ph = SparseProjection.draw(k, layer.hidden, cfg.seed + 1)
+    dim = 2 * k + 1
+    if cfg.method == "lstsq":
+        A = torch.zeros(dim, dim, dtype=torch.float64)
+        B = torch.zeros(dim, n_little, dtype=torch.float64)
+        with torch.no_grad():
+            for x, h in tqdm(samples, desc=f"fit {layer.rnn_type}-{layer.hidden} (k={k})", disable=not progress,
+                             leave=False):
+                Z = _design(px, ph, x, h)
+                Y = layer.targets(x, h)
+                A += (Z.t() @ Z).double()
+                B += (Z.t() @ Y).double()
+        lam = cfg.ridge * torch.diagonal(A).mean()
+        sol = torch.linalg.solve(A + lam * torch.eye(dim, dtype=torch.float64), B).float()  # (dim, n_little)
+        w, b = sol[:-1].t().contiguous(), sol[-1].contiguous()
+    elif cfg.method == "sgd":
+        w = torch.zeros(n_little, 2 * k, requires_grad=True)
+        b = torch.zeros(n_little, requires_grad=True)
+        opt = torch.optim.SGD([w, b], lr=cfg.sgd_lr, momentum=0.9)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for epoch in range(cfg.sgd_epochs):
+            for x, h in tqdm(samples, desc=f"sgd epoch {epoch + 1}", disable=not progress, leave=False):
+                with torch.no_grad():
+                    Z = _design(px, ph, x, h)[:, :-1]
+                    Y = layer.targets(x, h)
+                for idx in torch.randperm(Z.shape[0], generator=gen).split(cfg.sgd_batch):
+                    loss = ((Z[idx] @ w.t() + b - Y[idx]) ** 2).sum(1).mean()  # eq. 7
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        w, b = w.detach(), b.detach()
+    else:
+        raise ValueError(f"method must be 'lstsq' or 'sgd', got {cfg.method!r}")
+    little = LittleModule(layer.rnn_type, layer.hidden, layer.input_size, px, ph, quantize(w, cfg.bits, cfg.per_row),
+                          b, cfg.act_bits, layer.weight_hash())
+    little.fit_seconds = time.time() - t0
+    if valid_samples:
+        little.fit_mse = little_mse(little, layer, valid_samples)
+    log.info("little module %s-%d: k=%d, %.1fs, MSE %s", layer.rnn_type, layer.hidden, k, little.fit_seconds,
+             {g: round(v, 4) for g, v in little.fit_mse.items()})
+    return little, w
+
+
+def little_mse(little: LittleModule, layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Mean squared pre-activation error per gate (the quantity eq. 7 minimises)."""
+    H = layer.hidden
+    names = list(layer.layout.gates) + (["n_h"] if layer.rnn_type == "GRU" else [])
+    if layer.rnn_type == "GRU":
+        names[2] = "n_x"
+    sums = torch.zeros(len(names), dtype=torch.float64)
+    count = 0
+    with torch.no_grad():
+        for x, h in samples:
+            err = (little.preactivations(x, h) - layer.targets(x, h)) ** 2
+            sums += err.reshape(err.shape[0], len(names), H).mean(-1).sum(0).double()
+            count += err.shape[0]
+    return {n: float(v / max(count, 1)) for n, v in zip(names, sums)}

@@ -1,0 +1,85 @@
+"""Uniform symmetric quantisation of the little module (paper §3.2, Table 6).
+
+Weights are quantised once (per-row scales by default: every output row of W_LL gets its
+own scale, which costs n floats and keeps rows of small magnitude precise); the projected
+inputs are quantised at run time with one scale per vector (per-tensor, dynamic).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SUPPORTED_BITS = (32, 16, 8, 4, 2, 1)
+
+
+def qmax(bits: int) -> int:
+    """Largest code of a symmetric signed b-bit grid (INT1 is sign only: ±1)."""
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+    return 1 if bits == 1 else 2 ** (bits - 1) - 1
+
+
+@dataclass
+class QuantizedTensor:
+    codes: torch.Tensor  # integer codes (int8/int16/int32 storage), or the fp32 values when bits == 32
+    scale: torch.Tensor  # (rows, 1) per-row or () per-tensor
+    bits: int
+
+    def dequantize(self) -> torch.Tensor:
+        return self.codes.to(torch.float32) * self.scale
+
+    def nbytes(self) -> int:
+        """Storage as Table 6 counts it: codes at ``bits`` each, plus fp32 scales."""
+        return self.codes.numel() * self.bits // 8 + self.scale.numel() * 4
+
+
+def _storage_dtype(bits: int) -> torch.dtype:
+    return torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.float32
+
+
+def quantize(w: torch.Tensor, bits: int = 8, per_row: bool = True) -> QuantizedTensor:
+    """Round-to-nearest onto a symmetric grid; INT1 uses sign × mean|w| (binary weights)."""
+    w = w.detach().to(torch.float32)
+    if bits == 32:
+        return QuantizedTensor(w.clone(), torch.ones(()), 32)
+    dims = 1 if per_row else None
+    if bits == 1:
+        mag = w.abs().mean(dim=dims, keepdim=per_row) if per_row else w.abs().mean()
+        codes = torch.where(w >= 0, 1, -1).to(torch.int8)
+        return QuantizedTensor(codes, mag.clamp_min(1e-12), 1)
+    q = qmax(bits)
+    amax = w.abs().amax(dim=dims, keepdim=True) if per_row else w.abs().amax()
+    scale = (amax / q).clamp_min(1e-12)
+    codes = torch.clamp(torch.round(w / scale), -q, q).to(_storage_dtype(bits))
+    return QuantizedTensor(codes, scale, bits)
+
+
+def quantize_activations(x: torch.Tensor, bits: int = 8) -> QuantizedTensor:
+    """Run-time quantisation of projected inputs: one scale per vector (last dim)."""
+    if bits == 32:
+        return QuantizedTensor(x, torch.ones(()), 32)
+    q = qmax(bits)
+    scale = (x.abs().amax(dim=-1, keepdim=True) / q).clamp_min(1e-12)
+    codes = torch.clamp(torch.round(x / scale), -q, q).to(_storage_dtype(bits))
+    return QuantizedTensor(codes, scale, bits)
+
+
+def fake_quantize_activations(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    return quantize_activations(x, bits).dequantize() if bits != 32 else x
+
+
+def max_rounding_error(qt: QuantizedTensor) -> torch.Tensor:
+    """Bound on |w − dequantize(quantize(w))| per element: half a step (not valid for INT1)."""
+    return qt.scale / 2
+
+
+def as_numpy_int8(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """INT8 codes and per-row fp32 scales as the TVM kernels take them."""
+    if qt.bits != 8:
+        raise ValueError(f"the compiled little GEMV takes INT8 weights, got INT{qt.bits}")
+    scale = qt.scale.reshape(-1).numpy().astype(np.float32)
+    if scale.size == 1:
+        scale = np.full(qt.codes.shape[0], scale.item(), dtype=np.float32)
+    return qt.codes.numpy().astype(np.int8), scale

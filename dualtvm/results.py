@@ -1,0 +1,54 @@
+"""Results files in the shared format (``results/<experiment>.json``): never typed by hand."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Iterable
+
+from .checkpoint import git_revision
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for mod in ("tvm", "torch", "numpy", "onnxruntime", "openvino"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional peers
+            pass
+    return out
+
+
+def write_results(path: str | os.PathLike, experiment: str, rows: list[dict[str, Any]], command: str,
+                  **extra: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"experiment": experiment, "command": command, "git": git_revision(), "machine": machine_description(),
+           "versions": versions(), **extra, "rows": rows}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def update_rows(path: str | os.PathLike, experiment: str, row: dict[str, Any], key: Iterable[str],
+                command: str) -> Path:
+    """Replace the row with the same ``key`` fields (or append): lets independent runs share one file."""
+    path = Path(path)
+    key = tuple(key)
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    rows = [r for r in rows if tuple(r.get(k) for k in key) != tuple(row.get(k) for k in key)] + [row]
+    return write_results(path, experiment, rows, command)

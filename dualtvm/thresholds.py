@@ -1,0 +1,115 @@
+"""Masks (paper eq. 5), threshold calibration to an insensitive ratio, and per-gate allocation.
+
+Every gate's rule is written as a band on the little module's *activated* output a_LL:
+row i is sensitive (m_i = 1, computed by the big module) iff ``lo < a_i < hi``.
+  sigmoid: sensitive iff a > θ           → (lo, hi) = (θ, +∞)
+  tanh:    sensitive iff θ⁻ < a < θ⁺      → (lo, hi) = (θ⁻, θ⁺), |θ⁻| = |θ⁺| by default
+One rule for both lets one kernel build every mask; ratio 0 is (−∞, +∞): all rows big.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .gates import SIGMOID, TANH
+
+log = logging.getLogger(__name__)
+
+QUANTILE_LEVELS = 2001
+INF = float("inf")
+
+
+def check_ratio(ratio: float) -> float:
+    if not (isinstance(ratio, (int, float)) and 0.0 <= float(ratio) <= 1.0):
+        raise ValueError(f"insensitive ratio must lie in [0, 1], got {ratio!r}")
+    return float(ratio)
+
+
+def sensitive_mask(a_little: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
+    """Eq. 5 as a band: True where the big module must compute the row."""
+    return (a_little > lo) & (a_little < hi)
+
+
+@dataclass
+class GateCalibration:
+    """Quantiles of a gate's a_LL on calibration data: any ratio maps to thresholds without data."""
+
+    activation: str
+    quantiles: np.ndarray  # of a (sigmoid, asymmetric tanh) or |a| (symmetric tanh)
+    symmetric: bool = True
+
+    @classmethod
+    def fit(cls, a_little: torch.Tensor, activation: str, symmetric: bool = True) -> "GateCalibration":
+        v = a_little.detach().reshape(-1).double()
+        if activation == TANH and symmetric:
+            v = v.abs()
+        levels = torch.linspace(0, 1, QUANTILE_LEVELS, dtype=torch.float64)
+        if v.numel() > 4_000_000:
+            v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:4_000_000]]
+        return cls(activation, torch.quantile(v, levels).numpy(), symmetric)
+
+    def _q(self, p: float) -> float:
+        return float(np.interp(p, np.linspace(0, 1, len(self.quantiles)), self.quantiles))
+
+    def band(self, ratio: float) -> tuple[float, float]:
+        """(lo, hi) that leave ``ratio`` of the calibration outputs insensitive."""
+        ratio = check_ratio(ratio)
+        if ratio <= 0.0:
+            return (-INF, INF)
+        if self.activation == SIGMOID:
+            return (INF, INF) if ratio >= 1.0 else (self._q(ratio), INF)
+        if ratio >= 1.0:
+            return (0.0, 0.0)
+        if self.symmetric:
+            t = self._q(1.0 - ratio)
+            return (-t, t)
+        return (self._q(ratio / 2), self._q(1.0 - ratio / 2))
+
+
+@dataclass
+class Thresholds:
+    """Per-gate bands for one layer; ``row_bounds`` expands them to the per-row vectors kernels take."""
+
+    bands: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def row_bounds(self, gates: tuple[str, ...], hidden: int) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.concatenate([np.full(hidden, self.bands[g][0], np.float32) for g in gates])
+        hi = np.concatenate([np.full(hidden, self.bands[g][1], np.float32) for g in gates])
+        return lo, hi
+
+
+def allocate_ratios(error_curves: dict, sizes: dict, target: float, grid: np.ndarray) -> dict:
+    """Per-gate ratios whose size-weighted mean is ``target`` with the least summed error.
+
+    ``error_curves[g][j]`` is the error gate g adds at ratio ``grid[j]`` (non-decreasing in j);
+    greedy marginal allocation: repeatedly raise the gate whose next grid step costs the least
+    error per row saved.  Exact for convex curves, a good heuristic otherwise.
+    """
+    target = check_ratio(target)
+    total = sum(sizes.values())
+    pos = {g: 0 for g in error_curves}
+
+    def achieved() -> float:
+        return sum(grid[pos[g]] * sizes[g] for g in pos) / total
+
+    while achieved() < target - 1e-9:
+        best, best_cost = None, INF
+        for g, j in pos.items():
+            if j + 1 < len(grid):
+                gain = (grid[j + 1] - grid[j]) * sizes[g]
+                cost = (error_curves[g][j + 1] - error_curves[g][j]) / gain
+                if cost < best_cost:
+                    best, best_cost = g, cost
+        if best is None:
+            break
+        pos[best] += 1
+    # the last step may overshoot: pull the step back to land on target exactly (linear between grid points)
+    over = achieved() - target
+    if over > 1e-9 and best is not None:
+        pos_ratio = {g: float(grid[j]) for g, j in pos.items()}
+        pos_ratio[best] -= over * total / sizes[best]
+        return pos_ratio
+    return {g: float(grid[j]) for g, j in pos.items()}

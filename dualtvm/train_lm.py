@@ -1,0 +1,117 @@
+"""Training and evaluation of the word-level LM (PyTorch word_language_model recipe)."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import LMCorpus, batchify, get_batch
+from .models import LMConfig, RNNLanguageModel, repackage_hidden
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LMTrainConfig:
+    epochs: int = 6
+    lr: float = 20.0
+    clip: float = 0.25
+    bptt: int = 35
+    batch_size: int = 20
+    eval_batch_size: int = 10
+    seed: int = 1111
+    anneal: float = 4.0  # lr /= anneal when validation loss does not improve
+    max_batches: int | None = None  # cap per epoch (smoke tests)
+
+
+def evaluate(model: RNNLanguageModel, data: torch.Tensor, bptt: int = 35, rnn: nn.Module | None = None,
+             max_batches: int | None = None, progress: bool = False) -> float:
+    """Mean next-word cross-entropy (nats) over a batchified stream; PPL = exp of it."""
+    model.eval()
+    total, count = 0.0, 0
+    hidden = model.init_hidden(data.size(1))
+    starts = list(range(0, data.size(0) - 1, bptt))[:max_batches]
+    with torch.no_grad():
+        for i in tqdm(starts, disable=not progress, desc="eval", leave=False):
+            x, y = get_batch(data, i, bptt)
+            out, hidden = model(x, hidden, rnn=rnn)
+            total += nn.functional.cross_entropy(out.view(-1, out.size(-1)), y, reduction="sum").item()
+            count += y.numel()
+    return total / count
+
+
+def train_lm(corpus: LMCorpus, model_cfg: LMConfig, train_cfg: LMTrainConfig, checkpoint: Path,
+             progress: bool = True) -> dict:
+    """Train with resumable checkpoints; returns the history and final PPLs.
+
+    ``checkpoint`` holds the latest epoch (for resuming); ``checkpoint.best.pt`` the best
+    validation model, which is what evaluation and the dual-module side use.
+    """
+    torch.manual_seed(train_cfg.seed)
+    model = RNNLanguageModel(model_cfg)
+    state = {"epoch": 0, "lr": train_cfg.lr, "best_val": math.inf, "history": [], "wall_s": 0.0}
+    best_path = checkpoint.with_suffix(".best.pt")
+    if checkpoint.exists():
+        payload = load_checkpoint(checkpoint)
+        if payload["config"] != asdict(model_cfg):
+            raise ValueError(f"{checkpoint} was trained with config {payload['config']}, not {asdict(model_cfg)}")
+        model.load_state_dict(payload["state_dict"])
+        state = payload["train_state"]
+        torch.set_rng_state(payload["rng"])
+        log.info("resuming %s at epoch %d (lr %.3g)", checkpoint, state["epoch"], state["lr"])
+    train = batchify(corpus.train, train_cfg.batch_size)
+    valid = batchify(corpus.valid, train_cfg.eval_batch_size)
+    test = batchify(corpus.test, train_cfg.eval_batch_size)
+    meta = {"vocab": corpus.dictionary.idx2word, "data_checksums": corpus.checksums, "seed": train_cfg.seed,
+            "train_config": asdict(train_cfg)}
+    crit = nn.CrossEntropyLoss()
+    while state["epoch"] < train_cfg.epochs:
+        t0 = time.time()
+        model.train()
+        hidden = model.init_hidden(train_cfg.batch_size)
+        starts = list(range(0, train.size(0) - 1, train_cfg.bptt))[: train_cfg.max_batches]
+        total, n = 0.0, 0
+        bar = tqdm(starts, disable=not progress, mininterval=5, desc=f"epoch {state['epoch'] + 1}/{train_cfg.epochs}")
+        for i in bar:
+            x, y = get_batch(train, i, train_cfg.bptt)
+            hidden = repackage_hidden(hidden)
+            model.zero_grad()
+            out, hidden = model(x, hidden)
+            loss = crit(out.view(-1, out.size(-1)), y)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(p.grad, alpha=-state["lr"])
+            total += loss.item()
+            n += 1
+            if n % 50 == 0:
+                bar.set_postfix(ppl=f"{math.exp(total / n):.1f}", lr=state["lr"])
+        val = evaluate(model, valid, train_cfg.bptt, max_batches=train_cfg.max_batches)
+        state["epoch"] += 1
+        state["wall_s"] += time.time() - t0
+        state["history"].append({"epoch": state["epoch"], "train_ppl": math.exp(total / n), "valid_ppl": math.exp(val),
+                                 "lr": state["lr"]})
+        log.info("epoch %d: train ppl %.2f valid ppl %.2f (%.0fs)", state["epoch"], math.exp(total / n),
+                 math.exp(val), time.time() - t0)
+        if val < state["best_val"]:
+            state["best_val"] = val
+            save_checkpoint(best_path, model, "lm", asdict(model_cfg), train_state=dict(state), rng=torch.get_rng_state(), **meta)
+        else:
+            state["lr"] /= train_cfg.anneal
+        save_checkpoint(checkpoint, model, "lm", asdict(model_cfg), train_state=state, rng=torch.get_rng_state(), **meta)
+    best = RNNLanguageModel(model_cfg)
+    best.load_state_dict(load_checkpoint(best_path)["state_dict"])
+    result = {"epochs": state["epoch"], "wall_s": round(state["wall_s"], 1),
+              "train_ppl": state["history"][-1]["train_ppl"],
+              "valid_ppl": math.exp(evaluate(best, valid, train_cfg.bptt, max_batches=train_cfg.max_batches)),
+              "test_ppl": math.exp(evaluate(best, test, train_cfg.bptt, max_batches=train_cfg.max_batches)),
+              "history": state["history"]}
+    return result

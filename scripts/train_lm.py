@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Train a baseline ("big") word-level LSTM/GRU LM on PTB or WikiText-2; resumable.
+
+    python scripts/train_lm.py --corpus ptb --rnn LSTM --hidden 750 --epochs 6
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from dualtvm.checkpoint import cache_dir  # noqa: E402
+from dualtvm.data import load_lm_corpus  # noqa: E402
+from dualtvm.models import LMConfig  # noqa: E402
+from dualtvm.results import update_rows  # noqa: E402
+from dualtvm.train_lm import LMTrainConfig, train_lm  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", default="ptb", help="ptb, wikitext-2, or a folder with train/valid/test.txt")
+    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+    p.add_argument("--rnn", default="LSTM", choices=["LSTM", "GRU"])
+    p.add_argument("--hidden", type=int, default=750)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, default=20.0)
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1111)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt)")
+    p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    corpus = load_lm_corpus(a.corpus, a.data_dir)
+    name = f"{Path(a.corpus).name}-{a.rnn.lower()}-{a.hidden}"
+    ckpt = a.out or cache_dir() / f"{name}.pt"
+    cfg = LMConfig(a.rnn, len(corpus.dictionary), a.hidden, 1, a.dropout, True)
+    res = train_lm(corpus, cfg, LMTrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, seed=a.seed), ckpt)
+    row = {"model": name, "epochs": res["epochs"], "train_ppl": round(res["train_ppl"], 2),
+           "valid_ppl": round(res["valid_ppl"], 2), "test_ppl": round(res["test_ppl"], 2), "wall_s": res["wall_s"],
+           "checkpoint": str(ckpt.with_suffix(".best.pt")),
+           "command": "python scripts/train_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    update_rows(a.results, "baselines", row, key=("model",), command="see each row's command")
+    print(f"{name}: test PPL {res['test_ppl']:.2f} (valid {res['valid_ppl']:.2f}, {res['epochs']} epochs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""The paper's math: eqs. 2, 3, 4/7, 5, quantisation, dual-module cells and the artefact."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from dualtvm.artefact import ArtefactError, load_little, save_little
+from dualtvm.construct import build_dual
+from dualtvm.dual import DualModuleLayer
+from dualtvm.little import BigLayer, LittleConfig, big_layers, fit_little
+from dualtvm.projection import SparseProjection, reduced_dim
+from dualtvm.quantize import max_rounding_error, quantize, quantize_activations
+from dualtvm.thresholds import INF, GateCalibration, allocate_ratios, sensitive_mask
+
+
+@pytest.mark.parametrize("eps,k", [(0.5, 417), (0.3, 966), (0.7, 266)])
+def test_reduced_dim_matches_paper(eps, k):
+    assert reduced_dim(4 * 1500, eps) == k
+
+
+def test_reduced_dim_rejects_bad_eps():
+    with pytest.raises(ValueError, match="epsilon"):
+        reduced_dim(100, 1.5)
+
+
+def test_projection_statistics():
+    p = SparseProjection.draw(400, 3000, seed=3)
+    vals, counts = np.unique(p.signs, return_counts=True)
+    assert set(vals) == {-1, 0, 1}
+    frac = counts / p.signs.size
+    assert abs(frac[0] - 1 / 6) < 0.005 and abs(frac[1] - 2 / 3) < 0.005 and abs(frac[2] - 1 / 6) < 0.005
+    assert np.allclose(np.unique(p.dense()), [-1 / np.sqrt(3), 0, 1 / np.sqrt(3)])
+    assert np.array_equal(SparseProjection.draw(400, 3000, seed=3).signs, p.signs)  # reproducible from the seed
+    # distances preserved up to the constant factor, within ε = 0.5 (eq. 3's guarantee) for these points
+    x = torch.randn(30, 3000)
+    px = p.apply(x)
+    d_hi = torch.pdist(x) ** 2
+    d_lo = torch.pdist(px) ** 2 / p.distance_scale()
+    ratio = d_lo / d_hi
+    assert ratio.min() > 0.5 and ratio.max() < 1.5 and abs(ratio.mean().item() - 1) < 0.05
+    # CSR index lists reproduce P x without multiplications
+    pos_ptr, pos_idx, neg_ptr, neg_idx = p.index_lists()
+    v = x[0].numpy()
+    manual = np.array([v[pos_idx[pos_ptr[i]:pos_ptr[i + 1]]].sum() - v[neg_idx[neg_ptr[i]:neg_ptr[i + 1]]].sum()
+                       for i in range(400)]) * p.scale
+    assert np.allclose(manual, px[0].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["lstsq", "sgd"])
+def test_regression_recovers_known_linear_map(method):
+    """If the big pre-activations are exactly linear in [P_x x; P_h h], the fit finds that map."""
+    torch.manual_seed(0)
+    dx, dh, H, k = 24, 16, 16, 12
+    px, ph = SparseProjection.draw(k, dx, 0), SparseProjection.draw(k, dh, 1)
+    true_w = torch.randn(4 * H, 2 * k) * 0.3
+    true_b = torch.randn(4 * H) * 0.1
+    # big weights chosen so that W x = W_LL P x exactly
+    w_ih = true_w[:, :k] @ torch.from_numpy(px.dense())
+    w_hh = true_w[:, k:] @ torch.from_numpy(ph.dense())
+    layer = BigLayer("LSTM", w_ih, w_hh, true_b, torch.zeros(4 * H))
+    samples = [(torch.randn(256, dx), torch.randn(256, dh)) for _ in range(8)]
+    cfg = LittleConfig(k=k, bits=32, seed=0, method=method, sgd_epochs=30, sgd_lr=0.02, sgd_batch=64)
+    little, w = fit_little(layer, samples, cfg, samples[:2], progress=False)
+    tol = 1e-3 if method == "lstsq" else 3e-2
+    assert torch.allclose(w, true_w, atol=tol), (w - true_w).abs().max()
+    assert torch.allclose(little.bias, true_b, atol=tol)
+    assert max(little.fit_mse.values()) < tol
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4, 2])
+@pytest.mark.parametrize("per_row", [True, False])
+def test_quantisation_error_bound(bits, per_row):
+    w = torch.randn(64, 48) * torch.linspace(0.01, 3, 64)[:, None]
+    q = quantize(w, bits, per_row)
+    err = (q.dequantize() - w).abs()
+    assert (err <= max_rounding_error(q) + 1e-6).all()
+    assert q.codes.abs().max() <= 2 ** (bits - 1) - 1
+    assert q.nbytes() == 64 * 48 * bits // 8 + q.scale.numel() * 4
+
+
+def test_per_row_beats_per_tensor_on_uneven_rows():
+    w = torch.randn(64, 48) * torch.logspace(-2, 0.5, 64)[:, None]
+    e_row = (quantize(w, 4, True).dequantize() - w).pow(2).mean()
+    e_tensor = (quantize(w, 4, False).dequantize() - w).pow(2).mean()
+    assert e_row < e_tensor
+
+
+def test_int1_and_fp32_and_activations():
+    w = torch.randn(8, 8)
+    assert torch.equal(quantize(w, 32).dequantize(), w)
+    q1 = quantize(w, 1)
+    assert torch.equal(q1.dequantize().sign(), torch.where(w >= 0, 1.0, -1.0))
+    x = torch.randn(3, 100)
+    qa = quantize_activations(x, 8)
+    assert qa.codes.dtype == torch.int8 and qa.scale.shape == (3, 1)
+    assert ((qa.dequantize() - x).abs() <= qa.scale / 2 + 1e-6).all()
+    with pytest.raises(ValueError, match="bits must be one of"):
+        quantize(w, 3)
+
+
+def test_mask_semantics_eq5_by_hand():
+    a_sig = torch.tensor([0.05, 0.2, 0.31, 0.9])
+    assert sensitive_mask(a_sig, 0.3, INF).tolist() == [False, False, True, True]  # sigmoid: y > θ
+    a_tanh = torch.tensor([-0.99, -0.5, 0.0, 0.5, 0.97])
+    assert sensitive_mask(a_tanh, -0.9, 0.9).tolist() == [False, True, True, True, False]  # θ⁻ < y < θ⁺
+    assert sensitive_mask(a_tanh, -0.4, 0.9).tolist() == [False, False, True, True, False]  # asymmetric allowed
+    assert sensitive_mask(a_tanh, -INF, INF).all()  # ratio 0
+
+
+def test_calibration_hits_ratio_on_held_out_data():
+    gen = torch.Generator().manual_seed(0)
+    calib, held_out = torch.randn(50_000, generator=gen) * 3, torch.randn(50_000, generator=gen) * 3
+    for act, fn in (("sigmoid", torch.sigmoid), ("tanh", torch.tanh)):
+        cal = GateCalibration.fit(fn(calib), act)
+        for r in (0.1, 0.3, 0.5, 0.7, 0.9):
+            lo, hi = cal.band(r)
+            measured = 1 - sensitive_mask(fn(held_out), lo, hi).float().mean().item()
+            assert abs(measured - r) < 0.02, (act, r, measured)
+        assert cal.band(0.0) == (-INF, INF)
+        with pytest.raises(ValueError, match=r"insensitive ratio must lie in \[0, 1\]"):
+            cal.band(1.2)
+
+
+def test_allocation_prefers_cheap_gates():
+    grid = np.linspace(0, 1, 11)
+    curves = {"a": grid ** 2 * 10, "b": grid ** 2}  # b is ten times less sensitive
+    alloc = allocate_ratios(curves, {"a": 100, "b": 100}, 0.5, grid)
+    assert alloc["b"] > alloc["a"]
+    assert abs((alloc["a"] + alloc["b"]) / 2 - 0.5) < 1e-6
+
+
+def _tiny_dual(rnn_type, layers=2, seed=0):
+    torch.manual_seed(seed)
+    rnn = getattr(nn, rnn_type)(12, 24, layers)
+    xs = [torch.randn(16, 4, 12) for _ in range(10)]
+
+    def run(core, data):
+        for x in data:
+            core(x)
+
+    return rnn, build_dual(rnn, lambda c: run(c, xs[:8]), lambda c: run(c, xs[8:]),
+                           LittleConfig(eps=0.5, k=16), progress=False)
+
+
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_ratio_zero_equals_big_model(rnn_type):
+    rnn, dual = _tiny_dual(rnn_type)
+    x = torch.randn(9, 3, 12)
+    ref, ref_state = rnn(x)
+    out, state = dual(x)
+    assert torch.allclose(ref, out, atol=1e-5)
+    for a, b in zip(ref_state if rnn_type == "LSTM" else [ref_state], state if rnn_type == "LSTM" else [state]):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert dual.measured_ratio() == 0.0
+
+
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_dual_module_ratios_and_error(rnn_type):
+    rnn, dual = _tiny_dual(rnn_type)
+    x = torch.randn(30, 4, 12)
+    ref, _ = rnn(x)
+    errs = []
+    for r in (0.3, 0.6, 0.9):
+        dual.set_insensitive_ratio(r)
+        dual.reset_stats()
+        out, _ = dual(x)
+        assert abs(dual.measured_ratio() - r) < 0.1
+        errs.append((out - ref).abs().mean().item())
+    assert errs[0] < errs[-1]  # more little outputs, more error
+    assert dual.layers[0].big_bytes_read_fraction() == pytest.approx(1 - dual.layers[0].stats.ratio())
+    with pytest.raises(ValueError, match=r"insensitive ratio must lie in \[0, 1\]"):
+        dual.set_insensitive_ratio(-0.1)
+
+
+def test_artefact_round_trip_and_hash_check(tmp_path):
+    rnn, dual = _tiny_dual("LSTM")
+    littles = [l.little for l in dual.layers]
+    path = save_little(tmp_path / "little.npz", littles, {"model": "tiny"})
+    loaded, cfg = load_little(path, big_layers(rnn))
+    assert cfg == {"model": "tiny"}
+    for a, b in zip(littles, loaded):
+        assert torch.equal(a.weight.codes, b.weight.codes) and np.array_equal(a.proj_x.signs, b.proj_x.signs)
+        assert a.calibration["g"].band(0.5) == b.calibration["g"].band(0.5)
+    x, h = torch.randn(2, 12), torch.randn(2, 24)
+    assert torch.allclose(littles[0].preactivations(x, h), loaded[0].preactivations(x, h))
+    other = nn.LSTM(12, 24, 2)
+    with pytest.raises(ArtefactError, match="was fitted to big weights .* refit"):
+        load_little(path, big_layers(other))
+    with pytest.raises(ValueError, match="hash mismatch"):
+        DualModuleLayer(big_layers(other)[0], loaded[0])
+    (tmp_path / "junk.npz").write_bytes(b"nope")
+    with pytest.raises(ArtefactError, match="not a dualtvm little-module artefact"):
+        load_little(tmp_path / "junk.npz")

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from dualtvm.data import load_lm_corpus
+from dualtvm.models import LMConfig, ModelError, RNNLanguageModel, Seq2Seq, Seq2SeqConfig, rnn_from_state_dict
+from dualtvm.train_lm import LMTrainConfig, train_lm
+
+
+@pytest.mark.parametrize("rnn", ["LSTM", "GRU"])
+def test_tiny_lm_loss_falls_and_resumes(tiny_corpus, tmp_path, rnn):
+    corpus = load_lm_corpus(str(tiny_corpus))
+    cfg = LMConfig(rnn, len(corpus.dictionary), 32, 1, 0.0, True)
+    ckpt = tmp_path / "m.pt"
+    res = train_lm(corpus, cfg, LMTrainConfig(epochs=3, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt,
+                   progress=False)
+    hist = [h["train_ppl"] for h in res["history"]]
+    assert hist[-1] < hist[0] * 0.5, hist
+    assert res["test_ppl"] < len(corpus.dictionary)
+    # resume: a longer run continues from epoch 3 rather than starting again
+    res2 = train_lm(corpus, cfg, LMTrainConfig(epochs=4, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt,
+                    progress=False)
+    assert [h["epoch"] for h in res2["history"]] == [1, 2, 3, 4]
+    payload = load_checkpoint(ckpt)
+    assert payload["vocab"] == corpus.dictionary.idx2word and payload["seed"] == 1111 and "git" in payload
+
+
+def test_checkpoint_round_trip_and_shape_error(tmp_path):
+    cfg = LMConfig("GRU", 50, 16, 2, 0.1, True)
+    m = RNNLanguageModel(cfg)
+    save_checkpoint(tmp_path / "a.pt", m, "lm", cfg.__dict__)
+    m2 = model_from_checkpoint(load_checkpoint(tmp_path / "a.pt"))
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    payload = load_checkpoint(tmp_path / "a.pt")
+    payload["config"]["hidden"] = 24
+    with pytest.raises(ModelError, match="has shape .* but the config"):
+        model_from_checkpoint(payload)
+
+
+def test_user_state_dict_becomes_rnn():
+    gru = nn.GRU(10, 20, 2)
+    rebuilt = rnn_from_state_dict(gru.state_dict())
+    assert isinstance(rebuilt, nn.GRU) and rebuilt.num_layers == 2
+    x = torch.randn(3, 2, 10)
+    assert torch.allclose(gru(x)[0], rebuilt(x)[0])
+    with pytest.raises(ModelError, match="those of an GRU, not an LSTM"):
+        rnn_from_state_dict(gru.state_dict(), "LSTM")
+    with pytest.raises(ModelError, match="no 'weight_ih_l"):
+        rnn_from_state_dict({"foo": torch.zeros(1)})
+
+
+def test_seq2seq_shapes_and_residual_inputs():
+    cfg = Seq2SeqConfig(src_vocab=30, tgt_vocab=40, hidden=16, enc_layers=2, dec_layers=4)
+    m = Seq2Seq(cfg)
+    src = torch.randint(1, 30, (7, 3))
+    tgt = torch.randint(1, 40, (5, 3))
+    assert m(src, tgt).shape == (5, 3, 40)
+    assert [m.decoder.residual(i) for i in range(4)] == [False, False, True, True]
+    assert all(l.input_size == 2 * cfg.hidden for l in m.decoder.layers)
+    assert not math.isnan(m(src, tgt).sum().item())
