@@ -103,8 +103,10 @@ class DualModuleLayer(nn.Module):
             m_z = sensitive_mask(z_ll, lo[H : 2 * H], hi[H : 2 * H])
             r = torch.where(m_r, torch.sigmoid(gi[:, :H] + gh[:, :H]), r_ll)
             z = torch.where(m_z, torch.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H]), z_ll)
+            # the n mask uses r_LL (the final r needs the big GEMV, which needs the mask); the
+            # little n value uses the final r — exactly what the compiled kernels do
+            m_n = sensitive_mask(torch.tanh(pre_ll[:, 2 * H : 3 * H] + r_ll * pre_ll[:, 3 * H :]), lo[2 * H :], hi[2 * H :])
             n_ll = torch.tanh(pre_ll[:, 2 * H : 3 * H] + r * pre_ll[:, 3 * H :])
-            m_n = sensitive_mask(n_ll, lo[2 * H :], hi[2 * H :])
             n = torch.where(m_n, torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :]), n_ll)
             h_new = (1 - z) * n + z * h
             new_state = h_new
@@ -194,7 +196,7 @@ def gate_activations(layer: BigLayer, little: LittleModule, x: torch.Tensor, h: 
                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Little and big activations of every gate for recorded (x, h): calibration's raw material.
 
-    For the GRU candidate gate both use the big r (the state the samples came from).
+    For the GRU candidate gate the little value uses r_LL, as the mask does; the big one the big r.
     """
     H = layer.hidden
     pre_ll = little.preactivations(x, h)
@@ -204,7 +206,7 @@ def gate_activations(layer: BigLayer, little: LittleModule, x: torch.Tensor, h: 
         a = layer.layout.activations[j]
         if layer.rnn_type == "GRU" and g == "n":
             r = torch.sigmoid(tgt[:, :H])
-            out_ll[g] = torch.tanh(pre_ll[:, 2 * H : 3 * H] + r * pre_ll[:, 3 * H :])
+            out_ll[g] = torch.tanh(pre_ll[:, 2 * H : 3 * H] + torch.sigmoid(pre_ll[:, :H]) * pre_ll[:, 3 * H :])
             out_big[g] = torch.tanh(tgt[:, 2 * H : 3 * H] + r * tgt[:, 3 * H :])
         else:
             out_ll[g] = _act(a, pre_ll[:, j * H : (j + 1) * H])

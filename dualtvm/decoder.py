@@ -1,0 +1,210 @@
+"""The Relax decode step: L stacked (dual-module or dense) layers calling the scheduled kernels.
+
+One Relax function ``step`` takes the layer-0 input, every layer's state, weights and
+thresholds (lo/hi per mask row: the insensitive ratio is a run-time input, no rebuild) and
+returns the top output, the new states and each layer's ``pos`` vector (row i sensitive iff pos[i] ≥ 0).  Weights
+are inputs too, held by :class:`CompiledDecoder` as TVM tensors, so one ``.so`` serves any
+weights of its shapes.  Kernels come from :mod:`dualtvm.kernels`, schedules from
+``schedules`` (or a tuning database, whichever is faster).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .kernels import LayerShape, layer_kernels, padded
+from .little import BigLayer, LittleModule
+from .target import TargetSpec, check_runs_on_host, parse_target
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class DecoderSpec:
+    """Shapes of a stacked decoder: ``residual[i]`` adds layer i's input to its output (GNMT)."""
+
+    layers: list[LayerShape]
+    residual: list[bool] = field(default_factory=list)
+    dual: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.residual:
+            self.residual = [False] * len(self.layers)
+        for i in range(1, len(self.layers)):
+            if self.layers[i].dxp != self.layers[i - 1].hp:
+                raise ValueError(f"layer {i} takes {self.layers[i].input_size} inputs but layer {i - 1} gives "
+                                 f"{self.layers[i - 1].hidden}")
+        for i, r in enumerate(self.residual):
+            if r and self.layers[i].dxp != self.layers[i].hp:
+                raise ValueError(f"residual layer {i} needs input size == hidden size")
+
+    def to_json(self) -> dict:
+        return {"layers": [asdict(l) for l in self.layers], "residual": self.residual, "dual": self.dual}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DecoderSpec":
+        return cls([LayerShape(**l) for l in d["layers"]], d["residual"], d["dual"])
+
+
+def layer_param_names(s: LayerShape, dual: bool) -> list[str]:
+    """Weights of one layer in the order the step takes them."""
+    names = ["w", "bias"] if s.rnn_type == "LSTM" else ["w_ih", "w_hh", "b_ih", "b_hh"]
+    if dual:
+        names += ["px", "ph", "wq", "wscale", "bias_ll", "lo", "hi"]
+    return names
+
+
+def state_names(s: LayerShape) -> list[str]:
+    return ["h", "c"] if s.rnn_type == "LSTM" else ["h"]
+
+
+def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dict[str, np.ndarray]:
+    """Big and little weights in the kernels' padded layouts (zeros in the padding)."""
+    def pad_cols(a: np.ndarray, cols: int) -> np.ndarray:
+        out = np.zeros((a.shape[0], cols), dtype=a.dtype)
+        out[:, : a.shape[1]] = a
+        return out
+
+    w_ih = big.w_ih.numpy().astype(np.float32)
+    w_hh = big.w_hh.numpy().astype(np.float32)
+    out: dict[str, np.ndarray] = {}
+    if s.rnn_type == "LSTM":
+        out["w"] = np.concatenate([pad_cols(w_ih, s.dxp), pad_cols(w_hh, s.hp)], axis=1)
+        out["bias"] = (big.b_ih + big.b_hh).numpy().astype(np.float32)
+    else:
+        out["w_ih"], out["w_hh"] = pad_cols(w_ih, s.dxp), pad_cols(w_hh, s.hp)
+        out["b_ih"], out["b_hh"] = big.b_ih.numpy().astype(np.float32), big.b_hh.numpy().astype(np.float32)
+    if little is not None:
+        if little.weight.bits != 8:
+            raise ValueError(f"the compiled little GEMV takes INT8 weights, not INT{little.weight.bits}")
+        out["px"] = pad_cols(little.proj_x.signs, s.dxp)
+        out["ph"] = pad_cols(little.proj_h.signs, s.hp)
+        out["wq"] = pad_cols(little.weight.codes.numpy().astype(np.int8), s.k2p)
+        scale = little.weight.scale.reshape(-1).numpy().astype(np.float32)
+        out["wscale"] = np.broadcast_to(scale, (4 * s.hidden,)).copy() if scale.size == 1 else scale
+        out["bias_ll"] = little.bias.numpy().astype(np.float32)
+        out["lo"] = np.full(s.n, -np.inf, np.float32)
+        out["hi"] = np.full(s.n, np.inf, np.float32)
+    return out
+
+
+def _kernel_funcs(spec: DecoderSpec, target: TargetSpec, database=None) -> dict:
+    """Scheduled PrimFuncs: the tuning database's best where it has one, else the default schedule."""
+    from schedules import apply_default
+
+    from .tuning import best_from_database
+
+    funcs = {}
+    for s in spec.layers:
+        for name, f in layer_kernels(s, spec.dual).items():
+            if name in funcs:
+                continue
+            tuned = best_from_database(database, f, target) if database is not None else None
+            funcs[name] = tuned if tuned is not None else apply_default(f)
+    return funcs
+
+
+def build_ir(spec: DecoderSpec, target: TargetSpec, database=None):
+    """The IRModule: scheduled kernels + the Relax ``step`` function."""
+    import tvm
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    funcs = _kernel_funcs(spec, target, database)
+    gvs = {name: bb.add_func(f, name) for name, f in funcs.items()}
+
+    def ten(shape, dtype="float32"):
+        return relax.TensorType(shape, dtype)
+
+    s0 = spec.layers[0]
+    x_in = relax.Var("x", ten((s0.dxp,)))
+    params = [x_in]
+    layer_vars = []
+    for i, s in enumerate(spec.layers):
+        st = {n: relax.Var(f"l{i}_{n}", ten((s.hp,))) for n in state_names(s)}
+        shapes = _param_shapes(s, spec.dual)
+        ws = {n: relax.Var(f"l{i}_{n}", ten(*shapes[n])) for n in layer_param_names(s, spec.dual)}
+        params += list(st.values()) + list(ws.values())
+        layer_vars.append((st, ws))
+    with bb.function("step", params):
+        with bb.dataflow():
+            x = x_in
+            outs_state, counts = [], []
+            for i, (s, (st, ws)) in enumerate(zip(spec.layers, layer_vars)):
+                t = s.tag
+                call = lambda name, args, sinfo: bb.emit(relax.call_tir(gvs[f"{name}_{t}"], args, sinfo))  # noqa: E731
+                if spec.dual:
+                    z = call("project", [ws["px"], ws["ph"], x, st["h"]], ten((s.k2p,)))
+                    pre = call("little_gemv", [ws["wq"], z, ws["wscale"], ws["bias_ll"]], ten((4 * s.hidden,)))
+                    m = call("mask", [pre, ws["lo"], ws["hi"]],
+                             [ten((s.n,)), ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
+                    a_ll, rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(4))
+                    counts.append(pos)
+                if s.rnn_type == "LSTM":
+                    xh = call("concat", [x, st["h"]], ten((s.dxp + s.hp,)))
+                    if spec.dual:
+                        yc = call("masked_gemv", [ws["w"], xh, rows, count], ten((s.n,)))
+                        res = call("lstm_assemble", [a_ll, yc, pos, ws["bias"], st["c"]], [ten((s.hp,)), ten((s.hp,))])
+                    else:
+                        y = call("gemv", [ws["w"], xh], ten((s.n,)))
+                        res = call("lstm_dense_cell", [y, ws["bias"], st["c"]], [ten((s.hp,)), ten((s.hp,))])
+                    h_new, c_new = bb.emit(relax.TupleGetItem(res, 0)), bb.emit(relax.TupleGetItem(res, 1))
+                    outs_state += [h_new, c_new]
+                else:
+                    if spec.dual:
+                        ycx = call("masked_gemv_x", [ws["w_ih"], x, rows, count], ten((s.n,)))
+                        ych = call("masked_gemv_h", [ws["w_hh"], st["h"], rows, count], ten((s.n,)))
+                        h_new = call("gru_assemble", [pre, a_ll, ycx, ych, pos, ws["b_ih"], ws["b_hh"], st["h"]],
+                                     ten((s.hp,)))
+                    else:
+                        yx = call("gemv_x", [ws["w_ih"], x], ten((s.n,)))
+                        yh = call("gemv_h", [ws["w_hh"], st["h"]], ten((s.n,)))
+                        h_new = call("gru_dense_cell", [yx, yh, ws["b_ih"], ws["b_hh"], st["h"]], ten((s.hp,)))
+                    outs_state.append(h_new)
+                x = bb.emit(relax.op.add(h_new, x)) if spec.residual[i] else h_new
+            out = bb.emit_output(relax.Tuple([x, *outs_state, *counts]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _param_shapes(s: LayerShape, dual: bool) -> dict[str, tuple]:
+    shapes = {"w": ((s.n, s.dxp + s.hp),), "bias": ((s.n,),), "w_ih": ((s.n, s.dxp),), "w_hh": ((s.n, s.hp),),
+              "b_ih": ((s.n,),), "b_hh": ((s.n,),)}
+    if dual:
+        shapes.update({"px": ((s.k, s.dxp), "int8"), "ph": ((s.k, s.hp), "int8"), "wq": ((4 * s.hidden, s.k2p), "int8"),
+                       "wscale": ((4 * s.hidden,),), "bias_ll": ((4 * s.hidden,),), "lo": ((s.n,),), "hi": ((s.n,),)})
+    return shapes
+
+
+def compile_decoder(spec: DecoderSpec, target: "str | TargetSpec", database=None):
+    """``tvm.compile`` the step for ``target``; returns the executable."""
+    import tvm
+
+    target = parse_target(target)
+    mod = build_ir(spec, target, database)
+    return tvm.compile(mod, target=target.to_tvm())
+
+
+def export(ex, spec: DecoderSpec, target: TargetSpec, out_dir: str | os.PathLike, params: list[dict[str, np.ndarray]],
+           littles: list[LittleModule] | None, model_info: dict) -> Path:
+    """Write ``decoder.so``, ``params.npz`` (+ ``little.npz``) and ``manifest.json``."""
+    from .artefact import save_little
+    from .checkpoint import git_revision
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ex.export_library(str(out / "decoder.so"))
+    np.savez(out / "params.npz", **{f"l{i}_{k}": v for i, p in enumerate(params) for k, v in p.items()})
+    if littles:
+        save_little(out / "little.npz", littles, model_info)
+    manifest = {"version": MANIFEST_VERSION, "spec": spec.to_json(), "target": target.to_dict(), "target_name": target.name,
+                "required_cpu_features": sorted(target.required_features()), "model": model_info, "git": git_revision()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out

@@ -1,0 +1,370 @@
+"""TensorIR definitions of the dual-module step's kernels (what is computed, not how).
+
+Schedules live in ``schedules/``; numpy references in :mod:`dualtvm.reference`.  Every
+reduction length is padded to a multiple of :data:`PAD` with zero weights, so schedules
+can split it into vector lanes without tails.  Kernels (Algorithm 1):
+
+* ``project``        step 1: ternary P (int8) times x and h, then run-time INT8 quantisation
+* ``little_gemv``    step 2: INT8 W_LL (per-row scales) times the quantised projection, + b_LL
+* ``mask``           step 3: φ(y_LL), eq. 5 bands, compacted list of sensitive rows (serial scan)
+* ``masked_gemv``    step 4: fp32 big rows listed by the mask, nothing else is read
+* ``lstm_assemble`` / ``gru_assemble``  step 5: eq. 1 and the cell update (eq. 6 / GRU)
+* ``gemv``, ``lstm_dense_cell``, ``gru_dense_cell``: the dense baseline, same toolchain
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm.script import tirx as T
+
+PAD = 32
+
+
+def padded(n: int) -> int:
+    return (n + PAD - 1) // PAD * PAD
+
+
+def _named(func, name: str):
+    return func.with_attr("global_symbol", name)
+
+
+# ----------------------------------------------------------------------------- GEMVs
+def gemv(n: int, k: int, name: str = "gemv"):
+    """Dense fp32 y = W x (W row-major, k padded)."""
+
+    @T.prim_func(s_tir=True)
+    def f(W: T.Buffer((n, k), "float32"), x: T.Buffer((k,), "float32"), y: T.Buffer((n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for i, j in T.grid(n, k):
+            with T.sblock("dot"):
+                vi, vj = T.axis.remap("SR", [i, j])
+                with T.init():
+                    y[vi] = T.float32(0)
+                y[vi] = y[vi] + W[vi, vj] * x[vj]
+
+    return _named(f, name)
+
+
+def masked_gemv(n: int, k: int, name: str = "masked_gemv"):
+    """Step 4: yc[p] = W[rows[p]] · x for p < count — rows past ``count`` are never read."""
+
+    @T.prim_func(s_tir=True)
+    def f(W: T.Buffer((n, k), "float32"), x: T.Buffer((k,), "float32"), rows: T.Buffer((n,), "int32"),
+          count: T.Buffer((1,), "int32"), yc: T.Buffer((n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for p, j in T.grid(n, k):
+            with T.sblock("dot"):
+                vp, vj = T.axis.remap("SR", [p, j])
+                T.where(p < count[0])
+                with T.init():
+                    yc[vp] = T.float32(0)
+                yc[vp] = yc[vp] + W[rows[vp], vj] * x[vj]
+
+    return _named(f, name)
+
+
+def little_gemv(n: int, k2: int, name: str = "little_gemv"):
+    """Step 2 before φ: pre = scale_w[i] · Σ_j Wq[i, j] · z[j] + b[i], Wq INT8.
+
+    z holds the dequantised INT8 projection; int8×int8 products and their sums stay below
+    2²⁴, so fp32 lanes compute them exactly: a non-saturating path for AVX2 (no VNNI needed).
+    """
+
+    @T.prim_func(s_tir=True)
+    def f(Wq: T.Buffer((n, k2), "int8"), z: T.Buffer((k2,), "float32"), scale: T.Buffer((n,), "float32"),
+          bias: T.Buffer((n,), "float32"), pre: T.Buffer((n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        acc = T.sblock_alloc_buffer((n,), "float32")
+        for i, j in T.grid(n, k2):
+            with T.sblock("dot"):
+                vi, vj = T.axis.remap("SR", [i, j])
+                with T.init():
+                    acc[vi] = T.float32(0)
+                acc[vi] = acc[vi] + T.Cast("float32", Wq[vi, vj]) * z[vj]
+        for i in range(n):
+            with T.sblock("epilogue"):
+                vi = T.axis.remap("S", [i])
+                pre[vi] = acc[vi] * scale[vi] + bias[vi]
+
+    return _named(f, name)
+
+
+def project(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "project"):
+    """Step 1: z = [Q(P_x x); Q(P_h h)] with P ternary int8 (× 1/√3) and per-half INT8 scales.
+
+    Output is the dequantised value (code × scale), length 2k padded to ``padded(2k)``.
+    """
+    k2 = padded(2 * k)
+    qmax = float(2 ** (act_bits - 1) - 1)
+    s3 = 0.5773502691896258
+
+    @T.prim_func(s_tir=True)
+    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
+          h: T.Buffer((dh,), "float32"), z: T.Buffer((k2,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        zx = T.sblock_alloc_buffer((k,), "float32")
+        zh = T.sblock_alloc_buffer((k,), "float32")
+        amax = T.sblock_alloc_buffer((2,), "float32")
+        for i, j in T.grid(k, dx):
+            with T.sblock("dot_x"):
+                vi, vj = T.axis.remap("SR", [i, j])
+                with T.init():
+                    zx[vi] = T.float32(0)
+                zx[vi] = zx[vi] + T.Cast("float32", Px[vi, vj]) * x[vj]
+        for i, j in T.grid(k, dh):
+            with T.sblock("dot_h"):
+                vi, vj = T.axis.remap("SR", [i, j])
+                with T.init():
+                    zh[vi] = T.float32(0)
+                zh[vi] = zh[vi] + T.Cast("float32", Ph[vi, vj]) * h[vj]
+        for s, i in T.grid(2, k):
+            with T.sblock("amax"):
+                vs, vi = T.axis.remap("SR", [s, i])
+                with T.init():
+                    amax[vs] = T.float32(1e-12)
+                amax[vs] = T.max(amax[vs], T.abs(T.if_then_else(vs == 0, zx[vi], zh[vi])) * T.float32(s3))
+        for i in range(k2):
+            with T.sblock("quant"):
+                vi = T.axis.remap("S", [i])
+                z[vi] = T.if_then_else(
+                    vi < k, T.round(zx[T.min(vi, k - 1)] * T.float32(s3) * T.float32(qmax) / amax[0]) * amax[0] / T.float32(qmax),
+                    T.if_then_else(vi < 2 * k,
+                                   T.round(zh[T.max(T.min(vi - k, k - 1), 0)] * T.float32(s3) * T.float32(qmax) / amax[1])
+                                   * amax[1] / T.float32(qmax), T.float32(0)))
+
+    return _named(f, name)
+
+
+# ----------------------------------------------------------------------------- mask (serial scan)
+def mask(hidden: int, rnn_type: str, name: str = "mask"):
+    """Step 3: a_LL = φ(pre_LL); sensitive rows (lo < a_LL < hi, eq. 5) compacted into ``rows``.
+
+    ``pos[i]`` is row i's place in ``rows`` or −1.  For the GRU candidate gate the mask uses
+    r_LL (the final r is not known before the big GEMV), as the PyTorch reference does.
+    A scan is serial; it is ~n compares, 1–2 % of the step.
+    """
+    H = hidden
+    gates = 4 if rnn_type == "LSTM" else 3
+    n = gates * H
+    nl = 4 * H
+    tanh_gate = 2  # g (LSTM) and n (GRU) are the third block
+
+    @T.prim_func
+    def f(pre: T.Buffer((nl,), "float32"), lo: T.Buffer((n,), "float32"), hi: T.Buffer((n,), "float32"),
+          a_ll: T.Buffer((n,), "float32"), rows: T.Buffer((n,), "int32"), pos: T.Buffer((n,), "int32"),
+          count: T.Buffer((1,), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        cnt = T.decl_buffer((1,), "int32", scope="local")
+        cnt[0] = 0
+        for i in range(n):
+            if i // H == tanh_gate:
+                if gates == 4:
+                    a_ll[i] = T.tanh(pre[i])
+                else:
+                    a_ll[i] = T.tanh(pre[i] + T.sigmoid(pre[i - 2 * H]) * pre[i + H])
+            else:
+                a_ll[i] = T.sigmoid(pre[i])
+            if a_ll[i] > lo[i] and a_ll[i] < hi[i]:
+                rows[cnt[0]] = i
+                pos[i] = cnt[0]
+                cnt[0] = cnt[0] + 1
+            else:
+                pos[i] = -1
+        for i in range(n):
+            if i >= cnt[0]:
+                rows[i] = 0
+        count[0] = cnt[0]
+
+    return _named(f, name)
+
+
+# ----------------------------------------------------------------------------- assembly + cells
+def lstm_assemble(hidden: int, hp: int, name: str = "lstm_assemble"):
+    """Step 5 + eq. 6: gate = big φ(yc[pos]+b) where sensitive else a_LL; c' = f c + i g; h' = o tanh c'."""
+    H = hidden
+
+    @T.prim_func(s_tir=True)
+    def f(a_ll: T.Buffer((4 * H,), "float32"), yc: T.Buffer((4 * H,), "float32"), pos: T.Buffer((4 * H,), "int32"),
+          bias: T.Buffer((4 * H,), "float32"), c: T.Buffer((hp,), "float32"), h_out: T.Buffer((hp,), "float32"),
+          c_out: T.Buffer((hp,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        gate = T.sblock_alloc_buffer((4 * H,), "float32")
+        for i in range(4 * H):
+            with T.sblock("gate"):
+                vi = T.axis.remap("S", [i])
+                gate[vi] = T.if_then_else(
+                    pos[vi] >= 0,
+                    T.if_then_else(vi // H == 2, T.tanh(yc[T.max(pos[vi], 0)] + bias[vi]),
+                                   T.sigmoid(yc[T.max(pos[vi], 0)] + bias[vi])),
+                    a_ll[vi])
+        for j in range(hp):
+            with T.sblock("cell"):
+                vj = T.axis.remap("S", [j])
+                c_out[vj] = T.if_then_else(vj < H, gate[T.min(vj, H - 1) + H] * c[vj]
+                                           + gate[T.min(vj, H - 1)] * gate[T.min(vj, H - 1) + 2 * H], T.float32(0))
+        for j in range(hp):
+            with T.sblock("hidden"):
+                vj = T.axis.remap("S", [j])
+                h_out[vj] = T.if_then_else(vj < H, gate[T.min(vj, H - 1) + 3 * H] * T.tanh(c_out[vj]), T.float32(0))
+
+    return _named(f, name)
+
+
+def gru_assemble(hidden: int, hp: int, name: str = "gru_assemble"):
+    """Step 5 for the GRU: r, z, n from big rows where sensitive; h' = (1 − z) n + z h."""
+    H = hidden
+
+    @T.prim_func(s_tir=True)
+    def f(pre: T.Buffer((4 * H,), "float32"), a_ll: T.Buffer((3 * H,), "float32"), ycx: T.Buffer((3 * H,), "float32"),
+          ych: T.Buffer((3 * H,), "float32"), pos: T.Buffer((3 * H,), "int32"), b_ih: T.Buffer((3 * H,), "float32"),
+          b_hh: T.Buffer((3 * H,), "float32"), h: T.Buffer((hp,), "float32"), h_out: T.Buffer((hp,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        rz = T.sblock_alloc_buffer((2 * H,), "float32")
+        for i in range(2 * H):
+            with T.sblock("rz"):
+                vi = T.axis.remap("S", [i])
+                rz[vi] = T.if_then_else(pos[vi] >= 0, T.sigmoid(ycx[T.max(pos[vi], 0)] + b_ih[vi] + ych[T.max(pos[vi], 0)]
+                                                                 + b_hh[vi]), a_ll[vi])
+        for j in range(hp):
+            with T.sblock("hidden"):
+                vj = T.axis.remap("S", [j])
+                h_out[vj] = T.if_then_else(
+                    vj < H,
+                    (T.float32(1) - rz[T.min(vj, H - 1) + H]) * T.if_then_else(
+                        pos[T.min(vj, H - 1) + 2 * H] >= 0,
+                        T.tanh(ycx[T.max(pos[T.min(vj, H - 1) + 2 * H], 0)] + b_ih[T.min(vj, H - 1) + 2 * H]
+                               + rz[T.min(vj, H - 1)] * (ych[T.max(pos[T.min(vj, H - 1) + 2 * H], 0)]
+                                                         + b_hh[T.min(vj, H - 1) + 2 * H])),
+                        T.tanh(pre[T.min(vj, H - 1) + 2 * H] + rz[T.min(vj, H - 1)] * pre[T.min(vj, H - 1) + 3 * H]))
+                    + rz[T.min(vj, H - 1) + H] * h[vj],
+                    T.float32(0))
+
+    return _named(f, name)
+
+
+def lstm_dense_cell(hidden: int, hp: int, name: str = "lstm_dense_cell"):
+    """Dense baseline cell (eq. 6) on y = W [x; h]."""
+    H = hidden
+
+    @T.prim_func(s_tir=True)
+    def f(y: T.Buffer((4 * H,), "float32"), bias: T.Buffer((4 * H,), "float32"), c: T.Buffer((hp,), "float32"),
+          h_out: T.Buffer((hp,), "float32"), c_out: T.Buffer((hp,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for j in range(hp):
+            with T.sblock("cell"):
+                vj = T.axis.remap("S", [j])
+                c_out[vj] = T.if_then_else(
+                    vj < H, T.sigmoid(y[T.min(vj, H - 1) + H] + bias[T.min(vj, H - 1) + H]) * c[vj]
+                    + T.sigmoid(y[T.min(vj, H - 1)] + bias[T.min(vj, H - 1)])
+                    * T.tanh(y[T.min(vj, H - 1) + 2 * H] + bias[T.min(vj, H - 1) + 2 * H]), T.float32(0))
+        for j in range(hp):
+            with T.sblock("hidden"):
+                vj = T.axis.remap("S", [j])
+                h_out[vj] = T.if_then_else(
+                    vj < H, T.sigmoid(y[T.min(vj, H - 1) + 3 * H] + bias[T.min(vj, H - 1) + 3 * H]) * T.tanh(c_out[vj]),
+                    T.float32(0))
+
+    return _named(f, name)
+
+
+def gru_dense_cell(hidden: int, hp: int, name: str = "gru_dense_cell"):
+    """Dense baseline GRU cell on yx = W_ih x, yh = W_hh h."""
+    H = hidden
+
+    @T.prim_func(s_tir=True)
+    def f(yx: T.Buffer((3 * H,), "float32"), yh: T.Buffer((3 * H,), "float32"), b_ih: T.Buffer((3 * H,), "float32"),
+          b_hh: T.Buffer((3 * H,), "float32"), h: T.Buffer((hp,), "float32"), h_out: T.Buffer((hp,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for j in range(hp):
+            with T.sblock("hidden"):
+                vj = T.axis.remap("S", [j])
+                h_out[vj] = T.if_then_else(
+                    vj < H,
+                    (T.float32(1) - T.sigmoid(yx[T.min(vj, H - 1) + H] + b_ih[T.min(vj, H - 1) + H] + yh[T.min(vj, H - 1) + H]
+                                              + b_hh[T.min(vj, H - 1) + H]))
+                    * T.tanh(yx[T.min(vj, H - 1) + 2 * H] + b_ih[T.min(vj, H - 1) + 2 * H]
+                             + T.sigmoid(yx[T.min(vj, H - 1)] + b_ih[T.min(vj, H - 1)] + yh[T.min(vj, H - 1)] + b_hh[T.min(vj, H - 1)])
+                             * (yh[T.min(vj, H - 1) + 2 * H] + b_hh[T.min(vj, H - 1) + 2 * H]))
+                    + T.sigmoid(yx[T.min(vj, H - 1) + H] + b_ih[T.min(vj, H - 1) + H] + yh[T.min(vj, H - 1) + H]
+                                + b_hh[T.min(vj, H - 1) + H]) * h[vj],
+                    T.float32(0))
+
+    return _named(f, name)
+
+
+def concat(a: int, b: int, name: str = "concat"):
+    """[x; h] for the LSTM's single masked GEMV over [W_ih | W_hh]."""
+
+    @T.prim_func(s_tir=True)
+    def f(x: T.Buffer((a,), "float32"), h: T.Buffer((b,), "float32"), out: T.Buffer((a + b,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for i in range(a + b):
+            with T.sblock("concat"):
+                vi = T.axis.remap("S", [i])
+                out[vi] = T.if_then_else(vi < a, x[T.min(vi, a - 1)], h[T.max(vi - a, 0)])
+
+    return _named(f, name)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """Shapes of one layer's kernels, all reductions padded."""
+
+    rnn_type: str
+    hidden: int
+    input_size: int
+    k: int
+
+    @property
+    def gates(self) -> int:
+        return 4 if self.rnn_type == "LSTM" else 3
+
+    @property
+    def n(self) -> int:
+        return self.gates * self.hidden
+
+    @property
+    def dxp(self) -> int:
+        return padded(self.input_size)
+
+    @property
+    def hp(self) -> int:
+        return padded(self.hidden)
+
+    @property
+    def k2p(self) -> int:
+        return padded(2 * self.k)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.rnn_type.lower()}_{self.hidden}_{self.input_size}_k{self.k}"
+
+
+def layer_kernels(s: LayerShape, dual: bool = True) -> dict[str, tvm.tirx.PrimFunc]:
+    """Every PrimFunc one layer's step calls, named ``<kind>_<tag>`` so layers of one shape share them."""
+    t = s.tag
+    ks: dict[str, tvm.tirx.PrimFunc] = {}
+    if s.rnn_type == "LSTM":
+        kb = s.dxp + s.hp
+        ks[f"concat_{t}"] = concat(s.dxp, s.hp, f"concat_{t}")
+        if dual:
+            ks[f"masked_gemv_{t}"] = masked_gemv(s.n, kb, f"masked_gemv_{t}")
+            ks[f"lstm_assemble_{t}"] = lstm_assemble(s.hidden, s.hp, f"lstm_assemble_{t}")
+        else:
+            ks[f"gemv_{t}"] = gemv(s.n, kb, f"gemv_{t}")
+            ks[f"lstm_dense_cell_{t}"] = lstm_dense_cell(s.hidden, s.hp, f"lstm_dense_cell_{t}")
+    else:
+        if dual:
+            ks[f"masked_gemv_x_{t}"] = masked_gemv(s.n, s.dxp, f"masked_gemv_x_{t}")
+            ks[f"masked_gemv_h_{t}"] = masked_gemv(s.n, s.hp, f"masked_gemv_h_{t}")
+            ks[f"gru_assemble_{t}"] = gru_assemble(s.hidden, s.hp, f"gru_assemble_{t}")
+        else:
+            ks[f"gemv_x_{t}"] = gemv(s.n, s.dxp, f"gemv_x_{t}")
+            ks[f"gemv_h_{t}"] = gemv(s.n, s.hp, f"gemv_h_{t}")
+            ks[f"gru_dense_cell_{t}"] = gru_dense_cell(s.hidden, s.hp, f"gru_dense_cell_{t}")
+    if dual:
+        ks[f"project_{t}"] = project(s.k, s.dxp, s.hp, name=f"project_{t}")
+        ks[f"little_gemv_{t}"] = little_gemv(4 * s.hidden, s.k2p, f"little_gemv_{t}")
+        ks[f"mask_{t}"] = mask(s.hidden, s.rnn_type, f"mask_{t}")
+    return ks

@@ -1,0 +1,79 @@
+"""Named model configurations (the paper's layers) and where their big weights come from."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .models import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    rnn_type: str
+    hidden: int
+    input_size: int
+    layers: int = 1
+    residual_from: int | None = None  # 1-based layer from which residual connections start
+
+    def residual(self) -> list[bool]:
+        return [self.residual_from is not None and i + 1 >= self.residual_from for i in range(self.layers)]
+
+
+MODELS: dict[str, ModelConfig] = {
+    "lstm-1500": ModelConfig("LSTM", 1500, 1500),
+    "lstm-750": ModelConfig("LSTM", 750, 750),
+    "gru-1500": ModelConfig("GRU", 1500, 1500),
+    "gru-750": ModelConfig("GRU", 750, 750),
+    # GNMT decoder layer shapes of Table 4: (hidden, input)
+    "gnmt-1024-1024": ModelConfig("LSTM", 1024, 1024),
+    "gnmt-1024-2048": ModelConfig("LSTM", 1024, 2048),
+    "tiny-lstm": ModelConfig("LSTM", 48, 48, 2),
+    "tiny-gru": ModelConfig("GRU", 48, 48, 2),
+}
+DEFAULT_MODEL = "lstm-1500"
+
+
+def model_config(name: str) -> ModelConfig:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}: known models are {', '.join(sorted(MODELS))}") from None
+
+
+def big_rnn(name: str, checkpoint: str | Path | None = None, seed: int = 0) -> tuple[nn.Module, str]:
+    """The big RNN of a named config: from a checkpoint (LM checkpoint or a state_dict), else seeded random.
+
+    Returns the module and a word on where its weights came from.
+    """
+    cfg = model_config(name)
+    if checkpoint is not None:
+        from .checkpoint import load_checkpoint
+        from .models import rnn_from_state_dict
+
+        path = Path(checkpoint)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(payload, dict) and payload.get("kind") == "lm":
+            payload = load_checkpoint(path)
+            state = {k[len("rnn."):]: v for k, v in payload["state_dict"].items() if k.startswith("rnn.")}
+        elif isinstance(payload, nn.Module):
+            state = payload.state_dict()
+        else:
+            state = payload
+        rnn = rnn_from_state_dict(state)
+        got = (type(rnn).__name__, rnn.hidden_size, rnn.input_size, rnn.num_layers)
+        want = (cfg.rnn_type, cfg.hidden, cfg.input_size, cfg.layers)
+        if got != want:
+            raise ModelError(f"checkpoint {path} holds an {got[0]}(input {got[2]}, hidden {got[1]}, layers {got[3]}) "
+                             f"but model {name!r} is {want[0]}(input {want[2]}, hidden {want[1]}, layers {want[3]})")
+        return rnn.eval(), f"checkpoint {path}"
+    torch.manual_seed(seed)
+    rnn = getattr(nn, cfg.rnn_type)(cfg.input_size, cfg.hidden, cfg.layers)
+    return rnn.eval(), f"random weights (seed {seed}): no trained checkpoint given"

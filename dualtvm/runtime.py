@@ -1,0 +1,164 @@
+"""Load and run a built decoder (``decoder.so`` + ``params.npz`` + ``manifest.json``).
+
+The insensitive ratio is a run-time knob: :meth:`CompiledDecoder.set_insensitive_ratio`
+turns it into per-row thresholds from the calibration stored in ``little.npz`` — no rebuild.
+Refuses to load a library whose target ISA this CPU lacks (it would die of SIGILL), or a
+build for another model config.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .decoder import MANIFEST_VERSION, DecoderSpec, layer_param_names, state_names
+from .target import TargetError, missing_host_features, parse_target
+from .thresholds import Thresholds, check_ratio
+
+log = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """A build folder that cannot be run here: missing files, wrong version, ISA or model."""
+
+
+class CompiledDecoder:
+    """A compiled decode step with its weights; ``step(x, state)`` → (output, new state)."""
+
+    def __init__(self, build_dir: str | os.PathLike, expect_model: dict | None = None) -> None:
+        import tvm
+        from tvm import relax
+
+        d = Path(build_dir)
+        for f in ("manifest.json", "decoder.so", "params.npz"):
+            if not (d / f).exists():
+                raise BuildError(f"{d / f} is missing: not a dualtvm build folder (run scripts/build.py)")
+        self.manifest = json.loads((d / "manifest.json").read_text())
+        if self.manifest.get("version") != MANIFEST_VERSION:
+            raise BuildError(f"{d}: manifest version {self.manifest.get('version')}, this dualtvm reads {MANIFEST_VERSION}")
+        target = parse_target(self.manifest["target"])
+        missing = missing_host_features(target)
+        if missing:
+            raise TargetError(f"{d / 'decoder.so'} was built for {target.cli!r}, which needs CPU features this host "
+                              f"lacks: {sorted(missing)}; refusing to load it (it would crash with an illegal instruction)")
+        if expect_model is not None:
+            built = {k: self.manifest["model"].get(k) for k in expect_model}
+            if built != expect_model:
+                raise BuildError(f"{d} was built for model {built}, not {expect_model}")
+        self.spec = DecoderSpec.from_json(self.manifest["spec"])
+        self.target = target
+        self.dev = tvm.cpu()
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(d / "decoder.so")), self.dev)
+        raw = np.load(d / "params.npz")
+        self.params = [{n: raw[f"l{i}_{n}"] for n in layer_param_names(s, self.spec.dual)}
+                       for i, s in enumerate(self.spec.layers)]
+        self._tensors = [{n: tvm.runtime.tensor(v, self.dev) for n, v in p.items()} for p in self.params]
+        self.littles = None
+        if self.spec.dual and (d / "little.npz").exists():
+            from .artefact import load_little
+
+            self.littles, _ = load_little(d / "little.npz")
+
+    # ------------------------------------------------------------------ knobs
+    def set_thresholds(self, per_layer: list[Thresholds]) -> None:
+        from .gates import layout
+
+        for i, (s, th) in enumerate(zip(self.spec.layers, per_layer)):
+            lo, hi = th.row_bounds(layout(s.rnn_type).gates, s.hidden)
+            self._set(i, "lo", lo)
+            self._set(i, "hi", hi)
+
+    def set_insensitive_ratio(self, ratio: "float | list") -> None:
+        """One ratio, or one per layer (float or {gate: ratio}), mapped through the stored calibration."""
+        from .gates import layout
+
+        if not self.spec.dual:
+            raise BuildError("this is a dense build: it has no insensitive ratio")
+        if self.littles is None:
+            raise BuildError("build has no little.npz calibration: use set_thresholds")
+        per_layer = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(self.spec.layers)
+        ths = []
+        for s, lm, r in zip(self.spec.layers, self.littles, per_layer):
+            gates = layout(s.rnn_type).gates
+            rs = r if isinstance(r, dict) else {g: r for g in gates}
+            ths.append(Thresholds({g: lm.calibration[g].band(check_ratio(rs[g])) for g in gates}))
+        self.set_thresholds(ths)
+
+    def _set(self, layer: int, name: str, value: np.ndarray) -> None:
+        import tvm
+
+        self._tensors[layer][name] = tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32), self.dev)
+
+    # ------------------------------------------------------------------ running
+    def init_state(self) -> list[np.ndarray]:
+        return [np.zeros(s.hp, np.float32) for s in self.spec.layers for _ in state_names(s)]
+
+    def step(self, x, state: list | None = None, check_finite: bool = True):
+        """One decode step on numpy/torch vectors; returns (output (hidden,), new state list, masks).
+
+        ``masks[l]`` is layer l's boolean sensitive-row mask (empty list for a dense build).
+        """
+        import tvm
+
+        s0 = self.spec.layers[0]
+        x = _as_numpy(x)
+        if x.shape != (s0.input_size,) and x.shape != (s0.dxp,):
+            raise ValueError(f"input has shape {x.shape}, the decoder takes ({s0.input_size},)")
+        if check_finite and not np.isfinite(x).all():
+            raise FloatingPointError("input contains NaN or Inf; refusing to propagate it into the state")
+        xp = np.zeros(s0.dxp, np.float32)
+        xp[: x.shape[0]] = x[: s0.dxp]
+        state = [_pad(_as_numpy(v), s.hp) for v, s in zip(state, self._state_layers())] if state else self.init_state()
+        if check_finite and not all(np.isfinite(v).all() for v in state):
+            raise FloatingPointError("state contains NaN or Inf")
+        args = [tvm.runtime.tensor(xp, self.dev)]
+        k = 0
+        for i, s in enumerate(self.spec.layers):
+            for _ in state_names(s):
+                args.append(tvm.runtime.tensor(state[k], self.dev))
+                k += 1
+            args += [self._tensors[i][n] for n in layer_param_names(s, self.spec.dual)]
+        out = self.vm["step"](*args)
+        n_state = len(state)
+        top = self.spec.layers[-1]
+        new_state = [out[1 + j].numpy() for j in range(n_state)]
+        masks = [out[1 + n_state + j].numpy() >= 0 for j in range(len(self.spec.layers))] if self.spec.dual else []
+        return out[0].numpy()[: top.hidden], new_state, masks
+
+    def _state_layers(self):
+        return [s for s in self.spec.layers for _ in state_names(s)]
+
+    def time_step(self, repeat: int = 50) -> float:
+        """Median ms of the VM step on zero state (inputs prepared outside the timed region)."""
+        import time
+
+        import tvm
+
+        s0 = self.spec.layers[0]
+        args = [tvm.runtime.tensor(np.random.default_rng(0).standard_normal(s0.dxp).astype(np.float32), self.dev)]
+        for i, s in enumerate(self.spec.layers):
+            args += [tvm.runtime.tensor(np.zeros(s.hp, np.float32), self.dev) for _ in state_names(s)]
+            args += [self._tensors[i][n] for n in layer_param_names(s, self.spec.dual)]
+        f = self.vm["step"]
+        f(*args)
+        ts = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            f(*args)
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts) * 1e3)
+
+
+def _as_numpy(v) -> np.ndarray:
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    return np.asarray(v, dtype=np.float32).reshape(-1)
+
+
+def _pad(v: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n, np.float32)
+    out[: min(n, v.shape[0])] = v[:n]
+    return out

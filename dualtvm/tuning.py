@@ -1,0 +1,185 @@
+"""MetaSchedule tuning of the kernels around their hand-written schedules.
+
+Tasks are the row-dot kernels of a model (projection, little GEMV, masked and dense big
+GEMVs); the element-wise and scan kernels have nothing to search.  The design space is
+``schedules.design_space`` (sampled knobs), measured by a ``LocalRunner`` whose arguments are
+*valid* (row lists are permutations, counts are half the rows — the default runner's random
+int32 bits would index out of bounds), and the database is a JSON one under
+``tuning_logs/<target-name>/`` that every run extends (resume = rerun).  After tuning each
+kernel's best record is timed against the untuned default and the faster one is kept
+(``summary.json``), so a tuned build is never slower than the default one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .kernels import LayerShape, layer_kernels
+from .target import TargetSpec
+
+log = logging.getLogger(__name__)
+
+TUNABLE_PREFIXES = ("gemv", "masked_gemv", "little_gemv", "project")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tuning_dir(target: TargetSpec, root: str | os.PathLike | None = None) -> Path:
+    return Path(root) if root is not None else REPO / "tuning_logs" / target.name
+
+
+@dataclass
+class Task:
+    name: str
+    func: object  # PrimFunc
+    shapes: dict
+
+    def describe(self) -> dict:
+        return {"kernel": self.name, "shapes": self.shapes}
+
+
+def tasks_for(layers: list[LayerShape], dual_and_dense: bool = True) -> list[Task]:
+    """Distinct tunable kernels of the given layer shapes (dual and dense builds)."""
+    seen: dict[str, Task] = {}
+    for s in layers:
+        for dual in ((True, False) if dual_and_dense else (True,)):
+            for name, f in layer_kernels(s, dual).items():
+                if name.startswith(TUNABLE_PREFIXES) and name not in seen:
+                    shapes = {name: "x".join(map(str, shape)) for name, _, shape in arg_specs(f)}
+                    seen[name] = Task(name, f, shapes)
+    return list(seen.values())
+
+
+def arg_specs(func) -> list[tuple[str, str, list[int]]]:
+    """(name, dtype, shape) of each buffer argument of a PrimFunc."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    infos = ArgInfo.from_prim_func(func)
+    return [(str(p.name), str(i.dtype), [int(v) for v in i.shape]) for p, i in zip(func.params, infos)]
+
+
+def valid_arguments(device, args_info, alloc_repeat: int):
+    """Runner arguments that a masked kernel can use: int32 vectors in-bounds, counts = half the rows."""
+    import tvm
+
+    rng = np.random.default_rng(0)
+    int_vectors = [int(info[2][0]) for info in args_info if info[1] == "int32" and list(info[2]) != [1]]
+    n_rows = int_vectors[0] if int_vectors else 0
+    repeated = []
+    for _ in range(alloc_repeat):
+        args = []
+        for _tag, dtype, shape in args_info:
+            shape = [int(s) for s in shape]
+            if dtype == "int32" and shape == [1]:
+                arr = np.array([n_rows // 2], np.int32)
+            elif dtype == "int32":
+                arr = np.sort(rng.permutation(shape[0])).astype(np.int32)
+            elif dtype == "int8":
+                arr = rng.integers(-127, 128, size=shape, dtype=np.int8)
+            else:
+                arr = rng.standard_normal(shape).astype(dtype)
+            args.append(tvm.runtime.tensor(arr, device))
+        repeated.append(args)
+    return repeated
+
+
+def open_database(path: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    path.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(str(path / "database_workload.json"), str(path / "database_tuning_record.json"),
+                                    allow_missing=True)
+
+
+def _mod(func):
+    import tvm
+
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def best_from_database(database, func, target: TargetSpec):
+    """The tuned PrimFunc for ``func`` if the database has one and it beat the default, else None."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if database is None:
+        return None
+    summary_file = Path(getattr(database, "_dualtvm_dir", "")) / "summary.json"
+    name = str(func.attrs["global_symbol"])
+    if summary_file.exists():
+        entry = json.loads(summary_file.read_text()).get(name)
+        if entry and entry.get("use") == "default":
+            return None
+    sch = database.query_schedule(_mod(func), target=target.to_tvm(), workload_name="main")
+    if sch is None:
+        return None
+    return sch.mod["main"].with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+
+
+def load_database(target: TargetSpec, root: str | os.PathLike | None = None):
+    d = tuning_dir(target, root)
+    if not (d / "database_tuning_record.json").exists():
+        return None
+    db = open_database(d)
+    db._dualtvm_dir = str(d)  # noqa: SLF001 - where summary.json lives
+    return db
+
+
+def time_kernel(func, target: TargetSpec, repeat: int = 30) -> float:
+    """Median ms of a built kernel on valid arguments (fresh row lists are not needed: the kernel is the same)."""
+    import tvm
+
+    lib = tvm.build(_mod(func), target=target.to_tvm())
+    dev = tvm.cpu()
+    info = [(None, dtype, shape) for _, dtype, shape in arg_specs(func)]
+    args = valid_arguments(dev, info, 1)[0]
+    f = lib["main"]
+    f(*args)
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f(*args)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1e3)
+
+
+def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str | os.PathLike | None = None,
+         redo: bool = False, progress: bool = True) -> dict:
+    """Tune each task with MetaSchedule + XGBoost, then keep the faster of tuned and default."""
+    from schedules import apply_default, design_space
+    from tqdm.auto import tqdm
+    from tvm.s_tir import meta_schedule as ms
+
+    d = tuning_dir(target, root)
+    db = open_database(d)
+    summary_file = d / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    tgt = target.to_tvm()
+    for task in tqdm(tasks, desc="tuning", disable=not progress):
+        if task.name in summary and not redo and summary[task.name].get("trials", 0) >= trials_per_task:
+            log.info("%s already tuned (%d trials); --redo to tune again", task.name, summary[task.name]["trials"])
+            continue
+        ms.tune_tir(
+            _mod(task.func), tgt, work_dir=str(d / "work"), max_trials_global=trials_per_task,
+            num_trials_per_iter=min(16, trials_per_task),
+            space=ms.space_generator.ScheduleFn(design_space, sch_rules=[], postprocs=[],
+                                                mutator_probs={ms.mutator.MutateTileSize(): 1.0}),
+            builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=120),
+            runner=ms.runner.LocalRunner(f_alloc_argument=valid_arguments,
+                                         evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=3)),
+            database=db, cost_model="xgb", strategy="evolutionary", task_scheduler="round-robin",
+            num_tuning_cores=max(1, (target.num_cores or os.cpu_count() or 1)), seed=0)
+        default_ms = time_kernel(apply_default(task.func), target)
+        sch = db.query_schedule(_mod(task.func), target=tgt, workload_name="main")
+        tuned_ms = time_kernel(sch.mod["main"].with_attr("tirx.is_scheduled", True), target) if sch else None
+        prev = summary.get(task.name, {})
+        summary[task.name] = {"shapes": task.shapes, "default_ms": round(default_ms, 4),
+                              "tuned_ms": None if tuned_ms is None else round(tuned_ms, 4),
+                              "use": "tuned" if tuned_ms is not None and tuned_ms < default_ms else "default",
+                              "trials": prev.get("trials", 0) + trials_per_task}
+        summary_file.write_text(json.dumps(summary, indent=2))  # after every task: a kill loses nothing done
+    return summary

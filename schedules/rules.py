@@ -1,0 +1,114 @@
+"""Schedule rules: row-dot reductions (every GEMV of the step) and element-wise epilogues.
+
+Row-dot (a reduction ``y[i] = Σ_j A[r(i), j] · b[j]``, with or without a row predicate):
+  rows split into (j, g) and ``g`` made the outer, parallel loop, so compacted row lists —
+  whose sensitive rows are all at the front — are spread over threads round-robin;
+  the reduction split into vector lanes and rfactor-ed (factor_axis=1 keeps lanes contiguous),
+  the lane-sum reverse-computed under the row loop so the predicate ``p < count`` stays on
+  the loads (compute_at would drop it), accumulators in registers.
+Knobs: ``lanes`` (vector width of the reduction), ``groups`` (row interleave = parallel
+chunks), ``unroll`` (auto-unroll step of the reduction loop).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir
+
+ROW_DOT_BLOCKS = ("dot", "dot_x", "dot_h")
+ELEMENTWISE_BLOCKS = ("epilogue", "quant", "gate", "cell", "hidden", "rz", "concat")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    lanes: int = 16
+    groups: int = 16
+    rows: int = 4
+    unroll: int = 0
+
+
+DEFAULT_KNOBS = Knobs()
+UNROLL_CHOICES = (0, 4, 16)
+LANE_CHOICES = (8, 16, 32)  # reductions are padded to a multiple of 32 (kernels.PAD)
+
+
+def _blocks(sch: s_tir.Schedule, names) -> list:
+    out = []
+    for name in names:
+        try:
+            out.append(sch.get_sblock(name))
+        except Exception:  # noqa: BLE001 - the kernel does not have this block
+            pass
+    return out
+
+
+def row_dot(sch: s_tir.Schedule, block, knobs: Knobs | None) -> None:
+    """Schedule one row-dot reduction block; ``knobs=None`` samples them (design space).
+
+    Rows p = (j · groups + g) · rows + r: thread-parallel ``g`` outermost, blocks of ``rows``
+    contiguous rows sharing each loaded x vector (register blocking), lanes innermost.
+    """
+    p, k = sch.get_loops(block)
+    if knobs is None:
+        pj, pg, pr = sch.split(p, sch.sample_perfect_tile(p, n=3, max_innermost_factor=8))
+        lanes = sch.sample_categorical(list(LANE_CHOICES), [0.25, 0.5, 0.25])
+        ko, ki = sch.split(k, [None, lanes])
+        unroll = sch.sample_categorical(list(UNROLL_CHOICES), [0.4, 0.3, 0.3])
+    else:
+        n_rows = int(sch.get(p).extent)
+        groups = max(1, min(knobs.groups, n_rows))
+        while n_rows % groups:
+            groups -= 1
+        rows = max(1, min(knobs.rows, n_rows // groups))
+        while (n_rows // groups) % rows:
+            rows -= 1
+        pj, pg, pr = sch.split(p, [None, groups, rows])
+        ko, ki = sch.split(k, [None, knobs.lanes])
+        unroll = knobs.unroll
+    sch.reorder(pg, pj, pr, ko, ki)
+    rf = sch.rfactor(ki, factor_axis=1)
+    pg, pj, pr, ko, ki = sch.get_loops(rf)
+    sch.parallel(pg)
+    sch.reorder(ko, pr)
+    sch.reverse_compute_at(block, pj)
+    sch.set_scope(rf, 0, "local")
+    sch.vectorize(ki)
+    sch.unroll(pr)
+    sch.annotate(ko, "pragma_auto_unroll_max_step", unroll)
+    sch.annotate(ko, "pragma_unroll_explicit", 1)
+    sch.decompose_reduction(rf, ko)
+
+
+def elementwise(sch: s_tir.Schedule, block, lanes: int = 8) -> None:
+    (i,) = sch.get_loops(block)
+    extent = int(sch.get(i).extent)
+    if extent % lanes == 0 and extent >= lanes:
+        _, vi = sch.split(i, [None, lanes])
+        sch.vectorize(vi)
+
+
+def schedule_kernel(sch: s_tir.Schedule, knobs: Knobs | None = DEFAULT_KNOBS) -> s_tir.Schedule:
+    """Apply the rules to every block of a dualtvm kernel (any other block is left as is)."""
+    for block in _blocks(sch, ROW_DOT_BLOCKS):
+        row_dot(sch, block, knobs)
+    for block in _blocks(sch, ELEMENTWISE_BLOCKS):
+        elementwise(sch, block)
+    return sch
+
+
+def apply_default(func, knobs: Knobs = DEFAULT_KNOBS):
+    """The untuned, hand-scheduled PrimFunc (marked scheduled so the default pipeline keeps it)."""
+    if not _has_sblocks(func):
+        return func.with_attr("tirx.is_scheduled", True)
+    sch = s_tir.Schedule(func)
+    schedule_kernel(sch, knobs)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def design_space(sch: s_tir.Schedule) -> s_tir.Schedule:
+    """MetaSchedule ``ScheduleFn``: the same rules with sampled knobs."""
+    return schedule_kernel(sch, knobs=None)
+
+
+def _has_sblocks(func) -> bool:
+    return "T.sblock(" in func.script() if hasattr(func, "script") else True

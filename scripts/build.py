@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Build a compiled dual-module decoder (and its dense twin) for a model and target.
+
+    python scripts/build.py --target "llvm -mcpu=broadwell" --model lstm-1500 --out build/lstm-1500 --verify
+
+Big weights come from --checkpoint (a train_lm.py checkpoint or an nn.LSTM/GRU state_dict);
+without one, seeded random weights are used and the output says so.  The little module is
+fitted on hidden states of the model run over --calib (ptb text through the LM's embedding
+when the checkpoint is an LM, else Gaussian inputs).  Tuned schedules are taken from
+tuning_logs/<target-name>/ when they beat the default ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="llvm -mcpu=broadwell")
+    p.add_argument("--model", default="lstm-1500")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--out", default=None, help="build folder (default build/<model>-<target-name>)")
+    p.add_argument("--eps", type=float, default=0.5)
+    p.add_argument("--tuning-logs", default=None, help="database folder (default tuning_logs/<target-name>)")
+    p.add_argument("--no-tuned", action="store_true", help="use the default schedules even if a database exists")
+    p.add_argument("--verify", action="store_true", help="check against the PyTorch reference (ratio 0 and 0.5)")
+    p.add_argument("--steps", type=int, default=100, help="decode steps to verify")
+    p.add_argument("--threads", type=int, default=None, help="TVM threads (default: all cores)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
+    from dualtvm.build import BuildConfig, build_model
+
+    report = build_model(BuildConfig(a.model, a.target, a.checkpoint, a.out, a.eps, a.tuning_logs, not a.no_tuned,
+                                     a.verify, a.steps, a.threads))
+    print(json.dumps(report, indent=2))
+    return 0 if report.get("verified", True) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

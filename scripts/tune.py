@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Tune the kernels of a model for a target with MetaSchedule (around the hand schedules).
+
+    python scripts/tune.py --target "llvm -mcpu=broadwell"              # default model: lstm-1500
+    python scripts/tune.py --target "llvm -mcpu=broadwell" --dry-run    # print target + tasks, tune nothing
+    python scripts/tune.py --model gnmt-1024-2048 --trials 64
+
+Records go to tuning_logs/<target-name>/ (JSON database, extended by every run: rerunning
+resumes; finished tasks are skipped unless --redo).  The closing table gives each kernel's
+latency with the default schedule and the tuned one; builds use whichever is faster.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="llvm -mcpu=broadwell", help='CLI string, JSON dict or JSON file')
+    p.add_argument("--model", default="lstm-1500", help="model config name (see dualtvm.registry.MODELS)")
+    p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
+    p.add_argument("--trials", type=int, default=32, help="MetaSchedule trials per kernel")
+    p.add_argument("--tasks", default=None, help="comma-separated substrings: tune only matching kernels")
+    p.add_argument("--logs", default=None, help="database folder (default tuning_logs/<target-name>)")
+    p.add_argument("--redo", action="store_true", help="tune tasks again even if already tuned")
+    p.add_argument("--dry-run", action="store_true", help="print the parsed target and the tasks, then exit")
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
+
+    from dualtvm.kernels import LayerShape
+    from dualtvm.projection import reduced_dim
+    from dualtvm.registry import model_config
+    from dualtvm.target import TargetSpec, check_runs_on_host, parse_target
+    from dualtvm.tuning import tasks_for, tune, tuning_dir
+
+    target = parse_target(a.target)
+    if target.num_cores is None:  # MetaSchedule needs it
+        target = TargetSpec(target.kind, target.mcpu, target.mattr, target.mtriple, os.cpu_count(), target.source)
+    mc = model_config(a.model)
+    gates = 4 if mc.rnn_type == "LSTM" else 3
+    k = reduced_dim(gates * mc.hidden, a.eps)
+    layers = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size if i == 0 else mc.hidden, k) for i in range(mc.layers)]
+    tasks = tasks_for(layers)
+    if a.tasks:
+        wanted = a.tasks.split(",")
+        tasks = [t for t in tasks if any(w in t.name for w in wanted)]
+    print(json.dumps({"target": target.to_dict(), "target_name": target.name, "model": a.model,
+                      "logs": str(tuning_dir(target, a.logs)), "tasks": [t.describe() for t in tasks]}, indent=2))
+    if a.dry_run:
+        return 0
+    if not check_runs_on_host(target):
+        print(f"cannot measure {target.cli!r} on this host; tune on a machine of that ISA (or over RPC)")
+        return 2
+    summary = tune(tasks, target, a.trials, a.logs, a.redo)
+    print(f"\n{'kernel':44s} {'default ms':>11s} {'tuned ms':>9s}  used")
+    for t in tasks:
+        s = summary.get(t.name, {})
+        tuned = "-" if s.get("tuned_ms") is None else f"{s['tuned_ms']:.4f}"
+        print(f"{t.name:44s} {s.get('default_ms', float('nan')):11.4f} {tuned:>9s}  {s.get('use', '?')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
