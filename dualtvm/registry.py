@@ -35,6 +35,7 @@ MODELS: dict[str, ModelConfig] = {
     "gnmt-1024-2048": ModelConfig("LSTM", 1024, 2048),
     "tiny-lstm": ModelConfig("LSTM", 48, 48, 2),
     "tiny-gru": ModelConfig("GRU", 48, 48, 2),
+    "tiny-gnmt": ModelConfig("LSTM", 48, 48, 4, residual_from=3),
 }
 DEFAULT_MODEL = "lstm-1500"
 

@@ -68,6 +68,12 @@ class TargetSpec:
             d["num-cores"] = self.num_cores
         return d
 
+    def with_default_cores(self) -> "TargetSpec":
+        """num-cores filled in from this machine (MetaSchedule needs it; tuning and builds must agree)."""
+        if self.num_cores is not None:
+            return self
+        return TargetSpec(self.kind, self.mcpu, self.mattr, self.mtriple, os.cpu_count() or 1, self.source)
+
     def to_tvm(self):
         import tvm
 

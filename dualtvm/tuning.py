@@ -102,38 +102,41 @@ def _mod(func):
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
-def best_from_database(database, func, target: TargetSpec):
-    """The tuned PrimFunc for ``func`` if the database has one and it beat the default, else None."""
-    from tvm.s_tir import meta_schedule as ms
+@dataclass
+class TuningLog:
+    """A target's database and the tuned-vs-default verdicts of ``summary.json``."""
 
-    if database is None:
+    database: object
+    summary: dict
+
+
+def best_from_database(log_: TuningLog | None, func, target: TargetSpec):
+    """The tuned PrimFunc for ``func`` if the database has one and it beat the default, else None."""
+    if log_ is None:
         return None
-    summary_file = Path(getattr(database, "_dualtvm_dir", "")) / "summary.json"
     name = str(func.attrs["global_symbol"])
-    if summary_file.exists():
-        entry = json.loads(summary_file.read_text()).get(name)
-        if entry and entry.get("use") == "default":
-            return None
-    sch = database.query_schedule(_mod(func), target=target.to_tvm(), workload_name="main")
+    entry = log_.summary.get(name)
+    if entry and entry.get("use") == "default":
+        return None
+    sch = log_.database.query_schedule(_mod(func), target=target.to_tvm(), workload_name="main")
     if sch is None:
         return None
     return sch.mod["main"].with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
 
 
-def load_database(target: TargetSpec, root: str | os.PathLike | None = None):
+def load_database(target: TargetSpec, root: str | os.PathLike | None = None) -> TuningLog | None:
     d = tuning_dir(target, root)
     if not (d / "database_tuning_record.json").exists():
         return None
-    db = open_database(d)
-    db._dualtvm_dir = str(d)  # noqa: SLF001 - where summary.json lives
-    return db
+    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+    return TuningLog(open_database(d), summary)
 
 
 def time_kernel(func, target: TargetSpec, repeat: int = 30) -> float:
     """Median ms of a built kernel on valid arguments (fresh row lists are not needed: the kernel is the same)."""
     import tvm
 
-    lib = tvm.build(_mod(func), target=target.to_tvm())
+    lib = tvm.tirx.build(_mod(func), target=target.to_tvm())
     dev = tvm.cpu()
     info = [(None, dtype, shape) for _, dtype, shape in arg_specs(func)]
     args = valid_arguments(dev, info, 1)[0]

@@ -39,12 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.kernels import LayerShape
     from dualtvm.projection import reduced_dim
     from dualtvm.registry import model_config
-    from dualtvm.target import TargetSpec, check_runs_on_host, parse_target
+    from dualtvm.target import check_runs_on_host, parse_target
     from dualtvm.tuning import tasks_for, tune, tuning_dir
 
-    target = parse_target(a.target)
-    if target.num_cores is None:  # MetaSchedule needs it
-        target = TargetSpec(target.kind, target.mcpu, target.mattr, target.mtriple, os.cpu_count(), target.source)
+    target = parse_target(a.target).with_default_cores()
     mc = model_config(a.model)
     gates = 4 if mc.rnn_type == "LSTM" else 3
     k = reduced_dim(gates * mc.hidden, a.eps)

@@ -1,0 +1,119 @@
+"""The compiled decode step: verified against PyTorch, exported, loaded elsewhere, guarded."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualtvm.build import BuildConfig, build_model
+from dualtvm.runtime import BuildError, CompiledDecoder
+from dualtvm.target import TargetError
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    out = {}
+    for model in ("tiny-lstm", "tiny-gru", "tiny-gnmt"):
+        d = tmp_path_factory.mktemp(model)
+        out[model] = build_model(BuildConfig(model=model, out=str(d), verify=True, steps=30, use_tuned=False))
+    return out
+
+
+@pytest.mark.parametrize("model", ["tiny-lstm", "tiny-gru", "tiny-gnmt"])
+def test_compiled_step_matches_reference(builds, model):
+    r = builds[model]
+    assert r["ratio_0"]["max_abs_err"] < 1e-5
+    assert r["dense_free_running_max_abs_err"] < 1e-4
+    assert r["ratio_0.5"]["mask_mismatch_fraction"] < 0.005
+    assert r["ratio_0.5"]["max_abs_err"] < 1e-3
+    assert r["verified"] is True
+
+
+def test_ratio_is_a_runtime_knob(builds):
+    dec = CompiledDecoder(builds["tiny-lstm"]["builds"]["dual"])
+    x = np.random.default_rng(0).standard_normal(48).astype(np.float32)
+    fractions = []
+    for r in (0.0, 0.3, 0.7, 1.0):
+        dec.set_insensitive_ratio(r)
+        _, _, masks = dec.step(x)
+        fractions.append(1 - np.mean(np.concatenate(masks)))
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert fractions[1] < fractions[2]
+    with pytest.raises(ValueError, match=r"insensitive ratio must lie in \[0, 1\]"):
+        dec.set_insensitive_ratio(1.5)
+
+
+def test_export_load_in_fresh_process(builds):
+    d = builds["tiny-gru"]["builds"]["dual"]
+    x = np.linspace(-1, 1, 48, dtype=np.float32)
+    dec = CompiledDecoder(d)
+    dec.set_insensitive_ratio(0.5)
+    here, _, _ = dec.step(x)
+    code = (f"import numpy as np; from dualtvm.runtime import CompiledDecoder; d = CompiledDecoder({d!r}); "
+            f"d.set_insensitive_ratio(0.5); out, _, _ = d.step(np.linspace(-1, 1, 48, dtype=np.float32)); "
+            f"print(' '.join(repr(float(v)) for v in out))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    there = np.array([float(v) for v in res.stdout.split()], np.float32)
+    np.testing.assert_array_equal(here, there)
+
+
+def test_bad_inputs_are_refused(builds, tmp_path):
+    d = Path(builds["tiny-lstm"]["builds"]["dual"])
+    dec = CompiledDecoder(d)
+    x = np.zeros(48, np.float32)
+    x[3] = np.nan
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        dec.step(x)
+    with pytest.raises(FloatingPointError, match="state contains NaN"):
+        dec.step(np.zeros(48, np.float32), [np.full(48, np.inf, np.float32)] * 4)
+    with pytest.raises(ValueError, match="the decoder takes"):
+        dec.step(np.zeros(7, np.float32))
+    with pytest.raises(BuildError, match="was built for model"):
+        CompiledDecoder(d, expect_model={"name": "tiny-gru"})
+    # a library for an ISA this host lacks is refused before it is loaded
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in ("decoder.so", "params.npz", "little.npz"):
+        (other / f).write_bytes((d / f).read_bytes())
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["target"] = {"kind": "llvm", "mattr": ["+amx-tile"]}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TargetError, match="lacks: \\['amx-tile'\\]; refusing to load"):
+        CompiledDecoder(other)
+    with pytest.raises(BuildError, match="not a dualtvm build folder"):
+        CompiledDecoder(tmp_path)
+
+
+def test_tune_then_build_uses_database(tmp_path):
+    logs = tmp_path / "logs"
+    env = {**os.environ, "TVM_NUM_THREADS": "2"}
+    subprocess.run([sys.executable, "scripts/tune.py", "--model", "tiny-lstm", "--trials", "2", "--tasks", "masked_gemv",
+                    "--logs", str(logs)], cwd=REPO, check=True, env=env, capture_output=True)
+    records = (logs / "database_tuning_record.json").read_text().splitlines()
+    assert records, "tuning wrote no record"
+    summary = json.loads((logs / "summary.json").read_text())
+    (name,) = summary
+    assert summary[name]["default_ms"] > 0 and summary[name]["use"] in ("tuned", "default")
+    # a rerun resumes: the task is done, so nothing is redone and no record is lost
+    subprocess.run([sys.executable, "scripts/tune.py", "--model", "tiny-lstm", "--trials", "2", "--tasks", "masked_gemv",
+                    "--logs", str(logs)], cwd=REPO, check=True, env=env, capture_output=True)
+    assert (logs / "database_tuning_record.json").read_text().splitlines()[: len(records)] == records
+    r = build_model(BuildConfig(model="tiny-lstm", out=str(tmp_path / "b"), tuning_logs=str(logs), verify=True, steps=10))
+    assert r["schedules"] == "tuned database where faster" and r["verified"] is True
+
+
+def test_dry_run_prints_target_and_tasks():
+    res = subprocess.run([sys.executable, "scripts/tune.py", "--target", "llvm -mcpu=broadwell", "--dry-run"],
+                         cwd=REPO, check=True, capture_output=True, text=True)
+    doc = json.loads(res.stdout)
+    assert doc["target"]["mcpu"] == "broadwell" and doc["target_name"] == "llvm-broadwell"
+    assert {t["kernel"].split("_lstm")[0] for t in doc["tasks"]} == {"masked_gemv", "gemv", "little_gemv", "project"}
+    bad = subprocess.run([sys.executable, "scripts/tune.py", "--target", "llvm -mcpu=broadwell -foo=1", "--dry-run"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown target flag -foo" in bad.stderr

@@ -1,0 +1,125 @@
+"""Every kernel against numpy on small shapes, built with the default (hand) schedules."""
+import numpy as np
+import pytest
+import tvm
+
+from dualtvm import kernels as K
+from schedules import Knobs, apply_default
+
+TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "broadwell"})
+pytestmark = pytest.mark.slow
+
+
+def run(func, *arrays, outs, knobs=Knobs()):
+    lib = tvm.tirx.build(tvm.IRModule({"main": apply_default(func, knobs).with_attr("global_symbol", "main")}), target=TARGET)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in arrays] + [tvm.runtime.tensor(np.zeros(s, d), dev) for s, d in outs]
+    lib["main"](*args)
+    return [a.numpy() for a in args[len(arrays):]]
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("knobs", [Knobs(), Knobs(8, 4, 1, 0), Knobs(32, 2, 8, 4)])
+def test_dense_gemv(rng, knobs):
+    W = rng.standard_normal((96, 64)).astype(np.float32)
+    x = rng.standard_normal(64).astype(np.float32)
+    (y,) = run(K.gemv(96, 64), W, x, outs=[((96,), "float32")], knobs=knobs)
+    np.testing.assert_allclose(y, W @ x, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("density", [0.0, 1.0, 0.5, 0.07])
+def test_masked_gemv_reads_listed_rows(rng, density):
+    n, k = 96, 64
+    W = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal(k).astype(np.float32)
+    idx = np.flatnonzero(rng.random(n) < density).astype(np.int32)
+    rows = np.zeros(n, np.int32)
+    rows[: len(idx)] = idx
+    sentinel = np.full(n, 12345.0, np.float32)
+    lib = tvm.tirx.build(tvm.IRModule({"main": apply_default(K.masked_gemv(n, k)).with_attr("global_symbol", "main")}),
+                    target=TARGET)
+    dev = tvm.cpu()
+    yc = tvm.runtime.tensor(sentinel, dev)
+    lib["main"](tvm.runtime.tensor(W, dev), tvm.runtime.tensor(x, dev), tvm.runtime.tensor(rows, dev),
+                tvm.runtime.tensor(np.array([len(idx)], np.int32), dev), yc)
+    np.testing.assert_allclose(yc.numpy()[: len(idx)], W[idx] @ x, rtol=1e-5, atol=1e-4)
+
+
+def test_little_gemv_int8(rng):
+    n, k2 = 64, 96
+    Wq = rng.integers(-127, 128, (n, k2), dtype=np.int8)  # full range: no saturation allowed
+    z = (rng.integers(-127, 128, k2) * 0.01).astype(np.float32)
+    scale = rng.random(n).astype(np.float32) * 0.01
+    bias = rng.standard_normal(n).astype(np.float32)
+    (pre,) = run(K.little_gemv(n, k2), Wq, z, scale, bias, outs=[((n,), "float32")])
+    np.testing.assert_allclose(pre, scale * (Wq.astype(np.float64) @ z) + bias, rtol=1e-5, atol=1e-4)
+
+
+def test_projection_and_quantisation(rng):
+    k, dx, dh = 20, 32, 64
+    Px = rng.integers(-1, 2, (k, dx), dtype=np.int8)
+    Ph = rng.integers(-1, 2, (k, dh), dtype=np.int8)
+    x, h = rng.standard_normal(dx).astype(np.float32), rng.standard_normal(dh).astype(np.float32)
+    (z,) = run(K.project(k, dx, dh), Px, Ph, x, h, outs=[((K.padded(2 * k),), "float32")])
+    for part, P, v in ((z[:k], Px, x), (z[k:2 * k], Ph, h)):
+        proj = (P @ v) / np.sqrt(3)
+        s = np.abs(proj).max() / 127
+        np.testing.assert_allclose(part, np.round(proj / s) * s, rtol=1e-5, atol=1e-5)
+    assert not z[2 * k:].any()
+
+
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_mask_eq5_and_compaction(rng, rnn_type):
+    H = 16
+    n = (4 if rnn_type == "LSTM" else 3) * H
+    pre = rng.standard_normal(4 * H).astype(np.float32) * 2
+    lo = np.full(n, 0.5, np.float32)
+    hi = np.full(n, np.inf, np.float32)
+    lo[2 * H:3 * H], hi[2 * H:3 * H] = -0.6, 0.6  # the tanh gate
+    a, rows, pos, count = run(K.mask(H, rnn_type), pre, lo, hi,
+                              outs=[((n,), "float32"), ((n,), "int32"), ((n,), "int32"), ((1,), "int32")])
+    ref = sigmoid(pre[:n]).astype(np.float32)
+    if rnn_type == "LSTM":
+        ref[2 * H:3 * H] = np.tanh(pre[2 * H:3 * H])
+    else:
+        ref[2 * H:3 * H] = np.tanh(pre[2 * H:3 * H] + sigmoid(pre[:H]) * pre[3 * H:])
+    np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
+    sensitive = (ref > lo) & (ref < hi)
+    assert count[0] == sensitive.sum()
+    assert np.array_equal(rows[: count[0]], np.flatnonzero(sensitive))
+    assert np.array_equal(pos >= 0, sensitive) and np.array_equal(rows[pos[sensitive]], np.flatnonzero(sensitive))
+
+
+def test_lstm_assemble_and_dense_cell(rng):
+    H, hp = 8, 32
+    a_ll = rng.random(4 * H).astype(np.float32)
+    y = rng.standard_normal(4 * H).astype(np.float32)
+    bias = rng.standard_normal(4 * H).astype(np.float32)
+    c = np.zeros(hp, np.float32)
+    c[:H] = rng.standard_normal(H)
+    sens = rng.random(4 * H) < 0.5
+    rows = np.flatnonzero(sens)
+    pos = np.full(4 * H, -1, np.int32)
+    pos[rows] = np.arange(len(rows))
+    yc = np.zeros(4 * H, np.float32)
+    yc[: len(rows)] = y[rows]
+    h_out, c_out = run(K.lstm_assemble(H, hp), a_ll, yc, pos, bias, c, outs=[((hp,), "float32")] * 2)
+    big = sigmoid(y + bias)
+    big[2 * H:3 * H] = np.tanh(y[2 * H:3 * H] + bias[2 * H:3 * H])
+    g = np.where(sens, big, a_ll)
+    c_ref = g[H:2 * H] * c[:H] + g[:H] * g[2 * H:3 * H]
+    np.testing.assert_allclose(c_out[:H], c_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h_out[:H], g[3 * H:] * np.tanh(c_ref), rtol=1e-5, atol=1e-6)
+    assert not h_out[H:].any() and not c_out[H:].any()  # padding stays zero
+    h_d, c_d = run(K.lstm_dense_cell(H, hp), y, bias, c, outs=[((hp,), "float32")] * 2)
+    c_dense = big[H:2 * H] * c[:H] + big[:H] * big[2 * H:3 * H]
+    np.testing.assert_allclose(c_d[:H], c_dense, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h_d[:H], big[3 * H:] * np.tanh(c_dense), rtol=1e-5, atol=1e-6)
