@@ -185,4 +185,24 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
                               "use": "tuned" if tuned_ms is not None and tuned_ms < default_ms else "default",
                               "trials": prev.get("trials", 0) + trials_per_task}
         summary_file.write_text(json.dumps(summary, indent=2))  # after every task: a kill loses nothing done
+    prune_records(d)
     return summary
+
+
+def prune_records(d: Path, keep: int = 4) -> int:
+    """Keep the ``keep`` fastest records per workload (what builds and later searches need); returns lines kept."""
+    path = d / "database_tuning_record.json"
+    if not path.exists():
+        return 0
+    by_workload: dict[int, list[tuple[float, str]]] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        secs = rec[1][1] or [float("inf")]
+        by_workload.setdefault(rec[0], []).append((sum(secs) / len(secs), line))
+    kept = [line for recs in by_workload.values() for _, line in sorted(recs, key=lambda r: r[0])[:keep]]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(kept) + "\n")
+    os.replace(tmp, path)
+    return len(kept)

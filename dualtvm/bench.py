@@ -1,0 +1,270 @@
+"""Per-step latency, batch 1: compiled dense/dual steps beside the peers, warm and cold cache.
+
+Every engine runs the same decode sequence (inputs change each step, the state is fed back,
+so dual-module masks are the real, moving ones — a fixed mask would keep its rows in L3 and
+fake the speed-up).  Engines are interleaved round by round, medians and IQRs are taken per
+engine, and speed-ups are ratios of medians from the same run.  Cold cache = a 64 MB buffer
+is swept between steps, as the paper assumes for each RNN cell in a decoder.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EVICT_BYTES = 64 << 20
+
+
+@dataclass
+class Engine:
+    name: str
+    ratio: float
+    prepare: Callable[[], None]  # reset state before a round
+    step: Callable[[int], None]  # run step i of the sequence
+
+
+class Evictor:
+    """Sweeps a buffer larger than the last-level cache (reads and writes every line)."""
+
+    def __init__(self, nbytes: int = EVICT_BYTES) -> None:
+        self.buf = np.ones(nbytes // 4, np.float32)
+
+    def __call__(self) -> None:
+        self.buf += 1.0
+
+
+def measure(engines: list[Engine], steps: int, rounds: int, cold: bool, pause_s: float = 0.05) -> dict[str, np.ndarray]:
+    """Interleaved rounds; per engine an array of per-step seconds."""
+    evict = Evictor() if cold else None
+    times: dict[str, list[float]] = {e.name: [] for e in engines}
+    for r in range(rounds):
+        order = engines if r % 2 == 0 else engines[::-1]
+        for e in order:
+            e.prepare()
+            e.step(0)  # warm-up step of the round (not timed)
+            time.sleep(pause_s)  # let the other engine's thread pool fall asleep
+            for i in range(1, steps):
+                if evict is not None:
+                    evict()
+                t0 = time.perf_counter()
+                e.step(i)
+                times[e.name].append(time.perf_counter() - t0)
+    return {k: np.array(v) for k, v in times.items()}
+
+
+def summarize(t: np.ndarray) -> tuple[float, float]:
+    q1, med, q3 = np.percentile(t * 1e3, [25, 50, 75])
+    return float(med), float(q3 - q1)
+
+
+def stream_bandwidth(nbytes: int = 1 << 30, repeat: int = 5) -> float:
+    """STREAM-like read bandwidth (GB/s): numpy sum of a 1 GB array, best of ``repeat``."""
+    a = np.ones(nbytes // 4, np.float32)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
+
+
+def step_bytes(hidden: int, input_size: int, gates: int, k: int, sensitive_fraction: float | None) -> int:
+    """Bytes of weights (and index traffic) one step must read: the Figure 4 accounting.
+
+    Dense: all fp32 rows.  Dual: sensitive fp32 rows + int8 P_x, P_h + int8 W_LL + fp32
+    row scales and biases + the int32 row list and pos vector.
+    """
+    n = gates * hidden
+    dense = 4 * n * (input_size + hidden) + 4 * n
+    if sensitive_fraction is None:
+        return dense
+    little = k * (input_size + hidden) + 4 * hidden * 2 * k + 4 * hidden * 4 * 2
+    index = 4 * n * 2
+    return int(4 * n * (input_size + hidden) * sensitive_fraction + 4 * n + little + index)
+
+
+@dataclass
+class BenchConfig:
+    models: tuple[str, ...] = ("lstm-1500",)
+    target: str = "llvm -mcpu=broadwell"
+    ratios: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    steps: int = 60
+    rounds: int = 5
+    threads: int = 2
+    caches: tuple[str, ...] = ("warm", "cold")
+    build_root: str = "build"
+    checkpoint: str | None = None
+    peers: tuple[str, ...] = ("torch", "onnxruntime", "numpy")
+
+
+def big_layers_from_params(dec) -> list:
+    """The big layers as the decoder holds them (LSTM: b_ih carries the summed bias, b_hh = 0)."""
+    import torch
+
+    from .little import BigLayer
+
+    layers = []
+    for s, p in zip(dec.spec.layers, dec.params):
+        if s.rnn_type == "LSTM":
+            w = torch.from_numpy(p["w"])
+            layers.append(BigLayer("LSTM", w[:, : s.input_size].clone(), w[:, s.dxp : s.dxp + s.hidden].clone(),
+                                   torch.from_numpy(p["bias"]), torch.zeros(s.n)))
+        else:
+            layers.append(BigLayer("GRU", torch.from_numpy(p["w_ih"][:, : s.input_size]).clone(),
+                                   torch.from_numpy(p["w_hh"][:, : s.hidden]).clone(), torch.from_numpy(p["b_ih"]),
+                                   torch.from_numpy(p["b_hh"])))
+    return layers
+
+
+def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
+    """Rows for one model (every engine, cache mode and ratio) and facts about the run."""
+    import torch
+
+    from .build import BuildConfig, build_model
+    from .peers import onnxruntime_session, torch_cell
+    from .registry import model_config
+    from .runtime import CompiledDecoder, sequence_runner
+    from .target import parse_target
+
+    target = parse_target(cfg.target).with_default_cores()
+    out = f"{cfg.build_root}/{model}-{target.name}"
+    from pathlib import Path
+
+    if not (Path(out) / "dual" / "manifest.json").exists():
+        build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=out))
+    dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
+    weights = dual.manifest["model"]["weights"]
+    mc = model_config(model)
+    rng = np.random.default_rng(0)
+    xs = [(rng.standard_normal(mc.input_size) * 0.5).astype(np.float32) for _ in range(cfg.steps)]
+    engines: list[Engine] = []
+    p, s, _ = sequence_runner(dense, xs)
+    engines.append(Engine("tvm-dense", 0.0, p, s))
+    measured = {}
+    for r in cfg.ratios:
+        dec = CompiledDecoder(f"{out}/dual")
+        dec.set_insensitive_ratio(r)
+        p, s, box = sequence_runner(dec, xs)
+        p()  # one untimed pass records the real masks of this sequence
+        fr = []
+        for i in range(cfg.steps):
+            s(i)
+            n_state = sum(1 for ly in dec.spec.layers for _ in range(2 if ly.rnn_type == "LSTM" else 1))
+            pos = np.concatenate([box["out"][1 + n_state + j].numpy() for j in range(len(dec.spec.layers))])
+            fr.append(float((pos < 0).mean()))
+        measured[r] = float(np.mean(fr))
+        engines.append(Engine(f"tvm-dual@{r}", r, p, s))
+    layers = big_layers_from_params(dense)
+    torch.set_num_threads(cfg.threads)
+    if "torch" in cfg.peers:
+        cells = [torch_cell(l) for l in layers]
+        txs = [torch.from_numpy(x).view(1, -1) for x in xs]
+        tstate: dict = {}
+
+        def t_prep() -> None:
+            tstate["s"] = [None] * len(cells)
+
+        def t_step(i: int) -> None:
+            with torch.no_grad():
+                inp = txs[i]
+                for j, c in enumerate(cells):
+                    st = c(inp, tstate["s"][j])
+                    tstate["s"][j] = st
+                    h = st[0] if isinstance(st, tuple) else st
+                    inp = h + inp if mc.residual()[j] else h
+
+        engines.append(Engine("torch", 0.0, t_prep, t_step))
+    if "onnxruntime" in cfg.peers:
+        try:
+            sessions = [onnxruntime_session(l, cfg.threads) for l in layers]
+            ostate: dict = {}
+
+            def o_prep() -> None:
+                z = np.zeros((1, 1, mc.hidden), np.float32)
+                ostate["s"] = [[z, z] for _ in sessions]
+
+            def o_step(i: int) -> None:
+                inp = xs[i].reshape(1, 1, -1)
+                for j, sess in enumerate(sessions):
+                    feeds = {"X": inp, "h0": ostate["s"][j][0]}
+                    if mc.rnn_type == "LSTM":
+                        feeds["c0"] = ostate["s"][j][1]
+                    res = sess.run(None, feeds)
+                    ostate["s"][j] = [res[0], res[1] if len(res) > 1 else None]
+                    inp = res[0] + inp if mc.residual()[j] else res[0]
+
+            engines.append(Engine("onnxruntime", 0.0, o_prep, o_step))
+        except ImportError:
+            log.warning("onnxruntime is not installed: skipping that peer")
+    rows: list[dict] = []
+    gates = 4 if mc.rnn_type == "LSTM" else 3
+    k = dual.spec.layers[0].k
+    dense_bytes = sum(step_bytes(s.hidden, s.input_size, gates, k, None) for s in dual.spec.layers)
+    for cache in cfg.caches:
+        times = measure(engines, cfg.steps, cfg.rounds, cold=(cache == "cold"))
+        stats = {name: summarize(t) for name, t in times.items()}
+        peers = [stats[e.name][0] for e in engines if not e.name.startswith("tvm")]
+        best_peer = min(peers) if peers else None
+        for e in engines:
+            med, iqr = stats[e.name]
+            is_tvm = e.name.startswith("tvm")
+            row = {"model": model, "engine": e.name.split("@")[0], "insensitive_ratio": e.ratio, "median_ms": round(med, 4),
+                   "iqr_ms": round(iqr, 4), "cache": cache, "threads": cfg.threads,
+                   "target": target.cli if is_tvm else None, "weights": weights}
+            if e.name.startswith("tvm-dual"):
+                dual_bytes = sum(step_bytes(s.hidden, s.input_size, gates, k, 1 - measured[e.ratio])
+                                 for s in dual.spec.layers)
+                row.update({"measured_ratio": round(measured[e.ratio], 4),
+                            "speedup_vs_tvm_dense": round(stats["tvm-dense"][0] / med, 3),
+                            "speedup_vs_best_peer": round(best_peer / med, 3) if best_peer else None,
+                            "byte_bound_speedup": round(dense_bytes / dual_bytes, 3),
+                            "achieved_gbps": round(dual_bytes / med / 1e6, 2)})
+                row["fraction_of_bound"] = round(row["speedup_vs_tvm_dense"] / row["byte_bound_speedup"], 3)
+            elif e.name == "tvm-dense":
+                row["achieved_gbps"] = round(dense_bytes / med / 1e6, 2)
+                row["speedup_vs_best_peer"] = round(best_peer / med, 3) if best_peer else None
+            rows.append(row)
+    return rows, {"weights": weights, "dense_bytes": dense_bytes}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| model | cache | engine | ratio | median ms | IQR ms | × TVM dense | × best peer | bound × | GB/s |\n"
+    head += "|---|---|---|---|---|---|---|---|---|---|\n"
+    lines = []
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['cache']} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} "
+                     f"| {r['iqr_ms']:.3f} | {r.get('speedup_vs_tvm_dense', '')} | {r.get('speedup_vs_best_peer', '') or ''} "
+                     f"| {r.get('byte_bound_speedup', '')} | {r.get('achieved_gbps', '')} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        for cache, style in (("warm", "-"), ("cold", "--")):
+            dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in rows
+                          if r["model"] == m and r["cache"] == cache and r["engine"] == "tvm-dual")
+            if dual:
+                ax.plot(*zip(*dual), "o" + style, label=f"tvm-dual ({cache})")
+            for r in rows:
+                if r["model"] == m and r["cache"] == cache and r["engine"] != "tvm-dual":
+                    ax.axhline(r["median_ms"], ls=style, lw=0.8, color={"tvm-dense": "k", "torch": "tab:red",
+                                                                          "onnxruntime": "tab:green"}.get(r["engine"], "gray"),
+                               label=f"{r['engine']} ({cache})")
+        ax.set_title(m)
+        ax.set_xlabel("insensitive ratio")
+        ax.set_ylabel("ms per step (batch 1)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,93 @@
+"""Quality of the dual-module LM (Tables 2/3, 5, 6): PPL vs insensitive ratio, ε, precision, allocation."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .construct import as_single_layers, build_dual_layers
+from .data import LMCorpus, batchify, get_batch
+from .dual import DualModuleRNN, error_curves
+from .little import LittleConfig
+from .models import RNNLanguageModel
+from .thresholds import allocate_ratios
+from .train_lm import evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QualitySetup:
+    model: RNNLanguageModel
+    dual: DualModuleRNN
+    fp32_weights: list[torch.Tensor]
+    valid: torch.Tensor
+    test: torch.Tensor
+    valid_samples: list
+
+
+def run_stream(model: RNNLanguageModel, data: torch.Tensor, bptt: int, core, max_batches: int | None):
+    """Run the LM over a batchified stream with ``core`` as its recurrent module (recording hooks)."""
+    model.eval()
+    hidden = model.init_hidden(data.size(1))
+    with torch.no_grad():
+        for n, i in enumerate(range(0, data.size(0) - 1, bptt)):
+            if max_batches is not None and n >= max_batches:
+                break
+            x, _ = get_batch(data, i, bptt)
+            _, hidden = model(x, hidden, rnn=core)
+
+
+def setup(model: RNNLanguageModel, corpus: LMCorpus, cfg: LittleConfig, max_rows: int = 200_000,
+          bptt: int = 35) -> QualitySetup:
+    """Fit little modules on the training stream, calibrate on validation (the big model's trajectory)."""
+    layers, stacked = as_single_layers(model.rnn)
+    train = batchify(corpus.train, 20)
+    valid = batchify(corpus.valid, 10)
+    test = batchify(corpus.test, 10)
+    tb = max_rows // (20 * bptt) + 1
+    duals, fp32 = build_dual_layers(layers, list(stacked.layers), lambda: run_stream(model, train, bptt, stacked, tb),
+                                    lambda: run_stream(model, valid, bptt, stacked, None), cfg, max_rows * 4)
+    from .construct import record
+
+    valid_samples = record(list(stacked.layers), lambda: run_stream(model, valid, bptt, stacked, 60), None)
+    return QualitySetup(model, DualModuleRNN(duals), fp32, valid, test, valid_samples)
+
+
+def ppl(q: QualitySetup, split: str = "test", ratio=None) -> tuple[float, float]:
+    """(PPL, measured insensitive ratio) with the dual-module core at ``ratio`` (None: as set)."""
+    if ratio is not None:
+        q.dual.set_insensitive_ratio(ratio)
+    q.dual.reset_stats()
+    loss = evaluate(q.model, q.test if split == "test" else q.valid, rnn=q.dual)
+    return math.exp(loss), q.dual.measured_ratio()
+
+
+def allocation(q: QualitySetup, target: float, grid: np.ndarray | None = None) -> list[dict[str, float]]:
+    """Per-gate (and per-layer) ratios with overall mean ``target`` minimising the activation-error proxy."""
+    grid = np.linspace(0, 0.98, 50) if grid is None else grid
+    curves, sizes = {}, {}
+    for l, layer in enumerate(q.dual.layers):
+        c = error_curves(layer.big, layer.little, q.valid_samples[l], grid)
+        for g, v in c.items():
+            curves[(l, g)] = v
+            sizes[(l, g)] = layer.big.hidden
+    alloc = allocate_ratios(curves, sizes, target, grid)
+    return [{g: alloc[(l, g)] for g in layer.big.layout.gates} for l, layer in enumerate(q.dual.layers)]
+
+
+def largest_ratio_within(q: QualitySetup, base_valid_ppl: float, budget: float = 0.01, per_gate: bool = True,
+                         lo: float = 0.3, hi: float = 0.95, iters: int = 6) -> float:
+    """Largest overall ratio whose *validation* PPL stays within ``budget`` of base (bisection)."""
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        q.dual.set_insensitive_ratio(allocation(q, mid) if per_gate else mid)
+        p, _ = ppl(q, "valid")
+        if p <= base_valid_ppl * (1 + budget):
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Per-step latency of the compiled dual-module decoder vs dense TVM, PyTorch and ONNX Runtime.
+
+    python scripts/bench.py --models lstm-1500,lstm-750 --threads 2
+
+Writes results/latency.json (shared results format), results/latency.md and results/latency.png.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="lstm-1500")
+    p.add_argument("--target", default="llvm -mcpu=broadwell")
+    p.add_argument("--ratios", default="0.1,0.3,0.5,0.7,0.9")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--caches", default="warm,cold")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--out", default="results/latency")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
+    from dualtvm.bench import BenchConfig, bench_model, markdown_table, plot, stream_bandwidth
+    from dualtvm.results import write_results
+
+    cfg = BenchConfig(tuple(a.models.split(",")), a.target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
+                      a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint)
+    bw = stream_bandwidth()
+    rows = []
+    for m in cfg.models:
+        r, _ = bench_model(m, cfg)
+        rows += r
+    for r in rows:
+        r["stream_gbps"] = round(bw, 1)
+    command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(a.out)
+    old = []
+    if out.with_suffix(".json").exists():
+        import json
+
+        keep = {(r["model"]) for r in rows}
+        old = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if r["model"] not in keep]
+    all_rows = old + rows
+    write_results(out.with_suffix(".json"), "latency", all_rows, command, stream_gbps=round(bw, 1))
+    out.with_suffix(".md").write_text(f"STREAM-like read bandwidth: {bw:.1f} GB/s\n\n" + markdown_table(all_rows))
+    plot(all_rows, str(out.with_suffix(".png")))
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

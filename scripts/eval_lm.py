@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Dual-module LM quality on PTB (Tables 2/3, 5, 6 quality columns; per-gate allocation).
+
+    python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750
+
+Appends rows to results/lm-quality-ptb.json (keyed by model, experiment part and ratio).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dualtvm.data import load_lm_corpus  # noqa: E402
+from dualtvm.little import LittleConfig  # noqa: E402
+from dualtvm.quality import allocation, largest_ratio_within, ppl, setup  # noqa: E402
+from dualtvm.results import update_rows  # noqa: E402
+
+PAPER = {  # Tables 2 and 3: (base PPL, {ratio: PPL})
+    "lstm-1500": (80.64, {0.1: 80.72, 0.3: 80.56, 0.5: 81.36, 0.7: 87.48, 0.9: 109.37}),
+    "lstm-750": (84.32, {0.1: 84.42, 0.3: 84.43, 0.5: 84.29, 0.7: 84.89, 0.9: 88.44}),
+    "gru-1500": (85.48, {0.1: 85.62, 0.3: 86.01, 0.5: 88.73, 0.7: 98.09, 0.9: 122.75}),
+    "gru-750": (89.64, {0.1: 89.81, 0.3: 89.63, 0.5: 89.69, 0.7: 92.51, 0.9: 102.37}),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model-name", required=True, help="e.g. ptb-lstm-750")
+    p.add_argument("--corpus", default="ptb")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--ratios", default="0.1,0.3,0.5,0.7,0.9")
+    p.add_argument("--parts", default="ratios,allocation,eps,precision",
+                   help="which tables: ratios (2/3), allocation (beyond the paper), eps (5), precision (6)")
+    p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
+    p.add_argument("--results", default="results/lm-quality-ptb.json")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(0)
+    payload = load_checkpoint(a.checkpoint)
+    model = model_from_checkpoint(payload).eval()
+    corpus = load_lm_corpus(a.corpus, a.data_dir)
+    if payload["vocab"] != corpus.dictionary.idx2word:
+        raise SystemExit(f"{a.checkpoint} was trained on another vocabulary than {a.corpus}")
+    command = "python scripts/eval_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    parts = a.parts.split(",")
+    ratios = [float(r) for r in a.ratios.split(",")]
+    q = setup(model, corpus, LittleConfig(), a.max_rows)
+    base, _ = ppl(q, "test", 0.0)
+    base_valid, _ = ppl(q, "valid", 0.0)
+    paper_key = a.model_name.split("-", 1)[1]
+    epochs = payload["train_state"]["epoch"]
+
+    def record(part: str, ratio: float, value: float, measured: float, **extra) -> None:
+        row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
+               "ppl": round(value, 3), "base_ppl": round(base, 3), "delta_ppl_pct": round(100 * (value / base - 1), 3),
+               "big_epochs": epochs, **extra}
+        if paper_key in PAPER and part == "uniform":
+            pb, pr = PAPER[paper_key]
+            row["paper_ppl"], row["paper_base_ppl"] = pr.get(ratio, pb), pb
+        update_rows(a.results, "lm-quality-ptb", row, key=("model", "part", "insensitive_ratio", "variant"),
+                    command=command)
+        print(row)
+
+    record("uniform", 0.0, base, 0.0, variant="base")
+    if "ratios" in parts:
+        for r in ratios:
+            v, m = ppl(q, "test", r)
+            record("uniform", r, v, m, variant="eps0.5-int8")
+    if "allocation" in parts:
+        for r in (0.5, 0.6, 0.7):
+            q.dual.set_insensitive_ratio(allocation(q, r))
+            v, m = ppl(q, "test")
+            record("per-gate", r, v, m, variant="greedy-allocation")
+        best = largest_ratio_within(q, base_valid, 0.01, per_gate=True)
+        q.dual.set_insensitive_ratio(allocation(q, best))
+        v, m = ppl(q, "test")
+        record("largest-within-1pct", round(best, 4), v, m, variant="per-gate, chosen on valid")
+        best_u = largest_ratio_within(q, base_valid, 0.01, per_gate=False)
+        v, m = ppl(q, "test", best_u)
+        record("largest-within-1pct", round(best_u, 4), v, m, variant="uniform, chosen on valid")
+    if "precision" in parts:
+        for bits in (32, 16, 8, 4, 2, 1):
+            for layer, w in zip(q.dual.layers, q.fp32_weights):
+                layer.little = layer.little.requantize(bits, fp32_weight=w)
+            v, m = ppl(q, "test", 0.5)
+            from dualtvm.little import little_mse
+
+            mse = float(np.mean([np.mean(list(little_mse(l.little, l.big, q.valid_samples[i][:20]).values()))
+                                 for i, l in enumerate(q.dual.layers)]))
+            size = sum(l.little.param_bytes() for l in q.dual.layers) / 1e6
+            record("precision", 0.5, v, m, variant=f"int{bits}" if bits < 32 else "fp32", mse=round(mse, 5),
+                   little_param_mb=round(size, 3), big_param_mb=round(sum(l.big.weight_bytes() for l in q.dual.layers) / 1e6, 2))
+        for layer, w in zip(q.dual.layers, q.fp32_weights):
+            layer.little = layer.little.requantize(8, fp32_weight=w)
+    if "eps" in parts:
+        for eps in (0.3, 0.7):
+            qe = setup(model, corpus, LittleConfig(eps=eps), a.max_rows)
+            v, m = ppl(qe, "test", 0.5)
+            record("eps", 0.5, v, m, variant=f"eps{eps}", k=qe.dual.layers[0].little.k)
+        record("eps", 0.5, *ppl(q, "test", 0.5), variant="eps0.5", k=q.dual.layers[0].little.k)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
