@@ -99,7 +99,8 @@ class BenchConfig:
     caches: tuple[str, ...] = ("warm", "cold")
     build_root: str = "build"
     checkpoint: str | None = None
-    peers: tuple[str, ...] = ("torch", "onnxruntime", "numpy")
+    peers: tuple[str, ...] = ("torch", "onnxruntime")
+    reuse_builds: bool = False  # default: rebuild, so the current schedules/tuning logs are what is measured
 
 
 def big_layers_from_params(dec) -> list:
@@ -135,7 +136,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     out = f"{cfg.build_root}/{model}-{target.name}"
     from pathlib import Path
 
-    if not (Path(out) / "dual" / "manifest.json").exists():
+    if not cfg.reuse_builds or not (Path(out) / "dual" / "manifest.json").exists():
         build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=out))
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]

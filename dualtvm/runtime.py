@@ -131,26 +131,6 @@ class CompiledDecoder:
     def _state_layers(self):
         return [s for s in self.spec.layers for _ in state_names(s)]
 
-    def time_step(self, repeat: int = 50) -> float:
-        """Median ms of the VM step on zero state (inputs prepared outside the timed region)."""
-        import time
-
-        import tvm
-
-        s0 = self.spec.layers[0]
-        args = [tvm.runtime.tensor(np.random.default_rng(0).standard_normal(s0.dxp).astype(np.float32), self.dev)]
-        for i, s in enumerate(self.spec.layers):
-            args += [tvm.runtime.tensor(np.zeros(s.hp, np.float32), self.dev) for _ in state_names(s)]
-            args += [self._tensors[i][n] for n in layer_param_names(s, self.spec.dual)]
-        f = self.vm["step"]
-        f(*args)
-        ts = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            f(*args)
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts) * 1e3)
-
 
 def _as_numpy(v) -> np.ndarray:
     if hasattr(v, "detach"):

@@ -77,8 +77,10 @@ def valid_arguments(device, args_info, alloc_repeat: int):
             shape = [int(s) for s in shape]
             if dtype == "int32" and shape == [1]:
                 arr = np.array([n_rows // 2], np.int32)
-            elif dtype == "int32":
-                arr = np.sort(rng.permutation(shape[0])).astype(np.int32)
+            elif dtype == "int32":  # a real-looking row list: a random sorted half of the rows, then padding
+                arr = np.zeros(shape, np.int32)
+                half = np.sort(rng.choice(shape[0], shape[0] // 2, replace=False)).astype(np.int32)
+                arr[: half.size] = half
             elif dtype == "int8":
                 arr = rng.integers(-127, 128, size=shape, dtype=np.int8)
             else:

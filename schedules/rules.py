@@ -21,9 +21,12 @@ ELEMENTWISE_BLOCKS = ("epilogue", "quant", "gate", "cell", "hidden", "rz", "conc
 
 @dataclass(frozen=True)
 class Knobs:
+    """Defaults measured on LSTM-1500 shapes (6000×3008): 16 lanes, 8 interleaved row groups,
+    8-row register blocks — dense 2.25 ms, masked at 100 % 2.3 ms, at 50 % 1.3 ms (2 threads)."""
+
     lanes: int = 16
-    groups: int = 16
-    rows: int = 4
+    groups: int = 8
+    rows: int = 8
     unroll: int = 0
 
 

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caches", default="warm,cold")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--out", default="results/latency")
+    p.add_argument("--reuse-builds", action="store_true", help="do not rebuild existing build folders")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.results import write_results
 
     cfg = BenchConfig(tuple(a.models.split(",")), a.target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
-                      a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint)
+                      a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint,
+                      reuse_builds=a.reuse_builds)
     bw = stream_bandwidth()
     rows = []
     for m in cfg.models:
