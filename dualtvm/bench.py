@@ -63,7 +63,7 @@ def summarize(t: np.ndarray) -> tuple[float, float]:
 
 
 def stream_bandwidth(nbytes: int = 1 << 30, repeat: int = 5) -> float:
-    """STREAM-like read bandwidth (GB/s): numpy sum of a 1 GB array, best of ``repeat``."""
+    """STREAM-like read bandwidth (GB/s): numpy sum of a 1 GB array (one thread), best of ``repeat``."""
     a = np.ones(nbytes // 4, np.float32)
     best = float("inf")
     for _ in range(repeat):

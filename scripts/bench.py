@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         old = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if r["model"] not in keep]
     all_rows = old + rows
     write_results(out.with_suffix(".json"), "latency", all_rows, command, stream_gbps=round(bw, 1))
-    out.with_suffix(".md").write_text(f"STREAM-like read bandwidth: {bw:.1f} GB/s\n\n" + markdown_table(all_rows))
+    out.with_suffix(".md").write_text(f"Command: `{command}`\n\nSTREAM-like read bandwidth (numpy sum, 1 thread): {bw:.1f} GB/s\n\n" + markdown_table(all_rows))
     plot(all_rows, str(out.with_suffix(".png")))
     print(markdown_table(rows))
     return 0

@@ -1,0 +1,41 @@
+"""The quality pipeline end to end on a tiny corpus: fit, calibrate, PPL vs ratio, allocation, precision."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dualtvm.data import load_lm_corpus
+from dualtvm.models import LMConfig
+from dualtvm.train_lm import LMTrainConfig, train_lm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
+    import eval_lm
+
+    corpus = load_lm_corpus(str(tiny_corpus))
+    ckpt = tmp_path / "lm.pt"
+    train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
+             LMTrainConfig(epochs=2, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
+    out = tmp_path / "q.json"
+    rc = eval_lm.main(["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-24",
+                       "--corpus", str(tiny_corpus), "--ratios", "0.5,0.9", "--parts", "ratios,allocation,precision",
+                       "--max-rows", "2000", "--results", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    assert doc["experiment"] == "lm-quality-ptb" and "command" in doc and "git" in doc
+    base = next(r for r in rows if r["insensitive_ratio"] == 0.0)
+    assert base["ppl"] == base["base_ppl"] and base["measured_ratio"] == 0.0
+    uniform = {r["insensitive_ratio"]: r for r in rows if r["part"] == "uniform"}
+    assert abs(uniform[0.5]["measured_ratio"] - 0.5) < 0.15
+    assert uniform[0.9]["measured_ratio"] > uniform[0.5]["measured_ratio"]
+    per_gate = [r for r in rows if r["part"] == "per-gate"]
+    assert {r["insensitive_ratio"] for r in per_gate} == {0.5, 0.6, 0.7}
+    prec = {r["variant"]: r for r in rows if r["part"] == "precision"}
+    assert set(prec) == {"fp32", "int16", "int8", "int4", "int2", "int1"}
+    assert prec["int8"]["little_param_mb"] < prec["fp32"]["little_param_mb"]
+    assert any(r["part"] == "largest-within-1pct" for r in rows)
