@@ -155,7 +155,7 @@ def time_kernel(func, target: TargetSpec, repeat: int = 30) -> float:
 def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str | os.PathLike | None = None,
          redo: bool = False, progress: bool = True) -> dict:
     """Tune each task with MetaSchedule + XGBoost, then keep the faster of tuned and default."""
-    from schedules import apply_default, design_space
+    from schedules import Knobs, apply_default, design_space
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
 
@@ -178,7 +178,7 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
                                          evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=3)),
             database=db, cost_model="xgb", strategy="evolutionary", task_scheduler="round-robin",
             num_tuning_cores=max(1, (target.num_cores or os.cpu_count() or 1)), seed=0)
-        default_ms = time_kernel(apply_default(task.func), target)
+        default_ms = time_kernel(apply_default(task.func, Knobs.for_target(target.num_cores)), target)
         sch = db.query_schedule(_mod(task.func), target=tgt, workload_name="main")
         tuned_ms = time_kernel(sch.mod["main"].with_attr("tirx.is_scheduled", True), target) if sch else None
         prev = summary.get(task.name, {})
