@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,6 @@ class CompiledDecoder:
 
     def __init__(self, build_dir: str | os.PathLike, expect_model: dict | None = None) -> None:
         import tvm
-        from tvm import relax
 
         d = Path(build_dir)
         for f in ("manifest.json", "decoder.so", "params.npz"):
@@ -51,7 +51,8 @@ class CompiledDecoder:
         self.spec = DecoderSpec.from_json(self.manifest["spec"])
         self.target = target
         self.dev = tvm.cpu()
-        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(d / "decoder.so")), self.dev)
+        self._lib = tvm.runtime.load_module(str(d / "decoder.so"))
+        self._local = threading.local()  # a Relax VM keeps registers: one per calling thread
         raw = np.load(d / "params.npz")
         self.params = [{n: raw[f"l{i}_{n}"] for n in layer_param_names(s, self.spec.dual)}
                        for i, s in enumerate(self.spec.layers)]
@@ -61,6 +62,16 @@ class CompiledDecoder:
             from .artefact import load_little
 
             self.littles, _ = load_little(d / "little.npz")
+
+    @property
+    def vm(self):
+        """This thread's VirtualMachine over the shared library (VMs are not re-entrant)."""
+        from tvm import relax
+
+        vm = getattr(self._local, "vm", None)
+        if vm is None:
+            vm = self._local.vm = relax.VirtualMachine(self._lib, self.dev)
+        return vm
 
     # ------------------------------------------------------------------ knobs
     def set_thresholds(self, per_layer: list[Thresholds]) -> None:

@@ -90,10 +90,48 @@ def valid_arguments(device, args_info, alloc_repeat: int):
     return repeated
 
 
-def open_database(path: Path):
+class DatabaseError(RuntimeError):
+    """A tuning database file with a truncated or corrupted line."""
+
+
+def check_database(path: Path, skip_bad: bool = False) -> int:
+    """Validate the JSON-lines files of a database; returns the number of bad lines dropped.
+
+    A run killed mid-write can leave a truncated last line; MetaSchedule would then fail with an
+    obscure parse error.  Without ``skip_bad`` this raises naming the file and line; with it the
+    bad lines are removed (the rest is kept, atomically rewritten).
+    """
+    dropped = 0
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        f = path / name
+        if not f.exists():
+            continue
+        good = []
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+                good.append(line)
+            except json.JSONDecodeError as e:
+                if not skip_bad:
+                    raise DatabaseError(f"{f}:{i}: corrupted tuning record ({e.msg}); rerun with --skip-bad-records "
+                                        "to drop it and keep the rest") from None
+                dropped += 1
+        if dropped:
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text("\n".join(good) + "\n")
+            os.replace(tmp, f)
+    return dropped
+
+
+def open_database(path: Path, skip_bad: bool = False):
     from tvm.s_tir import meta_schedule as ms
 
     path.mkdir(parents=True, exist_ok=True)
+    dropped = check_database(path, skip_bad)
+    if dropped:
+        log.warning("dropped %d corrupted line(s) from the database in %s", dropped, path)
     return ms.database.JSONDatabase(str(path / "database_workload.json"), str(path / "database_tuning_record.json"),
                                     allow_missing=True)
 
@@ -153,14 +191,14 @@ def time_kernel(func, target: TargetSpec, repeat: int = 30) -> float:
 
 
 def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str | os.PathLike | None = None,
-         redo: bool = False, progress: bool = True) -> dict:
+         redo: bool = False, progress: bool = True, skip_bad: bool = False) -> dict:
     """Tune each task with MetaSchedule + XGBoost, then keep the faster of tuned and default."""
     from schedules import Knobs, apply_default, design_space
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
 
     d = tuning_dir(target, root)
-    db = open_database(d)
+    db = open_database(d, skip_bad)
     summary_file = d / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     tgt = target.to_tvm()

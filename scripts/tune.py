@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default=None, help="comma-separated substrings: tune only matching kernels")
     p.add_argument("--logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--redo", action="store_true", help="tune tasks again even if already tuned")
+    p.add_argument("--skip-bad-records", action="store_true", help="drop corrupted database lines instead of failing")
     p.add_argument("--dry-run", action="store_true", help="print the parsed target and the tasks, then exit")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if not check_runs_on_host(target):
         print(f"cannot measure {target.cli!r} on this host; tune on a machine of that ISA (or over RPC)")
         return 2
-    summary = tune(tasks, target, a.trials, a.logs, a.redo)
+    summary = tune(tasks, target, a.trials, a.logs, a.redo, skip_bad=a.skip_bad_records)
     print(f"\n{'kernel':44s} {'default ms':>11s} {'tuned ms':>9s}  used")
     for t in tasks:
         s = summary.get(t.name, {})

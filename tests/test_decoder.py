@@ -117,3 +117,26 @@ def test_dry_run_prints_target_and_tasks():
     bad = subprocess.run([sys.executable, "scripts/tune.py", "--target", "llvm -mcpu=broadwell -foo=1", "--dry-run"],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown target flag -foo" in bad.stderr
+
+
+def test_threads_share_one_compiled_decoder(builds):
+    """Several Python threads stepping one CompiledDecoder at once get the single-threaded results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dec = CompiledDecoder(builds["tiny-gnmt"]["builds"]["dual"])
+    dec.set_insensitive_ratio(0.5)
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal(48).astype(np.float32) for _ in range(8)]
+
+    def run(x):
+        state, outs = None, []
+        for _ in range(5):
+            out, state, _ = dec.step(x, state)
+            outs.append(out)
+        return np.stack(outs)
+
+    expected = [run(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(run, xs))
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
