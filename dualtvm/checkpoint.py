@@ -72,3 +72,13 @@ def model_from_checkpoint(payload: dict) -> torch.nn.Module:
         raise ModelError(f"checkpoint lacks tensors {sorted(missing)[:4]} for config {payload['config']}")
     model.load_state_dict(payload["state_dict"])
     return model
+
+
+def resume_payload(checkpoint: Path, config: dict) -> dict | None:
+    """The checkpoint to resume from, or None; refuses one trained with another config."""
+    if not Path(checkpoint).exists():
+        return None
+    payload = load_checkpoint(checkpoint)
+    if payload["config"] != config:
+        raise ModelError(f"{checkpoint} was trained with config {payload['config']}, not {config}")
+    return payload

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, resume_payload, save_checkpoint
 from .data import LMCorpus, batchify, get_batch
 from .models import LMConfig, RNNLanguageModel, repackage_hidden
 
@@ -58,10 +58,8 @@ def train_lm(corpus: LMCorpus, model_cfg: LMConfig, train_cfg: LMTrainConfig, ch
     model = RNNLanguageModel(model_cfg)
     state = {"epoch": 0, "lr": train_cfg.lr, "best_val": math.inf, "history": [], "wall_s": 0.0}
     best_path = checkpoint.with_suffix(".best.pt")
-    if checkpoint.exists():
-        payload = load_checkpoint(checkpoint)
-        if payload["config"] != asdict(model_cfg):
-            raise ValueError(f"{checkpoint} was trained with config {payload['config']}, not {asdict(model_cfg)}")
+    payload = resume_payload(checkpoint, asdict(model_cfg))
+    if payload is not None:
         model.load_state_dict(payload["state_dict"])
         state = payload["train_state"]
         torch.set_rng_state(payload["rng"])

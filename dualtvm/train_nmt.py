@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, resume_payload, save_checkpoint
 from .data import BOS, EOS, PAD, ParallelCorpus, bucketed_batches, detokenize, pad_batch, tokenize_sentence
 from .models import Seq2Seq, Seq2SeqConfig
 
@@ -90,10 +90,8 @@ def train_nmt(corpus: ParallelCorpus, model_cfg: Seq2SeqConfig, cfg: NMTTrainCon
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     state = {"epoch": 0, "best_val": math.inf, "history": [], "wall_s": 0.0}
     best_path = checkpoint.with_suffix(".best.pt")
-    if checkpoint.exists():
-        payload = load_checkpoint(checkpoint)
-        if payload["config"] != asdict(model_cfg):
-            raise ValueError(f"{checkpoint} was trained with config {payload['config']}, not {asdict(model_cfg)}")
+    payload = resume_payload(checkpoint, asdict(model_cfg))
+    if payload is not None:
         model.load_state_dict(payload["state_dict"])
         opt.load_state_dict(payload["optimizer"])
         state = payload["train_state"]

@@ -79,3 +79,12 @@ def test_tiny_seq2seq_learns_to_translate(tmp_path):
     score, sig, hyps = bleu(res["model"], corpus, "test")
     assert hyps == [detokenize(tokenize_sentence(t)) for t in tgt[:4]], hyps
     assert score == pytest.approx(100.0) and sig.startswith("nrefs:1")
+
+
+def test_resume_with_other_config_is_refused(tiny_corpus, tmp_path):
+    corpus = load_lm_corpus(str(tiny_corpus))
+    ckpt = tmp_path / "m.pt"
+    tc = LMTrainConfig(epochs=1, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2)
+    train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 16, 1, 0.0, True), tc, ckpt, progress=False)
+    with pytest.raises(ModelError, match="was trained with config"):
+        train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True), tc, ckpt, progress=False)
