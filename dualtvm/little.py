@@ -133,13 +133,17 @@ class LittleModule:
                           fake_quantize_activations(self.proj_h.apply(h), self.act_bits)], dim=-1)
 
     def preactivations(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Step 2 before φ: W_LL z + b_LL."""
-        return self.project(x, h) @ self.weight.dequantize().t() + self.bias
+        """Step 2 before φ: W_LL z + b_LL (the dequantised weight is cached per QuantizedTensor)."""
+        cache = self.__dict__.get("_w_cache")
+        if cache is None or cache[0] is not self.weight:
+            cache = self.__dict__["_w_cache"] = (self.weight, self.weight.dequantize().t().contiguous())
+        return self.project(x, h) @ cache[1] + self.bias
 
     def requantize(self, bits: int, per_row: bool = True, fp32_weight: torch.Tensor | None = None) -> "LittleModule":
         """The same fit at another precision (Table 6); needs the fp32 weight kept by the fit."""
         w = fp32_weight if fp32_weight is not None else self.weight.dequantize()
-        clone = LittleModule(**{**self.__dict__, "weight": quantize(w, bits, per_row)})
+        fields = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        clone = LittleModule(**{**fields, "weight": quantize(w, bits, per_row)})
         return clone
 
     def param_bytes(self) -> int:

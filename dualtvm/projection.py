@@ -51,8 +51,10 @@ class SparseProjection:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., d) -> (..., k)."""
-        p = torch.from_numpy(self.signs).to(x.dtype)
-        return (x @ p.t()) * self.scale
+        cached = self.__dict__.get("_dense_t")
+        if cached is None or cached.dtype != x.dtype:
+            cached = self.__dict__["_dense_t"] = torch.from_numpy(self.signs).to(x.dtype).t().contiguous()
+        return (x @ cached) * self.scale
 
     def index_lists(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """CSR form (pos_ptr, pos_idx, neg_ptr, neg_idx) of the +1 and −1 entries of each row."""
