@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernels import LayerShape, layer_kernels, padded
+from .kernels import LayerShape, layer_kernels
 from .little import BigLayer, LittleModule
-from .target import TargetSpec, check_runs_on_host, parse_target
+from .target import TargetSpec, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,6 @@ def _kernel_funcs(spec: DecoderSpec, target: TargetSpec, database=None) -> dict:
 
 def build_ir(spec: DecoderSpec, target: TargetSpec, database=None):
     """The IRModule: scheduled kernels + the Relax ``step`` function."""
-    import tvm
     from tvm import relax
 
     bb = relax.BlockBuilder()

@@ -13,9 +13,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
-import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -23,7 +21,6 @@ from tqdm.auto import tqdm
 from .gates import GateLayout, layout
 from .projection import SparseProjection, reduced_dim
 from .quantize import QuantizedTensor, fake_quantize_activations, quantize
-from .thresholds import GateCalibration
 
 log = logging.getLogger(__name__)
 

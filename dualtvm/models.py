@@ -8,11 +8,10 @@ concatenated to the input of every decoder layer, so layers 3-4 see (h, 2h) inpu
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 

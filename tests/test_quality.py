@@ -3,7 +3,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 
 from dualtvm.data import load_lm_corpus
 from dualtvm.models import LMConfig
