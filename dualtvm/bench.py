@@ -251,8 +251,12 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     models = sorted({r["model"] for r in rows})
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
-    for ax, m in zip(axes[0], models):
+    cols = min(3, len(models))
+    nrows = (len(models) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4 * nrows), squeeze=False)
+    for ax in axes.flat[len(models):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, models):
         for cache, style in (("warm", "-"), ("cold", "--")):
             dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in rows
                           if r["model"] == m and r["cache"] == cache and r["engine"] == "tvm-dual")

@@ -40,6 +40,35 @@ def lm_quality(doc: dict) -> str:
     return "\n".join(out)
 
 
+def plot_lm_quality(doc: dict, path: Path) -> None:
+    """ΔPPL (% over each model's own base) vs insensitive ratio: ours beside the paper's Tables 2/3."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in doc["rows"]})
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        rows = [r for r in doc["rows"] if r["model"] == m]
+        uni = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in rows if r["part"] == "uniform")
+        ax.plot(*zip(*uni), "o-", label="dualtvm, one ratio for all gates")
+        pg = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in rows if r["part"] == "per-gate")
+        if pg:
+            ax.plot(*zip(*pg), "s--", label="dualtvm, per-gate allocation")
+        paper = sorted((r["insensitive_ratio"], 100 * (r["paper_ppl"] / r["paper_base_ppl"] - 1))
+                       for r in rows if r["part"] == "uniform" and r.get("paper_ppl"))
+        if paper:
+            ax.plot(*zip(*paper), "x:", color="gray", label="paper (Tables 2/3)")
+        ax.axhline(1.0, lw=0.6, color="k", ls="--")
+        ax.set_title(f"{m} (base PPL {rows[0]['base_ppl']})")
+        ax.set_xlabel("measured insensitive ratio")
+        ax.set_ylabel("ΔPPL over base (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 RENDERERS = {"latency": latency, "baselines": baselines, "lm-quality-ptb": lm_quality}
 
 
@@ -57,6 +86,14 @@ def main() -> int:
         if pattern.search(text):
             text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     readme.write_text(text)
+    latency_json = REPO / "results" / "latency.json"
+    if latency_json.exists():
+        from dualtvm.bench import plot
+
+        plot(json.loads(latency_json.read_text())["rows"], str(latency_json.with_suffix(".png")))
+    quality = REPO / "results" / "lm-quality-ptb.json"
+    if quality.exists():
+        plot_lm_quality(json.loads(quality.read_text()), quality.with_suffix(".png"))
     return 0
 
 
