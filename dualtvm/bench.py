@@ -153,9 +153,9 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         p, s, box = sequence_runner(dec, xs)
         p()  # one untimed pass records the real masks of this sequence
         fr = []
+        n_state = sum(2 if ly.rnn_type == "LSTM" else 1 for ly in dec.spec.layers)
         for i in range(cfg.steps):
             s(i)
-            n_state = sum(1 for ly in dec.spec.layers for _ in range(2 if ly.rnn_type == "LSTM" else 1))
             pos = np.concatenate([box["out"][1 + n_state + j].numpy() for j in range(len(dec.spec.layers))])
             fr.append(float((pos < 0).mean()))
         measured[r] = float(np.mean(fr))

@@ -19,6 +19,7 @@ import numpy as np
 
 from .kernels import LayerShape, layer_kernels
 from .little import BigLayer, LittleModule
+from .quantize import as_numpy_int8
 from .target import TargetSpec, parse_target
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,11 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
         out["w_ih"], out["w_hh"] = pad_cols(w_ih, s.dxp), pad_cols(w_hh, s.hp)
         out["b_ih"], out["b_hh"] = big.b_ih.numpy().astype(np.float32), big.b_hh.numpy().astype(np.float32)
     if little is not None:
-        if little.weight.bits != 8:
-            raise ValueError(f"the compiled little GEMV takes INT8 weights, not INT{little.weight.bits}")
+        codes, scale = as_numpy_int8(little.weight)
         out["px"] = pad_cols(little.proj_x.signs, s.dxp)
         out["ph"] = pad_cols(little.proj_h.signs, s.hp)
-        out["wq"] = pad_cols(little.weight.codes.numpy().astype(np.int8), s.k2p)
-        scale = little.weight.scale.reshape(-1).numpy().astype(np.float32)
-        out["wscale"] = np.broadcast_to(scale, (4 * s.hidden,)).copy() if scale.size == 1 else scale
+        out["wq"] = pad_cols(codes, s.k2p)
+        out["wscale"] = scale
         out["bias_ll"] = little.bias.numpy().astype(np.float32)
         out["lo"] = np.full(s.n, -np.inf, np.float32)
         out["hi"] = np.full(s.n, np.inf, np.float32)

@@ -188,10 +188,6 @@ class DualModuleRNN(StackedRNN):
         return [{g: l.stats.ratio(g) for g in l.stats.total} for l in self.layers]
 
 
-def bands_summary(layer: DualModuleLayer) -> dict:
-    return {g: tuple(float(v) for v in b) for g, b in layer.thresholds.bands.items()}
-
-
 def gate_activations(layer: BigLayer, little: LittleModule, x: torch.Tensor, h: torch.Tensor
                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Little and big activations of every gate for recorded (x, h): calibration's raw material.

@@ -8,7 +8,7 @@ concatenated to the input of every decoder layer, so layers 3-4 see (h, 2h) inpu
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -179,7 +179,3 @@ def rnn_from_state_dict(state: dict, rnn_type: str | None = None) -> nn.Module:
     except RuntimeError as e:
         raise ModelError(f"state_dict does not fit nn.{inferred}({w_ih.shape[1]}, {hidden}, {layers}): {e}") from e
     return rnn
-
-
-def config_dict(cfg) -> dict:
-    return asdict(cfg)
