@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +88,77 @@ def valid_arguments(device, args_info, alloc_repeat: int):
             args.append(tvm.runtime.tensor(arr, device))
         repeated.append(args)
     return repeated
+
+
+def valid_arguments_remote(session, device, args_info, alloc_repeat: int):
+    """``valid_arguments`` with the RPC runner's signature (arrays are copied to the remote device)."""
+    return valid_arguments(device, args_info, alloc_repeat)
+
+
+class TuningError(RuntimeError):
+    """Tuning cannot start: no RPC server, unreachable tracker, a target this host cannot run."""
+
+
+@dataclass(frozen=True)
+class RPCTracker:
+    """Where candidates are measured when tuning for a fleet: a TVM RPC tracker and a device key.
+
+    Servers on the target boxes register with the tracker under ``key``
+    (``python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY``); MetaSchedule's ``RPCRunner``
+    measures on as many at once as are registered.  Kernels are compiled here for the target
+    (cross-compiling when the target is another ISA) and linked on the server.
+    """
+
+    host: str
+    port: int
+    key: str
+    session_timeout_s: int = 60
+
+    @classmethod
+    def parse(cls, address: str, key: str, session_timeout_s: int = 60) -> "RPCTracker":
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise TuningError(f"--rpc-tracker wants HOST:PORT, got {address!r}")
+        if not key:
+            raise TuningError("--rpc-key is required with --rpc-tracker (the key the RPC servers registered)")
+        return cls(host, int(port), key, session_timeout_s)
+
+    def config(self):
+        from tvm.s_tir import meta_schedule as ms
+
+        return ms.runner.RPCConfig(self.host, self.port, self.key, session_timeout_sec=self.session_timeout_s)
+
+    def servers(self) -> int:
+        """Free servers registered under the key; raises naming the tracker when there are none."""
+        import socket
+
+        try:  # a quick probe first: TVM's own connect retries for the whole session timeout
+            socket.create_connection((self.host, self.port), timeout=5).close()
+        except OSError as e:
+            raise TuningError(f"cannot reach the RPC tracker at {self.host}:{self.port}: {e}; start one with "
+                              f"python -m tvm.exec.rpc_tracker --host {self.host} --port {self.port}") from None
+        try:
+            n = self.config().count_num_servers(allow_missing=True)
+        except (ValueError, OSError, RuntimeError) as e:
+            raise TuningError(f"cannot reach the RPC tracker at {self.host}:{self.port}: {e}") from None
+        if n == 0:
+            raise TuningError(f"no RPC server registered under key {self.key!r} at {self.host}:{self.port}; check "
+                              f"with python -m tvm.exec.query_rpc_tracker --host {self.host} --port {self.port}")
+        return n
+
+    def session(self):
+        return self.config().connect_server()
+
+
+def make_runner(rpc: RPCTracker | None, number: int = 3, repeat: int = 3):
+    """A runner on valid arguments: local, or one worker per RPC server registered under the key."""
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=number, repeat=repeat)
+    if rpc is None:
+        return ms.runner.LocalRunner(f_alloc_argument=valid_arguments, evaluator_config=evaluator)
+    return ms.runner.RPCRunner(rpc.config(), evaluator, f_alloc_argument=valid_arguments_remote,
+                               max_workers=rpc.servers())
 
 
 class DatabaseError(RuntimeError):
@@ -172,27 +243,43 @@ def load_database(target: TargetSpec, root: str | os.PathLike | None = None) -> 
     return TuningLog(open_database(d), summary)
 
 
-def time_kernel(func, target: TargetSpec, repeat: int = 30) -> float:
-    """Median ms of a built kernel on valid arguments (fresh row lists are not needed: the kernel is the same)."""
+def time_kernel(func, target: TargetSpec, repeat: int = 30, rpc: RPCTracker | None = None) -> float:
+    """Median ms of a built kernel on valid arguments, here or on an RPC server of the fleet."""
     import tvm
 
     lib = tvm.tirx.build(_mod(func), target=target.to_tvm())
-    dev = tvm.cpu()
     info = [(None, dtype, shape) for _, dtype, shape in arg_specs(func)]
+    if rpc is None:
+        dev = tvm.cpu()
+    else:  # same path as the RPCRunner: export, upload, link there
+        from tvm.support.tar import tar
+
+        session = rpc.session()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "kernel." + tar.output_format)
+            lib.export_library(path, fcompile=tar)
+            session.upload(path)
+        lib = session.load_module(os.path.basename(path))
+        dev = session.cpu()
     args = valid_arguments(dev, info, 1)[0]
-    f = lib["main"]
-    f(*args)
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        f(*args)
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts) * 1e3)
+    timer = lib.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=0)
+    return float(np.median(timer(*args).results) * 1e3)
+
+
+def records_for(db, func) -> int:
+    """Measured records the database already holds for a kernel (what a killed run left)."""
+    mod = _mod(func)
+    return len(db.get_top_k(db.commit_workload(mod), 1 << 30)) if db.has_workload(mod) else 0
 
 
 def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str | os.PathLike | None = None,
-         redo: bool = False, progress: bool = True, skip_bad: bool = False) -> dict:
-    """Tune each task with MetaSchedule + XGBoost, then keep the faster of tuned and default."""
+         redo: bool = False, progress: bool = True, skip_bad: bool = False, rpc: RPCTracker | None = None) -> dict:
+    """Tune each task with MetaSchedule + XGBoost, then keep the faster of tuned and default.
+
+    Crash-safe: MetaSchedule appends each record as it is measured and ``summary.json`` is
+    rewritten after every task, so a killed run loses at most the candidate in flight; a rerun
+    skips finished tasks (unless ``redo``) and gives a half-done task only its remaining trials.
+    """
     from schedules import Knobs, apply_default, design_space
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
@@ -202,29 +289,35 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
     summary_file = d / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     tgt = target.to_tvm()
+    runner = make_runner(rpc)
     for task in tqdm(tasks, desc="tuning", disable=not progress):
-        if task.name in summary and not redo and summary[task.name].get("trials", 0) >= trials_per_task:
-            log.info("%s already tuned (%d trials); --redo to tune again", task.name, summary[task.name]["trials"])
+        done = summary.get(task.name, {}).get("trials", 0)
+        if done >= trials_per_task and not redo:
+            log.info("%s already tuned (%d trials); --redo to tune again", task.name, done)
             continue
-        ms.tune_tir(
-            _mod(task.func), tgt, work_dir=str(d / "work"), max_trials_global=trials_per_task,
-            num_trials_per_iter=min(16, trials_per_task),
-            space=ms.space_generator.ScheduleFn(design_space, sch_rules=[], postprocs=[],
-                                                mutator_probs={ms.mutator.MutateTileSize(): 1.0}),
-            builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=120),
-            runner=ms.runner.LocalRunner(f_alloc_argument=valid_arguments,
-                                         evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=3)),
-            database=db, cost_model="xgb", strategy="evolutionary", task_scheduler="round-robin",
-            num_tuning_cores=max(1, (target.num_cores or os.cpu_count() or 1)), seed=0)
-        default_ms = time_kernel(apply_default(task.func, Knobs.for_target(target.num_cores)), target)
+        left = trials_per_task if redo else trials_per_task - (done or records_for(db, task.func))
+        if left > 0:
+            ms.tune_tir(
+                _mod(task.func), tgt, work_dir=str(d / "work"), max_trials_global=left,
+                num_trials_per_iter=min(16, left),
+                space=ms.space_generator.ScheduleFn(design_space, sch_rules=[], postprocs=[],
+                                                    mutator_probs={ms.mutator.MutateTileSize(): 1.0}),
+                builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=120), runner=runner,
+                database=db, cost_model="xgb", strategy="evolutionary", task_scheduler="round-robin",
+                num_tuning_cores=max(1, (target.num_cores or os.cpu_count() or 1)), seed=0)
+        else:
+            log.info("%s: the database already holds its %d trials (interrupted run)", task.name, trials_per_task)
+        default_ms = time_kernel(apply_default(task.func, Knobs.for_target(target.num_cores)), target, rpc=rpc)
         sch = db.query_schedule(_mod(task.func), target=tgt, workload_name="main")
-        tuned_ms = time_kernel(sch.mod["main"].with_attr("tirx.is_scheduled", True), target) if sch else None
-        prev = summary.get(task.name, {})
+        tuned_ms = time_kernel(sch.mod["main"].with_attr("tirx.is_scheduled", True), target, rpc=rpc) if sch else None
         summary[task.name] = {"shapes": task.shapes, "default_ms": round(default_ms, 4),
                               "tuned_ms": None if tuned_ms is None else round(tuned_ms, 4),
                               "use": "tuned" if tuned_ms is not None and tuned_ms < default_ms else "default",
-                              "trials": prev.get("trials", 0) + trials_per_task}
-        summary_file.write_text(json.dumps(summary, indent=2))  # after every task: a kill loses nothing done
+                              "trials": done + trials_per_task if redo else trials_per_task,
+                              "measured_on": "local" if rpc is None else f"rpc {rpc.key}@{rpc.host}:{rpc.port}"}
+        tmp = summary_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, summary_file)  # after every task, atomically: a kill loses nothing done
     prune_records(d)
     return summary
 

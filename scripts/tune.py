@@ -4,9 +4,12 @@
     python scripts/tune.py --target "llvm -mcpu=broadwell"              # default model: lstm-1500
     python scripts/tune.py --target "llvm -mcpu=broadwell" --dry-run    # print target + tasks, tune nothing
     python scripts/tune.py --model gnmt-1024-2048 --trials 64
+    python scripts/tune.py --target "llvm -mcpu=skylake-avx512" --rpc-tracker 10.0.0.5:9190 --rpc-key skx
 
 Records go to tuning_logs/<target-name>/ (JSON database, extended by every run: rerunning
-resumes; finished tasks are skipped unless --redo).  The closing table gives each kernel's
+resumes; finished tasks are skipped unless --redo; a killed task gets only its remaining trials).
+With --rpc-tracker the candidates are measured on the RPC servers registered under --rpc-key
+(one MetaSchedule runner worker per server), compiled here for the target.  The closing table gives each kernel's
 latency with the default schedule and the tuned one; builds use whichever is faster.
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--redo", action="store_true", help="tune tasks again even if already tuned")
     p.add_argument("--skip-bad-records", action="store_true", help="drop corrupted database lines instead of failing")
+    p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on a fleet via TVM's RPC tracker")
+    p.add_argument("--rpc-key", default=None, help="device key the RPC servers registered with")
+    p.add_argument("--rpc-timeout", type=int, default=60, help="seconds per RPC session")
     p.add_argument("--dry-run", action="store_true", help="print the parsed target and the tasks, then exit")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
@@ -41,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.projection import reduced_dim
     from dualtvm.registry import model_config
     from dualtvm.target import check_runs_on_host, parse_target
-    from dualtvm.tuning import tasks_for, tune, tuning_dir
+    from dualtvm.tuning import RPCTracker, TuningError, tasks_for, tune, tuning_dir
 
     target = parse_target(a.target).with_default_cores()
     mc = model_config(a.model)
@@ -56,10 +63,28 @@ def main(argv: list[str] | None = None) -> int:
                       "logs": str(tuning_dir(target, a.logs)), "tasks": [t.describe() for t in tasks]}, indent=2))
     if a.dry_run:
         return 0
-    if not check_runs_on_host(target):
-        print(f"cannot measure {target.cli!r} on this host; tune on a machine of that ISA (or over RPC)")
+    try:
+        rpc = RPCTracker.parse(a.rpc_tracker, a.rpc_key, a.rpc_timeout) if a.rpc_tracker else None
+        if rpc is not None:
+            print(f"measuring on {rpc.servers()} RPC server(s) under key {rpc.key!r} at {rpc.host}:{rpc.port}")
+    except TuningError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = tune(tasks, target, a.trials, a.logs, a.redo, skip_bad=a.skip_bad_records)
+    if rpc is None and not check_runs_on_host(target):
+        print(f"cannot measure {target.cli!r} on this host; tune on a machine of that ISA (or over RPC)",
+              file=sys.stderr)
+        return 2
+    def interrupted(signum, frame):
+        # MetaSchedule's C++ loop swallows KeyboardInterrupt raised in its Python callbacks, so
+        # stop hard: every measured record is already appended to the database (crash-safe).
+        sys.stderr.write(f"\ninterrupted: every record measured so far is in {tuning_dir(target, a.logs)}; "
+                         "rerun the same command to resume\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    summary = tune(tasks, target, a.trials, a.logs, a.redo, skip_bad=a.skip_bad_records, rpc=rpc)
     print(f"\n{'kernel':44s} {'default ms':>11s} {'tuned ms':>9s}  used")
     for t in tasks:
         s = summary.get(t.name, {})

@@ -1,0 +1,131 @@
+"""Tuning a fleet over TVM's RPC tracker, and tuning that survives SIGINT and SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from dualtvm.tuning import RPCTracker, TuningError
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "TVM_NUM_THREADS": "1"}
+TUNE = [sys.executable, "scripts/tune.py", "--model", "tiny-lstm", "--trials", "2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def fleet():
+    """A tracker and two RPC servers on 127.0.0.1, registered under key 'tiny'."""
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
+                               str(port), "--port-end", str(port + 1)], env=ENV)]
+    tracker = RPCTracker("127.0.0.1", port, "tiny", session_timeout_s=30)
+    try:
+        wait_for(lambda: _reachable(port), 30, "the tracker")
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker",
+                                           f"127.0.0.1:{port}", "--key", "tiny", "--host", "127.0.0.1",
+                                           "--port", str(free_port()), "--port-end", "65000"], env=ENV))
+        wait_for(lambda: _servers(tracker) == 2, 60, "two RPC servers to register")
+        yield tracker
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+
+
+def _reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _servers(tracker: RPCTracker) -> int:
+    try:
+        return tracker.servers()
+    except TuningError:
+        return 0
+
+
+def test_tune_through_rpc_tracker(fleet, tmp_path):
+    logs = tmp_path / "logs"
+    res = subprocess.run(TUNE + ["--tasks", "masked_gemv", "--logs", str(logs), "--rpc-tracker",
+                                 f"127.0.0.1:{fleet.port}", "--rpc-key", "tiny"],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "measuring on 2 RPC server(s) under key 'tiny'" in res.stdout
+    records = [json.loads(line) for line in (logs / "database_tuning_record.json").read_text().splitlines()]
+    assert records and all(r[1][1] and min(r[1][1]) < 1.0 for r in records)  # real run times, not failures
+    (entry,) = json.loads((logs / "summary.json").read_text()).values()
+    assert entry["measured_on"] == f"rpc tiny@127.0.0.1:{fleet.port}" and entry["default_ms"] > 0
+
+
+def test_rpc_errors_name_the_tracker(fleet):
+    with pytest.raises(TuningError, match="no RPC server registered under key 'other'"):
+        RPCTracker("127.0.0.1", fleet.port, "other").servers()
+    nobody = free_port()
+    with pytest.raises(TuningError, match=f"cannot reach the RPC tracker at 127.0.0.1:{nobody}"):
+        RPCTracker("127.0.0.1", nobody, "tiny").servers()
+    with pytest.raises(TuningError, match="--rpc-tracker wants HOST:PORT, got 'localhost'"):
+        RPCTracker.parse("localhost", "tiny")
+
+
+def _records(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _run_until_new_record(cmd: list[str], records: Path, sig: int) -> tuple[list[str], subprocess.CompletedProcess]:
+    """Start tuning, send ``sig`` as soon as a new record is on disk; returns the records seen then."""
+    start = len(_records(records))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(_records(records)) > start or proc.poll() is not None, 600, "a tuning record")
+    seen = _records(records)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return seen, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def test_killed_tuning_resumes_without_losing_or_redoing(tmp_path):
+    logs = tmp_path / "logs"
+    records = logs / "database_tuning_record.json"
+    cmd = TUNE + ["--tasks", "gemv", "--logs", str(logs)]  # 3 kernels: masked, little and dense GEMV
+
+    seen_int, interrupted = _run_until_new_record(cmd, records, signal.SIGINT)
+    assert interrupted.returncode == 130, interrupted.stderr[-2000:]
+    assert f"interrupted: every record measured so far is in {logs}" in interrupted.stderr
+    seen_kill, killed = _run_until_new_record(cmd, records, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+
+    done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = _records(records)
+    assert set(seen_int) <= set(seen_kill) <= set(final), "a record written before a kill was lost"
+    per_kernel = Counter(json.loads(line)[0] for line in final)
+    assert len(per_kernel) == 3 and all(n <= 2 for n in per_kernel.values()), f"trials were redone: {per_kernel}"
+    summary = json.loads((logs / "summary.json").read_text())
+    assert len(summary) == 3 and all(s["trials"] == 2 for s in summary.values())
