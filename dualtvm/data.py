@@ -254,6 +254,18 @@ def load_multi30k(data_dir: str | os.PathLike | None = None, min_freq: int = 2, 
     return ParallelCorpus(sv, tv, splits, checksums)
 
 
+def encode_pairs(corpus: ParallelCorpus, split: str, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """(source ids + <eos>, <s> + target ids + <eos>) per sentence pair, each side cut to ``max_len``."""
+    src, tgt = corpus.splits[split]
+    sv, tv = corpus.src_vocab, corpus.tgt_vocab
+    out = []
+    for s, t in zip(src, tgt):
+        s_ids = sv.encode(tokenize_sentence(s))[:max_len] + [sv.stoi[EOS]]
+        t_ids = [tv.stoi[BOS]] + tv.encode(tokenize_sentence(t))[:max_len] + [tv.stoi[EOS]]
+        out.append((s_ids, t_ids))
+    return out
+
+
 def pad_batch(seqs: list[list[int]], pad: int = 0) -> torch.Tensor:
     """(T, B) tensor padded with ``pad``."""
     length = max(len(s) for s in seqs)

@@ -1,4 +1,4 @@
-"""Training, greedy decoding and BLEU of the GNMT-like seq2seq (Multi30k En→De)."""
+"""Training of the GNMT-like seq2seq (Multi30k En→De); decoding and BLEU are in :mod:`dualtvm.nmt`."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +12,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, resume_payload, save_checkpoint
-from .data import BOS, EOS, PAD, ParallelCorpus, bucketed_batches, detokenize, pad_batch, tokenize_sentence
+from .data import ParallelCorpus, bucketed_batches, encode_pairs, pad_batch
 from .models import Seq2Seq, Seq2SeqConfig
 
 log = logging.getLogger(__name__)
@@ -27,59 +27,6 @@ class NMTTrainConfig:
     seed: int = 1111
     max_len: int = 50
     max_batches: int | None = None  # cap per epoch (smoke tests)
-
-
-def encode_pairs(corpus: ParallelCorpus, split: str, max_len: int) -> list[tuple[list[int], list[int]]]:
-    src, tgt = corpus.splits[split]
-    sv, tv = corpus.src_vocab, corpus.tgt_vocab
-    out = []
-    for s, t in zip(src, tgt):
-        s_ids = sv.encode(tokenize_sentence(s))[:max_len] + [sv.stoi[EOS]]
-        t_ids = [tv.stoi[BOS]] + tv.encode(tokenize_sentence(t))[:max_len] + [tv.stoi[EOS]]
-        out.append((s_ids, t_ids))
-    return out
-
-
-def greedy_decode(model: Seq2Seq, src: torch.Tensor, bos: int, eos: int, max_len: int, layers=None) -> list[list[int]]:
-    """Greedy search for a (S, B) batch; ``layers`` swaps in dual-module decoder layers."""
-    model.eval()
-    with torch.no_grad():
-        mem, pad = model.encode(src)
-        state = model.init_state(src.size(1))
-        tok = torch.full((src.size(1),), bos, dtype=torch.long)
-        out = [[] for _ in range(src.size(1))]
-        done = torch.zeros(src.size(1), dtype=torch.bool)
-        for _ in range(max_len):
-            logits, state = model.decode_step(tok, state, mem, pad, layers)
-            tok = logits.argmax(-1)
-            for b in range(src.size(1)):
-                if not done[b]:
-                    if tok[b].item() == eos:
-                        done[b] = True
-                    else:
-                        out[b].append(tok[b].item())
-            if done.all():
-                break
-    return out
-
-
-def bleu(model: Seq2Seq, corpus: ParallelCorpus, split: str = "test", batch_size: int = 100, max_len: int = 60,
-         layers=None, limit: int | None = None) -> tuple[float, str, list[str]]:
-    """Detokenised corpus BLEU (sacrebleu) of greedy translations; returns score, signature, hypotheses."""
-    import sacrebleu
-
-    src, tgt = corpus.splits[split]
-    src, tgt = src[:limit], tgt[:limit]
-    sv, tv = corpus.src_vocab, corpus.tgt_vocab
-    hyps = []
-    for i in range(0, len(src), batch_size):
-        ids = [sv.encode(tokenize_sentence(s)) + [sv.stoi[EOS]] for s in src[i : i + batch_size]]
-        for out in greedy_decode(model, pad_batch(ids, sv.stoi[PAD]), tv.stoi[BOS], tv.stoi[EOS], max_len, layers):
-            hyps.append(detokenize(tv.decode(out)))
-    refs = [" ".join(tokenize_sentence(t)) for t in tgt]
-    metric = sacrebleu.metrics.BLEU()
-    score = metric.corpus_score([" ".join(tokenize_sentence(h)) for h in hyps], [refs])
-    return score.score, str(metric.get_signature()), hyps
 
 
 def train_nmt(corpus: ParallelCorpus, model_cfg: Seq2SeqConfig, cfg: NMTTrainConfig, checkpoint: Path,

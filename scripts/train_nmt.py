@@ -21,7 +21,8 @@ from dualtvm.checkpoint import cache_dir  # noqa: E402
 from dualtvm.data import load_multi30k  # noqa: E402
 from dualtvm.models import Seq2SeqConfig  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
-from dualtvm.train_nmt import NMTTrainConfig, bleu, train_nmt  # noqa: E402
+from dualtvm.nmt import bleu  # noqa: E402
+from dualtvm.train_nmt import NMTTrainConfig, train_nmt  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

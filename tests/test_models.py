@@ -64,23 +64,6 @@ def test_seq2seq_shapes_and_residual_inputs():
     assert not math.isnan(m(src, tgt).sum().item())
 
 
-def test_tiny_seq2seq_learns_to_translate(tmp_path):
-    """A tiny seq2seq trained on a few sentences translates them back (greedy), BLEU via sacrebleu."""
-    from dualtvm.data import ParallelCorpus, Vocab, detokenize, tokenize_sentence
-    from dualtvm.train_nmt import NMTTrainConfig, bleu, train_nmt
-
-    src = ["a dog runs .", "a cat sleeps .", "two men walk .", "a dog sleeps ."] * 4
-    tgt = ["ein hund rennt .", "eine katze schläft .", "zwei männer gehen .", "ein hund schläft ."] * 4
-    sv = Vocab.build([tokenize_sentence(s) for s in src], 1)
-    tv = Vocab.build([tokenize_sentence(t) for t in tgt], 1)
-    corpus = ParallelCorpus(sv, tv, {"train": (src, tgt), "valid": (src[:4], tgt[:4]), "test": (src[:4], tgt[:4])})
-    cfg = Seq2SeqConfig(len(sv), len(tv), hidden=32, enc_layers=2, dec_layers=4, dropout=0.0)
-    res = train_nmt(corpus, cfg, NMTTrainConfig(epochs=60, lr=1e-2, batch_size=8), tmp_path / "s.pt", progress=False)
-    score, sig, hyps = bleu(res["model"], corpus, "test")
-    assert hyps == [detokenize(tokenize_sentence(t)) for t in tgt[:4]], hyps
-    assert score == pytest.approx(100.0) and sig.startswith("nrefs:1")
-
-
 def test_resume_with_other_config_is_refused(tiny_corpus, tmp_path):
     corpus = load_lm_corpus(str(tiny_corpus))
     ckpt = tmp_path / "m.pt"

@@ -1,0 +1,340 @@
+"""Dual-module GNMT decoder: little modules per decoder layer, beam search, and compiled layers.
+
+The decoder's LSTMs are called one step at a time by :meth:`Seq2Seq.decode_step`, whose
+``layers`` argument swaps them for anything with the ``nn.LSTM`` call signature.  Three
+stand-ins live here: the PyTorch dual-module layers (the reference), and
+:class:`CompiledLayer`, which runs a compiled decode step (dense or dual-module) built for
+the layer's shape.  Attention, embeddings and the output projection stay in PyTorch for
+every backend, so quality and speed differ only by the recurrent layers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .construct import build_dual_layers
+from .data import (BOS, EOS, PAD, ParallelCorpus, Vocab, bucketed_batches, detokenize, encode_pairs, pad_batch,
+                   tokenize_sentence)
+from .dual import DualModuleLayer
+from .little import BigLayer, LittleConfig, big_layers
+from .models import Seq2Seq
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- model + vocabularies
+@dataclass
+class Translator:
+    """A trained seq2seq with the vocabularies it was trained with (from its checkpoint)."""
+
+    model: Seq2Seq
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike) -> "Translator":
+        from .checkpoint import load_checkpoint, model_from_checkpoint
+        from .models import ModelError
+
+        payload = load_checkpoint(Path(path))
+        if payload.get("kind") != "seq2seq":
+            raise ModelError(f"{path} is a {payload.get('kind')!r} checkpoint, not a seq2seq one (train_nmt.py)")
+        model = model_from_checkpoint(payload).eval()
+        return cls(model, Vocab(payload["src_vocab"]), Vocab(payload["tgt_vocab"]))
+
+    def encode_source(self, sentence: str) -> list[int]:
+        return self.src_vocab.encode(tokenize_sentence(sentence)) + [self.src_vocab.stoi[EOS]]
+
+    def decode_target(self, ids: list[int]) -> str:
+        return detokenize(self.tgt_vocab.decode(ids))
+
+
+# --------------------------------------------------------------------------- little modules
+def decoder_big_layers(model: Seq2Seq) -> list[BigLayer]:
+    return [big_layers(lstm)[0] for lstm in model.decoder.layers]
+
+
+def teacher_forced(model: Seq2Seq, pairs: list[tuple[list[int], list[int]]], batch_size: int,
+                   max_batches: int | None) -> None:
+    """Run the decoder over reference translations (eval mode): the big model's own trajectory."""
+    model.eval()
+    with torch.no_grad():
+        for idx in bucketed_batches(pairs, batch_size, shuffle=False)[:max_batches]:
+            model(pad_batch([pairs[i][0] for i in idx]), pad_batch([pairs[i][1] for i in idx])[:-1])
+
+
+def build_dual_decoder(model: Seq2Seq, corpus: ParallelCorpus, cfg: LittleConfig | None = None,
+                       max_rows: int = 200_000, batch_size: int = 64, progress: bool = True) -> list[DualModuleLayer]:
+    """One little module per decoder layer, fitted on training pairs and calibrated on validation."""
+    train, valid = encode_pairs(corpus, "train", 50), encode_pairs(corpus, "valid", 50)
+    rows_per_batch = batch_size * 14  # ~ mean target length of Multi30k
+    layers = decoder_big_layers(model)
+    duals, _ = build_dual_layers(
+        layers, list(model.decoder.layers),
+        lambda: teacher_forced(model, train, batch_size, max_rows // rows_per_batch + 1),
+        lambda: teacher_forced(model, valid, batch_size, None), cfg, max_rows, progress)
+    return duals
+
+
+def set_ratio(layers: list[nn.Module], ratio: "float | list") -> None:
+    per_layer = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(layers)
+    for layer, r in zip(layers, per_layer):
+        layer.set_insensitive_ratio(r)
+
+
+def measured_ratio(layers: list[nn.Module]) -> float:
+    ins = sum(sum(l.stats.insensitive.values()) for l in layers)
+    tot = sum(sum(l.stats.total.values()) for l in layers)
+    return ins / max(tot, 1)
+
+
+def reset_stats(layers: list[nn.Module]) -> None:
+    from .dual import MaskStats
+
+    for layer in layers:
+        layer.stats = MaskStats()
+
+
+# --------------------------------------------------------------------------- search
+def greedy_decode(model: Seq2Seq, src: torch.Tensor, bos: int, eos: int, max_len: int, layers=None) -> list[list[int]]:
+    """Greedy search for a (S, B) batch; ``layers`` swaps in other decoder layers."""
+    model.eval()
+    with torch.no_grad():
+        mem, pad = model.encode(src)
+        state = model.init_state(src.size(1))
+        tok = torch.full((src.size(1),), bos, dtype=torch.long)
+        out: list[list[int]] = [[] for _ in range(src.size(1))]
+        done = torch.zeros(src.size(1), dtype=torch.bool)
+        for _ in range(max_len):
+            logits, state = model.decode_step(tok, state, mem, pad, layers)
+            tok = logits.argmax(-1)
+            for b in range(src.size(1)):
+                if not done[b]:
+                    if tok[b].item() == eos:
+                        done[b] = True
+                    else:
+                        out[b].append(tok[b].item())
+            if done.all():
+                break
+    return out
+
+
+def beam_search(model: Seq2Seq, src_ids: list[int], bos: int, eos: int, beam: int = 4, max_len: int = 60,
+                layers=None, alpha: float = 0.6) -> list[int]:
+    """Beam search for one sentence with GNMT's length penalty ((5 + |Y|) / 6)^α."""
+    model.eval()
+    with torch.no_grad():
+        src = torch.tensor(src_ids).unsqueeze(1)
+        mem, pad = model.encode(src)
+        layer_states, ctx = model.init_state(1)
+        hyps = [([], 0.0, (layer_states, ctx))]
+        finished: list[tuple[list[int], float]] = []
+        for _ in range(max_len):
+            n = len(hyps)
+            tok = torch.tensor([h[0][-1] if h[0] else bos for h in hyps])
+            states = ([tuple(torch.cat([h[2][0][l][j] for h in hyps], 1) for j in range(2))
+                       for l in range(len(layer_states))], torch.cat([h[2][1] for h in hyps]))
+            logits, (new_layers, new_ctx) = model.decode_step(tok, states, mem.expand(-1, n, -1),
+                                                              pad.expand(-1, n), layers)
+            logp = logits.log_softmax(-1)
+            scores = torch.tensor([h[1] for h in hyps]).unsqueeze(1) + logp
+            top = scores.view(-1).topk(min(2 * beam, scores.numel()))
+            nxt = []
+            for s, flat in zip(top.values.tolist(), top.indices.tolist()):
+                b, w = divmod(flat, logp.size(1))
+                seq = hyps[b][0] + [w]
+                if w == eos:
+                    finished.append((seq[:-1], s / (((5 + len(seq)) / 6) ** alpha)))
+                else:
+                    st = ([tuple(t[:, b : b + 1] for t in ls) for ls in new_layers], new_ctx[b : b + 1])
+                    nxt.append((seq, s, st))
+                if len(nxt) == beam:
+                    break
+            hyps = nxt
+            best_open = max((h[1] / (((5 + len(h[0])) / 6) ** alpha) for h in hyps), default=-math.inf)
+            if len(finished) >= beam and max(f[1] for f in finished) >= best_open:
+                break
+        if not finished:
+            finished = [(h[0], h[1]) for h in hyps]
+        return max(finished, key=lambda f: f[1])[0]
+
+
+def translate(tr: Translator, sentences: list[str], beam: int = 1, layers=None, batch_size: int = 100,
+              max_len: int = 60, progress: bool = False) -> list[str]:
+    """Detokenised translations; beam 1 is batched greedy search."""
+    from tqdm.auto import tqdm
+
+    bos, eos = tr.tgt_vocab.stoi[BOS], tr.tgt_vocab.stoi[EOS]
+    out: list[str] = []
+    if beam == 1:
+        for i in tqdm(range(0, len(sentences), batch_size), desc="greedy", disable=not progress):
+            src = pad_batch([tr.encode_source(s) for s in sentences[i : i + batch_size]], tr.src_vocab.stoi[PAD])
+            out += [tr.decode_target(ids) for ids in greedy_decode(tr.model, src, bos, eos, max_len, layers)]
+        return out
+    for s in tqdm(sentences, desc=f"beam {beam}", disable=not progress):
+        out.append(tr.decode_target(beam_search(tr.model, tr.encode_source(s), bos, eos, beam, max_len, layers)))
+    return out
+
+
+def corpus_bleu(hyps: list[str], refs: list[str]) -> tuple[float, str]:
+    """sacrebleu corpus BLEU of detokenised hypotheses against the raw references, with its signature.
+
+    Case-insensitive (``case:lc`` in the signature): the model's vocabulary is lower-cased.
+    """
+    import sacrebleu
+
+    metric = sacrebleu.metrics.BLEU(lowercase=True)
+    return metric.corpus_score(hyps, [refs]).score, str(metric.get_signature())
+
+
+def bleu(model: Seq2Seq, corpus: ParallelCorpus, split: str = "test", layers=None, limit: int | None = None,
+         beam: int = 1) -> tuple[float, str, list[str]]:
+    """Corpus BLEU of a split's translations; returns score, signature, hypotheses."""
+    src, refs = (s[:limit] for s in corpus.splits[split])
+    hyps = translate(Translator(model, corpus.src_vocab, corpus.tgt_vocab), src, beam, layers)
+    score, sig = corpus_bleu(hyps, refs)
+    return score, sig, hyps
+
+
+# --------------------------------------------------------------------------- compiled layers
+class CompiledLayer(nn.Module):
+    """A compiled single-layer decode step with the ``nn.LSTM`` call signature (seq len 1).
+
+    The compiled step is batch 1: a batch (beam) is stepped row by row.  Mask statistics are
+    kept like :class:`DualModuleLayer`'s so the measured insensitive ratio can be reported.
+    """
+
+    def __init__(self, build_dir: str | os.PathLike) -> None:
+        super().__init__()
+        from .dual import MaskStats
+        from .runtime import CompiledDecoder
+
+        self.dec = CompiledDecoder(build_dir)
+        (self.shape,) = self.dec.spec.layers
+        self.stats = MaskStats()
+
+    def set_insensitive_ratio(self, ratio) -> None:
+        self.dec.set_insensitive_ratio(ratio)
+
+    def forward(self, x: torch.Tensor, state=None):
+        if x.shape[0] != 1:
+            raise ValueError("compiled layers decode one step at a time (sequence length 1)")
+        B, H = x.shape[1], self.shape.hidden
+        h0, c0 = state if state is not None else (x.new_zeros(1, B, H), x.new_zeros(1, B, H))
+        hs, cs = [], []
+        for b in range(B):
+            out, (h, c), masks = self.dec.step(x[0, b].numpy(), [h0[0, b].numpy(), c0[0, b].numpy()])
+            hs.append(h[:H])
+            cs.append(c[:H])
+            if masks:
+                for j, g in enumerate(("i", "f", "g", "o")):
+                    self.stats.add(g, torch.from_numpy(masks[0][j * H : (j + 1) * H]))
+        h = torch.from_numpy(np.stack(hs)).unsqueeze(0)
+        return h, (h, torch.from_numpy(np.stack(cs)).unsqueeze(0))
+
+
+def build_compiled_decoder(model: Seq2Seq, duals: list[DualModuleLayer], target: str, out: str | os.PathLike,
+                           database=None) -> dict[str, list[Path]]:
+    """Compile the decoder layer step once per kind (all layers share a shape) and export it per layer.
+
+    Returns ``{"dual": [layer folders], "dense": [...]}``; each folder loads as a
+    :class:`~dualtvm.runtime.CompiledDecoder` with that layer's weights (and little module).
+    """
+    from .decoder import DecoderSpec, compile_decoder, export, pack_layer
+    from .kernels import LayerShape
+    from .target import parse_target
+
+    tgt = parse_target(target).with_default_cores()
+    shapes = [LayerShape("LSTM", d.big.hidden, d.big.input_size, d.little.k) for d in duals]
+    folders: dict[str, list[Path]] = {}
+    for kind in ("dual", "dense"):
+        built: dict = {}
+        folders[kind] = []
+        for i, (s, d) in enumerate(zip(shapes, duals)):
+            spec = DecoderSpec([s], dual=kind == "dual")
+            key = repr(spec.to_json())
+            if key not in built:
+                built[key] = compile_decoder(spec, tgt, database)
+                log.info("compiled the %s decoder layer step for %s", kind, s)
+            info = {"name": f"seq2seq-decoder-layer{i}", "hidden": s.hidden, "input": s.input_size, "k": s.k,
+                    "big_hash": d.big.weight_hash()}
+            little = [d.little] if kind == "dual" else None
+            folders[kind].append(export(built[key], spec, tgt, Path(out) / kind / f"layer{i}",
+                                        [pack_layer(s, d.big, d.little if kind == "dual" else None)], little, info))
+    return folders
+
+
+def compiled_layers(folders: list[Path]) -> list[CompiledLayer]:
+    return [CompiledLayer(f) for f in folders]
+
+
+# --------------------------------------------------------------------------- backends
+BACKENDS = ("torch", "dual", "tvm-dense", "tvm-dual")
+
+
+def dual_decoder(tr: Translator, corpus: ParallelCorpus | None, artefact: Path,
+                 cfg: LittleConfig | None = None) -> list[DualModuleLayer]:
+    """The PyTorch dual-module decoder layers: loaded from ``artefact`` if it fits these weights, else fitted."""
+    from .artefact import ArtefactError, load_little, save_little
+
+    big = decoder_big_layers(tr.model)
+    if artefact.exists():
+        try:
+            littles, _ = load_little(artefact, big)
+            return [DualModuleLayer(b, lm) for b, lm in zip(big, littles)]
+        except ArtefactError as e:
+            log.warning("refitting the little modules: %s", e)
+    if corpus is None:
+        raise ValueError("fitting little modules needs the Multi30k corpus (train and val)")
+    duals = build_dual_decoder(tr.model, corpus, cfg)
+    save_little(artefact, [d.little for d in duals], {"name": "seq2seq-decoder"})
+    return duals
+
+
+def _built_for(folder: Path, dual: DualModuleLayer) -> bool:
+    """Whether ``folder`` holds a build of this layer's big weights (and its current little module)."""
+    import json
+
+    if not (folder / "manifest.json").exists():
+        return False
+    model = json.loads((folder / "manifest.json").read_text()).get("model", {})
+    return model.get("big_hash") == dual.big.weight_hash() and model.get("k") == dual.little.k
+
+
+def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
+                   target: str = "llvm -mcpu=broadwell", ratio: float = 0.5,
+                   build_root: Path | None = None) -> list[nn.Module] | None:
+    """Decoder layers of a backend (None = the big PyTorch LSTMs), dual ones set to ``ratio``.
+
+    Little modules are cached beside the checkpoint (``<stem>.little.npz``, tied to the weights
+    by hash); compiled layers under ``build/<stem>-<target-name>/`` (rebuilt when the little
+    modules change).
+    """
+    from .target import parse_target
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return None
+    artefact = checkpoint.with_name(checkpoint.name.split(".")[0] + ".little.npz")
+    duals = dual_decoder(tr, corpus, artefact)
+    if backend == "dual":
+        layers: list[nn.Module] = duals
+    else:
+        root = build_root or Path(__file__).resolve().parent.parent / "build"
+        out = root / f"{checkpoint.name.split('.')[0]}-{parse_target(target).name}"
+        kind = backend.removeprefix("tvm-")
+        folders = [out / kind / f"layer{i}" for i in range(len(duals))]
+        if not all(_built_for(f, d) for f, d in zip(folders, duals)):
+            folders = build_compiled_decoder(tr.model, duals, target, out)[kind]
+        layers = compiled_layers(folders)
+    if backend.endswith("dual"):
+        set_ratio(layers, ratio)
+    return layers

@@ -1,0 +1,92 @@
+"""GNMT-like translation end to end: training, search, dual-module and compiled decoder layers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dualtvm.data import ParallelCorpus, Vocab, detokenize, tokenize_sentence
+from dualtvm.little import LittleConfig
+from dualtvm.models import Seq2SeqConfig
+from dualtvm.nmt import (BACKENDS, Translator, beam_search, bleu, build_compiled_decoder, build_dual_decoder,
+                         compiled_layers, measured_ratio, reset_stats, set_ratio, translate)
+from dualtvm.train_nmt import NMTTrainConfig, train_nmt
+
+SRC = ["a dog runs .", "a cat sleeps .", "two men walk .", "a dog sleeps ."]
+TGT = ["ein hund rennt .", "eine katze schläft .", "zwei männer gehen .", "ein hund schläft ."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny seq2seq (hidden 32, 4 decoder layers, residual from 3) trained on four sentence pairs."""
+    src, tgt = SRC * 4, TGT * 4
+    sv = Vocab.build([tokenize_sentence(s) for s in src], 1)
+    tv = Vocab.build([tokenize_sentence(t) for t in tgt], 1)
+    corpus = ParallelCorpus(sv, tv, {"train": (src, tgt), "valid": (SRC, TGT), "test": (SRC, TGT)})
+    cfg = Seq2SeqConfig(len(sv), len(tv), hidden=32, enc_layers=2, dec_layers=4, dropout=0.0)
+    ckpt = tmp_path_factory.mktemp("nmt") / "s.pt"
+    res = train_nmt(corpus, cfg, NMTTrainConfig(epochs=60, lr=1e-2, batch_size=8), ckpt, progress=False)
+    return res["model"].eval(), corpus, ckpt.with_suffix(".best.pt")
+
+
+def test_tiny_seq2seq_learns_to_translate(tiny):
+    model, corpus, _ = tiny
+    score, sig, hyps = bleu(model, corpus, "test")
+    assert hyps == [detokenize(tokenize_sentence(t)) for t in TGT], hyps
+    assert score == pytest.approx(100.0) and sig.startswith("nrefs:1|case:lc")
+
+
+def test_beam_search_agrees_and_checkpoint_translator(tiny):
+    model, corpus, ckpt = tiny
+    tr = Translator.from_checkpoint(ckpt)
+    assert translate(tr, SRC, beam=4) == translate(tr, SRC, beam=1) == [detokenize(tokenize_sentence(t)) for t in TGT]
+    bos, eos = tr.tgt_vocab.stoi["<s>"], tr.tgt_vocab.stoi["<eos>"]
+    assert beam_search(model, tr.encode_source(SRC[0]), bos, eos, beam=1) == \
+        tr.tgt_vocab.encode(tokenize_sentence(TGT[0]))
+
+
+def test_dual_decoder_ratio_zero_is_the_big_model(tiny):
+    model, corpus, _ = tiny
+    duals = build_dual_decoder(model, corpus, LittleConfig(k=24), max_rows=5000, batch_size=8, progress=False)
+    assert [d.big.input_size for d in duals] == [64] * 4  # [below; attention context] on every layer
+    tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
+    set_ratio(duals, 0.0)
+    with torch.no_grad():
+        src = torch.tensor([tr.encode_source(SRC[0])]).t()
+        mem, pad = model.encode(src)
+        state = model.init_state(1)
+        tok = torch.tensor([corpus.tgt_vocab.stoi["<s>"]])
+        big, _ = model.decode_step(tok, state, mem, pad)
+        dual, _ = model.decode_step(tok, state, mem, pad, duals)
+    torch.testing.assert_close(dual, big, atol=1e-5, rtol=1e-5)
+    set_ratio(duals, 0.9)
+    reset_stats(duals)
+    translate(tr, SRC, layers=duals)
+    assert 0.75 < measured_ratio(duals) <= 1.0
+
+
+@pytest.mark.slow
+def test_compiled_decoder_greedy_equals_pytorch_at_ratio_zero(tiny, tmp_path):
+    model, corpus, _ = tiny
+    tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
+    duals = build_dual_decoder(model, corpus, LittleConfig(k=24), max_rows=5000, batch_size=8, progress=False)
+    folders = build_compiled_decoder(model, duals, "llvm -mcpu=broadwell", tmp_path)
+    reference = translate(tr, SRC)
+    dense = compiled_layers(folders["dense"])
+    assert translate(tr, SRC, layers=dense) == reference
+    dual = compiled_layers(folders["dual"])
+    set_ratio(dual, 0.0)
+    assert translate(tr, SRC, layers=dual) == reference
+    assert translate(tr, SRC[:2], beam=3, layers=dual) == reference[:2]  # batch > 1 (beam) through batch-1 steps
+    set_ratio(dual, 0.5)
+    set_ratio(duals, 0.5)
+    reset_stats(dual)
+    translate(tr, SRC, layers=dual)
+    assert 0.3 < measured_ratio(dual) < 0.7
+
+
+def test_unknown_backend_is_named(tiny):
+    from dualtvm.nmt import decoder_layers
+
+    model, corpus, ckpt = tiny
+    with pytest.raises(ValueError, match="unknown backend 'cuda': choose from " + ", ".join(BACKENDS)):
+        decoder_layers(Translator(model, corpus.src_vocab, corpus.tgt_vocab), corpus, "cuda", ckpt)
