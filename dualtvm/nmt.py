@@ -338,3 +338,53 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
     if backend.endswith("dual"):
         set_ratio(layers, ratio)
     return layers
+
+
+# --------------------------------------------------------------------------- speed
+class _Timed(nn.Module):
+    """Accumulates wall time spent inside a decoder layer (the part the backends differ in)."""
+
+    def __init__(self, inner: nn.Module, clock: list[float]) -> None:
+        super().__init__()
+        self.inner, self.clock = inner, clock
+
+    def forward(self, x, state=None):
+        import time
+
+        t0 = time.perf_counter()
+        out = self.inner(x, state)
+        self.clock[0] += time.perf_counter() - t0
+        return out
+
+
+def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, list[nn.Module] | None],
+                 progress: bool = True) -> dict[str, dict]:
+    """Greedy batch-1 decoding of every sentence by every backend, interleaved sentence by sentence.
+
+    ``None`` layers mean the big PyTorch LSTMs.  Interleaving puts the backends side by side in time (this machine is shared and noisy).
+    Returns per backend: tokens, total and decoder-layer seconds, tokens/s, ms per token in the
+    decoder layers, and the hypotheses.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    bos, eos = tr.tgt_vocab.stoi[BOS], tr.tgt_vocab.stoi[EOS]
+    names = list(backends)
+    acc = {n: {"tokens": 0, "wall_s": 0.0, "layer_clock": [0.0], "hyps": []} for n in names}
+    timed = {n: [_Timed(l, acc[n]["layer_clock"]) for l in (backends[n] or tr.model.decoder.layers)] for n in names}
+    for i, s in enumerate(tqdm(sentences, desc="decoding", disable=not progress)):
+        src = torch.tensor([tr.encode_source(s)]).t()
+        for n in names[i % len(names):] + names[: i % len(names)]:  # rotate who goes first
+            t0 = time.perf_counter()
+            (ids,) = greedy_decode(tr.model, src, bos, eos, 60, timed[n])
+            acc[n]["wall_s"] += time.perf_counter() - t0
+            acc[n]["tokens"] += len(ids) + 1  # + <eos>
+            acc[n]["hyps"].append(tr.decode_target(ids))
+    out = {}
+    for n in names:
+        a = acc[n]
+        out[n] = {"tokens": a["tokens"], "wall_s": a["wall_s"], "layer_s": a["layer_clock"][0],
+                  "tokens_per_s": a["tokens"] / a["wall_s"],
+                  "layer_ms_per_token": 1e3 * a["layer_clock"][0] / a["tokens"], "hyps": a["hyps"]}
+    return out

@@ -69,7 +69,28 @@ def plot_lm_quality(doc: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-RENDERERS = {"latency": latency, "baselines": baselines, "lm-quality-ptb": lm_quality}
+PAPER_TABLE4_BLEU = {0.0: 24.32, 0.1: 24.33, 0.3: 24.18, 0.5: 23.73, 0.7: 21.92, 0.9: 11.77}  # paper, Table 4
+
+
+def nmt_quality(doc: dict) -> str:
+    """Table 4: BLEU vs ratio (PyTorch dual-module decoder), then greedy decoding speed, batch 1."""
+    out = ["| model | engine | ratio asked | measured | BLEU | ΔBLEU | paper ΔBLEU (GNMT, WMT) |", "|---|---|---|---|---|---|---|"]
+    for r in (r for r in doc["rows"] if r["part"] == "quality"):
+        paper = PAPER_TABLE4_BLEU.get(r["insensitive_ratio"])
+        out.append(f"| {r['model']} | {r['engine']} | {r['insensitive_ratio']} | {r.get('measured_ratio', '')} | "
+                   f"{r['bleu']} | {r['delta_bleu']} | {'' if paper is None else round(paper - 24.32, 2)} |")
+    speed = [r for r in doc["rows"] if r["part"] == "speed"]
+    if speed:
+        out += ["", "| model | engine | ratio | tokens/s | decoder layers ms/token | BLEU (subset) | × TVM dense (tokens/s) "
+                "| × TVM dense (layers) | × PyTorch (tokens/s) |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in speed:
+            out.append(f"| {r['model']} | {r['engine']} | {r['insensitive_ratio']} | {r['tokens_per_s']} | "
+                       f"{r['decoder_layers_ms_per_token']} | {r['bleu']} | {r.get('speedup_vs_tvm_dense', '')} | "
+                       f"{r.get('layer_speedup_vs_tvm_dense', '')} | {r.get('speedup_vs_torch', '')} |")
+    return "\n".join(out)
+
+
+RENDERERS = {"latency": latency, "baselines": baselines, "lm-quality-ptb": lm_quality, "nmt-quality": nmt_quality}
 
 
 def main() -> int:

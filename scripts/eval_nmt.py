@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Table 4 on Multi30k: BLEU vs insensitive ratio of the dual-module GNMT decoder, and decoding speed.
+
+    python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256
+
+quality: sacrebleu BLEU on test_2016_flickr, big model vs the PyTorch dual-module decoder at each ratio
+(little modules fitted on train, thresholds calibrated on val).  speed: greedy batch-1 decoding of the
+first --speed-sentences test sentences by the PyTorch model and the compiled dense and dual-module
+decoder layers, interleaved sentence by sentence.  Rows go to results/nmt-quality.json.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--model-name", required=True, help="e.g. multi30k-gnmt-256")
+    p.add_argument("--ratios", default="0.1,0.3,0.5,0.7,0.9")
+    p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--parts", default="quality,speed")
+    p.add_argument("--speed-ratio", type=float, default=0.5)
+    p.add_argument("--speed-sentences", type=int, default=300)
+    p.add_argument("--target", default="llvm -mcpu=broadwell")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", type=Path, default=Path("results/nmt-quality.json"))
+    a = p.parse_args(argv)
+    threads = a.threads or os.cpu_count()
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    import torch
+
+    from dualtvm.data import load_multi30k
+    from dualtvm.nmt import (Translator, corpus_bleu, decode_speed, decoder_layers, measured_ratio, reset_stats,
+                             set_ratio, translate)
+    from dualtvm.results import update_rows
+
+    torch.set_num_threads(threads)
+    command = "python scripts/eval_nmt.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    tr = Translator.from_checkpoint(a.checkpoint)
+    corpus = load_multi30k(a.data_dir)
+    src, refs = corpus.splits["test"]
+    parts = a.parts.split(",")
+
+    def save(row: dict) -> None:
+        update_rows(a.out, "nmt-quality", {"model": a.model_name, **row},
+                    key=("model", "part", "engine", "insensitive_ratio", "beam"), command=command)
+
+    if "quality" in parts:
+        base, sig = corpus_bleu(translate(tr, src, a.beam, progress=True), refs)
+        save({"part": "quality", "engine": "torch", "insensitive_ratio": 0.0, "beam": a.beam, "bleu": round(base, 2),
+              "base_bleu": round(base, 2), "delta_bleu": 0.0, "sacrebleu_signature": sig})
+        duals = decoder_layers(tr, corpus, "dual", a.checkpoint)
+        for r in [float(x) for x in a.ratios.split(",")]:
+            set_ratio(duals, r)
+            reset_stats(duals)
+            score, sig = corpus_bleu(translate(tr, src, a.beam, duals, progress=True), refs)
+            per_layer = [round(measured_ratio([d]), 4) for d in duals]
+            print(f"ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), measured {measured_ratio(duals):.3f}")
+            save({"part": "quality", "engine": "dual", "insensitive_ratio": r, "beam": a.beam,
+                  "measured_ratio": round(measured_ratio(duals), 4), "measured_ratio_per_layer": per_layer,
+                  "bleu": round(score, 2), "base_bleu": round(base, 2), "delta_bleu": round(score - base, 2),
+                  "sacrebleu_signature": sig})
+    if "speed" in parts:
+        n = a.speed_sentences
+        backends = {"torch": None,
+                    "tvm-dense": decoder_layers(tr, corpus, "tvm-dense", a.checkpoint, a.target),
+                    "tvm-dual": decoder_layers(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio)}
+        reset_stats(backends["tvm-dual"])
+        res = decode_speed(tr, src[:n], backends)
+        for engine, r in res.items():
+            score, sig = corpus_bleu(r["hyps"], refs[:n])
+            row = {"part": "speed", "engine": engine, "insensitive_ratio": a.speed_ratio if engine == "tvm-dual" else 0.0,
+                   "beam": 1, "sentences": n, "tokens": r["tokens"], "tokens_per_s": round(r["tokens_per_s"], 1),
+                   "decoder_layers_ms_per_token": round(r["layer_ms_per_token"], 4), "bleu": round(score, 2),
+                   "sacrebleu_signature": sig, "threads": threads,
+                   "target": a.target if engine.startswith("tvm") else None}
+            if engine == "tvm-dual":
+                row["measured_ratio"] = round(measured_ratio(backends["tvm-dual"]), 4)
+                for other in ("tvm-dense", "torch"):
+                    row[f"speedup_vs_{other.replace('-', '_')}"] = round(r["tokens_per_s"] / res[other]["tokens_per_s"], 3)
+                    row[f"layer_speedup_vs_{other.replace('-', '_')}"] = round(
+                        res[other]["layer_ms_per_token"] / r["layer_ms_per_token"], 3)
+            print(f"{engine:10s} {r['tokens_per_s']:8.1f} tokens/s, decoder layers {r['layer_ms_per_token']:.3f} ms/token,"
+                  f" BLEU {score:.2f} on {n} sentences")
+            save(row)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
