@@ -122,6 +122,42 @@ def big_layers_from_params(dec) -> list:
     return layers
 
 
+STEP_PARTS = (("project", "projection"), ("little_gemv", "little"), ("masked_gemv", "big"), ("gemv", "big"),
+              ("mask", "mask"))  # first matching prefix wins; the rest (concat, assembly, cell) is "assembly"
+
+
+def kernel_part(name: str) -> str:
+    return next((part for prefix, part in STEP_PARTS if name.startswith(prefix)), "assembly")
+
+
+def step_breakdown(spec, target, sensitive_fractions: list[float], database=None,
+                   repeat: int = 50) -> dict[float, dict[str, float]]:
+    """Table 5's right half: ms per step in projection / little / mask / big / assembly kernels.
+
+    Each scheduled kernel is built alone and timed warm on valid arguments (the masked GEMV
+    with the given fraction of sensitive rows), times the number of layers calling it.  The whole
+    step minus this sum is what the VM and the kernel launches cost.
+    """
+    from collections import Counter
+
+    from .decoder import _kernel_funcs
+    from .kernels import layer_kernels
+    from .tuning import time_kernel
+
+    funcs = _kernel_funcs(spec, target, database)
+    uses = Counter(name for s in spec.layers for name in layer_kernels(s, spec.dual))
+    out = {fr: {part: 0.0 for _, part in STEP_PARTS} | {"assembly": 0.0} for fr in sensitive_fractions}
+    for name, f in funcs.items():
+        if name.startswith("masked_gemv"):
+            times = {fr: time_kernel(f, target, repeat, sensitive_fraction=fr) for fr in sensitive_fractions}
+        else:
+            t = time_kernel(f, target, repeat)
+            times = {fr: t for fr in sensitive_fractions}
+        for fr, t in times.items():
+            out[fr][kernel_part(name)] += uses[name] * t
+    return {fr: {part: round(ms, 4) for part, ms in parts.items()} for fr, parts in out.items()}
+
+
 def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     """Rows for one model (every engine, cache mode and ratio) and facts about the run."""
     import torch
@@ -202,6 +238,11 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             engines.append(Engine("onnxruntime", 0.0, o_prep, o_step))
         except ImportError:
             log.warning("onnxruntime is not installed: skipping that peer")
+    from .tuning import load_database
+
+    db = load_database(target)
+    breakdown = step_breakdown(dual.spec, target, [1 - measured[r] for r in cfg.ratios], db)
+    breakdown_dense = step_breakdown(dense.spec, target, [1.0], db)[1.0]
     rows: list[dict] = []
     gates = 4 if mc.rnn_type == "LSTM" else 3
     k = dual.spec.layers[0].k
@@ -226,11 +267,22 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                             "byte_bound_speedup": round(dense_bytes / dual_bytes, 3),
                             "achieved_gbps": round(dual_bytes / med / 1e6, 2)})
                 row["fraction_of_bound"] = round(row["speedup_vs_tvm_dense"] / row["byte_bound_speedup"], 3)
+                if cache == "warm":
+                    _add_breakdown(row, breakdown[1 - measured[e.ratio]], med)
             elif e.name == "tvm-dense":
                 row["achieved_gbps"] = round(dense_bytes / med / 1e6, 2)
                 row["speedup_vs_best_peer"] = round(best_peer / med, 3) if best_peer else None
+                if cache == "warm":
+                    _add_breakdown(row, breakdown_dense, med)
             rows.append(row)
     return rows, {"weights": weights, "dense_bytes": dense_bytes}
+
+
+def _add_breakdown(row: dict, parts: dict[str, float], step_ms: float) -> None:
+    """Kernel times per part, their sum, and the rest of the step (VM calls, launches, thread wake-ups)."""
+    row["breakdown_ms"] = parts
+    row["kernels_ms"] = round(sum(parts.values()), 4)
+    row["overhead_ms"] = round(step_ms - row["kernels_ms"], 4)
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -63,24 +63,25 @@ def arg_specs(func) -> list[tuple[str, str, list[int]]]:
     return [(str(p.name), str(i.dtype), [int(v) for v in i.shape]) for p, i in zip(func.params, infos)]
 
 
-def valid_arguments(device, args_info, alloc_repeat: int):
-    """Runner arguments that a masked kernel can use: int32 vectors in-bounds, counts = half the rows."""
+def valid_arguments(device, args_info, alloc_repeat: int, sensitive_fraction: float = 0.5):
+    """Runner arguments that a masked kernel can use: in-bounds row lists, ``count`` = that fraction of rows."""
     import tvm
 
     rng = np.random.default_rng(0)
     int_vectors = [int(info[2][0]) for info in args_info if info[1] == "int32" and list(info[2]) != [1]]
     n_rows = int_vectors[0] if int_vectors else 0
+    n_sensitive = int(round(n_rows * sensitive_fraction))
     repeated = []
     for _ in range(alloc_repeat):
         args = []
         for _tag, dtype, shape in args_info:
             shape = [int(s) for s in shape]
             if dtype == "int32" and shape == [1]:
-                arr = np.array([n_rows // 2], np.int32)
-            elif dtype == "int32":  # a real-looking row list: a random sorted half of the rows, then padding
+                arr = np.array([n_sensitive], np.int32)
+            elif dtype == "int32":  # a real-looking row list: a random sorted subset of the rows, then padding
                 arr = np.zeros(shape, np.int32)
-                half = np.sort(rng.choice(shape[0], shape[0] // 2, replace=False)).astype(np.int32)
-                arr[: half.size] = half
+                rows = np.sort(rng.choice(shape[0], n_sensitive, replace=False)).astype(np.int32)
+                arr[: rows.size] = rows
             elif dtype == "int8":
                 arr = rng.integers(-127, 128, size=shape, dtype=np.int8)
             else:
@@ -243,7 +244,8 @@ def load_database(target: TargetSpec, root: str | os.PathLike | None = None) -> 
     return TuningLog(open_database(d), summary)
 
 
-def time_kernel(func, target: TargetSpec, repeat: int = 30, rpc: RPCTracker | None = None) -> float:
+def time_kernel(func, target: TargetSpec, repeat: int = 30, rpc: RPCTracker | None = None,
+                sensitive_fraction: float = 0.5) -> float:
     """Median ms of a built kernel on valid arguments, here or on an RPC server of the fleet."""
     import tvm
 
@@ -261,7 +263,7 @@ def time_kernel(func, target: TargetSpec, repeat: int = 30, rpc: RPCTracker | No
             session.upload(path)
         lib = session.load_module(os.path.basename(path))
         dev = session.cpu()
-    args = valid_arguments(dev, info, 1)[0]
+    args = valid_arguments(dev, info, 1, sensitive_fraction)[0]
     timer = lib.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=0)
     return float(np.median(timer(*args).results) * 1e3)
 

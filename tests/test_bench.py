@@ -45,3 +45,21 @@ def test_bench_tiny_model(tmp_path):
         assert key in dual
     assert "random weights" in info["weights"]
     assert "| tiny-gnmt | warm | tvm-dual |" in markdown_table(rows)
+    parts = dual["breakdown_ms"]
+    assert set(parts) == {"projection", "little", "mask", "big", "assembly"} and all(v > 0 for v in parts.values())
+    dense = next(r for r in rows if r["engine"] == "tvm-dense")
+    assert dense["breakdown_ms"]["little"] == 0 and dense["breakdown_ms"]["big"] > 0
+    assert dual["kernels_ms"] == pytest.approx(sum(parts.values()), abs=1e-3)
+
+
+def test_breakdown_big_part_follows_the_sensitive_fraction():
+    """The masked GEMV is timed with the asked fraction of rows: fewer rows, less time."""
+    from dualtvm.bench import step_breakdown
+    from dualtvm.decoder import DecoderSpec
+    from dualtvm.kernels import LayerShape
+    from dualtvm.target import parse_target
+
+    spec = DecoderSpec([LayerShape("LSTM", 512, 512, 96)], dual=True)
+    parts = step_breakdown(spec, parse_target("llvm -mcpu=broadwell"), [0.1, 1.0], repeat=40)
+    assert parts[0.1]["big"] < 0.6 * parts[1.0]["big"]
+    assert parts[0.1]["little"] == parts[1.0]["little"]
