@@ -95,8 +95,8 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
 
 
 def _kernel_funcs(spec: DecoderSpec, target: TargetSpec, database=None) -> dict:
-    """Scheduled PrimFuncs: the tuning database's best where it has one, else the default schedule."""
-    from schedules import Knobs, apply_default
+    """Scheduled PrimFuncs: the tuning log's choice where it has one, else the default kernel."""
+    from schedules import default_kernel
 
     from .tuning import best_from_database
 
@@ -106,7 +106,7 @@ def _kernel_funcs(spec: DecoderSpec, target: TargetSpec, database=None) -> dict:
             if name in funcs:
                 continue
             tuned = best_from_database(database, f, target) if database is not None else None
-            funcs[name] = tuned if tuned is not None else apply_default(f, Knobs.for_target(target.num_cores))
+            funcs[name] = tuned if tuned is not None else default_kernel(f, target.num_cores)
     return funcs
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -223,11 +223,16 @@ class TuningLog:
 
 
 def best_from_database(log_: TuningLog | None, func, target: TargetSpec):
-    """The tuned PrimFunc for ``func`` if the database has one and it beat the default, else None."""
+    """The tuned PrimFunc for ``func`` if the log has one that beat the default, else None."""
     if log_ is None:
         return None
     name = str(func.attrs["global_symbol"])
     entry = log_.summary.get(name)
+    if entry and entry.get("use") == "gather":
+        from schedules import GatherKnobs, gather_gemv, weight_shape
+
+        n, k = weight_shape(func)
+        return gather_gemv(n, k, GatherKnobs(**entry["gather_knobs"]), name)
     if entry and entry.get("use") == "default":
         return None
     sch = log_.database.query_schedule(_mod(func), target=target.to_tvm(), workload_name="main")
@@ -282,7 +287,7 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
     rewritten after every task, so a killed run loses at most the candidate in flight; a rerun
     skips finished tasks (unless ``redo``) and gives a half-done task only its remaining trials.
     """
-    from schedules import Knobs, apply_default, design_space
+    from schedules import GatherKnobs, default_kernel, design_space, gather_gemv, is_masked_gemv, weight_shape
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
 
@@ -309,14 +314,23 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
                 num_tuning_cores=max(1, (target.num_cores or os.cpu_count() or 1)), seed=0)
         else:
             log.info("%s: the database already holds its %d trials (interrupted run)", task.name, trials_per_task)
-        default_ms = time_kernel(apply_default(task.func, Knobs.for_target(target.num_cores)), target, rpc=rpc)
+        default_ms = time_kernel(default_kernel(task.func, target.num_cores), target, rpc=rpc)
         sch = db.query_schedule(_mod(task.func), target=tgt, workload_name="main")
         tuned_ms = time_kernel(sch.mod["main"].with_attr("tirx.is_scheduled", True), target, rpc=rpc) if sch else None
-        summary[task.name] = {"shapes": task.shapes, "default_ms": round(default_ms, 4),
-                              "tuned_ms": None if tuned_ms is None else round(tuned_ms, 4),
-                              "use": "tuned" if tuned_ms is not None and tuned_ms < default_ms else "default",
-                              "trials": done + trials_per_task if redo else trials_per_task,
-                              "measured_on": "local" if rpc is None else f"rpc {rpc.key}@{rpc.host}:{rpc.port}"}
+        entry = {"shapes": task.shapes, "default_ms": round(default_ms, 4),
+                 "tuned_ms": None if tuned_ms is None else round(tuned_ms, 4),
+                 "use": "tuned" if tuned_ms is not None and tuned_ms < default_ms else "default",
+                 "trials": done + trials_per_task if redo else trials_per_task,
+                 "measured_on": "local" if rpc is None else f"rpc {rpc.key}@{rpc.host}:{rpc.port}"}
+        if is_masked_gemv(task.func):  # the prefetching loop nest's knob grid, beside MetaSchedule's best
+            n, k = weight_shape(task.func)
+            grid = {kn: time_kernel(gather_gemv(n, k, kn), target, rpc=rpc)
+                    for kn in GatherKnobs.for_target(target.num_cores).space()}
+            best = min(grid, key=grid.get)
+            entry["gather_ms"], entry["gather_knobs"] = round(grid[best], 4), asdict(best)
+            if grid[best] < min(default_ms, tuned_ms or float("inf")):
+                entry["use"] = "gather"
+        summary[task.name] = entry
         tmp = summary_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, summary_file)  # after every task, atomically: a kill loses nothing done

@@ -85,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     summary = tune(tasks, target, a.trials, a.logs, a.redo, skip_bad=a.skip_bad_records, rpc=rpc)
-    print(f"\n{'kernel':44s} {'default ms':>11s} {'tuned ms':>9s}  used")
+    print(f"\n{'kernel':44s} {'default ms':>11s} {'tuned ms':>9s} {'gather ms':>10s}  used")
     for t in tasks:
         s = summary.get(t.name, {})
         tuned = "-" if s.get("tuned_ms") is None else f"{s['tuned_ms']:.4f}"
-        print(f"{t.name:44s} {s.get('default_ms', float('nan')):11.4f} {tuned:>9s}  {s.get('use', '?')}")
+        gather = f"{s['gather_ms']:.4f}" if "gather_ms" in s else "-"
+        print(f"{t.name:44s} {s.get('default_ms', float('nan')):11.4f} {tuned:>9s} {gather:>10s}  {s.get('use', '?')}")
     return 0
 
 

@@ -99,7 +99,8 @@ def test_tune_then_build_uses_database(tmp_path):
     assert records, "tuning wrote no record"
     summary = json.loads((logs / "summary.json").read_text())
     (name,) = summary
-    assert summary[name]["default_ms"] > 0 and summary[name]["use"] in ("tuned", "default")
+    assert summary[name]["default_ms"] > 0 and summary[name]["use"] in ("tuned", "default", "gather")
+    assert summary[name]["gather_ms"] > 0 and summary[name]["gather_knobs"]["groups"] >= 1
     # a rerun resumes: the task is done, so nothing is redone and no record is lost
     subprocess.run([sys.executable, "scripts/tune.py", "--model", "tiny-lstm", "--trials", "2", "--tasks", "masked_gemv",
                     "--logs", str(logs)], cwd=REPO, check=True, env=env, capture_output=True)

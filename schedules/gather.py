@@ -1,0 +1,73 @@
+"""The masked big GEMV written as a scheduled loop nest, with software prefetch of the next rows.
+
+``kernels.masked_gemv`` defines ``yc[p] = W[rows[p]] · x for p < count``; the row-dot rule
+schedules it, but its loads follow a compacted row list: every row is a new 12 KB stream that
+the hardware prefetchers have to discover, and the masked GEMV reached only ~40 GB/s where the
+dense one streams at ~60 (LSTM-1500, 2 threads).  No s_tir schedule primitive emits a
+software prefetch, so this is the same schedule (row groups per thread, blocks of ``rows``
+rows sharing each loaded x vector, ``lanes``-wide accumulators) written out as loops, with one
+``llvm.prefetch`` per cache line of the rows ``prefetch`` blocks ahead.  Measured on
+6000×3008 at 50 % rows: 0.87 ms (row-dot rule) → 0.66 ms (this, no prefetch) → 0.54 ms
+(prefetch 1 block ahead into L2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.script import tirx as T
+
+
+@dataclass(frozen=True)
+class GatherKnobs:
+    groups: int = 2  # parallel row groups (= threads)
+    rows: int = 8  # rows per block (independent accumulators, concurrent streams)
+    lanes: int = 16  # accumulator width; one prefetch per ``lanes`` floats (64 B at 16)
+    prefetch: int = 1  # blocks ahead (0 = no prefetch)
+    locality: int = 2  # llvm.prefetch locality: 3 = L1, 2 = L2, 1 = L3
+
+    @classmethod
+    def for_target(cls, num_cores: int | None) -> "GatherKnobs":
+        return cls(groups=max(1, num_cores or 2))
+
+    def space(self) -> list["GatherKnobs"]:
+        """The small grid ``tune`` measures around these knobs."""
+        return [GatherKnobs(self.groups, r, self.lanes, pf, loc)
+                for r in (4, 8) for pf, loc in ((0, 3), (1, 2), (2, 2), (1, 1), (1, 3))]
+
+
+def gather_gemv(n: int, k: int, knobs: GatherKnobs = GatherKnobs(), name: str = "masked_gemv"):
+    """Scheduled PrimFunc with ``kernels.masked_gemv``'s signature (rows past ``count`` hold 0)."""
+    G, R, L, PF, LOC = knobs.groups, knobs.rows, knobs.lanes, knobs.prefetch, knobs.locality
+    if k % L:
+        raise ValueError(f"reduction length {k} is not a multiple of lanes={L} (kernels pad to 32)")
+    blocks = (n + G * R - 1) // (G * R)  # per group; a partial last block reads clamped rows
+
+    @T.prim_func
+    def f(W: T.Buffer((n, k), "float32"), x: T.Buffer((k,), "float32"), rows: T.Buffer((n,), "int32"),
+          count: T.Buffer((1,), "int32"), yc: T.Buffer((n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for g in T.parallel(G):
+            acc = T.alloc_buffer((R, L), "float32", scope="local")
+            for j in range(blocks):
+                if (j * G + g) * R < count[0]:
+                    for r in T.unroll(R):
+                        for l in T.vectorized(L):
+                            acc[r, l] = T.float32(0)
+                    for ko in range(k // L):
+                        if PF > 0:
+                            if ((j + PF) * G + g) * R < count[0]:
+                                for r in T.unroll(R):
+                                    T.evaluate(T.call_llvm_intrin(
+                                        "void", "llvm.prefetch.p0",
+                                        T.address_of(W[rows[T.min(((j + PF) * G + g) * R + r, n - 1)], ko * L]),
+                                        T.int32(0), T.int32(LOC), T.int32(1)))
+                        for r in T.unroll(R):
+                            for l in T.vectorized(L):
+                                acc[r, l] = acc[r, l] + W[rows[T.min((j * G + g) * R + r, n - 1)], ko * L + l] * x[ko * L + l]
+                    for r in range(R):
+                        if (j * G + g) * R + r < count[0]:
+                            yc[(j * G + g) * R + r] = T.float32(0)
+                            for l in range(L):
+                                yc[(j * G + g) * R + r] = yc[(j * G + g) * R + r] + acc[r, l]
+
+    return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
