@@ -113,7 +113,7 @@ def _run_until_new_record(cmd: list[str], records: Path, sig: int) -> tuple[list
 def test_killed_tuning_resumes_without_losing_or_redoing(tmp_path):
     logs = tmp_path / "logs"
     records = logs / "database_tuning_record.json"
-    cmd = TUNE + ["--tasks", "gemv", "--logs", str(logs)]  # 3 kernels: masked, little and dense GEMV
+    cmd = TUNE + ["--tasks", "masked_gemv,little_gemv", "--logs", str(logs)]  # two kernels
 
     seen_int, interrupted = _run_until_new_record(cmd, records, signal.SIGINT)
     assert interrupted.returncode == 130, interrupted.stderr[-2000:]
@@ -126,6 +126,6 @@ def test_killed_tuning_resumes_without_losing_or_redoing(tmp_path):
     final = _records(records)
     assert set(seen_int) <= set(seen_kill) <= set(final), "a record written before a kill was lost"
     per_kernel = Counter(json.loads(line)[0] for line in final)
-    assert len(per_kernel) == 3 and all(n <= 2 for n in per_kernel.values()), f"trials were redone: {per_kernel}"
+    assert len(per_kernel) == 2 and all(n <= 2 for n in per_kernel.values()), f"trials were redone: {per_kernel}"
     summary = json.loads((logs / "summary.json").read_text())
-    assert len(summary) == 3 and all(s["trials"] == 2 for s in summary.values())
+    assert len(summary) == 2 and all(s["trials"] == 2 for s in summary.values())
