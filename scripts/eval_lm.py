@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Dual-module LM quality on PTB (Tables 2/3, 5, 6 quality columns; per-gate allocation).
+"""Dual-module LM quality on PTB (Tables 1, 2/3, 5, 6 quality columns; per-gate allocation).
 
     python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -18,10 +19,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from dualtvm.data import load_lm_corpus  # noqa: E402
-from dualtvm.little import LittleConfig  # noqa: E402
+from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
+from dualtvm.dual import StackedRNN  # noqa: E402
+from dualtvm.little import LittleConfig, big_layers  # noqa: E402
 from dualtvm.quality import allocation, largest_ratio_within, ppl, setup  # noqa: E402
+from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
+from dualtvm.train_lm import evaluate  # noqa: E402
 
 PAPER = {  # Tables 2 and 3: (base PPL, {ratio: PPL})
     "lstm-1500": (80.64, {0.1: 80.72, 0.3: 80.56, 0.5: 81.36, 0.7: 87.48, 0.9: 109.37}),
@@ -38,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="ptb")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--ratios", default="0.1,0.3,0.5,0.7,0.9")
-    p.add_argument("--parts", default="ratios,allocation,eps,precision",
-                   help="which tables: ratios (2/3), allocation (beyond the paper), eps (5), precision (6)")
+    p.add_argument("--parts", default="ratios,allocation,eps,precision,resilience",
+                   help="which tables: ratios (2/3), allocation (beyond the paper), eps (5), precision (6), "
+                        "resilience (1)")
+    p.add_argument("--noise", type=float, default=0.45, help="Table 1: error std relative to the pre-activation std")
     p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
     p.add_argument("--results", default="results/lm-quality-ptb.json")
     a = p.parse_args(argv)
@@ -53,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/eval_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])
     parts = a.parts.split(",")
     ratios = [float(r) for r in a.ratios.split(",")]
-    q = setup(model, corpus, LittleConfig(), a.max_rows)
-    base, _ = ppl(q, "test", 0.0)
-    base_valid, _ = ppl(q, "valid", 0.0)
+    test = batchify(corpus.test, 10)
+    base = math.exp(evaluate(model, test))
+    q = setup(model, corpus, LittleConfig(), a.max_rows) if set(parts) - {"resilience"} else None
     paper_key = a.model_name.split("-", 1)[1]
     epochs = payload["train_state"]["epoch"]
 
@@ -71,11 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         print(row)
 
     record("uniform", 0.0, base, 0.0, variant="base")
+    if "resilience" in parts:
+        layers = big_layers(model.rnn)
+        for region in REGIONS:
+            noisy = [NoisyLSTMLayer(l, region, a.noise, seed=i) for i, l in enumerate(layers)]
+            value = math.exp(evaluate(model, test, rnn=StackedRNN(noisy, lstm=True)))
+            cos = noisy[0].stats.means()
+            record("resilience", 0.5, value, 0.0, variant=f"errors in the {region} half", relative_std=a.noise,
+                   cos_before=cos["before"], cos_after=cos["after"])
     if "ratios" in parts:
         for r in ratios:
             v, m = ppl(q, "test", r)
             record("uniform", r, v, m, variant="eps0.5-int8")
     if "allocation" in parts:
+        base_valid, _ = ppl(q, "valid", 0.0)
         for r in (0.5, 0.6, 0.7):
             q.dual.set_insensitive_ratio(allocation(q, r))
             v, m = ppl(q, "test")

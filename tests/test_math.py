@@ -191,3 +191,29 @@ def test_artefact_round_trip_and_hash_check(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"nope")
     with pytest.raises(ArtefactError, match="not a dualtvm little-module artefact"):
         load_little(tmp_path / "junk.npz")
+
+
+def test_table1_errors_hurt_less_in_the_insensitive_half():
+    """Zero error reproduces nn.LSTM; equal errors in the insensitive half leave activations closer (Table 1)."""
+    from dualtvm.resilience import NoisyLSTMLayer
+
+    torch.manual_seed(0)
+    rnn = nn.LSTM(32, 64)
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.mul_(4)  # saturating gates, as trained ones are
+    x = torch.randn(20, 3, 32)
+    (big,) = big_layers(rnn)
+    out, (h, c) = NoisyLSTMLayer(big, "sensitive", relative_std=0.0)(x)
+    ref, (rh, rc) = rnn(x)
+    torch.testing.assert_close(out, ref.detach(), atol=1e-5, rtol=1e-5)
+    after = {}
+    for region in ("sensitive", "insensitive"):
+        layer = NoisyLSTMLayer(big, region, relative_std=0.45, seed=1)
+        layer(x)
+        cos = layer.stats.means()
+        assert all(0.8 < v < 1.0 for v in cos["before"].values())
+        after[region] = cos["after"]
+    assert all(after["insensitive"][g] > after["sensitive"][g] for g in "ifgo"), after
+    with pytest.raises(ValueError, match="region must be one of"):
+        NoisyLSTMLayer(big, "middle")
