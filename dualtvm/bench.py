@@ -99,7 +99,7 @@ class BenchConfig:
     caches: tuple[str, ...] = ("warm", "cold")
     build_root: str = "build"
     checkpoint: str | None = None
-    peers: tuple[str, ...] = ("torch", "onnxruntime")
+    peers: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
     reuse_builds: bool = False  # default: rebuild, so the current schedules/tuning logs are what is measured
 
 
@@ -163,7 +163,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     import torch
 
     from .build import BuildConfig, build_model
-    from .peers import onnxruntime_session, torch_cell
+    from .peers import OpenVINOStep, onnxruntime_session, torch_cell
     from .registry import model_config
     from .runtime import CompiledDecoder, sequence_runner
     from .target import parse_target
@@ -216,28 +216,15 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                     inp = h + inp if mc.residual()[j] else h
 
         engines.append(Engine("torch", 0.0, t_prep, t_step))
-    if "onnxruntime" in cfg.peers:
+    for peer in ("onnxruntime", "openvino"):
+        if peer not in cfg.peers:
+            continue
         try:
-            sessions = [onnxruntime_session(l, cfg.threads) for l in layers]
-            ostate: dict = {}
-
-            def o_prep() -> None:
-                z = np.zeros((1, 1, mc.hidden), np.float32)
-                ostate["s"] = [[z, z] for _ in sessions]
-
-            def o_step(i: int) -> None:
-                inp = xs[i].reshape(1, 1, -1)
-                for j, sess in enumerate(sessions):
-                    feeds = {"X": inp, "h0": ostate["s"][j][0]}
-                    if mc.rnn_type == "LSTM":
-                        feeds["c0"] = ostate["s"][j][1]
-                    res = sess.run(None, feeds)
-                    ostate["s"][j] = [res[0], res[1] if len(res) > 1 else None]
-                    inp = res[0] + inp if mc.residual()[j] else res[0]
-
-            engines.append(Engine("onnxruntime", 0.0, o_prep, o_step))
+            make = (lambda l: onnxruntime_session(l, cfg.threads)) if peer == "onnxruntime" else \
+                   (lambda l: OpenVINOStep(l, cfg.threads))
+            engines.append(_step_graph_engine(peer, [make(l) for l in layers], xs, mc))
         except ImportError:
-            log.warning("onnxruntime is not installed: skipping that peer")
+            log.warning("%s is not installed: skipping that peer", peer)
     from .tuning import load_database
 
     db = load_database(target)
@@ -276,6 +263,27 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                     _add_breakdown(row, breakdown_dense, med)
             rows.append(row)
     return rows, {"weights": weights, "dense_bytes": dense_bytes}
+
+
+def _step_graph_engine(name: str, sessions: list, xs: list[np.ndarray], mc) -> Engine:
+    """A peer running one ONNX-style step graph per layer (X, h0[, c0] → Y_h[, Y_c]), residuals in numpy."""
+    state: dict = {}
+
+    def prep() -> None:
+        z = np.zeros((1, 1, mc.hidden), np.float32)
+        state["s"] = [[z, z] for _ in sessions]
+
+    def step(i: int) -> None:
+        inp = xs[i].reshape(1, 1, -1)
+        for j, sess in enumerate(sessions):
+            feeds = {"X": inp, "h0": state["s"][j][0]}
+            if mc.rnn_type == "LSTM":
+                feeds["c0"] = state["s"][j][1]
+            res = sess.run(None, feeds)
+            state["s"][j] = [res[0], res[1] if len(res) > 1 else None]
+            inp = res[0] + inp if mc.residual()[j] else res[0]
+
+    return Engine(name, 0.0, prep, step)
 
 
 def _add_breakdown(row: dict, parts: dict[str, float], step_ms: float) -> None:

@@ -67,3 +67,33 @@ def onnxruntime_session(layer: BigLayer, threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(onnx_step_model(layer), opts, providers=["CPUExecutionProvider"])
+
+
+class OpenVINOStep:
+    """The one-step ONNX graph compiled by OpenVINO for the CPU, fp32, latency mode.
+
+    ``run(None, feeds)`` mirrors an ONNX Runtime session so both peers share the bench loop.
+    f32 is forced: on CPUs with bf16 support OpenVINO otherwise computes in bf16.
+    """
+
+    def __init__(self, layer: BigLayer, threads: int) -> None:
+        import os
+        import tempfile
+
+        import openvino as ov
+
+        core = ov.Core()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "step.onnx")
+            with open(path, "wb") as f:
+                f.write(onnx_step_model(layer))
+            model = core.read_model(path)
+            self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                              "PERFORMANCE_HINT": "LATENCY",
+                                                              "INFERENCE_PRECISION_HINT": "f32"})
+        self.request = self.compiled.create_infer_request()
+        self.outputs = list(self.compiled.outputs)
+
+    def run(self, _output_names, feeds: dict) -> list:
+        result = self.request.infer(feeds)
+        return [result[o] for o in self.outputs]

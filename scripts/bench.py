@@ -44,14 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         rows += r
     for r in rows:
         r["stream_gbps"] = round(bw, 1)
+        r["run_target"] = a.target  # the TVM target of the run (peers' rows were measured beside it)
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(a.out)
     old = []
     if out.with_suffix(".json").exists():
         import json
 
-        keep = {(r["model"]) for r in rows}
-        old = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"] if r["model"] not in keep]
+        replaced = {(r["model"], r["run_target"]) for r in rows}  # rerunning a model for a target replaces its rows
+        old = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"]
+               if (r["model"], r.get("run_target", "llvm -mcpu=broadwell")) not in replaced]
     all_rows = old + rows
     write_results(out.with_suffix(".json"), "latency", all_rows, command, stream_gbps=round(bw, 1))
     out.with_suffix(".md").write_text(f"Command: `{command}`\n\nSTREAM-like read bandwidth (numpy sum, 1 thread): {bw:.1f} GB/s\n\n" + markdown_table(all_rows))

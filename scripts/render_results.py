@@ -24,6 +24,19 @@ def latency(doc: dict) -> str:
     return "\n".join(out)
 
 
+def breakdown(doc: dict) -> str:
+    """Table 5's right half: each step's kernels timed alone (warm), and what the step adds on top."""
+    out = ["| model | engine | ratio | step ms | projection | little | mask | big | assembly | kernels Σ | rest of the step |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        if "breakdown_ms" not in r or (r["engine"] == "tvm-dual" and r["insensitive_ratio"] not in (0.5, 0.9)):
+            continue
+        b = r["breakdown_ms"]
+        out.append(f"| {r['model']} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} | {b['projection']} | "
+                   f"{b['little']} | {b['mask']} | {b['big']} | {b['assembly']} | {r['kernels_ms']} | {r['overhead_ms']} |")
+    return "\n".join(out)
+
+
 def baselines(doc: dict) -> str:
     out = ["| model | epochs | train PPL | valid PPL | test PPL | wall s | command |", "|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
@@ -90,14 +103,14 @@ def nmt_quality(doc: dict) -> str:
     return "\n".join(out)
 
 
-RENDERERS = {"latency": latency, "baselines": baselines, "lm-quality-ptb": lm_quality, "nmt-quality": nmt_quality}
+RENDERERS = {"latency": latency, "latency-breakdown": breakdown, "baselines": baselines, "lm-quality-ptb": lm_quality, "nmt-quality": nmt_quality}
 
 
 def main() -> int:
     readme = REPO / "README.md"
     text = readme.read_text()
     for name, fn in RENDERERS.items():
-        f = REPO / "results" / f"{name}.json"
+        f = REPO / "results" / f"{name.split('-breakdown')[0]}.json"
         if not f.exists():
             continue
         doc = json.loads(f.read_text())

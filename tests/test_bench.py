@@ -32,12 +32,30 @@ def test_onnx_step_matches_pytorch(rnn_type):
     np.testing.assert_allclose(sess.run(None, feeds)[0], ref_h.detach().numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_openvino_step_matches_pytorch(rnn_type):
+    pytest.importorskip("openvino")
+    import torch
+
+    from dualtvm.peers import OpenVINOStep
+
+    rnn = getattr(nn, rnn_type)(16, 24)
+    step = OpenVINOStep(big_layers(rnn)[0], 1)
+    x, h, c = torch.randn(1, 1, 16), torch.randn(1, 1, 24), torch.randn(1, 1, 24)
+    feeds = {"X": x.numpy(), "h0": h.numpy()}
+    if rnn_type == "LSTM":
+        feeds["c0"] = c.numpy()
+    ref = rnn(x, (h, c) if rnn_type == "LSTM" else h)[1]
+    ref_h = ref[0] if rnn_type == "LSTM" else ref
+    np.testing.assert_allclose(step.run(None, feeds)[0].reshape(1, 1, 24), ref_h.detach().numpy(), atol=1e-5)
+
+
 def test_bench_tiny_model(tmp_path):
     cfg = BenchConfig(models=("tiny-gnmt",), ratios=(0.5,), steps=6, rounds=1, threads=1, caches=("warm",),
                       build_root=str(tmp_path))
     rows, info = bench_model("tiny-gnmt", cfg)
     engines = {r["engine"] for r in rows}
-    assert {"tvm-dense", "tvm-dual", "torch", "onnxruntime"} <= engines
+    assert {"tvm-dense", "tvm-dual", "torch", "onnxruntime", "openvino"} <= engines
     dual = next(r for r in rows if r["engine"] == "tvm-dual")
     assert 0.3 < dual["measured_ratio"] < 0.7
     for key in ("model", "engine", "insensitive_ratio", "median_ms", "iqr_ms", "cache", "threads", "target",
