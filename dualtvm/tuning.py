@@ -312,7 +312,7 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
                 builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=120), runner=runner,
                 database=db, cost_model="xgb", strategy="evolutionary", task_scheduler="round-robin",
                 num_tuning_cores=max(1, (target.num_cores or os.cpu_count() or 1)), seed=0)
-        else:
+        elif not redo:
             log.info("%s: the database already holds its %d trials (interrupted run)", task.name, trials_per_task)
         default_ms = time_kernel(default_kernel(task.func, target.num_cores), target, rpc=rpc)
         sch = db.query_schedule(_mod(task.func), target=tgt, workload_name="main")
