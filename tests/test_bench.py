@@ -17,30 +17,23 @@ def test_step_bytes_accounting():
     assert dense / 2 < half < dense / 2 + 4 * 6000 * 3000 * 0.1  # little module + indices cost < 10 %
 
 
+def _peer_step(peer: str, layer, threads: int):
+    if peer == "openvino":
+        pytest.importorskip("openvino")
+        from dualtvm.peers import OpenVINOStep
+
+        return OpenVINOStep(layer, threads)
+    return onnxruntime_session(layer, threads)
+
+
+@pytest.mark.parametrize("peer", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
-def test_onnx_step_matches_pytorch(rnn_type):
+def test_peer_step_matches_pytorch(peer, rnn_type):
+    """ONNX Runtime and OpenVINO run the same one-step graph; both equal PyTorch's cell."""
     import torch
 
     rnn = getattr(nn, rnn_type)(16, 24)
-    sess = onnxruntime_session(big_layers(rnn)[0], 1)
-    x, h, c = torch.randn(1, 1, 16), torch.randn(1, 1, 24), torch.randn(1, 1, 24)
-    feeds = {"X": x.numpy(), "h0": h.numpy()}
-    if rnn_type == "LSTM":
-        feeds["c0"] = c.numpy()
-    ref = rnn(x, (h, c) if rnn_type == "LSTM" else h)[1]
-    ref_h = ref[0] if rnn_type == "LSTM" else ref
-    np.testing.assert_allclose(sess.run(None, feeds)[0], ref_h.detach().numpy(), atol=1e-5)
-
-
-@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
-def test_openvino_step_matches_pytorch(rnn_type):
-    pytest.importorskip("openvino")
-    import torch
-
-    from dualtvm.peers import OpenVINOStep
-
-    rnn = getattr(nn, rnn_type)(16, 24)
-    step = OpenVINOStep(big_layers(rnn)[0], 1)
+    step = _peer_step(peer, big_layers(rnn)[0], 1)
     x, h, c = torch.randn(1, 1, 16), torch.randn(1, 1, 24), torch.randn(1, 1, 24)
     feeds = {"X": x.numpy(), "h0": h.numpy()}
     if rnn_type == "LSTM":
