@@ -157,6 +157,29 @@ class StackedRNN(nn.Module):
         return x, ((torch.cat(outs_h), torch.cat(outs_c)) if self.lstm else torch.cat(outs_h))
 
 
+# Helpers over any list of layers with ``set_insensitive_ratio`` and ``stats`` (PyTorch dual-module
+# layers, or compiled ones standing in for them, as in a GNMT decoder).
+def set_layer_ratios(layers: list[nn.Module], ratio: "float | list") -> None:
+    """A float for all, or one entry (float or {gate: ratio}) per layer."""
+    per_layer = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(layers)
+    if len(per_layer) != len(layers):
+        raise ValueError(f"got {len(per_layer)} per-layer ratios for {len(layers)} layers")
+    for layer, r in zip(layers, per_layer):
+        layer.set_insensitive_ratio(r)
+
+
+def reset_layer_stats(layers: list[nn.Module]) -> None:
+    for layer in layers:
+        layer.stats = MaskStats()
+
+
+def measured_layer_ratio(layers: list[nn.Module]) -> float:
+    """Insensitive outputs over all outputs, summed over the layers' mask statistics."""
+    ins = sum(sum(l.stats.insensitive.values()) for l in layers)
+    tot = sum(sum(l.stats.total.values()) for l in layers)
+    return ins / max(tot, 1)
+
+
 class DualModuleRNN(StackedRNN):
     """Stack of dual-module layers with the call signature of a multi-layer ``nn.LSTM``/``nn.GRU``."""
 
@@ -169,20 +192,13 @@ class DualModuleRNN(StackedRNN):
 
     def set_insensitive_ratio(self, ratio: "float | list") -> None:
         """A float for all, or one entry (float or {gate: ratio}) per layer."""
-        per_layer = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(self.layers)
-        if len(per_layer) != len(self.layers):
-            raise ValueError(f"got {len(per_layer)} per-layer ratios for {len(self.layers)} layers")
-        for layer, r in zip(self.layers, per_layer):
-            layer.set_insensitive_ratio(r)
+        set_layer_ratios(list(self.layers), ratio)
 
     def reset_stats(self) -> None:
-        for layer in self.layers:
-            layer.stats = MaskStats()
+        reset_layer_stats(list(self.layers))
 
     def measured_ratio(self) -> float:
-        ins = sum(sum(l.stats.insensitive.values()) for l in self.layers)
-        tot = sum(sum(l.stats.total.values()) for l in self.layers)
-        return ins / max(tot, 1)
+        return measured_layer_ratio(list(self.layers))
 
     def gate_ratios(self) -> list[dict[str, float]]:
         return [{g: l.stats.ratio(g) for g in l.stats.total} for l in self.layers]

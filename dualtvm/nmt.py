@@ -22,7 +22,7 @@ import torch.nn as nn
 from .construct import build_dual_layers
 from .data import (BOS, EOS, PAD, ParallelCorpus, Vocab, bucketed_batches, detokenize, encode_pairs, pad_batch,
                    tokenize_sentence)
-from .dual import DualModuleLayer
+from .dual import DualModuleLayer, set_layer_ratios
 from .little import BigLayer, LittleConfig, big_layers
 from .models import Seq2Seq
 
@@ -81,25 +81,6 @@ def build_dual_decoder(model: Seq2Seq, corpus: ParallelCorpus, cfg: LittleConfig
         lambda: teacher_forced(model, train, batch_size, max_rows // rows_per_batch + 1),
         lambda: teacher_forced(model, valid, batch_size, None), cfg, max_rows, progress)
     return duals
-
-
-def set_ratio(layers: list[nn.Module], ratio: "float | list") -> None:
-    per_layer = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(layers)
-    for layer, r in zip(layers, per_layer):
-        layer.set_insensitive_ratio(r)
-
-
-def measured_ratio(layers: list[nn.Module]) -> float:
-    ins = sum(sum(l.stats.insensitive.values()) for l in layers)
-    tot = sum(sum(l.stats.total.values()) for l in layers)
-    return ins / max(tot, 1)
-
-
-def reset_stats(layers: list[nn.Module]) -> None:
-    from .dual import MaskStats
-
-    for layer in layers:
-        layer.stats = MaskStats()
 
 
 # --------------------------------------------------------------------------- search
@@ -240,7 +221,7 @@ class CompiledLayer(nn.Module):
         return h, (h, torch.from_numpy(np.stack(cs)).unsqueeze(0))
 
 
-def build_compiled_decoder(model: Seq2Seq, duals: list[DualModuleLayer], target: str, out: str | os.PathLike,
+def build_compiled_decoder(duals: list[DualModuleLayer], target: str, out: str | os.PathLike,
                            database=None) -> dict[str, list[Path]]:
     """Compile the decoder layer step once per kind (all layers share a shape) and export it per layer.
 
@@ -333,10 +314,10 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
         kind = backend.removeprefix("tvm-")
         folders = [out / kind / f"layer{i}" for i in range(len(duals))]
         if not all(_built_for(f, d) for f, d in zip(folders, duals)):
-            folders = build_compiled_decoder(tr.model, duals, target, out)[kind]
+            folders = build_compiled_decoder(duals, target, out)[kind]
         layers = compiled_layers(folders)
     if backend.endswith("dual"):
-        set_ratio(layers, ratio)
+        set_layer_ratios(layers, ratio)
     return layers
 
 

@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dualtvm.data import load_multi30k
-    from dualtvm.nmt import (Translator, corpus_bleu, decode_speed, decoder_layers, measured_ratio, reset_stats,
-                             set_ratio, translate)
+    from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
+    from dualtvm.nmt import Translator, corpus_bleu, decode_speed, decoder_layers, translate
     from dualtvm.results import update_rows
 
     torch.set_num_threads(threads)
@@ -61,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
               "base_bleu": round(base, 2), "delta_bleu": 0.0, "sacrebleu_signature": sig})
         duals = decoder_layers(tr, corpus, "dual", a.checkpoint)
         for r in [float(x) for x in a.ratios.split(",")]:
-            set_ratio(duals, r)
-            reset_stats(duals)
+            set_layer_ratios(duals, r)
+            reset_layer_stats(duals)
             score, sig = corpus_bleu(translate(tr, src, a.beam, duals, progress=True), refs)
-            per_layer = [round(measured_ratio([d]), 4) for d in duals]
-            print(f"ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), measured {measured_ratio(duals):.3f}")
+            per_layer = [round(measured_layer_ratio([d]), 4) for d in duals]
+            print(f"ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), measured {measured_layer_ratio(duals):.3f}")
             save({"part": "quality", "engine": "dual", "insensitive_ratio": r, "beam": a.beam,
-                  "measured_ratio": round(measured_ratio(duals), 4), "measured_ratio_per_layer": per_layer,
+                  "measured_ratio": round(measured_layer_ratio(duals), 4), "measured_ratio_per_layer": per_layer,
                   "bleu": round(score, 2), "base_bleu": round(base, 2), "delta_bleu": round(score - base, 2),
                   "sacrebleu_signature": sig})
     if "speed" in parts:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         backends = {"torch": None,
                     "tvm-dense": decoder_layers(tr, corpus, "tvm-dense", a.checkpoint, a.target),
                     "tvm-dual": decoder_layers(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio)}
-        reset_stats(backends["tvm-dual"])
+        reset_layer_stats(backends["tvm-dual"])
         res = decode_speed(tr, src[:n], backends)
         for engine, r in res.items():
             score, sig = corpus_bleu(r["hyps"], refs[:n])
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                    "sacrebleu_signature": sig, "threads": threads,
                    "target": a.target if engine.startswith("tvm") else None}
             if engine == "tvm-dual":
-                row["measured_ratio"] = round(measured_ratio(backends["tvm-dual"]), 4)
+                row["measured_ratio"] = round(measured_layer_ratio(backends["tvm-dual"]), 4)
                 for other in ("tvm-dense", "torch"):
                     row[f"speedup_vs_{other.replace('-', '_')}"] = round(r["tokens_per_s"] / res[other]["tokens_per_s"], 3)
                     row[f"layer_speedup_vs_{other.replace('-', '_')}"] = round(

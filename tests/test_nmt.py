@@ -7,8 +7,9 @@ import torch
 from dualtvm.data import ParallelCorpus, Vocab, detokenize, tokenize_sentence
 from dualtvm.little import LittleConfig
 from dualtvm.models import Seq2SeqConfig
+from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
 from dualtvm.nmt import (BACKENDS, Translator, beam_search, bleu, build_compiled_decoder, build_dual_decoder,
-                         compiled_layers, measured_ratio, reset_stats, set_ratio, translate)
+                         compiled_layers, translate)
 from dualtvm.train_nmt import NMTTrainConfig, train_nmt
 
 SRC = ["a dog runs .", "a cat sleeps .", "two men walk .", "a dog sleeps ."]
@@ -49,7 +50,7 @@ def test_dual_decoder_ratio_zero_is_the_big_model(tiny):
     duals = build_dual_decoder(model, corpus, LittleConfig(k=24), max_rows=5000, batch_size=8, progress=False)
     assert [d.big.input_size for d in duals] == [64] * 4  # [below; attention context] on every layer
     tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
-    set_ratio(duals, 0.0)
+    set_layer_ratios(duals, 0.0)
     with torch.no_grad():
         src = torch.tensor([tr.encode_source(SRC[0])]).t()
         mem, pad = model.encode(src)
@@ -58,10 +59,10 @@ def test_dual_decoder_ratio_zero_is_the_big_model(tiny):
         big, _ = model.decode_step(tok, state, mem, pad)
         dual, _ = model.decode_step(tok, state, mem, pad, duals)
     torch.testing.assert_close(dual, big, atol=1e-5, rtol=1e-5)
-    set_ratio(duals, 0.9)
-    reset_stats(duals)
+    set_layer_ratios(duals, 0.9)
+    reset_layer_stats(duals)
     translate(tr, SRC, layers=duals)
-    assert 0.75 < measured_ratio(duals) <= 1.0
+    assert 0.75 < measured_layer_ratio(duals) <= 1.0
 
 
 @pytest.mark.slow
@@ -69,19 +70,19 @@ def test_compiled_decoder_greedy_equals_pytorch_at_ratio_zero(tiny, tmp_path):
     model, corpus, _ = tiny
     tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
     duals = build_dual_decoder(model, corpus, LittleConfig(k=24), max_rows=5000, batch_size=8, progress=False)
-    folders = build_compiled_decoder(model, duals, "llvm -mcpu=broadwell", tmp_path)
+    folders = build_compiled_decoder(duals, "llvm -mcpu=broadwell", tmp_path)
     reference = translate(tr, SRC)
     dense = compiled_layers(folders["dense"])
     assert translate(tr, SRC, layers=dense) == reference
     dual = compiled_layers(folders["dual"])
-    set_ratio(dual, 0.0)
+    set_layer_ratios(dual, 0.0)
     assert translate(tr, SRC, layers=dual) == reference
     assert translate(tr, SRC[:2], beam=3, layers=dual) == reference[:2]  # batch > 1 (beam) through batch-1 steps
-    set_ratio(dual, 0.5)
-    set_ratio(duals, 0.5)
-    reset_stats(dual)
+    set_layer_ratios(dual, 0.5)
+    set_layer_ratios(duals, 0.5)
+    reset_layer_stats(dual)
     translate(tr, SRC, layers=dual)
-    assert 0.3 < measured_ratio(dual) < 0.7
+    assert 0.3 < measured_layer_ratio(dual) < 0.7
 
 
 def test_unknown_backend_is_named(tiny):
