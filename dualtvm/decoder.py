@@ -1,7 +1,7 @@
 """The Relax decode step: L stacked (dual-module or dense) layers calling the scheduled kernels.
 
 One Relax function ``step`` takes the layer-0 input, every layer's state, weights and
-thresholds (lo/hi per mask row: the insensitive ratio is a run-time input, no rebuild) and
+thresholds (lo/hi per mask row, on the pre-activation: the insensitive ratio is a run-time input, no rebuild) and
 returns the top output, the new states and each layer's ``pos`` vector (row i sensitive iff pos[i] ≥ 0).  Weights
 are inputs too, held by :class:`CompiledDecoder` as TVM tensors, so one ``.so`` serves any
 weights of its shapes.  Kernels come from :mod:`dualtvm.kernels`, schedules from
@@ -24,7 +24,7 @@ from .target import TargetSpec, parse_target
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: mask bounds on the pre-activation, no a_LL tensor
 
 
 @dataclass
@@ -141,15 +141,14 @@ def build_ir(spec: DecoderSpec, target: TargetSpec, database=None):
                 if spec.dual:
                     z = call("project", [ws["px"], ws["ph"], x, st["h"]], ten((s.k2p,)))
                     pre = call("little_gemv", [ws["wq"], z, ws["wscale"], ws["bias_ll"]], ten((4 * s.hidden,)))
-                    m = call("mask", [pre, ws["lo"], ws["hi"]],
-                             [ten((s.n,)), ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
-                    a_ll, rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(4))
+                    m = call("mask", [pre, ws["lo"], ws["hi"]], [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
+                    rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
                     counts.append(pos)
                 if s.rnn_type == "LSTM":
                     xh = call("concat", [x, st["h"]], ten((s.dxp + s.hp,)))
                     if spec.dual:
                         yc = call("masked_gemv", [ws["w"], xh, rows, count], ten((s.n,)))
-                        res = call("lstm_assemble", [a_ll, yc, pos, ws["bias"], st["c"]], [ten((s.hp,)), ten((s.hp,))])
+                        res = call("lstm_assemble", [pre, yc, pos, ws["bias"], st["c"]], [ten((s.hp,)), ten((s.hp,))])
                     else:
                         y = call("gemv", [ws["w"], xh], ten((s.n,)))
                         res = call("lstm_dense_cell", [y, ws["bias"], st["c"]], [ten((s.hp,)), ten((s.hp,))])
@@ -159,7 +158,7 @@ def build_ir(spec: DecoderSpec, target: TargetSpec, database=None):
                     if spec.dual:
                         ycx = call("masked_gemv_x", [ws["w_ih"], x, rows, count], ten((s.n,)))
                         ych = call("masked_gemv_h", [ws["w_hh"], st["h"], rows, count], ten((s.n,)))
-                        h_new = call("gru_assemble", [pre, a_ll, ycx, ych, pos, ws["b_ih"], ws["b_hh"], st["h"]],
+                        h_new = call("gru_assemble", [pre, ycx, ych, pos, ws["b_ih"], ws["b_hh"], st["h"]],
                                      ten((s.hp,)))
                     else:
                         yx = call("gemv_x", [ws["w_ih"], x], ten((s.n,)))

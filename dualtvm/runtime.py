@@ -78,7 +78,7 @@ class CompiledDecoder:
         from .gates import layout
 
         for i, (s, th) in enumerate(zip(self.spec.layers, per_layer)):
-            lo, hi = th.row_bounds(layout(s.rnn_type).gates, s.hidden)
+            lo, hi = th.pre_activation_bounds(layout(s.rnn_type), s.hidden)  # the mask kernel tests y_LL
             self._set(i, "lo", lo)
             self._set(i, "hi", hi)
 
@@ -155,10 +155,11 @@ def _pad(v: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def sequence_runner(dec: CompiledDecoder, xs: list[np.ndarray]):
+def sequence_runner(dec: CompiledDecoder, xs: list[np.ndarray], vm=None):
     """(prepare, step) closures that run ``xs`` through the VM with the state fed back as TVM tensors.
 
-    Inputs are converted once, outside the timed region; only the VM call is timed.
+    Inputs are converted once, outside the timed region; only the VM call is timed.  ``vm``: another
+    VirtualMachine over ``dec``'s library (e.g. an instrumented one), instead of ``dec.vm``.
     """
     import tvm
 
@@ -182,7 +183,7 @@ def sequence_runner(dec: CompiledDecoder, xs: list[np.ndarray]):
                 args.append(box["state"][k])
                 k += 1
             args += [dec._tensors[layer][n] for n in layer_param_names(s, dec.spec.dual)]  # noqa: SLF001
-        out = dec.vm["step"](*args)
+        out = (vm or dec.vm)["step"](*args)
         box["state"] = [out[1 + j] for j in range(n_state)]
         box["out"] = out
 

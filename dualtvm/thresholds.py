@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .gates import SIGMOID, TANH
+from .gates import SIGMOID, TANH, GateLayout
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,29 @@ class Thresholds:
         lo = np.concatenate([np.full(hidden, self.bands[g][0], np.float32) for g in gates])
         hi = np.concatenate([np.full(hidden, self.bands[g][1], np.float32) for g in gates])
         return lo, hi
+
+    def pre_activation_bounds(self, layout: GateLayout, hidden: int) -> tuple[np.ndarray, np.ndarray]:
+        """``row_bounds`` mapped through φ⁻¹ (logit, atanh): the same test on the pre-activation.
+
+        φ is strictly increasing, so lo < φ(y) < hi ⇔ φ⁻¹(lo) < y < φ⁻¹(hi); the compiled mask
+        then compares y_LL directly and evaluates no exp/tanh per row.
+        """
+        bounds = []
+        for side in (0, 1):
+            bounds.append(np.concatenate([
+                np.full(hidden, inverse_activation(self.bands[g][side], layout.activation(g)), np.float32)
+                for g in layout.gates]))
+        return bounds[0], bounds[1]
+
+
+def inverse_activation(a: float, activation: str) -> float:
+    """φ⁻¹(a), with the ends of φ's range (and beyond) mapped to ±∞."""
+    low, high = (0.0, 1.0) if activation == SIGMOID else (-1.0, 1.0)
+    if a <= low:
+        return -INF
+    if a >= high:
+        return INF
+    return float(np.log(a / (1.0 - a))) if activation == SIGMOID else float(np.arctanh(a))
 
 
 def allocate_ratios(error_curves: dict, sizes: dict, target: float, grid: np.ndarray) -> dict:

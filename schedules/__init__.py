@@ -5,15 +5,28 @@ fast before any search) or none, in which case the knobs are *sampled instructio
 (``sample_perfect_tile``, ``sample_categorical``) that MetaSchedule's evolutionary search and
 XGBoost cost model mutate — tuning happens around a good schedule, not from scratch.
 
-The masked big GEMV also has a hand-written loop nest with software prefetch (``gather``), which
-no schedule primitive can express; ``default_kernel`` picks it for masked GEMVs.
+The masked big GEMV, the INT8 little GEMV and the projection also have hand-written loop nests
+with software prefetch (``gather``, ``stream``), which no schedule primitive can express;
+``default_kernel`` picks them for those kernels.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 from .gather import GatherKnobs, gather_gemv  # noqa: F401
 from .rules import DEFAULT_KNOBS, Knobs, apply_default, design_space, schedule_kernel  # noqa: F401
+from .stream import StreamKnobs, little_gemv_nest, project_nest  # noqa: F401
 
 
 def is_masked_gemv(func) -> bool:
     return [str(p.name) for p in func.params] == ["W", "x", "rows", "count", "yc"]
+
+
+def is_little_gemv(func) -> bool:
+    return [str(p.name) for p in func.params] == ["Wq", "z", "scale", "bias", "pre"]
+
+
+def is_projection(func) -> bool:
+    return [str(p.name) for p in func.params] == ["Px", "Ph", "x", "h", "z"]
 
 
 def weight_shape(func) -> tuple[int, int]:
@@ -24,9 +37,40 @@ def weight_shape(func) -> tuple[int, int]:
     return n, k
 
 
+def projection_shape(func) -> tuple[int, int, int]:
+    """(k, d_x, d_h) of a projection kernel."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    (k, dx), (_, dh) = ([int(v) for v in a.shape] for a in ArgInfo.from_prim_func(func)[:2])
+    return k, dx, dh
+
+
+@dataclass(frozen=True)
+class LoopNest:
+    """A hand-written loop nest for one kind of kernel; ``kind`` is its ``use`` value in ``summary.json``."""
+
+    kind: str
+    knobs: type
+    build: Callable  # (*shape, knobs, name) -> scheduled PrimFunc
+    shape: Callable  # kernel definition -> the shape arguments of ``build``
+
+
+NESTS = {"gather": LoopNest("gather", GatherKnobs, gather_gemv, weight_shape),
+         "stream": LoopNest("stream", StreamKnobs, little_gemv_nest, weight_shape),
+         "stream-project": LoopNest("stream-project", StreamKnobs, project_nest, projection_shape)}
+
+
+def loop_nest(func) -> LoopNest | None:
+    """The loop nest that computes ``func``: masked GEMV, little GEMV or projection; else None."""
+    for test, kind in ((is_masked_gemv, "gather"), (is_little_gemv, "stream"), (is_projection, "stream-project")):
+        if test(func):
+            return NESTS[kind]
+    return None
+
+
 def default_kernel(func, num_cores: int | None):
-    """The untuned kernel for a target with ``num_cores`` threads: gather loop nest or rules."""
-    if is_masked_gemv(func):
-        n, k = weight_shape(func)
-        return gather_gemv(n, k, GatherKnobs.for_target(num_cores), str(func.attrs["global_symbol"]))
+    """The untuned kernel for a target with ``num_cores`` threads: a loop nest or the rules."""
+    nest = loop_nest(func)
+    if nest is not None:
+        return nest.build(*nest.shape(func), nest.knobs.for_target(num_cores), str(func.attrs["global_symbol"]))
     return apply_default(func, Knobs.for_target(num_cores))

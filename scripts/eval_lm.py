@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         if paper_key in PAPER and part == "uniform":
             pb, pr = PAPER[paper_key]
             row["paper_ppl"], row["paper_base_ppl"] = pr.get(ratio, pb), pb
+        row["command"] = command
         update_rows(a.results, "lm-quality-ptb", row, key=("model", "part", "insensitive_ratio", "variant"),
-                    command=command)
+                    command="bash scripts/reproduce_lm_quality.sh (each row also names its own command)")
         print(row)
 
     record("uniform", 0.0, base, 0.0, variant="base")

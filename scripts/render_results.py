@@ -25,8 +25,8 @@ def latency(doc: dict) -> str:
 
 
 def breakdown(doc: dict) -> str:
-    """Table 5's right half: each step's kernels timed alone (warm), and what the step adds on top."""
-    out = ["| model | engine | ratio | step ms | projection | little | mask | big | assembly | kernels Σ | rest of the step |",
+    """Table 5's right half: each step's kernels timed inside the step, and what the VM adds on top."""
+    out = ["| model | engine | ratio | step ms | projection | little | mask | big | assembly | kernels Σ | VM |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         if "breakdown_ms" not in r or (r["engine"] == "tvm-dual" and r["insensitive_ratio"] not in (0.5, 0.9)):
@@ -45,9 +45,13 @@ def baselines(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _unpruned(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "-sparse" not in r["model"]]  # pruned models have their own table (7)
+
+
 def lm_quality(doc: dict) -> str:
     out = ["| model | part | variant | ratio asked | measured | PPL | ΔPPL % | paper PPL |", "|---|---|---|---|---|---|---|---|"]
-    for r in doc["rows"]:
+    for r in _unpruned(doc["rows"]):
         out.append(f"| {r['model']} | {r['part']} | {r.get('variant', '')} | {r['insensitive_ratio']} | {r['measured_ratio']} | "
                    f"{r['ppl']} | {r['delta_ppl_pct']} | {r.get('paper_ppl', '')} |")
     return "\n".join(out)
@@ -60,7 +64,7 @@ def plot_lm_quality(doc: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted({r["model"] for r in doc["rows"]})
+    models = sorted({r["model"] for r in _unpruned(doc["rows"])})
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
     for ax, m in zip(axes[0], models):
         rows = [r for r in doc["rows"] if r["model"] == m]
@@ -80,6 +84,23 @@ def plot_lm_quality(doc: dict, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+PAPER_TABLE7 = {0: (85.52, 86.21), 80: (86.42, 88.46), 90: (88.75, 90.96)}  # WikiText-2 LSTM-1500: PPL w/o, w/ dual
+
+
+def lm_pruning(doc: dict) -> str:
+    """Table 7: magnitude-pruned (AGP) LMs with and without dual-module inference at 50 %."""
+    out = ["| model | sparsity % | PPL w/o dual-module | PPL w/ dual-module (50 %) | Δ % | paper w/o | paper w/ |",
+           "|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        m = re.fullmatch(r"(.+)-sparse(\d+)", r["model"])
+        if not m or r["part"] != "uniform" or r["insensitive_ratio"] != 0.5:
+            continue
+        paper = PAPER_TABLE7.get(int(m.group(2)), ("", ""))
+        out.append(f"| {m.group(1)} | {m.group(2)} | {r['base_ppl']} | {r['ppl']} | {r['delta_ppl_pct']} | "
+                   f"{paper[0]} | {paper[1]} |")
+    return "\n".join(out)
 
 
 PAPER_TABLE4_BLEU = {0.0: 24.32, 0.1: 24.33, 0.3: 24.18, 0.5: 23.73, 0.7: 21.92, 0.9: 11.77}  # paper, Table 4
@@ -103,14 +124,17 @@ def nmt_quality(doc: dict) -> str:
     return "\n".join(out)
 
 
-RENDERERS = {"latency": latency, "latency-breakdown": breakdown, "baselines": baselines, "lm-quality-ptb": lm_quality, "nmt-quality": nmt_quality}
+RENDERERS = {  # README marker -> (results file, renderer)
+    "latency": ("latency", latency), "latency-breakdown": ("latency", breakdown), "baselines": ("baselines", baselines),
+    "lm-quality-ptb": ("lm-quality-ptb", lm_quality), "lm-pruning": ("lm-quality-ptb", lm_pruning),
+    "nmt-quality": ("nmt-quality", nmt_quality),
+}
 
 
 def main() -> int:
     readme = REPO / "README.md"
     text = readme.read_text()
-    for name, fn in RENDERERS.items():
-        source = name.split("-breakdown")[0]  # the breakdown table is a second view of latency.json
+    for name, (source, fn) in RENDERERS.items():
         f = REPO / "results" / f"{source}.json"
         if not f.exists():
             continue

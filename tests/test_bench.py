@@ -61,16 +61,3 @@ def test_bench_tiny_model(tmp_path):
     dense = next(r for r in rows if r["engine"] == "tvm-dense")
     assert dense["breakdown_ms"]["little"] == 0 and dense["breakdown_ms"]["big"] > 0
     assert dual["kernels_ms"] == pytest.approx(sum(parts.values()), abs=1e-3)
-
-
-def test_breakdown_times_each_fraction_and_shares_the_rest():
-    """One entry per asked fraction; only the big part is re-timed per fraction (timings are not asserted)."""
-    from dualtvm.bench import step_breakdown
-    from dualtvm.decoder import DecoderSpec
-    from dualtvm.kernels import LayerShape
-    from dualtvm.target import parse_target
-
-    spec = DecoderSpec([LayerShape("LSTM", 512, 512, 96)], dual=True)
-    parts = step_breakdown(spec, parse_target("llvm -mcpu=broadwell"), [0.1, 1.0], repeat=40)
-    assert set(parts) == {0.1, 1.0} and all(v > 0 for p in parts.values() for v in p.values())
-    assert all(parts[0.1][k] == parts[1.0][k] for k in ("projection", "little", "mask", "assembly"))

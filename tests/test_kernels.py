@@ -78,29 +78,48 @@ def test_projection_and_quantisation(rng):
 
 @pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
 def test_mask_eq5_and_compaction(rng, rnn_type):
+    """Bands set on the activation, mapped through φ⁻¹: the kernel's test on y_LL is eq. 5 on φ(y_LL)."""
+    from dualtvm.gates import layout
+    from dualtvm.thresholds import Thresholds
+
     H = 16
     n = (4 if rnn_type == "LSTM" else 3) * H
     pre = rng.standard_normal(4 * H).astype(np.float32) * 2
-    lo = np.full(n, 0.5, np.float32)
-    hi = np.full(n, np.inf, np.float32)
-    lo[2 * H:3 * H], hi[2 * H:3 * H] = -0.6, 0.6  # the tanh gate
-    a, rows, pos, count = run(K.mask(H, rnn_type), pre, lo, hi,
-                              outs=[((n,), "float32"), ((n,), "int32"), ((n,), "int32"), ((1,), "int32")])
-    ref = sigmoid(pre[:n]).astype(np.float32)
+    lay = layout(rnn_type)
+    bands = {g: ((-0.6, 0.6) if lay.activation(g) == "tanh" else (0.5, np.inf)) for g in lay.gates}
+    bands[lay.gates[0]] = (0.3, 0.9)  # an upper bound below 1 on a sigmoid gate too
+    th = Thresholds(bands)
+    lo_a, hi_a = th.row_bounds(lay.gates, H)
+    lo, hi = th.pre_activation_bounds(lay, H)
+    rows, pos, count = run(K.mask(H, rnn_type), pre, lo, hi, outs=[((n,), "int32"), ((n,), "int32"), ((1,), "int32")])
+    a = sigmoid(pre[:n]).astype(np.float32)
     if rnn_type == "LSTM":
-        ref[2 * H:3 * H] = np.tanh(pre[2 * H:3 * H])
+        a[2 * H:3 * H] = np.tanh(pre[2 * H:3 * H])
     else:
-        ref[2 * H:3 * H] = np.tanh(pre[2 * H:3 * H] + sigmoid(pre[:H]) * pre[3 * H:])
-    np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
-    sensitive = (ref > lo) & (ref < hi)
+        a[2 * H:3 * H] = np.tanh(pre[2 * H:3 * H] + sigmoid(pre[:H]) * pre[3 * H:])
+    sensitive = (a > lo_a) & (a < hi_a)
+    assert 0 < sensitive.sum() < n
     assert count[0] == sensitive.sum()
-    assert np.array_equal(rows[: count[0]], np.flatnonzero(sensitive))
+    assert np.array_equal(rows[: count[0]], np.flatnonzero(sensitive)) and not rows[count[0]:].any()
     assert np.array_equal(pos >= 0, sensitive) and np.array_equal(rows[pos[sensitive]], np.flatnonzero(sensitive))
+
+
+def test_pre_activation_bounds_ends():
+    """Ratio 0 / 1 bands and bands at the ends of φ's range map to ±∞ (all rows / no row)."""
+    from dualtvm.gates import LSTM
+    from dualtvm.thresholds import Thresholds, inverse_activation
+
+    assert inverse_activation(0.0, "sigmoid") == -np.inf and inverse_activation(1.0, "sigmoid") == np.inf
+    assert inverse_activation(-1.0, "tanh") == -np.inf and inverse_activation(2.0, "tanh") == np.inf
+    assert np.isclose(sigmoid(inverse_activation(0.8, "sigmoid")), 0.8)
+    assert np.isclose(np.tanh(inverse_activation(-0.3, "tanh")), -0.3)
+    lo, hi = Thresholds({g: (-np.inf, np.inf) for g in LSTM.gates}).pre_activation_bounds(LSTM, 2)
+    assert np.all(lo == -np.inf) and np.all(hi == np.inf)
 
 
 def test_lstm_assemble_and_dense_cell(rng):
     H, hp = 8, 32
-    a_ll = rng.random(4 * H).astype(np.float32)
+    pre_ll = rng.standard_normal(4 * H).astype(np.float32)
     y = rng.standard_normal(4 * H).astype(np.float32)
     bias = rng.standard_normal(4 * H).astype(np.float32)
     c = np.zeros(hp, np.float32)
@@ -111,9 +130,11 @@ def test_lstm_assemble_and_dense_cell(rng):
     pos[rows] = np.arange(len(rows))
     yc = np.zeros(4 * H, np.float32)
     yc[: len(rows)] = y[rows]
-    h_out, c_out = run(K.lstm_assemble(H, hp), a_ll, yc, pos, bias, c, outs=[((hp,), "float32")] * 2)
+    h_out, c_out = run(K.lstm_assemble(H, hp), pre_ll, yc, pos, bias, c, outs=[((hp,), "float32")] * 2)
     big = sigmoid(y + bias)
     big[2 * H:3 * H] = np.tanh(y[2 * H:3 * H] + bias[2 * H:3 * H])
+    a_ll = sigmoid(pre_ll)
+    a_ll[2 * H:3 * H] = np.tanh(pre_ll[2 * H:3 * H])
     g = np.where(sens, big, a_ll)
     c_ref = g[H:2 * H] * c[:H] + g[:H] * g[2 * H:3 * H]
     np.testing.assert_allclose(c_out[:H], c_ref, rtol=1e-5, atol=1e-6)

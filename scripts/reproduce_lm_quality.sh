@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Regenerates results/lm-quality-ptb.json (Tables 1, 2/3, 5, 6, 7 quality columns) from the trained checkpoints
+# (scripts/train_lm.py; see results/baselines.json for their commands).  Hours on a 2-core CPU: run it with nohup.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios,allocation
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts resilience,precision,eps
+python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios,allocation
+# Table 7 (reduced to PTB LSTM-750): AGP pruning to 80 / 90 % and the same fine-tuning without pruning (0 %)
+for s in 80 90 0; do
+  ck=cache/ptb-lstm-750-sparse$s.best.pt
+  [ -f "$ck" ] || python scripts/prune_lm.py --checkpoint cache/ptb-lstm-750.best.pt --sparsity "0.$s"
+  python scripts/eval_lm.py --checkpoint "$ck" --model-name "ptb-lstm-750-sparse$s" --parts ratios --ratios 0.5
+done
