@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     save_checkpoint(out, model, "lm", payload["config"], pruning={**asdict(cfg), **info, "from": str(a.checkpoint)},
                     **extra)
     valid, test = (math.exp(evaluate(model, batchify(d, 10))) for d in (corpus.valid, corpus.test))
-    row = {"model": name, "pruned_from": base, "sparsity": info["sparsity"], "finetune_batches": a.batches,
+    row = {"model": name, "pruned_from": base, "epochs": payload["train_state"]["epoch"], "sparsity": info["sparsity"],
+           "finetune_batches": a.batches,
            "valid_ppl": round(valid, 2), "test_ppl": round(test, 2), "wall_s": round(wall, 1), "checkpoint": str(out),
            "command": "python scripts/prune_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     update_rows(a.results, "baselines", row, key=("model",), command="see each row's command")

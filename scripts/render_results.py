@@ -40,7 +40,8 @@ def breakdown(doc: dict) -> str:
 def baselines(doc: dict) -> str:
     out = ["| model | epochs | train PPL | valid PPL | test PPL | wall s | command |", "|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        out.append(f"| {r['model']} | {r['epochs']} | {r.get('train_ppl', '')} | {r.get('valid_ppl', r.get('valid_bleu', ''))} | "
+        epochs = r.get("epochs", "") if "finetune_batches" not in r else f"{r.get('epochs', '?')} + {r['finetune_batches']} batches"
+        out.append(f"| {r['model']} | {epochs} | {r.get('train_ppl', '')} | {r.get('valid_ppl', r.get('valid_bleu', ''))} | "
                    f"{r.get('test_ppl', r.get('test_bleu', ''))} | {r['wall_s']} | `{r['command']}` |")
     return "\n".join(out)
 
@@ -93,13 +94,18 @@ def lm_pruning(doc: dict) -> str:
     """Table 7: magnitude-pruned (AGP) LMs with and without dual-module inference at 50 %."""
     out = ["| model | sparsity % | PPL w/o dual-module | PPL w/ dual-module (50 %) | Δ % | paper w/o | paper w/ |",
            "|---|---|---|---|---|---|---|"]
-    for r in doc["rows"]:
-        m = re.fullmatch(r"(.+)-sparse(\d+)", r["model"])
-        if not m or r["part"] != "uniform" or r["insensitive_ratio"] != 0.5:
+    at_half = [r for r in doc["rows"] if r["part"] == "uniform" and r["insensitive_ratio"] == 0.5]
+    pruned = {r["model"]: re.fullmatch(r"(.+)-sparse(\d+)", r["model"]) for r in at_half}
+    bases = {m.group(1) for m in pruned.values() if m}
+    for r in at_half:
+        m = pruned[r["model"]]
+        if r["model"] in bases:  # the model pruning started from, without the fine-tuning
+            name, sparsity, paper = r["model"], "0 (before fine-tuning)", ("", "")
+        elif m:
+            name, sparsity, paper = m.group(1), m.group(2), PAPER_TABLE7.get(int(m.group(2)), ("", ""))
+        else:
             continue
-        paper = PAPER_TABLE7.get(int(m.group(2)), ("", ""))
-        out.append(f"| {m.group(1)} | {m.group(2)} | {r['base_ppl']} | {r['ppl']} | {r['delta_ppl_pct']} | "
-                   f"{paper[0]} | {paper[1]} |")
+        out.append(f"| {name} | {sparsity} | {r['base_ppl']} | {r['ppl']} | {r['delta_ppl_pct']} | {paper[0]} | {paper[1]} |")
     return "\n".join(out)
 
 
