@@ -7,7 +7,6 @@ zeroed; masks are re-applied after every update so pruned weights stay zero.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -17,8 +16,7 @@ from tqdm.auto import tqdm
 
 from .data import batchify, get_batch
 from .models import repackage_hidden
-
-log = logging.getLogger(__name__)
+from .train_lm import sgd_step
 
 
 def agp_sparsity(step: int, total_steps: int, final: float, initial: float = 0.0) -> float:
@@ -93,14 +91,9 @@ def prune_finetune(model: nn.Module, train_tokens: torch.Tensor, cfg: PruneConfi
         if b % len(starts) == 0:
             hidden = model.init_hidden(cfg.batch_size)
         hidden = repackage_hidden(hidden)
-        model.zero_grad()
         out, hidden = model(x, hidden)
         loss = crit(out.view(-1, out.size(-1)), y)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(p.grad, alpha=-cfg.lr)
+        sgd_step(model, loss, cfg.lr, cfg.clip)
         apply_masks(weights, masks)
         total, n = total + loss.item(), n + 1
         if n % 50 == 0:

@@ -31,6 +31,16 @@ class LMTrainConfig:
     max_batches: int | None = None  # cap per epoch (smoke tests)
 
 
+def sgd_step(model: nn.Module, loss: torch.Tensor, lr: float, clip: float) -> None:
+    """Backward, clip the gradient norm, plain SGD update (the word_language_model recipe)."""
+    model.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), clip)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(p.grad, alpha=-lr)
+
+
 def evaluate(model: RNNLanguageModel, data: torch.Tensor, bptt: int = 35, rnn: nn.Module | None = None,
              max_batches: int | None = None, progress: bool = False) -> float:
     """Mean next-word cross-entropy (nats) over a batchified stream; PPL = exp of it."""
@@ -80,14 +90,9 @@ def train_lm(corpus: LMCorpus, model_cfg: LMConfig, train_cfg: LMTrainConfig, ch
         for i in bar:
             x, y = get_batch(train, i, train_cfg.bptt)
             hidden = repackage_hidden(hidden)
-            model.zero_grad()
             out, hidden = model(x, hidden)
             loss = crit(out.view(-1, out.size(-1)), y)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(p.grad, alpha=-state["lr"])
+            sgd_step(model, loss, state["lr"], train_cfg.clip)
             total += loss.item()
             n += 1
             if n % 50 == 0:

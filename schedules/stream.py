@@ -35,68 +35,22 @@ class StreamKnobs:
                 for r in (2, 4) for lanes in (8, 16) for pf in (0, 2, 4)]
 
 
-def little_gemv_nest(n: int, k: int, knobs: StreamKnobs = StreamKnobs(), name: str = "little_gemv"):
-    """Scheduled PrimFunc with ``kernels.little_gemv``'s signature and results."""
+def _rows_dot(n: int, d: int, knobs: StreamKnobs):
+    """Macro: thread ``g``'s contiguous slice of the n × d int8 matrix P times v into out[off + row]."""
     G, R, L, PF, LOC = knobs.groups, knobs.rows, knobs.lanes, knobs.prefetch, knobs.locality
-    if k % L:
-        raise ValueError(f"reduction length {k} is not a multiple of lanes={L} (kernels pad to 32)")
+    if d % L:
+        raise ValueError(f"reduction length {d} is not a multiple of lanes={L} (kernels pad to 32)")
     per = (n + G - 1) // G  # rows per slice
-    blocks = (per + R - 1) // R
-    lines = (R * k + 63) // 64  # cache lines of one block
-
-    @T.prim_func
-    def f(Wq: T.Buffer((n, k), "int8"), z: T.Buffer((k,), "float32"), scale: T.Buffer((n,), "float32"),
-          bias: T.Buffer((n,), "float32"), pre: T.Buffer((n,), "float32")):
-        T.func_attr({"tirx.noalias": True})
-        flat = T.decl_buffer((n * k,), "int8", data=Wq.data)
-        for g in T.parallel(G):
-            acc = T.alloc_buffer((R, L), "float32", scope="local")
-            for j in range(blocks):
-                if PF > 0:
-                    for q in range(lines):
-                        T.evaluate(T.call_llvm_intrin(
-                            "void", "llvm.prefetch.p0",
-                            T.address_of(flat[T.min((g * per + (j + PF) * R) * k + q * 64, n * k - 1)]),
-                            T.int32(0), T.int32(LOC), T.int32(1)))
-                for r in T.unroll(R):
-                    for l in T.vectorized(L):
-                        acc[r, l] = T.float32(0)
-                for ko in range(k // L):
-                    for r in T.unroll(R):
-                        for l in T.vectorized(L):
-                            acc[r, l] = acc[r, l] + T.Cast("float32", Wq[T.min(g * per + j * R + r, n - 1), ko * L + l]) \
-                                * z[ko * L + l]
-                for r in range(R):
-                    if j * R + r < per and g * per + j * R + r < n:
-                        pre[g * per + j * R + r] = T.float32(0)
-                        for l in range(L):
-                            pre[g * per + j * R + r] = pre[g * per + j * R + r] + acc[r, l]
-                        pre[g * per + j * R + r] = pre[g * per + j * R + r] * scale[g * per + j * R + r] \
-                            + bias[g * per + j * R + r]
-
-    return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
-
-
-def project_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnobs(), name: str = "project",
-                 act_bits: int = 8):
-    """Scheduled PrimFunc with ``kernels.project``'s signature and results (same ``act_bits``)."""
-    G, R, L, PF, LOC = knobs.groups, knobs.rows, knobs.lanes, knobs.prefetch, knobs.locality
-    if dx % L or dh % L:
-        raise ValueError(f"input lengths {dx}, {dh} are not multiples of lanes={L} (kernels pad to 32)")
-    k2 = (2 * k + 31) // 32 * 32  # kernels.padded(2k)
-    qmax = float(2 ** (act_bits - 1) - 1)
-    s3 = 0.5773502691896258  # the 1/√3 of eq. 2
-    per = (k + G - 1) // G
     blocks = (per + R - 1) // R
 
     @T.macro
-    def rows_dot(P, flat, v, d, raw, off, g):
+    def rows_dot(P, flat, v, out, off, g):
         acc = T.alloc_buffer((R, L), "float32", scope="local")
         for j in range(blocks):
-            if PF > 0:
+            if PF > 0:  # one prefetch per cache line of the block PF blocks ahead
                 for q in range((R * d + 63) // 64):
                     T.evaluate(T.call_llvm_intrin(
-                        "void", "llvm.prefetch.p0", T.address_of(flat[T.min((g * per + (j + PF) * R) * d + q * 64, k * d - 1)]),
+                        "void", "llvm.prefetch.p0", T.address_of(flat[T.min((g * per + (j + PF) * R) * d + q * 64, n * d - 1)]),
                         T.int32(0), T.int32(LOC), T.int32(1)))
             for r in T.unroll(R):
                 for l in T.vectorized(L):
@@ -104,13 +58,44 @@ def project_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnobs(), n
             for ko in range(d // L):
                 for r in T.unroll(R):
                     for l in T.vectorized(L):
-                        acc[r, l] = acc[r, l] + T.Cast("float32", P[T.min(g * per + j * R + r, k - 1), ko * L + l]) \
+                        acc[r, l] = acc[r, l] + T.Cast("float32", P[T.min(g * per + j * R + r, n - 1), ko * L + l]) \
                             * v[ko * L + l]
             for r in range(R):
-                if j * R + r < per and g * per + j * R + r < k:
-                    raw[off + g * per + j * R + r] = T.float32(0)
+                if j * R + r < per and g * per + j * R + r < n:
+                    out[off + g * per + j * R + r] = T.float32(0)
                     for l in range(L):
-                        raw[off + g * per + j * R + r] = raw[off + g * per + j * R + r] + acc[r, l]
+                        out[off + g * per + j * R + r] = out[off + g * per + j * R + r] + acc[r, l]
+
+    return rows_dot
+
+
+def little_gemv_nest(n: int, k: int, knobs: StreamKnobs = StreamKnobs(), name: str = "little_gemv"):
+    """Scheduled PrimFunc with ``kernels.little_gemv``'s signature and results."""
+    G = knobs.groups
+    per = (n + G - 1) // G
+    rows_dot = _rows_dot(n, k, knobs)
+
+    @T.prim_func
+    def f(Wq: T.Buffer((n, k), "int8"), z: T.Buffer((k,), "float32"), scale: T.Buffer((n,), "float32"),
+          bias: T.Buffer((n,), "float32"), pre: T.Buffer((n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        flat = T.decl_buffer((n * k,), "int8", data=Wq.data)
+        for g in T.parallel(G):
+            rows_dot(Wq, flat, z, pre, 0, g)
+            for i in range(per):
+                if g * per + i < n:
+                    pre[g * per + i] = pre[g * per + i] * scale[g * per + i] + bias[g * per + i]
+
+    return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+
+
+def project_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnobs(), name: str = "project",
+                 act_bits: int = 8):
+    """Scheduled PrimFunc with ``kernels.project``'s signature and results (same ``act_bits``)."""
+    k2 = (2 * k + 31) // 32 * 32  # kernels.padded(2k)
+    qmax = float(2 ** (act_bits - 1) - 1)
+    s3 = 0.5773502691896258  # the 1/√3 of eq. 2
+    dot_x, dot_h = _rows_dot(k, dx, knobs), _rows_dot(k, dh, knobs)
 
     @T.prim_func
     def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
@@ -119,9 +104,9 @@ def project_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnobs(), n
         flat_x = T.decl_buffer((k * dx,), "int8", data=Px.data)
         flat_h = T.decl_buffer((k * dh,), "int8", data=Ph.data)
         raw = T.alloc_buffer((2 * k,), "float32")
-        for g in T.parallel(G):
-            rows_dot(Px, flat_x, x, dx, raw, 0, g)
-            rows_dot(Ph, flat_h, h, dh, raw, k, g)
+        for g in T.parallel(knobs.groups):
+            dot_x(Px, flat_x, x, raw, 0, g)
+            dot_h(Ph, flat_h, h, raw, k, g)
         amax = T.alloc_buffer((2,), "float32", scope="local")
         for half in range(2):
             amax[half] = T.float32(1e-12)

@@ -60,4 +60,4 @@ def test_bench_tiny_model(tmp_path):
     assert set(parts) == {"projection", "little", "mask", "big", "assembly"} and all(v > 0 for v in parts.values())
     dense = next(r for r in rows if r["engine"] == "tvm-dense")
     assert dense["breakdown_ms"]["little"] == 0 and dense["breakdown_ms"]["big"] > 0
-    assert dual["kernels_ms"] == pytest.approx(sum(parts.values()), abs=1e-3)
+    assert dual["kernels_ms"] == pytest.approx(sum(parts.values()), abs=1e-3) and dual["breakdown_step_ms"] > 0
