@@ -308,13 +308,13 @@ def _add_breakdown(row: dict, breakdown: dict[str, float]) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| model | cache | engine | ratio | median ms | IQR ms | × TVM dense | × best peer | bound × | GB/s |\n"
-    head += "|---|---|---|---|---|---|---|---|---|---|\n"
+    head = "| model | cache | engine | ratio | median ms | IQR ms | × TVM dense | × best peer | bound × | GB/s | run target |\n"
+    head += "|---|---|---|---|---|---|---|---|---|---|---|\n"
     lines = []
     for r in rows:
         lines.append(f"| {r['model']} | {r['cache']} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} "
                      f"| {r['iqr_ms']:.3f} | {r.get('speedup_vs_tvm_dense', '')} | {r.get('speedup_vs_best_peer', '') or ''} "
-                     f"| {r.get('byte_bound_speedup', '')} | {r.get('achieved_gbps', '')} |")
+                     f"| {r.get('byte_bound_speedup', '')} | {r.get('achieved_gbps', '')} | {r.get('run_target', '')} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -324,7 +324,11 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted({r["model"] for r in rows})
+    def panel(r: dict) -> str:  # one panel per model and TVM target of the run
+        run = r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
+        return f"{r['model']} ({run})"
+
+    models = sorted({panel(r) for r in rows})
     cols = min(3, len(models))
     nrows = (len(models) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4 * nrows), squeeze=False)
@@ -333,11 +337,11 @@ def plot(rows: list[dict], path: str) -> None:
     for ax, m in zip(axes.flat, models):
         for cache, style in (("warm", "-"), ("cold", "--")):
             dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in rows
-                          if r["model"] == m and r["cache"] == cache and r["engine"] == "tvm-dual")
+                          if panel(r) == m and r["cache"] == cache and r["engine"] == "tvm-dual")
             if dual:
                 ax.plot(*zip(*dual), "o" + style, label=f"tvm-dual ({cache})")
             for r in rows:
-                if r["model"] == m and r["cache"] == cache and r["engine"] != "tvm-dual":
+                if panel(r) == m and r["cache"] == cache and r["engine"] != "tvm-dual":
                     ax.axhline(r["median_ms"], ls=style, lw=0.8, color={"tvm-dense": "k", "torch": "tab:red",
                                                                           "onnxruntime": "tab:green"}.get(r["engine"], "gray"),
                                label=f"{r['engine']} ({cache})")

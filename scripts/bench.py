@@ -10,10 +10,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def latency_markdown(rows: list[dict], bw: float) -> str:
+    from dualtvm.bench import markdown_table
+
+    commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows if r.get("command")))
+    return f"Made by {commands}\n\nSTREAM-like read bandwidth (numpy sum, 1 thread): {bw:.1f} GB/s\n\n" + markdown_table(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     for m in cfg.models:
         r, _ = bench_model(m, cfg)
         rows += r
+    command = "python scripts/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     for r in rows:
         r["stream_gbps"] = round(bw, 1)
         r["run_target"] = a.target  # the TVM target of the run (peers' rows were measured beside it)
-    command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        r["command"] = command
     out = Path(a.out)
     old = []
     if out.with_suffix(".json").exists():
@@ -55,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         old = [r for r in json.loads(out.with_suffix(".json").read_text())["rows"]
                if (r["model"], r.get("run_target", "llvm -mcpu=broadwell")) not in replaced]
     all_rows = old + rows
-    write_results(out.with_suffix(".json"), "latency", all_rows, command, stream_gbps=round(bw, 1))
-    out.with_suffix(".md").write_text(f"Command: `{command}`\n\nSTREAM-like read bandwidth (numpy sum, 1 thread): {bw:.1f} GB/s\n\n" + markdown_table(all_rows))
+    write_results(out.with_suffix(".json"), "latency", all_rows,
+                  "bash scripts/reproduce_latency.sh (each row also names its own command)", stream_gbps=round(bw, 1))
+    out.with_suffix(".md").write_text(latency_markdown(all_rows, bw))
     plot(all_rows, str(out.with_suffix(".png")))
     print(markdown_table(rows))
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_lm_corpus(a.corpus, a.data_dir)
     if payload["vocab"] != corpus.dictionary.idx2word:
         raise SystemExit(f"{a.checkpoint} was trained on another vocabulary than {a.corpus}")
-    command = "python scripts/eval_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/eval_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     parts = a.parts.split(",")
     ratios = [float(r) for r in a.ratios.split(",")]
     test = batchify(corpus.test, 10)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.results import update_rows
 
     torch.set_num_threads(threads)
-    command = "python scripts/eval_nmt.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/eval_nmt.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     tr = Translator.from_checkpoint(a.checkpoint)
     corpus = load_multi30k(a.data_dir)
     src, refs = corpus.splits["test"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     row = {"model": name, "pruned_from": base, "epochs": payload["train_state"]["epoch"], "sparsity": info["sparsity"],
            "finetune_batches": a.batches,
            "valid_ppl": round(valid, 2), "test_ppl": round(test, 2), "wall_s": round(wall, 1), "checkpoint": str(out),
-           "command": "python scripts/prune_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": "python scripts/prune_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
     update_rows(a.results, "baselines", row, key=("model",), command="see each row's command")
     print(f"{name}: sparsity {info['sparsity']:.3f}, test PPL {test:.2f} (valid {valid:.2f}) -> {out}")
     return 0

@@ -16,17 +16,20 @@ sys.path.insert(0, str(REPO))
 
 def latency(doc: dict) -> str:
     rows = [r for r in doc["rows"] if r["engine"] != "tvm-dual" or r["insensitive_ratio"] in (0.5, 0.9)]
-    out = ["| model | cache | engine | ratio | median ms | × TVM dense | × best peer | byte bound × |", "|---|---|---|---|---|---|---|---|"]
+    out = ["| model | run target | cache | engine | ratio | median ms | × TVM dense | × best peer | byte bound × |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['model']} | {r['cache']} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} | "
+        run = r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
+        out.append(f"| {r['model']} | {run} | {r['cache']} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} | "
                    f"{r.get('speedup_vs_tvm_dense', '') or ''} | {r.get('speedup_vs_best_peer', '') or ''} | "
                    f"{r.get('byte_bound_speedup', '') or ''} |")
     return "\n".join(out)
 
 
 def breakdown(doc: dict) -> str:
-    """Table 5's right half: each step's kernels timed inside the step, and what the VM adds on top."""
-    out = ["| model | engine | ratio | step ms (instrumented) | projection | little | mask | big | assembly | kernels Σ | VM |",
+    """Table 5's right half: each step's kernels timed inside the step, and what the VM (and the Python
+    instrument that times it, two callbacks per VM call) add on top."""
+    out = ["| model | engine | ratio | step ms (instrumented) | projection | little | mask | big | assembly | kernels Σ | VM + instrument |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         if "breakdown_ms" not in r or (r["engine"] == "tvm-dual" and r["insensitive_ratio"] not in (0.5, 0.9)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     row = {"model": name, "epochs": res["epochs"], "train_ppl": round(res["train_ppl"], 2),
            "valid_ppl": round(res["valid_ppl"], 2), "test_ppl": round(res["test_ppl"], 2), "wall_s": res["wall_s"],
            "checkpoint": str(ckpt.with_suffix(".best.pt")),
-           "command": "python scripts/train_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": "python scripts/train_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
     update_rows(a.results, "baselines", row, key=("model",), command="see each row's command")
     print(f"{name}: test PPL {res['test_ppl']:.2f} (valid {res['valid_ppl']:.2f}, {res['epochs']} epochs)")
     return 0

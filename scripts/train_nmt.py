@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     val, _, _ = bleu(res["model"], corpus, "valid", limit=a.bleu_limit)
     row = {"model": name, "epochs": res["epochs"], "valid_bleu": round(val, 2), "test_bleu": round(score, 2),
            "sacrebleu_signature": sig, "wall_s": res["wall_s"], "checkpoint": str(ckpt.with_suffix(".best.pt")),
-           "command": "python scripts/train_nmt.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": "python scripts/train_nmt.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
     update_rows(a.results, "baselines", row, key=("model",), command="see each row's command")
     print(f"{name}: test BLEU {score:.2f} ({sig})")
     return 0
