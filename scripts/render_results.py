@@ -100,6 +100,7 @@ def lm_pruning(doc: dict) -> str:
     at_half = [r for r in doc["rows"] if r["part"] == "uniform" and r["insensitive_ratio"] == 0.5]
     pruned = {r["model"]: re.fullmatch(r"(.+)-sparse(\d+)", r["model"]) for r in at_half}
     bases = {m.group(1) for m in pruned.values() if m}
+    at_half.sort(key=lambda r: (r["model"] not in bases, int(pruned[r["model"]].group(2)) if pruned[r["model"]] else 0))
     for r in at_half:
         m = pruned[r["model"]]
         if r["model"] in bases:  # the model pruning started from, without the fine-tuning
