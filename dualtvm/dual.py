@@ -35,8 +35,11 @@ class MaskStats:
     total: dict = field(default_factory=dict)
 
     def add(self, gate: str, mask: torch.Tensor) -> None:
-        self.insensitive[gate] = self.insensitive.get(gate, 0) + int((~mask).sum())
-        self.total[gate] = self.total.get(gate, 0) + mask.numel()
+        self.add_counts(gate, int((~mask).sum()), mask.numel())
+
+    def add_counts(self, gate: str, insensitive: int, total: int) -> None:
+        self.insensitive[gate] = self.insensitive.get(gate, 0) + insensitive
+        self.total[gate] = self.total.get(gate, 0) + total
 
     def ratio(self, gate: str | None = None) -> float:
         if gate is not None:

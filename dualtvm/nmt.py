@@ -197,8 +197,11 @@ class CompiledLayer(nn.Module):
         from .dual import MaskStats
         from .runtime import CompiledDecoder
 
+        from .gates import layout
+
         self.dec = CompiledDecoder(build_dir)
         (self.shape,) = self.dec.spec.layers
+        self.gates = layout(self.shape.rnn_type).gates
         self.stats = MaskStats()
 
     def set_insensitive_ratio(self, ratio) -> None:
@@ -214,9 +217,9 @@ class CompiledLayer(nn.Module):
             out, (h, c), masks = self.dec.step(x[0, b].numpy(), [h0[0, b].numpy(), c0[0, b].numpy()])
             hs.append(h[:H])
             cs.append(c[:H])
-            if masks:
-                for j, g in enumerate(("i", "f", "g", "o")):
-                    self.stats.add(g, torch.from_numpy(masks[0][j * H : (j + 1) * H]))
+            if masks:  # sensitive rows per gate block, counted in numpy (this runs every token)
+                for j, sensitive in enumerate(masks[0].reshape(len(self.gates), H).sum(axis=1)):
+                    self.stats.add_counts(self.gates[j], H - int(sensitive), H)
         h = torch.from_numpy(np.stack(hs)).unsqueeze(0)
         return h, (h, torch.from_numpy(np.stack(cs)).unsqueeze(0))
 
@@ -280,13 +283,18 @@ def dual_decoder(tr: Translator, corpus: ParallelCorpus | None, artefact: Path,
 
 
 def _built_for(folder: Path, dual: DualModuleLayer) -> bool:
-    """Whether ``folder`` holds a build of this layer's big weights (and its current little module)."""
+    """Whether ``folder`` holds a build of this layer's big weights (and its current little module), made
+    by this dualtvm's build format (an older format is rebuilt, not refused)."""
     import json
+
+    from .decoder import MANIFEST_VERSION
 
     if not (folder / "manifest.json").exists():
         return False
-    model = json.loads((folder / "manifest.json").read_text()).get("model", {})
-    return model.get("big_hash") == dual.big.weight_hash() and model.get("k") == dual.little.k
+    manifest = json.loads((folder / "manifest.json").read_text())
+    model = manifest.get("model", {})
+    return (manifest.get("version") == MANIFEST_VERSION and model.get("big_hash") == dual.big.weight_hash()
+            and model.get("k") == dual.little.k)
 
 
 def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,

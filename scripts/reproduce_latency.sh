@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python scripts/bench.py --models lstm-1500,lstm-750,gru-750,gnmt-1024-1024,gnmt-1024-2048 --threads 2 --rounds 8
+python scripts/bench.py --models gru-1500 --threads 2 --rounds 8
 python scripts/bench.py --models lstm-1500 --target "llvm -mcpu=znver4" --threads 2 --rounds 8

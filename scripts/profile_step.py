@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Where a compiled decode step spends its time, measured inside the step (Table 5's right half).
+
+    python scripts/profile_step.py build/lstm-1500-llvm-broadwell/dual --ratio 0.5
+
+Runs a decode sequence (Gaussian inputs, state fed back, so masks move as in real decoding) through
+the build's VM with an instrument that timestamps every kernel call, and prints the median ms per
+step of projection / little / mask / big / assembly kernels beside the whole step.  Kernels timed
+alone look faster than they are in a step, where the big GEMV's stream has just evicted the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("build", help="a build folder (…/dual or …/dense) written by scripts/build.py")
+    p.add_argument("--ratio", type=float, default=None, help="insensitive ratio (dual builds; default: as built)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="TVM threads (default: all cores)")
+    a = p.parse_args(argv)
+    if a.steps < 2:
+        p.error("--steps must be at least 2 (the first step is a warm-up)")
+    os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
+    import numpy as np
+
+    from dualtvm.bench import PARTS, step_breakdown
+    from dualtvm.runtime import BuildError, CompiledDecoder
+
+    try:
+        dec = CompiledDecoder(a.build)
+        if a.ratio is not None:
+            dec.set_insensitive_ratio(a.ratio)
+    except (BuildError, ValueError) as e:
+        p.error(str(e))
+    rng = np.random.default_rng(a.seed)
+    xs = [(rng.standard_normal(dec.spec.layers[0].input_size) * 0.5).astype(np.float32) for _ in range(a.steps)]
+    b = step_breakdown(dec, xs)
+    kernels = sum(b[part] for part in PARTS)
+    print(f"{a.build} ({'dual, ratio ' + str(a.ratio) if dec.spec.dual else 'dense'}), median ms per step over {a.steps - 1} steps:")
+    for part in PARTS:
+        print(f"  {part:10s} {b[part]:8.4f}")
+    print(f"  {'kernels':10s} {kernels:8.4f}\n  {'step':10s} {b['step']:8.4f}  (the rest: VM and the timing instrument)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
