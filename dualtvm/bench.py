@@ -141,7 +141,7 @@ def step_breakdown(dec, xs: list[np.ndarray]) -> dict[str, float]:
     A VM instrument timestamps every kernel call, so each kernel is timed where it runs: after the
     big GEMV's stream has evicted the little module's weights (timed alone, the small kernels looked
     2–4× faster than they are in a step).  ``step`` is timed in the same instrumented pass, so
-    step − Σ parts is the VM's own work (plus the instrument's, ~1 µs a call).
+    step − Σ parts is the VM's own work plus the instrument's (a few µs per VM call, builtins included).
     """
     import tvm_ffi
     from tvm import relax

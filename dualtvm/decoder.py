@@ -1,8 +1,8 @@
 """The Relax decode step: L stacked (dual-module or dense) layers calling the scheduled kernels.
 
 One Relax function ``step`` takes the layer-0 input, every layer's state, weights and
-thresholds (lo/hi per mask row, on the pre-activation: the insensitive ratio is a run-time input, no rebuild) and
-returns the top output, the new states and each layer's ``pos`` vector (row i sensitive iff pos[i] ≥ 0).  Weights
+thresholds (lo/hi per mask row, on the pre-activation: the insensitive ratio is a run-time
+input, no rebuild) and returns the top output, the new states and each layer's ``pos`` vector (row i sensitive iff pos[i] ≥ 0).  Weights
 are inputs too, held by :class:`CompiledDecoder` as TVM tensors, so one ``.so`` serves any
 weights of its shapes.  Kernels come from :mod:`dualtvm.kernels`, schedules from
 ``schedules`` (or a tuning database, whichever is faster).
@@ -141,7 +141,8 @@ def build_ir(spec: DecoderSpec, target: TargetSpec, database=None):
                 if spec.dual:
                     z = call("project", [ws["px"], ws["ph"], x, st["h"]], ten((s.k2p,)))
                     pre = call("little_gemv", [ws["wq"], z, ws["wscale"], ws["bias_ll"]], ten((4 * s.hidden,)))
-                    m = call("mask", [pre, ws["lo"], ws["hi"]], [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
+                    m = call("mask", [pre, ws["lo"], ws["hi"]],
+                             [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
                     rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
                     counts.append(pos)
                 if s.rnn_type == "LSTM":

@@ -143,3 +143,18 @@ def test_threads_share_one_compiled_decoder(builds):
         got = list(pool.map(run, xs))
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(a, b)
+
+
+def test_profile_step_reports_every_part(builds, capsys):
+    """scripts/profile_step.py: in-step time per part of a 4-layer dual build; a non-build folder is a clear error."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import profile_step
+
+    assert profile_step.main([builds["tiny-gnmt"]["builds"]["dual"], "--ratio", "0.5", "--steps", "8"]) == 0
+    out = capsys.readouterr().out
+    times = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()[1:]}
+    assert set(times) == {"projection", "little", "mask", "big", "assembly", "kernels", "step"}
+    assert all(v > 0 for v in times.values()) and times["step"] >= times["big"]
+    with pytest.raises(SystemExit):
+        profile_step.main([str(REPO / "tests"), "--steps", "8"])
+    assert "not a dualtvm build folder" in capsys.readouterr().err
