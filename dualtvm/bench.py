@@ -178,7 +178,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     """Rows for one model (every engine, cache mode and ratio) and facts about the run."""
     import torch
 
-    from .build import BuildConfig, build_model
+    from .build import BuildConfig, build_model, lm_text_inputs
     from .peers import OpenVINOStep, onnxruntime_session, torch_cell
     from .registry import model_config
     from .runtime import CompiledDecoder, sequence_runner
@@ -193,8 +193,13 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]
     mc = model_config(model)
-    rng = np.random.default_rng(0)
-    xs = [(rng.standard_normal(mc.input_size) * 0.5).astype(np.float32) for _ in range(cfg.steps)]
+    text = lm_text_inputs(cfg.checkpoint)
+    if text is not None:  # an LM: decode real text (its embeddings), so the masks are the model's real ones
+        embed, corpus = text
+        xs = [v.numpy().astype(np.float32) for v in embed(corpus.valid[: cfg.steps])]
+    else:
+        rng = np.random.default_rng(0)
+        xs = [(rng.standard_normal(mc.input_size) * 0.5).astype(np.float32) for _ in range(cfg.steps)]
     engines: list[Engine] = []
     p, s, _ = sequence_runner(dense, xs)
     engines.append(Engine("tvm-dense", 0.0, p, s))

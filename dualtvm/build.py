@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ class BuildConfig:
     threads: int | None = None
     max_rows: int = 60_000
     seed: int = 0
+    corpus: str = "ptb"  # the text an LM checkpoint's little module is fitted on
+    data_dir: str | None = None
 
 
 def synthetic_segments(input_size: int, n: int, seed: int, scale: float = 0.5) -> list[torch.Tensor]:
@@ -43,13 +46,55 @@ def synthetic_segments(input_size: int, n: int, seed: int, scale: float = 0.5) -
     return [torch.randn(35, 8, input_size, generator=g) * scale for _ in range(n)]
 
 
+def lm_text_inputs(checkpoint: str | os.PathLike | None, corpus: str = "ptb", data_dir: str | None = None):
+    """(embed, streams) when ``checkpoint`` is a dualtvm language model, else None.
+
+    ``embed(tokens)`` is the LM's own embedding (what its RNN sees), ``streams`` the corpus' token
+    streams: the little module is then fitted and calibrated on real text, and benchmarks decode
+    real text, so the masks are the ones the model makes in use.
+    """
+    if checkpoint is None:
+        return None
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not (isinstance(payload, dict) and payload.get("kind") == "lm"):
+        return None
+    from .checkpoint import model_from_checkpoint
+    from .data import load_lm_corpus
+
+    lm = model_from_checkpoint(payload).eval()
+    text = load_lm_corpus(corpus, data_dir)
+    if payload.get("vocab") != text.dictionary.idx2word:
+        raise ValueError(f"{checkpoint} was trained on another vocabulary than {corpus!r}")
+
+    def embed(tokens: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return lm.encoder(tokens)
+
+    return embed, text
+
+
+def text_segments(embed, stream: torch.Tensor, n: int, seed: int) -> list[torch.Tensor]:
+    """``n`` embedded segments (T=35, B=8) from random places of a token stream (repeated if shorter)."""
+    g = torch.Generator().manual_seed(seed)
+    if stream.numel() <= 35 * 8:
+        stream = stream.repeat(35 * 8 // stream.numel() + 2)
+    starts = torch.randint(0, stream.numel() - 35 * 8, (n,), generator=g)
+    return [embed(stream[s: s + 35 * 8].view(8, 35).t()) for s in starts.tolist()]
+
+
 def build_model(cfg: BuildConfig) -> dict:
     """Returns a report: where weights came from, k, build folders, schedules used, verification."""
     target = parse_target(cfg.target).with_default_cores()
     mc = model_config(cfg.model)
     rnn, source = big_rnn(cfg.model, cfg.checkpoint, cfg.seed)
     log.info("model %s: %s", cfg.model, source)
-    train, valid = synthetic_segments(mc.input_size, 16, cfg.seed), synthetic_segments(mc.input_size, 4, cfg.seed + 1)
+    text = lm_text_inputs(cfg.checkpoint, cfg.corpus, cfg.data_dir)
+    if text is not None:  # real text through the LM's embedding
+        embed, corpus = text
+        train, valid = text_segments(embed, corpus.train, 16, cfg.seed), text_segments(embed, corpus.valid, 4, cfg.seed + 1)
+        source += f", little module fitted and calibrated on {cfg.corpus} text"
+    else:
+        train, valid = synthetic_segments(mc.input_size, 16, cfg.seed), synthetic_segments(mc.input_size, 4, cfg.seed + 1)
 
     def run(data):
         return lambda core: [core(x) for x in data]

@@ -5,8 +5,8 @@
 
 Big weights come from --checkpoint (a train_lm.py checkpoint or an nn.LSTM/GRU state_dict);
 without one, seeded random weights are used and the output says so.  The little module is
-fitted on hidden states of the model run over --calib (ptb text through the LM's embedding
-when the checkpoint is an LM, else Gaussian inputs).  Tuned schedules are taken from
+fitted on hidden states of the model run over --corpus text (through the LM's own embedding)
+when the checkpoint is a train_lm.py language model, else over Gaussian inputs.  Tuned schedules are taken from
 tuning_logs/<target-name>/ when they beat the default ones.
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="lstm-1500")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--out", default=None, help="build folder (default build/<model>-<target-name>)")
+    p.add_argument("--corpus", default="ptb", help="text an LM checkpoint's little module is fitted on")
+    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
     p.add_argument("--eps", type=float, default=0.5)
     p.add_argument("--tuning-logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--no-tuned", action="store_true", help="use the default schedules even if a database exists")
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.build import BuildConfig, build_model
 
     report = build_model(BuildConfig(a.model, a.target, a.checkpoint, a.out, a.eps, a.tuning_logs, not a.no_tuned,
-                                     a.verify, a.steps, a.threads))
+                                     a.verify, a.steps, a.threads, corpus=a.corpus, data_dir=a.data_dir))
     print(json.dumps(report, indent=2))
     return 0 if report.get("verified", True) else 1
 

@@ -158,3 +158,24 @@ def test_profile_step_reports_every_part(builds, capsys):
     with pytest.raises(SystemExit):
         profile_step.main([str(REPO / "tests"), "--steps", "8"])
     assert "not a dualtvm build folder" in capsys.readouterr().err
+
+
+def test_lm_checkpoint_build_fits_little_module_on_text(tiny_corpus, tmp_path):
+    """A train_lm.py checkpoint: the little module is fitted on the corpus through the LM's own embedding."""
+    from dataclasses import asdict
+
+    from dualtvm.checkpoint import save_checkpoint
+    from dualtvm.data import load_lm_corpus
+    from dualtvm.models import LMConfig, RNNLanguageModel
+
+    corpus = load_lm_corpus(str(tiny_corpus))
+    cfg = LMConfig("LSTM", len(corpus.dictionary), 48, 2, 0.0, True)  # the tiny-lstm shapes
+    ckpt = tmp_path / "lm.pt"
+    save_checkpoint(ckpt, RNNLanguageModel(cfg), "lm", asdict(cfg), vocab=corpus.dictionary.idx2word,
+                    train_state={"epoch": 0})
+    r = build_model(BuildConfig(model="tiny-lstm", checkpoint=str(ckpt), corpus=str(tiny_corpus),
+                                out=str(tmp_path / "b"), use_tuned=False, verify=True, steps=10))
+    assert "fitted and calibrated on" in r["weights"] and r["verified"] is True
+    with pytest.raises(ValueError, match="another vocabulary"):
+        build_model(BuildConfig(model="tiny-lstm", checkpoint=str(ckpt), corpus="ptb", out=str(tmp_path / "c"),
+                                use_tuned=False))
