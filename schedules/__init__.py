@@ -9,24 +9,14 @@ The masked big GEMV, the INT8 little GEMV and the projection also have hand-writ
 with software prefetch (``gather``, ``stream``), which no schedule primitive can express;
 ``default_kernel`` picks them for those kernels.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
 from typing import Callable
 
 from .gather import GatherKnobs, gather_gemv  # noqa: F401
 from .rules import DEFAULT_KNOBS, Knobs, apply_default, design_space, schedule_kernel  # noqa: F401
 from .stream import StreamKnobs, little_gemv_nest, project_nest  # noqa: F401
-
-
-def is_masked_gemv(func) -> bool:
-    return [str(p.name) for p in func.params] == ["W", "x", "rows", "count", "yc"]
-
-
-def is_little_gemv(func) -> bool:
-    return [str(p.name) for p in func.params] == ["Wq", "z", "scale", "bias", "pre"]
-
-
-def is_projection(func) -> bool:
-    return [str(p.name) for p in func.params] == ["Px", "Ph", "x", "h", "z"]
 
 
 def weight_shape(func) -> tuple[int, int]:
@@ -50,22 +40,22 @@ class LoopNest:
     """A hand-written loop nest for one kind of kernel; ``kind`` is its ``use`` value in ``summary.json``."""
 
     kind: str
+    params: tuple[str, ...]  # parameter names of the kernel definition it computes (``dualtvm.kernels``)
     knobs: type
     build: Callable  # (*shape, knobs, name) -> scheduled PrimFunc
     shape: Callable  # kernel definition -> the shape arguments of ``build``
 
 
-NESTS = {"gather": LoopNest("gather", GatherKnobs, gather_gemv, weight_shape),
-         "stream": LoopNest("stream", StreamKnobs, little_gemv_nest, weight_shape),
-         "stream-project": LoopNest("stream-project", StreamKnobs, project_nest, projection_shape)}
+NESTS = {n.kind: n for n in (
+    LoopNest("gather", ("W", "x", "rows", "count", "yc"), GatherKnobs, gather_gemv, weight_shape),  # masked GEMV
+    LoopNest("stream", ("Wq", "z", "scale", "bias", "pre"), StreamKnobs, little_gemv_nest, weight_shape),
+    LoopNest("stream-project", ("Px", "Ph", "x", "h", "z"), StreamKnobs, project_nest, projection_shape))}
 
 
 def loop_nest(func) -> LoopNest | None:
-    """The loop nest that computes ``func``: masked GEMV, little GEMV or projection; else None."""
-    for test, kind in ((is_masked_gemv, "gather"), (is_little_gemv, "stream"), (is_projection, "stream-project")):
-        if test(func):
-            return NESTS[kind]
-    return None
+    """The loop nest that computes ``func`` (a masked GEMV, little GEMV or projection), else None."""
+    params = tuple(str(p.name) for p in func.params)
+    return next((n for n in NESTS.values() if n.params == params), None)
 
 
 def default_kernel(func, num_cores: int | None):
