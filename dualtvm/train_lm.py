@@ -29,6 +29,7 @@ class LMTrainConfig:
     seed: int = 1111
     anneal: float = 4.0  # lr /= anneal when validation loss does not improve
     max_batches: int | None = None  # cap per epoch (smoke tests)
+    save_every_s: float = 600.0  # mid-epoch checkpoint period: a 1500-unit epoch outlasts a session
 
 
 def sgd_step(model: nn.Module, loss: torch.Tensor, lr: float, clip: float) -> None:
@@ -66,28 +67,37 @@ def train_lm(corpus: LMCorpus, model_cfg: LMConfig, train_cfg: LMTrainConfig, ch
     """
     torch.manual_seed(train_cfg.seed)
     model = RNNLanguageModel(model_cfg)
-    state = {"epoch": 0, "lr": train_cfg.lr, "best_val": math.inf, "history": [], "wall_s": 0.0}
+    state = {"epoch": 0, "lr": train_cfg.lr, "best_val": math.inf, "history": [], "wall_s": 0.0,
+             "batch": 0, "loss_sum": 0.0}
     best_path = checkpoint.with_suffix(".best.pt")
     payload = resume_payload(checkpoint, asdict(model_cfg))
     if payload is not None:
         model.load_state_dict(payload["state_dict"])
         state = payload["train_state"]
         torch.set_rng_state(payload["rng"])
-        log.info("resuming %s at epoch %d (lr %.3g)", checkpoint, state["epoch"], state["lr"])
+        state.setdefault("batch", 0)
+        state.setdefault("loss_sum", 0.0)
+        log.info("resuming %s at epoch %d batch %d (lr %.3g)", checkpoint, state["epoch"], state["batch"], state["lr"])
     train = batchify(corpus.train, train_cfg.batch_size)
     valid = batchify(corpus.valid, train_cfg.eval_batch_size)
     test = batchify(corpus.test, train_cfg.eval_batch_size)
     meta = {"vocab": corpus.dictionary.idx2word, "data_checksums": corpus.checksums, "seed": train_cfg.seed,
             "train_config": asdict(train_cfg)}
     crit = nn.CrossEntropyLoss()
+
+    def save_latest() -> None:
+        save_checkpoint(checkpoint, model, "lm", asdict(model_cfg), train_state=state, rng=torch.get_rng_state(), **meta)
+
     while state["epoch"] < train_cfg.epochs:
-        t0 = time.time()
+        t0 = last_save = time.time()
         model.train()
+        # A mid-epoch resume restarts the hidden state at zero (as at every epoch start): one BPTT window's context.
         hidden = model.init_hidden(train_cfg.batch_size)
         starts = list(range(0, train.size(0) - 1, train_cfg.bptt))[: train_cfg.max_batches]
-        total, n = 0.0, 0
-        bar = tqdm(starts, disable=not progress, mininterval=5, desc=f"epoch {state['epoch'] + 1}/{train_cfg.epochs}")
-        for i in bar:
+        total, n = state["loss_sum"], state["batch"]
+        bar = tqdm(starts, disable=not progress, mininterval=5, desc=f"epoch {state['epoch'] + 1}/{train_cfg.epochs}",
+                   initial=n)
+        for i in starts[n:]:
             x, y = get_batch(train, i, train_cfg.bptt)
             hidden = repackage_hidden(hidden)
             out, hidden = model(x, hidden)
@@ -95,21 +105,27 @@ def train_lm(corpus: LMCorpus, model_cfg: LMConfig, train_cfg: LMTrainConfig, ch
             sgd_step(model, loss, state["lr"], train_cfg.clip)
             total += loss.item()
             n += 1
+            bar.update()
             if n % 50 == 0:
                 bar.set_postfix(ppl=f"{math.exp(total / n):.1f}", lr=state["lr"])
+            if time.time() - last_save > train_cfg.save_every_s and n < len(starts):
+                state.update(batch=n, loss_sum=total, wall_s=state["wall_s"] + time.time() - last_save)
+                save_latest()
+                last_save = time.time()
+        bar.close()
         val = evaluate(model, valid, train_cfg.bptt, max_batches=train_cfg.max_batches)
         state["epoch"] += 1
-        state["wall_s"] += time.time() - t0
+        state.update(batch=0, loss_sum=0.0, wall_s=state["wall_s"] + time.time() - last_save)
         state["history"].append({"epoch": state["epoch"], "train_ppl": math.exp(total / n), "valid_ppl": math.exp(val),
                                  "lr": state["lr"]})
-        log.info("epoch %d: train ppl %.2f valid ppl %.2f (%.0fs)", state["epoch"], math.exp(total / n),
+        log.info("epoch %d: train ppl %.2f valid ppl %.2f (%.0fs this run)", state["epoch"], math.exp(total / n),
                  math.exp(val), time.time() - t0)
         if val < state["best_val"]:
             state["best_val"] = val
             save_checkpoint(best_path, model, "lm", asdict(model_cfg), train_state=dict(state), rng=torch.get_rng_state(), **meta)
         else:
             state["lr"] /= train_cfg.anneal
-        save_checkpoint(checkpoint, model, "lm", asdict(model_cfg), train_state=state, rng=torch.get_rng_state(), **meta)
+        save_latest()
     best = RNNLanguageModel(model_cfg)
     best.load_state_dict(load_checkpoint(best_path)["state_dict"])
     result = {"epochs": state["epoch"], "wall_s": round(state["wall_s"], 1),

@@ -28,6 +28,34 @@ def test_tiny_lm_loss_falls_and_resumes(tiny_corpus, tmp_path, rnn):
     assert payload["vocab"] == corpus.dictionary.idx2word and payload["seed"] == 1111 and "git" in payload
 
 
+def test_lm_training_resumes_mid_epoch(tiny_corpus, tmp_path, monkeypatch):
+    """A run killed mid-epoch continues from its last mid-epoch checkpoint, not from the epoch's start."""
+    import dualtvm.train_lm as train_mod
+
+    corpus = load_lm_corpus(str(tiny_corpus))
+    cfg = LMConfig("LSTM", len(corpus.dictionary), 16, 1, 0.0, True)
+    tc = LMTrainConfig(epochs=1, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2, save_every_s=0.0)
+    ckpt = tmp_path / "m.pt"
+    steps = []
+    real_step = train_mod.sgd_step
+
+    def dying_step(*args, **kwargs):
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        steps.append(1)
+        real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "sgd_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(corpus, cfg, tc, ckpt, progress=False)
+    assert load_checkpoint(ckpt)["train_state"]["batch"] == 3  # saved after each of 3 batches; died in the 4th
+    monkeypatch.setattr(train_mod, "sgd_step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
+    res = train_lm(corpus, cfg, tc, ckpt, progress=False)
+    n_batches = len(range(0, corpus.train.numel() // 4 - 1, 8))
+    assert len(steps) == 3 + n_batches - 3 and res["epochs"] == 1
+    assert load_checkpoint(ckpt)["train_state"]["batch"] == 0
+
+
 def test_checkpoint_round_trip_and_shape_error(tmp_path):
     cfg = LMConfig("GRU", 50, 16, 2, 0.1, True)
     m = RNNLanguageModel(cfg)
