@@ -73,17 +73,18 @@ def stream_bandwidth(nbytes: int = 1 << 30, repeat: int = 5) -> float:
     return nbytes / best / 1e9
 
 
-def step_bytes(hidden: int, input_size: int, gates: int, k: int, sensitive_fraction: float | None) -> int:
+def step_bytes(hidden: int, input_size: int, gates: int, k: int, sensitive_fraction: float | None,
+               little_bits: int = 8) -> int:
     """Bytes of weights (and index traffic) one step must read: the Figure 4 accounting.
 
-    Dense: all fp32 rows.  Dual: sensitive fp32 rows + int8 P_x, P_h + int8 W_LL + fp32
-    row scales and biases + the int32 row list and pos vector.
+    Dense: all fp32 rows.  Dual: sensitive fp32 rows + int8 P_x, P_h + W_LL at ``little_bits``
+    + fp32 row scales and biases + the int32 row list and pos vector.
     """
     n = gates * hidden
     dense = 4 * n * (input_size + hidden) + 4 * n
     if sensitive_fraction is None:
         return dense
-    little = k * (input_size + hidden) + 4 * hidden * 2 * k + 4 * hidden * 4 * 2
+    little = k * (input_size + hidden) + 4 * hidden * 2 * k * little_bits // 8 + 4 * hidden * 4 * 2
     index = 4 * n * 2
     return int(4 * n * (input_size + hidden) * sensitive_fraction + 4 * n + little + index)
 
@@ -100,6 +101,7 @@ class BenchConfig:
     build_root: str = "build"
     checkpoint: str | None = None
     peers: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+    little_bits: tuple[int, ...] = (8,)  # one dual-module engine per W_LL precision (8: "tvm-dual", 4: "tvm-dual-int4")
     reuse_builds: bool = False  # default: rebuild, so the current schedules/tuning logs are what is measured
 
 
@@ -185,11 +187,15 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     from .target import parse_target
 
     target = parse_target(cfg.target).with_default_cores()
-    out = f"{cfg.build_root}/{model}-{target.name}"
     from pathlib import Path
 
-    if not cfg.reuse_builds or not (Path(out) / "dual" / "manifest.json").exists():
-        build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=out))
+    outs = {}  # W_LL bits -> build folder (each holds a dense build too: the first one's is timed)
+    for bits in cfg.little_bits:
+        outs[bits] = f"{cfg.build_root}/{model}-{target.name}" + ("-w4" if bits == 4 else "")
+        if not cfg.reuse_builds or not (Path(outs[bits]) / "dual" / "manifest.json").exists():
+            build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[bits],
+                                    little_bits=bits))
+    out = outs[cfg.little_bits[0]]
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]
     mc = model_config(model)
@@ -204,9 +210,10 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     p, s, _ = sequence_runner(dense, xs)
     engines.append(Engine("tvm-dense", 0.0, p, s))
     breakdowns = {"tvm-dense": step_breakdown(dense, xs)}  # warm, in-step; before any peer's threads exist
-    measured = {}
-    for r in cfg.ratios:
-        dec = CompiledDecoder(f"{out}/dual")
+    measured, bits_of = {}, {}
+    for bits, r in ((b, r) for b in cfg.little_bits for r in cfg.ratios):
+        name = f"{dual_engine(bits)}@{r}"
+        dec = CompiledDecoder(f"{outs[bits]}/dual")
         dec.set_insensitive_ratio(r)
         p, s, box = sequence_runner(dec, xs)
         p()  # one untimed pass records the real masks of this sequence
@@ -216,9 +223,9 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             s(i)
             pos = np.concatenate([box["out"][1 + n_state + j].numpy() for j in range(len(dec.spec.layers))])
             fr.append(float((pos < 0).mean()))
-        measured[r] = float(np.mean(fr))
-        engines.append(Engine(f"tvm-dual@{r}", r, p, s))
-        breakdowns[f"tvm-dual@{r}"] = step_breakdown(dec, xs)
+        measured[name], bits_of[name] = float(np.mean(fr)), bits
+        engines.append(Engine(name, r, p, s))
+        breakdowns[name] = step_breakdown(dec, xs)
     layers = big_layers_from_params(dense)
     torch.set_num_threads(cfg.threads)
     if "torch" in cfg.peers:
@@ -263,10 +270,10 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             row = {"model": model, "engine": e.name.split("@")[0], "insensitive_ratio": e.ratio, "median_ms": round(med, 4),
                    "iqr_ms": round(iqr, 4), "cache": cache, "threads": cfg.threads,
                    "target": target.cli if is_tvm else None, "weights": weights}
-            if e.name.startswith("tvm-dual"):
-                dual_bytes = sum(step_bytes(s.hidden, s.input_size, gates, k, 1 - measured[e.ratio])
+            if e.name in measured:
+                dual_bytes = sum(step_bytes(s.hidden, s.input_size, gates, k, 1 - measured[e.name], bits_of[e.name])
                                  for s in dual.spec.layers)
-                row.update({"measured_ratio": round(measured[e.ratio], 4),
+                row.update({"little_bits": bits_of[e.name], "measured_ratio": round(measured[e.name], 4),
                             "speedup_vs_tvm_dense": round(stats["tvm-dense"][0] / med, 3),
                             "speedup_vs_best_peer": round(best_peer / med, 3) if best_peer else None,
                             "byte_bound_speedup": round(dense_bytes / dual_bytes, 3),
@@ -281,6 +288,11 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                     _add_breakdown(row, breakdowns[e.name])
             rows.append(row)
     return rows, {"weights": weights, "dense_bytes": dense_bytes}
+
+
+def dual_engine(little_bits: int) -> str:
+    """Engine name of the dual-module step with W_LL at ``little_bits`` (INT8 is the paper's ``tvm-dual``)."""
+    return "tvm-dual" if little_bits == 8 else f"tvm-dual-int{little_bits}"
 
 
 def _step_graph_engine(name: str, sessions: list, xs: list[np.ndarray], mc) -> Engine:
@@ -341,12 +353,13 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_visible(False)
     for ax, m in zip(axes.flat, models):
         for cache, style in (("warm", "-"), ("cold", "--")):
-            dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in rows
-                          if panel(r) == m and r["cache"] == cache and r["engine"] == "tvm-dual")
-            if dual:
-                ax.plot(*zip(*dual), "o" + style, label=f"tvm-dual ({cache})")
+            for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s")):
+                dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in rows
+                              if panel(r) == m and r["cache"] == cache and r["engine"] == engine)
+                if dual:
+                    ax.plot(*zip(*dual), marker + style, label=f"{engine} ({cache})")
             for r in rows:
-                if panel(r) == m and r["cache"] == cache and r["engine"] != "tvm-dual":
+                if panel(r) == m and r["cache"] == cache and not r["engine"].startswith("tvm-dual"):
                     ax.axhline(r["median_ms"], ls=style, lw=0.8, color={"tvm-dense": "k", "torch": "tab:red",
                                                                           "onnxruntime": "tab:green"}.get(r["engine"], "gray"),
                                label=f"{r['engine']} ({cache})")

@@ -38,6 +38,7 @@ class BuildConfig:
     seed: int = 0
     corpus: str = "ptb"  # the text an LM checkpoint's little module is fitted on
     data_dir: str | None = None
+    little_bits: int = 8  # W_LL precision: INT8 (the paper's default) or INT4 (half the little bytes, Table 6)
 
 
 def synthetic_segments(input_size: int, n: int, seed: int, scale: float = 0.5) -> list[torch.Tensor]:
@@ -100,13 +101,15 @@ def build_model(cfg: BuildConfig) -> dict:
         return lambda core: [core(x) for x in data]
 
     t0 = time.time()
-    dual = build_dual(rnn, run(train), run(valid), LittleConfig(eps=cfg.eps, seed=cfg.seed), cfg.max_rows)
+    dual = build_dual(rnn, run(train), run(valid), LittleConfig(eps=cfg.eps, seed=cfg.seed, bits=cfg.little_bits),
+                      cfg.max_rows)
     fit_s = time.time() - t0
-    shapes = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size if i == 0 else mc.hidden, l.little.k)
+    shapes = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size if i == 0 else mc.hidden, l.little.k, cfg.little_bits)
               for i, l in enumerate(dual.layers)]
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
-    out = Path(cfg.out) if cfg.out else REPO / "build" / f"{cfg.model}-{target.name}"
-    info = {"name": cfg.model, "weights": source, "eps": cfg.eps, "k": [s.k for s in shapes]}
+    suffix = "-w4" if cfg.little_bits == 4 else ""
+    out = Path(cfg.out) if cfg.out else REPO / "build" / f"{cfg.model}-{target.name}{suffix}"
+    info = {"name": cfg.model, "weights": source, "eps": cfg.eps, "k": [s.k for s in shapes], "little_bits": cfg.little_bits}
     folders = {}
     for is_dual in (True, False):
         spec = DecoderSpec(shapes, mc.residual(), dual=is_dual)
@@ -117,7 +120,7 @@ def build_model(cfg: BuildConfig) -> dict:
         folders[kind] = str(export(ex, spec, target, out / kind, params,
                                    [l.little for l in dual.layers] if is_dual else None, info))
         log.info("built %s decoder in %.1fs -> %s", kind, time.time() - t1, folders[kind])
-    report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": info["k"],
+    report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": info["k"], "little_bits": cfg.little_bits,
               "little_fit_s": round(fit_s, 1), "schedules": "tuned database where faster" if db else "default",
               "builds": folders}
     if cfg.verify:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernels import LayerShape, layer_kernels
+from .kernels import LayerShape, layer_kernels, pack_int4
 from .little import BigLayer, LittleModule
-from .quantize import as_numpy_int8
+from .quantize import kernel_codes
 from .target import TargetSpec, parse_target
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,12 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
         out["w_ih"], out["w_hh"] = pad_cols(w_ih, s.dxp), pad_cols(w_hh, s.hp)
         out["b_ih"], out["b_hh"] = big.b_ih.numpy().astype(np.float32), big.b_hh.numpy().astype(np.float32)
     if little is not None:
-        codes, scale = as_numpy_int8(little.weight)
+        if little.weight.bits != s.little_bits:
+            raise ValueError(f"layer built for INT{s.little_bits} little weights, the little module has INT{little.weight.bits}")
+        codes, scale = kernel_codes(little.weight)
         out["px"] = pad_cols(little.proj_x.signs, s.dxp)
         out["ph"] = pad_cols(little.proj_h.signs, s.hp)
-        out["wq"] = pad_cols(codes, s.k2p)
+        out["wq"] = pack_int4(codes, s.k) if s.little_bits == 4 else pad_cols(codes, s.k2p)
         out["wscale"] = scale
         out["bias_ll"] = little.bias.numpy().astype(np.float32)
         out["lo"] = np.full(s.n, -np.inf, np.float32)
@@ -137,10 +139,15 @@ def build_ir(spec: DecoderSpec, target: TargetSpec, database=None):
             outs_state, counts = [], []
             for i, (s, (st, ws)) in enumerate(zip(spec.layers, layer_vars)):
                 t = s.tag
-                call = lambda name, args, sinfo: bb.emit(relax.call_tir(gvs[f"{name}_{t}"], args, sinfo))  # noqa: E731
+                call = lambda name, args, sinfo, tag=t: bb.emit(relax.call_tir(gvs[f"{name}_{tag}"], args, sinfo))  # noqa: E731
                 if spec.dual:
-                    z = call("project", [ws["px"], ws["ph"], x, st["h"]], ten((s.k2p,)))
-                    pre = call("little_gemv", [ws["wq"], z, ws["wscale"], ws["bias_ll"]], ten((4 * s.hidden,)))
+                    lt = s.little_tag
+                    if s.little_bits == 4:  # integer codes + their two scales
+                        zz = call("project", [ws["px"], ws["ph"], x, st["h"]], [ten((2 * s.kp4,), "int8"), ten((2,))], lt)
+                        z = [bb.emit(relax.TupleGetItem(zz, j)) for j in range(2)]
+                    else:
+                        z = [call("project", [ws["px"], ws["ph"], x, st["h"]], ten((s.k2p,)), lt)]
+                    pre = call("little_gemv", [ws["wq"], *z, ws["wscale"], ws["bias_ll"]], ten((4 * s.hidden,)), lt)
                     m = call("mask", [pre, ws["lo"], ws["hi"]],
                              [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
                     rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
@@ -176,7 +183,8 @@ def _param_shapes(s: LayerShape, dual: bool) -> dict[str, tuple]:
     shapes = {"w": ((s.n, s.dxp + s.hp),), "bias": ((s.n,),), "w_ih": ((s.n, s.dxp),), "w_hh": ((s.n, s.hp),),
               "b_ih": ((s.n,),), "b_hh": ((s.n,),)}
     if dual:
-        shapes.update({"px": ((s.k, s.dxp), "int8"), "ph": ((s.k, s.hp), "int8"), "wq": ((4 * s.hidden, s.k2p), "int8"),
+        wq = ((4 * s.hidden, s.kp4), "uint8") if s.little_bits == 4 else ((4 * s.hidden, s.k2p), "int8")
+        shapes.update({"px": ((s.k, s.dxp), "int8"), "ph": ((s.k, s.hp), "int8"), "wq": wq,
                        "wscale": ((4 * s.hidden,),), "bias_ll": ((4 * s.hidden,),), "lo": ((s.n,),), "hi": ((s.n,),)})
     return shapes
 
@@ -186,6 +194,8 @@ def compile_decoder(spec: DecoderSpec, target: "str | TargetSpec", database=None
     import tvm
 
     target = parse_target(target)
+    if spec.dual and any(s.little_bits == 4 for s in spec.layers) and not target.has_feature("avx2"):
+        raise ValueError(f"INT4 little weights need AVX2 (pmaddubsw); target {target.cli!r} lacks it: use INT8")
     mod = build_ir(spec, target, database)
     return tvm.compile(mod, target=target.to_tvm())
 

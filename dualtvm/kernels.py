@@ -1,11 +1,12 @@
 """TensorIR definitions of the dual-module step's kernels (what is computed, not how).
 
-Schedules live in ``schedules/``; numpy references in :mod:`dualtvm.reference`.  Every
+Schedules live in ``schedules/``; numpy references in ``tests/test_kernels.py``.  Every
 reduction length is padded to a multiple of :data:`PAD` with zero weights, so schedules
 can split it into vector lanes without tails.  Kernels (Algorithm 1):
 
 * ``project``        step 1: ternary P (int8) times x and h, then run-time INT8 quantisation
 * ``little_gemv``    step 2: INT8 W_LL (per-row scales) times the quantised projection, + b_LL
+* ``project_codes`` / ``little_gemv_int4``: the same two steps for INT4 W_LL (Table 6), on integer codes
 * ``mask``           step 3: eq. 5 bands on y_LL (mapped through φ⁻¹), compacted list of sensitive rows
 * ``masked_gemv``    step 4: fp32 big rows listed by the mask, nothing else is read
 * ``lstm_assemble`` / ``gru_assemble``  step 5: eq. 1 and the cell update (eq. 6 / GRU)
@@ -132,6 +133,112 @@ def project(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "project"):
                     T.if_then_else(vi < 2 * k,
                                    T.round(zh[T.max(T.min(vi - k, k - 1), 0)] * T.float32(s3) * T.float32(qmax) / amax[1])
                                    * amax[1] / T.float32(qmax), T.float32(0)))
+
+    return _named(f, name)
+
+
+# ----------------------------------------------------------------------------- INT4 little module
+INT4_CHUNK = 64  # values per 32-byte chunk of a packed INT4 row
+
+
+def int4_padded(k: int) -> int:
+    """Each half (x, h) of an INT4 row is padded to whole chunks: its codes have their own scale."""
+    return (k + INT4_CHUNK - 1) // INT4_CHUNK * INT4_CHUNK
+
+
+def pack_int4(codes, k: int):
+    """INT4 W_LL codes (n × 2k, in [−7, 7]; x columns then h columns) → the ``little_gemv_int4`` layout.
+
+    Row i holds the x half then the h half, each ``int4_padded(k)`` values in 32-byte chunks;
+    byte b of chunk c holds value 64c + b + 8 in its low nibble and 64c + 32 + b + 8 in its high
+    one.  Stored offset by 8 (unsigned 1…15, padding 8 = code 0) so that one unsigned×signed
+    byte multiply (``pmaddubsw``) takes a nibble as it is: 15 × 127 × 2 < 2¹⁵ never saturates.
+    """
+    import numpy as np
+
+    codes = np.asarray(codes)
+    if codes.shape[1] != 2 * k or codes.min(initial=0) < -7 or codes.max(initial=0) > 7:
+        raise ValueError(f"expected n × {2 * k} INT4 codes in [-7, 7], got shape {codes.shape}")
+    n, kpad = codes.shape[0], int4_padded(k)
+    u = np.full((n, 2, kpad), 8, np.uint8)
+    u[:, 0, :k], u[:, 1, :k] = codes[:, :k] + 8, codes[:, k:] + 8
+    u = u.reshape(n, 2, kpad // INT4_CHUNK, 2, INT4_CHUNK // 2)
+    return (u[..., 0, :] | (u[..., 1, :] << 4)).reshape(n, kpad)
+
+
+def project_codes(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "project_codes"):
+    """Step 1 for the INT4 little GEMV: the codes of ``project`` (x half, h half, each padded to
+    ``int4_padded(k)``) and their two scales, so that step 2 runs on integers."""
+    kp = int4_padded(k)
+    qmax = float(2 ** (act_bits - 1) - 1)
+    s3 = 0.5773502691896258
+
+    @T.prim_func(s_tir=True)
+    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
+          h: T.Buffer((dh,), "float32"), zq: T.Buffer((2 * kp,), "int8"), zs: T.Buffer((2,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        zx = T.sblock_alloc_buffer((k,), "float32")
+        zh = T.sblock_alloc_buffer((k,), "float32")
+        amax = T.sblock_alloc_buffer((2,), "float32")
+        for i, j in T.grid(k, dx):
+            with T.sblock("dot_x"):
+                vi, vj = T.axis.remap("SR", [i, j])
+                with T.init():
+                    zx[vi] = T.float32(0)
+                zx[vi] = zx[vi] + T.Cast("float32", Px[vi, vj]) * x[vj]
+        for i, j in T.grid(k, dh):
+            with T.sblock("dot_h"):
+                vi, vj = T.axis.remap("SR", [i, j])
+                with T.init():
+                    zh[vi] = T.float32(0)
+                zh[vi] = zh[vi] + T.Cast("float32", Ph[vi, vj]) * h[vj]
+        for s, i in T.grid(2, k):
+            with T.sblock("amax"):
+                vs, vi = T.axis.remap("SR", [s, i])
+                with T.init():
+                    amax[vs] = T.float32(1e-12)
+                amax[vs] = T.max(amax[vs], T.abs(T.if_then_else(vs == 0, zx[vi], zh[vi])) * T.float32(s3))
+        for i in range(2 * kp):
+            with T.sblock("quant"):
+                vi = T.axis.remap("S", [i])
+                zq[vi] = T.if_then_else(vi % kp < k, T.Cast("int8", T.round(
+                    T.if_then_else(vi < kp, zx[T.min(vi % kp, k - 1)], zh[T.min(vi % kp, k - 1)]) * T.float32(s3)
+                    * T.float32(qmax) / amax[vi // kp])), T.int8(0))
+        for s in range(2):
+            with T.sblock("scales"):
+                vs = T.axis.remap("S", [s])
+                zs[vs] = amax[vs] / T.float32(qmax)
+
+    return _named(f, name)
+
+
+def little_gemv_int4(n: int, kp: int, name: str = "little_gemv_int4"):
+    """Step 2 on INT4 weights: pre = scale_w[i] · Σ_half s_half · Σ_j w[i, half, j] · zq[half, j] + b[i].
+
+    W4 is :func:`pack_int4`'s layout (n × kp bytes: two halves of kp/2), zq the INT8 codes of
+    :func:`project_codes`; the sums are exact in int32.  Half the bytes of INT8 weights: in a
+    step the little GEMV streams its weights from DRAM, so bytes are its time.
+    """
+    hb = kp // 2
+
+    @T.prim_func(s_tir=True)
+    def f(W4: T.Buffer((n, kp), "uint8"), zq: T.Buffer((2 * kp,), "int8"), zs: T.Buffer((2,), "float32"),
+          scale: T.Buffer((n,), "float32"), bias: T.Buffer((n,), "float32"), pre: T.Buffer((n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        acc = T.sblock_alloc_buffer((n, 2), "int32")
+        for i, s, j in T.grid(n, 2, kp):
+            with T.sblock("dot4"):
+                vi, vs, vj = T.axis.remap("SSR", [i, s, j])
+                with T.init():
+                    acc[vi, vs] = 0
+                acc[vi, vs] = acc[vi, vs] + (T.Cast("int32", T.bitwise_and(T.shift_right(
+                    W4[vi, vs * hb + vj // 64 * 32 + vj % 32], T.Cast("uint8", vj % 64 // 32 * 4)), T.uint8(15))) - 8) \
+                    * T.Cast("int32", zq[vs * kp + vj])
+        for i in range(n):
+            with T.sblock("epilogue"):
+                vi = T.axis.remap("S", [i])
+                pre[vi] = scale[vi] * (zs[0] * T.Cast("float32", acc[vi, 0]) + zs[1] * T.Cast("float32", acc[vi, 1])) \
+                    + bias[vi]
 
     return _named(f, name)
 
@@ -314,6 +421,11 @@ class LayerShape:
     hidden: int
     input_size: int
     k: int
+    little_bits: int = 8  # W_LL precision the compiled little GEMV takes: 8 or 4
+
+    def __post_init__(self) -> None:
+        if self.little_bits not in (8, 4):
+            raise ValueError(f"the compiled little GEMV takes INT8 or INT4 weights, not INT{self.little_bits}")
 
     @property
     def gates(self) -> int:
@@ -336,8 +448,18 @@ class LayerShape:
         return padded(2 * self.k)
 
     @property
+    def kp4(self) -> int:
+        """Per-half padded length of the INT4 path's codes (``int4_padded``)."""
+        return int4_padded(self.k)
+
+    @property
     def tag(self) -> str:
         return f"{self.rnn_type.lower()}_{self.hidden}_{self.input_size}_k{self.k}"
+
+    @property
+    def little_tag(self) -> str:
+        """The projection's and little GEMV's tag: their kernels differ with ``little_bits``."""
+        return self.tag + ("_w4" if self.little_bits == 4 else "")
 
 
 def layer_kernels(s: LayerShape, dual: bool = True) -> dict[str, tvm.tirx.PrimFunc]:
@@ -362,8 +484,13 @@ def layer_kernels(s: LayerShape, dual: bool = True) -> dict[str, tvm.tirx.PrimFu
             ks[f"gemv_x_{t}"] = gemv(s.n, s.dxp, f"gemv_x_{t}")
             ks[f"gemv_h_{t}"] = gemv(s.n, s.hp, f"gemv_h_{t}")
             ks[f"gru_dense_cell_{t}"] = gru_dense_cell(s.hidden, s.hp, f"gru_dense_cell_{t}")
+    lt = s.little_tag
+    if dual and s.little_bits == 4:
+        ks[f"project_{lt}"] = project_codes(s.k, s.dxp, s.hp, name=f"project_{lt}")
+        ks[f"little_gemv_{lt}"] = little_gemv_int4(4 * s.hidden, s.kp4, f"little_gemv_{lt}")
+    elif dual:
+        ks[f"project_{lt}"] = project(s.k, s.dxp, s.hp, name=f"project_{lt}")
+        ks[f"little_gemv_{lt}"] = little_gemv(4 * s.hidden, s.k2p, f"little_gemv_{lt}")
     if dual:
-        ks[f"project_{t}"] = project(s.k, s.dxp, s.hp, name=f"project_{t}")
-        ks[f"little_gemv_{t}"] = little_gemv(4 * s.hidden, s.k2p, f"little_gemv_{t}")
         ks[f"mask_{t}"] = mask(s.hidden, s.rnn_type, f"mask_{t}")
     return ks

@@ -75,10 +75,10 @@ def max_rounding_error(qt: QuantizedTensor) -> torch.Tensor:
     return qt.scale / 2
 
 
-def as_numpy_int8(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
-    """INT8 codes and per-row fp32 scales as the TVM kernels take them."""
-    if qt.bits != 8:
-        raise ValueError(f"the compiled little GEMV takes INT8 weights, got INT{qt.bits}")
+def kernel_codes(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """INT8 or INT4 codes (as int8) and per-row fp32 scales, as the compiled little GEMVs take them."""
+    if qt.bits not in (8, 4):
+        raise ValueError(f"the compiled little GEMV takes INT8 or INT4 weights, got INT{qt.bits}")
     scale = qt.scale.reshape(-1).numpy().astype(np.float32)
     if scale.size == 1:
         scale = np.full(qt.codes.shape[0], scale.item(), dtype=np.float32)

@@ -308,7 +308,7 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
     rewritten after every task, so a killed run loses at most the candidate in flight; a rerun
     skips finished tasks (unless ``redo``) and gives a half-done task only its remaining trials.
     """
-    from schedules import default_kernel, design_space, loop_nest
+    from schedules import default_kernel, design_space, has_design_space, loop_nest
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
 
@@ -324,7 +324,10 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
             log.info("%s already tuned (%d trials); --redo to tune again", task.name, done)
             continue
         left = trials_per_task if redo else trials_per_task - (done or records_for(db, task.func))
-        if left > 0:
+        searchable = has_design_space(task.func)
+        if not searchable:
+            log.info("%s: no design space (intrinsics in a loop nest); timing the loop nest's grid only", task.name)
+        if left > 0 and searchable:
             ms.tune_tir(
                 _mod(task.func), tgt, work_dir=str(d / "work"), max_trials_global=left,
                 num_trials_per_iter=min(16, left),
@@ -333,7 +336,7 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
                 builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=120), runner=runner,
                 database=db, cost_model="xgb", strategy="evolutionary", task_scheduler="round-robin",
                 num_tuning_cores=max(1, (target.num_cores or os.cpu_count() or 1)), seed=0)
-        elif not redo:
+        elif searchable and not redo:
             log.info("%s: the database already holds its %d trials (interrupted run)", task.name, trials_per_task)
         sch = db.query_schedule(_mod(task.func), target=tgt, workload_name="main")
         candidates = {"default": default_kernel(task.func, target.num_cores)}

@@ -5,9 +5,9 @@ fast before any search) or none, in which case the knobs are *sampled instructio
 (``sample_perfect_tile``, ``sample_categorical``) that MetaSchedule's evolutionary search and
 XGBoost cost model mutate — tuning happens around a good schedule, not from scratch.
 
-The masked big GEMV, the INT8 little GEMV and the projection also have hand-written loop nests
-with software prefetch (``gather``, ``stream``), which no schedule primitive can express;
-``default_kernel`` picks them for those kernels.
+The masked big GEMV, the INT8/INT4 little GEMVs and the projections also have hand-written loop
+nests with software prefetch (``gather``, ``stream``), which no schedule primitive can express
+(the INT4 one calls AVX2 intrinsics); ``default_kernel`` picks them for those kernels.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .gather import GatherKnobs, gather_gemv  # noqa: F401
-from .rules import DEFAULT_KNOBS, Knobs, apply_default, design_space, schedule_kernel  # noqa: F401
-from .stream import StreamKnobs, little_gemv_nest, project_nest  # noqa: F401
+from .rules import DEFAULT_KNOBS, Knobs, apply_default, design_space, has_design_space, schedule_kernel  # noqa: F401
+from .stream import StreamKnobs, little_gemv_int4_nest, little_gemv_nest, project_codes_nest, project_nest  # noqa: F401
 
 
 def weight_shape(func) -> tuple[int, int]:
@@ -49,7 +49,10 @@ class LoopNest:
 NESTS = {n.kind: n for n in (
     LoopNest("gather", ("W", "x", "rows", "count", "yc"), GatherKnobs, gather_gemv, weight_shape),  # masked GEMV
     LoopNest("stream", ("Wq", "z", "scale", "bias", "pre"), StreamKnobs, little_gemv_nest, weight_shape),
-    LoopNest("stream-project", ("Px", "Ph", "x", "h", "z"), StreamKnobs, project_nest, projection_shape))}
+    LoopNest("stream-project", ("Px", "Ph", "x", "h", "z"), StreamKnobs, project_nest, projection_shape),
+    LoopNest("stream-int4", ("W4", "zq", "zs", "scale", "bias", "pre"), StreamKnobs, little_gemv_int4_nest, weight_shape),
+    LoopNest("stream-project-codes", ("Px", "Ph", "x", "h", "zq", "zs"), StreamKnobs, project_codes_nest,
+             projection_shape))}
 
 
 def loop_nest(func) -> LoopNest | None:

@@ -117,6 +117,11 @@ def apply_default(func, knobs: Knobs = DEFAULT_KNOBS):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
+def has_design_space(func) -> bool:
+    """Whether the rules sample anything for ``func`` (a row-dot block): else MetaSchedule has nothing to search."""
+    return _has_sblocks(func) and bool(_blocks(s_tir.Schedule(func), ROW_DOT_BLOCKS))
+
+
 def design_space(sch: s_tir.Schedule) -> s_tir.Schedule:
     """MetaSchedule ``ScheduleFn``: the same rules with sampled knobs."""
     return schedule_kernel(sch, knobs=None)

@@ -9,6 +9,11 @@ for the hardware prefetchers), blocks of ``rows`` rows sharing each loaded z vec
 in-step measurement (LSTM-1500, 2 threads, 50 % ratio), bit-identical results.  The projection
 (int8 P_x, P_h, 1.25 MB) is the same nest run twice in one parallel region, then the
 run-time quantisation (a serial pass over 2k values).
+
+INT4 weights (``little_gemv_int4_nest``) run on integers: each packed byte gives two unsigned
+nibbles, ``pmaddubsw`` multiplies them with the INT8 projection codes into exact int16 pairs
+(15 × 127 × 2 < 2^15: no saturation, unlike INT8 × INT8) and ``pmaddwd`` widens them to int32
+lanes; both are AVX2, so Broadwell has them.  LSTM-1500 alone: 0.045 ms vs 0.110 ms (INT8 nest).
 """
 from __future__ import annotations
 
@@ -89,6 +94,69 @@ def little_gemv_nest(n: int, k: int, knobs: StreamKnobs = StreamKnobs(), name: s
     return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
 
 
+def little_gemv_int4_nest(n: int, kp: int, knobs: StreamKnobs = StreamKnobs(), name: str = "little_gemv_int4"):
+    """Scheduled PrimFunc with the signature and results of ``kernels.little_gemv_int4`` (x86 AVX2).
+
+    ``lanes`` sets the load width: 16 gives 32-byte (ymm) loads, 8 gives 16-byte (xmm) ones.
+    """
+    G, R, PF, LOC = knobs.groups, knobs.rows, knobs.prefetch, knobs.locality
+    V = 2 * knobs.lanes  # bytes per load
+    if V not in (16, 32):
+        raise ValueError(f"lanes must be 8 or 16 for the INT4 little GEMV, got {knobs.lanes}")
+    ub_sw, wd = (("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd") if V == 32 else
+                 ("llvm.x86.ssse3.pmadd.ub.sw.128", "llvm.x86.sse2.pmadd.wd"))
+    A = V // 4  # int32 accumulator lanes
+    hb, loads = kp // 2, kp // 2 // V  # bytes per half row, loads per half row
+    per = (n + G - 1) // G
+    blocks = (per + R - 1) // R
+
+    @T.prim_func
+    def f(W4: T.Buffer((n, kp), "uint8"), zq: T.Buffer((2 * kp,), "int8"), zs: T.Buffer((2,), "float32"),
+          scale: T.Buffer((n,), "float32"), bias: T.Buffer((n,), "float32"), pre: T.Buffer((n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        flat = T.decl_buffer((n * kp,), "uint8", data=W4.data)
+        for g in T.parallel(G):
+            zsum = T.alloc_buffer((2,), "int32", scope="local")  # sum of codes per half: removes the +8 offset
+            for s in range(2):
+                zsum[s] = 0
+                for j in range(kp):
+                    zsum[s] = zsum[s] + T.Cast("int32", zq[s * kp + j])
+            acc = T.alloc_buffer((R * 2 * A,), "int32", scope="local")
+            for j in range(blocks):
+                if PF > 0:
+                    for q in range((R * kp + 63) // 64):
+                        T.evaluate(T.call_llvm_intrin(
+                            "void", "llvm.prefetch.p0",
+                            T.address_of(flat[T.min((g * per + (j + PF) * R) * kp + q * 64, n * kp - 1)]),
+                            T.int32(0), T.int32(LOC), T.int32(1)))
+                for r in T.unroll(2 * R):
+                    acc[T.ramp(r * A, 1, A)] = T.broadcast(T.int32(0), A)
+                for s in range(2):
+                    for c in range(loads):  # bytes [cV, cV + V) of the half: chunk cV // 32, offset cV % 32
+                        for r in T.unroll(R):
+                            wb = W4.vload([T.min(g * per + j * R + r, n - 1), s * hb + c * V], f"uint8x{V}")
+                            lo = T.bitwise_and(wb, T.broadcast(T.uint8(15), V))
+                            hi = T.bitwise_and(T.shift_right(wb, T.broadcast(T.uint8(4), V)), T.broadcast(T.uint8(15), V))
+                            base = s * kp + c * V // 32 * 64 + c * V % 32
+                            pairs = T.call_llvm_pure_intrin(
+                                T.llvm_lookup_intrinsic_id(ub_sw), lo, zq.vload([base], f"int8x{V}"), dtype=f"int16x{V // 2}") \
+                                + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(ub_sw), hi,
+                                                          zq.vload([base + 32], f"int8x{V}"), dtype=f"int16x{V // 2}")
+                            acc[T.ramp((r * 2 + s) * A, 1, A)] = acc[T.ramp((r * 2 + s) * A, 1, A)] + T.call_llvm_pure_intrin(
+                                T.llvm_lookup_intrinsic_id(wd), pairs, T.broadcast(T.int16(1), V // 2), dtype=f"int32x{A}")
+                for r in range(R):
+                    if j * R + r < per and g * per + j * R + r < n:
+                        dot = T.alloc_buffer((2,), "int32", scope="local")
+                        for s in range(2):
+                            dot[s] = -8 * zsum[s]
+                            for l in range(A):
+                                dot[s] = dot[s] + acc[(r * 2 + s) * A + l]
+                        pre[g * per + j * R + r] = scale[g * per + j * R + r] * (
+                            zs[0] * T.Cast("float32", dot[0]) + zs[1] * T.Cast("float32", dot[1])) + bias[g * per + j * R + r]
+
+    return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+
+
 def project_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnobs(), name: str = "project",
                  act_bits: int = 8):
     """Scheduled PrimFunc with ``kernels.project``'s signature and results (same ``act_bits``)."""
@@ -116,5 +184,37 @@ def project_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnobs(), n
             z[i] = T.if_then_else(
                 i < 2 * k, T.round(raw[T.min(i, 2 * k - 1)] * T.float32(s3) * T.float32(qmax) / amax[T.min(i // k, 1)])
                 * amax[T.min(i // k, 1)] / T.float32(qmax), T.float32(0))
+
+    return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+
+
+def project_codes_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnobs(), name: str = "project_codes",
+                       act_bits: int = 8):
+    """Scheduled PrimFunc with the signature and results of ``kernels.project_codes``: the dot products
+    of ``project_nest``, then INT8 codes per half (each padded to whole 64-value chunks) and the scales."""
+    kp = (k + 63) // 64 * 64  # kernels.int4_padded(k)
+    qmax = float(2 ** (act_bits - 1) - 1)
+    s3 = 0.5773502691896258  # the 1/sqrt(3) of eq. 2
+    dot_x, dot_h = _rows_dot(k, dx, knobs), _rows_dot(k, dh, knobs)
+
+    @T.prim_func
+    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
+          h: T.Buffer((dh,), "float32"), zq: T.Buffer((2 * kp,), "int8"), zs: T.Buffer((2,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        flat_x = T.decl_buffer((k * dx,), "int8", data=Px.data)
+        flat_h = T.decl_buffer((k * dh,), "int8", data=Ph.data)
+        raw = T.alloc_buffer((2 * k,), "float32")
+        for g in T.parallel(knobs.groups):
+            dot_x(Px, flat_x, x, raw, 0, g)
+            dot_h(Ph, flat_h, h, raw, k, g)
+        amax = T.alloc_buffer((2,), "float32", scope="local")
+        for half in range(2):
+            amax[half] = T.float32(1e-12)
+            for i in range(k):
+                amax[half] = T.max(amax[half], T.abs(raw[half * k + i]) * T.float32(s3))
+            for i in range(kp):
+                zq[half * kp + i] = T.if_then_else(i < k, T.Cast("int8", T.round(
+                    raw[half * k + T.min(i, k - 1)] * T.float32(s3) * T.float32(qmax) / amax[half])), T.int8(0))
+            zs[half] = amax[half] / T.float32(qmax)
 
     return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)

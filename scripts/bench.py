@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--caches", default="warm,cold")
     p.add_argument("--checkpoint", default=None)
+    p.add_argument("--little-bits", default="8", help="W_LL precisions to time side by side: 8, 4 or 8,4 (INT4: tvm-dual-int4)")
     p.add_argument("--out", default="results/latency")
     p.add_argument("--reuse-builds", action="store_true", help="do not rebuild existing build folders")
     a = p.parse_args(argv)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = BenchConfig(tuple(a.models.split(",")), a.target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
                       a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint,
-                      reuse_builds=a.reuse_builds)
+                      reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")))
     bw = stream_bandwidth()
     rows = []
     for m in cfg.models:

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="ptb", help="text an LM checkpoint's little module is fitted on")
     p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
     p.add_argument("--eps", type=float, default=0.5)
+    p.add_argument("--little-bits", type=int, default=8, choices=[8, 4],
+                   help="W_LL precision: INT8 (paper default) or INT4 (AVX2 integer path, half the little bytes)")
     p.add_argument("--tuning-logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--no-tuned", action="store_true", help="use the default schedules even if a database exists")
     p.add_argument("--verify", action="store_true", help="check against the PyTorch reference (ratio 0 and 0.5)")
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.build import BuildConfig, build_model
 
     report = build_model(BuildConfig(a.model, a.target, a.checkpoint, a.out, a.eps, a.tuning_logs, not a.no_tuned,
-                                     a.verify, a.steps, a.threads, corpus=a.corpus, data_dir=a.data_dir))
+                                     a.verify, a.steps, a.threads, corpus=a.corpus, data_dir=a.data_dir,
+                                     little_bits=a.little_bits))
     print(json.dumps(report, indent=2))
     return 0 if report.get("verified", True) else 1
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO))
 
 
 def latency(doc: dict) -> str:
-    rows = [r for r in doc["rows"] if r["engine"] != "tvm-dual" or r["insensitive_ratio"] in (0.5, 0.9)]
+    rows = [r for r in doc["rows"] if not r["engine"].startswith("tvm-dual") or r["insensitive_ratio"] in (0.5, 0.9)]
     out = ["| model | run target | cache | engine | ratio | median ms | × TVM dense | × best peer | byte bound × |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -32,7 +32,7 @@ def breakdown(doc: dict) -> str:
     out = ["| model | engine | ratio | step ms (instrumented) | projection | little | mask | big | assembly | kernels Σ | VM + instrument |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        if "breakdown_ms" not in r or (r["engine"] == "tvm-dual" and r["insensitive_ratio"] not in (0.5, 0.9)):
+        if "breakdown_ms" not in r or (r["engine"].startswith("tvm-dual") and r["insensitive_ratio"] not in (0.5, 0.9)):
             continue
         b = r["breakdown_ms"]
         out.append(f"| {r['model']} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r.get('breakdown_step_ms', r['median_ms']):.3f} | {b['projection']} | "

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="llvm -mcpu=broadwell", help='CLI string, JSON dict or JSON file')
     p.add_argument("--model", default="lstm-1500", help="model config name (see dualtvm.registry.MODELS)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
+    p.add_argument("--little-bits", type=int, default=8, choices=[8, 4], help="W_LL precision of the little GEMV")
     p.add_argument("--trials", type=int, default=32, help="MetaSchedule trials per kernel")
     p.add_argument("--tasks", default=None, help="comma-separated substrings: tune only matching kernels")
     p.add_argument("--logs", default=None, help="database folder (default tuning_logs/<target-name>)")
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     mc = model_config(a.model)
     gates = 4 if mc.rnn_type == "LSTM" else 3
     k = reduced_dim(gates * mc.hidden, a.eps)
-    layers = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size if i == 0 else mc.hidden, k) for i in range(mc.layers)]
+    layers = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size if i == 0 else mc.hidden, k, a.little_bits)
+              for i in range(mc.layers)]
     tasks = tasks_for(layers)
     if a.tasks:
         wanted = a.tasks.split(",")

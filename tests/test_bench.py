@@ -15,6 +15,7 @@ def test_step_bytes_accounting():
     assert dense == 4 * 6000 * 3000 + 4 * 6000
     half = step_bytes(1500, 1500, 4, 417, 0.5)
     assert dense / 2 < half < dense / 2 + 4 * 6000 * 3000 * 0.1  # little module + indices cost < 10 %
+    assert half - step_bytes(1500, 1500, 4, 417, 0.5, little_bits=4) == 6000 * 2 * 417 // 2  # INT4 W_LL: half the bytes
 
 
 def _peer_step(peer: str, layer, threads: int):
@@ -45,10 +46,12 @@ def test_peer_step_matches_pytorch(peer, rnn_type):
 
 def test_bench_tiny_model(tmp_path):
     cfg = BenchConfig(models=("tiny-gnmt",), ratios=(0.5,), steps=6, rounds=1, threads=1, caches=("warm",),
-                      build_root=str(tmp_path))
+                      build_root=str(tmp_path), little_bits=(8, 4))
     rows, info = bench_model("tiny-gnmt", cfg)
     engines = {r["engine"] for r in rows}
-    assert {"tvm-dense", "tvm-dual", "torch", "onnxruntime", "openvino"} <= engines
+    assert {"tvm-dense", "tvm-dual", "tvm-dual-int4", "torch", "onnxruntime", "openvino"} <= engines
+    int4 = next(r for r in rows if r["engine"] == "tvm-dual-int4")
+    assert int4["little_bits"] == 4 and 0.3 < int4["measured_ratio"] < 0.7
     dual = next(r for r in rows if r["engine"] == "tvm-dual")
     assert 0.3 < dual["measured_ratio"] < 0.7
     for key in ("model", "engine", "insensitive_ratio", "median_ms", "iqr_ms", "cache", "threads", "target",

@@ -22,10 +22,14 @@ def builds(tmp_path_factory):
     for model in ("tiny-lstm", "tiny-gru", "tiny-gnmt"):
         d = tmp_path_factory.mktemp(model)
         out[model] = build_model(BuildConfig(model=model, out=str(d), verify=True, steps=30, use_tuned=False))
+    for model in ("tiny-gru", "tiny-gnmt"):  # INT4 little weights: integer codes, AVX2 pmaddubsw path
+        d = tmp_path_factory.mktemp(f"{model}-w4")
+        out[f"{model}-w4"] = build_model(BuildConfig(model=model, out=str(d), verify=True, steps=30, use_tuned=False,
+                                                     little_bits=4))
     return out
 
 
-@pytest.mark.parametrize("model", ["tiny-lstm", "tiny-gru", "tiny-gnmt"])
+@pytest.mark.parametrize("model", ["tiny-lstm", "tiny-gru", "tiny-gnmt", "tiny-gru-w4", "tiny-gnmt-w4"])
 def test_compiled_step_matches_reference(builds, model):
     r = builds[model]
     assert r["ratio_0"]["max_abs_err"] < 1e-5
@@ -88,6 +92,23 @@ def test_bad_inputs_are_refused(builds, tmp_path):
         CompiledDecoder(other)
     with pytest.raises(BuildError, match="not a dualtvm build folder"):
         CompiledDecoder(tmp_path)
+
+
+def test_int4_little_weights_are_checked(builds):
+    """An INT4 build holds packed nibbles; INT4 needs AVX2; a little module of other bits is refused."""
+    from dualtvm.decoder import DecoderSpec, compile_decoder, pack_layer
+
+    dec = CompiledDecoder(builds["tiny-gru-w4"]["builds"]["dual"])
+    s = dec.spec.layers[0]
+    assert s.little_bits == 4 and dec.params[0]["wq"].dtype == np.uint8 and dec.params[0]["wq"].shape == (4 * s.hidden, s.kp4)
+    with pytest.raises(ValueError, match="AVX2"):
+        compile_decoder(DecoderSpec(dec.spec.layers, dual=True), "llvm -mcpu=x86-64")
+    from dualtvm.bench import big_layers_from_params
+    from dualtvm.kernels import LayerShape
+
+    int8_shape = LayerShape(s.rnn_type, s.hidden, s.input_size, s.k)
+    with pytest.raises(ValueError, match="INT8 little weights, the little module has INT4"):
+        pack_layer(int8_shape, big_layers_from_params(dec)[0], dec.littles[0])
 
 
 def test_tune_then_build_uses_database(tmp_path):

@@ -63,6 +63,38 @@ def test_little_gemv_int8(rng):
     np.testing.assert_allclose(pre, scale * (Wq.astype(np.float64) @ z) + bias, rtol=1e-5, atol=1e-4)
 
 
+def test_little_gemv_int4_and_its_packing(rng):
+    n, k = 40, 70
+    kp = K.int4_padded(k)
+    codes = rng.integers(-7, 8, (n, 2 * k))
+    W4 = K.pack_int4(codes, k)
+    assert W4.shape == (n, kp) and W4.dtype == np.uint8
+    chunks = W4.reshape(n, 2, kp // 64, 32)  # [row, half, chunk, byte]: low nibbles values 0-31, high 32-63
+    halves = np.concatenate([chunks & 15, chunks >> 4], axis=3).reshape(n, 2, kp).astype(int) - 8
+    assert (halves[:, 0, :k] == codes[:, :k]).all() and (halves[:, 1, :k] == codes[:, k:]).all()
+    assert not halves[:, :, k:].any()
+    zq = np.zeros(2 * kp, np.int8)
+    zq[:k], zq[kp:kp + k] = rng.integers(-127, 128, k), rng.integers(-127, 128, k)
+    zs = np.array([0.02, 0.03], np.float32)
+    scale, bias = rng.random(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    (pre,) = run(K.little_gemv_int4(n, kp), W4, zq, zs, scale, bias, outs=[((n,), "float32")])
+    exact = zs[0] * (codes[:, :k] @ zq[:k].astype(np.int64)) + zs[1] * (codes[:, k:] @ zq[kp:kp + k].astype(np.int64))
+    np.testing.assert_allclose(pre, scale * exact + bias, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="INT4 codes"):
+        K.pack_int4(codes * 2, k)
+
+
+def test_project_codes_are_project_before_dequantisation(rng):
+    k, dx, dh = 20, 32, 64
+    kp = K.int4_padded(k)
+    args = [rng.integers(-1, 2, (k, dx), dtype=np.int8), rng.integers(-1, 2, (k, dh), dtype=np.int8),
+            rng.standard_normal(dx).astype(np.float32), rng.standard_normal(dh).astype(np.float32)]
+    zq, zs = run(K.project_codes(k, dx, dh), *args, outs=[((2 * kp,), "int8"), ((2,), "float32")])
+    (z,) = run(K.project(k, dx, dh), *args, outs=[((K.padded(2 * k),), "float32")])
+    np.testing.assert_allclose(np.concatenate([zq[:k] * zs[0], zq[kp:kp + k] * zs[1]]), z[:2 * k], rtol=1e-5, atol=1e-6)
+    assert not zq[k:kp].any() and not zq[kp + k:].any()
+
+
 def test_projection_and_quantisation(rng):
     k, dx, dh = 20, 32, 64
     Px = rng.integers(-1, 2, (k, dx), dtype=np.int8)

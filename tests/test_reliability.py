@@ -86,6 +86,55 @@ def test_little_gemv_nest_property(n, k_blocks, lanes, groups, rows, prefetch, s
 
 
 @pytest.mark.slow
+@settings(max_examples=8, deadline=None)
+@given(n=st.integers(1, 150), k=st.integers(1, 200), lanes=st.sampled_from([8, 16]), groups=st.sampled_from([1, 2, 3]),
+       rows=st.sampled_from([1, 2, 4, 5]), prefetch=st.sampled_from([0, 2, 4]), seed=st.integers(0, 1000))
+def test_little_gemv_int4_nest_property(n, k, lanes, groups, rows, prefetch, seed):
+    """The AVX2 INT4 little GEMV equals exact integer arithmetic for any shape and knobs, on full-range
+    codes (weights ±7, activations ±127: the extremes where a saturating pmaddubsw would go wrong)."""
+    from schedules import StreamKnobs, little_gemv_int4_nest
+
+    kp = K.int4_padded(k)
+    rng = np.random.default_rng(seed)
+    codes = rng.choice([-7, 7, 0, 3, -5], (n, 2 * k))
+    zq = np.zeros(2 * kp, np.int8)
+    zq[:k], zq[kp:kp + k] = rng.choice([-127, 127, 1], k), rng.integers(-127, 128, k)
+    zs, scale, bias = np.array([0.5, 0.25], np.float32), *(rng.standard_normal(m).astype(np.float32) for m in (n, n))
+    exact = (codes[:, :k] @ zq[:k].astype(np.int64)) * 0.5 + (codes[:, k:] @ zq[kp:kp + k].astype(np.int64)) * 0.25
+    f = little_gemv_int4_nest(n, kp, StreamKnobs(groups, rows, lanes, prefetch), "main")
+    lib = tvm.tirx.build(tvm.IRModule({"main": f}), target=TARGET)
+    dev = tvm.cpu()
+    pre = tvm.runtime.tensor(np.full(n, np.nan, np.float32), dev)
+    lib["main"](*(tvm.runtime.tensor(v, dev) for v in (K.pack_int4(codes, k), zq, zs, scale, bias)), pre)
+    np.testing.assert_allclose(pre.numpy(), scale * exact + bias, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.slow
+@settings(max_examples=5, deadline=None)
+@given(k=st.integers(1, 130), dx_blocks=st.integers(1, 3), dh_blocks=st.integers(1, 3), groups=st.sampled_from([1, 2, 3]),
+       seed=st.integers(0, 1000))
+def test_project_codes_nest_matches_definition(k, dx_blocks, dh_blocks, groups, seed):
+    """The streaming projection to INT8 codes equals ``kernels.project_codes`` (codes within one, same scales)."""
+    from schedules import StreamKnobs, apply_default, project_codes_nest
+
+    dx, dh, kp = K.PAD * dx_blocks, K.PAD * dh_blocks, K.int4_padded(k)
+    rng = np.random.default_rng(seed)
+    args = [rng.integers(-1, 2, (k, dx)).astype(np.int8), rng.integers(-1, 2, (k, dh)).astype(np.int8),
+            rng.standard_normal(dx).astype(np.float32), rng.standard_normal(dh).astype(np.float32)]
+    outs = []
+    for f in (project_codes_nest(k, dx, dh, StreamKnobs(groups), "main"),
+              apply_default(K.project_codes(k, dx, dh)).with_attr("global_symbol", "main")):
+        lib = tvm.tirx.build(tvm.IRModule({"main": f}), target=TARGET)
+        zq, zs = tvm.runtime.tensor(np.full(2 * kp, 99, np.int8), tvm.cpu()), tvm.runtime.tensor(np.zeros(2, np.float32), tvm.cpu())
+        lib["main"](*(tvm.runtime.tensor(a, tvm.cpu()) for a in args), zq, zs)
+        outs.append((zq.numpy().astype(int), zs.numpy()))
+    (a, sa), (b, sb) = outs
+    assert np.abs(a - b).max() <= 1 and (a != b).sum() <= 1
+    np.testing.assert_allclose(sa, sb, rtol=1e-5)
+    assert not a[k:kp].any() and not a[kp + k:].any()
+
+
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(k=st.integers(1, 60), dx_blocks=st.integers(1, 3), dh_blocks=st.integers(1, 3), lanes=st.sampled_from([8, 16, 32]),
        groups=st.sampled_from([1, 2, 3]), rows=st.sampled_from([1, 4]), prefetch=st.sampled_from([0, 2]),
