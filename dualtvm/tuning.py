@@ -320,7 +320,7 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
     runner = make_runner(rpc)
     for task in tqdm(tasks, desc="tuning", disable=not progress):
         done = summary.get(task.name, {}).get("trials", 0)
-        if done >= trials_per_task and not redo:
+        if (done >= trials_per_task or (task.name in summary and not has_design_space(task.func))) and not redo:
             log.info("%s already tuned (%d trials); --redo to tune again", task.name, done)
             continue
         left = trials_per_task if redo else trials_per_task - (done or records_for(db, task.func))
@@ -352,7 +352,7 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
         entry = {"shapes": task.shapes, "default_ms": round(ms_["default"], 4),
                  "tuned_ms": round(ms_["tuned"], 4) if "tuned" in ms_ else None,
                  "use": "tuned" if "tuned" in ms_ and beats_default("tuned") else "default",
-                 "trials": done + trials_per_task if redo else trials_per_task, "cache": "flushed",
+                 "trials": (done + trials_per_task if redo else trials_per_task) if searchable else 0, "cache": "flushed",
                  "measured_on": "local" if rpc is None else f"rpc {rpc.key}@{rpc.host}:{rpc.port}"}
         if nest is not None:
             best = min((kn for kn in ms_ if not isinstance(kn, str)), key=ms_.get)

@@ -176,3 +176,31 @@ def test_lstm_assemble_and_dense_cell(rng):
     c_dense = big[H:2 * H] * c[:H] + big[:H] * big[2 * H:3 * H]
     np.testing.assert_allclose(c_d[:H], c_dense, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h_d[:H], big[3 * H:] * np.tanh(c_dense), rtol=1e-5, atol=1e-6)
+
+
+def test_vectorised_activations_match_numpy():
+    """exp_poly / sigmoid / tanh (the cells' φ, polynomial so they vectorise) over the whole float range."""
+    from tvm.script import tirx as T
+
+    n = 4096
+    x = np.concatenate([np.linspace(-30, 30, n - 8), [-1e4, -100.0, -88.0, -1e-6, 0.0, 1e-6, 88.0, 1e4]]).astype(np.float32)
+
+    @T.prim_func(s_tir=True)
+    def f(a: T.Buffer((n,), "float32"), e: T.Buffer((n,), "float32"), s: T.Buffer((n,), "float32"),
+          t: T.Buffer((n,), "float32")):
+        for i in T.vectorized(n):
+            with T.sblock("act"):
+                vi = T.axis.remap("S", [i])
+                e[vi] = K.exp_poly(T.min(a[vi], T.float32(80)))
+                s[vi] = K.sigmoid(a[vi])
+                t[vi] = K.tanh(a[vi])
+
+    lib = tvm.tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=TARGET)
+    outs = [tvm.runtime.tensor(np.zeros(n, np.float32), tvm.cpu()) for _ in range(3)]
+    lib["main"](tvm.runtime.tensor(x, tvm.cpu()), *outs)
+    e, s, t = (o.numpy().astype(np.float64) for o in outs)
+    xd = x.astype(np.float64)
+    np.testing.assert_allclose(e, np.exp(np.minimum(xd, 80)), rtol=3e-7, atol=1e-37)  # flushes below e^-87
+    np.testing.assert_allclose(s, 0.5 * (1 + np.tanh(xd / 2)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(t, np.tanh(xd), atol=2e-7)
+    assert np.isfinite(s).all() and np.isfinite(t).all()
