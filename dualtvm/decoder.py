@@ -108,7 +108,7 @@ def _kernel_funcs(spec: DecoderSpec, target: TargetSpec, database=None) -> dict:
             if name in funcs:
                 continue
             tuned = best_from_database(database, f, target) if database is not None else None
-            funcs[name] = tuned if tuned is not None else default_kernel(f, target.num_cores)
+            funcs[name] = tuned if tuned is not None else default_kernel(f, target.num_cores, target.required_features())
     return funcs
 
 

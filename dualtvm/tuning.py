@@ -339,13 +339,13 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
         elif searchable and not redo:
             log.info("%s: the database already holds its %d trials (interrupted run)", task.name, trials_per_task)
         sch = db.query_schedule(_mod(task.func), target=tgt, workload_name="main")
-        candidates = {"default": default_kernel(task.func, target.num_cores)}
+        candidates = {"default": default_kernel(task.func, target.num_cores, target.required_features())}
         if sch is not None:
             candidates["tuned"] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
         nest = loop_nest(task.func)
         if nest is not None:  # the loop nest's knob grid, beside MetaSchedule's best
             shape = nest.shape(task.func)
-            candidates.update({kn: nest.build(*shape, kn) for kn in nest.knobs.for_target(target.num_cores).space()})
+            candidates.update({kn: nest.build(*shape, kn) for kn in nest.knobs.for_target(target.num_cores, target.required_features()).space()})
         ms_ = compare_kernels(candidates, target, rpc)
         # a candidate replaces the default only when faster by more than the timing noise
         beats_default = lambda key: ms_[key] < ms_["default"] * (1 - SWITCH_MARGIN)  # noqa: E731

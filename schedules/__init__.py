@@ -61,9 +61,9 @@ def loop_nest(func) -> LoopNest | None:
     return next((n for n in NESTS.values() if n.params == params), None)
 
 
-def default_kernel(func, num_cores: int | None):
-    """The untuned kernel for a target with ``num_cores`` threads: a loop nest or the rules."""
+def default_kernel(func, num_cores: int | None, features: "frozenset[str] | set[str]" = frozenset()):
+    """The untuned kernel for a target with ``num_cores`` threads and CPU ``features``: a loop nest or the rules."""
     nest = loop_nest(func)
     if nest is not None:
-        return nest.build(*nest.shape(func), nest.knobs.for_target(num_cores), str(func.attrs["global_symbol"]))
+        return nest.build(*nest.shape(func), nest.knobs.for_target(num_cores, features), str(func.attrs["global_symbol"]))
     return apply_default(func, Knobs.for_target(num_cores))

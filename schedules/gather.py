@@ -26,7 +26,7 @@ class GatherKnobs:
     locality: int = 2  # llvm.prefetch locality: 3 = L1, 2 = L2, 1 = L3
 
     @classmethod
-    def for_target(cls, num_cores: int | None) -> "GatherKnobs":
+    def for_target(cls, num_cores: int | None, features: "frozenset[str] | set[str]" = frozenset()) -> "GatherKnobs":
         return cls(groups=max(1, num_cores or 2))
 
     def space(self) -> list["GatherKnobs"]:

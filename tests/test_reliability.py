@@ -110,6 +110,33 @@ def test_little_gemv_int4_nest_property(n, k, lanes, groups, rows, prefetch, see
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_little_gemv_int4_vnni_equals_exact(lanes):
+    """The AVX-512 VNNI form (vpdpbusd) of the INT4 little GEMV: same exact integer sums (skipped without VNNI)."""
+    from dualtvm.target import host_cpu_features, parse_target
+    from schedules import StreamKnobs, little_gemv_int4_nest
+
+    for cli, vnni in (("llvm -mcpu=broadwell", False), ("llvm -mcpu=znver4", True), ("llvm -mcpu=skylake-avx512", False)):
+        assert StreamKnobs.for_target(2, parse_target(cli).required_features()).vnni is vnni
+    if not {"avx512_vnni", "avx512vl"} <= host_cpu_features():
+        pytest.skip("host CPU has no AVX-512 VNNI")
+    n, k = 77, 150
+    kp = K.int4_padded(k)
+    rng = np.random.default_rng(3)
+    codes = rng.choice([-7, 7, 0, -1], (n, 2 * k))
+    zq = np.zeros(2 * kp, np.int8)
+    zq[:k], zq[kp:kp + k] = rng.choice([-127, 127], k), rng.integers(-127, 128, k)
+    zs, scale, bias = np.array([0.5, 0.25], np.float32), np.ones(n, np.float32), np.zeros(n, np.float32)
+    exact = (codes[:, :k] @ zq[:k].astype(np.int64)) * 0.5 + (codes[:, k:] @ zq[kp:kp + k].astype(np.int64)) * 0.25
+    f = little_gemv_int4_nest(n, kp, StreamKnobs(2, 4, lanes, 2, vnni=True), "main")
+    lib = tvm.tirx.build(tvm.IRModule({"main": f}), target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+    assert "vpdpbusd" in lib.inspect_source("asm")
+    pre = tvm.runtime.tensor(np.full(n, np.nan, np.float32), tvm.cpu())
+    lib["main"](*(tvm.runtime.tensor(v, tvm.cpu()) for v in (K.pack_int4(codes, k), zq, zs, scale, bias)), pre)
+    np.testing.assert_array_equal(pre.numpy(), exact.astype(np.float32))
+
+
+@pytest.mark.slow
 @settings(max_examples=5, deadline=None)
 @given(k=st.integers(1, 130), dx_blocks=st.integers(1, 3), dh_blocks=st.integers(1, 3), groups=st.sampled_from([1, 2, 3]),
        seed=st.integers(0, 1000))
