@@ -127,22 +127,15 @@ def little_gemv(n: int, k2: int, name: str = "little_gemv"):
     return _named(f, name)
 
 
-def project(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "project"):
-    """Step 1: z = [Q(P_x x); Q(P_h h)] with P ternary int8 (× 1/√3) and per-half INT8 scales.
+S3 = 0.5773502691896258  # the 1/√3 of eq. 2
 
-    Output is the dequantised value (code × scale), length 2k padded to ``padded(2k)``.
-    """
-    k2 = padded(2 * k)
-    qmax = float(2 ** (act_bits - 1) - 1)
-    s3 = 0.5773502691896258
 
-    @T.prim_func(s_tir=True)
-    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
-          h: T.Buffer((dh,), "float32"), z: T.Buffer((k2,), "float32")):
-        T.func_attr({"tirx.noalias": True})
-        zx = T.sblock_alloc_buffer((k,), "float32")
-        zh = T.sblock_alloc_buffer((k,), "float32")
-        amax = T.sblock_alloc_buffer((2,), "float32")
+def _projected(k: int, dx: int, dh: int):
+    """Macro shared by ``project`` and ``project_codes``: zx = P_x x, zh = P_h h (ternary P as int8)
+    and amax[half] = max |z|/√3, the run-time quantisation's per-half range."""
+
+    @T.macro
+    def projected(Px, Ph, x, h, zx, zh, amax):
         for i, j in T.grid(k, dx):
             with T.sblock("dot_x"):
                 vi, vj = T.axis.remap("SR", [i, j])
@@ -160,14 +153,35 @@ def project(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "project"):
                 vs, vi = T.axis.remap("SR", [s, i])
                 with T.init():
                     amax[vs] = T.float32(1e-12)
-                amax[vs] = T.max(amax[vs], T.abs(T.if_then_else(vs == 0, zx[vi], zh[vi])) * T.float32(s3))
+                amax[vs] = T.max(amax[vs], T.abs(T.if_then_else(vs == 0, zx[vi], zh[vi])) * T.float32(S3))
+
+    return projected
+
+
+def project(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "project"):
+    """Step 1: z = [Q(P_x x); Q(P_h h)] with P ternary int8 (× 1/√3) and per-half INT8 scales.
+
+    Output is the dequantised value (code × scale), length 2k padded to ``padded(2k)``.
+    """
+    k2 = padded(2 * k)
+    qmax = float(2 ** (act_bits - 1) - 1)
+    projected = _projected(k, dx, dh)
+
+    @T.prim_func(s_tir=True)
+    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
+          h: T.Buffer((dh,), "float32"), z: T.Buffer((k2,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        zx = T.sblock_alloc_buffer((k,), "float32")
+        zh = T.sblock_alloc_buffer((k,), "float32")
+        amax = T.sblock_alloc_buffer((2,), "float32")
+        projected(Px, Ph, x, h, zx, zh, amax)
         for i in range(k2):
             with T.sblock("quant"):
                 vi = T.axis.remap("S", [i])
                 z[vi] = T.if_then_else(
-                    vi < k, T.round(zx[T.min(vi, k - 1)] * T.float32(s3) * T.float32(qmax) / amax[0]) * amax[0] / T.float32(qmax),
+                    vi < k, T.round(zx[T.min(vi, k - 1)] * T.float32(S3) * T.float32(qmax) / amax[0]) * amax[0] / T.float32(qmax),
                     T.if_then_else(vi < 2 * k,
-                                   T.round(zh[T.max(T.min(vi - k, k - 1), 0)] * T.float32(s3) * T.float32(qmax) / amax[1])
+                                   T.round(zh[T.max(T.min(vi - k, k - 1), 0)] * T.float32(S3) * T.float32(qmax) / amax[1])
                                    * amax[1] / T.float32(qmax), T.float32(0)))
 
     return _named(f, name)
@@ -207,7 +221,7 @@ def project_codes(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "proj
     ``int4_padded(k)``) and their two scales, so that step 2 runs on integers."""
     kp = int4_padded(k)
     qmax = float(2 ** (act_bits - 1) - 1)
-    s3 = 0.5773502691896258
+    projected = _projected(k, dx, dh)
 
     @T.prim_func(s_tir=True)
     def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
@@ -216,29 +230,12 @@ def project_codes(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "proj
         zx = T.sblock_alloc_buffer((k,), "float32")
         zh = T.sblock_alloc_buffer((k,), "float32")
         amax = T.sblock_alloc_buffer((2,), "float32")
-        for i, j in T.grid(k, dx):
-            with T.sblock("dot_x"):
-                vi, vj = T.axis.remap("SR", [i, j])
-                with T.init():
-                    zx[vi] = T.float32(0)
-                zx[vi] = zx[vi] + T.Cast("float32", Px[vi, vj]) * x[vj]
-        for i, j in T.grid(k, dh):
-            with T.sblock("dot_h"):
-                vi, vj = T.axis.remap("SR", [i, j])
-                with T.init():
-                    zh[vi] = T.float32(0)
-                zh[vi] = zh[vi] + T.Cast("float32", Ph[vi, vj]) * h[vj]
-        for s, i in T.grid(2, k):
-            with T.sblock("amax"):
-                vs, vi = T.axis.remap("SR", [s, i])
-                with T.init():
-                    amax[vs] = T.float32(1e-12)
-                amax[vs] = T.max(amax[vs], T.abs(T.if_then_else(vs == 0, zx[vi], zh[vi])) * T.float32(s3))
+        projected(Px, Ph, x, h, zx, zh, amax)
         for i in range(2 * kp):
             with T.sblock("quant"):
                 vi = T.axis.remap("S", [i])
                 zq[vi] = T.if_then_else(vi % kp < k, T.Cast("int8", T.round(
-                    T.if_then_else(vi < kp, zx[T.min(vi % kp, k - 1)], zh[T.min(vi % kp, k - 1)]) * T.float32(s3)
+                    T.if_then_else(vi < kp, zx[T.min(vi % kp, k - 1)], zh[T.min(vi % kp, k - 1)]) * T.float32(S3)
                     * T.float32(qmax) / amax[vi // kp])), T.int8(0))
         for s in range(2):
             with T.sblock("scales"):

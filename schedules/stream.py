@@ -167,32 +167,46 @@ def little_gemv_int4_nest(n: int, kp: int, knobs: StreamKnobs = StreamKnobs(), n
     return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
 
 
+S3 = 0.5773502691896258  # the 1/√3 of eq. 2
+
+
+def _projected(k: int, dx: int, dh: int, knobs: StreamKnobs):
+    """Macro shared by both projection nests: raw = [P_x x; P_h h] (rows streamed in parallel slices)
+    and amax[half] = max |raw|/√3, the run-time quantisation's per-half range."""
+    dot_x, dot_h = _rows_dot(k, dx, knobs), _rows_dot(k, dh, knobs)
+
+    @T.macro
+    def projected(Px, Ph, x, h, raw, amax):
+        flat_x = T.decl_buffer((k * dx,), "int8", data=Px.data)
+        flat_h = T.decl_buffer((k * dh,), "int8", data=Ph.data)
+        for g in T.parallel(knobs.groups):
+            dot_x(Px, flat_x, x, raw, 0, g)
+            dot_h(Ph, flat_h, h, raw, k, g)
+        for half in range(2):
+            amax[half] = T.float32(1e-12)
+            for i in range(k):
+                amax[half] = T.max(amax[half], T.abs(raw[half * k + i]) * T.float32(S3))
+
+    return projected
+
+
 def project_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnobs(), name: str = "project",
                  act_bits: int = 8):
     """Scheduled PrimFunc with ``kernels.project``'s signature and results (same ``act_bits``)."""
     k2 = (2 * k + 31) // 32 * 32  # kernels.padded(2k)
     qmax = float(2 ** (act_bits - 1) - 1)
-    s3 = 0.5773502691896258  # the 1/√3 of eq. 2
-    dot_x, dot_h = _rows_dot(k, dx, knobs), _rows_dot(k, dh, knobs)
+    projected = _projected(k, dx, dh, knobs)
 
     @T.prim_func
     def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
           h: T.Buffer((dh,), "float32"), z: T.Buffer((k2,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        flat_x = T.decl_buffer((k * dx,), "int8", data=Px.data)
-        flat_h = T.decl_buffer((k * dh,), "int8", data=Ph.data)
         raw = T.alloc_buffer((2 * k,), "float32")
-        for g in T.parallel(knobs.groups):
-            dot_x(Px, flat_x, x, raw, 0, g)
-            dot_h(Ph, flat_h, h, raw, k, g)
         amax = T.alloc_buffer((2,), "float32", scope="local")
-        for half in range(2):
-            amax[half] = T.float32(1e-12)
-            for i in range(k):
-                amax[half] = T.max(amax[half], T.abs(raw[half * k + i]) * T.float32(s3))
+        projected(Px, Ph, x, h, raw, amax)
         for i in range(k2):
             z[i] = T.if_then_else(
-                i < 2 * k, T.round(raw[T.min(i, 2 * k - 1)] * T.float32(s3) * T.float32(qmax) / amax[T.min(i // k, 1)])
+                i < 2 * k, T.round(raw[T.min(i, 2 * k - 1)] * T.float32(S3) * T.float32(qmax) / amax[T.min(i // k, 1)])
                 * amax[T.min(i // k, 1)] / T.float32(qmax), T.float32(0))
 
     return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
@@ -204,27 +218,19 @@ def project_codes_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnob
     of ``project_nest``, then INT8 codes per half (each padded to whole 64-value chunks) and the scales."""
     kp = (k + 63) // 64 * 64  # kernels.int4_padded(k)
     qmax = float(2 ** (act_bits - 1) - 1)
-    s3 = 0.5773502691896258  # the 1/sqrt(3) of eq. 2
-    dot_x, dot_h = _rows_dot(k, dx, knobs), _rows_dot(k, dh, knobs)
+    projected = _projected(k, dx, dh, knobs)
 
     @T.prim_func
     def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
           h: T.Buffer((dh,), "float32"), zq: T.Buffer((2 * kp,), "int8"), zs: T.Buffer((2,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        flat_x = T.decl_buffer((k * dx,), "int8", data=Px.data)
-        flat_h = T.decl_buffer((k * dh,), "int8", data=Ph.data)
         raw = T.alloc_buffer((2 * k,), "float32")
-        for g in T.parallel(knobs.groups):
-            dot_x(Px, flat_x, x, raw, 0, g)
-            dot_h(Ph, flat_h, h, raw, k, g)
         amax = T.alloc_buffer((2,), "float32", scope="local")
+        projected(Px, Ph, x, h, raw, amax)
         for half in range(2):
-            amax[half] = T.float32(1e-12)
-            for i in range(k):
-                amax[half] = T.max(amax[half], T.abs(raw[half * k + i]) * T.float32(s3))
             for i in range(kp):
                 zq[half * kp + i] = T.if_then_else(i < k, T.Cast("int8", T.round(
-                    raw[half * k + T.min(i, k - 1)] * T.float32(s3) * T.float32(qmax) / amax[half])), T.int8(0))
+                    raw[half * k + T.min(i, k - 1)] * T.float32(S3) * T.float32(qmax) / amax[half])), T.int8(0))
             zs[half] = amax[half] / T.float32(qmax)
 
     return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
