@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="which tables: ratios (2/3), allocation (beyond the paper), eps (5), precision (6), "
                         "resilience (1)")
     p.add_argument("--noise", type=float, default=0.45, help="Table 1: error std relative to the pre-activation std")
+    p.add_argument("--little-bits", type=int, default=8, help="W_LL precision of the little module (Table 6: 8 or 4)")
     p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
     p.add_argument("--results", default="results/lm-quality-ptb.json")
     a = p.parse_args(argv)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [float(r) for r in a.ratios.split(",")]
     test = batchify(corpus.test, 10)
     base = math.exp(evaluate(model, test))
-    q = setup(model, corpus, LittleConfig(), a.max_rows) if set(parts) - {"resilience"} else None
+    q = setup(model, corpus, LittleConfig(bits=a.little_bits), a.max_rows) if set(parts) - {"resilience"} else None
     paper_key = a.model_name.split("-", 1)[1]
     epochs = payload["train_state"]["epoch"]
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
                "ppl": round(value, 3), "base_ppl": round(base, 3), "delta_ppl_pct": round(100 * (value / base - 1), 3),
                "big_epochs": epochs, **extra}
-        if paper_key in PAPER and part == "uniform":
+        if paper_key in PAPER and part == "uniform" and (a.little_bits == 8 or ratio == 0):  # the paper's are INT8
             pb, pr = PAPER[paper_key]
             row["paper_ppl"], row["paper_base_ppl"] = pr.get(ratio, pb), pb
         row["command"] = command
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ratios" in parts:
         for r in ratios:
             v, m = ppl(q, "test", r)
-            record("uniform", r, v, m, variant="eps0.5-int8")
+            record("uniform", r, v, m, variant=f"eps0.5-int{a.little_bits}")
     if "allocation" in parts:
         base_valid, _ = ppl(q, "valid", 0.0)
         for r in (0.5, 0.6, 0.7):

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios,allocation
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts resilience,precision,eps
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios,allocation
+# the INT4 little module (the compiled tvm-dual-int4 engine) at every ratio
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios --little-bits 4
+python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios --little-bits 4
 # Table 7 (reduced to PTB LSTM-750): AGP pruning to 80 / 90 % and the same fine-tuning without pruning (0 %)
 for s in 80 90 0; do
   ck=cache/ptb-lstm-750-sparse$s.best.pt
