@@ -134,10 +134,21 @@ def nmt_quality(doc: dict) -> str:
     return "\n".join(out)
 
 
+def kernels(doc: dict) -> str:
+    """Issue #4's kernel table: each kernel alone (caches flushed), untuned and as tuned, beside numpy/PyTorch."""
+    out = ["| kernel | default ms | tuning log ms | log uses | numpy ms | torch ms | numpy / torch compute |",
+           "|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        cell = lambda v: "" if v is None else v  # noqa: E731
+        out.append(f"| {r['kernel']} | {r['default_ms']} | {cell(r['log_ms'])} | {r['log_use']} | {cell(r['numpy_ms'])} | "
+                   f"{cell(r['torch_ms'])} | {r['reference']} |")
+    return "\n".join(out)
+
+
 RENDERERS = {  # README marker -> (results file, renderer)
     "latency": ("latency", latency), "latency-breakdown": ("latency", breakdown), "baselines": ("baselines", baselines),
     "lm-quality-ptb": ("lm-quality-ptb", lm_quality), "lm-pruning": ("lm-quality-ptb", lm_pruning),
-    "nmt-quality": ("nmt-quality", nmt_quality),
+    "nmt-quality": ("nmt-quality", nmt_quality), "kernels": ("kernels", kernels),
 }
 
 

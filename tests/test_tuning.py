@@ -129,3 +129,17 @@ def test_killed_tuning_resumes_without_losing_or_redoing(tmp_path):
     assert len(per_kernel) == 2 and all(n <= 2 for n in per_kernel.values()), f"trials were redone: {per_kernel}"
     summary = json.loads((logs / "summary.json").read_text())
     assert len(summary) == 2 and all(s["trials"] == 2 for s in summary.values())
+
+
+def test_kernel_table_rows_for_every_kernel():
+    """Issue #4's table: every kernel of an LSTM layer's two steps, timed, with a numpy/torch reference."""
+    from dualtvm.kernel_table import kernel_table
+    from dualtvm.kernels import LayerShape, layer_kernels
+    from dualtvm.target import parse_target
+
+    s = LayerShape("LSTM", 48, 48, 40, 4)
+    rows = kernel_table(s, parse_target("llvm -mcpu=broadwell -num-cores 2"), None, repeat=2)
+    assert [r.kernel for r in rows] == list(dict.fromkeys([*layer_kernels(s, True), *layer_kernels(s, False)]))
+    for r in rows:
+        assert r.default_ms > 0 and r.log_ms is None and r.log_use == "no log"
+        assert (r.numpy_ms is None) == r.kernel.startswith("concat") and (r.torch_ms is None) == (r.numpy_ms is None)

@@ -1,0 +1,128 @@
+"""Each kernel of one layer timed alone beside numpy and PyTorch doing the same work.
+
+For every kernel of a layer's dense and dual-module steps: the untuned default schedule, the
+tuning log's choice (MetaSchedule record or loop nest, whichever ``tune.py`` kept), numpy and
+torch on the same shapes.  Caches are flushed (64 MB swept) before every run of every engine,
+as inside a decode step, where the big GEMV's stream evicts everything else between two calls.
+numpy and torch have no int8/int4 GEMV or ternary projection: they get the fp32 matrices (what a
+user of them would store), so their rows show what the quantised kernels save.  References cover
+the LSTM kernels (the paper's Table 5 shape); other kernels get none.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .kernels import LayerShape, layer_kernels
+from .target import TargetSpec
+from .tuning import FLUSH_BYTES, TuningLog, best_from_database, time_kernel
+
+
+@dataclass
+class KernelRow:
+    kernel: str
+    default_ms: float
+    log_ms: float | None  # the tuning log's choice, when it has one that beat the default
+    log_use: str  # what the log chose: default / tuned / a loop nest's kind
+    numpy_ms: float | None
+    torch_ms: float | None
+    reference: str  # what numpy/torch compute
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def same_work(kind: str, s: LayerShape, sensitive_fraction: float = 0.5) -> tuple[Callable, Callable, str] | None:
+    """(numpy fn, torch fn, description) doing kernel ``kind``'s work on ``s``'s shapes, or None."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    n, kb = s.n, s.dxp + s.hp
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    if kind in ("gemv", "masked_gemv"):
+        W, x = f32(n, kb), f32(kb)
+        rows = np.sort(rng.choice(n, int(n * sensitive_fraction), replace=False)) if kind == "masked_gemv" else None
+        Wt, xt = torch.from_numpy(W), torch.from_numpy(x)
+        if rows is None:
+            return (lambda: W @ x), (lambda: torch.mv(Wt, xt)), "fp32 W x"
+        rt = torch.from_numpy(rows)
+        return (lambda: W[rows] @ x), (lambda: torch.mv(Wt.index_select(0, rt), xt)), \
+            f"fp32 rows W[idx] x, {sensitive_fraction:.0%} of rows"
+    if kind == "little_gemv":
+        Wl, z, b = f32(4 * s.hidden, 2 * s.k), f32(2 * s.k), f32(4 * s.hidden)
+        Wt, zt, bt = (torch.from_numpy(v) for v in (Wl, z, b))
+        return (lambda: Wl @ z + b), (lambda: torch.addmv(bt, Wt, zt)), "fp32 W_LL z + b"
+    if kind == "project":
+        pairs = [(f32(s.k, s.input_size), f32(s.input_size)), (f32(s.k, s.hidden), f32(s.hidden))]
+        tpairs = [(torch.from_numpy(p), torch.from_numpy(v)) for p, v in pairs]
+
+        def np_project():
+            return [np.round(z / (np.abs(z).max() / 127)) for z in (p @ v for p, v in pairs)]
+
+        def torch_project():
+            return [torch.round(z / (z.abs().max() / 127)) for z in (p @ v for p, v in tpairs)]
+
+        return np_project, torch_project, "fp32 P x, P h, then INT8 codes per half"
+    if kind == "mask":
+        pre, lo, hi = f32(4 * s.hidden), np.full(n, -0.5, np.float32), np.full(n, 0.5, np.float32)
+        pt, lt, ht = (torch.from_numpy(v) for v in (pre[:n], lo, hi))
+        return (lambda: np.flatnonzero((pre[:n] > lo) & (pre[:n] < hi))), \
+            (lambda: torch.nonzero((pt > lt) & (pt < ht))), "band test + row list (flatnonzero)"
+    if kind in ("lstm_assemble", "lstm_dense_cell"):
+        H = s.hidden
+        y, c = f32(4 * H), f32(H)
+        yt, ct = torch.from_numpy(y), torch.from_numpy(c)
+
+        def np_cell():
+            i, f, g, o = np.split(y, 4)
+            c2 = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+            return _sigmoid(o) * np.tanh(c2), c2
+
+        def torch_cell():
+            i, f, g, o = yt.chunk(4)
+            c2 = torch.sigmoid(f) * ct + torch.sigmoid(i) * torch.tanh(g)
+            return torch.sigmoid(o) * torch.tanh(c2), c2
+
+        return np_cell, torch_cell, "LSTM cell update (eq. 6) on 4H pre-activations"
+    return None
+
+
+def _time_python(fn: Callable, repeat: int) -> float:
+    sweep = np.ones(FLUSH_BYTES // 4, np.float32)
+    times = []
+    for _ in range(repeat):
+        sweep += 1.0
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def kernel_table(s: LayerShape, target: TargetSpec, log: TuningLog | None, repeat: int = 30) -> list[KernelRow]:
+    """One row per kernel of ``s``'s dual-module and dense steps (``repeat`` flushed runs each, medians)."""
+    import torch
+
+    from schedules import default_kernel
+
+    rows, seen = [], set()
+    features = target.required_features()
+    for dual in (True, False):
+        for name, func in layer_kernels(s, dual).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            kind = name.split(f"_{s.tag}")[0]
+            default_ms = time_kernel(default_kernel(func, target.num_cores, features), target, repeat, flush_cache=True)
+            chosen = best_from_database(log, func, target) if log is not None else None
+            log_ms = time_kernel(chosen, target, repeat, flush_cache=True) if chosen is not None else None
+            use = (log.summary.get(name, {}).get("use", "default") if log is not None else "no log")
+            ref = same_work(kind, s)
+            torch.set_num_threads(target.num_cores or 1)
+            rows.append(KernelRow(name, round(default_ms, 4), round(log_ms, 4) if log_ms is not None else None, use,
+                                  round(_time_python(ref[0], repeat), 4) if ref else None,
+                                  round(_time_python(ref[1], repeat), 4) if ref else None, ref[2] if ref else ""))
+    return rows

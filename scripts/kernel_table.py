@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Each kernel of a model's layer alone: untuned default, the tuning log's choice, numpy and PyTorch.
+
+    python scripts/kernel_table.py --model lstm-1500 --little-bits 8,4     # -> results/kernels.json
+
+Caches are flushed before every run (as inside a decode step); needs the machine to itself.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="llvm -mcpu=broadwell")
+    p.add_argument("--model", default="lstm-1500")
+    p.add_argument("--eps", type=float, default=0.5)
+    p.add_argument("--little-bits", default="8,4", help="little-module kernels to include: 8, 4 or 8,4")
+    p.add_argument("--repeat", type=int, default=30, help="flushed runs per kernel (median)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--logs", default=None, help="tuning database folder (default tuning_logs/<target-name>)")
+    p.add_argument("--out", default="results/kernels.json")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
+    from dualtvm.kernel_table import kernel_table
+    from dualtvm.kernels import LayerShape
+    from dualtvm.projection import reduced_dim
+    from dualtvm.registry import model_config
+    from dualtvm.results import write_results
+    from dualtvm.target import check_runs_on_host, parse_target
+    from dualtvm.tuning import load_database
+
+    target = parse_target(a.target).with_default_cores()
+    if not check_runs_on_host(target):
+        print(f"cannot time {target.cli!r} on this host", file=sys.stderr)
+        return 2
+    mc = model_config(a.model)
+    k = reduced_dim((4 if mc.rnn_type == "LSTM" else 3) * mc.hidden, a.eps)
+    log = load_database(target, a.logs)
+    rows = []
+    for bits in (int(b) for b in a.little_bits.split(",")):
+        shape = LayerShape(mc.rnn_type, mc.hidden, mc.input_size, k, bits)
+        for r in kernel_table(shape, target, log, a.repeat):
+            if not any(old["kernel"] == r.kernel for old in rows):  # big kernels are the same for both
+                rows.append({"model": a.model, "target": target.cli, **asdict(r)})
+    command = "python scripts/kernel_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    write_results(a.out, "kernels", rows, command)
+    print(f"{'kernel':40s} {'default':>8s} {'log':>8s} {'numpy':>8s} {'torch':>8s}  used / numpy does")
+    for r in rows:
+        fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8s}"  # noqa: E731
+        print(f"{r['kernel']:40s} {fmt(r['default_ms'])} {fmt(r['log_ms'])} {fmt(r['numpy_ms'])} {fmt(r['torch_ms'])}  "
+              f"{r['log_use']} / {r['reference']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
