@@ -135,7 +135,7 @@ def kernel_part(name: str) -> str:
     return next((part for prefix, part in STEP_PARTS if name.startswith(prefix)), "assembly")
 
 
-def step_breakdown(dec, xs: list[np.ndarray]) -> dict[str, float]:
+def step_breakdown(dec, xs: list[np.ndarray], evict: Callable[[], None] | None = None) -> dict[str, float]:
     """Table 5's right half, measured inside the real step: ms per step in projection / little / mask /
     big / assembly kernels and the whole ``step`` (medians over the steps of ``xs``, state fed back,
     real moving masks).
@@ -144,6 +144,7 @@ def step_breakdown(dec, xs: list[np.ndarray]) -> dict[str, float]:
     big GEMV's stream has evicted the little module's weights (timed alone, the small kernels looked
     2–4× faster than they are in a step).  ``step`` is timed in the same instrumented pass, so
     step − Σ parts is the VM's own work plus the instrument's (a few µs per VM call, builtins included).
+    ``evict`` (e.g. an :class:`Evictor`) runs before each timed step: the cold-cache breakdown.
     """
     import tvm_ffi
     from tvm import relax
@@ -169,6 +170,8 @@ def step_breakdown(dec, xs: list[np.ndarray]) -> dict[str, float]:
     step(0)  # warm-up
     per_step = []
     for i in range(1, len(xs)):
+        if evict is not None:  # cold cache: the step's weights and buffers come from DRAM
+            evict()
         current.clear()
         t0 = time.perf_counter()
         step(i)

@@ -176,6 +176,8 @@ def test_profile_step_reports_every_part(builds, capsys):
     times = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()[1:]}
     assert set(times) == {"projection", "little", "mask", "big", "assembly", "kernels", "step"}
     assert all(v > 0 for v in times.values()) and times["step"] >= times["big"]
+    assert profile_step.main([builds["tiny-gnmt-w4"]["builds"]["dual"], "--ratio", "0.5", "--steps", "4", "--cold"]) == 0
+    assert "cold cache" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         profile_step.main([str(REPO / "tests"), "--steps", "8"])
     assert "not a dualtvm build folder" in capsys.readouterr().err
