@@ -185,7 +185,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
 
     from .build import BuildConfig, build_model, lm_text_inputs
     from .peers import OpenVINOStep, onnxruntime_session, torch_cell
-    from .registry import model_config
+    from .registry import model_config, read_checkpoint
     from .runtime import CompiledDecoder, sequence_runner
     from .target import parse_target
 
@@ -202,7 +202,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]
     mc = model_config(model)
-    text = lm_text_inputs(cfg.checkpoint)
+    text = lm_text_inputs(read_checkpoint(cfg.checkpoint)) if cfg.checkpoint else None
     if text is not None:  # an LM: decode real text (its embeddings), so the masks are the model's real ones
         embed, corpus = text
         xs = [v.numpy().astype(np.float32) for v in embed(corpus.valid[: cfg.steps])]

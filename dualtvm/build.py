@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from .construct import build_dual
 from .decoder import DecoderSpec, compile_decoder, export, pack_layer
 from .kernels import LayerShape
 from .little import LittleConfig
-from .registry import big_rnn, model_config
+from .registry import big_rnn, model_config, read_checkpoint
 from .target import check_runs_on_host, parse_target
 from .tuning import load_database
 
@@ -47,16 +46,14 @@ def synthetic_segments(input_size: int, n: int, seed: int, scale: float = 0.5) -
     return [torch.randn(35, 8, input_size, generator=g) * scale for _ in range(n)]
 
 
-def lm_text_inputs(checkpoint: str | os.PathLike | None, corpus: str = "ptb", data_dir: str | None = None):
-    """(embed, streams) when ``checkpoint`` is a dualtvm language model, else None.
+def lm_text_inputs(payload: object | None, corpus: str = "ptb", data_dir: str | None = None):
+    """(embed, streams) when ``payload`` (``registry.read_checkpoint``'s result) is a dualtvm language
+    model, else None.
 
     ``embed(tokens)`` is the LM's own embedding (what its RNN sees), ``streams`` the corpus' token
     streams: the little module is then fitted and calibrated on real text, and benchmarks decode
     real text, so the masks are the ones the model makes in use.
     """
-    if checkpoint is None:
-        return None
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not (isinstance(payload, dict) and payload.get("kind") == "lm"):
         return None
     from .checkpoint import model_from_checkpoint
@@ -65,7 +62,7 @@ def lm_text_inputs(checkpoint: str | os.PathLike | None, corpus: str = "ptb", da
     lm = model_from_checkpoint(payload).eval()
     text = load_lm_corpus(corpus, data_dir)
     if payload.get("vocab") != text.dictionary.idx2word:
-        raise ValueError(f"{checkpoint} was trained on another vocabulary than {corpus!r}")
+        raise ValueError(f"the checkpoint was trained on another vocabulary than {corpus!r}")
 
     def embed(tokens: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -87,9 +84,10 @@ def build_model(cfg: BuildConfig) -> dict:
     """Returns a report: where weights came from, k, build folders, schedules used, verification."""
     target = parse_target(cfg.target).with_default_cores()
     mc = model_config(cfg.model)
-    rnn, source = big_rnn(cfg.model, cfg.checkpoint, cfg.seed)
+    payload = read_checkpoint(cfg.checkpoint) if cfg.checkpoint else None  # read once, used twice
+    rnn, source = big_rnn(cfg.model, cfg.checkpoint, cfg.seed, payload)
     log.info("model %s: %s", cfg.model, source)
-    text = lm_text_inputs(cfg.checkpoint, cfg.corpus, cfg.data_dir)
+    text = lm_text_inputs(payload, cfg.corpus, cfg.data_dir)
     if text is not None:  # real text through the LM's embedding
         embed, corpus = text
         train, valid = text_segments(embed, corpus.train, 16, cfg.seed), text_segments(embed, corpus.valid, 4, cfg.seed + 1)

@@ -47,7 +47,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    return checked_payload(torch.load(path, map_location="cpu", weights_only=False), path)
+
+
+def checked_payload(payload: object, path: str | os.PathLike) -> dict:
+    """``payload`` if it is a dualtvm checkpoint of this format version, else a clear error naming ``path``."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise ModelError(f"{path}: not a dualtvm checkpoint (format {payload.get('format') if isinstance(payload, dict) else '?'})")
     return payload

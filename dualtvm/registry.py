@@ -47,22 +47,34 @@ def model_config(name: str) -> ModelConfig:
         raise ModelError(f"unknown model {name!r}: known models are {', '.join(sorted(MODELS))}") from None
 
 
-def big_rnn(name: str, checkpoint: str | Path | None = None, seed: int = 0) -> tuple[nn.Module, str]:
+def read_checkpoint(path: str | Path) -> object:
+    """``torch.load`` a big model's file once: a dualtvm LM checkpoint (format checked), an ``nn.Module``
+    or a state_dict.  :func:`big_rnn` and ``build.lm_text_inputs`` both take what it returns."""
+    from .checkpoint import checked_payload
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(payload, dict) and payload.get("kind") == "lm":
+        return checked_payload(payload, path)
+    return payload
+
+
+def big_rnn(name: str, checkpoint: str | Path | None = None, seed: int = 0,
+            payload: object | None = None) -> tuple[nn.Module, str]:
     """The big RNN of a named config: from a checkpoint (LM checkpoint or a state_dict), else seeded random.
 
-    Returns the module and a word on where its weights came from.
+    ``payload``: ``read_checkpoint(checkpoint)`` when the caller has already read it.  Returns the
+    module and a word on where its weights came from.
     """
     cfg = model_config(name)
     if checkpoint is not None:
-        from .checkpoint import load_checkpoint
         from .models import rnn_from_state_dict
 
         path = Path(checkpoint)
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = read_checkpoint(path) if payload is None else payload
         if isinstance(payload, dict) and payload.get("kind") == "lm":
-            payload = load_checkpoint(path)
             state = {k[len("rnn."):]: v for k, v in payload["state_dict"].items() if k.startswith("rnn.")}
         elif isinstance(payload, nn.Module):
             state = payload.state_dict()
