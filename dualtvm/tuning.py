@@ -178,9 +178,10 @@ def check_database(path: Path, skip_bad: bool = False) -> int:
         f = path / name
         if not f.exists():
             continue
-        good = []
+        good, bad, blank = [], 0, 0
         for i, line in enumerate(f.read_text().splitlines(), 1):
             if not line.strip():
+                blank += 1
                 continue
             try:
                 json.loads(line)
@@ -189,12 +190,19 @@ def check_database(path: Path, skip_bad: bool = False) -> int:
                 if not skip_bad:
                     raise DatabaseError(f"{f}:{i}: corrupted tuning record ({e.msg}); rerun with --skip-bad-records "
                                         "to drop it and keep the rest") from None
-                dropped += 1
-        if dropped:
-            tmp = f.with_suffix(".tmp")
-            tmp.write_text("\n".join(good) + "\n")
-            os.replace(tmp, f)
+                bad += 1
+        if bad or blank:  # blank lines too: MetaSchedule segfaults on them
+            _write_lines(f, good)
+        dropped += bad
     return dropped
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """Atomically rewrite a JSON-lines file.  No stray blank line when ``lines`` is empty: MetaSchedule's
+    JSONDatabase segfaults reading a record file that holds only a newline."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
 
 
 def open_database(path: Path, skip_bad: bool = False):
@@ -380,7 +388,5 @@ def prune_records(d: Path, keep: int = 4) -> int:
         secs = rec[1][1] or [float("inf")]
         by_workload.setdefault(rec[0], []).append((sum(secs) / len(secs), line))
     kept = [line for recs in by_workload.values() for _, line in sorted(recs, key=lambda r: r[0])[:keep]]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(kept) + "\n")
-    os.replace(tmp, path)
+    _write_lines(path, kept)
     return len(kept)

@@ -143,3 +143,23 @@ def test_kernel_table_rows_for_every_kernel():
     for r in rows:
         assert r.default_ms > 0 and r.log_ms is None and r.log_use == "no log"
         assert (r.numpy_ms is None) == r.kernel.startswith("concat") and (r.torch_ms is None) == (r.numpy_ms is None)
+
+
+def test_int4_little_gemv_is_tuned_as_a_loop_nest_grid(tmp_path):
+    """The INT4 little GEMV has no MetaSchedule design space (intrinsics): tune.py times its loop-nest grid,
+    records no trials, keeps the result on a rerun, and build.py then uses it."""
+    logs = tmp_path / "logs"
+    cmd = TUNE + ["--little-bits", "4", "--tasks", "little_gemv", "--logs", str(logs)]
+    first = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "no design space" in first.stderr
+    (name, entry), = json.loads((logs / "summary.json").read_text()).items()
+    assert name.endswith("_w4") and entry["trials"] == 0 and entry["tuned_ms"] is None
+    assert entry["stream-int4_ms"] > 0 and set(entry["stream-int4_knobs"]) >= {"groups", "rows", "lanes", "vnni"}
+    again = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "already tuned" in again.stderr
+    from dualtvm.build import BuildConfig, build_model
+
+    r = build_model(BuildConfig(model="tiny-lstm", out=str(tmp_path / "b"), tuning_logs=str(logs), verify=True, steps=5,
+                                little_bits=4))
+    assert r["verified"] is True and r["little_bits"] == 4
