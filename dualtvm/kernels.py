@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import tvm
 from tvm.script import tirx as T
 
@@ -200,12 +201,10 @@ def pack_int4(codes, k: int):
     """INT4 W_LL codes (n × 2k, in [−7, 7]; x columns then h columns) → the ``little_gemv_int4`` layout.
 
     Row i holds the x half then the h half, each ``int4_padded(k)`` values in 32-byte chunks;
-    byte b of chunk c holds value 64c + b + 8 in its low nibble and 64c + 32 + b + 8 in its high
-    one.  Stored offset by 8 (unsigned 1…15, padding 8 = code 0) so that one unsigned×signed
+    byte b of chunk c holds code[64c + b] + 8 in its low nibble and code[64c + 32 + b] + 8 in its
+    high one.  Stored offset by 8 (unsigned 1…15, padding 8 = code 0) so that one unsigned×signed
     byte multiply (``pmaddubsw``) takes a nibble as it is: 15 × 127 × 2 < 2¹⁵ never saturates.
     """
-    import numpy as np
-
     codes = np.asarray(codes)
     if codes.shape[1] != 2 * k or codes.min(initial=0) < -7 or codes.max(initial=0) > 7:
         raise ValueError(f"expected n × {2 * k} INT4 codes in [-7, 7], got shape {codes.shape}")
