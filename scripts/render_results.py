@@ -72,8 +72,11 @@ def plot_lm_quality(doc: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
     for ax, m in zip(axes[0], models):
         rows = [r for r in doc["rows"] if r["model"] == m]
-        uni = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in rows if r["part"] == "uniform")
-        ax.plot(*zip(*uni), "o-", label="dualtvm, one ratio for all gates")
+        for bits, style in ((8, "o-"), (4, "^-")):  # the base row (ratio 0) starts both curves
+            uni = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in rows if r["part"] == "uniform"
+                         and r.get("variant") in ("base", f"eps0.5-int{bits}"))
+            if len(uni) > 1:
+                ax.plot(*zip(*uni), style, label=f"dualtvm INT{bits}, one ratio for all gates")
         pg = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in rows if r["part"] == "per-gate")
         if pg:
             ax.plot(*zip(*pg), "s--", label="dualtvm, per-gate allocation")
