@@ -18,6 +18,7 @@ import numpy as np
 
 from .kernels import LayerShape, layer_kernels
 from .target import TargetSpec
+from .bench import Evictor
 from .tuning import FLUSH_BYTES, TuningLog, best_from_database, time_kernel
 
 
@@ -91,11 +92,10 @@ def same_work(kind: str, s: LayerShape, sensitive_fraction: float = 0.5) -> tupl
     return None
 
 
-def _time_python(fn: Callable, repeat: int) -> float:
-    sweep = np.ones(FLUSH_BYTES // 4, np.float32)
+def _time_python(fn: Callable, repeat: int, evict: Evictor) -> float:
     times = []
     for _ in range(repeat):
-        sweep += 1.0
+        evict()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -110,6 +110,8 @@ def kernel_table(s: LayerShape, target: TargetSpec, log: TuningLog | None, repea
 
     rows, seen = [], set()
     features = target.required_features()
+    evict = Evictor(FLUSH_BYTES)  # one 64 MB sweep buffer for every numpy/torch timing
+    torch.set_num_threads(target.num_cores or 1)
     for dual in (True, False):
         for name, func in layer_kernels(s, dual).items():
             if name in seen:
@@ -121,8 +123,7 @@ def kernel_table(s: LayerShape, target: TargetSpec, log: TuningLog | None, repea
             log_ms = time_kernel(chosen, target, repeat, flush_cache=True) if chosen is not None else None
             use = (log.summary.get(name, {}).get("use", "default") if log is not None else "no log")
             ref = same_work(kind, s)
-            torch.set_num_threads(target.num_cores or 1)
             rows.append(KernelRow(name, round(default_ms, 4), round(log_ms, 4) if log_ms is not None else None, use,
-                                  round(_time_python(ref[0], repeat), 4) if ref else None,
-                                  round(_time_python(ref[1], repeat), 4) if ref else None, ref[2] if ref else ""))
+                                  round(_time_python(ref[0], repeat, evict), 4) if ref else None,
+                                  round(_time_python(ref[1], repeat, evict), 4) if ref else None, ref[2] if ref else ""))
     return rows
