@@ -102,8 +102,8 @@ def build_model(cfg: BuildConfig) -> dict:
     dual = build_dual(rnn, run(train), run(valid), LittleConfig(eps=cfg.eps, seed=cfg.seed, bits=cfg.little_bits),
                       cfg.max_rows)
     fit_s = time.time() - t0
-    shapes = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size if i == 0 else mc.hidden, l.little.k, cfg.little_bits)
-              for i, l in enumerate(dual.layers)]
+    shapes = [LayerShape(mc.rnn_type, mc.hidden, d, l.little.k, cfg.little_bits)
+              for d, l in zip(mc.input_sizes(), dual.layers)]
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
     suffix = "-w4" if cfg.little_bits == 4 else ""
     out = Path(cfg.out) if cfg.out else REPO / "build" / f"{cfg.model}-{target.name}{suffix}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -102,8 +102,12 @@ def _time_python(fn: Callable, repeat: int, evict: Evictor) -> float:
     return float(np.median(times) * 1e3)
 
 
-def kernel_table(s: LayerShape, target: TargetSpec, log: TuningLog | None, repeat: int = 30) -> list[KernelRow]:
-    """One row per kernel of ``s``'s dual-module and dense steps (``repeat`` flushed runs each, medians)."""
+def kernel_table(shapes: Sequence[LayerShape], target: TargetSpec, log: TuningLog | None,
+                 repeat: int = 30) -> list[KernelRow]:
+    """One row per distinct kernel of the shapes' dual-module and dense steps (``repeat`` flushed runs, medians).
+
+    Shapes that differ only in ``little_bits`` share their big kernels: each is timed once.
+    """
     import torch
 
     from schedules import default_kernel
@@ -112,7 +116,7 @@ def kernel_table(s: LayerShape, target: TargetSpec, log: TuningLog | None, repea
     features = target.required_features()
     evict = Evictor(FLUSH_BYTES)  # one 64 MB sweep buffer for every numpy/torch timing
     torch.set_num_threads(target.num_cores or 1)
-    for dual in (True, False):
+    for s, dual in ((s, dual) for s in shapes for dual in (True, False)):
         for name, func in layer_kernels(s, dual).items():
             if name in seen:
                 continue

@@ -42,23 +42,36 @@ class StreamKnobs:
                 for r in (2, 4) for lanes in (8, 16) for pf in (0, 2, 4)]
 
 
+def _prefetch_ahead(n: int, d: int, knobs: StreamKnobs):
+    """Macro: one ``llvm.prefetch`` per cache line of thread ``g``'s block ``j + prefetch`` of an n × d byte matrix."""
+    G, R, PF, LOC = knobs.groups, knobs.rows, knobs.prefetch, knobs.locality
+    per = (n + G - 1) // G
+
+    @T.macro
+    def prefetch_ahead(flat, g, j):
+        if PF > 0:
+            for q in range((R * d + 63) // 64):
+                T.evaluate(T.call_llvm_intrin(
+                    "void", "llvm.prefetch.p0", T.address_of(flat[T.min((g * per + (j + PF) * R) * d + q * 64, n * d - 1)]),
+                    T.int32(0), T.int32(LOC), T.int32(1)))
+
+    return prefetch_ahead
+
+
 def _rows_dot(n: int, d: int, knobs: StreamKnobs):
     """Macro: thread ``g``'s contiguous slice of the n × d int8 matrix P times v into out[off + row]."""
-    G, R, L, PF, LOC = knobs.groups, knobs.rows, knobs.lanes, knobs.prefetch, knobs.locality
+    G, R, L = knobs.groups, knobs.rows, knobs.lanes
     if d % L:
         raise ValueError(f"reduction length {d} is not a multiple of lanes={L} (kernels pad to 32)")
     per = (n + G - 1) // G  # rows per slice
     blocks = (per + R - 1) // R
+    prefetch_ahead = _prefetch_ahead(n, d, knobs)
 
     @T.macro
     def rows_dot(P, flat, v, out, off, g):
         acc = T.alloc_buffer((R, L), "float32", scope="local")
         for j in range(blocks):
-            if PF > 0:  # one prefetch per cache line of the block PF blocks ahead
-                for q in range((R * d + 63) // 64):
-                    T.evaluate(T.call_llvm_intrin(
-                        "void", "llvm.prefetch.p0", T.address_of(flat[T.min((g * per + (j + PF) * R) * d + q * 64, n * d - 1)]),
-                        T.int32(0), T.int32(LOC), T.int32(1)))
+            prefetch_ahead(flat, g, j)
             for r in T.unroll(R):
                 for l in T.vectorized(L):
                     acc[r, l] = T.float32(0)
@@ -101,7 +114,7 @@ def little_gemv_int4_nest(n: int, kp: int, knobs: StreamKnobs = StreamKnobs(), n
 
     ``lanes`` sets the load width: 16 gives 32-byte (ymm) loads, 8 gives 16-byte (xmm) ones.
     """
-    G, R, PF, LOC = knobs.groups, knobs.rows, knobs.prefetch, knobs.locality
+    G, R = knobs.groups, knobs.rows
     V = 2 * knobs.lanes  # bytes per load
     if V not in (16, 32):
         raise ValueError(f"lanes must be 8 or 16 for the INT4 little GEMV, got {knobs.lanes}")
@@ -112,6 +125,7 @@ def little_gemv_int4_nest(n: int, kp: int, knobs: StreamKnobs = StreamKnobs(), n
     hb, loads = kp // 2, kp // 2 // V  # bytes per half row, loads per half row
     per = (n + G - 1) // G
     blocks = (per + R - 1) // R
+    prefetch_ahead = _prefetch_ahead(n, kp, knobs)
 
     @T.prim_func
     def f(W4: T.Buffer((n, kp), "uint8"), zq: T.Buffer((2 * kp,), "int8"), zs: T.Buffer((2,), "float32"),
@@ -126,12 +140,7 @@ def little_gemv_int4_nest(n: int, kp: int, knobs: StreamKnobs = StreamKnobs(), n
                     zsum[s] = zsum[s] + T.Cast("int32", zq[s * kp + j])
             acc = T.alloc_buffer((R * 2 * A,), "int32", scope="local")
             for j in range(blocks):
-                if PF > 0:
-                    for q in range((R * kp + 63) // 64):
-                        T.evaluate(T.call_llvm_intrin(
-                            "void", "llvm.prefetch.p0",
-                            T.address_of(flat[T.min((g * per + (j + PF) * R) * kp + q * 64, n * kp - 1)]),
-                            T.int32(0), T.int32(LOC), T.int32(1)))
+                prefetch_ahead(flat, g, j)
                 for r in T.unroll(2 * R):
                     acc[T.ramp(r * A, 1, A)] = T.broadcast(T.int32(0), A)
                 for s in range(2):

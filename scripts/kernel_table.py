@@ -33,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
     from dualtvm.kernel_table import kernel_table
     from dualtvm.kernels import LayerShape
-    from dualtvm.projection import reduced_dim
     from dualtvm.registry import model_config
     from dualtvm.results import write_results
     from dualtvm.target import check_runs_on_host, parse_target
@@ -44,14 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot time {target.cli!r} on this host", file=sys.stderr)
         return 2
     mc = model_config(a.model)
-    k = reduced_dim((4 if mc.rnn_type == "LSTM" else 3) * mc.hidden, a.eps)
-    log = load_database(target, a.logs)
-    rows = []
-    for bits in (int(b) for b in a.little_bits.split(",")):
-        shape = LayerShape(mc.rnn_type, mc.hidden, mc.input_size, k, bits)
-        for r in kernel_table(shape, target, log, a.repeat):
-            if not any(old["kernel"] == r.kernel for old in rows):  # big kernels are the same for both
-                rows.append({"model": a.model, "target": target.cli, **asdict(r)})
+    shapes = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size, mc.little_dim(a.eps), int(b))
+              for b in a.little_bits.split(",")]
+    rows = [{"model": a.model, "target": target.cli, **asdict(r)}
+            for r in kernel_table(shapes, target, load_database(target, a.logs), a.repeat)]
     command = "python scripts/kernel_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     write_results(a.out, "kernels", rows, command)
     print(f"{'kernel':40s} {'default':>8s} {'log':>8s} {'numpy':>8s} {'torch':>8s}  used / numpy does")

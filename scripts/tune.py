@@ -46,17 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
 
     from dualtvm.kernels import LayerShape
-    from dualtvm.projection import reduced_dim
     from dualtvm.registry import model_config
     from dualtvm.target import check_runs_on_host, parse_target
     from dualtvm.tuning import RPCTracker, TuningError, tasks_for, tune, tuning_dir
 
     target = parse_target(a.target).with_default_cores()
     mc = model_config(a.model)
-    gates = 4 if mc.rnn_type == "LSTM" else 3
-    k = reduced_dim(gates * mc.hidden, a.eps)
-    layers = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size if i == 0 else mc.hidden, k, a.little_bits)
-              for i in range(mc.layers)]
+    layers = [LayerShape(mc.rnn_type, mc.hidden, d, mc.little_dim(a.eps), a.little_bits) for d in mc.input_sizes()]
     tasks = tasks_for(layers)
     if a.tasks:
         wanted = a.tasks.split(",")

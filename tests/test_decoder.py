@@ -138,6 +138,7 @@ def test_dry_run_prints_target_and_tasks():
     doc = json.loads(res.stdout)
     assert doc["target"]["mcpu"] == "broadwell" and doc["target_name"] == "llvm-broadwell"
     assert {t["kernel"].split("_lstm")[0] for t in doc["tasks"]} == {"masked_gemv", "gemv", "little_gemv", "project"}
+    assert all(t["kernel"].endswith("_lstm_1500_1500_k417") for t in doc["tasks"])  # eq. 3, ε = 0.5, n = 6000
     bad = subprocess.run([sys.executable, "scripts/tune.py", "--target", "llvm -mcpu=broadwell -foo=1", "--dry-run"],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown target flag -foo" in bad.stderr

@@ -132,14 +132,17 @@ def test_killed_tuning_resumes_without_losing_or_redoing(tmp_path):
 
 
 def test_kernel_table_rows_for_every_kernel():
-    """Issue #4's table: every kernel of an LSTM layer's two steps, timed, with a numpy/torch reference."""
+    """Issue #4's table: every kernel of an LSTM layer's two steps, timed, with a numpy/torch reference;
+    INT8 and INT4 shapes share their big kernels, which get one row."""
     from dualtvm.kernel_table import kernel_table
     from dualtvm.kernels import LayerShape, layer_kernels
     from dualtvm.target import parse_target
 
-    s = LayerShape("LSTM", 48, 48, 40, 4)
-    rows = kernel_table(s, parse_target("llvm -mcpu=broadwell -num-cores 2"), None, repeat=2)
-    assert [r.kernel for r in rows] == list(dict.fromkeys([*layer_kernels(s, True), *layer_kernels(s, False)]))
+    s8, s4 = LayerShape("LSTM", 48, 48, 40, 8), LayerShape("LSTM", 48, 48, 40, 4)
+    rows = kernel_table([s8, s4], parse_target("llvm -mcpu=broadwell -num-cores 2"), None, repeat=2)
+    names = [n for s in (s8, s4) for dual in (True, False) for n in layer_kernels(s, dual)]
+    assert [r.kernel for r in rows] == list(dict.fromkeys(names))
+    assert len(rows) < len(names) and any(r.kernel.endswith("_w4") for r in rows)
     for r in rows:
         assert r.default_ms > 0 and r.log_ms is None and r.log_use == "no log"
         assert (r.numpy_ms is None) == r.kernel.startswith("concat") and (r.torch_ms is None) == (r.numpy_ms is None)
