@@ -15,7 +15,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -188,16 +187,17 @@ def bleu(model: Seq2Seq, corpus: ParallelCorpus, split: str = "test", layers=Non
 class CompiledLayer(nn.Module):
     """A compiled single-layer decode step with the ``nn.LSTM`` call signature (seq len 1).
 
-    The compiled step is batch 1: a batch (beam) is stepped row by row.  Mask statistics are
+    The compiled step is batch 1: a batch (beam) is stepped row by row.  Torch tensors go to the
+    VM and come back zero-copy (DLPack) through :meth:`CompiledDecoder.run`; only inputs whose
+    width is not the kernels' padded width are copied into a staging buffer.  Mask statistics are
     kept like :class:`DualModuleLayer`'s so the measured insensitive ratio can be reported.
     """
 
     def __init__(self, build_dir: str | os.PathLike) -> None:
         super().__init__()
         from .dual import MaskStats
-        from .runtime import CompiledDecoder
-
         from .gates import layout
+        from .runtime import CompiledDecoder
 
         self.dec = CompiledDecoder(build_dir)
         (self.shape,) = self.dec.spec.layers
@@ -207,21 +207,32 @@ class CompiledLayer(nn.Module):
     def set_insensitive_ratio(self, ratio) -> None:
         self.dec.set_insensitive_ratio(ratio)
 
+    @staticmethod
+    def _padded(v: torch.Tensor, width: int) -> torch.Tensor:
+        v = v.detach().to(torch.float32)
+        if v.shape[0] == width:
+            return v.contiguous()
+        out = v.new_zeros(width)
+        out[: v.shape[0]] = v
+        return out
+
     def forward(self, x: torch.Tensor, state=None):
         if x.shape[0] != 1:
             raise ValueError("compiled layers decode one step at a time (sequence length 1)")
-        B, H = x.shape[1], self.shape.hidden
+        s = self.shape
+        B, H = x.shape[1], s.hidden
         h0, c0 = state if state is not None else (x.new_zeros(1, B, H), x.new_zeros(1, B, H))
         hs, cs = [], []
         for b in range(B):
-            out, (h, c), masks = self.dec.step(x[0, b].numpy(), [h0[0, b].numpy(), c0[0, b].numpy()])
-            hs.append(h[:H])
-            cs.append(c[:H])
-            if masks:  # sensitive rows per gate block, counted in numpy (this runs every token)
-                for j, sensitive in enumerate(masks[0].reshape(len(self.gates), H).sum(axis=1)):
-                    self.stats.add_counts(self.gates[j], H - int(sensitive), H)
-        h = torch.from_numpy(np.stack(hs)).unsqueeze(0)
-        return h, (h, torch.from_numpy(np.stack(cs)).unsqueeze(0))
+            out = self.dec.run(self._padded(x[0, b], s.dxp), [self._padded(h0[0, b], s.hp), self._padded(c0[0, b], s.hp)])
+            hs.append(out[1][:H])
+            cs.append(out[2][:H])
+            if self.dec.spec.dual:  # sensitive rows per gate block (this runs every token: stay in torch)
+                sensitive = (out[3] >= 0).view(len(self.gates), H).sum(dim=1).tolist()
+                for gate, n in zip(self.gates, sensitive):
+                    self.stats.add_counts(gate, H - n, H)
+        h = torch.stack(hs).unsqueeze(0)
+        return h, (h, torch.stack(cs).unsqueeze(0))
 
 
 def build_compiled_decoder(duals: list[DualModuleLayer], target: str, out: str | os.PathLike,

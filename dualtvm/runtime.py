@@ -125,19 +125,30 @@ class CompiledDecoder:
         state = [_pad(_as_numpy(v), s.hp) for v, s in zip(state, self._state_layers())] if state else self.init_state()
         if check_finite and not all(np.isfinite(v).all() for v in state):
             raise FloatingPointError("state contains NaN or Inf")
-        args = [tvm.runtime.tensor(xp, self.dev)]
-        k = 0
-        for i, s in enumerate(self.spec.layers):
-            for _ in state_names(s):
-                args.append(tvm.runtime.tensor(state[k], self.dev))
-                k += 1
-            args += [self._tensors[i][n] for n in layer_param_names(s, self.spec.dual)]
-        out = self.vm["step"](*args)
+        out = self.run(tvm.runtime.tensor(xp, self.dev), [tvm.runtime.tensor(v, self.dev) for v in state])
         n_state = len(state)
         top = self.spec.layers[-1]
         new_state = [out[1 + j].numpy() for j in range(n_state)]
         masks = [out[1 + n_state + j].numpy() >= 0 for j in range(len(self.spec.layers))] if self.spec.dual else []
         return out[0].numpy()[: top.hidden], new_state, masks
+
+    def run(self, x, state: list, vm=None) -> list:
+        """The fast path under :meth:`step`: no checks, no copies, no padding.
+
+        ``x`` and ``state`` are padded vectors (``dxp`` and ``hp`` long) as TVM tensors or anything
+        with ``__dlpack__`` (torch tensors pass zero-copy); returns ``[output, *new state, *masks]``
+        (a mask holds the row's position, -1 where insensitive) as TVM tensors, or as torch tensors when
+        given torch ones (tvm-ffi converts them back, zero-copy).  Feed the returned state back as is.
+        ``vm``: another VirtualMachine over this library.
+        """
+        args = [x]
+        k = 0
+        for i, s in enumerate(self.spec.layers):
+            n = len(state_names(s))
+            args += state[k: k + n]
+            k += n
+            args += [self._tensors[i][name] for name in layer_param_names(s, self.spec.dual)]
+        return list((vm or self.vm)["step"](*args))
 
     def _state_layers(self):
         return [s for s in self.spec.layers for _ in state_names(s)]
@@ -176,15 +187,8 @@ def sequence_runner(dec: CompiledDecoder, xs: list[np.ndarray], vm=None):
         box["state"] = [tvm.runtime.tensor(v, dec.dev) for v in dec.init_state()]
 
     def step(i: int) -> None:
-        args = [inputs[i]]
-        k = 0
-        for layer, s in enumerate(dec.spec.layers):
-            for _ in state_names(s):
-                args.append(box["state"][k])
-                k += 1
-            args += [dec._tensors[layer][n] for n in layer_param_names(s, dec.spec.dual)]  # noqa: SLF001
-        out = (vm or dec.vm)["step"](*args)
-        box["state"] = [out[1 + j] for j in range(n_state)]
+        out = dec.run(inputs[i], box["state"], vm)
+        box["state"] = out[1: 1 + n_state]
         box["out"] = out
 
     return prepare, step, box

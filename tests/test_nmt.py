@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn as nn
 
 from dualtvm.data import ParallelCorpus, Vocab, detokenize, tokenize_sentence
 from dualtvm.little import LittleConfig
@@ -91,3 +92,31 @@ def test_unknown_backend_is_named(tiny):
     model, corpus, ckpt = tiny
     with pytest.raises(ValueError, match="unknown backend 'cuda': choose from " + ", ".join(BACKENDS)):
         decoder_layers(Translator(model, corpus.src_vocab, corpus.tgt_vocab), corpus, "cuda", ckpt)
+
+
+@pytest.mark.slow
+def test_compiled_layer_pads_widths_and_steps_a_batch(tmp_path):
+    """CompiledLayer on widths the kernels pad (input 40, hidden 40 → 64): dense, and dual at ratio 0,
+    step a batch of 3 like the nn.LSTM they were built from, state fed back over several steps."""
+    from dualtvm.build import synthetic_segments
+    from dualtvm.construct import build_dual
+
+    torch.manual_seed(0)
+    rnn = nn.LSTM(40, 40)
+    segments = synthetic_segments(40, 2, seed=0)
+    dual = build_dual(rnn, lambda core: [core(x) for x in segments], lambda core: [core(x) for x in segments[:1]],
+                      LittleConfig(k=24), max_rows=2000, progress=False)
+    folders = build_compiled_decoder(dual.layers, "llvm -mcpu=broadwell", tmp_path)
+    xs = torch.randn(4, 1, 3, 40)
+    with torch.no_grad():
+        for kind in ("dense", "dual"):
+            (layer,) = compiled_layers(folders[kind])
+            if kind == "dual":
+                layer.set_insensitive_ratio(0.0)
+            state, ref_state = None, None
+            for x in xs:
+                out, state = layer(x, state)
+                ref, ref_state = rnn(x, ref_state)
+                torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+                torch.testing.assert_close(state[1], ref_state[1], atol=2e-5, rtol=1e-4)
+    assert layer.stats.ratio() == 0.0 and sum(layer.stats.total.values()) == 4 * 3 * 4 * 40  # steps × batch × rows
