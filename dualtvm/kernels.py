@@ -7,6 +7,8 @@ can split it into vector lanes without tails.  Kernels (Algorithm 1):
 * ``project``        step 1: ternary P (int8) times x and h, then run-time INT8 quantisation
 * ``little_gemv``    step 2: INT8 W_LL (per-row scales) times the quantised projection, + b_LL
 * ``project_codes`` / ``little_gemv_int4``: the same two steps for INT4 W_LL (Table 6), on integer codes
+  (``little_gemv_int8``: INT8 W_LL on those codes, for dot-product instructions; not in the step, see
+  ``schedules/stream.py``)
 * ``mask``           step 3: eq. 5 bands on y_LL (mapped through φ⁻¹), compacted list of sensitive rows
 * ``masked_gemv``    step 4: fp32 big rows listed by the mask, nothing else is read
 * ``lstm_assemble`` / ``gru_assemble``  step 5: eq. 1 and the cell update (eq. 6 / GRU)
@@ -266,6 +268,35 @@ def little_gemv_int4(n: int, kp: int, name: str = "little_gemv_int4"):
                 acc[vi, vs] = acc[vi, vs] + (T.Cast("int32", T.bitwise_and(T.shift_right(
                     W4[vi, vs * hb + vj // 64 * 32 + vj % 32], T.Cast("uint8", vj % 64 // 32 * 4)), T.uint8(15))) - 8) \
                     * T.Cast("int32", zq[vs * kp + vj])
+        for i in range(n):
+            with T.sblock("epilogue"):
+                vi = T.axis.remap("S", [i])
+                pre[vi] = scale[vi] * (zs[0] * T.Cast("float32", acc[vi, 0]) + zs[1] * T.Cast("float32", acc[vi, 1])) \
+                    + bias[vi]
+
+    return _named(f, name)
+
+
+def little_gemv_int8(n: int, kp2: int, name: str = "little_gemv_int8"):
+    """Step 2 on INT8 weights and the INT8 codes of :func:`project_codes`, summed exactly in int32:
+    pre = scale_w[i] · Σ_half s_half · Σ_j W8[i, half·kp + j] · zq[half·kp + j] + b[i]  (kp = kp2 / 2).
+
+    The same numbers as ``little_gemv`` on the dequantised codes, computed on integers so that
+    dot-product instructions (``vpdpbusd``, ``pmaddubsw``) take them.
+    """
+    kp = kp2 // 2
+
+    @T.prim_func(s_tir=True)
+    def f(W8: T.Buffer((n, kp2), "int8"), zq: T.Buffer((kp2,), "int8"), zs: T.Buffer((2,), "float32"),
+          scale: T.Buffer((n,), "float32"), bias: T.Buffer((n,), "float32"), pre: T.Buffer((n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        acc = T.sblock_alloc_buffer((n, 2), "int32")
+        for i, s, j in T.grid(n, 2, kp):
+            with T.sblock("dot8"):
+                vi, vs, vj = T.axis.remap("SSR", [i, s, j])
+                with T.init():
+                    acc[vi, vs] = 0
+                acc[vi, vs] = acc[vi, vs] + T.Cast("int32", W8[vi, vs * kp + vj]) * T.Cast("int32", zq[vs * kp + vj])
         for i in range(n):
             with T.sblock("epilogue"):
                 vi = T.axis.remap("S", [i])

@@ -16,7 +16,8 @@ from typing import Callable
 
 from .gather import GatherKnobs, gather_gemv  # noqa: F401
 from .rules import DEFAULT_KNOBS, Knobs, apply_default, design_space, has_design_space, schedule_kernel  # noqa: F401
-from .stream import StreamKnobs, little_gemv_int4_nest, little_gemv_nest, project_codes_nest, project_nest  # noqa: F401
+from .stream import (StreamKnobs, little_gemv_int4_nest, little_gemv_int8_nest, little_gemv_nest,  # noqa: F401
+                     project_codes_nest, project_nest)
 
 
 def weight_shape(func) -> tuple[int, int]:
@@ -51,6 +52,7 @@ NESTS = {n.kind: n for n in (
     LoopNest("stream", ("Wq", "z", "scale", "bias", "pre"), StreamKnobs, little_gemv_nest, weight_shape),
     LoopNest("stream-project", ("Px", "Ph", "x", "h", "z"), StreamKnobs, project_nest, projection_shape),
     LoopNest("stream-int4", ("W4", "zq", "zs", "scale", "bias", "pre"), StreamKnobs, little_gemv_int4_nest, weight_shape),
+    LoopNest("stream-int8", ("W8", "zq", "zs", "scale", "bias", "pre"), StreamKnobs, little_gemv_int8_nest, weight_shape),
     LoopNest("stream-project-codes", ("Px", "Ph", "x", "h", "zq", "zs"), StreamKnobs, project_codes_nest,
              projection_shape))}
 

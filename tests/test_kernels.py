@@ -63,6 +63,21 @@ def test_little_gemv_int8(rng):
     np.testing.assert_allclose(pre, scale * (Wq.astype(np.float64) @ z) + bias, rtol=1e-5, atol=1e-4)
 
 
+def test_little_gemv_int8_on_codes(rng):
+    """The integer INT8 little GEMV (codes of project_codes, halves padded like INT4's) equals exact sums."""
+    n, k = 48, 70
+    kp = K.int4_padded(k)
+    W8 = np.zeros((n, 2 * kp), np.int8)
+    W8[:, :k], W8[:, kp:kp + k] = rng.integers(-127, 128, (n, k)), rng.integers(-127, 128, (n, k))
+    zq = np.zeros(2 * kp, np.int8)
+    zq[:k], zq[kp:kp + k] = rng.integers(-127, 128, k), rng.integers(-127, 128, k)
+    zs = np.array([0.02, 0.03], np.float32)
+    scale, bias = rng.random(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    (pre,) = run(K.little_gemv_int8(n, 2 * kp), W8, zq, zs, scale, bias, outs=[((n,), "float32")])
+    exact = zs[0] * (W8[:, :kp].astype(np.int64) @ zq[:kp]) + zs[1] * (W8[:, kp:].astype(np.int64) @ zq[kp:])
+    np.testing.assert_allclose(pre, scale * exact + bias, rtol=1e-5, atol=1e-4)
+
+
 def test_little_gemv_int4_and_its_packing(rng):
     n, k = 40, 70
     kp = K.int4_padded(k)

@@ -85,54 +85,69 @@ def test_little_gemv_nest_property(n, k_blocks, lanes, groups, rows, prefetch, s
     np.testing.assert_allclose(pre.numpy(), scale * (Wq.astype(np.float32) @ z) + bias, rtol=1e-4, atol=1e-3)
 
 
+def _integer_little_case(bits: int, n: int, k: int, rng):
+    """(weights in the nest's layout, zq, zs, exact pre − bias) on full-range codes: weights ±7 (INT4) or
+    ±127 (INT8), activations ±127 — the extremes where a saturating ``pmaddubsw`` would go wrong."""
+    kp = K.int4_padded(k)
+    codes = rng.choice([-7, 7, 0, 3, -5] if bits == 4 else [-127, 127, 0, 3, -100], (n, 2 * k))
+    zq = np.zeros(2 * kp, np.int8)
+    zq[:k], zq[kp:kp + k] = rng.choice([-127, 127, 1], k), rng.integers(-127, 128, k)
+    zs = np.array([0.5, 0.25], np.float32)
+    exact = (codes[:, :k] @ zq[:k].astype(np.int64)) * 0.5 + (codes[:, k:] @ zq[kp:kp + k].astype(np.int64)) * 0.25
+    if bits == 4:
+        return K.pack_int4(codes, k), zq, zs, exact
+    W8 = np.zeros((n, 2 * kp), np.int8)
+    W8[:, :k], W8[:, kp:kp + k] = codes[:, :k], codes[:, k:]
+    return W8, zq, zs, exact
+
+
+def _integer_little_nest(bits: int, n: int, k: int, knobs):
+    from schedules import little_gemv_int4_nest, little_gemv_int8_nest
+
+    kp = K.int4_padded(k)
+    return little_gemv_int4_nest(n, kp, knobs, "main") if bits == 4 else little_gemv_int8_nest(n, 2 * kp, knobs, "main")
+
+
 @pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 150), k=st.integers(1, 200), lanes=st.sampled_from([8, 16]), groups=st.sampled_from([1, 2, 3]),
-       rows=st.sampled_from([1, 2, 4, 5]), prefetch=st.sampled_from([0, 2, 4]), seed=st.integers(0, 1000))
-def test_little_gemv_int4_nest_property(n, k, lanes, groups, rows, prefetch, seed):
-    """The AVX2 INT4 little GEMV equals exact integer arithmetic for any shape and knobs, on full-range
-    codes (weights ±7, activations ±127: the extremes where a saturating pmaddubsw would go wrong)."""
-    from schedules import StreamKnobs, little_gemv_int4_nest
+       rows=st.sampled_from([1, 2, 4, 5]), prefetch=st.sampled_from([0, 2, 4]), bits=st.sampled_from([4, 8]),
+       seed=st.integers(0, 1000))
+def test_integer_little_gemv_nest_property(n, k, lanes, groups, rows, prefetch, bits, seed):
+    """The AVX2 INT4 and INT8 little GEMVs on integer codes equal exact integer arithmetic for any shape and
+    knobs (INT8: |z| × sign(z)·w keeps pmaddubsw's int16 pairs below 2^15)."""
+    from schedules import StreamKnobs
 
-    kp = K.int4_padded(k)
     rng = np.random.default_rng(seed)
-    codes = rng.choice([-7, 7, 0, 3, -5], (n, 2 * k))
-    zq = np.zeros(2 * kp, np.int8)
-    zq[:k], zq[kp:kp + k] = rng.choice([-127, 127, 1], k), rng.integers(-127, 128, k)
-    zs, scale, bias = np.array([0.5, 0.25], np.float32), *(rng.standard_normal(m).astype(np.float32) for m in (n, n))
-    exact = (codes[:, :k] @ zq[:k].astype(np.int64)) * 0.5 + (codes[:, k:] @ zq[kp:kp + k].astype(np.int64)) * 0.25
-    f = little_gemv_int4_nest(n, kp, StreamKnobs(groups, rows, lanes, prefetch), "main")
+    W, zq, zs, exact = _integer_little_case(bits, n, k, rng)
+    scale, bias = (rng.standard_normal(m).astype(np.float32) for m in (n, n))
+    f = _integer_little_nest(bits, n, k, StreamKnobs(groups, rows, lanes, prefetch))
     lib = tvm.tirx.build(tvm.IRModule({"main": f}), target=TARGET)
     dev = tvm.cpu()
     pre = tvm.runtime.tensor(np.full(n, np.nan, np.float32), dev)
-    lib["main"](*(tvm.runtime.tensor(v, dev) for v in (K.pack_int4(codes, k), zq, zs, scale, bias)), pre)
+    lib["main"](*(tvm.runtime.tensor(v, dev) for v in (W, zq, zs, scale, bias)), pre)
     np.testing.assert_allclose(pre.numpy(), scale * exact + bias, rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lanes", [8, 16])
-def test_little_gemv_int4_vnni_equals_exact(lanes):
-    """The AVX-512 VNNI form (vpdpbusd) of the INT4 little GEMV: same exact integer sums (skipped without VNNI)."""
+@pytest.mark.parametrize("bits,lanes", [(4, 8), (4, 16), (8, 16)])
+def test_integer_little_gemv_vnni_equals_exact(bits, lanes):
+    """The AVX-512 VNNI form (vpdpbusd) of the integer little GEMVs: same exact sums (skipped without VNNI)."""
     from dualtvm.target import host_cpu_features, parse_target
-    from schedules import StreamKnobs, little_gemv_int4_nest
+    from schedules import StreamKnobs
 
     for cli, vnni in (("llvm -mcpu=broadwell", False), ("llvm -mcpu=znver4", True), ("llvm -mcpu=skylake-avx512", False)):
         assert StreamKnobs.for_target(2, parse_target(cli).required_features()).vnni is vnni
     if not {"avx512_vnni", "avx512vl"} <= host_cpu_features():
         pytest.skip("host CPU has no AVX-512 VNNI")
     n, k = 77, 150
-    kp = K.int4_padded(k)
-    rng = np.random.default_rng(3)
-    codes = rng.choice([-7, 7, 0, -1], (n, 2 * k))
-    zq = np.zeros(2 * kp, np.int8)
-    zq[:k], zq[kp:kp + k] = rng.choice([-127, 127], k), rng.integers(-127, 128, k)
-    zs, scale, bias = np.array([0.5, 0.25], np.float32), np.ones(n, np.float32), np.zeros(n, np.float32)
-    exact = (codes[:, :k] @ zq[:k].astype(np.int64)) * 0.5 + (codes[:, k:] @ zq[kp:kp + k].astype(np.int64)) * 0.25
-    f = little_gemv_int4_nest(n, kp, StreamKnobs(2, 4, lanes, 2, vnni=True), "main")
+    W, zq, zs, exact = _integer_little_case(bits, n, k, np.random.default_rng(3))
+    f = _integer_little_nest(bits, n, k, StreamKnobs(2, 4, lanes, 2, vnni=True))
     lib = tvm.tirx.build(tvm.IRModule({"main": f}), target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
     assert "vpdpbusd" in lib.inspect_source("asm")
     pre = tvm.runtime.tensor(np.full(n, np.nan, np.float32), tvm.cpu())
-    lib["main"](*(tvm.runtime.tensor(v, tvm.cpu()) for v in (K.pack_int4(codes, k), zq, zs, scale, bias)), pre)
+    lib["main"](*(tvm.runtime.tensor(v, tvm.cpu()) for v in (W, zq, zs, np.ones(n, np.float32),
+                                                              np.zeros(n, np.float32))), pre)
     np.testing.assert_array_equal(pre.numpy(), exact.astype(np.float32))
 
 
