@@ -102,6 +102,7 @@ class BenchConfig:
     checkpoint: str | None = None
     peers: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
     little_bits: tuple[int, ...] = (8,)  # one dual-module engine per W_LL precision (8: "tvm-dual", 4: "tvm-dual-int4")
+    eps: float = 0.5  # eq. 3's ε (sets k); rows of another ε are labelled ``<model>-eps<ε>``
     reuse_builds: bool = False  # default: rebuild, so the current schedules/tuning logs are what is measured
 
 
@@ -192,12 +193,13 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     target = parse_target(cfg.target).with_default_cores()
     from pathlib import Path
 
+    label = model if cfg.eps == 0.5 else f"{model}-eps{cfg.eps:g}"
     outs = {}  # W_LL bits -> build folder (each holds a dense build too: the first one's is timed)
     for bits in cfg.little_bits:
-        outs[bits] = f"{cfg.build_root}/{model}-{target.name}" + ("-w4" if bits == 4 else "")
+        outs[bits] = f"{cfg.build_root}/{label}-{target.name}" + ("-w4" if bits == 4 else "")
         if not cfg.reuse_builds or not (Path(outs[bits]) / "dual" / "manifest.json").exists():
             build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[bits],
-                                    little_bits=bits))
+                                    little_bits=bits, eps=cfg.eps))
     out = outs[cfg.little_bits[0]]
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]
@@ -270,13 +272,13 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         for e in engines:
             med, iqr = stats[e.name]
             is_tvm = e.name.startswith("tvm")
-            row = {"model": model, "engine": e.name.split("@")[0], "insensitive_ratio": e.ratio, "median_ms": round(med, 4),
+            row = {"model": label, "engine": e.name.split("@")[0], "insensitive_ratio": e.ratio, "median_ms": round(med, 4),
                    "iqr_ms": round(iqr, 4), "cache": cache, "threads": cfg.threads,
                    "target": target.cli if is_tvm else None, "weights": weights}
             if e.name in measured:
                 dual_bytes = sum(step_bytes(s.hidden, s.input_size, gates, k, 1 - measured[e.name], bits_of[e.name])
                                  for s in dual.spec.layers)
-                row.update({"little_bits": bits_of[e.name], "measured_ratio": round(measured[e.name], 4),
+                row.update({"little_bits": bits_of[e.name], "eps": cfg.eps, "k": k, "measured_ratio": round(measured[e.name], 4),
                             "speedup_vs_tvm_dense": round(stats["tvm-dense"][0] / med, 3),
                             "speedup_vs_best_peer": round(best_peer / med, 3) if best_peer else None,
                             "byte_bound_speedup": round(dense_bytes / dual_bytes, 3),

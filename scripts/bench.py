@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caches", default="warm,cold")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--little-bits", default="8", help="W_LL precisions to time side by side: 8, 4 or 8,4 (INT4: tvm-dual-int4)")
+    p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k); other than 0.5, rows are <model>-eps<ε>")
     p.add_argument("--out", default="results/latency")
     p.add_argument("--reuse-builds", action="store_true", help="do not rebuild existing build folders")
     a = p.parse_args(argv)
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = BenchConfig(tuple(a.models.split(",")), a.target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
                       a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint,
-                      reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")))
+                      reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps)
     bw = stream_bandwidth()
     rows = []
     for m in cfg.models:

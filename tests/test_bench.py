@@ -45,20 +45,25 @@ def test_peer_step_matches_pytorch(peer, rnn_type):
 
 
 def test_bench_tiny_model(tmp_path):
+    from dualtvm.registry import model_config
+
     cfg = BenchConfig(models=("tiny-gnmt",), ratios=(0.5,), steps=6, rounds=1, threads=1, caches=("warm",),
-                      build_root=str(tmp_path), little_bits=(8, 4))
+                      build_root=str(tmp_path), little_bits=(8, 4), eps=0.3)
     rows, info = bench_model("tiny-gnmt", cfg)
+    assert {r["model"] for r in rows} == {"tiny-gnmt-eps0.3"}  # another ε: rows and builds of their own
+    assert (tmp_path / "tiny-gnmt-eps0.3-llvm-broadwell-w4" / "dual").is_dir()
     engines = {r["engine"] for r in rows}
     assert {"tvm-dense", "tvm-dual", "tvm-dual-int4", "torch", "onnxruntime", "openvino"} <= engines
     int4 = next(r for r in rows if r["engine"] == "tvm-dual-int4")
     assert int4["little_bits"] == 4 and 0.3 < int4["measured_ratio"] < 0.7
+    assert int4["eps"] == 0.3 and int4["k"] == model_config("tiny-gnmt").little_dim(0.3)
     dual = next(r for r in rows if r["engine"] == "tvm-dual")
     assert 0.3 < dual["measured_ratio"] < 0.7
     for key in ("model", "engine", "insensitive_ratio", "median_ms", "iqr_ms", "cache", "threads", "target",
                 "speedup_vs_tvm_dense", "speedup_vs_best_peer"):
         assert key in dual
     assert "random weights" in info["weights"]
-    assert "| tiny-gnmt | warm | tvm-dual |" in markdown_table(rows)
+    assert "| tiny-gnmt-eps0.3 | warm | tvm-dual |" in markdown_table(rows)
     parts = dual["breakdown_ms"]
     assert set(parts) == {"projection", "little", "mask", "big", "assembly"} and all(v > 0 for v in parts.values())
     dense = next(r for r in rows if r["engine"] == "tvm-dense")
