@@ -246,6 +246,28 @@ def project_codes(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "proj
     return _named(f, name)
 
 
+def _on_codes(n: int, kp: int, code):
+    """Macro shared by the integer little GEMVs: acc[i, half] = Σ_j code(W, i, half, j) · zq[half·kp + j]
+    exactly in int32, then pre = scale_w[i] · Σ_half s_half · acc[i, half] + b[i]."""
+
+    @T.macro
+    def on_codes(W, zq, zs, scale, bias, pre):
+        acc = T.sblock_alloc_buffer((n, 2), "int32")
+        for i, s, j in T.grid(n, 2, kp):
+            with T.sblock("dot_codes"):  # not a row-dot rule block: the loop nests compute it
+                vi, vs, vj = T.axis.remap("SSR", [i, s, j])
+                with T.init():
+                    acc[vi, vs] = 0
+                acc[vi, vs] = acc[vi, vs] + code(W, vi, vs, vj) * T.Cast("int32", zq[vs * kp + vj])
+        for i in range(n):
+            with T.sblock("epilogue"):
+                vi = T.axis.remap("S", [i])
+                pre[vi] = scale[vi] * (zs[0] * T.Cast("float32", acc[vi, 0]) + zs[1] * T.Cast("float32", acc[vi, 1])) \
+                    + bias[vi]
+
+    return on_codes
+
+
 def little_gemv_int4(n: int, kp: int, name: str = "little_gemv_int4"):
     """Step 2 on INT4 weights: pre = scale_w[i] · Σ_half s_half · Σ_j w[i, half, j] · zq[half, j] + b[i].
 
@@ -255,24 +277,17 @@ def little_gemv_int4(n: int, kp: int, name: str = "little_gemv_int4"):
     """
     hb = kp // 2
 
+    def nibble(W4, i, s, j):  # code j of half s of row i: its byte's low or high nibble, stored +8
+        return T.Cast("int32", T.bitwise_and(T.shift_right(W4[i, s * hb + j // 64 * 32 + j % 32],
+                                                           T.Cast("uint8", j % 64 // 32 * 4)), T.uint8(15))) - 8
+
+    on_codes = _on_codes(n, kp, nibble)
+
     @T.prim_func(s_tir=True)
     def f(W4: T.Buffer((n, kp), "uint8"), zq: T.Buffer((2 * kp,), "int8"), zs: T.Buffer((2,), "float32"),
           scale: T.Buffer((n,), "float32"), bias: T.Buffer((n,), "float32"), pre: T.Buffer((n,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        acc = T.sblock_alloc_buffer((n, 2), "int32")
-        for i, s, j in T.grid(n, 2, kp):
-            with T.sblock("dot4"):
-                vi, vs, vj = T.axis.remap("SSR", [i, s, j])
-                with T.init():
-                    acc[vi, vs] = 0
-                acc[vi, vs] = acc[vi, vs] + (T.Cast("int32", T.bitwise_and(T.shift_right(
-                    W4[vi, vs * hb + vj // 64 * 32 + vj % 32], T.Cast("uint8", vj % 64 // 32 * 4)), T.uint8(15))) - 8) \
-                    * T.Cast("int32", zq[vs * kp + vj])
-        for i in range(n):
-            with T.sblock("epilogue"):
-                vi = T.axis.remap("S", [i])
-                pre[vi] = scale[vi] * (zs[0] * T.Cast("float32", acc[vi, 0]) + zs[1] * T.Cast("float32", acc[vi, 1])) \
-                    + bias[vi]
+        on_codes(W4, zq, zs, scale, bias, pre)
 
     return _named(f, name)
 
@@ -285,23 +300,13 @@ def little_gemv_int8(n: int, kp2: int, name: str = "little_gemv_int8"):
     dot-product instructions (``vpdpbusd``, ``pmaddubsw``) take them.
     """
     kp = kp2 // 2
+    on_codes = _on_codes(n, kp, lambda W8, i, s, j: T.Cast("int32", W8[i, s * kp + j]))
 
     @T.prim_func(s_tir=True)
     def f(W8: T.Buffer((n, kp2), "int8"), zq: T.Buffer((kp2,), "int8"), zs: T.Buffer((2,), "float32"),
           scale: T.Buffer((n,), "float32"), bias: T.Buffer((n,), "float32"), pre: T.Buffer((n,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        acc = T.sblock_alloc_buffer((n, 2), "int32")
-        for i, s, j in T.grid(n, 2, kp):
-            with T.sblock("dot8"):
-                vi, vs, vj = T.axis.remap("SSR", [i, s, j])
-                with T.init():
-                    acc[vi, vs] = 0
-                acc[vi, vs] = acc[vi, vs] + T.Cast("int32", W8[vi, vs * kp + vj]) * T.Cast("int32", zq[vs * kp + vj])
-        for i in range(n):
-            with T.sblock("epilogue"):
-                vi = T.axis.remap("S", [i])
-                pre[vi] = scale[vi] * (zs[0] * T.Cast("float32", acc[vi, 0]) + zs[1] * T.Cast("float32", acc[vi, 1])) \
-                    + bias[vi]
+        on_codes(W8, zq, zs, scale, bias, pre)
 
     return _named(f, name)
 
