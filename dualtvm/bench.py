@@ -261,9 +261,8 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         except ImportError:
             log.warning("%s is not installed: skipping that peer", peer)
     rows: list[dict] = []
-    gates = 4 if mc.rnn_type == "LSTM" else 3
     k = dual.spec.layers[0].k
-    dense_bytes = sum(step_bytes(s.hidden, s.input_size, gates, k, None) for s in dual.spec.layers)
+    dense_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, None) for s in dual.spec.layers)
     for cache in cfg.caches:
         times = measure(engines, cfg.steps, cfg.rounds, cold=(cache == "cold"))
         stats = {name: summarize(t) for name, t in times.items()}
@@ -276,7 +275,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                    "iqr_ms": round(iqr, 4), "cache": cache, "threads": cfg.threads,
                    "target": target.cli if is_tvm else None, "weights": weights}
             if e.name in measured:
-                dual_bytes = sum(step_bytes(s.hidden, s.input_size, gates, k, 1 - measured[e.name], bits_of[e.name])
+                dual_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name], bits_of[e.name])
                                  for s in dual.spec.layers)
                 row.update({"little_bits": bits_of[e.name], "eps": cfg.eps, "k": k, "measured_ratio": round(measured[e.name], 4),
                             "speedup_vs_tvm_dense": round(stats["tvm-dense"][0] / med, 3),

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .gates import layout
 from .models import ModelError
 from .projection import reduced_dim
 
@@ -25,17 +26,13 @@ class ModelConfig:
     def residual(self) -> list[bool]:
         return [self.residual_from is not None and i + 1 >= self.residual_from for i in range(self.layers)]
 
-    @property
-    def gates(self) -> int:
-        return 4 if self.rnn_type == "LSTM" else 3
-
     def input_sizes(self) -> list[int]:
         """Each layer's input width: the first takes the model's input, the others the hidden state below."""
         return [self.input_size if i == 0 else self.hidden for i in range(self.layers)]
 
     def little_dim(self, eps: float) -> int:
         """k of eq. 3 for this model's stacked gate matrix (n = gates × hidden rows)."""
-        return reduced_dim(self.gates * self.hidden, eps)
+        return reduced_dim(layout(self.rnn_type).n_gates * self.hidden, eps)
 
 
 MODELS: dict[str, ModelConfig] = {
