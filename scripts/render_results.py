@@ -43,7 +43,11 @@ def breakdown(doc: dict) -> str:
 def baselines(doc: dict) -> str:
     out = ["| model | epochs | train PPL | valid PPL | test PPL | wall s | command |", "|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        epochs = r.get("epochs", "") if "finetune_batches" not in r else f"{r.get('epochs', '?')} + {r['finetune_batches']} batches"
+        if "finetune_batches" in r:  # older pruning rows lack their base's epochs: the base row has them
+            base_epochs = r.get("epochs", next((b.get("epochs") for b in doc["rows"] if b["model"] == r.get("pruned_from")), "?"))
+            epochs = f"{base_epochs} + {r['finetune_batches']} batches"
+        else:
+            epochs = r.get("epochs", "")
         out.append(f"| {r['model']} | {epochs} | {r.get('train_ppl', '')} | {r.get('valid_ppl', r.get('valid_bleu', ''))} | "
                    f"{r.get('test_ppl', r.get('test_bleu', ''))} | {r['wall_s']} | `{r['command']}` |")
     return "\n".join(out)
@@ -98,8 +102,8 @@ PAPER_TABLE7 = {0: (85.52, 86.21), 80: (86.42, 88.46), 90: (88.75, 90.96)}  # Wi
 
 def lm_pruning(doc: dict) -> str:
     """Table 7: magnitude-pruned (AGP) LMs with and without dual-module inference at 50 %."""
-    out = ["| model | sparsity % | PPL w/o dual-module | PPL w/ dual-module (50 %) | Δ % | paper w/o | paper w/ |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| model | sparsity % | little module | PPL w/o dual-module | PPL w/ dual-module (50 %) | Δ % | paper w/o | paper w/ |",
+           "|---|---|---|---|---|---|---|---|"]
     at_half = [r for r in doc["rows"] if r["part"] == "uniform" and r["insensitive_ratio"] == 0.5]
     pruned = {r["model"]: re.fullmatch(r"(.+)-sparse(\d+)", r["model"]) for r in at_half}
     bases = {m.group(1) for m in pruned.values() if m}
@@ -112,7 +116,7 @@ def lm_pruning(doc: dict) -> str:
             name, sparsity, paper = m.group(1), m.group(2), PAPER_TABLE7.get(int(m.group(2)), ("", ""))
         else:
             continue
-        out.append(f"| {name} | {sparsity} | {r['base_ppl']} | {r['ppl']} | {r['delta_ppl_pct']} | {paper[0]} | {paper[1]} |")
+        out.append(f"| {name} | {sparsity} | {r['variant']} | {r['base_ppl']} | {r['ppl']} | {r['delta_ppl_pct']} | {paper[0]} | {paper[1]} |")
     return "\n".join(out)
 
 
