@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Render results/*.json into the README between <!-- results:NAME --> markers (never typed by hand).
 
-    python scripts/render_results.py
+    python scripts/render_results.py            # rewrite the README's tables and the plots
+    python scripts/render_results.py --check    # CI: fail when the README lags the results files
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -159,9 +161,8 @@ RENDERERS = {  # README marker -> (results file, renderer)
 }
 
 
-def main() -> int:
-    readme = REPO / "README.md"
-    text = readme.read_text()
+def render(text: str) -> str:
+    """The README with every <!-- results:NAME --> block regenerated from its results file."""
     for name, (source, fn) in RENDERERS.items():
         f = REPO / "results" / f"{source}.json"
         if not f.exists():
@@ -172,7 +173,23 @@ def main() -> int:
         pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /results:{re.escape(name)} -->)", re.S)
         if pattern.search(text):
             text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
-    readme.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 when the README's tables differ from what the results files give")
+    a = p.parse_args(argv)
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    rendered = render(text)
+    if a.check:
+        if rendered != text:
+            print("README.md is out of date with results/*.json: run python scripts/render_results.py", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(rendered)
     latency_json = REPO / "results" / "latency.json"
     if latency_json.exists():
         from dualtvm.bench import plot
@@ -182,7 +199,6 @@ def main() -> int:
     if quality.exists():
         plot_lm_quality(json.loads(quality.read_text()), quality.with_suffix(".png"))
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

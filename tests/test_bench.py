@@ -69,3 +69,14 @@ def test_bench_tiny_model(tmp_path):
     dense = next(r for r in rows if r["engine"] == "tvm-dense")
     assert dense["breakdown_ms"]["little"] == 0 and dense["breakdown_ms"]["big"] > 0
     assert dual["kernels_ms"] == pytest.approx(sum(parts.values()), abs=1e-3) and dual["breakdown_step_ms"] > 0
+
+
+def test_readme_tables_are_rendered_from_the_results_files():
+    """README numbers are never typed by hand: rendering the committed results must reproduce them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "render_results.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
