@@ -8,6 +8,7 @@ is swept between steps, as the paper assumes for each RNN cell in a decoder.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -197,7 +198,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     outs = {}  # W_LL bits -> build folder (each holds a dense build too: the first one's is timed)
     for bits in cfg.little_bits:
         outs[bits] = f"{cfg.build_root}/{label}-{target.name}" + ("-w4" if bits == 4 else "")
-        if not cfg.reuse_builds or not (Path(outs[bits]) / "dual" / "manifest.json").exists():
+        if not (cfg.reuse_builds and _built_from(Path(outs[bits]), cfg.checkpoint)):
             build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[bits],
                                     little_bits=bits, eps=cfg.eps))
     out = outs[cfg.little_bits[0]]
@@ -292,6 +293,16 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                     _add_breakdown(row, breakdowns[e.name])
             rows.append(row)
     return rows, {"weights": weights, "dense_bytes": dense_bytes}
+
+
+def _built_from(folder: "Path", checkpoint: str | None) -> bool:
+    """Whether ``folder`` holds a build of these weights (``--reuse-builds`` must not time a random-weight
+    build when a checkpoint is asked for, nor the reverse)."""
+    manifest = folder / "dual" / "manifest.json"
+    if not manifest.exists():
+        return False
+    weights = json.loads(manifest.read_text())["model"].get("weights", "")
+    return weights.startswith(f"checkpoint {checkpoint}") if checkpoint else weights.startswith("random weights")
 
 
 def dual_engine(little_bits: int) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,12 @@ import numpy as np
 import torch
 
 from .construct import build_dual
+from .dual import DualModuleRNN
 from .decoder import DecoderSpec, compile_decoder, export, pack_layer
 from .kernels import LayerShape
 from .little import LittleConfig
 from .registry import big_rnn, model_config, read_checkpoint
-from .target import check_runs_on_host, parse_target
+from .target import TargetSpec, check_runs_on_host, parse_target
 from .tuning import load_database
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,36 @@ def text_segments(embed, stream: torch.Tensor, n: int, seed: int) -> list[torch.
     return [embed(stream[s: s + 35 * 8].view(8, 35).t()) for s in starts.tolist()]
 
 
+def layer_shapes(dual: DualModuleRNN) -> list[LayerShape]:
+    """The kernels' view of each dual-module layer: gates, widths, k and W_LL precision."""
+    return [LayerShape(l.rnn_type, l.big.hidden, l.big.input_size, l.little.k, l.little.weight.bits) for l in dual.layers]
+
+
+def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os.PathLike",
+                 residual: list[bool] | None = None, database=None, info: dict | None = None) -> dict[str, Path]:
+    """Compile a dual-module RNN (e.g. ``construct.build_dual(your_nn_lstm, …)``) and its dense twin.
+
+    Writes ``out/dual`` and ``out/dense`` (``decoder.so`` + weights + manifest; the dual one also the
+    little-module artefact); load either with :class:`~dualtvm.runtime.CompiledDecoder`.  ``residual``
+    marks the layers whose input is added to their output (GNMT); ``database`` a MetaSchedule
+    database (``tuning.load_database``) whose records are used where they beat the default schedules.
+    """
+    target = parse_target(target).with_default_cores() if isinstance(target, str) else target
+    shapes = layer_shapes(dual)
+    info = {**(info or {}), "k": [s.k for s in shapes], "little_bits": shapes[0].little_bits}
+    folders: dict[str, Path] = {}
+    for is_dual in (True, False):
+        spec = DecoderSpec(shapes, residual or [False] * len(shapes), dual=is_dual)
+        t1 = time.time()
+        ex = compile_decoder(spec, target, database)
+        params = [pack_layer(s, l.big, l.little if is_dual else None) for s, l in zip(shapes, dual.layers)]
+        kind = "dual" if is_dual else "dense"
+        folders[kind] = Path(export(ex, spec, target, Path(out) / kind, params,
+                                    [l.little for l in dual.layers] if is_dual else None, info))
+        log.info("built %s decoder in %.1fs -> %s", kind, time.time() - t1, folders[kind])
+    return folders
+
+
 def build_model(cfg: BuildConfig) -> dict:
     """Returns a report: where weights came from, k, build folders, schedules used, verification."""
     target = parse_target(cfg.target).with_default_cores()
@@ -102,23 +134,12 @@ def build_model(cfg: BuildConfig) -> dict:
     dual = build_dual(rnn, run(train), run(valid), LittleConfig(eps=cfg.eps, seed=cfg.seed, bits=cfg.little_bits),
                       cfg.max_rows)
     fit_s = time.time() - t0
-    shapes = [LayerShape(mc.rnn_type, mc.hidden, d, l.little.k, cfg.little_bits)
-              for d, l in zip(mc.input_sizes(), dual.layers)]
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
     suffix = "-w4" if cfg.little_bits == 4 else ""
     out = Path(cfg.out) if cfg.out else REPO / "build" / f"{cfg.model}-{target.name}{suffix}"
-    info = {"name": cfg.model, "weights": source, "eps": cfg.eps, "k": [s.k for s in shapes], "little_bits": cfg.little_bits}
-    folders = {}
-    for is_dual in (True, False):
-        spec = DecoderSpec(shapes, mc.residual(), dual=is_dual)
-        t1 = time.time()
-        ex = compile_decoder(spec, target, db)
-        params = [pack_layer(s, l.big, l.little if is_dual else None) for s, l in zip(shapes, dual.layers)]
-        kind = "dual" if is_dual else "dense"
-        folders[kind] = str(export(ex, spec, target, out / kind, params,
-                                   [l.little for l in dual.layers] if is_dual else None, info))
-        log.info("built %s decoder in %.1fs -> %s", kind, time.time() - t1, folders[kind])
-    report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": info["k"], "little_bits": cfg.little_bits,
+    info = {"name": cfg.model, "weights": source, "eps": cfg.eps}
+    folders = {k: str(v) for k, v in compile_dual(dual, target, out, mc.residual(), db, info).items()}
+    report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": [s.k for s in layer_shapes(dual)], "little_bits": cfg.little_bits,
               "little_fit_s": round(fit_s, 1), "schedules": "tuned database where faster" if db else "default",
               "builds": folders}
     if cfg.verify:

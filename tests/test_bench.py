@@ -80,3 +80,21 @@ def test_readme_tables_are_rendered_from_the_results_files():
     script = Path(__file__).resolve().parent.parent / "scripts" / "render_results.py"
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_reused_builds_must_hold_the_asked_weights(tmp_path):
+    """--reuse-builds must not time a random-weight build when a checkpoint is asked for (or the reverse)."""
+    import json
+
+    from dualtvm.bench import _built_from
+
+    def folder(name: str, weights: str):
+        (tmp_path / name / "dual").mkdir(parents=True)
+        (tmp_path / name / "dual" / "manifest.json").write_text(json.dumps({"model": {"weights": weights}}))
+        return tmp_path / name
+
+    random = folder("r", "random weights (seed 0): no trained checkpoint given")
+    trained = folder("t", "checkpoint cache/ptb-lstm-1500.best.pt, little module fitted and calibrated on ptb text")
+    assert _built_from(random, None) and not _built_from(random, "cache/ptb-lstm-1500.best.pt")
+    assert _built_from(trained, "cache/ptb-lstm-1500.best.pt") and not _built_from(trained, None)
+    assert not _built_from(trained, "cache/ptb-lstm-750.best.pt") and not _built_from(tmp_path / "missing", None)
