@@ -1,8 +1,8 @@
 """Each kernel of one layer timed alone beside numpy and PyTorch doing the same work.
 
 For every kernel of a layer's dense and dual-module steps: the untuned default schedule, the
-tuning log's choice (MetaSchedule record or loop nest, whichever ``tune.py`` kept), numpy and
-torch on the same shapes.  Caches are flushed (64 MB swept) before every run of every engine,
+tuning log's best MetaSchedule record and its loop nest's grid choice (both timed whether or not
+``tune.py`` kept them: ``use`` says which the build takes), numpy and torch on the same shapes.  Caches are flushed (64 MB swept) before every run of every engine,
 as inside a decode step, where the big GEMV's stream evicts everything else between two calls.
 numpy and torch have no int8/int4 GEMV or ternary projection: they get the fp32 matrices (what a
 user of them would store), so their rows show what the quantised kernels save.  References cover
@@ -19,15 +19,16 @@ import numpy as np
 from .kernels import LayerShape, layer_kernels
 from .target import TargetSpec
 from .bench import Evictor
-from .tuning import FLUSH_BYTES, TuningLog, best_from_database, time_kernel
+from .tuning import FLUSH_BYTES, TuningLog, compare_kernels, metaschedule_best, nest_from_log
 
 
 @dataclass
 class KernelRow:
     kernel: str
-    default_ms: float
-    log_ms: float | None  # the tuning log's choice, when it has one that beat the default
-    log_use: str  # what the log chose: default / tuned / a loop nest's kind
+    default_ms: float  # untuned: the default schedule (rules or loop nest with its default knobs)
+    metaschedule_ms: float | None  # the database's best MetaSchedule record, kept or not
+    nest_ms: float | None  # the loop nest with the knobs its grid search chose, kept or not
+    use: str  # what the build takes: default / tuned (MetaSchedule) / a loop nest's kind
     numpy_ms: float | None
     torch_ms: float | None
     reference: str  # what numpy/torch compute
@@ -103,8 +104,9 @@ def _time_python(fn: Callable, repeat: int, evict: Evictor) -> float:
 
 
 def kernel_table(shapes: Sequence[LayerShape], target: TargetSpec, log: TuningLog | None,
-                 repeat: int = 30) -> list[KernelRow]:
-    """One row per distinct kernel of the shapes' dual-module and dense steps (``repeat`` flushed runs, medians).
+                 repeat: int = 30, passes: int = 3) -> list[KernelRow]:
+    """One row per distinct kernel of the shapes' dual-module and dense steps: each candidate schedule's
+    median of ``repeat`` flushed runs, best of ``passes`` passes interleaved with the other candidates.
 
     Shapes that differ only in ``little_bits`` share their big kernels: each is timed once.
     """
@@ -122,12 +124,14 @@ def kernel_table(shapes: Sequence[LayerShape], target: TargetSpec, log: TuningLo
                 continue
             seen.add(name)
             kind = name.split(f"_{s.tag}")[0]
-            default_ms = time_kernel(default_kernel(func, target.num_cores, features), target, repeat, flush_cache=True)
-            chosen = best_from_database(log, func, target) if log is not None else None
-            log_ms = time_kernel(chosen, target, repeat, flush_cache=True) if chosen is not None else None
+            candidates = {"default": default_kernel(func, target.num_cores, features)}
+            if log is not None:
+                candidates.update({k: f for k, f in (("tuned", metaschedule_best(log, func, target)),
+                                                     ("nest", nest_from_log(log, func))) if f is not None})
+            ms = {k: round(v, 4) for k, v in compare_kernels(candidates, target, passes=passes, repeat=repeat).items()}
             use = (log.summary.get(name, {}).get("use", "default") if log is not None else "no log")
             ref = same_work(kind, s)
-            rows.append(KernelRow(name, round(default_ms, 4), round(log_ms, 4) if log_ms is not None else None, use,
+            rows.append(KernelRow(name, ms["default"], ms.get("tuned"), ms.get("nest"), use,
                                   round(_time_python(ref[0], repeat, evict), 4) if ref else None,
                                   round(_time_python(ref[1], repeat, evict), 4) if ref else None, ref[2] if ref else ""))
     return rows

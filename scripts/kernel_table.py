@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Each kernel of a model's layer alone: untuned default, the tuning log's choice, numpy and PyTorch.
+"""Each kernel of a model's layer alone: untuned default, MetaSchedule-tuned, loop-nest grid, numpy and PyTorch.
 
     python scripts/kernel_table.py --model lstm-1500 --little-bits 8,4     # -> results/kernels.json
 
@@ -49,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
             for r in kernel_table(shapes, target, load_database(target, a.logs), a.repeat)]
     command = "python scripts/kernel_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     write_results(a.out, "kernels", rows, command)
-    print(f"{'kernel':40s} {'default':>8s} {'log':>8s} {'numpy':>8s} {'torch':>8s}  used / numpy does")
+    fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8s}"  # noqa: E731
+    print(f"{'kernel':40s} {'default':>8s} {'MS tuned':>8s} {'nest':>8s} {'numpy':>8s} {'torch':>8s}  used / numpy does")
     for r in rows:
-        fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8s}"  # noqa: E731
-        print(f"{r['kernel']:40s} {fmt(r['default_ms'])} {fmt(r['log_ms'])} {fmt(r['numpy_ms'])} {fmt(r['torch_ms'])}  "
-              f"{r['log_use']} / {r['reference']}")
+        print(f"{r['kernel']:40s} {fmt(r['default_ms'])} {fmt(r['metaschedule_ms'])} {fmt(r['nest_ms'])} "
+              f"{fmt(r['numpy_ms'])} {fmt(r['torch_ms'])}  {r['use']} / {r['reference']}")
     return 0
 
 

@@ -8,6 +8,8 @@
 
 Records go to tuning_logs/<target-name>/ (JSON database, extended by every run: rerunning
 resumes; finished tasks are skipped unless --redo; a killed task gets only its remaining trials).
+--recheck re-decides, from fresh side-by-side timings and without searching, which schedule each logged
+kernel's build takes.
 With --rpc-tracker the candidates are measured on the RPC servers registered under --rpc-key
 (one MetaSchedule runner worker per server), compiled here for the target.  The closing table gives each kernel's
 latency with the default schedule and the tuned one; builds use whichever is faster.
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default=None, help="comma-separated substrings: tune only matching kernels")
     p.add_argument("--logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--redo", action="store_true", help="tune tasks again even if already tuned")
+    p.add_argument("--recheck", action="store_true",
+                   help="no search: re-time each logged kernel's default, tuned record and loop-nest knobs side by "
+                        "side and re-decide which the build uses")
     p.add_argument("--skip-bad-records", action="store_true", help="drop corrupted database lines instead of failing")
     p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on a fleet via TVM's RPC tracker")
     p.add_argument("--rpc-key", default=None, help="device key the RPC servers registered with")
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.kernels import LayerShape
     from dualtvm.registry import model_config
     from dualtvm.target import check_runs_on_host, parse_target
-    from dualtvm.tuning import RPCTracker, TuningError, tasks_for, tune, tuning_dir
+    from dualtvm.tuning import RPCTracker, TuningError, recheck, tasks_for, tune, tuning_dir
 
     target = parse_target(a.target).with_default_cores()
     mc = model_config(a.model)
@@ -82,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
-    summary = tune(tasks, target, a.trials, a.logs, a.redo, skip_bad=a.skip_bad_records, rpc=rpc)
+    if a.recheck:
+        try:
+            summary = recheck(tasks, target, a.logs, rpc)
+        except TuningError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        summary = tune(tasks, target, a.trials, a.logs, a.redo, skip_bad=a.skip_bad_records, rpc=rpc)
     print(f"\n{'kernel (ms, caches flushed)':44s} {'default':>9s} {'tuned':>9s} {'loop nest':>10s}  used")
     for t in tasks:
         s = summary.get(t.name, {})

@@ -144,8 +144,39 @@ def test_kernel_table_rows_for_every_kernel():
     assert [r.kernel for r in rows] == list(dict.fromkeys(names))
     assert len(rows) < len(names) and any(r.kernel.endswith("_w4") for r in rows)
     for r in rows:
-        assert r.default_ms > 0 and r.log_ms is None and r.log_use == "no log"
+        assert r.default_ms > 0 and r.metaschedule_ms is None and r.nest_ms is None and r.use == "no log"
         assert (r.numpy_ms is None) == r.kernel.startswith("concat") and (r.torch_ms is None) == (r.numpy_ms is None)
+
+
+@pytest.fixture(scope="module")
+def tiny_log(tmp_path_factory):
+    """tiny-lstm's masked GEMV tuned (2 trials + the gather grid) into a fresh database."""
+    logs = tmp_path_factory.mktemp("tiny-log") / "logs"
+    tuned = subprocess.run(TUNE + ["--tasks", "masked_gemv", "--logs", str(logs)], cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    return logs
+
+
+def test_kernel_table_times_every_candidate_of_a_tuning_log(tiny_log):
+    """With a tuning log: the MetaSchedule record and the loop nest's grid choice are timed whether or not kept."""
+    from dualtvm.kernel_table import kernel_table
+    from dualtvm.kernels import LayerShape
+    from dualtvm.registry import model_config
+    from dualtvm.target import parse_target
+    from dualtvm.tuning import load_database
+
+    logs = tiny_log
+    target = parse_target("llvm -mcpu=broadwell -num-cores 2")
+    mc = model_config("tiny-lstm")
+    shape = LayerShape(mc.rnn_type, mc.hidden, mc.input_size, mc.little_dim(0.5))
+    rows = {r.kernel.split("_")[0] + "_" + r.kernel.split("_")[1]: r
+            for r in kernel_table([shape], target, load_database(target, str(logs)), repeat=2)}
+    (name, entry), = json.loads((logs / "summary.json").read_text()).items()
+    masked = rows["masked_gemv"]
+    assert masked.kernel == name and masked.use == entry["use"]
+    assert masked.metaschedule_ms > 0 and masked.nest_ms > 0  # both candidates re-timed beside the default
+    assert rows["little_gemv"].metaschedule_ms is None and rows["little_gemv"].use == "default"  # not tuned
 
 
 def test_int4_little_gemv_is_tuned_as_a_loop_nest_grid(tmp_path):
@@ -166,3 +197,29 @@ def test_int4_little_gemv_is_tuned_as_a_loop_nest_grid(tmp_path):
     r = build_model(BuildConfig(model="tiny-lstm", out=str(tmp_path / "b"), tuning_logs=str(logs), verify=True, steps=5,
                                 little_bits=4))
     assert r["verified"] is True and r["little_bits"] == 4
+
+
+def test_recheck_redecides_from_side_by_side_timings(tiny_log, tmp_path):
+    """--recheck searches nothing: it re-times the logged candidates and takes the default unless one beats it
+    by more than the noise margin (a stale 'use' is overwritten)."""
+    from dualtvm.tuning import SWITCH_MARGIN
+
+    summary_file = tiny_log / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    (name, entry), = summary.items()
+    records = (tiny_log / "database_tuning_record.json").read_text()
+    summary[name]["use"] = "tuned" if entry["use"] != "tuned" else "default"  # a stale decision
+    summary_file.write_text(json.dumps(summary))
+    done = subprocess.run(TUNE + ["--tasks", "masked_gemv", "--logs", str(tiny_log), "--recheck"], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (after,) = json.loads(summary_file.read_text()).values()
+    assert (tiny_log / "database_tuning_record.json").read_text() == records  # no search, no new records
+    timed = {k[:-3]: v for k, v in after.items() if k.endswith("_ms") and v is not None}
+    assert {"default", "tuned", "gather"} <= set(timed)
+    best = min(timed, key=timed.get)
+    expected = best if timed[best] < timed["default"] * (1 - SWITCH_MARGIN) else "default"
+    assert after["use"] == expected
+    empty = subprocess.run(TUNE + ["--logs", str(tmp_path / "none"), "--recheck"], cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert empty.returncode == 2 and "nothing to recheck" in empty.stderr
