@@ -59,11 +59,45 @@ def _unpruned(rows: list[dict]) -> list[dict]:
     return [r for r in rows if "-sparse" not in r["model"]]  # pruned models have their own table (7)
 
 
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    cell = lambda v: "" if v is None else str(v)  # noqa: E731
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(map(cell, r)) + " |" for r in rows)]
+
+
 def lm_quality(doc: dict) -> str:
-    out = ["| model | part | variant | ratio asked | measured | PPL | ΔPPL % | paper PPL |", "|---|---|---|---|---|---|---|---|"]
-    for r in _unpruned(doc["rows"]):
-        out.append(f"| {r['model']} | {r['part']} | {r.get('variant', '')} | {r['insensitive_ratio']} | {r['measured_ratio']} | "
-                   f"{r['ppl']} | {r['delta_ppl_pct']} | {r.get('paper_ppl', '')} |")
+    """Tables 2/3, the per-gate allocation, and Tables 1, 5 and 6 (PTB test PPL), one table each."""
+    rows = _unpruned(doc["rows"])
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    variants = list(dict.fromkeys(r.get("variant", "") for r in rows))  # in the order the results file has them
+    part = lambda name: sorted((r for r in rows if r["part"] == name),  # noqa: E731
+                               key=lambda r: (models.index(r["model"]), r.get("variant") != "base",
+                                              variants.index(r.get("variant", "")), r["insensitive_ratio"]))
+    out = ["Tables 2/3, one insensitive ratio for every gate:", ""]
+    out += _table(["model", "little module", "ratio asked", "measured", "PPL", "ΔPPL %", "paper PPL"],
+                  [[r["model"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
+                    r.get("paper_ppl")] for r in part("uniform")])
+    out += ["", "Beyond the paper: the ratio allocated per gate (greedy, on valid) for an overall ratio, and the largest "
+            "overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
+    out += _table(["model", "part", "how", "ratio", "measured", "PPL", "ΔPPL %"],
+                  [[r["model"], r["part"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"]]
+                   for r in part("per-gate") + part("largest-within-1pct")])
+    gates = lambda d: " ".join(f"{g} {v}" for g, v in d.items())  # noqa: E731
+    out += ["", "Table 1, random error (relative std in the row) added to the pre-activations of one half of the rows "
+            "(split by the little module's mask at 50 %): cosine similarity to the clean values before and after each gate's φ, "
+            "and PPL:", ""]
+    out += _table(["model", "errors in", "relative std", "cos before φ", "cos after φ", "PPL", "ΔPPL %"],
+                  [[r["model"], r["variant"].removeprefix("errors in the "), r.get("relative_std"), gates(r["cos_before"]),
+                    gates(r["cos_after"]), r["ppl"], r["delta_ppl_pct"]] for r in part("resilience")])
+    out += ["", "Table 5 (quality half), ε of eq. 3 at 50 %:", ""]
+    out += _table(["model", "ε", "k", "measured", "PPL", "ΔPPL %"],
+                  [[r["model"], r["variant"].removeprefix("eps"), r.get("k"), r["measured_ratio"], r["ppl"], r["delta_ppl_pct"]]
+                   for r in part("eps")])
+    out += ["", "Table 6, W_LL precision at 50 % (MSE of the little pre-activations on valid; parameter sizes as the paper "
+            "counts them):", ""]
+    out += _table(["model", "precision", "MSE", "little MB", "big MB", "little / big %", "measured", "PPL", "ΔPPL %"],
+                  [[r["model"], r["variant"], r["mse"], r["little_param_mb"], r["big_param_mb"],
+                    round(100 * r["little_param_mb"] / r["big_param_mb"], 1), r["measured_ratio"], r["ppl"], r["delta_ppl_pct"]]
+                   for r in part("precision")])
     return "\n".join(out)
 
 
