@@ -336,7 +336,7 @@ def recheck(tasks: list[Task], target: TargetSpec, root: str | os.PathLike | Non
     """Re-decide each tuned kernel's ``use`` from fresh side-by-side timings of its default, its best
     MetaSchedule record and its loop nest's recorded knobs (no search): for a log tuned on a noisier
     day, or before the confirmation pass existed."""
-    from schedules import default_kernel
+    from schedules import default_kernel, loop_nest
     from tqdm.auto import tqdm
 
     d = tuning_dir(target, root)
@@ -350,17 +350,19 @@ def recheck(tasks: list[Task], target: TargetSpec, root: str | os.PathLike | Non
             finalists["tuned"] = tuned
         nest = nest_from_log(log_, task.func)
         if nest is not None:
-            from schedules import loop_nest
-
             finalists[loop_nest(task.func).kind] = nest
         before = log_.summary[task.name].get("use")
         log_.summary[task.name].update(decide(finalists, target, rpc))
         log.info("%s: %s -> %s (%s)", task.name, before, log_.summary[task.name]["use"],
                  ", ".join(f"{k} {v} ms" for k, v in log_.summary[task.name].items() if k.endswith("_ms") and v))
-    tmp = (d / "summary.json").with_suffix(".tmp")
-    tmp.write_text(json.dumps(log_.summary, indent=2))
-    os.replace(tmp, d / "summary.json")
+    _write_summary(d / "summary.json", log_.summary)
     return log_.summary
+
+
+def _write_summary(path: Path, summary: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, path)
 
 
 def records_for(db, func) -> int:
@@ -407,27 +409,22 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
                 num_tuning_cores=max(1, (target.num_cores or os.cpu_count() or 1)), seed=0)
         elif searchable and not redo:
             log.info("%s: the database already holds its %d trials (interrupted run)", task.name, trials_per_task)
+        finalists = {"default": default_kernel(task.func, target.num_cores, target.required_features())}
         sch = db.query_schedule(_mod(task.func), target=tgt, workload_name="main")
-        candidates = {"default": default_kernel(task.func, target.num_cores, target.required_features())}
         if sch is not None:
-            candidates["tuned"] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-        nest = loop_nest(task.func)
-        if nest is not None:  # the loop nest's knob grid, beside MetaSchedule's best
-            shape = nest.shape(task.func)
-            candidates.update({kn: nest.build(*shape, kn) for kn in nest.knobs.for_target(target.num_cores, target.required_features()).space()})
-        ms_ = compare_kernels(candidates, target, rpc)
+            finalists["tuned"] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
         entry = {"shapes": task.shapes,
                  "trials": (done + trials_per_task if redo else trials_per_task) if searchable else 0}
-        best = min((kn for kn in ms_ if not isinstance(kn, str)), key=ms_.get) if nest is not None else None
-        finalists = {"default": candidates["default"], **({"tuned": candidates["tuned"]} if "tuned" in candidates else {}),
-                     **({nest.kind: candidates[best]} if best is not None else {})}
-        entry.update(decide(finalists, target, rpc))
-        if best is not None:
+        nest = loop_nest(task.func)
+        if nest is not None:  # the loop nest's knob grid; its winner joins MetaSchedule's best as a finalist
+            shape = nest.shape(task.func)
+            grid = {kn: nest.build(*shape, kn) for kn in nest.knobs.for_target(target.num_cores, target.required_features()).space()}
+            grid_ms = compare_kernels(grid, target, rpc)
+            best = min(grid_ms, key=grid_ms.get)
+            finalists[nest.kind] = grid[best]
             entry[f"{nest.kind}_knobs"] = asdict(best)
-        summary[task.name] = entry
-        tmp = summary_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, summary_file)  # after every task, atomically: a kill loses nothing done
+        summary[task.name] = {**entry, **decide(finalists, target, rpc)}
+        _write_summary(summary_file, summary)  # after every task, atomically: a kill loses nothing done
     prune_records(d)
     return summary
 

@@ -73,9 +73,9 @@ def lm_quality(doc: dict) -> str:
                                key=lambda r: (models.index(r["model"]), r.get("variant") != "base",
                                               variants.index(r.get("variant", "")), r["insensitive_ratio"]))
     out = ["Tables 2/3, one insensitive ratio for every gate:", ""]
-    out += _table(["model", "little module", "ratio asked", "measured", "PPL", "ΔPPL %", "paper PPL"],
-                  [[r["model"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
-                    r.get("paper_ppl")] for r in part("uniform")])
+    out += _table(["model", "big epochs", "little module", "ratio asked", "measured", "PPL", "ΔPPL %", "paper PPL"],
+                  [[r["model"], r.get("big_epochs"), r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"],
+                    r["delta_ppl_pct"], r.get("paper_ppl")] for r in part("uniform")])
     out += ["", "Beyond the paper: the ratio allocated per gate (greedy, on valid) for an overall ratio, and the largest "
             "overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "part", "how", "ratio", "measured", "PPL", "ΔPPL %"],
