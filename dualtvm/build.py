@@ -139,8 +139,8 @@ def build_model(cfg: BuildConfig) -> dict:
     out = Path(cfg.out) if cfg.out else REPO / "build" / f"{cfg.model}-{target.name}{suffix}"
     info = {"name": cfg.model, "weights": source, "eps": cfg.eps}
     folders = {k: str(v) for k, v in compile_dual(dual, target, out, mc.residual(), db, info).items()}
-    report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": [s.k for s in layer_shapes(dual)], "little_bits": cfg.little_bits,
-              "little_fit_s": round(fit_s, 1), "schedules": "tuned database where faster" if db else "default",
+    report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": [s.k for s in layer_shapes(dual)],
+              "little_bits": cfg.little_bits, "little_fit_s": round(fit_s, 1), "schedules": "tuned database where faster" if db else "default",
               "builds": folders}
     if cfg.verify:
         if not check_runs_on_host(target):

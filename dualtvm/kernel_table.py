@@ -2,8 +2,9 @@
 
 For every kernel of a layer's dense and dual-module steps: the untuned default schedule, the
 tuning log's best MetaSchedule record and its loop nest's grid choice (both timed whether or not
-``tune.py`` kept them: ``use`` says which the build takes), numpy and torch on the same shapes.  Caches are flushed (64 MB swept) before every run of every engine,
-as inside a decode step, where the big GEMV's stream evicts everything else between two calls.
+``tune.py`` kept them: ``use`` says which the build takes), numpy and torch on the same shapes.
+Caches are flushed (64 MB swept) before every run of every engine, as inside a decode step, where
+the big GEMV's stream evicts everything else between two calls.
 numpy and torch have no int8/int4 GEMV or ternary projection: they get the fp32 matrices (what a
 user of them would store), so their rows show what the quantised kernels save.  References cover
 the LSTM kernels (the paper's Table 5 shape); other kernels get none.
