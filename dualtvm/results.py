@@ -46,9 +46,18 @@ def write_results(path: str | os.PathLike, experiment: str, rows: list[dict[str,
 
 def update_rows(path: str | os.PathLike, experiment: str, row: dict[str, Any], key: Iterable[str],
                 command: str) -> Path:
-    """Replace the row with the same ``key`` fields (or append): lets independent runs share one file."""
+    """Replace the row with the same ``key`` fields (or append): lets independent runs share one file.
+
+    Runs writing the same file at once (two evaluations in the background) take turns on a lock file, so
+    neither drops the other's rows between its read and its write.
+    """
+    import fcntl
+
     path = Path(path)
     key = tuple(key)
-    rows = json.loads(path.read_text())["rows"] if path.exists() else []
-    rows = [r for r in rows if tuple(r.get(k) for k in key) != tuple(row.get(k) for k in key)] + [row]
-    return write_results(path, experiment, rows, command)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        rows = json.loads(path.read_text())["rows"] if path.exists() else []
+        rows = [r for r in rows if tuple(r.get(k) for k in key) != tuple(row.get(k) for k in key)] + [row]
+        return write_results(path, experiment, rows, command)

@@ -224,3 +224,27 @@ def test_masked_gemv_property(n_blocks, k_blocks, density, lanes, groups, rows, 
     lib["main"](tvm.runtime.tensor(W, dev), tvm.runtime.tensor(x, dev), tvm.runtime.tensor(row_list, dev),
                 tvm.runtime.tensor(np.array([len(idx)], np.int32), dev), yc)
     np.testing.assert_allclose(yc.numpy()[: len(idx)], W[idx] @ x, rtol=1e-4, atol=1e-4)
+
+
+def _write_rows(path: str, who: int, n: int) -> None:
+    from dualtvm.results import update_rows
+
+    for i in range(n):
+        update_rows(path, "race", {"who": who, "i": i}, key=("who", "i"), command="test")
+
+
+def test_concurrent_result_writers_keep_every_row(tmp_path):
+    """Two background evaluations appending to one results file at once: no row is lost."""
+    import json
+    import multiprocessing as mp
+
+    path = str(tmp_path / "race.json")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_write_rows, args=(path, who, 25)) for who in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    rows = json.loads(open(path).read())["rows"]
+    assert sorted((r["who"], r["i"]) for r in rows) == [(w, i) for w in range(3) for i in range(25)]
