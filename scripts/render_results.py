@@ -193,7 +193,7 @@ def amdahl(speed: list[dict]) -> list[str]:
              f"the dual-module decoder could reach {token_ms / rest_ms:.2f}× the dense tokens/s"]
     if need_ms > 0:
         lines[0] += (f"; 1.5× needs its layers at {need_ms:.2f} ms/token, {layers_ms / need_ms:.1f}× faster than the dense "
-                     "layers (the 50 % byte bound is ~1.6×).")
+                     "layers.")
     else:
         lines[0] += ": 1.5× is out of reach at this model size."
     return lines
@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     if quality.exists():
         plot_lm_quality(json.loads(quality.read_text()), quality.with_suffix(".png"))
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
