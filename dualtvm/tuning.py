@@ -410,9 +410,9 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
         elif searchable and not redo:
             log.info("%s: the database already holds its %d trials (interrupted run)", task.name, trials_per_task)
         finalists = {"default": default_kernel(task.func, target.num_cores, target.required_features())}
-        sch = db.query_schedule(_mod(task.func), target=tgt, workload_name="main")
-        if sch is not None:
-            finalists["tuned"] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        tuned = metaschedule_best(TuningLog(db, summary), task.func, target)
+        if tuned is not None:
+            finalists["tuned"] = tuned
         entry = {"shapes": task.shapes,
                  "trials": (done + trials_per_task if redo else trials_per_task) if searchable else 0}
         nest = loop_nest(task.func)

@@ -201,13 +201,11 @@ def amdahl(speed: list[dict]) -> list[str]:
 
 def kernels(doc: dict) -> str:
     """Issue #4's kernel table: each kernel alone (caches flushed), untuned and as tuned, beside numpy/PyTorch."""
-    out = ["| kernel | untuned ms | MetaSchedule tuned ms | loop-nest grid ms | build uses | numpy ms | torch ms "
-           "| numpy / torch compute |", "|---|---|---|---|---|---|---|---|"]
-    cell = lambda v: "" if v is None else v  # noqa: E731
-    for r in doc["rows"]:
-        out.append(f"| {r['kernel']} | {r['default_ms']} | {cell(r['metaschedule_ms'])} | {cell(r['nest_ms'])} | {r['use']} | "
-                   f"{cell(r['numpy_ms'])} | {cell(r['torch_ms'])} | {r['reference']} |")
-    return "\n".join(out)
+    return "\n".join(_table(
+        ["kernel", "untuned ms", "MetaSchedule tuned ms", "loop-nest grid ms", "build uses", "numpy ms", "torch ms",
+         "numpy / torch compute"],
+        [[r["kernel"], r["default_ms"], r["metaschedule_ms"], r["nest_ms"], r["use"], r["numpy_ms"], r["torch_ms"],
+          r["reference"]] for r in doc["rows"]]))
 
 
 RENDERERS = {  # README marker -> (results file, renderer)
