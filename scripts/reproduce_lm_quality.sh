@@ -3,11 +3,12 @@
 # (scripts/train_lm.py; see results/baselines.json for their commands).  Hours on a 2-core CPU: run it with nohup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios,allocation
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios,allocation,search
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts resilience,precision,eps
-python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios,allocation,eps
+python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios,allocation,search,eps
 # the paper's main model (cache/ptb-lstm-1500.best.pt: whatever epoch its training has reached; rows say big_epochs)
-python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500.best.pt --model-name ptb-lstm-1500 --parts ratios,allocation
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500.best.pt --model-name ptb-lstm-1500 --parts ratios,allocation,search
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500.best.pt --model-name ptb-lstm-1500 --parts resilience,precision,eps
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500.best.pt --model-name ptb-lstm-1500 --parts ratios --little-bits 4
 # the INT4 little module (the compiled tvm-dual-int4 engine) at every ratio
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios --little-bits 4

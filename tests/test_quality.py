@@ -21,7 +21,7 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
              LMTrainConfig(epochs=2, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
     out = tmp_path / "q.json"
     rc = eval_lm.main(["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-24",
-                       "--corpus", str(tiny_corpus), "--ratios", "0.5,0.9", "--parts", "ratios,allocation,precision",
+                       "--corpus", str(tiny_corpus), "--ratios", "0.5,0.9", "--parts", "ratios,allocation,search,precision",
                        "--max-rows", "2000", "--results", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
