@@ -27,21 +27,38 @@ class NMTTrainConfig:
     seed: int = 1111
     max_len: int = 50
     max_batches: int | None = None  # cap per epoch (smoke tests)
+    save_every_s: float = 600.0  # mid-epoch checkpoint period: a 1024-unit epoch outlasts a session
+
+
+def adam_step(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> None:
+    """One clipped Adam update (a function of its own so that tests can interrupt training)."""
+    opt.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
 
 
 def train_nmt(corpus: ParallelCorpus, model_cfg: Seq2SeqConfig, cfg: NMTTrainConfig, checkpoint: Path,
               progress: bool = True) -> dict:
-    """Adam + teacher forcing, resumable per epoch; the best validation-loss model is kept beside."""
+    """Adam + teacher forcing; the best validation-loss model is kept beside.
+
+    Resumable mid-epoch: the checkpoint holds the optimizer, the RNG states and the batch-order generator's
+    state at the epoch's start, so a resumed run replays the same batches and ends where an unbroken one would.
+    """
     torch.manual_seed(cfg.seed)
     model = Seq2Seq(model_cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    state = {"epoch": 0, "best_val": math.inf, "history": [], "wall_s": 0.0}
+    state = {"epoch": 0, "best_val": math.inf, "history": [], "wall_s": 0.0, "batch": 0, "loss_sum": 0.0}
     best_path = checkpoint.with_suffix(".best.pt")
+    gen = torch.Generator().manual_seed(cfg.seed)
     payload = resume_payload(checkpoint, asdict(model_cfg))
     if payload is not None:
         model.load_state_dict(payload["state_dict"])
         opt.load_state_dict(payload["optimizer"])
-        state = payload["train_state"]
+        state = {"batch": 0, "loss_sum": 0.0, **payload["train_state"]}
+        if "rng" in payload:
+            torch.set_rng_state(payload["rng"])
+        log.info("resuming %s at epoch %d batch %d", checkpoint, state["epoch"], state["batch"])
     train = encode_pairs(corpus, "train", cfg.max_len)
     valid = encode_pairs(corpus, "valid", cfg.max_len)
     crit = nn.CrossEntropyLoss(ignore_index=0)
@@ -54,32 +71,44 @@ def train_nmt(corpus: ParallelCorpus, model_cfg: Seq2SeqConfig, cfg: NMTTrainCon
         logits = model(src, tgt[:-1])
         return crit(logits.reshape(-1, logits.size(-1)), tgt[1:].reshape(-1))
 
-    gen = torch.Generator().manual_seed(cfg.seed)
+    def save_latest() -> None:
+        save_checkpoint(checkpoint, model, "seq2seq", asdict(model_cfg), train_state=state,
+                        optimizer=opt.state_dict(), rng=torch.get_rng_state(), **meta)
+
     while state["epoch"] < cfg.epochs:
-        t0 = time.time()
+        t0 = last_save = time.time()
         model.train()
+        if "gen_state" in state:  # the batch order of the epoch being (re)started
+            gen.set_state(state["gen_state"])
+        state["gen_state"] = gen.get_state()
         batches = bucketed_batches(train, cfg.batch_size, shuffle=True, generator=gen)[: cfg.max_batches]
-        total = 0.0
-        for idx in tqdm(batches, desc=f"epoch {state['epoch'] + 1}/{cfg.epochs}", disable=not progress, mininterval=5):
+        total, n = state["loss_sum"], state["batch"]
+        bar = tqdm(batches, desc=f"epoch {state['epoch'] + 1}/{cfg.epochs}", disable=not progress, mininterval=5,
+                   initial=n)
+        for idx in batches[n:]:
             loss = batch_loss(idx, train)
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
+            adam_step(model, opt, loss, cfg.clip)
             total += loss.item()
+            n += 1
+            bar.update()
+            if time.time() - last_save > cfg.save_every_s and n < len(batches):
+                state.update(batch=n, loss_sum=total, wall_s=state["wall_s"] + time.time() - last_save)
+                save_latest()
+                last_save = time.time()
+        bar.close()
         model.eval()
         with torch.no_grad():
             vb = bucketed_batches(valid, cfg.batch_size, shuffle=False)[: cfg.max_batches]
             val = sum(batch_loss(idx, valid).item() for idx in vb) / max(len(vb), 1)
         state["epoch"] += 1
-        state["wall_s"] += time.time() - t0
+        state.update(batch=0, loss_sum=0.0, wall_s=state["wall_s"] + time.time() - last_save,
+                     gen_state=gen.get_state())
         state["history"].append({"epoch": state["epoch"], "train_loss": total / max(len(batches), 1), "valid_loss": val})
         log.info("epoch %d: train loss %.3f valid loss %.3f", state["epoch"], total / max(len(batches), 1), val)
         if val < state["best_val"]:
             state["best_val"] = val
             save_checkpoint(best_path, model, "seq2seq", asdict(model_cfg), train_state=dict(state), **meta)
-        save_checkpoint(checkpoint, model, "seq2seq", asdict(model_cfg), train_state=state,
-                        optimizer=opt.state_dict(), **meta)
+        save_latest()
     best = Seq2Seq(model_cfg)
     best.load_state_dict(load_checkpoint(best_path)["state_dict"])
     return {"model": best, "epochs": state["epoch"], "wall_s": round(state["wall_s"], 1), "history": state["history"]}

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--min-freq", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     corpus = load_multi30k(a.data_dir, a.min_freq)
-    cfg = Seq2SeqConfig(len(corpus.src_vocab), len(corpus.tgt_vocab), a.hidden)
+    cfg = Seq2SeqConfig(len(corpus.src_vocab), len(corpus.tgt_vocab), a.hidden, dropout=a.dropout)
     name = f"multi30k-gnmt-{a.hidden}"
     ckpt = a.out or cache_dir() / f"{name}.pt"
     res = train_nmt(corpus, cfg, NMTTrainConfig(epochs=a.epochs, batch_size=a.batch_size, max_batches=a.max_batches), ckpt)

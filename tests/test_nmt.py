@@ -120,3 +120,35 @@ def test_compiled_layer_pads_widths_and_steps_a_batch(tmp_path):
                 torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
                 torch.testing.assert_close(state[1], ref_state[1], atol=2e-5, rtol=1e-4)
     assert layer.stats.ratio() == 0.0 and sum(layer.stats.total.values()) == 4 * 3 * 4 * 40  # steps × batch × rows
+
+
+def test_nmt_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Killed after 3 batches and rerun, training ends with exactly the weights of an unbroken run."""
+    import dualtvm.train_nmt as train_mod
+
+    src, tgt = SRC * 6, TGT * 6
+    sv = Vocab.build([tokenize_sentence(s) for s in src], 1)
+    tv = Vocab.build([tokenize_sentence(t) for t in tgt], 1)
+    corpus = ParallelCorpus(sv, tv, {"train": (src, tgt), "valid": (SRC, TGT), "test": (SRC, TGT)})
+    cfg = Seq2SeqConfig(len(sv), len(tv), hidden=16, enc_layers=2, dec_layers=2, dropout=0.3)
+    tc = NMTTrainConfig(epochs=2, lr=1e-2, batch_size=4, save_every_s=0.0)
+    unbroken = train_nmt(corpus, cfg, tc, tmp_path / "a.pt", progress=False)["model"]
+
+    real_step, steps = train_mod.adam_step, []
+
+    def dying_step(*args, **kwargs):
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        steps.append(1)
+        real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "adam_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_nmt(corpus, cfg, tc, tmp_path / "b.pt", progress=False)
+    from dualtvm.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "b.pt")["train_state"]["batch"] == 3
+    monkeypatch.setattr(train_mod, "adam_step", real_step)
+    resumed = train_nmt(corpus, cfg, tc, tmp_path / "b.pt", progress=False)["model"]
+    for (name, a), b in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
