@@ -305,9 +305,9 @@ def _built_from(folder: "Path", checkpoint: str | None) -> bool:
     return weights.startswith(f"checkpoint {checkpoint}") if checkpoint else weights.startswith("random weights")
 
 
-def dual_engine(little_bits: int) -> str:
-    """Engine name of the dual-module step with W_LL at ``little_bits`` (INT8 is the paper's ``tvm-dual``)."""
-    return "tvm-dual" if little_bits == 8 else f"tvm-dual-int{little_bits}"
+def dual_engine(little_bits: int, engine: str = "tvm-dual") -> str:
+    """Engine name of a dual-module engine with W_LL at ``little_bits`` (INT8, the paper's, keeps the bare name)."""
+    return engine if little_bits == 8 else f"{engine}-int{little_bits}"
 
 
 def _step_graph_engine(name: str, sessions: list, xs: list[np.ndarray], mc) -> Engine:

@@ -283,7 +283,10 @@ def dual_decoder(tr: Translator, corpus: ParallelCorpus | None, artefact: Path,
     if artefact.exists():
         try:
             littles, _ = load_little(artefact, big)
-            return [DualModuleLayer(b, lm) for b, lm in zip(big, littles)]
+            bits = {lm.weight.bits for lm in littles}
+            if cfg is None or bits == {cfg.bits}:
+                return [DualModuleLayer(b, lm) for b, lm in zip(big, littles)]
+            log.warning("refitting the little modules: %s holds INT%s W_LL, INT%d asked", artefact, bits.pop(), cfg.bits)
         except ArtefactError as e:
             log.warning("refitting the little modules: %s", e)
     if corpus is None:
@@ -310,26 +313,29 @@ def _built_for(folder: Path, dual: DualModuleLayer) -> bool:
 
 def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
                    target: str = "llvm -mcpu=broadwell", ratio: float = 0.5,
-                   build_root: Path | None = None) -> list[nn.Module] | None:
+                   build_root: Path | None = None, little_bits: int = 8) -> list[nn.Module] | None:
     """Decoder layers of a backend (None = the big PyTorch LSTMs), dual ones set to ``ratio``.
 
-    Little modules are cached beside the checkpoint (``<stem>.little.npz``, tied to the weights
-    by hash); compiled layers under ``build/<stem>-<target-name>/`` (rebuilt when the little
-    modules change).
+    Little modules (W_LL in ``little_bits``: 8, the paper's, or 4) are cached beside the checkpoint
+    (``<stem>.little.npz``, ``<stem>.little-w4.npz``; tied to the weights by hash); compiled layers
+    under ``build/<stem>-<target-name>[-w4]/`` (rebuilt when the little modules change).
     """
     from .target import parse_target
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if little_bits not in (8, 4):
+        raise ValueError(f"little_bits must be 8 or 4 (the compiled little GEMVs), not {little_bits}")
     if backend == "torch":
         return None
-    artefact = checkpoint.with_name(checkpoint.name.split(".")[0] + ".little.npz")
-    duals = dual_decoder(tr, corpus, artefact)
+    stem, suffix = checkpoint.name.split(".")[0], "" if little_bits == 8 else f"-w{little_bits}"
+    artefact = checkpoint.with_name(f"{stem}.little{suffix}.npz")
+    duals = dual_decoder(tr, corpus, artefact, LittleConfig(bits=little_bits))
     if backend == "dual":
         layers: list[nn.Module] = duals
     else:
         root = build_root or Path(__file__).resolve().parent.parent / "build"
-        out = root / f"{checkpoint.name.split('.')[0]}-{parse_target(target).name}"
+        out = root / f"{stem}-{parse_target(target).name}{suffix}"
         kind = backend.removeprefix("tvm-")
         folders = [out / kind / f"layer{i}" for i in range(len(duals))]
         if not all(_built_for(f, d) for f, d in zip(folders, duals)):

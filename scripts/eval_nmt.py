@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default="quality,speed")
     p.add_argument("--speed-ratio", type=float, default=0.5)
     p.add_argument("--speed-sentences", type=int, default=300)
+    p.add_argument("--little-bits", default="8",
+                   help="W_LL precision(s) of the little modules, e.g. 8,4: engines dual/tvm-dual (INT8, the paper's) "
+                        "and dual-int4/tvm-dual-int4")
     p.add_argument("--target", default="llvm -mcpu=broadwell")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None)
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from dualtvm.bench import dual_engine
     from dualtvm.data import load_multi30k
     from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
     from dualtvm.nmt import Translator, corpus_bleu, decode_speed, decoder_layers, translate
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_multi30k(a.data_dir)
     src, refs = corpus.splits["test"]
     parts = a.parts.split(",")
+    bits = [int(b) for b in a.little_bits.split(",")]
 
     def save(row: dict) -> None:
         update_rows(a.out, "nmt-quality", {"model": a.model_name, **row},
@@ -60,33 +65,37 @@ def main(argv: list[str] | None = None) -> int:
         base, sig = corpus_bleu(translate(tr, src, a.beam, progress=True), refs)
         save({"part": "quality", "engine": "torch", "insensitive_ratio": 0.0, "beam": a.beam, "bleu": round(base, 2),
               "base_bleu": round(base, 2), "delta_bleu": 0.0, "sacrebleu_signature": sig})
-        duals = decoder_layers(tr, corpus, "dual", a.checkpoint)
-        for r in [float(x) for x in a.ratios.split(",")]:
-            set_layer_ratios(duals, r)
-            reset_layer_stats(duals)
-            score, sig = corpus_bleu(translate(tr, src, a.beam, duals, progress=True), refs)
-            per_layer = [round(measured_layer_ratio([d]), 4) for d in duals]
-            print(f"ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), measured {measured_layer_ratio(duals):.3f}")
-            save({"part": "quality", "engine": "dual", "insensitive_ratio": r, "beam": a.beam,
-                  "measured_ratio": round(measured_layer_ratio(duals), 4), "measured_ratio_per_layer": per_layer,
-                  "bleu": round(score, 2), "base_bleu": round(base, 2), "delta_bleu": round(score - base, 2),
-                  "sacrebleu_signature": sig})
+        for b in bits:
+            duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b)
+            for r in [float(x) for x in a.ratios.split(",")]:
+                set_layer_ratios(duals, r)
+                reset_layer_stats(duals)
+                score, sig = corpus_bleu(translate(tr, src, a.beam, duals, progress=True), refs)
+                per_layer = [round(measured_layer_ratio([d]), 4) for d in duals]
+                print(f"INT{b} ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), measured {measured_layer_ratio(duals):.3f}")
+                save({"part": "quality", "engine": dual_engine(b, "dual"), "insensitive_ratio": r, "beam": a.beam,
+                      "measured_ratio": round(measured_layer_ratio(duals), 4), "measured_ratio_per_layer": per_layer,
+                      "bleu": round(score, 2), "base_bleu": round(base, 2), "delta_bleu": round(score - base, 2),
+                      "sacrebleu_signature": sig})
     if "speed" in parts:
         n = a.speed_sentences
-        backends = {"torch": None,
-                    "tvm-dense": decoder_layers(tr, corpus, "tvm-dense", a.checkpoint, a.target),
-                    "tvm-dual": decoder_layers(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio)}
-        reset_layer_stats(backends["tvm-dual"])
+        backends = {"torch": None, "tvm-dense": decoder_layers(tr, corpus, "tvm-dense", a.checkpoint, a.target)}
+        for b in bits:
+            backends[dual_engine(b)] = decoder_layers(tr, corpus, "tvm-dual", a.checkpoint, a.target,
+                                                                  a.speed_ratio, little_bits=b)
+        duals = [e for e in backends if e.startswith("tvm-dual")]
+        for e in duals:
+            reset_layer_stats(backends[e])
         res = decode_speed(tr, src[:n], backends)
         for engine, r in res.items():
             score, sig = corpus_bleu(r["hyps"], refs[:n])
-            row = {"part": "speed", "engine": engine, "insensitive_ratio": a.speed_ratio if engine == "tvm-dual" else 0.0,
+            row = {"part": "speed", "engine": engine, "insensitive_ratio": a.speed_ratio if engine in duals else 0.0,
                    "beam": 1, "sentences": n, "tokens": r["tokens"], "tokens_per_s": round(r["tokens_per_s"], 1),
                    "decoder_layers_ms_per_token": round(r["layer_ms_per_token"], 4), "bleu": round(score, 2),
                    "sacrebleu_signature": sig, "threads": threads,
                    "target": a.target if engine.startswith("tvm") else None}
-            if engine == "tvm-dual":
-                row["measured_ratio"] = round(measured_layer_ratio(backends["tvm-dual"]), 4)
+            if engine in duals:
+                row["measured_ratio"] = round(measured_layer_ratio(backends[engine]), 4)
                 for other in ("tvm-dense", "torch"):
                     row[f"speedup_vs_{other.replace('-', '_')}"] = round(r["tokens_per_s"] / res[other]["tokens_per_s"], 3)
                     row[f"layer_speedup_vs_{other.replace('-', '_')}"] = round(

@@ -179,24 +179,24 @@ def nmt_quality(doc: dict) -> str:
 
 
 def amdahl(speed: list[dict]) -> list[str]:
-    """What the decoder layers can buy end to end: the rest of a token (embedding, attention, output layer,
-    search) is PyTorch work the dual-module does not touch."""
-    dense = next((r for r in speed if r["engine"] == "tvm-dense"), None)
-    if dense is None:
-        return []
-    token_ms = 1000 / dense["tokens_per_s"]
-    layers_ms = dense["decoder_layers_ms_per_token"]
-    rest_ms = token_ms - layers_ms
-    need_ms = token_ms / 1.5 - rest_ms
-    lines = [f"Where a dense token's time goes ({dense['model']}): {token_ms:.2f} ms, of which the compiled decoder layers "
-             f"{layers_ms:.2f} ms ({layers_ms / token_ms:.0%}) and everything else {rest_ms:.2f} ms. Even with free layers "
-             f"the dual-module decoder could reach {token_ms / rest_ms:.2f}× the dense tokens/s"]
-    if need_ms > 0:
-        lines[0] += (f"; 1.5× needs its layers at {need_ms:.2f} ms/token, {layers_ms / need_ms:.1f}× faster than the dense "
-                     "layers.")
-    else:
-        lines[0] += ": 1.5× is out of reach at this model size."
-    return lines
+    """What the decoder layers can buy end to end, per model: the rest of a token (embedding, attention,
+    output layer, search) is PyTorch work the dual-module does not touch."""
+    lines = []
+    for dense in (r for r in speed if r["engine"] == "tvm-dense"):
+        token_ms = 1000 / dense["tokens_per_s"]
+        layers_ms = dense["decoder_layers_ms_per_token"]
+        rest_ms = token_ms - layers_ms
+        need_ms = token_ms / 1.5 - rest_ms
+        line = (f"Where a dense token's time goes ({dense['model']}): {token_ms:.2f} ms, of which the compiled decoder "
+                f"layers {layers_ms:.2f} ms ({layers_ms / token_ms:.0%}) and everything else {rest_ms:.2f} ms. Even with "
+                f"free layers the dual-module decoder could reach {token_ms / rest_ms:.2f}× the dense tokens/s")
+        if need_ms > 0:
+            line += (f"; 1.5× needs its layers at {need_ms:.2f} ms/token, {layers_ms / need_ms:.1f}× faster than the "
+                     "dense layers.")
+        else:
+            line += ": 1.5× is out of reach at this model size."
+        lines += [line, ""]
+    return lines[:-1]
 
 
 def kernels(doc: dict) -> str:

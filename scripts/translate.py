@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=("torch", "dual", "tvm-dense", "tvm-dual"), default="torch")
     p.add_argument("--ratio", type=float, default=0.5, help="insensitive ratio (dual backends)")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--little-bits", type=int, choices=(8, 4), default=8,
+                   help="W_LL precision of the little modules (dual backends): 8, the paper's, or 4")
     p.add_argument("--split", choices=("valid", "test"), default=None, help="translate a Multi30k split and score it")
     p.add_argument("--limit", type=int, default=None, help="first N sentences only")
     p.add_argument("--input", type=Path, default=None, help="file of source sentences (default stdin)")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"checkpoint {ckpt} not found: train one with scripts/train_nmt.py or pass --checkpoint")
     tr = Translator.from_checkpoint(ckpt)
     corpus = load_multi30k(a.data_dir) if a.split or a.backend != "torch" else None
-    layers = decoder_layers(tr, corpus, a.backend, ckpt, a.target, a.ratio)
+    layers = decoder_layers(tr, corpus, a.backend, ckpt, a.target, a.ratio, little_bits=a.little_bits)
 
     if a.split:
         src, refs = corpus.splits[a.split]

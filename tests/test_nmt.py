@@ -152,3 +152,36 @@ def test_nmt_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, mon
     resumed = train_nmt(corpus, cfg, tc, tmp_path / "b.pt", progress=False)["model"]
     for (name, a), b in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_eval_nmt_quality_rows_per_little_precision(tmp_path):
+    """eval_nmt on a tiny Multi30k-shaped folder: one BLEU row per ratio and W_LL precision, each precision
+    cached in its own artefact, ratio 0 of either precision equal to the big model."""
+    import hashlib
+    import json
+    import sys
+    from pathlib import Path
+
+    from dualtvm.data import load_multi30k
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import eval_nmt
+
+    data = tmp_path / "m30k"
+    data.mkdir()
+    for stem, n in (("train", 6), ("val", 1), ("test_2016_flickr", 1)):
+        (data / f"{stem}.en").write_text("\n".join(SRC * n) + "\n")
+        (data / f"{stem}.de").write_text("\n".join(TGT * n) + "\n")
+    (data / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+                                             for p in sorted(data.iterdir())))
+    corpus = load_multi30k(data)
+    cfg = Seq2SeqConfig(len(corpus.src_vocab), len(corpus.tgt_vocab), hidden=32, enc_layers=2, dec_layers=4, dropout=0.0)
+    train_nmt(corpus, cfg, NMTTrainConfig(epochs=10, lr=1e-2, batch_size=8), tmp_path / "s.pt", progress=False)
+    ckpt, out = tmp_path / "s.best.pt", tmp_path / "q.json"
+    assert eval_nmt.main(["--checkpoint", str(ckpt), "--model-name", "tiny", "--data-dir", str(data), "--parts",
+                          "quality", "--ratios", "0.0,0.9", "--little-bits", "8,4", "--out", str(out)]) == 0
+    rows = {(r["engine"], r["insensitive_ratio"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("torch", 0.0), ("dual", 0.0), ("dual", 0.9), ("dual-int4", 0.0), ("dual-int4", 0.9)}
+    assert rows["dual", 0.0]["bleu"] == rows["dual-int4", 0.0]["bleu"] == rows["torch", 0.0]["bleu"]
+    assert rows["dual-int4", 0.9]["measured_ratio"] > 0.75
+    assert (tmp_path / "s.little.npz").exists() and (tmp_path / "s.little-w4.npz").exists()
