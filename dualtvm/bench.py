@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -101,6 +103,8 @@ class BenchConfig:
     caches: tuple[str, ...] = ("warm", "cold")
     build_root: str = "build"
     checkpoint: str | None = None
+    decoder_layer: int = 0  # which decoder layer of a seq2seq checkpoint (gnmt-1024-2048 from a trained GNMT)
+    data_dir: str | None = None  # data root of a checkpoint's corpus (default $DUALTVM_DATA)
     peers: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
     little_bits: tuple[int, ...] = (8,)  # one dual-module engine per W_LL precision (8: "tvm-dual", 4: "tvm-dual-int4")
     eps: float = 0.5  # eq. 3's ε (sets k); rows of another ε are labelled ``<model>-eps<ε>``
@@ -185,30 +189,30 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     """Rows for one model (every engine, cache mode and ratio) and facts about the run."""
     import torch
 
-    from .build import BuildConfig, build_model, lm_text_inputs
+    from .build import BuildConfig, build_model
+    from .inputs import real_inputs
     from .peers import OpenVINOStep, onnxruntime_session, torch_cell
     from .registry import model_config, read_checkpoint
     from .runtime import CompiledDecoder, sequence_runner
     from .target import parse_target
 
     target = parse_target(cfg.target).with_default_cores()
-    from pathlib import Path
-
     label = model if cfg.eps == 0.5 else f"{model}-eps{cfg.eps:g}"
     outs = {}  # W_LL bits -> build folder (each holds a dense build too: the first one's is timed)
     for bits in cfg.little_bits:
         outs[bits] = f"{cfg.build_root}/{label}-{target.name}" + ("-w4" if bits == 4 else "")
-        if not (cfg.reuse_builds and _built_from(Path(outs[bits]), cfg.checkpoint)):
+        if not (cfg.reuse_builds and _built_from(Path(outs[bits]), cfg.checkpoint, cfg.decoder_layer)):
             build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[bits],
-                                    little_bits=bits, eps=cfg.eps))
+                                    little_bits=bits, eps=cfg.eps, decoder_layer=cfg.decoder_layer,
+                                    data_dir=cfg.data_dir))
     out = outs[cfg.little_bits[0]]
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]
     mc = model_config(model)
-    text = lm_text_inputs(read_checkpoint(cfg.checkpoint)) if cfg.checkpoint else None
-    if text is not None:  # an LM: decode real text (its embeddings), so the masks are the model's real ones
-        embed, corpus = text
-        xs = [v.numpy().astype(np.float32) for v in embed(corpus.valid[: cfg.steps])]
+    real = real_inputs(read_checkpoint(cfg.checkpoint), 0, data_dir=cfg.data_dir,
+                       decoder_layer=cfg.decoder_layer) if cfg.checkpoint else None
+    if real is not None:  # decode the trained model's own held-out data: its real masks
+        xs = real.stream(cfg.steps)
     else:
         rng = np.random.default_rng(0)
         xs = [(rng.standard_normal(mc.input_size) * 0.5).astype(np.float32) for _ in range(cfg.steps)]
@@ -295,14 +299,17 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     return rows, {"weights": weights, "dense_bytes": dense_bytes}
 
 
-def _built_from(folder: "Path", checkpoint: str | None) -> bool:
+def _built_from(folder: Path, checkpoint: str | None, decoder_layer: int = 0) -> bool:
     """Whether ``folder`` holds a build of these weights (``--reuse-builds`` must not time a random-weight
-    build when a checkpoint is asked for, nor the reverse)."""
+    build when a checkpoint is asked for, nor the reverse, nor another decoder layer of a seq2seq)."""
     manifest = folder / "dual" / "manifest.json"
     if not manifest.exists():
         return False
     weights = json.loads(manifest.read_text())["model"].get("weights", "")
-    return weights.startswith(f"checkpoint {checkpoint}") if checkpoint else weights.startswith("random weights")
+    if checkpoint is None:
+        return weights.startswith("random weights")
+    layer = re.search(r"\(seq2seq decoder layer (\d+)\)", weights)
+    return weights.startswith(f"checkpoint {checkpoint}") and (layer is None or int(layer.group(1)) == decoder_layer)
 
 
 def dual_engine(little_bits: int, engine: str = "tvm-dual") -> str:

@@ -12,6 +12,7 @@ import torch
 
 from .construct import build_dual
 from .dual import DualModuleRNN
+from .inputs import real_inputs, synthetic_segments
 from .decoder import DecoderSpec, compile_decoder, export, pack_layer
 from .kernels import LayerShape
 from .little import LittleConfig
@@ -38,48 +39,9 @@ class BuildConfig:
     max_rows: int = 60_000
     seed: int = 0
     corpus: str = "ptb"  # the text an LM checkpoint's little module is fitted on
+    decoder_layer: int = 0  # which decoder layer of a seq2seq checkpoint (its inputs are recorded on Multi30k)
     data_dir: str | None = None
     little_bits: int = 8  # W_LL precision: INT8 (the paper's default) or INT4 (half the little bytes, Table 6)
-
-
-def synthetic_segments(input_size: int, n: int, seed: int, scale: float = 0.5) -> list[torch.Tensor]:
-    """Gaussian input segments (T=35, B=8) for models without a corpus (random-weight builds)."""
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(35, 8, input_size, generator=g) * scale for _ in range(n)]
-
-
-def lm_text_inputs(payload: object | None, corpus: str = "ptb", data_dir: str | None = None):
-    """(embed, streams) when ``payload`` (``registry.read_checkpoint``'s result) is a dualtvm language
-    model, else None.
-
-    ``embed(tokens)`` is the LM's own embedding (what its RNN sees), ``streams`` the corpus' token
-    streams: the little module is then fitted and calibrated on real text, and benchmarks decode
-    real text, so the masks are the ones the model makes in use.
-    """
-    if not (isinstance(payload, dict) and payload.get("kind") == "lm"):
-        return None
-    from .checkpoint import model_from_checkpoint
-    from .data import load_lm_corpus
-
-    lm = model_from_checkpoint(payload).eval()
-    text = load_lm_corpus(corpus, data_dir)
-    if payload.get("vocab") != text.dictionary.idx2word:
-        raise ValueError(f"the checkpoint was trained on another vocabulary than {corpus!r}")
-
-    def embed(tokens: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return lm.encoder(tokens)
-
-    return embed, text
-
-
-def text_segments(embed, stream: torch.Tensor, n: int, seed: int) -> list[torch.Tensor]:
-    """``n`` embedded segments (T=35, B=8) from random places of a token stream (repeated if shorter)."""
-    g = torch.Generator().manual_seed(seed)
-    if stream.numel() <= 35 * 8:
-        stream = stream.repeat(35 * 8 // stream.numel() + 2)
-    starts = torch.randint(0, stream.numel() - 35 * 8, (n,), generator=g)
-    return [embed(stream[s: s + 35 * 8].view(8, 35).t()) for s in starts.tolist()]
 
 
 def layer_shapes(dual: DualModuleRNN) -> list[LayerShape]:
@@ -117,13 +79,12 @@ def build_model(cfg: BuildConfig) -> dict:
     target = parse_target(cfg.target).with_default_cores()
     mc = model_config(cfg.model)
     payload = read_checkpoint(cfg.checkpoint) if cfg.checkpoint else None  # read once, used twice
-    rnn, source = big_rnn(cfg.model, cfg.checkpoint, cfg.seed, payload)
+    rnn, source = big_rnn(cfg.model, cfg.checkpoint, cfg.seed, payload, cfg.decoder_layer)
     log.info("model %s: %s", cfg.model, source)
-    text = lm_text_inputs(payload, cfg.corpus, cfg.data_dir)
-    if text is not None:  # real text through the LM's embedding
-        embed, corpus = text
-        train, valid = text_segments(embed, corpus.train, 16, cfg.seed), text_segments(embed, corpus.valid, 4, cfg.seed + 1)
-        source += f", little module fitted and calibrated on {cfg.corpus} text"
+    real = real_inputs(payload, cfg.seed, cfg.corpus, cfg.data_dir, cfg.decoder_layer)
+    if real is not None:  # the trained model's own data
+        train, valid = real.train, real.valid
+        source += f", little module fitted and calibrated on {real.description}"
     else:
         train, valid = synthetic_segments(mc.input_size, 16, cfg.seed), synthetic_segments(mc.input_size, 4, cfg.seed + 1)
 

@@ -46,6 +46,7 @@ MODELS: dict[str, ModelConfig] = {
     "tiny-lstm": ModelConfig("LSTM", 48, 48, 2),
     "tiny-gru": ModelConfig("GRU", 48, 48, 2),
     "tiny-gnmt": ModelConfig("LSTM", 48, 48, 4, residual_from=3),
+    "tiny-gnmt-layer": ModelConfig("LSTM", 32, 64),  # a decoder layer of the tests' hidden-32 seq2seq
 }
 DEFAULT_MODEL = "lstm-1500"
 
@@ -58,23 +59,25 @@ def model_config(name: str) -> ModelConfig:
 
 
 def read_checkpoint(path: str | Path) -> object:
-    """``torch.load`` a big model's file once: a dualtvm LM checkpoint (format checked), an ``nn.Module``
-    or a state_dict.  :func:`big_rnn` and ``build.lm_text_inputs`` both take what it returns."""
+    """``torch.load`` a big model's file once: a dualtvm LM or seq2seq checkpoint (format checked), an
+    ``nn.Module`` or a state_dict.  :func:`big_rnn` and ``inputs.real_inputs`` both take what it returns."""
     from .checkpoint import checked_payload
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     payload = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(payload, dict) and payload.get("kind") == "lm":
+    if isinstance(payload, dict) and payload.get("kind") in ("lm", "seq2seq"):
         return checked_payload(payload, path)
     return payload
 
 
 def big_rnn(name: str, checkpoint: str | Path | None = None, seed: int = 0,
-            payload: object | None = None) -> tuple[nn.Module, str]:
-    """The big RNN of a named config: from a checkpoint (LM checkpoint or a state_dict), else seeded random.
+            payload: object | None = None, decoder_layer: int = 0) -> tuple[nn.Module, str]:
+    """The big RNN of a named config: from a checkpoint, else seeded random.
 
+    A checkpoint is a dualtvm LM (its RNN), a dualtvm seq2seq (its decoder layer ``decoder_layer``, e.g.
+    ``gnmt-1024-2048`` from a 1024-unit GNMT), an ``nn.LSTM``/``nn.GRU`` or their state_dict.
     ``payload``: ``read_checkpoint(checkpoint)`` when the caller has already read it.  Returns the
     module and a word on where its weights came from.
     """
@@ -84,8 +87,15 @@ def big_rnn(name: str, checkpoint: str | Path | None = None, seed: int = 0,
 
         path = Path(checkpoint)
         payload = read_checkpoint(path) if payload is None else payload
+        source = f"checkpoint {path}"
         if isinstance(payload, dict) and payload.get("kind") == "lm":
             state = {k[len("rnn."):]: v for k, v in payload["state_dict"].items() if k.startswith("rnn.")}
+        elif isinstance(payload, dict) and payload.get("kind") == "seq2seq":
+            prefix = f"decoder.layers.{decoder_layer}."
+            state = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
+            if not state:
+                raise ModelError(f"checkpoint {path} has no decoder layer {decoder_layer}")
+            source += f" (seq2seq decoder layer {decoder_layer})"
         elif isinstance(payload, nn.Module):
             state = payload.state_dict()
         else:
@@ -96,7 +106,7 @@ def big_rnn(name: str, checkpoint: str | Path | None = None, seed: int = 0,
         if got != want:
             raise ModelError(f"checkpoint {path} holds an {got[0]}(input {got[2]}, hidden {got[1]}, layers {got[3]}) "
                              f"but model {name!r} is {want[0]}(input {want[2]}, hidden {want[1]}, layers {want[3]})")
-        return rnn.eval(), f"checkpoint {path}"
+        return rnn.eval(), source
     torch.manual_seed(seed)
     rnn = getattr(nn, cfg.rnn_type)(cfg.input_size, cfg.hidden, cfg.layers)
     return rnn.eval(), f"random weights (seed {seed}): no trained checkpoint given"

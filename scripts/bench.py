@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--caches", default="warm,cold")
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--checkpoint", default=None,
+                   help="trained weights: a train_lm.py LM, a train_nmt.py seq2seq (see --decoder-layer) or a state_dict; "
+                        "dualtvm checkpoints also give the real inputs (hence masks) the steps decode")
+    p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
     p.add_argument("--little-bits", default="8", help="W_LL precisions to time side by side: 8, 4 or 8,4 (INT4: tvm-dual-int4)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k); other than 0.5, rows are <model>-eps<ε>")
     p.add_argument("--out", default="results/latency")
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.results import write_results
 
     cfg = BenchConfig(tuple(a.models.split(",")), a.target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
-                      a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint,
+                      a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
                       reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps)
     bw = stream_bandwidth()
     rows = []

@@ -3,10 +3,11 @@
 
     python scripts/build.py --target "llvm -mcpu=broadwell" --model lstm-1500 --out build/lstm-1500 --verify
 
-Big weights come from --checkpoint (a train_lm.py checkpoint or an nn.LSTM/GRU state_dict);
-without one, seeded random weights are used and the output says so.  The little module is
-fitted on hidden states of the model run over --corpus text (through the LM's own embedding)
-when the checkpoint is a train_lm.py language model, else over Gaussian inputs.  Tuned schedules are taken from
+Big weights come from --checkpoint (a train_lm.py checkpoint, one decoder layer of a train_nmt.py
+checkpoint, or an nn.LSTM/GRU state_dict); without one, seeded random weights are used and the output
+says so.  The little module is fitted on the model's own data when the checkpoint is a dualtvm model
+(--corpus text through the LM's embedding; for a seq2seq, what --decoder-layer receives while the model
+decodes Multi30k references), else on Gaussian inputs.  Tuned schedules are taken from
 tuning_logs/<target-name>/ when they beat the default ones.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--out", default=None, help="build folder (default build/<model>-<target-name>)")
     p.add_argument("--corpus", default="ptb", help="text an LM checkpoint's little module is fitted on")
+    p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
     p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
     p.add_argument("--eps", type=float, default=0.5)
     p.add_argument("--little-bits", type=int, default=8, choices=[8, 4],
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = build_model(BuildConfig(a.model, a.target, a.checkpoint, a.out, a.eps, a.tuning_logs, not a.no_tuned,
                                      a.verify, a.steps, a.threads, corpus=a.corpus, data_dir=a.data_dir,
-                                     little_bits=a.little_bits))
+                                     little_bits=a.little_bits, decoder_layer=a.decoder_layer))
     print(json.dumps(report, indent=2))
     return 0 if report.get("verified", True) else 1
 

@@ -25,4 +25,32 @@ def tiny_corpus(tmp_path: Path) -> Path:
     return tmp_path
 
 
+SRC = ["a dog runs .", "a cat sleeps .", "two men walk .", "a dog sleeps ."]
+TGT = ["ein hund rennt .", "eine katze schläft .", "zwei männer gehen .", "ein hund schläft ."]
+
+
+@pytest.fixture(scope="session")
+def tiny_multi30k(tmp_path_factory) -> tuple[Path, Path]:
+    """A Multi30k-shaped folder of four sentence pairs (SHA256SUMS included) and a seq2seq (hidden 32,
+    4 decoder layers, residual from 3) trained on it: (data folder, best checkpoint)."""
+    import hashlib
+
+    from dualtvm.data import load_multi30k
+    from dualtvm.models import Seq2SeqConfig
+    from dualtvm.train_nmt import NMTTrainConfig, train_nmt
+
+    root = tmp_path_factory.mktemp("m30k")
+    data = root / "data"
+    data.mkdir()
+    for stem, n in (("train", 6), ("val", 1), ("test_2016_flickr", 1)):
+        (data / f"{stem}.en").write_text("\n".join(SRC * n) + "\n")
+        (data / f"{stem}.de").write_text("\n".join(TGT * n) + "\n")
+    (data / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+                                             for p in sorted(data.iterdir())))
+    corpus = load_multi30k(data)
+    cfg = Seq2SeqConfig(len(corpus.src_vocab), len(corpus.tgt_vocab), hidden=32, enc_layers=2, dec_layers=4, dropout=0.0)
+    train_nmt(corpus, cfg, NMTTrainConfig(epochs=10, lr=1e-2, batch_size=8), root / "s.pt", progress=False)
+    return data, root / "s.best.pt"
+
+
 os.environ.setdefault("TVM_NUM_THREADS", "2")

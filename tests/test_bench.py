@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from dualtvm.bench import BenchConfig, bench_model, markdown_table, step_bytes
+from dualtvm.bench import BenchConfig, _built_from, bench_model, markdown_table, step_bytes
 from dualtvm.little import big_layers
 from dualtvm.peers import onnxruntime_session
 
@@ -86,8 +86,6 @@ def test_reused_builds_must_hold_the_asked_weights(tmp_path):
     """--reuse-builds must not time a random-weight build when a checkpoint is asked for (or the reverse)."""
     import json
 
-    from dualtvm.bench import _built_from
-
     def folder(name: str, weights: str):
         (tmp_path / name / "dual").mkdir(parents=True)
         (tmp_path / name / "dual" / "manifest.json").write_text(json.dumps({"model": {"weights": weights}}))
@@ -98,3 +96,17 @@ def test_reused_builds_must_hold_the_asked_weights(tmp_path):
     assert _built_from(random, None) and not _built_from(random, "cache/ptb-lstm-1500.best.pt")
     assert _built_from(trained, "cache/ptb-lstm-1500.best.pt") and not _built_from(trained, None)
     assert not _built_from(trained, "cache/ptb-lstm-750.best.pt") and not _built_from(tmp_path / "missing", None)
+
+
+def test_bench_a_trained_seq2seq_decoder_layer(tiny_multi30k, tmp_path):
+    """Rows for a decoder layer of a trained seq2seq name the checkpoint and layer, and decode its real inputs."""
+    data, ckpt = tiny_multi30k
+    cfg = BenchConfig(models=("tiny-gnmt-layer",), ratios=(0.5,), steps=6, rounds=1, threads=1, caches=("warm",),
+                      build_root=str(tmp_path), checkpoint=str(ckpt), decoder_layer=1, data_dir=str(data),
+                      peers=("torch",))
+    rows, info = bench_model("tiny-gnmt-layer", cfg)
+    assert info["weights"].startswith(f"checkpoint {ckpt} (seq2seq decoder layer 1)")
+    assert "Multi30k, decoder layer 1 inputs" in info["weights"]
+    assert {r["engine"] for r in rows} == {"tvm-dense", "tvm-dual", "torch"}
+    assert _built_from(tmp_path / "tiny-gnmt-layer-llvm-broadwell", str(ckpt), 1)
+    assert not _built_from(tmp_path / "tiny-gnmt-layer-llvm-broadwell", str(ckpt), 0)

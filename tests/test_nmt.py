@@ -13,8 +13,7 @@ from dualtvm.nmt import (BACKENDS, Translator, beam_search, bleu, build_compiled
                          compiled_layers, translate)
 from dualtvm.train_nmt import NMTTrainConfig, train_nmt
 
-SRC = ["a dog runs .", "a cat sleeps .", "two men walk .", "a dog sleeps ."]
-TGT = ["ein hund rennt .", "eine katze schläft .", "zwei männer gehen .", "ein hund schläft ."]
+from conftest import SRC, TGT  # the tiny parallel corpus the fixtures train on
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,7 @@ def test_unknown_backend_is_named(tiny):
 def test_compiled_layer_pads_widths_and_steps_a_batch(tmp_path):
     """CompiledLayer on widths the kernels pad (input 40, hidden 40 → 64): dense, and dual at ratio 0,
     step a batch of 3 like the nn.LSTM they were built from, state fed back over several steps."""
-    from dualtvm.build import synthetic_segments
+    from dualtvm.inputs import synthetic_segments
     from dualtvm.construct import build_dual
 
     torch.manual_seed(0)
@@ -154,30 +153,20 @@ def test_nmt_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, mon
         assert torch.equal(a, b), name
 
 
-def test_eval_nmt_quality_rows_per_little_precision(tmp_path):
+def test_eval_nmt_quality_rows_per_little_precision(tiny_multi30k, tmp_path):
     """eval_nmt on a tiny Multi30k-shaped folder: one BLEU row per ratio and W_LL precision, each precision
     cached in its own artefact, ratio 0 of either precision equal to the big model."""
-    import hashlib
     import json
+    import shutil
     import sys
     from pathlib import Path
-
-    from dualtvm.data import load_multi30k
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     import eval_nmt
 
-    data = tmp_path / "m30k"
-    data.mkdir()
-    for stem, n in (("train", 6), ("val", 1), ("test_2016_flickr", 1)):
-        (data / f"{stem}.en").write_text("\n".join(SRC * n) + "\n")
-        (data / f"{stem}.de").write_text("\n".join(TGT * n) + "\n")
-    (data / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
-                                             for p in sorted(data.iterdir())))
-    corpus = load_multi30k(data)
-    cfg = Seq2SeqConfig(len(corpus.src_vocab), len(corpus.tgt_vocab), hidden=32, enc_layers=2, dec_layers=4, dropout=0.0)
-    train_nmt(corpus, cfg, NMTTrainConfig(epochs=10, lr=1e-2, batch_size=8), tmp_path / "s.pt", progress=False)
+    data, trained = tiny_multi30k
     ckpt, out = tmp_path / "s.best.pt", tmp_path / "q.json"
+    shutil.copy(trained, ckpt)  # the little-module artefacts are cached beside it
     assert eval_nmt.main(["--checkpoint", str(ckpt), "--model-name", "tiny", "--data-dir", str(data), "--parts",
                           "quality", "--ratios", "0.0,0.9", "--little-bits", "8,4", "--out", str(out)]) == 0
     rows = {(r["engine"], r["insensitive_ratio"]): r for r in json.loads(out.read_text())["rows"]}
@@ -185,3 +174,31 @@ def test_eval_nmt_quality_rows_per_little_precision(tmp_path):
     assert rows["dual", 0.0]["bleu"] == rows["dual-int4", 0.0]["bleu"] == rows["torch", 0.0]["bleu"]
     assert rows["dual-int4", 0.9]["measured_ratio"] > 0.75
     assert (tmp_path / "s.little.npz").exists() and (tmp_path / "s.little-w4.npz").exists()
+
+
+def test_a_seq2seq_decoder_layer_as_a_named_model_with_its_real_inputs(tiny_multi30k):
+    """build/bench take one decoder layer of a train_nmt.py checkpoint, fed what it receives in decoding."""
+    from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint
+    from dualtvm.inputs import real_inputs
+    from dualtvm.models import ModelError
+    from dualtvm.registry import big_rnn, read_checkpoint
+
+    data, ckpt = tiny_multi30k
+    payload = read_checkpoint(ckpt)
+    rnn, source = big_rnn("tiny-gnmt-layer", ckpt, decoder_layer=2)
+    assert source.endswith("(seq2seq decoder layer 2)")
+    layer = model_from_checkpoint(load_checkpoint(ckpt)).decoder.layers[2]
+    for name, tensor in layer.state_dict().items():
+        assert torch.equal(rnn.state_dict()[name], tensor), name
+    with pytest.raises(ModelError, match=r"holds an LSTM\(input 64, hidden 32, layers 1\) but model 'gnmt-1024-2048'"):
+        big_rnn("gnmt-1024-2048", ckpt)
+    with pytest.raises(ModelError, match="no decoder layer 7"):
+        big_rnn("tiny-gnmt-layer", ckpt, decoder_layer=7)
+    real = real_inputs(payload, seed=0, data_dir=str(data), decoder_layer=0)
+    assert "decoder layer 0" in real.description
+    assert real.train[0].shape[1:] == (8, 64) and real.valid[0].shape[1:] == (4, 64)  # 4 validation pairs
+    xs = real.stream(5)
+    assert len(xs) == 5 and xs[0].shape == (64,)
+    assert not xs[0][32:].any() and xs[1][32:].any()  # layer 0 at step 0: no attention context yet
+    with pytest.raises(ValueError, match="decoder layer 4 does not exist"):
+        real_inputs(payload, seed=0, data_dir=str(data), decoder_layer=4)
