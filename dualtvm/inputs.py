@@ -105,7 +105,8 @@ def seq2seq_inputs(payload: dict, seed: int, layer: int = 0, data_dir: str | Non
     picked = [train[i] for i in torch.randperm(len(train), generator=g)[: 16 * SEGMENT_B].tolist()]
     valid = encode_pairs(corpus, "valid", 50)
 
-    def stream(n: int) -> list[np.ndarray]:  # batch 1, sentence after sentence
+    def stream(n: int) -> list[np.ndarray]:  # batch 1, sentence after sentence (a step loop fed these carries
+        # its state across sentence ends, where the decoder restarts from zeros: one step per sentence differs)
         segs = decoder_layer_inputs(model, valid, layer, 1, n)
         return [v.numpy().astype(np.float32) for v in torch.cat(segs)[:n, 0]]
 
