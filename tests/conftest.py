@@ -25,6 +25,19 @@ def tiny_corpus(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def dying_after(n: int, step, calls: list):
+    """``step`` that records each call in ``calls`` and raises KeyboardInterrupt on call ``n + 1`` (a killed
+    training run)."""
+
+    def dying(*args, **kwargs):
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return step(*args, **kwargs)
+
+    return dying
+
+
 SRC = ["a dog runs .", "a cat sleeps .", "two men walk .", "a dog sleeps ."]
 TGT = ["ein hund rennt .", "eine katze schläft .", "zwei männer gehen .", "ein hund schläft ."]
 

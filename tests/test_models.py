@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import dying_after
 from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from dualtvm.data import load_lm_corpus
 from dualtvm.models import LMConfig, ModelError, RNNLanguageModel, Seq2Seq, Seq2SeqConfig, rnn_from_state_dict
@@ -38,14 +39,7 @@ def test_lm_training_resumes_mid_epoch(tiny_corpus, tmp_path, monkeypatch):
     ckpt = tmp_path / "m.pt"
     steps = []
     real_step = train_mod.sgd_step
-
-    def dying_step(*args, **kwargs):
-        if len(steps) == 3:
-            raise KeyboardInterrupt
-        steps.append(1)
-        real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "sgd_step", dying_step)
+    monkeypatch.setattr(train_mod, "sgd_step", dying_after(3, real_step, steps))
     with pytest.raises(KeyboardInterrupt):
         train_lm(corpus, cfg, tc, ckpt, progress=False)
     assert load_checkpoint(ckpt)["train_state"]["batch"] == 3  # saved after each of 3 batches; died in the 4th

@@ -13,7 +13,7 @@ from dualtvm.nmt import (BACKENDS, Translator, beam_search, bleu, build_compiled
                          compiled_layers, translate)
 from dualtvm.train_nmt import NMTTrainConfig, train_nmt
 
-from conftest import SRC, TGT  # the tiny parallel corpus the fixtures train on
+from conftest import SRC, TGT, dying_after  # the tiny parallel corpus the fixtures train on
 
 
 @pytest.fixture(scope="module")
@@ -133,15 +133,8 @@ def test_nmt_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, mon
     tc = NMTTrainConfig(epochs=2, lr=1e-2, batch_size=4, save_every_s=0.0)
     unbroken = train_nmt(corpus, cfg, tc, tmp_path / "a.pt", progress=False)["model"]
 
-    real_step, steps = train_mod.adam_step, []
-
-    def dying_step(*args, **kwargs):
-        if len(steps) == 3:
-            raise KeyboardInterrupt
-        steps.append(1)
-        real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "adam_step", dying_step)
+    real_step = train_mod.adam_step
+    monkeypatch.setattr(train_mod, "adam_step", dying_after(3, real_step, []))
     with pytest.raises(KeyboardInterrupt):
         train_nmt(corpus, cfg, tc, tmp_path / "b.pt", progress=False)
     from dualtvm.checkpoint import load_checkpoint
