@@ -46,14 +46,24 @@ def calibrate(little: LittleModule, layer: BigLayer, samples, symmetric: bool = 
                           for g, v in acts.items()}
 
 
+RECORD_BUDGET_BYTES = 4e9  # recorded (x, h) rows of all layers together: a 4-layer GNMT-1024 at 200k rows needs 10 GB
+
+
 def build_dual_layers(layers: list[BigLayer], modules: list[nn.Module], run_train: Callable[[], None],
                       run_valid: Callable[[], None], cfg: LittleConfig | None = None,
-                      max_rows: int = 200_000, progress: bool = True) -> tuple[list[DualModuleLayer], list[torch.Tensor]]:
+                      max_rows: int = 200_000, progress: bool = True,
+                      record_budget_bytes: float = RECORD_BUDGET_BYTES) -> tuple[list[DualModuleLayer], list[torch.Tensor]]:
     """Fit and calibrate one little module per big layer; ``modules[i]`` runs ``layers[i]``.
 
-    Returns the dual layers and each little module's fp32 weight (for requantisation studies).
+    ``max_rows`` (samples × steps per layer) is lowered so that the recorded fp32 rows of all layers
+    fit ``record_budget_bytes``.  Returns the dual layers and each little module's fp32 weight (for
+    requantisation studies).
     """
     cfg = cfg or LittleConfig()
+    row_bytes = 4 * sum(l.input_size + l.hidden for l in layers)
+    if max_rows * row_bytes > record_budget_bytes:
+        max_rows = int(record_budget_bytes // row_bytes)
+        log.info("recording at most %d rows per layer (%.1f GB of samples)", max_rows, record_budget_bytes / 1e9)
     train = record(modules, run_train, max_rows)
     valid = record(modules, run_valid, max_rows // 4)
     duals, fp32 = [], []

@@ -217,3 +217,28 @@ def test_table1_errors_hurt_less_in_the_insensitive_half():
     assert all(after["insensitive"][g] > after["sensitive"][g] for g in "ifgo"), after
     with pytest.raises(ValueError, match="region must be one of"):
         NoisyLSTMLayer(big, "middle")
+
+
+def test_recording_is_capped_to_the_memory_budget(monkeypatch):
+    """The rows recorded for the fit shrink so that all layers' fp32 (x, h) rows fit the budget."""
+    import dualtvm.construct as construct
+
+    asked = []
+    real_record = construct.record
+    monkeypatch.setattr(construct, "record", lambda mods, run, max_rows: asked.append(max_rows) or real_record(mods, run, max_rows))
+    rnn = nn.LSTM(12, 24, 2)
+    xs = [torch.randn(16, 4, 12) for _ in range(10)]
+
+    def run(core, data):
+        for x in data:
+            core(x)
+
+    row_bytes = 4 * (12 + 24 + 24 + 24)  # layer 0: x 12 + h 24; layer 1: x 24 + h 24
+    construct.build_dual(rnn, lambda c: run(c, xs[:8]), lambda c: run(c, xs[8:]), LittleConfig(k=16),
+                         max_rows=10_000, progress=False)
+    assert asked[0] == 10_000
+    asked.clear()
+    layers, stacked = construct.as_single_layers(rnn)
+    construct.build_dual_layers(layers, list(stacked.layers), lambda: run(stacked, xs[:8]), lambda: run(stacked, xs[8:]),
+                                LittleConfig(k=16), max_rows=10_000, progress=False, record_budget_bytes=40 * row_bytes)
+    assert asked == [40, 10]  # train, then valid (a quarter)
