@@ -339,7 +339,11 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
         kind = backend.removeprefix("tvm-")
         folders = [out / kind / f"layer{i}" for i in range(len(duals))]
         if not all(_built_for(f, d) for f, d in zip(folders, duals)):
-            folders = build_compiled_decoder(duals, target, out)[kind]
+            from .tuning import load_database
+
+            # the committed tuning log of the target, where its choices beat the default schedules
+            db = load_database(parse_target(target).with_default_cores())
+            folders = build_compiled_decoder(duals, target, out, db)[kind]
         layers = compiled_layers(folders)
     if backend.endswith("dual"):
         set_layer_ratios(layers, ratio)
