@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
 from dualtvm.little import LittleConfig, big_layers  # noqa: E402
@@ -107,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         v, m = ppl(q, "test", best_u)
         record("largest-within-1pct", round(best_u, 4), v, m, variant="uniform, chosen on valid")
     if "precision" in parts:
+        fitted = [layer.little for layer in q.dual.layers]
         for bits in (32, 16, 8, 4, 2, 1):
-            for layer, w in zip(q.dual.layers, q.fp32_weights):
-                layer.little = layer.little.requantize(bits, fp32_weight=w)
+            for i, (layer, w) in enumerate(zip(q.dual.layers, q.fp32_weights)):
+                layer.little = fitted[i].requantize(bits, fp32_weight=w)
+                # another precision moves a_LL: thresholds calibrated again, so every row is at the asked ratio
+                calibrate(layer.little, layer.big, q.valid_samples[i])
             v, m = ppl(q, "test", 0.5)
             from dualtvm.little import little_mse
 
@@ -118,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             size = sum(l.little.param_bytes() for l in q.dual.layers) / 1e6
             record("precision", 0.5, v, m, variant=f"int{bits}" if bits < 32 else "fp32", mse=round(mse, 5),
                    little_param_mb=round(size, 3), big_param_mb=round(sum(l.big.weight_bytes() for l in q.dual.layers) / 1e6, 2))
-        for layer, w in zip(q.dual.layers, q.fp32_weights):
-            layer.little = layer.little.requantize(8, fp32_weight=w)
+        for layer, little in zip(q.dual.layers, fitted):
+            layer.little = little
     if "eps" in parts:
         for eps in (0.3, 0.7):
             qe = setup(model, corpus, LittleConfig(eps=eps), a.max_rows)
