@@ -2,7 +2,8 @@
 
 Weights are quantised once (per-row scales by default: every output row of W_LL gets its
 own scale, which costs n floats and keeps rows of small magnitude precise); the projected
-inputs are quantised at run time with one scale per vector (per-tensor, dynamic).
+inputs are quantised at run time with one scale per vector (per-tensor, dynamic).  Scales are
+max|w| / qmax, except at 2 bits, where they are searched for the least squared error.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 SUPPORTED_BITS = (32, 16, 8, 4, 2, 1)
+CLIP_SEARCH_BITS = 2  # at 2 bits the max-abs grid {-1, 0, 1}·max|w| rounds most weights to 0
 
 
 def qmax(bits: int) -> int:
@@ -52,8 +54,26 @@ def quantize(w: torch.Tensor, bits: int = 8, per_row: bool = True) -> QuantizedT
     q = qmax(bits)
     amax = w.abs().amax(dim=dims, keepdim=True) if per_row else w.abs().amax()
     scale = (amax / q).clamp_min(1e-12)
+    if bits <= CLIP_SEARCH_BITS:
+        scale = _clipped_scale(w, scale, q, dims)
     codes = torch.clamp(torch.round(w / scale), -q, q).to(_storage_dtype(bits))
     return QuantizedTensor(codes, scale, bits)
+
+
+
+def _clipped_scale(w: torch.Tensor, scale: torch.Tensor, q: int, dims) -> torch.Tensor:
+    """The scale (per row or tensor) among ``c · scale``, c ∈ (0, 1], with the least squared rounding error:
+    clipping the few large weights buys a finer step for the many small ones."""
+    best, best_err = scale, None
+    for c in torch.linspace(0.05, 1.0, 39).tolist():
+        s = scale * c
+        err = (torch.clamp(torch.round(w / s), -q, q) * s - w).pow(2).sum(dim=dims, keepdim=dims is not None)
+        if best_err is None:
+            best, best_err = s, err
+        else:
+            better = err < best_err
+            best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
+    return best
 
 
 def quantize_activations(x: torch.Tensor, bits: int = 8) -> QuantizedTensor:
