@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         n = a.speed_sentences
         backends = {"torch": None, "tvm-dense": decoder_layers(tr, corpus, "tvm-dense", a.checkpoint, a.target)}
         for b in bits:
-            backends[dual_engine(b)] = decoder_layers(tr, corpus, "tvm-dual", a.checkpoint, a.target,
-                                                                  a.speed_ratio, little_bits=b)
+            backends[dual_engine(b)] = decoder_layers(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
+                                                      little_bits=b)
         duals = [e for e in backends if e.startswith("tvm-dual")]
         for e in duals:
             reset_layer_stats(backends[e])
