@@ -4,7 +4,8 @@
     python scripts/train_nmt.py --hidden 256 --epochs 10
 
 Sized for a 2-core CPU: hidden 256, 2 encoder layers, 4 decoder layers (residual from layer 3),
-batch 64.  The paper's GNMT is hidden 1024; --hidden 1024 builds it (days on this CPU).
+batch 64.  The paper's GNMT is hidden 1024; --hidden 1024 builds it (90 M parameters, ~5 s a batch and
+~40 min an epoch with 2 threads here; checkpoints every 10 min, so it resumes mid-epoch across sessions).
 """
 from __future__ import annotations
 
