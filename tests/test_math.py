@@ -239,7 +239,8 @@ def test_recording_is_capped_to_the_memory_budget(monkeypatch):
 
     asked = []
     real_record = construct.record
-    monkeypatch.setattr(construct, "record", lambda mods, run, max_rows: asked.append(max_rows) or real_record(mods, run, max_rows))
+    monkeypatch.setattr(construct, "record",
+                        lambda mods, run, max_rows: asked.append(max_rows) or real_record(mods, run, max_rows))
     rnn = nn.LSTM(12, 24, 2)
     xs = [torch.randn(16, 4, 12) for _ in range(10)]
 
