@@ -52,7 +52,8 @@ RECORD_BUDGET_BYTES = 4e9  # recorded (x, h) rows of all layers together: a 4-la
 def build_dual_layers(layers: list[BigLayer], modules: list[nn.Module], run_train: Callable[[], None],
                       run_valid: Callable[[], None], cfg: LittleConfig | None = None,
                       max_rows: int = 200_000, progress: bool = True,
-                      record_budget_bytes: float = RECORD_BUDGET_BYTES) -> tuple[list[DualModuleLayer], list[torch.Tensor]]:
+                      record_budget_bytes: float = RECORD_BUDGET_BYTES,
+                      ) -> tuple[list[DualModuleLayer], list[torch.Tensor]]:
     """Fit and calibrate one little module per big layer; ``modules[i]`` runs ``layers[i]``.
 
     ``max_rows`` (samples × steps per layer) is lowered so that the recorded fp32 rows of all layers

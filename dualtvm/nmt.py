@@ -286,7 +286,8 @@ def dual_decoder(tr: Translator, corpus: ParallelCorpus | None, artefact: Path,
             bits = {lm.weight.bits for lm in littles}
             if cfg is None or bits == {cfg.bits}:
                 return [DualModuleLayer(b, lm) for b, lm in zip(big, littles)]
-            log.warning("refitting the little modules: %s holds INT%s W_LL, INT%d asked", artefact, bits.pop(), cfg.bits)
+            log.warning("refitting the little modules: %s holds INT%s W_LL, INT%d asked", artefact, bits.pop(),
+                        cfg.bits)
         except ArtefactError as e:
             log.warning("refitting the little modules: %s", e)
     if corpus is None:

@@ -76,7 +76,7 @@ def train_nmt(corpus: ParallelCorpus, model_cfg: Seq2SeqConfig, cfg: NMTTrainCon
                         optimizer=opt.state_dict(), rng=torch.get_rng_state(), **meta)
 
     while state["epoch"] < cfg.epochs:
-        t0 = last_save = time.time()
+        last_save = time.time()
         model.train()
         if "gen_state" in state:  # the batch order of the epoch being (re)started
             gen.set_state(state["gen_state"])

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                 reset_layer_stats(duals)
                 score, sig = corpus_bleu(translate(tr, src, a.beam, duals, progress=True), refs)
                 per_layer = [round(measured_layer_ratio([d]), 4) for d in duals]
-                print(f"INT{b} ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), measured {measured_layer_ratio(duals):.3f}")
+                print(f"INT{b} ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), "
+                      f"measured {measured_layer_ratio(duals):.3f}")
                 save({"part": "quality", "engine": dual_engine(b, "dual"), "insensitive_ratio": r, "beam": a.beam,
                       "measured_ratio": round(measured_layer_ratio(duals), 4), "measured_ratio_per_layer": per_layer,
                       "bleu": round(score, 2), "base_bleu": round(base, 2), "delta_bleu": round(score - base, 2),

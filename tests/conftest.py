@@ -61,7 +61,8 @@ def tiny_multi30k(tmp_path_factory) -> tuple[Path, Path]:
     (data / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
                                              for p in sorted(data.iterdir())))
     corpus = load_multi30k(data)
-    cfg = Seq2SeqConfig(len(corpus.src_vocab), len(corpus.tgt_vocab), hidden=32, enc_layers=2, dec_layers=4, dropout=0.0)
+    cfg = Seq2SeqConfig(len(corpus.src_vocab), len(corpus.tgt_vocab), hidden=32, enc_layers=2, dec_layers=4,
+                        dropout=0.0)
     train_nmt(corpus, cfg, NMTTrainConfig(epochs=10, lr=1e-2, batch_size=8), root / "s.pt", progress=False)
     return data, root / "s.best.pt"
 

@@ -254,6 +254,7 @@ def test_recording_is_capped_to_the_memory_budget(monkeypatch):
     assert asked[0] == 10_000
     asked.clear()
     layers, stacked = construct.as_single_layers(rnn)
-    construct.build_dual_layers(layers, list(stacked.layers), lambda: run(stacked, xs[:8]), lambda: run(stacked, xs[8:]),
+    construct.build_dual_layers(layers, list(stacked.layers), lambda: run(stacked, xs[:8]),
+                                lambda: run(stacked, xs[8:]),
                                 LittleConfig(k=16), max_rows=10_000, progress=False, record_budget_bytes=40 * row_bytes)
     assert asked == [40, 10]  # train, then valid (a quarter)
