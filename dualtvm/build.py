@@ -83,7 +83,7 @@ def build_model(cfg: BuildConfig) -> dict:
     log.info("model %s: %s", cfg.model, source)
     real = real_inputs(payload, cfg.seed, cfg.corpus, cfg.data_dir, cfg.decoder_layer)
     if real is not None:  # the trained model's own data
-        train, valid = real.train, real.valid
+        train, valid = real.train(), real.valid()
         source += f", little module fitted and calibrated on {real.description}"
     else:
         train, valid = synthetic_segments(mc.input_size, 16, cfg.seed), synthetic_segments(mc.input_size, 4, cfg.seed + 1)

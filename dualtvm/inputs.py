@@ -22,10 +22,11 @@ SEGMENT_T, SEGMENT_B = 35, 8  # fitting segments: BPTT length × batch, as the L
 
 @dataclass
 class RealInputs:
-    """Inputs of a trained model's RNN: fitting/calibration segments and one decoding stream."""
+    """Inputs of a trained model's RNN: fitting/calibration segments and one decoding stream, each made on
+    demand (a build needs the segments, a benchmark only the stream)."""
 
-    train: list[torch.Tensor]  # (T, B, input) segments the little module is fitted on
-    valid: list[torch.Tensor]  # (T, B, input) segments its thresholds are calibrated on
+    train: Callable[[], list[torch.Tensor]]  # (T, B, input) segments the little module is fitted on
+    valid: Callable[[], list[torch.Tensor]]  # (T, B, input) segments its thresholds are calibrated on
     stream: Callable[[int], list[np.ndarray]]  # the first n input vectors of held-out data, in order
     description: str  # for reports: "PTB text", "Multi30k decoder layer 0 inputs" ...
 
@@ -60,7 +61,8 @@ def lm_inputs(payload: dict, seed: int, corpus: str = "ptb", data_dir: str | Non
         with torch.no_grad():
             return lm.encoder(tokens)
 
-    return RealInputs(text_segments(embed, text.train, 16, seed), text_segments(embed, text.valid, 4, seed + 1),
+    return RealInputs(lambda: text_segments(embed, text.train, 16, seed),
+                      lambda: text_segments(embed, text.valid, 4, seed + 1),
                       lambda n: [v.numpy().astype(np.float32) for v in embed(text.valid[:n])], f"{corpus} text")
 
 
@@ -110,8 +112,8 @@ def seq2seq_inputs(payload: dict, seed: int, layer: int = 0, data_dir: str | Non
         segs = decoder_layer_inputs(model, valid, layer, 1, n)
         return [v.numpy().astype(np.float32) for v in torch.cat(segs)[:n, 0]]
 
-    return RealInputs(decoder_layer_inputs(model, picked, layer, SEGMENT_B),
-                      decoder_layer_inputs(model, valid[: 4 * SEGMENT_B], layer, SEGMENT_B), stream,
+    return RealInputs(lambda: decoder_layer_inputs(model, picked, layer, SEGMENT_B),
+                      lambda: decoder_layer_inputs(model, valid[: 4 * SEGMENT_B], layer, SEGMENT_B), stream,
                       f"Multi30k, decoder layer {layer} inputs under teacher forcing")
 
 

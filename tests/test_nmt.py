@@ -189,7 +189,7 @@ def test_a_seq2seq_decoder_layer_as_a_named_model_with_its_real_inputs(tiny_mult
         big_rnn("tiny-gnmt-layer", ckpt, decoder_layer=7)
     real = real_inputs(payload, seed=0, data_dir=str(data), decoder_layer=0)
     assert "decoder layer 0" in real.description
-    assert real.train[0].shape[1:] == (8, 64) and real.valid[0].shape[1:] == (4, 64)  # 4 validation pairs
+    assert real.train()[0].shape[1:] == (8, 64) and real.valid()[0].shape[1:] == (4, 64)  # 4 validation pairs
     xs = real.stream(5)
     assert len(xs) == 5 and xs[0].shape == (64,)
     assert not xs[0][32:].any() and xs[1][32:].any()  # layer 0 at step 0: no attention context yet
