@@ -129,8 +129,9 @@ class Seq2Seq(nn.Module):
         z = torch.zeros(1, batch, self.cfg.hidden, device=device)
         return [(z.clone(), z.clone()) for _ in range(self.cfg.dec_layers)], torch.zeros(batch, self.cfg.hidden, device=device)
 
-    def decode_step(self, token: torch.Tensor, state, mem, pad, layers=None):
-        """One target step; ``layers`` lets a dual-module stack replace the decoder's LSTMs."""
+    def decode_step(self, token: torch.Tensor, state, mem, pad, layers=None, output=None):
+        """One target step; ``layers`` lets a dual-module stack replace the decoder's LSTMs, ``output``
+        another implementation of the output projection."""
         layer_states, ctx = state
         x = self.drop(self.tgt_emb(token))  # (B, H)
         new_states = []
@@ -142,7 +143,7 @@ class Seq2Seq(nn.Module):
             new_states.append(st)
             if i == 0:  # attention driven by the bottom layer, as in GNMT
                 ctx = self.attend(out, mem, pad)
-        return self.out(x), (new_states, ctx)
+        return (self.out if output is None else output)(x), (new_states, ctx)
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         mem, pad = self.encode(src)

@@ -4,8 +4,9 @@ The decoder's LSTMs are called one step at a time by :meth:`Seq2Seq.decode_step`
 ``layers`` argument swaps them for anything with the ``nn.LSTM`` call signature.  Three
 stand-ins live here: the PyTorch dual-module layers (the reference), and
 :class:`CompiledLayer`, which runs a compiled decode step (dense or dual-module) built for
-the layer's shape.  Attention, embeddings and the output projection stay in PyTorch for
-every backend, so quality and speed differ only by the recurrent layers.
+the layer's shape.  The compiled backends also compile the output projection
+(:class:`CompiledOutput`, a dense GEMV: the same for dense and dual-module); attention and
+embeddings stay in PyTorch for every backend.
 """
 from __future__ import annotations
 
@@ -82,20 +83,48 @@ def build_dual_decoder(model: Seq2Seq, corpus: ParallelCorpus, cfg: LittleConfig
     return duals
 
 
+# --------------------------------------------------------------------------- backends
+@dataclass
+class Backend:
+    """What stands in for parts of the PyTorch decoder in a decode loop.
+
+    ``layers`` replace the decoder LSTMs (None: the big ones), ``output`` the output projection
+    (None: ``model.out``).
+    """
+
+    layers: list[nn.Module] | None = None
+    output: nn.Module | None = None
+
+
+def as_backend(backend: Backend | list[nn.Module] | None) -> Backend:
+    """A :class:`Backend`; a plain list is taken as its decoder layers."""
+    return backend if isinstance(backend, Backend) else Backend(layers=backend)
+
+
 # --------------------------------------------------------------------------- search
-def greedy_decode(model: Seq2Seq, src: torch.Tensor, bos: int, eos: int, max_len: int, layers=None) -> list[list[int]]:
-    """Greedy search for a (S, B) batch; ``layers`` swaps in other decoder layers."""
+def greedy_decode(model: Seq2Seq, src: torch.Tensor, bos: int, eos: int, max_len: int,
+                  backend: Backend | list | None = None) -> list[list[int]]:
+    """Greedy search for a (S, B) batch; ``backend`` swaps in other decoder layers / output projection."""
     model.eval()
     with torch.no_grad():
         mem, pad = model.encode(src)
-        state = model.init_state(src.size(1))
-        tok = torch.full((src.size(1),), bos, dtype=torch.long)
-        out: list[list[int]] = [[] for _ in range(src.size(1))]
-        done = torch.zeros(src.size(1), dtype=torch.bool)
+    return greedy_search(model, mem, pad, bos, eos, max_len, backend)
+
+
+def greedy_search(model: Seq2Seq, mem: torch.Tensor, pad: torch.Tensor, bos: int, eos: int, max_len: int,
+                  backend: Backend | list | None = None) -> list[list[int]]:
+    """The decode loop of :func:`greedy_decode` over an encoded batch (``model.encode``'s memory and mask)."""
+    be = as_backend(backend)
+    batch = mem.size(1)
+    state = model.init_state(batch)
+    tok = torch.full((batch,), bos, dtype=torch.long)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool)
+    with torch.no_grad():
         for _ in range(max_len):
-            logits, state = model.decode_step(tok, state, mem, pad, layers)
+            logits, state = model.decode_step(tok, state, mem, pad, be.layers, be.output)
             tok = logits.argmax(-1)
-            for b in range(src.size(1)):
+            for b in range(batch):
                 if not done[b]:
                     if tok[b].item() == eos:
                         done[b] = True
@@ -107,48 +136,54 @@ def greedy_decode(model: Seq2Seq, src: torch.Tensor, bos: int, eos: int, max_len
 
 
 def beam_search(model: Seq2Seq, src_ids: list[int], bos: int, eos: int, beam: int = 4, max_len: int = 60,
-                layers=None, alpha: float = 0.6) -> list[int]:
+                backend: Backend | list | None = None, alpha: float = 0.6) -> list[int]:
     """Beam search for one sentence with GNMT's length penalty ((5 + |Y|) / 6)^α."""
+    be = as_backend(backend)
     model.eval()
     with torch.no_grad():
-        src = torch.tensor(src_ids).unsqueeze(1)
-        mem, pad = model.encode(src)
-        layer_states, ctx = model.init_state(1)
-        hyps = [([], 0.0, (layer_states, ctx))]
-        finished: list[tuple[list[int], float]] = []
-        for _ in range(max_len):
-            n = len(hyps)
-            tok = torch.tensor([h[0][-1] if h[0] else bos for h in hyps])
-            states = ([tuple(torch.cat([h[2][0][l][j] for h in hyps], 1) for j in range(2))
-                       for l in range(len(layer_states))], torch.cat([h[2][1] for h in hyps]))
-            logits, (new_layers, new_ctx) = model.decode_step(tok, states, mem.expand(-1, n, -1),
-                                                              pad.expand(-1, n), layers)
-            logp = logits.log_softmax(-1)
-            scores = torch.tensor([h[1] for h in hyps]).unsqueeze(1) + logp
-            top = scores.view(-1).topk(min(2 * beam, scores.numel()))
-            nxt = []
-            for s, flat in zip(top.values.tolist(), top.indices.tolist()):
-                b, w = divmod(flat, logp.size(1))
-                seq = hyps[b][0] + [w]
-                if w == eos:
-                    finished.append((seq[:-1], s / (((5 + len(seq)) / 6) ** alpha)))
-                else:
-                    st = ([tuple(t[:, b : b + 1] for t in ls) for ls in new_layers], new_ctx[b : b + 1])
-                    nxt.append((seq, s, st))
-                if len(nxt) == beam:
-                    break
-            hyps = nxt
-            best_open = max((h[1] / (((5 + len(h[0])) / 6) ** alpha) for h in hyps), default=-math.inf)
-            if len(finished) >= beam and max(f[1] for f in finished) >= best_open:
+        mem, pad = model.encode(torch.tensor(src_ids).unsqueeze(1))
+        return _beam(model, mem, pad, bos, eos, beam, max_len, be, alpha)
+
+
+def _beam(model: Seq2Seq, mem, pad, bos: int, eos: int, beam: int, max_len: int, be: Backend,
+          alpha: float) -> list[int]:
+    layer_states, ctx = model.init_state(1)
+    hyps = [([], 0.0, (layer_states, ctx))]
+    finished: list[tuple[list[int], float]] = []
+    for _ in range(max_len):
+        n = len(hyps)
+        tok = torch.tensor([h[0][-1] if h[0] else bos for h in hyps])
+        states = ([tuple(torch.cat([h[2][0][l][j] for h in hyps], 1) for j in range(2))
+                   for l in range(len(layer_states))], torch.cat([h[2][1] for h in hyps]))
+        logits, (new_layers, new_ctx) = model.decode_step(tok, states, mem.expand(-1, n, -1),
+                                                          pad.expand(-1, n), be.layers, be.output)
+        logp = logits.log_softmax(-1)
+        scores = torch.tensor([h[1] for h in hyps]).unsqueeze(1) + logp
+        top = scores.view(-1).topk(min(2 * beam, scores.numel()))
+        nxt = []
+        for s, flat in zip(top.values.tolist(), top.indices.tolist()):
+            b, w = divmod(flat, logp.size(1))
+            seq = hyps[b][0] + [w]
+            if w == eos:
+                finished.append((seq[:-1], s / (((5 + len(seq)) / 6) ** alpha)))
+            else:
+                st = ([tuple(t[:, b : b + 1] for t in ls) for ls in new_layers], new_ctx[b : b + 1])
+                nxt.append((seq, s, st))
+            if len(nxt) == beam:
                 break
-        if not finished:
-            finished = [(h[0], h[1]) for h in hyps]
-        return max(finished, key=lambda f: f[1])[0]
+        hyps = nxt
+        best_open = max((h[1] / (((5 + len(h[0])) / 6) ** alpha) for h in hyps), default=-math.inf)
+        if len(finished) >= beam and max(f[1] for f in finished) >= best_open:
+            break
+    if not finished:
+        finished = [(h[0], h[1]) for h in hyps]
+    return max(finished, key=lambda f: f[1])[0]
 
 
-def translate(tr: Translator, sentences: list[str], beam: int = 1, layers=None, batch_size: int = 100,
-              max_len: int = 60, progress: bool = False) -> list[str]:
-    """Detokenised translations; beam 1 is batched greedy search."""
+def translate(tr: Translator, sentences: list[str], beam: int = 1, backend: Backend | list | None = None,
+              batch_size: int = 100, max_len: int = 60, progress: bool = False) -> list[str]:
+    """Detokenised translations; beam 1 is batched greedy search.  ``backend``: a :class:`Backend` or
+    just decoder layers (None: the PyTorch model)."""
     from tqdm.auto import tqdm
 
     bos, eos = tr.tgt_vocab.stoi[BOS], tr.tgt_vocab.stoi[EOS]
@@ -156,10 +191,10 @@ def translate(tr: Translator, sentences: list[str], beam: int = 1, layers=None, 
     if beam == 1:
         for i in tqdm(range(0, len(sentences), batch_size), desc="greedy", disable=not progress):
             src = pad_batch([tr.encode_source(s) for s in sentences[i : i + batch_size]], tr.src_vocab.stoi[PAD])
-            out += [tr.decode_target(ids) for ids in greedy_decode(tr.model, src, bos, eos, max_len, layers)]
+            out += [tr.decode_target(ids) for ids in greedy_decode(tr.model, src, bos, eos, max_len, backend)]
         return out
     for s in tqdm(sentences, desc=f"beam {beam}", disable=not progress):
-        out.append(tr.decode_target(beam_search(tr.model, tr.encode_source(s), bos, eos, beam, max_len, layers)))
+        out.append(tr.decode_target(beam_search(tr.model, tr.encode_source(s), bos, eos, beam, max_len, backend)))
     return out
 
 
@@ -174,11 +209,11 @@ def corpus_bleu(hyps: list[str], refs: list[str]) -> tuple[float, str]:
     return metric.corpus_score(hyps, [refs]).score, str(metric.get_signature())
 
 
-def bleu(model: Seq2Seq, corpus: ParallelCorpus, split: str = "test", layers=None, limit: int | None = None,
-         beam: int = 1) -> tuple[float, str, list[str]]:
+def bleu(model: Seq2Seq, corpus: ParallelCorpus, split: str = "test", backend: Backend | list | None = None,
+         limit: int | None = None, beam: int = 1) -> tuple[float, str, list[str]]:
     """Corpus BLEU of a split's translations; returns score, signature, hypotheses."""
     src, refs = (s[:limit] for s in corpus.splits[split])
-    hyps = translate(Translator(model, corpus.src_vocab, corpus.tgt_vocab), src, beam, layers)
+    hyps = translate(Translator(model, corpus.src_vocab, corpus.tgt_vocab), src, beam, backend)
     score, sig = corpus_bleu(hyps, refs)
     return score, sig, hyps
 
@@ -270,6 +305,32 @@ def compiled_layers(folders: list[Path]) -> list[CompiledLayer]:
     return [CompiledLayer(f) for f in folders]
 
 
+class CompiledOutput(nn.Module):
+    """The output projection as a compiled batch-1 GEMV (:mod:`dualtvm.linear`): (B, H) → (B, V), row by row."""
+
+    def __init__(self, build_dir: str | os.PathLike) -> None:
+        super().__init__()
+        from .linear import CompiledLinear
+
+        self.linear = CompiledLinear(build_dir)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = self.linear.cols_padded
+        return torch.stack([self.linear.run(CompiledLayer._padded(x[b], width)) for b in range(x.shape[0])])
+
+
+def compiled_output(model: Seq2Seq, target: str, folder: Path) -> CompiledOutput:
+    """The model's output projection compiled for ``target`` in ``folder`` (built unless it holds these weights)."""
+    from .linear import build_linear, built_for
+    from .target import parse_target
+    from .tuning import load_database
+
+    w, b = (t.detach().to(torch.float32).numpy() for t in (model.out.weight, model.out.bias))
+    if not built_for(folder, w, b):
+        build_linear(w, b, target, folder, load_database(parse_target(target).with_default_cores()))
+    return CompiledOutput(folder)
+
+
 # --------------------------------------------------------------------------- backends
 BACKENDS = ("torch", "dual", "tvm-dense", "tvm-dual")
 
@@ -335,8 +396,7 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
     if backend == "dual":
         layers: list[nn.Module] = duals
     else:
-        root = build_root or Path(__file__).resolve().parent.parent / "build"
-        out = root / f"{stem}-{parse_target(target).name}{suffix}"
+        out = _build_folder(checkpoint, target, build_root, suffix)
         kind = backend.removeprefix("tvm-")
         folders = [out / kind / f"layer{i}" for i in range(len(duals))]
         if not all(_built_for(f, d) for f, d in zip(folders, duals)):
@@ -349,6 +409,25 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
     if backend.endswith("dual"):
         set_layer_ratios(layers, ratio)
     return layers
+
+
+def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix: str = "") -> Path:
+    from .target import parse_target
+
+    root = build_root or Path(__file__).resolve().parent.parent / "build"
+    return root / f"{checkpoint.name.split('.')[0]}-{parse_target(target).name}{suffix}"
+
+
+def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
+                    target: str = "llvm -mcpu=broadwell", ratio: float = 0.5, build_root: Path | None = None,
+                    little_bits: int = 8) -> Backend:
+    """A backend by name: :func:`decoder_layers`, plus for the compiled ones the compiled output projection
+    (``build/<stem>-<target-name>/output``)."""
+    layers = decoder_layers(tr, corpus, backend, checkpoint, target, ratio, build_root, little_bits)
+    if not backend.startswith("tvm-"):
+        return Backend(layers)
+    output = compiled_output(tr.model, target, _build_folder(checkpoint, target, build_root) / "output")
+    return Backend(layers, output)
 
 
 # --------------------------------------------------------------------------- speed
@@ -368,13 +447,15 @@ class _Timed(nn.Module):
         return out
 
 
-def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, list[nn.Module] | None],
+def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backend | list | None],
                  progress: bool = True) -> dict[str, dict]:
     """Greedy batch-1 decoding of every sentence by every backend, interleaved sentence by sentence.
 
-    ``None`` layers mean the big PyTorch LSTMs.  Interleaving puts the backends side by side in time (this machine is shared and noisy).
-    Returns per backend: tokens, total and decoder-layer seconds, tokens/s, ms per token in the
-    decoder layers, and the hypotheses.
+    A backend is a :class:`Backend` or just decoder layers; ``None`` is the PyTorch model.
+    Interleaving puts the backends side by side in time (this machine is shared and noisy).  The
+    encoder (PyTorch, the same for every backend) is timed apart from the decode loop.  Returns per
+    backend: tokens; total, encoder, decode-loop and decoder-layer seconds; end-to-end tokens/s,
+    decoder tokens/s (decode loop only), ms per token in the decoder layers; the hypotheses.
     """
     import time
 
@@ -382,20 +463,31 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, list[
 
     bos, eos = tr.tgt_vocab.stoi[BOS], tr.tgt_vocab.stoi[EOS]
     names = list(backends)
-    acc = {n: {"tokens": 0, "wall_s": 0.0, "layer_clock": [0.0], "hyps": []} for n in names}
-    timed = {n: [_Timed(l, acc[n]["layer_clock"]) for l in (backends[n] or tr.model.decoder.layers)] for n in names}
+    acc = {n: {"tokens": 0, "encode_s": 0.0, "decode_s": 0.0, "layer_clock": [0.0], "hyps": []} for n in names}
+    timed = {}
+    for n in names:
+        be = as_backend(backends[n])
+        layers = [_Timed(l, acc[n]["layer_clock"]) for l in (be.layers or tr.model.decoder.layers)]
+        timed[n] = Backend(layers, be.output)
+    tr.model.eval()
     for i, s in enumerate(tqdm(sentences, desc="decoding", disable=not progress)):
         src = torch.tensor([tr.encode_source(s)]).t()
         for n in names[i % len(names):] + names[: i % len(names)]:  # rotate who goes first
             t0 = time.perf_counter()
-            (ids,) = greedy_decode(tr.model, src, bos, eos, 60, timed[n])
-            acc[n]["wall_s"] += time.perf_counter() - t0
+            with torch.no_grad():
+                mem, pad = tr.model.encode(src)
+            t1 = time.perf_counter()
+            (ids,) = greedy_search(tr.model, mem, pad, bos, eos, 60, timed[n])
+            acc[n]["encode_s"] += t1 - t0
+            acc[n]["decode_s"] += time.perf_counter() - t1
             acc[n]["tokens"] += len(ids) + 1  # + <eos>
             acc[n]["hyps"].append(tr.decode_target(ids))
     out = {}
     for n in names:
         a = acc[n]
-        out[n] = {"tokens": a["tokens"], "wall_s": a["wall_s"], "layer_s": a["layer_clock"][0],
-                  "tokens_per_s": a["tokens"] / a["wall_s"],
+        wall = a["encode_s"] + a["decode_s"]
+        out[n] = {"tokens": a["tokens"], "wall_s": wall, "encode_s": a["encode_s"], "decode_s": a["decode_s"],
+                  "layer_s": a["layer_clock"][0], "tokens_per_s": a["tokens"] / wall,
+                  "decoder_tokens_per_s": a["tokens"] / a["decode_s"],
                   "layer_ms_per_token": 1e3 * a["layer_clock"][0] / a["tokens"], "hyps": a["hyps"]}
     return out

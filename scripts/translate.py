@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dualtvm.checkpoint import cache_dir
     from dualtvm.data import load_multi30k
-    from dualtvm.nmt import Translator, corpus_bleu, decoder_layers, translate
+    from dualtvm.nmt import Translator, corpus_bleu, decoder_backend, translate
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"checkpoint {ckpt} not found: train one with scripts/train_nmt.py or pass --checkpoint")
     tr = Translator.from_checkpoint(ckpt)
     corpus = load_multi30k(a.data_dir) if a.split or a.backend != "torch" else None
-    layers = decoder_layers(tr, corpus, a.backend, ckpt, a.target, a.ratio, little_bits=a.little_bits)
+    backend = decoder_backend(tr, corpus, a.backend, ckpt, a.target, a.ratio, little_bits=a.little_bits)
 
     if a.split:
         src, refs = corpus.splits[a.split]
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         text = a.input.read_text() if a.input else sys.stdin.read()
         src, refs = [line.strip() for line in text.splitlines() if line.strip()][: a.limit], None
     t0 = time.perf_counter()
-    hyps = translate(tr, src, a.beam, layers, batch_size=1 if a.backend.startswith("tvm") else 100, progress=True)
+    hyps = translate(tr, src, a.beam, backend, batch_size=1 if a.backend.startswith("tvm") else 100, progress=True)
     wall = time.perf_counter() - t0
     if a.output:
         a.output.write_text("\n".join(hyps) + "\n")

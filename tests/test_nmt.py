@@ -9,8 +9,8 @@ from dualtvm.data import ParallelCorpus, Vocab, detokenize, tokenize_sentence
 from dualtvm.little import LittleConfig
 from dualtvm.models import Seq2SeqConfig
 from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
-from dualtvm.nmt import (BACKENDS, Translator, beam_search, bleu, build_compiled_decoder, build_dual_decoder,
-                         compiled_layers, translate)
+from dualtvm.nmt import (BACKENDS, Backend, Translator, beam_search, bleu, build_compiled_decoder, build_dual_decoder,
+                         compiled_layers, compiled_output, translate)
 from dualtvm.train_nmt import NMTTrainConfig, train_nmt
 
 from conftest import SRC, TGT, dying_after  # the tiny parallel corpus the fixtures train on
@@ -61,7 +61,7 @@ def test_dual_decoder_ratio_zero_is_the_big_model(tiny):
     torch.testing.assert_close(dual, big, atol=1e-5, rtol=1e-5)
     set_layer_ratios(duals, 0.9)
     reset_layer_stats(duals)
-    translate(tr, SRC, layers=duals)
+    translate(tr, SRC, backend=duals)
     assert 0.75 < measured_layer_ratio(duals) <= 1.0
 
 
@@ -73,16 +73,39 @@ def test_compiled_decoder_greedy_equals_pytorch_at_ratio_zero(tiny, tmp_path):
     folders = build_compiled_decoder(duals, "llvm -mcpu=broadwell", tmp_path)
     reference = translate(tr, SRC)
     dense = compiled_layers(folders["dense"])
-    assert translate(tr, SRC, layers=dense) == reference
+    assert translate(tr, SRC, backend=dense) == reference
     dual = compiled_layers(folders["dual"])
     set_layer_ratios(dual, 0.0)
-    assert translate(tr, SRC, layers=dual) == reference
-    assert translate(tr, SRC[:2], beam=3, layers=dual) == reference[:2]  # batch > 1 (beam) through batch-1 steps
+    assert translate(tr, SRC, backend=dual) == reference
+    assert translate(tr, SRC[:2], beam=3, backend=dual) == reference[:2]  # batch > 1 (beam) through batch-1 steps
+    # the whole compiled backend: the output projection compiled too
+    output = compiled_output(model, "llvm -mcpu=broadwell", tmp_path / "output")
+    assert translate(tr, SRC, backend=Backend(dual, output)) == reference
+    assert translate(tr, SRC[:2], beam=3, backend=Backend(dense, output)) == reference[:2]
     set_layer_ratios(dual, 0.5)
     set_layer_ratios(duals, 0.5)
     reset_layer_stats(dual)
-    translate(tr, SRC, layers=dual)
+    translate(tr, SRC, backend=dual)
     assert 0.3 < measured_layer_ratio(dual) < 0.7
+
+
+@pytest.mark.slow
+def test_compiled_linear_matches_torch_and_is_rebuilt_only_for_new_weights(tmp_path):
+    """The compiled output projection on a width the kernel pads (40 → 64): W x + b as nn.Linear, row by row
+    for a batch; the build folder is tied to its weights."""
+    from dualtvm.linear import build_linear, built_for
+    from dualtvm.nmt import CompiledOutput
+
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 37)
+    w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
+    folder = build_linear(w, b, "llvm -mcpu=broadwell", tmp_path / "out")
+    x = torch.randn(3, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(CompiledOutput(folder)(x), lin(x), atol=1e-5, rtol=1e-5)
+    assert built_for(folder, w, b) and not built_for(folder, w + 1, b) and not built_for(tmp_path, w, b)
+    with pytest.raises(ValueError, match="bias has shape"):
+        build_linear(w, b[:5], "llvm -mcpu=broadwell", tmp_path / "bad")
 
 
 def test_unknown_backend_is_named(tiny):
@@ -167,6 +190,37 @@ def test_eval_nmt_quality_rows_per_little_precision(tiny_multi30k, tmp_path):
     assert rows["dual", 0.0]["bleu"] == rows["dual-int4", 0.0]["bleu"] == rows["torch", 0.0]["bleu"]
     assert rows["dual-int4", 0.9]["measured_ratio"] > 0.75
     assert (tmp_path / "s.little.npz").exists() and (tmp_path / "s.little-w4.npz").exists()
+
+
+@pytest.mark.slow
+def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_path):
+    """eval_nmt's speed part on the tiny model: PyTorch, compiled dense and dual rows with the same tokens at
+    ratio 0 (greedy output equal), decode-loop tokens/s apart from the encoder, and speed-ups from the rows' own
+    numbers."""
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import eval_nmt
+
+    data, trained = tiny_multi30k
+    ckpt, out = tmp_path / "s.best.pt", tmp_path / "q.json"
+    shutil.copy(trained, ckpt)
+    assert eval_nmt.main(["--checkpoint", str(ckpt), "--model-name", "tiny", "--data-dir", str(data), "--parts", "speed",
+                          "--speed-ratio", "0.0", "--speed-sentences", "3", "--build-dir", str(tmp_path / "build"),
+                          "--out", str(out)]) == 0
+    rows = {r["engine"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"torch", "tvm-dense", "tvm-dual"}
+    assert rows["torch"]["tokens"] == rows["tvm-dense"]["tokens"] == rows["tvm-dual"]["tokens"]
+    assert rows["torch"]["bleu"] == rows["tvm-dual"]["bleu"]
+    dual = rows["tvm-dual"]
+    for r in rows.values():
+        assert r["decoder_tokens_per_s"] > r["tokens_per_s"] > 0
+    assert dual["decoder_speedup_vs_tvm_dense"] == pytest.approx(
+        dual["decoder_tokens_per_s"] / rows["tvm-dense"]["decoder_tokens_per_s"], rel=0.05)  # of rounded rates
+    assert (tmp_path / "build" / "s-llvm-broadwell" / "output" / "linear.so").exists()
 
 
 def test_a_seq2seq_decoder_layer_as_a_named_model_with_its_real_inputs(tiny_multi30k):
