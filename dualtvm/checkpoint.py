@@ -4,8 +4,10 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -86,3 +88,31 @@ def resume_payload(checkpoint: Path, config: dict) -> dict | None:
     if payload["config"] != config:
         raise ModelError(f"{checkpoint} was trained with config {payload['config']}, not {config}")
     return payload
+
+
+@dataclass
+class MidEpochSaver:
+    """Saves the latest checkpoint every ``every_s`` seconds inside an epoch (an epoch of the big models
+    outlasts a session) and keeps ``state["wall_s"]``, the training time summed over runs, up to date."""
+
+    state: dict
+    save: Callable[[], None]
+    every_s: float
+    last: float = field(default_factory=time.time)
+
+    def restart(self) -> None:
+        """Start timing afresh (an epoch begins; time outside the loop is not training time)."""
+        self.last = time.time()
+
+    def clock(self) -> None:
+        """Add the time since the last save, restart or clock to ``wall_s``."""
+        now = time.time()
+        self.state["wall_s"] += now - self.last
+        self.last = now
+
+    def maybe_save(self, batch: int, loss_sum: float, more: bool) -> None:
+        """After ``batch`` batches: save the resume point if the period is up and ``more`` batches follow."""
+        if more and time.time() - self.last > self.every_s:
+            self.state.update(batch=batch, loss_sum=loss_sum)
+            self.clock()
+            self.save()

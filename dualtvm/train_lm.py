@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, resume_payload, save_checkpoint
+from .checkpoint import MidEpochSaver, load_checkpoint, resume_payload, save_checkpoint
 from .data import LMCorpus, batchify, get_batch
 from .models import LMConfig, RNNLanguageModel, repackage_hidden
 
@@ -88,8 +88,10 @@ def train_lm(corpus: LMCorpus, model_cfg: LMConfig, train_cfg: LMTrainConfig, ch
     def save_latest() -> None:
         save_checkpoint(checkpoint, model, "lm", asdict(model_cfg), train_state=state, rng=torch.get_rng_state(), **meta)
 
+    saver = MidEpochSaver(state, save_latest, train_cfg.save_every_s)
     while state["epoch"] < train_cfg.epochs:
-        t0 = last_save = time.time()
+        t0 = time.time()
+        saver.restart()
         model.train()
         # A mid-epoch resume restarts the hidden state at zero (as at every epoch start): one BPTT window's context.
         hidden = model.init_hidden(train_cfg.batch_size)
@@ -108,14 +110,12 @@ def train_lm(corpus: LMCorpus, model_cfg: LMConfig, train_cfg: LMTrainConfig, ch
             bar.update()
             if n % 50 == 0:
                 bar.set_postfix(ppl=f"{math.exp(total / n):.1f}", lr=state["lr"])
-            if time.time() - last_save > train_cfg.save_every_s and n < len(starts):
-                state.update(batch=n, loss_sum=total, wall_s=state["wall_s"] + time.time() - last_save)
-                save_latest()
-                last_save = time.time()
+            saver.maybe_save(n, total, more=n < len(starts))
         bar.close()
         val = evaluate(model, valid, train_cfg.bptt, max_batches=train_cfg.max_batches)
         state["epoch"] += 1
-        state.update(batch=0, loss_sum=0.0, wall_s=state["wall_s"] + time.time() - last_save)
+        saver.clock()
+        state.update(batch=0, loss_sum=0.0)
         state["history"].append({"epoch": state["epoch"], "train_ppl": math.exp(total / n), "valid_ppl": math.exp(val),
                                  "lr": state["lr"]})
         log.info("epoch %d: train ppl %.2f valid ppl %.2f (%.0fs this run)", state["epoch"], math.exp(total / n),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, resume_payload, save_checkpoint
+from .checkpoint import MidEpochSaver, load_checkpoint, resume_payload, save_checkpoint
 from .data import ParallelCorpus, bucketed_batches, encode_pairs, pad_batch
 from .models import Seq2Seq, Seq2SeqConfig
 
@@ -75,8 +74,9 @@ def train_nmt(corpus: ParallelCorpus, model_cfg: Seq2SeqConfig, cfg: NMTTrainCon
         save_checkpoint(checkpoint, model, "seq2seq", asdict(model_cfg), train_state=state,
                         optimizer=opt.state_dict(), rng=torch.get_rng_state(), **meta)
 
+    saver = MidEpochSaver(state, save_latest, cfg.save_every_s)
     while state["epoch"] < cfg.epochs:
-        last_save = time.time()
+        saver.restart()
         model.train()
         if "gen_state" in state:  # the batch order of the epoch being (re)started
             gen.set_state(state["gen_state"])
@@ -91,18 +91,15 @@ def train_nmt(corpus: ParallelCorpus, model_cfg: Seq2SeqConfig, cfg: NMTTrainCon
             total += loss.item()
             n += 1
             bar.update()
-            if time.time() - last_save > cfg.save_every_s and n < len(batches):
-                state.update(batch=n, loss_sum=total, wall_s=state["wall_s"] + time.time() - last_save)
-                save_latest()
-                last_save = time.time()
+            saver.maybe_save(n, total, more=n < len(batches))
         bar.close()
         model.eval()
         with torch.no_grad():
             vb = bucketed_batches(valid, cfg.batch_size, shuffle=False)[: cfg.max_batches]
             val = sum(batch_loss(idx, valid).item() for idx in vb) / max(len(vb), 1)
         state["epoch"] += 1
-        state.update(batch=0, loss_sum=0.0, wall_s=state["wall_s"] + time.time() - last_save,
-                     gen_state=gen.get_state())
+        saver.clock()
+        state.update(batch=0, loss_sum=0.0, gen_state=gen.get_state())
         state["history"].append({"epoch": state["epoch"], "train_loss": total / max(len(batches), 1), "valid_loss": val})
         log.info("epoch %d: train loss %.3f valid loss %.3f", state["epoch"], total / max(len(batches), 1), val)
         if val < state["best_val"]:
