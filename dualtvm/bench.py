@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,11 +304,12 @@ def _built_from(folder: Path, checkpoint: str | None, decoder_layer: int = 0) ->
     manifest = folder / "dual" / "manifest.json"
     if not manifest.exists():
         return False
-    weights = json.loads(manifest.read_text())["model"].get("weights", "")
+    model = json.loads(manifest.read_text())["model"]
+    if "checkpoint" not in model:  # a build from before the manifest said so: rebuild
+        return False
     if checkpoint is None:
-        return weights.startswith("random weights")
-    layer = re.search(r"\(seq2seq decoder layer (\d+)\)", weights)
-    return weights.startswith(f"checkpoint {checkpoint}") and (layer is None or int(layer.group(1)) == decoder_layer)
+        return model["checkpoint"] is None
+    return model["checkpoint"] == str(checkpoint) and model["decoder_layer"] in (None, decoder_layer)
 
 
 def dual_engine(little_bits: int, engine: str = "tvm-dual") -> str:

@@ -98,7 +98,9 @@ def build_model(cfg: BuildConfig) -> dict:
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
     suffix = "-w4" if cfg.little_bits == 4 else ""
     out = Path(cfg.out) if cfg.out else REPO / "build" / f"{cfg.model}-{target.name}{suffix}"
-    info = {"name": cfg.model, "weights": source, "eps": cfg.eps}
+    info = {"name": cfg.model, "weights": source, "eps": cfg.eps,  # the weights, for people and for reuse checks
+            "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
+            "decoder_layer": cfg.decoder_layer if payload is not None and payload["kind"] == "seq2seq" else None}
     folders = {k: str(v) for k, v in compile_dual(dual, target, out, mc.residual(), db, info).items()}
     report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": [s.k for s in layer_shapes(dual)],
               "little_bits": cfg.little_bits, "little_fit_s": round(fit_s, 1), "schedules": "tuned database where faster" if db else "default",

@@ -86,16 +86,18 @@ def test_reused_builds_must_hold_the_asked_weights(tmp_path):
     """--reuse-builds must not time a random-weight build when a checkpoint is asked for (or the reverse)."""
     import json
 
-    def folder(name: str, weights: str):
+    def folder(name: str, **model):
         (tmp_path / name / "dual").mkdir(parents=True)
-        (tmp_path / name / "dual" / "manifest.json").write_text(json.dumps({"model": {"weights": weights}}))
+        (tmp_path / name / "dual" / "manifest.json").write_text(json.dumps({"model": model}))
         return tmp_path / name
 
-    random = folder("r", "random weights (seed 0): no trained checkpoint given")
-    trained = folder("t", "checkpoint cache/ptb-lstm-1500.best.pt, little module fitted and calibrated on ptb text")
+    random = folder("r", checkpoint=None, decoder_layer=None)
+    trained = folder("t", checkpoint="cache/ptb-lstm-1500.best.pt", decoder_layer=None)
+    older = folder("o", weights="checkpoint cache/ptb-lstm-1500.best.pt")  # a manifest without the fields
     assert _built_from(random, None) and not _built_from(random, "cache/ptb-lstm-1500.best.pt")
     assert _built_from(trained, "cache/ptb-lstm-1500.best.pt") and not _built_from(trained, None)
     assert not _built_from(trained, "cache/ptb-lstm-750.best.pt") and not _built_from(tmp_path / "missing", None)
+    assert not _built_from(older, "cache/ptb-lstm-1500.best.pt")
 
 
 def test_bench_a_trained_seq2seq_decoder_layer(tiny_multi30k, tmp_path):
