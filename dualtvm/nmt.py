@@ -37,6 +37,7 @@ class Translator:
     model: Seq2Seq
     src_vocab: Vocab
     tgt_vocab: Vocab
+    epochs: int | None = None  # training epochs the checkpoint had completed
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> "Translator":
@@ -47,7 +48,8 @@ class Translator:
         if payload.get("kind") != "seq2seq":
             raise ModelError(f"{path} is a {payload.get('kind')!r} checkpoint, not a seq2seq one (train_nmt.py)")
         model = model_from_checkpoint(payload).eval()
-        return cls(model, Vocab(payload["src_vocab"]), Vocab(payload["tgt_vocab"]))
+        return cls(model, Vocab(payload["src_vocab"]), Vocab(payload["tgt_vocab"]),
+                   payload.get("train_state", {}).get("epoch"))
 
     def encode_source(self, sentence: str) -> list[int]:
         return self.src_vocab.encode(tokenize_sentence(sentence)) + [self.src_vocab.stoi[EOS]]

@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     bits = [int(b) for b in a.little_bits.split(",")]
 
     def save(row: dict) -> None:
-        update_rows(a.out, "nmt-quality", {"model": a.model_name, **row},
-                    key=("model", "part", "engine", "insensitive_ratio", "beam"), command=command)
+        update_rows(a.out, "nmt-quality", {"model": a.model_name, **row, "big_epochs": tr.epochs, "command": command},
+                    key=("model", "part", "engine", "insensitive_ratio", "beam"),
+                    command="bash scripts/reproduce_nmt.sh (each row also names its own command)")
 
     if "quality" in parts:
         base, sig = corpus_bleu(translate(tr, src, a.beam, progress=True), refs)

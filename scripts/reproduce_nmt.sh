@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Regenerates results/nmt-quality.json (Table 4 and decoding speed) from the trained seq2seq checkpoints
+# (scripts/train_nmt.py; see results/baselines.json for their commands).  The speed rows time engines side by
+# side: run it on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts quality --little-bits 8,4
+python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2
+# the paper's decoder size (cache/multi30k-gnmt-1024.best.pt: whatever epoch its training has reached)
+python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts quality --little-bits 8
+python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts quality --little-bits 4 --ratios 0.5
+python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2
