@@ -143,43 +143,39 @@ def beam_search(model: Seq2Seq, src_ids: list[int], bos: int, eos: int, beam: in
     be = as_backend(backend)
     model.eval()
     with torch.no_grad():
-        mem, pad = model.encode(torch.tensor(src_ids).unsqueeze(1))
-        return _beam(model, mem, pad, bos, eos, beam, max_len, be, alpha)
-
-
-def _beam(model: Seq2Seq, mem, pad, bos: int, eos: int, beam: int, max_len: int, be: Backend,
-          alpha: float) -> list[int]:
-    layer_states, ctx = model.init_state(1)
-    hyps = [([], 0.0, (layer_states, ctx))]
-    finished: list[tuple[list[int], float]] = []
-    for _ in range(max_len):
-        n = len(hyps)
-        tok = torch.tensor([h[0][-1] if h[0] else bos for h in hyps])
-        states = ([tuple(torch.cat([h[2][0][l][j] for h in hyps], 1) for j in range(2))
-                   for l in range(len(layer_states))], torch.cat([h[2][1] for h in hyps]))
-        logits, (new_layers, new_ctx) = model.decode_step(tok, states, mem.expand(-1, n, -1),
-                                                          pad.expand(-1, n), be.layers, be.output)
-        logp = logits.log_softmax(-1)
-        scores = torch.tensor([h[1] for h in hyps]).unsqueeze(1) + logp
-        top = scores.view(-1).topk(min(2 * beam, scores.numel()))
-        nxt = []
-        for s, flat in zip(top.values.tolist(), top.indices.tolist()):
-            b, w = divmod(flat, logp.size(1))
-            seq = hyps[b][0] + [w]
-            if w == eos:
-                finished.append((seq[:-1], s / (((5 + len(seq)) / 6) ** alpha)))
-            else:
-                st = ([tuple(t[:, b : b + 1] for t in ls) for ls in new_layers], new_ctx[b : b + 1])
-                nxt.append((seq, s, st))
-            if len(nxt) == beam:
+        src = torch.tensor(src_ids).unsqueeze(1)
+        mem, pad = model.encode(src)
+        layer_states, ctx = model.init_state(1)
+        hyps = [([], 0.0, (layer_states, ctx))]
+        finished: list[tuple[list[int], float]] = []
+        for _ in range(max_len):
+            n = len(hyps)
+            tok = torch.tensor([h[0][-1] if h[0] else bos for h in hyps])
+            states = ([tuple(torch.cat([h[2][0][l][j] for h in hyps], 1) for j in range(2))
+                       for l in range(len(layer_states))], torch.cat([h[2][1] for h in hyps]))
+            logits, (new_layers, new_ctx) = model.decode_step(tok, states, mem.expand(-1, n, -1),
+                                                              pad.expand(-1, n), be.layers, be.output)
+            logp = logits.log_softmax(-1)
+            scores = torch.tensor([h[1] for h in hyps]).unsqueeze(1) + logp
+            top = scores.view(-1).topk(min(2 * beam, scores.numel()))
+            nxt = []
+            for s, flat in zip(top.values.tolist(), top.indices.tolist()):
+                b, w = divmod(flat, logp.size(1))
+                seq = hyps[b][0] + [w]
+                if w == eos:
+                    finished.append((seq[:-1], s / (((5 + len(seq)) / 6) ** alpha)))
+                else:
+                    st = ([tuple(t[:, b : b + 1] for t in ls) for ls in new_layers], new_ctx[b : b + 1])
+                    nxt.append((seq, s, st))
+                if len(nxt) == beam:
+                    break
+            hyps = nxt
+            best_open = max((h[1] / (((5 + len(h[0])) / 6) ** alpha) for h in hyps), default=-math.inf)
+            if len(finished) >= beam and max(f[1] for f in finished) >= best_open:
                 break
-        hyps = nxt
-        best_open = max((h[1] / (((5 + len(h[0])) / 6) ** alpha) for h in hyps), default=-math.inf)
-        if len(finished) >= beam and max(f[1] for f in finished) >= best_open:
-            break
-    if not finished:
-        finished = [(h[0], h[1]) for h in hyps]
-    return max(finished, key=lambda f: f[1])[0]
+        if not finished:
+            finished = [(h[0], h[1]) for h in hyps]
+        return max(finished, key=lambda f: f[1])[0]
 
 
 def translate(tr: Translator, sentences: list[str], beam: int = 1, backend: Backend | list | None = None,
