@@ -162,11 +162,16 @@ PAPER_TABLE4_BLEU = {0.0: 24.32, 0.1: 24.33, 0.3: 24.18, 0.5: 23.73, 0.7: 21.92,
 
 def nmt_quality(doc: dict) -> str:
     """Table 4: BLEU vs ratio (PyTorch dual-module decoder), then greedy decoding speed, batch 1."""
-    out = ["| model | engine | ratio asked | measured | BLEU | ΔBLEU | paper ΔBLEU (GNMT, WMT) |", "|---|---|---|---|---|---|---|"]
-    for r in (r for r in doc["rows"] if r["part"] == "quality"):
+    out = ["| model | trained epochs | engine | ratio asked | measured | BLEU | ΔBLEU | paper ΔBLEU (GNMT, WMT) |",
+           "|---|---|---|---|---|---|---|---|"]
+    quality = [r for r in doc["rows"] if r["part"] == "quality"]
+    models = list(dict.fromkeys(r["model"] for r in quality))
+    for r in sorted(quality, key=lambda r: (models.index(r["model"]), r["engine"] != "torch", r["engine"],
+                                            r["insensitive_ratio"])):
         paper = PAPER_TABLE4_BLEU.get(r["insensitive_ratio"])
-        out.append(f"| {r['model']} | {r['engine']} | {r['insensitive_ratio']} | {r.get('measured_ratio', '')} | "
-                   f"{r['bleu']} | {r['delta_bleu']} | {'' if paper is None else round(paper - 24.32, 2)} |")
+        out.append(f"| {r['model']} | {r.get('big_epochs', '')} | {r['engine']} | {r['insensitive_ratio']} | "
+                   f"{r.get('measured_ratio', '')} | {r['bleu']} | {r['delta_bleu']} | "
+                   f"{'' if paper is None else round(paper - 24.32, 2)} |")
     speed = [r for r in doc["rows"] if r["part"] == "speed"]
     if speed:
         out += ["", "| model | engine | ratio | tokens/s | decode-loop tokens/s | decoder layers ms/token | BLEU (subset) "
