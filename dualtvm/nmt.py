@@ -472,15 +472,20 @@ class _Timed(nn.Module):
 
 
 def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backend | list | None],
-                 progress: bool = True) -> dict[str, dict]:
+                 progress: bool = True, seed: int = 0) -> dict[str, dict]:
     """Greedy batch-1 decoding of every sentence by every backend, interleaved sentence by sentence.
 
     A backend is a :class:`Backend` or just decoder layers; ``None`` is the PyTorch model.
-    Interleaving puts the backends side by side in time (this machine is shared and noisy).  The
-    encoder (PyTorch, the same for every backend) is timed apart from the decode loop.  Returns per
-    backend: tokens; total, encoder, decode-loop and decoder-layer seconds; end-to-end tokens/s,
-    decoder tokens/s (decode loop only), ms per token in the decoder layers; the hypotheses.
+    Interleaving puts the backends side by side in time (this machine is shared and noisy); the order
+    is a fresh (seeded) permutation per sentence, so every backend follows every other one about equally
+    often — what runs just before matters: PyTorch's encoder took 15 ms a sentence after the PyTorch
+    decoder but 34–38 ms after a compiled one (1024-unit GNMT), and a fixed rotation always gave each
+    backend the same predecessor.  The encoder (PyTorch, the same for every backend) is timed apart
+    from the decode loop.  Returns per backend: tokens; total, encoder, decode-loop and decoder-layer
+    seconds; end-to-end tokens/s, decoder tokens/s (decode loop only), ms per token in the decoder
+    layers; the hypotheses.
     """
+    import random
     import time
 
     from tqdm.auto import tqdm
@@ -494,9 +499,10 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
         layers = [_Timed(l, acc[n]["layer_clock"]) for l in (be.layers or tr.model.decoder.layers)]
         timed[n] = Backend(layers, be.output)
     tr.model.eval()
-    for i, s in enumerate(tqdm(sentences, desc="decoding", disable=not progress)):
+    order = random.Random(seed)
+    for s in tqdm(sentences, desc="decoding", disable=not progress):
         src = torch.tensor([tr.encode_source(s)]).t()
-        for n in names[i % len(names):] + names[: i % len(names)]:  # rotate who goes first
+        for n in order.sample(names, len(names)):
             t0 = time.perf_counter()
             with torch.no_grad():
                 mem, pad = tr.model.encode(src)

@@ -6,7 +6,8 @@
 quality: sacrebleu BLEU on test_2016_flickr, big model vs the PyTorch dual-module decoder at each ratio
 (little modules fitted on train, thresholds calibrated on val).  speed: greedy batch-1 decoding of the
 first --speed-sentences test sentences by the PyTorch model and the compiled dense and dual-module
-decoders (decoder layers and output projection compiled), interleaved sentence by sentence.  Rows go to results/nmt-quality.json.
+decoders (decoder layers and output projection compiled), interleaved sentence by sentence.
+Rows go to results/nmt-quality.json.
 """
 from __future__ import annotations
 
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                         r["decoder_tokens_per_s"] / res[other]["decoder_tokens_per_s"], 3)
                     row[f"layer_speedup_vs_{other.replace('-', '_')}"] = round(
                         res[other]["layer_ms_per_token"] / r["layer_ms_per_token"], 3)
-            print(f"{engine:10s} {r['tokens_per_s']:8.1f} tokens/s ({r['decoder_tokens_per_s']:.1f} in the decode loop), decoder layers {r['layer_ms_per_token']:.3f} ms/token,"
-                  f" BLEU {score:.2f} on {n} sentences")
+            print(f"{engine:10s} {r['tokens_per_s']:8.1f} tokens/s ({r['decoder_tokens_per_s']:.1f} in the decode loop), "
+                  f"decoder layers {r['layer_ms_per_token']:.3f} ms/token, BLEU {score:.2f} on {n} sentences")
             save(row)
     return 0
 
