@@ -96,19 +96,23 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
     return out
 
 
-def _kernel_funcs(spec: DecoderSpec, target: TargetSpec, database=None) -> dict:
-    """Scheduled PrimFuncs: the tuning log's choice where it has one, else the default kernel."""
+def scheduled(f, target: TargetSpec, database=None):
+    """A kernel definition scheduled for ``target``: the tuning log's choice where it has one, else the default."""
     from schedules import default_kernel
 
     from .tuning import best_from_database
 
+    tuned = best_from_database(database, f, target) if database is not None else None
+    return tuned if tuned is not None else default_kernel(f, target.num_cores, target.required_features())
+
+
+def _kernel_funcs(spec: DecoderSpec, target: TargetSpec, database=None) -> dict:
+    """Scheduled PrimFuncs of every layer's kernels (a kernel shared by layers of one shape once)."""
     funcs = {}
     for s in spec.layers:
         for name, f in layer_kernels(s, spec.dual).items():
-            if name in funcs:
-                continue
-            tuned = best_from_database(database, f, target) if database is not None else None
-            funcs[name] = tuned if tuned is not None else default_kernel(f, target.num_cores, target.required_features())
+            if name not in funcs:
+                funcs[name] = scheduled(f, target, database)
     return funcs
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .kernels import gemv, padded
-from .target import TargetError, TargetSpec, missing_host_features, parse_target
+from .target import TargetSpec, parse_target, refuse_foreign_library
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,9 @@ def build_linear_ir(rows: int, cols: int, target: TargetSpec, database=None):
     """IRModule with ``linear(x (cols_p,), W (rows, cols_p), b (rows,)) -> W x + b`` (cols padded to the kernels' width)."""
     from tvm import relax
 
-    from schedules import default_kernel
+    from .decoder import scheduled
 
-    from .tuning import best_from_database
-
-    f = gemv(rows, padded(cols), f"gemv_out_{rows}x{padded(cols)}")
-    tuned = best_from_database(database, f, target) if database is not None else None
-    f = tuned if tuned is not None else default_kernel(f, target.num_cores, target.required_features())
+    f = scheduled(gemv(rows, padded(cols), f"gemv_out_{rows}x{padded(cols)}"), target, database)
     bb = relax.BlockBuilder()
     gv = bb.add_func(f, "gemv")
     ten = relax.TensorType
@@ -103,11 +99,7 @@ class CompiledLinear:
             if not (d / f).exists():
                 raise FileNotFoundError(f"{d / f} is missing: not a dualtvm linear-layer build (build_linear)")
         self.manifest = json.loads((d / "manifest.json").read_text())
-        target = parse_target(self.manifest["target"])
-        missing = missing_host_features(target)
-        if missing:
-            raise TargetError(f"{d / 'linear.so'} was built for {target.cli!r}, which needs CPU features this host "
-                              f"lacks: {sorted(missing)}")
+        refuse_foreign_library(parse_target(self.manifest["target"]), d / "linear.so")
         self.rows, self.cols = self.manifest["rows"], self.manifest["cols"]
         self.cols_padded = padded(self.cols)
         dev = tvm.cpu()

@@ -60,7 +60,6 @@ def quantize(w: torch.Tensor, bits: int = 8, per_row: bool = True) -> QuantizedT
     return QuantizedTensor(codes, scale, bits)
 
 
-
 def _clipped_scale(w: torch.Tensor, scale: torch.Tensor, q: int, dims) -> torch.Tensor:
     """The scale (per row or tensor) among ``c · scale``, c ∈ (0, 1], with the least squared rounding error:
     clipping the few large weights buys a finer step for the many small ones."""

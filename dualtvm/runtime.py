@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .decoder import MANIFEST_VERSION, DecoderSpec, layer_param_names, state_names
-from .target import TargetError, missing_host_features, parse_target
+from .target import parse_target, refuse_foreign_library
 from .thresholds import Thresholds, check_ratio
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,7 @@ class CompiledDecoder:
         if self.manifest.get("version") != MANIFEST_VERSION:
             raise BuildError(f"{d}: manifest version {self.manifest.get('version')}, this dualtvm reads {MANIFEST_VERSION}")
         target = parse_target(self.manifest["target"])
-        missing = missing_host_features(target)
-        if missing:
-            raise TargetError(f"{d / 'decoder.so'} was built for {target.cli!r}, which needs CPU features this host "
-                              f"lacks: {sorted(missing)}; refusing to load it (it would crash with an illegal instruction)")
+        refuse_foreign_library(target, d / "decoder.so")
         if expect_model is not None:
             built = {k: self.manifest["model"].get(k) for k in expect_model}
             if built != expect_model:

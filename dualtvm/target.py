@@ -223,6 +223,14 @@ def missing_host_features(target: TargetSpec, host: set[str] | None = None) -> s
     return target.required_features() - host
 
 
+def refuse_foreign_library(target: TargetSpec, library: str | os.PathLike) -> None:
+    """Raise before ``library`` (built for ``target``) is loaded if this CPU lacks features its code may use."""
+    missing = missing_host_features(target)
+    if missing:
+        raise TargetError(f"{library} was built for {target.cli!r}, which needs CPU features this host lacks: "
+                          f"{sorted(missing)}; refusing to load it (it would crash with an illegal instruction)")
+
+
 def check_runs_on_host(target: TargetSpec, strict: bool = False) -> bool:
     """Warn (or raise, if ``strict``) when code for ``target`` cannot run on this CPU."""
     missing = missing_host_features(target)
