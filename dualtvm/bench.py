@@ -192,6 +192,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     from .inputs import real_inputs
     from .peers import OpenVINOStep, onnxruntime_session, torch_cell
     from .registry import model_config, read_checkpoint
+    from .results import warn_if_busy
     from .runtime import CompiledDecoder, sequence_runner
     from .target import parse_target
 
@@ -267,7 +268,9 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     rows: list[dict] = []
     k = dual.spec.layers[0].k
     dense_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, None) for s in dual.spec.layers)
+    busy: list[str] = []
     for cache in cfg.caches:
+        busy += warn_if_busy(f"{label} {cache}")
         times = measure(engines, cfg.steps, cfg.rounds, cold=(cache == "cold"))
         stats = {name: summarize(t) for name, t in times.items()}
         peers = [stats[e.name][0] for e in engines if not e.name.startswith("tvm")]
@@ -295,7 +298,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                 if cache == "warm":
                     _add_breakdown(row, breakdowns[e.name])
             rows.append(row)
-    return rows, {"weights": weights, "dense_bytes": dense_bytes}
+    return rows, {"weights": weights, "dense_bytes": dense_bytes, "busy_processes": busy}
 
 
 def _built_from(folder: Path, checkpoint: str | None, decoder_layer: int = 0) -> bool:

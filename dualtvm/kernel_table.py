@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .kernels import LayerShape, layer_kernels
+from .results import warn_if_busy
 from .target import TargetSpec
 from .bench import Evictor
 from .tuning import FLUSH_BYTES, TuningLog, compare_kernels, metaschedule_best, nest_from_log
@@ -119,6 +120,7 @@ def kernel_table(shapes: Sequence[LayerShape], target: TargetSpec, log: TuningLo
     features = target.required_features()
     evict = Evictor(FLUSH_BYTES)  # one 64 MB sweep buffer for every numpy/torch timing
     torch.set_num_threads(target.num_cores or 1)
+    warn_if_busy("kernel table")
     for s, dual in ((s, dual) for s in shapes for dual in (True, False)):
         for name, func in layer_kernels(s, dual).items():
             if name in seen:

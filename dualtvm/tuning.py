@@ -343,6 +343,10 @@ def recheck(tasks: list[Task], target: TargetSpec, root: str | os.PathLike | Non
     log_ = load_database(target, root)
     if log_ is None:
         raise TuningError(f"no tuning database in {d}: nothing to recheck")
+    if rpc is None:
+        from .results import warn_if_busy
+
+        warn_if_busy("recheck")
     for task in tqdm([t for t in tasks if t.name in log_.summary], desc="rechecking", disable=not progress):
         finalists = {"default": default_kernel(task.func, target.num_cores, target.required_features())}
         tuned = metaschedule_best(log_, task.func, target)
@@ -389,6 +393,10 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     tgt = target.to_tvm()
     runner = make_runner(rpc)
+    if rpc is None:  # the candidates run here
+        from .results import warn_if_busy
+
+        warn_if_busy("tuning")
     for task in tqdm(tasks, desc="tuning", disable=not progress):
         done = summary.get(task.name, {}).get("trials", 0)
         if (done >= trials_per_task or (task.name in summary and not has_design_space(task.func))) and not redo:

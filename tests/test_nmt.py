@@ -45,6 +45,30 @@ def test_beam_search_agrees_and_checkpoint_translator(tiny):
         tr.tgt_vocab.encode(tokenize_sentence(TGT[0]))
 
 
+def test_backend_torch_threads_hold_inside_the_decode_loop_only(tiny):
+    """A compiled backend runs torch single-threaded inside greedy and beam search, and restores it after."""
+    model, corpus, _ = tiny
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return model.out(x)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = translate(Translator(model, corpus.src_vocab, corpus.tgt_vocab), SRC)
+        got = translate(Translator(model, corpus.src_vocab, corpus.tgt_vocab), SRC, backend=Backend(output=Spy(), torch_threads=1))
+        assert got == expected and seen and set(seen) == {1}
+        seen.clear()
+        translate(Translator(model, corpus.src_vocab, corpus.tgt_vocab), SRC[:1], beam=2,
+                  backend=Backend(output=Spy(), torch_threads=1))
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_dual_decoder_ratio_zero_is_the_big_model(tiny):
     model, corpus, _ = tiny
     duals = build_dual_decoder(model, corpus, LittleConfig(k=24), max_rows=5000, batch_size=8, progress=False)

@@ -248,3 +248,25 @@ def test_concurrent_result_writers_keep_every_row(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     rows = json.loads(open(path).read())["rows"]
     assert sorted((r["who"], r["i"]) for r in rows) == [(w, i) for w in range(3) for i in range(25)]
+
+
+def test_busy_processes_names_a_cpu_hog_and_skips_own_children(caplog):
+    """A spinning process shows up in the warning that precedes timings; as our own child it is ignored."""
+    import logging
+    import os
+    import subprocess
+    import sys
+
+    from dualtvm.results import busy_processes, warn_if_busy
+
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = busy_processes(interval_s=1.0, ignore={os.getpid()})
+        assert any(f"pid {hog.pid} " in b for b in busy), busy
+        assert not any(f"pid {hog.pid} " in b for b in busy_processes(interval_s=0.3))  # a child of ours
+        with caplog.at_level(logging.WARNING, logger="dualtvm.results"):
+            warn_if_busy("unit test")
+        assert f"pid {hog.pid} " not in caplog.text
+    finally:
+        hog.kill()
+        hog.wait()
