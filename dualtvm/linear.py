@@ -88,11 +88,14 @@ def built_for(folder: Path, weight: np.ndarray, bias: np.ndarray) -> bool:
 
 
 class CompiledLinear:
-    """A built linear layer; ``run(x)`` on a padded vector (TVM tensor or DLPack, e.g. torch) → ``rows`` outputs."""
+    """A built linear layer; ``run(x)`` on a padded vector (TVM tensor or DLPack, e.g. torch) → ``rows`` outputs.
+    The weight matrix sits on huge pages unless ``huge_pages=False`` (:mod:`dualtvm.memory`)."""
 
-    def __init__(self, build_dir: str | os.PathLike) -> None:
+    def __init__(self, build_dir: str | os.PathLike, huge_pages: bool = True) -> None:
         import tvm
         from tvm import relax
+
+        from .memory import weight_tensor
 
         d = Path(build_dir)
         for f in ("manifest.json", "linear.so", "params.npz"):
@@ -104,7 +107,7 @@ class CompiledLinear:
         self.cols_padded = padded(self.cols)
         dev = tvm.cpu()
         raw = np.load(d / "params.npz")
-        self._w, self._b = tvm.runtime.tensor(raw["w"], dev), tvm.runtime.tensor(raw["b"], dev)
+        self._w, self._b = weight_tensor(raw["w"], dev, huge_pages), tvm.runtime.tensor(raw["b"], dev)
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(d / "linear.so")), dev)
 
     def run(self, x):

@@ -120,18 +120,18 @@ class Seq2Seq(nn.Module):
             mem = mem + mem2
         return mem, src.eq(0)
 
-    def attend(self, query: torch.Tensor, mem: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """Luong general attention of query (B, H) over memory (S, B, H)."""
-        scores = torch.einsum("bh,sbh->sb", self.att_q(query), mem).masked_fill(pad, float("-inf"))
+    def attend(self, query: torch.Tensor, mem: torch.Tensor, pad: torch.Tensor, att_q=None) -> torch.Tensor:
+        """Luong general attention of query (B, H) over memory (S, B, H); ``att_q`` replaces the query projection."""
+        scores = torch.einsum("bh,sbh->sb", (self.att_q if att_q is None else att_q)(query), mem).masked_fill(pad, float("-inf"))
         return torch.einsum("sb,sbh->bh", scores.softmax(0), mem)
 
     def init_state(self, batch: int, device=None):
         z = torch.zeros(1, batch, self.cfg.hidden, device=device)
         return [(z.clone(), z.clone()) for _ in range(self.cfg.dec_layers)], torch.zeros(batch, self.cfg.hidden, device=device)
 
-    def decode_step(self, token: torch.Tensor, state, mem, pad, layers=None, output=None):
-        """One target step; ``layers`` lets a dual-module stack replace the decoder's LSTMs, ``output``
-        another implementation of the output projection."""
+    def decode_step(self, token: torch.Tensor, state, mem, pad, layers=None, output=None, att_q=None):
+        """One target step; ``layers`` lets a dual-module stack replace the decoder's LSTMs, ``output`` and
+        ``att_q`` other implementations of the output and attention-query projections."""
         layer_states, ctx = state
         x = self.drop(self.tgt_emb(token))  # (B, H)
         new_states = []
@@ -142,7 +142,7 @@ class Seq2Seq(nn.Module):
             x = out + x if self.decoder.residual(i) else out
             new_states.append(st)
             if i == 0:  # attention driven by the bottom layer, as in GNMT
-                ctx = self.attend(out, mem, pad)
+                ctx = self.attend(out, mem, pad, att_q)
         return (self.out if output is None else output)(x), (new_states, ctx)
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ The decoder's LSTMs are called one step at a time by :meth:`Seq2Seq.decode_step`
 stand-ins live here: the PyTorch dual-module layers (the reference), and
 :class:`CompiledLayer`, which runs a compiled decode step (dense or dual-module) built for
 the layer's shape.  The compiled backends also compile the output projection
-(:class:`CompiledOutput`, a dense GEMV: the same for dense and dual-module); attention and
-embeddings stay in PyTorch for every backend.
+and attention's query projection (:class:`CompiledProjection`, a dense GEMV: the same for dense and
+dual-module); the rest of attention and the embeddings stay in PyTorch for every backend.
 """
 from __future__ import annotations
 
@@ -92,7 +92,9 @@ class Backend:
     """What stands in for parts of the PyTorch decoder in a decode loop.
 
     ``layers`` replace the decoder LSTMs (None: the big ones), ``output`` the output projection
-    (None: ``model.out``).  ``torch_threads``: torch's intra-op threads inside the decode loop (None:
+    (None: ``model.out``), ``attention_query`` attention's query projection (None: ``model.att_q``; the
+    compiled backends compile it: 4 MB of weights that torch on one thread read in 0.29 ms, caches cold).
+    ``torch_threads``: torch's intra-op threads inside the decode loop (None:
     unchanged).  The compiled backends take 1: after each torch op (attention, argmax, concatenation)
     torch's OpenMP workers spin on the cores the next compiled kernel's threads need.  Timed inside the
     1024-unit GNMT's loop, a dual-module layer's projection and little GEMV took 0.61 ms after torch ops
@@ -102,6 +104,7 @@ class Backend:
     layers: list[nn.Module] | None = None
     output: nn.Module | None = None
     torch_threads: int | None = None
+    attention_query: nn.Module | None = None  # attention's query projection (None: ``model.att_q``)
 
 
 @contextmanager
@@ -144,7 +147,7 @@ def greedy_search(model: Seq2Seq, mem: torch.Tensor, pad: torch.Tensor, bos: int
     done = torch.zeros(batch, dtype=torch.bool)
     with torch.no_grad(), torch_threads(be.torch_threads):
         for _ in range(max_len):
-            logits, state = model.decode_step(tok, state, mem, pad, be.layers, be.output)
+            logits, state = model.decode_step(tok, state, mem, pad, be.layers, be.output, be.attention_query)
             tok = logits.argmax(-1)
             for b in range(batch):
                 if not done[b]:
@@ -174,8 +177,8 @@ def beam_search(model: Seq2Seq, src_ids: list[int], bos: int, eos: int, beam: in
             tok = torch.tensor([h[0][-1] if h[0] else bos for h in hyps])
             states = ([tuple(torch.cat([h[2][0][l][j] for h in hyps], 1) for j in range(2))
                        for l in range(len(layer_states))], torch.cat([h[2][1] for h in hyps]))
-            logits, (new_layers, new_ctx) = model.decode_step(tok, states, mem.expand(-1, n, -1),
-                                                              pad.expand(-1, n), be.layers, be.output)
+            logits, (new_layers, new_ctx) = model.decode_step(tok, states, mem.expand(-1, n, -1), pad.expand(-1, n),
+                                                              be.layers, be.output, be.attention_query)
             logp = logits.log_softmax(-1)
             scores = torch.tensor([h[1] for h in hyps]).unsqueeze(1) + logp
             top = scores.view(-1).topk(min(2 * beam, scores.numel()))
@@ -350,8 +353,9 @@ def compiled_layers(folders: list[Path]) -> list[CompiledLayer]:
     return [CompiledLayer(f) for f in folders]
 
 
-class CompiledOutput(nn.Module):
-    """The output projection as a compiled batch-1 GEMV (:mod:`dualtvm.linear`): (B, H) → (B, V), row by row."""
+class CompiledProjection(nn.Module):
+    """An ``nn.Linear`` as a compiled batch-1 GEMV (:mod:`dualtvm.linear`): (B, in) → (B, out), row by row.
+    The decoder's output projection and attention's query projection run this way in the compiled backends."""
 
     def __init__(self, build_dir: str | os.PathLike) -> None:
         super().__init__()
@@ -364,16 +368,23 @@ class CompiledOutput(nn.Module):
         return torch.stack([self.linear.run(CompiledLayer._padded(x[b], width)) for b in range(x.shape[0])])
 
 
-def compiled_output(model: Seq2Seq, target: str, folder: Path) -> CompiledOutput:
-    """The model's output projection compiled for ``target`` in ``folder`` (built unless it holds these weights)."""
+def compiled_projection(linear: nn.Linear, target: str, folder: Path) -> CompiledProjection:
+    """``linear`` compiled for ``target`` in ``folder`` (built unless it holds these weights; no bias = zeros)."""
     from .linear import build_linear, built_for
     from .target import parse_target
     from .tuning import load_database
 
-    w, b = (t.detach().to(torch.float32).numpy() for t in (model.out.weight, model.out.bias))
+    w = linear.weight.detach().to(torch.float32).numpy()
+    b = (linear.bias.detach().to(torch.float32).numpy() if linear.bias is not None
+         else torch.zeros(w.shape[0]).numpy())
     if not built_for(folder, w, b):
         build_linear(w, b, target, folder, load_database(parse_target(target).with_default_cores()))
-    return CompiledOutput(folder)
+    return CompiledProjection(folder)
+
+
+def compiled_output(model: Seq2Seq, target: str, folder: Path) -> CompiledProjection:
+    """The model's output projection compiled for ``target`` in ``folder``."""
+    return compiled_projection(model.out, target, folder)
 
 
 # --------------------------------------------------------------------------- backends
@@ -471,8 +482,9 @@ def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str,
     layers = decoder_layers(tr, corpus, backend, checkpoint, target, ratio, build_root, little_bits)
     if not backend.startswith("tvm-"):
         return Backend(layers)
-    output = compiled_output(tr.model, target, _build_folder(checkpoint, target, build_root) / "output")
-    return Backend(layers, output, torch_threads=1)
+    folder = _build_folder(checkpoint, target, build_root)
+    return Backend(layers, compiled_output(tr.model, target, folder / "output"), torch_threads=1,
+                   attention_query=compiled_projection(tr.model.att_q, target, folder / "attention-query"))
 
 
 # --------------------------------------------------------------------------- speed
@@ -520,7 +532,7 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
     for n in names:
         be = as_backend(backends[n])
         layers = [_Timed(l, acc[n]["layer_clock"]) for l in (be.layers or tr.model.decoder.layers)]
-        timed[n] = Backend(layers, be.output, be.torch_threads)
+        timed[n] = Backend(layers, be.output, be.torch_threads, be.attention_query)
     tr.model.eval()
     warn_if_busy("decoding speed")
     order = random.Random(seed)

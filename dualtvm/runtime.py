@@ -27,10 +27,15 @@ class BuildError(RuntimeError):
 
 
 class CompiledDecoder:
-    """A compiled decode step with its weights; ``step(x, state)`` → (output, new state)."""
+    """A compiled decode step with its weights; ``step(x, state)`` → (output, new state).
 
-    def __init__(self, build_dir: str | os.PathLike, expect_model: dict | None = None) -> None:
+    Weight matrices sit on 2 MB pages unless ``huge_pages=False`` (:mod:`dualtvm.memory`).
+    """
+
+    def __init__(self, build_dir: str | os.PathLike, expect_model: dict | None = None, huge_pages: bool = True) -> None:
         import tvm
+
+        from .memory import weight_tensor
 
         d = Path(build_dir)
         for f in ("manifest.json", "decoder.so", "params.npz"):
@@ -53,7 +58,7 @@ class CompiledDecoder:
         raw = np.load(d / "params.npz")
         self.params = [{n: raw[f"l{i}_{n}"] for n in layer_param_names(s, self.spec.dual)}
                        for i, s in enumerate(self.spec.layers)]
-        self._tensors = [{n: tvm.runtime.tensor(v, self.dev) for n, v in p.items()} for p in self.params]
+        self._tensors = [{n: weight_tensor(v, self.dev, huge_pages) for n, v in p.items()} for p in self.params]
         self.littles = None
         if self.spec.dual and (d / "little.npz").exists():
             from .artefact import load_little

@@ -10,7 +10,7 @@ from dualtvm.little import LittleConfig
 from dualtvm.models import Seq2SeqConfig
 from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
 from dualtvm.nmt import (BACKENDS, Backend, Translator, beam_search, bleu, build_compiled_decoder, build_dual_decoder,
-                         compiled_layers, compiled_output, translate)
+                         compiled_layers, compiled_output, compiled_projection, translate)
 from dualtvm.train_nmt import NMTTrainConfig, train_nmt
 
 from conftest import SRC, TGT, dying_after  # the tiny parallel corpus the fixtures train on
@@ -106,6 +106,9 @@ def test_compiled_decoder_greedy_equals_pytorch_at_ratio_zero(tiny, tmp_path):
     output = compiled_output(model, "llvm -mcpu=broadwell", tmp_path / "output")
     assert translate(tr, SRC, backend=Backend(dual, output)) == reference
     assert translate(tr, SRC[:2], beam=3, backend=Backend(dense, output)) == reference[:2]
+    # and attention's query projection (an nn.Linear without bias)
+    query = compiled_projection(model.att_q, "llvm -mcpu=broadwell", tmp_path / "attention-query")
+    assert translate(tr, SRC, backend=Backend(dual, output, 1, query)) == reference
     set_layer_ratios(dual, 0.5)
     set_layer_ratios(duals, 0.5)
     reset_layer_stats(dual)
@@ -118,7 +121,7 @@ def test_compiled_linear_matches_torch_and_is_rebuilt_only_for_new_weights(tmp_p
     """The compiled output projection on a width the kernel pads (40 → 64): W x + b as nn.Linear, row by row
     for a batch; the build folder is tied to its weights."""
     from dualtvm.linear import build_linear, built_for
-    from dualtvm.nmt import CompiledOutput
+    from dualtvm.nmt import CompiledProjection
 
     torch.manual_seed(0)
     lin = nn.Linear(40, 37)
@@ -126,7 +129,7 @@ def test_compiled_linear_matches_torch_and_is_rebuilt_only_for_new_weights(tmp_p
     folder = build_linear(w, b, "llvm -mcpu=broadwell", tmp_path / "out")
     x = torch.randn(3, 40)
     with torch.no_grad():
-        torch.testing.assert_close(CompiledOutput(folder)(x), lin(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(CompiledProjection(folder)(x), lin(x), atol=1e-5, rtol=1e-5)
     assert built_for(folder, w, b) and not built_for(folder, w + 1, b) and not built_for(tmp_path, w, b)
     with pytest.raises(ValueError, match="bias has shape"):
         build_linear(w, b[:5], "llvm -mcpu=broadwell", tmp_path / "bad")

@@ -270,3 +270,22 @@ def test_busy_processes_names_a_cpu_hog_and_skips_own_children(caplog):
     finally:
         hog.kill()
         hog.wait()
+
+
+def test_weights_on_huge_pages_are_the_same_numbers_and_huge_where_linux_allows():
+    """weight_tensor copies into a 2 MB-aligned madvised mapping and hands it to TVM zero-copy."""
+    from pathlib import Path
+
+    from dualtvm.memory import HUGE_PAGE, huge_page_array, huge_page_bytes, weight_tensor
+
+    a = np.random.default_rng(0).standard_normal((1024, 1536)).astype(np.float32)  # 6 MB
+    before = huge_page_bytes()
+    h = huge_page_array(a)
+    assert np.array_equal(h, a) and h.ctypes.data % HUGE_PAGE == 0
+    t = weight_tensor(a, tvm.cpu())
+    assert np.array_equal(t.numpy(), a)
+    small = weight_tensor(a[:4], tvm.cpu())  # below a huge page: a plain TVM tensor
+    assert np.array_equal(small.numpy(), a[:4])
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[never]" not in thp.read_text():
+        assert huge_page_bytes() - before >= HUGE_PAGE  # at least one aligned 2 MB range got a huge page
