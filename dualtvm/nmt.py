@@ -505,7 +505,7 @@ class _Timed(nn.Module):
 
 
 def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backend | list | None],
-                 progress: bool = True, seed: int = 0) -> dict[str, dict]:
+                 progress: bool = True, seed: int = 0, pause_s: float = 0.02) -> dict[str, dict]:
     """Greedy batch-1 decoding of every sentence by every backend, interleaved sentence by sentence.
 
     A backend is a :class:`Backend` or just decoder layers; ``None`` is the PyTorch model.
@@ -513,7 +513,8 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
     is a fresh (seeded) permutation per sentence, so every backend follows every other one about equally
     often — what runs just before matters: PyTorch's encoder took 15 ms a sentence after the PyTorch
     decoder but 34–38 ms after a compiled one (1024-unit GNMT), and a fixed rotation always gave each
-    backend the same predecessor.  The encoder (PyTorch, the same for every backend) is timed apart
+    backend the same predecessor; a ``pause_s`` sleep before each backend lets the previous one's
+    spinning worker threads fall asleep.  The encoder (PyTorch, the same for every backend) is timed apart
     from the decode loop.  Returns per backend: tokens; total, encoder, decode-loop and decoder-layer
     seconds; end-to-end tokens/s, decoder tokens/s (decode loop only), ms per token in the decoder
     layers; the hypotheses.
@@ -539,6 +540,7 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
     for s in tqdm(sentences, desc="decoding", disable=not progress):
         src = torch.tensor([tr.encode_source(s)]).t()
         for n in order.sample(names, len(names)):
+            time.sleep(pause_s)  # untimed: the previous backend's spinning threads (TVM's pool, OpenMP) fall asleep
             t0 = time.perf_counter()
             with torch.no_grad():
                 mem, pad = tr.model.encode(src)

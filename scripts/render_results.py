@@ -174,11 +174,11 @@ def nmt_quality(doc: dict) -> str:
                    f"{'' if paper is None else round(paper - 24.32, 2)} |")
     speed = [r for r in doc["rows"] if r["part"] == "speed"]
     if speed:
-        out += ["", "| model | engine | ratio | tokens/s | decode-loop tokens/s | decoder layers ms/token | BLEU (subset) "
+        out += ["", "| model | trained epochs | engine | ratio | tokens/s | decode-loop tokens/s | decoder layers ms/token | BLEU (subset) "
                 "| × TVM dense (tokens/s) | × TVM dense (decode loop) | × TVM dense (layers) | × PyTorch (tokens/s) |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in speed:
-            out.append(f"| {r['model']} | {r['engine']} | {r['insensitive_ratio']} | {r['tokens_per_s']} | "
+            out.append(f"| {r['model']} | {r.get('big_epochs', '')} | {r['engine']} | {r['insensitive_ratio']} | {r['tokens_per_s']} | "
                        f"{r.get('decoder_tokens_per_s', '')} | {r['decoder_layers_ms_per_token']} | {r['bleu']} | "
                        f"{r.get('speedup_vs_tvm_dense', '')} | {r.get('decoder_speedup_vs_tvm_dense', '')} | "
                        f"{r.get('layer_speedup_vs_tvm_dense', '')} | {r.get('speedup_vs_torch', '')} |")
