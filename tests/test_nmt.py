@@ -69,6 +69,36 @@ def test_backend_torch_threads_hold_inside_the_decode_loop_only(tiny):
         torch.set_num_threads(before)
 
 
+def test_decode_speed_interleaves_backends_in_shuffled_order(tiny):
+    """Every backend decodes every sentence; each follows each other one at some point (a fixed rotation once gave
+    every backend the same predecessor, which biased the encoder's time); the counts and hypotheses add up."""
+    from dualtvm.nmt import decode_speed
+
+    model, corpus, _ = tiny
+    tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
+    calls: list[str] = []
+
+    class Tagged(nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            if not calls or calls[-1] != self.name:
+                calls.append(self.name)
+            return model.out(x)
+
+    names = ["a", "b", "c"]
+    sentences = SRC * 6
+    res = decode_speed(tr, sentences, {n: Backend(output=Tagged(n)) for n in names}, progress=False, pause_s=0.0)
+    follows = {(calls[i - 1], calls[i]) for i in range(1, len(calls))}
+    assert {(p, n) for p in names for n in names if p != n} <= follows  # a rotation gives only a→b, b→c, c→a
+    expected = translate(tr, SRC)
+    for n in names:
+        assert res[n]["hyps"] == expected * 6 and res[n]["tokens"] > len(sentences)
+        assert res[n]["tokens_per_s"] <= res[n]["decoder_tokens_per_s"]
+
+
 def test_dual_decoder_ratio_zero_is_the_big_model(tiny):
     model, corpus, _ = tiny
     duals = build_dual_decoder(model, corpus, LittleConfig(k=24), max_rows=5000, batch_size=8, progress=False)
