@@ -200,8 +200,12 @@ def test_lm_checkpoint_build_fits_little_module_on_text(tiny_corpus, tmp_path):
     r = build_model(BuildConfig(model="tiny-lstm", checkpoint=str(ckpt), corpus=str(tiny_corpus),
                                 out=str(tmp_path / "b"), use_tuned=False, verify=True, steps=10))
     assert "fitted and calibrated on" in r["weights"] and r["verified"] is True
+    other = tmp_path / "other-corpus"  # a corpus whose vocabulary is not the checkpoint's
+    other.mkdir()
+    for split in ("train", "valid", "test"):
+        (other / f"{split}.txt").write_text("zebras graze near rivers .\n" * 20)
     with pytest.raises(ValueError, match="another vocabulary"):
-        build_model(BuildConfig(model="tiny-lstm", checkpoint=str(ckpt), corpus="ptb", out=str(tmp_path / "c"),
+        build_model(BuildConfig(model="tiny-lstm", checkpoint=str(ckpt), corpus=str(other), out=str(tmp_path / "c"),
                                 use_tuned=False))
 
 
