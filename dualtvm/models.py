@@ -122,7 +122,8 @@ class Seq2Seq(nn.Module):
 
     def attend(self, query: torch.Tensor, mem: torch.Tensor, pad: torch.Tensor, att_q=None) -> torch.Tensor:
         """Luong general attention of query (B, H) over memory (S, B, H); ``att_q`` replaces the query projection."""
-        scores = torch.einsum("bh,sbh->sb", (self.att_q if att_q is None else att_q)(query), mem).masked_fill(pad, float("-inf"))
+        q = (self.att_q if att_q is None else att_q)(query)
+        scores = torch.einsum("bh,sbh->sb", q, mem).masked_fill(pad, float("-inf"))
         return torch.einsum("sb,sbh->bh", scores.softmax(0), mem)
 
     def init_state(self, batch: int, device=None):
