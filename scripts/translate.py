@@ -7,8 +7,8 @@
     echo "a man is riding a bike ." | python scripts/translate.py --backend tvm-dense
 
 Backends: ``torch`` (big model), ``dual`` (PyTorch dual-module reference), ``tvm-dense`` /
-``tvm-dual`` (decoder LSTM layers run by the compiled step; attention and the output layer stay
-in PyTorch).  Little modules are fitted on Multi30k train and calibrated on val once, then
+``tvm-dual`` (decoder LSTM layers run by the compiled step, the output and attention-query projections by
+a compiled GEMV; embeddings and the rest of attention stay in PyTorch, on one thread inside the decode loop).  Little modules are fitted on Multi30k train and calibrated on val once, then
 cached next to the checkpoint; compiled layers are built once under ``build/``.
 Without --split, sentences are read from --input or stdin and translations written to stdout.
 With --split, BLEU (sacrebleu, detokenised, signature printed) is computed against the references.
