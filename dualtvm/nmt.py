@@ -371,14 +371,13 @@ class CompiledProjection(nn.Module):
 def compiled_projection(linear: nn.Linear, target: str, folder: Path) -> CompiledProjection:
     """``linear`` compiled for ``target`` in ``folder`` (built unless it holds these weights; no bias = zeros)."""
     from .linear import build_linear, built_for
-    from .target import parse_target
-    from .tuning import load_database
+    from .tuning import target_database
 
     w = linear.weight.detach().to(torch.float32).numpy()
     b = (linear.bias.detach().to(torch.float32).numpy() if linear.bias is not None
          else torch.zeros(w.shape[0]).numpy())
     if not built_for(folder, w, b):
-        build_linear(w, b, target, folder, load_database(parse_target(target).with_default_cores()))
+        build_linear(w, b, target, folder, target_database(target))
     return CompiledProjection(folder)
 
 
@@ -438,8 +437,6 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
     (``<stem>.little.npz``, ``<stem>.little-w4.npz``; tied to the weights by hash); compiled layers
     under ``build/<stem>-<target-name>[-w4]/`` (rebuilt when the little modules change).
     """
-    from .target import parse_target
-
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
     if little_bits not in (8, 4):
@@ -456,11 +453,10 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
         kind = backend.removeprefix("tvm-")
         folders = [out / kind / f"layer{i}" for i in range(len(duals))]
         if not all(_built_for(f, d) for f, d in zip(folders, duals)):
-            from .tuning import load_database
+            from .tuning import target_database
 
             # the committed tuning log of the target, where its choices beat the default schedules
-            db = load_database(parse_target(target).with_default_cores())
-            folders = build_compiled_decoder(duals, target, out, db)[kind]
+            folders = build_compiled_decoder(duals, target, out, target_database(target))[kind]
         layers = compiled_layers(folders)
     if backend.endswith("dual"):
         set_layer_ratios(layers, ratio)

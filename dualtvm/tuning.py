@@ -260,6 +260,13 @@ def nest_from_log(log_: TuningLog, func):
     return nest.build(*nest.shape(func), nest.knobs(**knobs), name) if knobs else None
 
 
+def target_database(target: "str | TargetSpec") -> TuningLog | None:
+    """The committed tuning log of a target as users name it (at its default core count), or None."""
+    from .target import parse_target
+
+    return load_database(parse_target(target).with_default_cores())
+
+
 def load_database(target: TargetSpec, root: str | os.PathLike | None = None) -> TuningLog | None:
     d = tuning_dir(target, root)
     if not (d / "database_tuning_record.json").exists():
