@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -529,7 +529,7 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
     for n in names:
         be = as_backend(backends[n])
         layers = [_Timed(l, acc[n]["layer_clock"]) for l in (be.layers or tr.model.decoder.layers)]
-        timed[n] = Backend(layers, be.output, be.torch_threads, be.attention_query)
+        timed[n] = replace(be, layers=layers)  # every other part of the backend as given
     tr.model.eval()
     warn_if_busy("decoding speed")
     order = random.Random(seed)
