@@ -4,7 +4,8 @@
     python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256
 
 quality: sacrebleu BLEU on test_2016_flickr, big model vs the PyTorch dual-module decoder at each ratio
-(little modules fitted on train, thresholds calibrated on val).  speed: greedy batch-1 decoding of the
+(little modules fitted on train, thresholds calibrated on val), the references' teacher-forced perplexity
+and the share of translations identical to the big model's.  speed: greedy batch-1 decoding of the
 first --speed-sentences test sentences by the PyTorch model and the compiled dense and dual-module
 decoders (decoder layers and output projection compiled), interleaved sentence by sentence.
 Rows go to results/nmt-quality.json.
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.bench import dual_engine
     from dualtvm.data import load_multi30k
     from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
-    from dualtvm.nmt import Translator, corpus_bleu, decode_speed, decoder_backend, decoder_layers, translate
+    from dualtvm.nmt import (Translator, corpus_bleu, decode_speed, decoder_backend, decoder_layers,
+                             reference_perplexity, translate)
     from dualtvm.results import update_rows
 
     torch.set_num_threads(threads)
@@ -65,22 +67,30 @@ def main(argv: list[str] | None = None) -> int:
                     command="bash scripts/reproduce_nmt.sh (each row also names its own command)")
 
     if "quality" in parts:
-        base, sig = corpus_bleu(translate(tr, src, a.beam, progress=True), refs)
+        base_hyps = translate(tr, src, a.beam, progress=True)
+        base, sig = corpus_bleu(base_hyps, refs)
+        base_ppl = reference_perplexity(tr, src, refs)
         save({"part": "quality", "engine": "torch", "insensitive_ratio": 0.0, "beam": a.beam, "bleu": round(base, 2),
-              "base_bleu": round(base, 2), "delta_bleu": 0.0, "sacrebleu_signature": sig})
+              "base_bleu": round(base, 2), "delta_bleu": 0.0, "sacrebleu_signature": sig,
+              "reference_ppl": round(base_ppl, 3), "same_as_big": 1.0})
         for b in bits:
             duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b)
             for r in [float(x) for x in a.ratios.split(",")]:
                 set_layer_ratios(duals, r)
                 reset_layer_stats(duals)
-                score, sig = corpus_bleu(translate(tr, src, a.beam, duals, progress=True), refs)
+                hyps = translate(tr, src, a.beam, duals, progress=True)
+                score, sig = corpus_bleu(hyps, refs)
+                measured = measured_layer_ratio(duals)  # of the translations, before the teacher-forced pass
                 per_layer = [round(measured_layer_ratio([d]), 4) for d in duals]
-                print(f"INT{b} ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), "
-                      f"measured {measured_layer_ratio(duals):.3f}")
+                ppl = reference_perplexity(tr, src, refs, duals)
+                same = sum(h == g for h, g in zip(hyps, base_hyps)) / len(hyps)
+                print(f"INT{b} ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), reference PPL {ppl:.3f} "
+                      f"(base {base_ppl:.3f}), {same:.1%} translations as the big model's, measured {measured:.3f}")
                 save({"part": "quality", "engine": dual_engine(b, "dual"), "insensitive_ratio": r, "beam": a.beam,
-                      "measured_ratio": round(measured_layer_ratio(duals), 4), "measured_ratio_per_layer": per_layer,
+                      "measured_ratio": round(measured, 4), "measured_ratio_per_layer": per_layer,
                       "bleu": round(score, 2), "base_bleu": round(base, 2), "delta_bleu": round(score - base, 2),
-                      "sacrebleu_signature": sig})
+                      "sacrebleu_signature": sig, "reference_ppl": round(ppl, 3),
+                      "delta_reference_ppl_pct": round(100 * (ppl / base_ppl - 1), 3), "same_as_big": round(same, 4)})
     if "speed" in parts:
         n = a.speed_sentences
         backends = {"torch": None, "tvm-dense": decoder_backend(tr, corpus, "tvm-dense", a.checkpoint, a.target,

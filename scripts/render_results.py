@@ -161,9 +161,11 @@ PAPER_TABLE4_BLEU = {0.0: 24.32, 0.1: 24.33, 0.3: 24.18, 0.5: 23.73, 0.7: 21.92,
 
 
 def nmt_quality(doc: dict) -> str:
-    """Table 4: BLEU vs ratio (PyTorch dual-module decoder), then greedy decoding speed, batch 1."""
-    out = ["| model | trained epochs | engine | ratio asked | measured | BLEU | ΔBLEU | paper ΔBLEU (GNMT, WMT) |",
-           "|---|---|---|---|---|---|---|---|"]
+    """Table 4: BLEU vs ratio (PyTorch dual-module decoder; teacher-forced reference PPL and agreement with
+    the big model's translations where measured), then greedy decoding speed, batch 1."""
+    out = ["| model | trained epochs | engine | ratio asked | measured | BLEU | ΔBLEU | paper ΔBLEU (GNMT, WMT) "
+           "| reference PPL | ΔPPL % | same translation % |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     quality = [r for r in doc["rows"] if r["part"] == "quality"]
     models = list(dict.fromkeys(r["model"] for r in quality))
     for r in sorted(quality, key=lambda r: (models.index(r["model"]), r["engine"] != "torch", r["engine"],
@@ -171,7 +173,9 @@ def nmt_quality(doc: dict) -> str:
         paper = PAPER_TABLE4_BLEU.get(r["insensitive_ratio"])
         out.append(f"| {r['model']} | {r.get('big_epochs', '')} | {r['engine']} | {r['insensitive_ratio']} | "
                    f"{r.get('measured_ratio', '')} | {r['bleu']} | {r['delta_bleu']} | "
-                   f"{'' if paper is None else round(paper - 24.32, 2)} |")
+                   f"{'' if paper is None else round(paper - 24.32, 2)} | {r.get('reference_ppl', '')} | "
+                   f"{r.get('delta_reference_ppl_pct', '')} | "
+                   f"{'' if 'same_as_big' not in r else round(100 * r['same_as_big'], 1)} |")
     speed = [r for r in doc["rows"] if r["part"] == "speed"]
     if speed:
         out += ["", "| model | trained epochs | engine | ratio | tokens/s | decode-loop tokens/s | decoder layers ms/token | BLEU (subset) "
@@ -184,6 +188,49 @@ def nmt_quality(doc: dict) -> str:
                        f"{r.get('layer_speedup_vs_tvm_dense', '')} | {r.get('speedup_vs_torch', '')} |")
         out += ["", *amdahl(speed)]
     return "\n".join(out)
+
+
+def plot_nmt_quality(doc: dict, path: Path) -> None:
+    """ΔBLEU vs insensitive ratio per model beside the paper's Table 4 and, on a second axis where measured,
+    the teacher-forced reference perplexity's rise (BLEU moves only where a greedy argmax flips)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality = [r for r in doc["rows"] if r["part"] == "quality"]
+    models = list(dict.fromkeys(r["model"] for r in quality))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    paper = sorted((r, b - PAPER_TABLE4_BLEU[0.0]) for r, b in PAPER_TABLE4_BLEU.items())
+    for ax, m in zip(axes[0], models):
+        rows = [r for r in quality if r["model"] == m]
+        base = next((r for r in rows if r["engine"] == "torch"), None)
+        ppl_ax = None
+        for engine, style in (("dual", "o-"), ("dual-int4", "^-")):
+            mine = sorted([(0.0, 0.0, 0.0)] * (base is not None) + [
+                (r["measured_ratio"], r["delta_bleu"], r.get("delta_reference_ppl_pct")) for r in rows
+                if r["engine"] == engine])
+            if len(mine) < 2:
+                continue
+            ax.plot([x for x, _, _ in mine], [b for _, b, _ in mine], style, label=f"dualtvm {engine} ΔBLEU")
+            ppl = [(x, p) for x, _, p in mine if p is not None]
+            if len(ppl) > 1:
+                ppl_ax = ppl_ax or ax.twinx()
+                ppl_ax.plot(*zip(*ppl), style, color="tab:red", alpha=0.6, label=f"{engine} reference ΔPPL %")
+        ax.plot(*zip(*paper), "x:", color="gray", label="paper ΔBLEU (GNMT, WMT)")
+        ax.axhline(-0.6, lw=0.6, color="k", ls="--")
+        ax.set_ylim(max(-13, ax.get_ylim()[0]), ax.get_ylim()[1])
+        epochs = rows[0].get("big_epochs")
+        ax.set_title(f"{m}" + (f", {epochs} epochs" if epochs else "") + (f" (BLEU {base['bleu']})" if base else ""))
+        ax.set_xlabel("measured insensitive ratio")
+        ax.set_ylabel("ΔBLEU")
+        handles = ax.get_legend_handles_labels()
+        if ppl_ax is not None:
+            ppl_ax.set_ylabel("reference ΔPPL (%)", color="tab:red")
+            handles = tuple(a + b for a, b in zip(handles, ppl_ax.get_legend_handles_labels()))
+        ax.legend(*handles, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def amdahl(speed: list[dict]) -> list[str]:
@@ -263,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     quality = REPO / "results" / "lm-quality-ptb.json"
     if quality.exists():
         plot_lm_quality(json.loads(quality.read_text()), quality.with_suffix(".png"))
+    nmt = REPO / "results" / "nmt-quality.json"
+    if nmt.exists():
+        plot_nmt_quality(json.loads(nmt.read_text()), nmt.with_suffix(".png"))
     return 0
 
 

@@ -10,7 +10,7 @@ from dualtvm.little import LittleConfig
 from dualtvm.models import Seq2SeqConfig
 from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
 from dualtvm.nmt import (BACKENDS, Backend, Translator, beam_search, bleu, build_compiled_decoder, build_dual_decoder,
-                         compiled_layers, compiled_output, compiled_projection, translate)
+                         compiled_layers, compiled_output, compiled_projection, reference_perplexity, translate)
 from dualtvm.train_nmt import NMTTrainConfig, train_nmt
 
 from conftest import SRC, TGT, dying_after  # the tiny parallel corpus the fixtures train on
@@ -99,6 +99,26 @@ def test_decode_speed_interleaves_backends_in_shuffled_order(tiny):
         assert res[n]["tokens_per_s"] <= res[n]["decoder_tokens_per_s"]
 
 
+def test_reference_perplexity_is_the_teacher_forced_per_token_perplexity(tiny):
+    """Batched with padding (three pairs a batch) it equals the per-sentence log-likelihoods summed by hand."""
+    import math
+
+    model, corpus, _ = tiny
+    tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
+    bos, eos = tr.tgt_vocab.stoi["<s>"], tr.tgt_vocab.stoi["<eos>"]
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for s, t in zip(SRC, TGT):
+            ids = [bos] + tr.tgt_vocab.encode(tokenize_sentence(t)) + [eos]
+            logits = model(torch.tensor([tr.encode_source(s)]).t(), torch.tensor([ids[:-1]]).t())
+            nll -= logits[:, 0].log_softmax(-1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum().item()
+            n += len(ids) - 1
+    ppl = reference_perplexity(tr, SRC, TGT, batch_size=3)
+    assert ppl == pytest.approx(math.exp(nll / n), rel=1e-5)
+    assert 1.0 <= ppl < 1.5  # it learnt the four pairs
+    assert reference_perplexity(tr, SRC, TGT[1:] + TGT[:1]) > 5 * ppl  # references of other sentences
+
+
 def test_dual_decoder_ratio_zero_is_the_big_model(tiny):
     model, corpus, _ = tiny
     duals = build_dual_decoder(model, corpus, LittleConfig(k=24), max_rows=5000, batch_size=8, progress=False)
@@ -113,6 +133,7 @@ def test_dual_decoder_ratio_zero_is_the_big_model(tiny):
         big, _ = model.decode_step(tok, state, mem, pad)
         dual, _ = model.decode_step(tok, state, mem, pad, duals)
     torch.testing.assert_close(dual, big, atol=1e-5, rtol=1e-5)
+    assert reference_perplexity(tr, SRC, TGT, duals) == pytest.approx(reference_perplexity(tr, SRC, TGT), rel=1e-5)
     set_layer_ratios(duals, 0.9)
     reset_layer_stats(duals)
     translate(tr, SRC, backend=duals)
@@ -245,6 +266,8 @@ def test_eval_nmt_quality_rows_per_little_precision(tiny_multi30k, tmp_path):
     rows = {(r["engine"], r["insensitive_ratio"]): r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {("torch", 0.0), ("dual", 0.0), ("dual", 0.9), ("dual-int4", 0.0), ("dual-int4", 0.9)}
     assert rows["dual", 0.0]["bleu"] == rows["dual-int4", 0.0]["bleu"] == rows["torch", 0.0]["bleu"]
+    assert rows["dual", 0.0]["reference_ppl"] == pytest.approx(rows["torch", 0.0]["reference_ppl"], rel=1e-4)
+    assert rows["dual", 0.0]["same_as_big"] == rows["dual-int4", 0.0]["same_as_big"] == 1.0
     assert rows["dual-int4", 0.9]["measured_ratio"] > 0.75
     assert (tmp_path / "s.little.npz").exists() and (tmp_path / "s.little-w4.npz").exists()
 
