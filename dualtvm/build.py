@@ -44,9 +44,10 @@ class BuildConfig:
     little_bits: int = 8  # W_LL precision: INT8 (the paper's default) or INT4 (half the little bytes, Table 6)
 
 
-def layer_shapes(dual: DualModuleRNN) -> list[LayerShape]:
-    """The kernels' view of each dual-module layer: gates, widths, k and W_LL precision."""
-    return [LayerShape(l.rnn_type, l.big.hidden, l.big.input_size, l.little.k, l.little.weight.bits) for l in dual.layers]
+def layer_shapes(dual: DualModuleRNN, target: TargetSpec) -> list[LayerShape]:
+    """The kernels' view of each dual-module layer: gates, widths, k and W_LL precision (its path for ``target``)."""
+    return [LayerShape(l.rnn_type, l.big.hidden, l.big.input_size, l.little.k, l.little.weight.bits).for_target(target)
+            for l in dual.layers]
 
 
 def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os.PathLike",
@@ -59,7 +60,7 @@ def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os
     database (``tuning.load_database``) whose records are used where they beat the default schedules.
     """
     target = parse_target(target).with_default_cores() if isinstance(target, str) else target
-    shapes = layer_shapes(dual)
+    shapes = layer_shapes(dual, target)
     info = {**(info or {}), "k": [s.k for s in shapes], "little_bits": shapes[0].little_bits}
     folders: dict[str, Path] = {}
     for is_dual in (True, False):
@@ -102,7 +103,7 @@ def build_model(cfg: BuildConfig) -> dict:
             "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
             "decoder_layer": cfg.decoder_layer if payload is not None and payload["kind"] == "seq2seq" else None}
     folders = {k: str(v) for k, v in compile_dual(dual, target, out, mc.residual(), db, info).items()}
-    report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": [s.k for s in layer_shapes(dual)],
+    report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": [s.k for s in layer_shapes(dual, target)],
               "little_bits": cfg.little_bits, "little_fit_s": round(fit_s, 1), "schedules": "tuned database where faster" if db else "default",
               "builds": folders}
     if cfg.verify:

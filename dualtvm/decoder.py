@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernels import LayerShape, layer_kernels, pack_int4
+from .kernels import LayerShape, layer_kernels, pack_int4, pack_int8_codes
 from .little import BigLayer, LittleModule
 from .quantize import kernel_codes
 from .target import TargetSpec, parse_target
@@ -88,7 +88,8 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
         codes, scale = kernel_codes(little.weight)
         out["px"] = pad_cols(little.proj_x.signs, s.dxp)
         out["ph"] = pad_cols(little.proj_h.signs, s.hp)
-        out["wq"] = pack_int4(codes, s.k) if s.little_bits == 4 else pad_cols(codes, s.k2p)
+        out["wq"] = (pack_int4(codes, s.k) if s.little_bits == 4 else pack_int8_codes(codes, s.k) if s.int8_codes
+                     else pad_cols(codes, s.k2p))
         out["wscale"] = scale
         out["bias_ll"] = little.bias.numpy().astype(np.float32)
         out["lo"] = np.full(s.n, -np.inf, np.float32)
@@ -146,7 +147,7 @@ def build_ir(spec: DecoderSpec, target: TargetSpec, database=None):
                 call = lambda name, args, sinfo, tag=t: bb.emit(relax.call_tir(gvs[f"{name}_{tag}"], args, sinfo))  # noqa: E731
                 if spec.dual:
                     lt = s.little_tag
-                    if s.little_bits == 4:  # integer codes + their two scales
+                    if s.codes:  # integer codes + their two scales
                         zz = call("project", [ws["px"], ws["ph"], x, st["h"]], [ten((2 * s.kp4,), "int8"), ten((2,))], lt)
                         z = [bb.emit(relax.TupleGetItem(zz, j)) for j in range(2)]
                     else:
@@ -187,7 +188,8 @@ def _param_shapes(s: LayerShape, dual: bool) -> dict[str, tuple]:
     shapes = {"w": ((s.n, s.dxp + s.hp),), "bias": ((s.n,),), "w_ih": ((s.n, s.dxp),), "w_hh": ((s.n, s.hp),),
               "b_ih": ((s.n,),), "b_hh": ((s.n,),)}
     if dual:
-        wq = ((4 * s.hidden, s.kp4), "uint8") if s.little_bits == 4 else ((4 * s.hidden, s.k2p), "int8")
+        wq = (((4 * s.hidden, s.kp4), "uint8") if s.little_bits == 4 else ((4 * s.hidden, 2 * s.kp4), "int8")
+              if s.int8_codes else ((4 * s.hidden, s.k2p), "int8"))
         shapes.update({"px": ((s.k, s.dxp), "int8"), "ph": ((s.k, s.hp), "int8"), "wq": wq,
                        "wscale": ((4 * s.hidden,),), "bias_ll": ((4 * s.hidden,),), "lo": ((s.n,),), "hi": ((s.n,),)})
     return shapes
@@ -198,8 +200,9 @@ def compile_decoder(spec: DecoderSpec, target: "str | TargetSpec", database=None
     import tvm
 
     target = parse_target(target)
-    if spec.dual and any(s.little_bits == 4 for s in spec.layers) and not target.has_feature("avx2"):
-        raise ValueError(f"INT4 little weights need AVX2 (pmaddubsw); target {target.cli!r} lacks it: use INT8")
+    if spec.dual and any(s.codes for s in spec.layers) and not target.has_feature("avx2"):
+        raise ValueError(f"little GEMVs on integer codes (INT4, or INT8 with int8_codes) need AVX2 (pmaddubsw); "
+                         f"target {target.cli!r} lacks it: use INT8 weights shaped with LayerShape.for_target")
     mod = build_ir(spec, target, database)
     return tvm.compile(mod, target=target.to_tvm())
 

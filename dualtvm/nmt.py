@@ -355,7 +355,8 @@ def build_compiled_decoder(duals: list[DualModuleLayer], target: str, out: str |
     from .target import parse_target
 
     tgt = parse_target(target).with_default_cores()
-    shapes = [LayerShape("LSTM", d.big.hidden, d.big.input_size, d.little.k, d.little.weight.bits) for d in duals]
+    shapes = [LayerShape("LSTM", d.big.hidden, d.big.input_size, d.little.k, d.little.weight.bits).for_target(tgt)
+              for d in duals]
     folders: dict[str, list[Path]] = {}
     for kind in ("dual", "dense"):
         built: dict = {}

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot time {target.cli!r} on this host", file=sys.stderr)
         return 2
     mc = model_config(a.model)
-    shapes = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size, mc.little_dim(a.eps), int(b))
+    shapes = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size, mc.little_dim(a.eps), int(b)).for_target(target)
               for b in a.little_bits.split(",")]
     rows = [{"model": a.model, "target": target.cli, **asdict(r)}
             for r in kernel_table(shapes, target, load_database(target, a.logs), a.repeat)]

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     target = parse_target(a.target).with_default_cores()
     mc = model_config(a.model)
-    layers = [LayerShape(mc.rnn_type, mc.hidden, d, mc.little_dim(a.eps), a.little_bits) for d in mc.input_sizes()]
+    layers = [LayerShape(mc.rnn_type, mc.hidden, d, mc.little_dim(a.eps), a.little_bits).for_target(target)
+              for d in mc.input_sizes()]
     tasks = tasks_for(layers)
     if a.tasks:
         wanted = a.tasks.split(",")

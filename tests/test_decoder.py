@@ -120,7 +120,8 @@ def test_tune_then_build_uses_database(tmp_path):
     assert records, "tuning wrote no record"
     summary = json.loads((logs / "summary.json").read_text())
     assert len(summary) == 2
-    for name, nest in ((n, "gather" if n.startswith("masked") else "stream") for n in summary):
+    # broadwell has AVX2: the INT8 little GEMV runs on the projection's integer codes (LayerShape.for_target)
+    for name, nest in ((n, "gather" if n.startswith("masked") else "stream-int8") for n in summary):
         assert summary[name]["default_ms"] > 0 and summary[name]["use"] in ("tuned", "default", nest)
         assert summary[name][f"{nest}_ms"] > 0 and summary[name][f"{nest}_knobs"]["groups"] >= 1
         assert summary[name]["cache"] == "flushed"
@@ -138,7 +139,10 @@ def test_dry_run_prints_target_and_tasks():
     doc = json.loads(res.stdout)
     assert doc["target"]["mcpu"] == "broadwell" and doc["target_name"] == "llvm-broadwell"
     assert {t["kernel"].split("_lstm")[0] for t in doc["tasks"]} == {"masked_gemv", "gemv", "little_gemv", "project"}
-    assert all(t["kernel"].endswith("_lstm_1500_1500_k417") for t in doc["tasks"])  # eq. 3, ε = 0.5, n = 6000
+    assert all(t["kernel"].endswith(("_lstm_1500_1500_k417", "_lstm_1500_1500_k417_c8")) for t in doc["tasks"])  # eq. 3
+    # AVX2: the projection and INT8 little GEMV on integer codes
+    assert {t["kernel"] for t in doc["tasks"] if t["kernel"].endswith("_c8")} == {
+        "project_lstm_1500_1500_k417_c8", "little_gemv_lstm_1500_1500_k417_c8"}
     bad = subprocess.run([sys.executable, "scripts/tune.py", "--target", "llvm -mcpu=broadwell -foo=1", "--dry-run"],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown target flag -foo" in bad.stderr
