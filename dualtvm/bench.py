@@ -366,9 +366,13 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def panel(r: dict) -> str:  # one panel per model and TVM target of the run
+    from .results import short_machine
+
+    several = len({r.get("machine") for r in rows}) > 1
+
+    def panel(r: dict) -> str:  # one panel per model and TVM target of the run (and machine, where several)
         run = r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
-        return f"{r['model']} ({run})"
+        return f"{r['model']} ({run}" + (f", {short_machine(r.get('machine') or '?')})" if several else ")")
 
     models = sorted({panel(r) for r in rows})
     cols = min(3, len(models))

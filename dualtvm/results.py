@@ -76,12 +76,32 @@ def versions() -> dict[str, str]:
     return out
 
 
+def short_machine(machine: str) -> str:
+    """'Intel(R) Xeon(R) Processor, 2 cores' → 'Intel Xeon, 2 cores': for table headings and plot titles."""
+    for noise in ("(R)", "(TM)", " Processor", " CPU"):
+        machine = machine.replace(noise, "")
+    return " ".join(machine.split())
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a results file, each naming its ``machine`` (rows written before rows carried one take
+    their file's): sessions land on different machines, and timings of two must not replace each other."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    doc = json.loads(path.read_text())
+    return [{**r, "machine": r.get("machine", doc.get("machine"))} for r in doc["rows"]]
+
+
 def write_results(path: str | os.PathLike, experiment: str, rows: list[dict[str, Any]], command: str,
                   **extra: Any) -> Path:
+    """Write ``results/<experiment>.json``; its ``machine`` lists the rows' machines where rows name theirs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"experiment": experiment, "command": command, "git": git_revision(), "machine": machine_description(),
-           "versions": versions(), **extra, "rows": rows}
+    machines = list(dict.fromkeys(r["machine"] for r in rows if r.get("machine")))
+    doc = {"experiment": experiment, "command": command, "git": git_revision(),
+           "machine": "; ".join(machines) if machines else machine_description(), "versions": versions(), **extra,
+           "rows": rows}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, path)
@@ -92,6 +112,8 @@ def update_rows(path: str | os.PathLike, experiment: str, row: dict[str, Any], k
                 command: str) -> Path:
     """Replace the row with the same ``key`` fields (or append): lets independent runs share one file.
 
+    The row is stamped with this ``machine``; put ``"machine"`` in ``key`` for timings, so that a run on
+    another machine adds its rows beside the first one's instead of replacing them.
     Runs writing the same file at once (two evaluations in the background) take turns on a lock file, so
     neither drops the other's rows between its read and its write.
     """
@@ -99,9 +121,10 @@ def update_rows(path: str | os.PathLike, experiment: str, row: dict[str, Any], k
 
     path = Path(path)
     key = tuple(key)
+    row = {**row, "machine": row.get("machine") or machine_description()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        rows = json.loads(path.read_text())["rows"] if path.exists() else []
+        rows = read_rows(path)
         rows = [r for r in rows if tuple(r.get(k) for k in key) != tuple(row.get(k) for k in key)] + [row]
         return write_results(path, experiment, rows, command)

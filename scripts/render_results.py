@@ -16,8 +16,25 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def by_machine(doc: dict, rows: list[dict], table) -> str:
+    """``table(rows)`` once per machine the rows were timed on, each under its machine's name when there are
+    several (rows written before rows named their machine are the file's)."""
+    from dualtvm.results import short_machine
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r.get("machine", doc.get("machine", "?")), []).append(r)
+    if len(groups) == 1:
+        return table(rows)
+    return "\n\n".join(f"On {short_machine(m)}:\n\n{table(g)}" for m, g in groups.items())
+
+
 def latency(doc: dict) -> str:
     rows = [r for r in doc["rows"] if not r["engine"].startswith("tvm-dual") or r["insensitive_ratio"] in (0.5, 0.9)]
+    return by_machine(doc, rows, _latency_table)
+
+
+def _latency_table(rows: list[dict]) -> str:
     out = ["| model | run target | cache | engine | ratio | median ms | × TVM dense | × best peer | byte bound × |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -31,11 +48,15 @@ def latency(doc: dict) -> str:
 def breakdown(doc: dict) -> str:
     """Table 5's right half: each step's kernels timed inside the step, and what the VM (and the Python
     instrument that times it, two callbacks per VM call) add on top."""
+    rows = [r for r in doc["rows"] if "breakdown_ms" in r and not (r["engine"].startswith("tvm-dual")
+                                                                  and r["insensitive_ratio"] not in (0.5, 0.9))]
+    return by_machine(doc, rows, _breakdown_table)
+
+
+def _breakdown_table(rows: list[dict]) -> str:
     out = ["| model | engine | ratio | step ms (instrumented) | projection | little | mask | big | assembly | kernels Σ | VM + instrument |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in doc["rows"]:
-        if "breakdown_ms" not in r or (r["engine"].startswith("tvm-dual") and r["insensitive_ratio"] not in (0.5, 0.9)):
-            continue
+    for r in rows:
         b = r["breakdown_ms"]
         out.append(f"| {r['model']} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r.get('breakdown_step_ms', r['median_ms']):.3f} | {b['projection']} | "
                    f"{b['little']} | {b['mask']} | {b['big']} | {b['assembly']} | {r['kernels_ms']} | {r['overhead_ms']} |")
@@ -178,16 +199,20 @@ def nmt_quality(doc: dict) -> str:
                    f"{'' if 'same_as_big' not in r else round(100 * r['same_as_big'], 1)} |")
     speed = [r for r in doc["rows"] if r["part"] == "speed"]
     if speed:
-        out += ["", "| model | trained epochs | engine | ratio | tokens/s | decode-loop tokens/s | decoder layers ms/token | BLEU (subset) "
-                "| × TVM dense (tokens/s) | × TVM dense (decode loop) | × TVM dense (layers) | × PyTorch (tokens/s) |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in speed:
-            out.append(f"| {r['model']} | {r.get('big_epochs', '')} | {r['engine']} | {r['insensitive_ratio']} | {r['tokens_per_s']} | "
-                       f"{r.get('decoder_tokens_per_s', '')} | {r['decoder_layers_ms_per_token']} | {r['bleu']} | "
-                       f"{r.get('speedup_vs_tvm_dense', '')} | {r.get('decoder_speedup_vs_tvm_dense', '')} | "
-                       f"{r.get('layer_speedup_vs_tvm_dense', '')} | {r.get('speedup_vs_torch', '')} |")
-        out += ["", *amdahl(speed)]
+        out += ["", by_machine(doc, speed, _nmt_speed_table)]
     return "\n".join(out)
+
+
+def _nmt_speed_table(speed: list[dict]) -> str:
+    out = ["| model | trained epochs | engine | ratio | tokens/s | decode-loop tokens/s | decoder layers ms/token | BLEU (subset) "
+           "| × TVM dense (tokens/s) | × TVM dense (decode loop) | × TVM dense (layers) | × PyTorch (tokens/s) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in speed:
+        out.append(f"| {r['model']} | {r.get('big_epochs', '')} | {r['engine']} | {r['insensitive_ratio']} | {r['tokens_per_s']} | "
+                   f"{r.get('decoder_tokens_per_s', '')} | {r['decoder_layers_ms_per_token']} | {r['bleu']} | "
+                   f"{r.get('speedup_vs_tvm_dense', '')} | {r.get('decoder_speedup_vs_tvm_dense', '')} | "
+                   f"{r.get('layer_speedup_vs_tvm_dense', '')} | {r.get('speedup_vs_torch', '')} |")
+    return "\n".join(out + ["", *amdahl(speed)])
 
 
 def plot_nmt_quality(doc: dict, path: Path) -> None:

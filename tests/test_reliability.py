@@ -289,3 +289,37 @@ def test_weights_on_huge_pages_are_the_same_numbers_and_huge_where_linux_allows(
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if thp.exists() and "[never]" not in thp.read_text():
         assert huge_page_bytes() - before >= HUGE_PAGE  # at least one aligned 2 MB range got a huge page
+
+
+def test_timings_of_two_machines_stay_side_by_side(tmp_path):
+    """A session on another machine adds its timing rows beside the first machine's (rows from before rows named
+    their machine take their file's); quality rows, keyed without the machine, are replaced; the README renders
+    one table per machine."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from dualtvm.results import read_rows, update_rows
+
+    path = tmp_path / "nmt.json"
+    old = {"experiment": "nmt", "command": "c", "git": "g", "machine": "AMD EPYC, 2 cores",
+           "rows": [{"model": "m", "part": "speed", "engine": "tvm-dense", "tokens_per_s": 1.0},
+                    {"model": "m", "part": "quality", "engine": "torch", "bleu": 20.0}]}
+    path.write_text(json.dumps(old))
+    speed_key, quality_key = ("model", "part", "engine", "machine"), ("model", "part", "engine")
+    update_rows(path, "nmt", {"model": "m", "part": "speed", "engine": "tvm-dense", "tokens_per_s": 2.0,
+                              "machine": "Intel(R) Xeon(R) Processor, 2 cores"}, speed_key, "c")
+    update_rows(path, "nmt", {"model": "m", "part": "quality", "engine": "torch", "bleu": 21.0,
+                              "machine": "Intel(R) Xeon(R) Processor, 2 cores"}, quality_key, "c")
+    rows = read_rows(path)
+    assert sorted((r["part"], r["machine"], r.get("tokens_per_s", r.get("bleu"))) for r in rows) == [
+        ("quality", "Intel(R) Xeon(R) Processor, 2 cores", 21.0), ("speed", "AMD EPYC, 2 cores", 1.0),
+        ("speed", "Intel(R) Xeon(R) Processor, 2 cores", 2.0)]
+    doc = json.loads(path.read_text())
+    assert doc["machine"] == "AMD EPYC, 2 cores; Intel(R) Xeon(R) Processor, 2 cores"
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from render_results import by_machine
+
+    text = by_machine(doc, [r for r in doc["rows"] if r["part"] == "speed"],
+                      lambda rows: "|".join(str(r["tokens_per_s"]) for r in rows))
+    assert text == "On AMD EPYC, 2 cores:\n\n1.0\n\nOn Intel Xeon, 2 cores:\n\n2.0"
