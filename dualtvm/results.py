@@ -84,13 +84,15 @@ def short_machine(machine: str) -> str:
 
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a results file, each naming its ``machine`` (rows written before rows carried one take
-    their file's): sessions land on different machines, and timings of two must not replace each other."""
+    """The rows of a results file, each naming its ``machine`` and ``git`` revision (rows written before rows
+    carried them take their file's): sessions land on different machines, and timings of two must not replace
+    each other; the file's revision is its latest run's."""
     path = Path(path)
     if not path.exists():
         return []
     doc = json.loads(path.read_text())
-    return [{**r, "machine": r.get("machine", doc.get("machine"))} for r in doc["rows"]]
+    return [{**r, "machine": r.get("machine", doc.get("machine")), "git": r.get("git", doc.get("git"))}
+            for r in doc["rows"]]
 
 
 def write_results(path: str | os.PathLike, experiment: str, rows: list[dict[str, Any]], command: str,
@@ -121,7 +123,7 @@ def update_rows(path: str | os.PathLike, experiment: str, row: dict[str, Any], k
 
     path = Path(path)
     key = tuple(key)
-    row = {**row, "machine": row.get("machine") or machine_description()}
+    row = {**row, "machine": row.get("machine") or machine_description(), "git": row.get("git") or git_revision()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
     from dualtvm.bench import BenchConfig, bench_model, markdown_table, plot, stream_bandwidth
+    from dualtvm.checkpoint import git_revision
     from dualtvm.results import machine_description, read_rows, write_results
 
     cfg = BenchConfig(tuple(a.models.split(",")), a.target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         r["stream_gbps"] = round(bw, 1)
         r["run_target"] = a.target  # the TVM target of the run (peers' rows were measured beside it)
         r["command"] = command
-        r["machine"] = machine_description()
+        r["machine"], r["git"] = machine_description(), git_revision()
     out = Path(a.out)
     # rerunning a model for a target on a machine replaces its rows; other machines' rows stay beside them
     replaced = {(r["model"], r["run_target"], r["machine"]) for r in rows}

@@ -315,6 +315,7 @@ def test_timings_of_two_machines_stay_side_by_side(tmp_path):
     assert sorted((r["part"], r["machine"], r.get("tokens_per_s", r.get("bleu"))) for r in rows) == [
         ("quality", "Intel(R) Xeon(R) Processor, 2 cores", 21.0), ("speed", "AMD EPYC, 2 cores", 1.0),
         ("speed", "Intel(R) Xeon(R) Processor, 2 cores", 2.0)]
+    assert {r["git"] for r in rows if r["machine"].startswith("AMD")} == {"g"}  # measured at their file's revision
     doc = json.loads(path.read_text())
     assert doc["machine"] == "AMD EPYC, 2 cores; Intel(R) Xeon(R) Processor, 2 cores"
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
