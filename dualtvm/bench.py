@@ -106,6 +106,7 @@ class BenchConfig:
     data_dir: str | None = None  # data root of a checkpoint's corpus (default $DUALTVM_DATA)
     peers: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
     little_bits: tuple[int, ...] = (8,)  # one dual-module engine per W_LL precision (8: "tvm-dual", 4: "tvm-dual-int4")
+    int8_float: bool = False  # also the INT8 little module on floats ("tvm-dual-int8float"; tvm-dual runs on codes on AVX2)
     eps: float = 0.5  # eq. 3's ε (sets k); rows of another ε are labelled ``<model>-eps<ε>``
     reuse_builds: bool = False  # default: rebuild, so the current schedules/tuning logs are what is measured
 
@@ -198,14 +199,18 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
 
     target = parse_target(cfg.target).with_default_cores()
     label = model if cfg.eps == 0.5 else f"{model}-eps{cfg.eps:g}"
-    outs = {}  # W_LL bits -> build folder (each holds a dense build too: the first one's is timed)
-    for bits in cfg.little_bits:
-        outs[bits] = f"{cfg.build_root}/{label}-{target.name}" + ("-w4" if bits == 4 else "")
-        if not (cfg.reuse_builds and _built_from(Path(outs[bits]), cfg.checkpoint, cfg.decoder_layer)):
-            build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[bits],
+    # (engine, W_LL bits, INT8 path: None = the target's) -> build folder (each holds a dense build too: the first
+    # one's is timed)
+    variants = [(dual_engine(b), b, None) for b in cfg.little_bits] + [("tvm-dual-int8float", 8, False)] * cfg.int8_float
+    outs = {}
+    for engine, bits, codes in variants:
+        outs[engine] = f"{cfg.build_root}/{label}-{target.name}" + ("-w4" if bits == 4 else "") + \
+            ("-int8float" if codes is False else "")
+        if not (cfg.reuse_builds and _built_from(Path(outs[engine]), cfg.checkpoint, cfg.decoder_layer)):
+            build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[engine],
                                     little_bits=bits, eps=cfg.eps, decoder_layer=cfg.decoder_layer,
-                                    data_dir=cfg.data_dir))
-    out = outs[cfg.little_bits[0]]
+                                    data_dir=cfg.data_dir, int8_codes=codes))
+    out = outs[variants[0][0]]
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]
     mc = model_config(model)
@@ -220,10 +225,11 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     p, s, _ = sequence_runner(dense, xs)
     engines.append(Engine("tvm-dense", 0.0, p, s))
     breakdowns = {"tvm-dense": step_breakdown(dense, xs)}  # warm, in-step; before any peer's threads exist
-    measured, bits_of = {}, {}
-    for bits, r in ((b, r) for b in cfg.little_bits for r in cfg.ratios):
-        name = f"{dual_engine(bits)}@{r}"
-        dec = CompiledDecoder(f"{outs[bits]}/dual")
+    measured, bits_of, codes_of = {}, {}, {}
+    for (engine, bits, _), r in ((v, r) for v in variants for r in cfg.ratios):
+        name = f"{engine}@{r}"
+        dec = CompiledDecoder(f"{outs[engine]}/dual")
+        codes_of[name] = dec.spec.layers[0].codes
         dec.set_insensitive_ratio(r)
         p, s, box = sequence_runner(dec, xs)
         p()  # one untimed pass records the real masks of this sequence
@@ -284,7 +290,8 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             if e.name in measured:
                 dual_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name], bits_of[e.name])
                                  for s in dual.spec.layers)
-                row.update({"little_bits": bits_of[e.name], "eps": cfg.eps, "k": k, "measured_ratio": round(measured[e.name], 4),
+                row.update({"little_bits": bits_of[e.name], "little_on_codes": codes_of[e.name], "eps": cfg.eps, "k": k,
+                            "measured_ratio": round(measured[e.name], 4),
                             "speedup_vs_tvm_dense": round(stats["tvm-dense"][0] / med, 3),
                             "speedup_vs_best_peer": round(best_peer / med, 3) if best_peer else None,
                             "byte_bound_speedup": round(dense_bytes / dual_bytes, 3),
@@ -382,7 +389,7 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_visible(False)
     for ax, m in zip(axes.flat, models):
         for cache, style in (("warm", "-"), ("cold", "--")):
-            for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s")):
+            for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s"), ("tvm-dual-int8float", "x")):
                 dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in rows
                               if panel(r) == m and r["cache"] == cache and r["engine"] == engine)
                 if dual:

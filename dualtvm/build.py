@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,25 +42,30 @@ class BuildConfig:
     decoder_layer: int = 0  # which decoder layer of a seq2seq checkpoint (its inputs are recorded on Multi30k)
     data_dir: str | None = None
     little_bits: int = 8  # W_LL precision: INT8 (the paper's default) or INT4 (half the little bytes, Table 6)
+    int8_codes: bool | None = None  # INT8 little GEMV on integer codes: None = where the target has AVX2; False = floats
 
 
-def layer_shapes(dual: DualModuleRNN, target: TargetSpec) -> list[LayerShape]:
-    """The kernels' view of each dual-module layer: gates, widths, k and W_LL precision (its path for ``target``)."""
-    return [LayerShape(l.rnn_type, l.big.hidden, l.big.input_size, l.little.k, l.little.weight.bits).for_target(target)
-            for l in dual.layers]
+def layer_shapes(dual: DualModuleRNN, target: TargetSpec, int8_codes: bool | None = None) -> list[LayerShape]:
+    """The kernels' view of each dual-module layer: gates, widths, k and W_LL precision, with the INT8 little
+    GEMV's path chosen for ``target`` unless ``int8_codes`` says which."""
+    shapes = [LayerShape(l.rnn_type, l.big.hidden, l.big.input_size, l.little.k, l.little.weight.bits).for_target(target)
+              for l in dual.layers]
+    return [replace(s, int8_codes=int8_codes) if int8_codes is not None and s.little_bits == 8 else s for s in shapes]
 
 
 def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os.PathLike",
-                 residual: list[bool] | None = None, database=None, info: dict | None = None) -> dict[str, Path]:
+                 residual: list[bool] | None = None, database=None, info: dict | None = None,
+                 int8_codes: bool | None = None) -> dict[str, Path]:
     """Compile a dual-module RNN (e.g. ``construct.build_dual(your_nn_lstm, …)``) and its dense twin.
 
     Writes ``out/dual`` and ``out/dense`` (``decoder.so`` + weights + manifest; the dual one also the
     little-module artefact); load either with :class:`~dualtvm.runtime.CompiledDecoder`.  ``residual``
     marks the layers whose input is added to their output (GNMT); ``database`` a MetaSchedule
-    database (``tuning.load_database``) whose records are used where they beat the default schedules.
+    database (``tuning.load_database``) whose records are used where they beat the default schedules;
+    ``int8_codes`` overrides the target's INT8 little GEMV path (``layer_shapes``).
     """
     target = parse_target(target).with_default_cores() if isinstance(target, str) else target
-    shapes = layer_shapes(dual, target)
+    shapes = layer_shapes(dual, target, int8_codes)
     info = {**(info or {}), "k": [s.k for s in shapes], "little_bits": shapes[0].little_bits}
     folders: dict[str, Path] = {}
     for is_dual in (True, False):
@@ -102,7 +107,7 @@ def build_model(cfg: BuildConfig) -> dict:
     info = {"name": cfg.model, "weights": source, "eps": cfg.eps,  # the weights, for people and for reuse checks
             "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
             "decoder_layer": cfg.decoder_layer if payload is not None and payload["kind"] == "seq2seq" else None}
-    folders = {k: str(v) for k, v in compile_dual(dual, target, out, mc.residual(), db, info).items()}
+    folders = {k: str(v) for k, v in compile_dual(dual, target, out, mc.residual(), db, info, cfg.int8_codes).items()}
     report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": [s.k for s in layer_shapes(dual, target)],
               "little_bits": cfg.little_bits, "little_fit_s": round(fit_s, 1), "schedules": "tuned database where faster" if db else "default",
               "builds": folders}

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                         "dualtvm checkpoints also give the real inputs (hence masks) the steps decode")
     p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
     p.add_argument("--little-bits", default="8", help="W_LL precisions to time side by side: 8, 4 or 8,4 (INT4: tvm-dual-int4)")
+    p.add_argument("--int8-float", action="store_true",
+                   help="also time the INT8 little module on floats (engine tvm-dual-int8float) beside tvm-dual, which "
+                        "runs it on integer codes where the target has AVX2")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k); other than 0.5, rows are <model>-eps<ε>")
     p.add_argument("--out", default="results/latency")
     p.add_argument("--reuse-builds", action="store_true", help="do not rebuild existing build folders")
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = BenchConfig(tuple(a.models.split(",")), a.target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
                       a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
-                      reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps)
+                      reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps,
+                      int8_float=a.int8_float)
     bw = stream_bandwidth()
     rows = []
     for m in cfg.models:

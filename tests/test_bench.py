@@ -48,7 +48,7 @@ def test_bench_tiny_model(tmp_path):
     from dualtvm.registry import model_config
 
     cfg = BenchConfig(models=("tiny-gnmt",), ratios=(0.5,), steps=6, rounds=1, threads=1, caches=("warm",),
-                      build_root=str(tmp_path), little_bits=(8, 4), eps=0.3)
+                      build_root=str(tmp_path), little_bits=(8, 4), eps=0.3, int8_float=True)
     rows, info = bench_model("tiny-gnmt", cfg)
     assert {r["model"] for r in rows} == {"tiny-gnmt-eps0.3"}  # another ε: rows and builds of their own
     assert (tmp_path / "tiny-gnmt-eps0.3-llvm-broadwell-w4" / "dual").is_dir()
@@ -59,6 +59,9 @@ def test_bench_tiny_model(tmp_path):
     assert int4["eps"] == 0.3 and int4["k"] == model_config("tiny-gnmt").little_dim(0.3)
     dual = next(r for r in rows if r["engine"] == "tvm-dual")
     assert 0.3 < dual["measured_ratio"] < 0.7
+    floats = next(r for r in rows if r["engine"] == "tvm-dual-int8float")  # the same INT8 module on floats
+    assert dual["little_on_codes"] is True and floats["little_on_codes"] is False and floats["little_bits"] == 8
+    assert floats["measured_ratio"] == pytest.approx(dual["measured_ratio"], abs=0.02)
     for key in ("model", "engine", "insensitive_ratio", "median_ms", "iqr_ms", "cache", "threads", "target",
                 "speedup_vs_tvm_dense", "speedup_vs_best_peer"):
         assert key in dual
