@@ -2,19 +2,20 @@
 # Regenerates results/latency.json: the paper's target class (Broadwell: AVX2, no VNNI) for every shape (LSTM-1500 and
 # the 750-unit ones from the trained checkpoints of results/baselines.json), then the
 # host's own ISA for the default model.  Every run times the INT8 (paper default, "tvm-dual") and the INT4
-# ("tvm-dual-int4") little module side by side.  Needs the machine to itself (~25 min on 2 cores).
+# ("tvm-dual-int4") little module side by side, and the INT8 one on floats ("tvm-dual-int8float": the path before the
+# INT8 little GEMV ran on integer codes on AVX2 targets).  Needs the machine to itself (~25 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python scripts/bench.py --models gnmt-1024-1024 --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models gnmt-1024-1024 --threads 2 --rounds 8 --little-bits 8,4 --int8-float
 # a decoder layer of the trained 1024-unit GNMT (scripts/train_nmt.py --hidden 1024), fed its Multi30k decoding inputs
-python scripts/bench.py --models gnmt-1024-2048 --checkpoint cache/multi30k-gnmt-1024.best.pt --decoder-layer 0 --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models gnmt-1024-2048 --checkpoint cache/multi30k-gnmt-1024.best.pt --decoder-layer 0 --threads 2 --rounds 8 --little-bits 8,4 --int8-float
 # the paper's main model, trained on PTB (cache/ptb-lstm-1500.best.pt): little module fitted on PTB text, real masks;
 # 16 rounds: its 8-round IQRs reached 30 % of the medians on this shared machine
-python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500.best.pt --threads 2 --rounds 16 --little-bits 8,4
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500.best.pt --threads 2 --rounds 16 --little-bits 8,4 --int8-float
 # the trained PTB models: little module fitted on PTB text, real masks from decoding PTB valid text
-python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750.best.pt --threads 2 --rounds 8 --little-bits 8,4
-python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750.best.pt --threads 2 --rounds 8 --little-bits 8,4 --int8-float
+python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt --threads 2 --rounds 8 --little-bits 8,4 --int8-float
 # the GRU at ε = 0.3, where its quality loss at 50 % vanishes (results/lm-quality-ptb.json, part eps): rows gru-750-eps0.3
-python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt --threads 2 --rounds 8 --little-bits 8,4 --eps 0.3
-python scripts/bench.py --models gru-1500 --threads 2 --rounds 8 --little-bits 8,4
-python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500.best.pt --target "llvm -mcpu=znver4" --threads 2 --rounds 16 --little-bits 8,4
+python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt --threads 2 --rounds 8 --little-bits 8,4 --eps 0.3 --int8-float
+python scripts/bench.py --models gru-1500 --threads 2 --rounds 8 --little-bits 8,4 --int8-float
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500.best.pt --target "llvm -mcpu=znver4" --threads 2 --rounds 16 --little-bits 8,4 --int8-float
