@@ -506,9 +506,8 @@ class LayerShape:
 
     def for_target(self, target) -> "LayerShape":
         """This shape with the little GEMV path ``target`` (a ``TargetSpec``) runs fastest: INT8 on integer codes
-        where the target has AVX2 (``pmaddubsw``/``vpdpbusd`` nests).  Inside the 1024×3072-input layer's step
-        the projection and INT8 little GEMV took 0.116 ms on codes vs 0.159 ms on dequantised floats, whose
-        int8→fp32 conversions make them compute-bound (0.088 ms alone, weights in cache)."""
+        where the target has AVX2 (``pmaddubsw``/``vpdpbusd`` nests): on dequantised floats the int8→fp32
+        conversions make the little GEMV compute-bound (``bench.py --int8-float`` times both paths)."""
         return replace(self, int8_codes=self.little_bits == 8 and target.has_feature("avx2"))
 
     @property
