@@ -112,10 +112,16 @@ def write_results(path: str | os.PathLike, experiment: str, rows: list[dict[str,
 
 def update_rows(path: str | os.PathLike, experiment: str, row: dict[str, Any], key: Iterable[str],
                 command: str) -> Path:
-    """Replace the row with the same ``key`` fields (or append): lets independent runs share one file.
+    """Replace the row with the same ``key`` fields (or append): lets independent runs share one file."""
+    return merge_rows(path, experiment, [row], key, command)
 
-    The row is stamped with this ``machine``; put ``"machine"`` in ``key`` for timings, so that a run on
-    another machine adds its rows beside the first one's instead of replacing them.
+
+def merge_rows(path: str | os.PathLike, experiment: str, rows: list[dict[str, Any]], key: Iterable[str],
+               command: str, **extra: Any) -> Path:
+    """Write ``rows`` into a results file, replacing the old rows that match one of them on every ``key`` field.
+
+    Rows are stamped with this ``machine`` and ``git`` revision; put ``"machine"`` in ``key`` for timings, so
+    that a run on another machine adds its rows beside the first one's instead of replacing them.
     Runs writing the same file at once (two evaluations in the background) take turns on a lock file, so
     neither drops the other's rows between its read and its write.
     """
@@ -123,10 +129,11 @@ def update_rows(path: str | os.PathLike, experiment: str, row: dict[str, Any], k
 
     path = Path(path)
     key = tuple(key)
-    row = {**row, "machine": row.get("machine") or machine_description(), "git": row.get("git") or git_revision()}
+    here = {"machine": machine_description(), "git": git_revision()}
+    rows = [{**r, **{k: r.get(k) or v for k, v in here.items()}} for r in rows]
+    new = {tuple(r.get(k) for k in key) for r in rows}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        rows = read_rows(path)
-        rows = [r for r in rows if tuple(r.get(k) for k in key) != tuple(row.get(k) for k in key)] + [row]
-        return write_results(path, experiment, rows, command)
+        kept = [r for r in read_rows(path) if tuple(r.get(k) for k in key) not in new]
+        return write_results(path, experiment, kept + rows, command, **extra)

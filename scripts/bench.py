@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
     from dualtvm.bench import BenchConfig, bench_model, markdown_table, plot, stream_bandwidth
-    from dualtvm.checkpoint import git_revision
-    from dualtvm.results import machine_description, read_rows, write_results
+    from dualtvm.results import merge_rows, read_rows
 
     cfg = BenchConfig(tuple(a.models.split(",")), a.target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
                       a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
@@ -65,14 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         r["stream_gbps"] = round(bw, 1)
         r["run_target"] = a.target  # the TVM target of the run (peers' rows were measured beside it)
         r["command"] = command
-        r["machine"], r["git"] = machine_description(), git_revision()
     out = Path(a.out)
     # rerunning a model for a target on a machine replaces its rows; other machines' rows stay beside them
-    replaced = {(r["model"], r["run_target"], r["machine"]) for r in rows}
-    all_rows = [r for r in read_rows(out.with_suffix(".json"))
-                if (r["model"], r.get("run_target", "llvm -mcpu=broadwell"), r["machine"]) not in replaced] + rows
-    write_results(out.with_suffix(".json"), "latency", all_rows,
-                  "bash scripts/reproduce_latency.sh (each row also names its own command)", stream_gbps=round(bw, 1))
+    merge_rows(out.with_suffix(".json"), "latency", rows, ("model", "run_target", "machine"),
+               "bash scripts/reproduce_latency.sh (each row also names its own command)", stream_gbps=round(bw, 1))
+    all_rows = read_rows(out.with_suffix(".json"))
     out.with_suffix(".md").write_text(latency_markdown(all_rows, bw))
     plot(all_rows, str(out.with_suffix(".png")))
     print(markdown_table(rows))

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.kernel_table import kernel_table
     from dualtvm.kernels import LayerShape
     from dualtvm.registry import model_config
-    from dualtvm.results import write_results
+    from dualtvm.results import merge_rows
     from dualtvm.target import check_runs_on_host, parse_target
     from dualtvm.tuning import load_database
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"model": a.model, "target": target.cli, **asdict(r)}
             for r in kernel_table(shapes, target, load_database(target, a.logs), a.repeat)]
     command = "python scripts/kernel_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    write_results(a.out, "kernels", rows, command)
+    merge_rows(a.out, "kernels", rows, ("model", "target", "machine"), command)  # other machines' rows stay
     fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8s}"  # noqa: E731
     print(f"{'kernel':40s} {'default':>8s} {'MS tuned':>8s} {'nest':>8s} {'numpy':>8s} {'torch':>8s}  used / numpy does")
     for r in rows:

@@ -284,11 +284,11 @@ def amdahl(speed: list[dict]) -> list[str]:
 
 def kernels(doc: dict) -> str:
     """Issue #4's kernel table: each kernel alone (caches flushed), untuned and as tuned, beside numpy/PyTorch."""
-    return "\n".join(_table(
+    return by_machine(doc, doc["rows"], lambda rows: "\n".join(_table(
         ["kernel", "untuned ms", "MetaSchedule tuned ms", "loop-nest grid ms", "build uses", "numpy ms", "torch ms",
          "numpy / torch compute"],
         [[r["kernel"], r["default_ms"], r["metaschedule_ms"], r["nest_ms"], r["use"], r["numpy_ms"], r["torch_ms"],
-          r["reference"]] for r in doc["rows"]]))
+          r["reference"]] for r in rows])))
 
 
 RENDERERS = {  # README marker -> (results file, renderer)
