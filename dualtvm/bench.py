@@ -201,7 +201,9 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     label = model if cfg.eps == 0.5 else f"{model}-eps{cfg.eps:g}"
     # (engine, W_LL bits, INT8 path: None = the target's) -> build folder (each holds a dense build too: the first
     # one's is timed)
-    variants = [(dual_engine(b), b, None) for b in cfg.little_bits] + [("tvm-dual-int8float", 8, False)] * cfg.int8_float
+    variants = [(dual_engine(b), b, None) for b in cfg.little_bits]
+    if cfg.int8_float:
+        variants.append(("tvm-dual-int8float", 8, False))
     outs = {}
     for engine, bits, codes in variants:
         outs[engine] = f"{cfg.build_root}/{label}-{target.name}" + ("-w4" if bits == 4 else "") + \
