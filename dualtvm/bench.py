@@ -91,6 +91,14 @@ def step_bytes(hidden: int, input_size: int, gates: int, k: int, sensitive_fract
     return int(4 * n * (input_size + hidden) * sensitive_fraction + 4 * n + little + index)
 
 
+def break_even_ratio(hidden: int, input_size: int, gates: int, k: int, little_bits: int = 8) -> float:
+    """The insensitive ratio below which a dual-module step reads more bytes than the dense one (``step_bytes``):
+    the little module, row list and pos vector are paid for only by the big rows the mask skips."""
+    rows = 4 * gates * hidden * (input_size + hidden)
+    extra = step_bytes(hidden, input_size, gates, k, 0.0, little_bits) - step_bytes(hidden, input_size, gates, k, None) + rows
+    return extra / rows
+
+
 @dataclass
 class BenchConfig:
     models: tuple[str, ...] = ("lstm-1500",)

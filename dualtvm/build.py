@@ -53,6 +53,17 @@ def layer_shapes(dual: DualModuleRNN, target: TargetSpec, int8_codes: bool | Non
     return [replace(s, int8_codes=int8_codes) if int8_codes is not None and s.little_bits == 8 else s for s in shapes]
 
 
+BREAK_EVEN_WARNING = 0.25  # warn when a build needs a higher insensitive ratio than this just to read fewer bytes
+
+
+def break_even_of(shapes: list[LayerShape]) -> float:
+    """The highest of the layers' break-even ratios (``bench.break_even_ratio``): below it the dual-module step
+    reads more bytes than the dense one."""
+    from .bench import break_even_ratio
+
+    return max(break_even_ratio(s.hidden, s.input_size, s.gates, s.k, s.little_bits) for s in shapes)
+
+
 def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os.PathLike",
                  residual: list[bool] | None = None, database=None, info: dict | None = None,
                  int8_codes: bool | None = None) -> dict[str, Path]:
@@ -66,7 +77,14 @@ def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os
     """
     target = parse_target(target).with_default_cores() if isinstance(target, str) else target
     shapes = layer_shapes(dual, target, int8_codes)
-    info = {**(info or {}), "k": [s.k for s in shapes], "little_bits": shapes[0].little_bits}
+    break_even = break_even_of(shapes)
+    if break_even > BREAK_EVEN_WARNING:
+        where = (f"below an insensitive ratio of {break_even:.2f}" if break_even < 1 else "at every insensitive ratio")
+        log.warning("the little module (k=%s, INT%d) and row list weigh %.0f %% of the big weights' bytes: %s the "
+                    "dual-module step reads more than the dense one (a larger ε of eq. 3 or INT4 W_LL shrinks it)",
+                    [s.k for s in shapes], shapes[0].little_bits, 100 * break_even, where)
+    info = {**(info or {}), "k": [s.k for s in shapes], "little_bits": shapes[0].little_bits,
+            "break_even_ratio": round(break_even, 3)}
     folders: dict[str, Path] = {}
     for is_dual in (True, False):
         spec = DecoderSpec(shapes, residual or [False] * len(shapes), dual=is_dual)
@@ -109,7 +127,8 @@ def build_model(cfg: BuildConfig) -> dict:
             "decoder_layer": cfg.decoder_layer if payload is not None and payload["kind"] == "seq2seq" else None}
     folders = {k: str(v) for k, v in compile_dual(dual, target, out, mc.residual(), db, info, cfg.int8_codes).items()}
     report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": [s.k for s in layer_shapes(dual, target)],
-              "little_bits": cfg.little_bits, "little_fit_s": round(fit_s, 1), "schedules": "tuned database where faster" if db else "default",
+              "little_bits": cfg.little_bits, "little_fit_s": round(fit_s, 1),
+              "break_even_ratio": round(break_even_of(layer_shapes(dual, target)), 3), "schedules": "tuned database where faster" if db else "default",
               "builds": folders}
     if cfg.verify:
         if not check_runs_on_host(target):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from dualtvm.bench import BenchConfig, _built_from, bench_model, markdown_table, step_bytes
+from dualtvm.bench import BenchConfig, _built_from, bench_model, break_even_ratio, markdown_table, step_bytes
 from dualtvm.little import big_layers
 from dualtvm.peers import onnxruntime_session
 
@@ -16,6 +16,9 @@ def test_step_bytes_accounting():
     half = step_bytes(1500, 1500, 4, 417, 0.5)
     assert dense / 2 < half < dense / 2 + 4 * 6000 * 3000 * 0.1  # little module + indices cost < 10 %
     assert half - step_bytes(1500, 1500, 4, 417, 0.5, little_bits=4) == 6000 * 2 * 417 // 2  # INT4 W_LL: half the bytes
+    r = break_even_ratio(1500, 1500, 4, 417)  # dual bytes = dense bytes there
+    assert step_bytes(1500, 1500, 4, 417, 1 - r) == pytest.approx(dense, rel=1e-6)
+    assert 0.05 < r < 0.1 and break_even_ratio(1500, 1500, 4, 417, little_bits=4) < r < break_even_ratio(750, 750, 3, 857)
 
 
 def _peer_step(peer: str, layer, threads: int):

@@ -39,6 +39,7 @@ def test_compiled_step_matches_reference(builds, model):
     assert r["ratio_0.5"]["steps_with_matching_masks"] >= 15  # of 30
     assert r["ratio_0.5"]["max_abs_err_matching_masks"] < 1e-3
     assert r["verified"] is True
+    assert r["break_even_ratio"] > 1  # tiny layers: k > hidden, no ratio makes the dual step read fewer bytes
 
 
 def test_ratio_is_a_runtime_knob(builds):
