@@ -126,10 +126,11 @@ def build_model(cfg: BuildConfig) -> dict:
             "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
             "decoder_layer": cfg.decoder_layer if payload is not None and payload["kind"] == "seq2seq" else None}
     folders = {k: str(v) for k, v in compile_dual(dual, target, out, mc.residual(), db, info, cfg.int8_codes).items()}
-    report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": [s.k for s in layer_shapes(dual, target)],
+    shapes = layer_shapes(dual, target, cfg.int8_codes)
+    report = {"model": cfg.model, "weights": source, "target": target.to_dict(), "k": [s.k for s in shapes],
               "little_bits": cfg.little_bits, "little_fit_s": round(fit_s, 1),
-              "break_even_ratio": round(break_even_of(layer_shapes(dual, target)), 3), "schedules": "tuned database where faster" if db else "default",
-              "builds": folders}
+              "break_even_ratio": round(break_even_of(shapes), 3),
+              "schedules": "tuned database where faster" if db else "default", "builds": folders}
     if cfg.verify:
         if not check_runs_on_host(target):
             report["verified"] = None
