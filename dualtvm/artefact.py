@@ -27,6 +27,23 @@ class ArtefactError(ValueError):
     """Unreadable artefact, unknown version, or one fitted to other big weights."""
 
 
+def _open(path: Path, fmt: str, what: str) -> tuple:
+    """The arrays and metadata of an artefact of format ``fmt``; any unreadable, foreign or newer file is an
+    :class:`ArtefactError` naming it."""
+    if not path.exists():
+        raise ArtefactError(f"{what} artefact not found: {path}")
+    try:
+        z = np.load(path)
+        meta = json.loads(bytes(z["meta"]).decode())
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
+        raise ArtefactError(f"{path} is not a dualtvm {what} artefact: {e}") from e
+    if meta.get("format") != fmt:
+        raise ArtefactError(f"{path}: format {meta.get('format')!r}, expected {fmt!r}")
+    if meta.get("version") != VERSION:
+        raise ArtefactError(f"{path}: artefact version {meta.get('version')} but this dualtvm reads version {VERSION}")
+    return z, meta
+
+
 def save_little(path: str | os.PathLike, littles: list[LittleModule], config: dict | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,17 +75,7 @@ def save_little(path: str | os.PathLike, littles: list[LittleModule], config: di
 def load_little(path: str | os.PathLike, big: list[BigLayer] | None = None) -> tuple[list[LittleModule], dict]:
     """Load an artefact; with ``big`` given, check each layer's weight hash against it."""
     path = Path(path)
-    if not path.exists():
-        raise ArtefactError(f"little-module artefact not found: {path}")
-    try:
-        z = np.load(path)
-        meta = json.loads(bytes(z["meta"]).decode())
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
-        raise ArtefactError(f"{path} is not a dualtvm little-module artefact: {e}") from e
-    if meta.get("format") != FORMAT:
-        raise ArtefactError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("version") != VERSION:
-        raise ArtefactError(f"{path}: artefact version {meta.get('version')} but this dualtvm reads version {VERSION}")
+    z, meta = _open(path, FORMAT, "little-module")
     if big is not None and len(big) != len(meta["layers"]):
         raise ArtefactError(f"{path} has {len(meta['layers'])} layers but the big model has {len(big)}")
     littles = []
@@ -90,3 +97,41 @@ def load_little(path: str | os.PathLike, big: list[BigLayer] | None = None) -> t
             lm["fit_seconds"])
         littles.append(little)
     return littles, meta["config"]
+
+
+OUTPUT_FORMAT = "dualtvm-little-output"
+
+
+def save_output_little(path: str | os.PathLike, little) -> Path:
+    """Write an output projection's little module (:class:`~dualtvm.output.OutputLittle`), versioned like
+    :func:`save_little`, tied to the projection's weights by hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": OUTPUT_FORMAT, "version": VERSION, "rows": little.rows, "cols": little.cols,
+            "bits": little.weight.bits, "act_bits": little.act_bits, "seeds": [little.proj_lo.seed, little.proj_hi.seed],
+            "big_hash": little.big_hash, "fit_seconds": little.fit_seconds}
+    arrays = {"p_lo": little.proj_lo.signs, "p_hi": little.proj_hi.signs, "w_codes": little.weight.codes.numpy(),
+              "w_scale": little.weight.scale.numpy().astype(np.float32), "bias": little.bias.numpy().astype(np.float32),
+              "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+    if little.gap_quantiles is not None:
+        arrays["gap_quantiles"] = little.gap_quantiles
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_output_little(path: str | os.PathLike, big_hash: str | None = None):
+    """Load :func:`save_output_little`'s file; with ``big_hash`` (``output.linear_hash``) check the weights it fits."""
+    from .output import OutputLittle
+
+    path = Path(path)
+    z, meta = _open(path, OUTPUT_FORMAT, "output little-module")
+    if big_hash is not None and big_hash != meta["big_hash"]:
+        raise ArtefactError(f"{path} was fitted to an output projection hashing to {meta['big_hash'][:12]}…, not "
+                            f"{big_hash[:12]}…: refit it for this model")
+    return OutputLittle(meta["rows"], meta["cols"], SparseProjection(z["p_lo"], meta["seeds"][0]),
+                        SparseProjection(z["p_hi"], meta["seeds"][1]),
+                        QuantizedTensor(torch.from_numpy(z["w_codes"]), torch.from_numpy(z["w_scale"]), meta["bits"]),
+                        torch.from_numpy(z["bias"]), meta["act_bits"], meta["big_hash"],
+                        z["gap_quantiles"] if "gap_quantiles" in z else None, meta["fit_seconds"])

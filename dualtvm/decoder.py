@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernels import LayerShape, layer_kernels, pack_int4, pack_int8_codes
+from .kernels import LayerShape, LittlePath, layer_kernels, pack_little_weight
 from .little import BigLayer, LittleModule
 from .quantize import kernel_codes
 from .target import TargetSpec, parse_target
@@ -88,8 +88,7 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
         codes, scale = kernel_codes(little.weight)
         out["px"] = pad_cols(little.proj_x.signs, s.dxp)
         out["ph"] = pad_cols(little.proj_h.signs, s.hp)
-        out["wq"] = (pack_int4(codes, s.k) if s.little_bits == 4 else pack_int8_codes(codes, s.k) if s.int8_codes
-                     else pad_cols(codes, s.k2p))
+        out["wq"] = pack_little_weight(s, codes)
         out["wscale"] = scale
         out["bias_ll"] = little.bias.numpy().astype(np.float32)
         out["lo"] = np.full(s.n, -np.inf, np.float32)
@@ -147,12 +146,8 @@ def build_ir(spec: DecoderSpec, target: TargetSpec, database=None):
                 call = lambda name, args, sinfo, tag=t: bb.emit(relax.call_tir(gvs[f"{name}_{tag}"], args, sinfo))  # noqa: E731
                 if spec.dual:
                     lt = s.little_tag
-                    if s.codes:  # integer codes + their two scales
-                        zz = call("project", [ws["px"], ws["ph"], x, st["h"]], [ten((2 * s.kp4,), "int8"), ten((2,))], lt)
-                        z = [bb.emit(relax.TupleGetItem(zz, j)) for j in range(2)]
-                    else:
-                        z = [call("project", [ws["px"], ws["ph"], x, st["h"]], ten((s.k2p,)), lt)]
-                    pre = call("little_gemv", [ws["wq"], *z, ws["wscale"], ws["bias_ll"]], ten((4 * s.hidden,)), lt)
+                    pre = emit_little(bb, gvs, s, lt, [ws["px"], ws["ph"], x, st["h"]],
+                                      [ws["wq"], ws["wscale"], ws["bias_ll"]], 4 * s.hidden)
                     m = call("mask", [pre, ws["lo"], ws["hi"]],
                              [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
                     rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
@@ -184,13 +179,26 @@ def build_ir(spec: DecoderSpec, target: TargetSpec, database=None):
     return bb.get()
 
 
+def emit_little(bb, gvs: dict, s: LittlePath, tag: str, project_args: list, weights: list, rows: int):
+    """Emit steps 1–2 into a Relax dataflow block: the projection of ``project_args`` (P_x, P_h, x, h) and the
+    little GEMV with ``weights`` (W_LL, scales, b_LL) on ``s``'s path; returns y_LL (``rows``)."""
+    from tvm import relax
+
+    ten = relax.TensorType
+    if s.codes:  # integer codes + their two scales
+        zz = bb.emit(relax.call_tir(gvs[f"project_{tag}"], project_args, [ten((2 * s.kp4,), "int8"), ten((2,), "float32")]))
+        z = [bb.emit(relax.TupleGetItem(zz, j)) for j in range(2)]
+    else:
+        z = [bb.emit(relax.call_tir(gvs[f"project_{tag}"], project_args, ten((s.k2p,), "float32")))]
+    return bb.emit(relax.call_tir(gvs[f"little_gemv_{tag}"], [weights[0], *z, *weights[1:]], ten((rows,), "float32")))
+
+
 def _param_shapes(s: LayerShape, dual: bool) -> dict[str, tuple]:
     shapes = {"w": ((s.n, s.dxp + s.hp),), "bias": ((s.n,),), "w_ih": ((s.n, s.dxp),), "w_hh": ((s.n, s.hp),),
               "b_ih": ((s.n,),), "b_hh": ((s.n,),)}
     if dual:
-        wq = (((4 * s.hidden, s.kp4), "uint8") if s.little_bits == 4 else ((4 * s.hidden, 2 * s.kp4), "int8")
-              if s.int8_codes else ((4 * s.hidden, s.k2p), "int8"))
-        shapes.update({"px": ((s.k, s.dxp), "int8"), "ph": ((s.k, s.hp), "int8"), "wq": wq,
+        shapes.update({"px": ((s.k, s.dxp), "int8"), "ph": ((s.k, s.hp), "int8"),
+                       "wq": s.little_weight_shape(4 * s.hidden),
                        "wscale": ((4 * s.hidden,),), "bias_ll": ((4 * s.hidden,),), "lo": ((s.n,),), "hi": ((s.n,),)})
     return shapes
 

@@ -323,13 +323,35 @@ def little_gemv_int8(n: int, kp2: int, name: str = "little_gemv_int8"):
 
 
 # ----------------------------------------------------------------------------- mask (serial scan)
+def _compaction(n: int, sensitive):
+    """Macro of the mask kernels: the rows i < n where ``sensitive(a, b, c, i)`` holds, compacted into ``rows``
+    (the rest zeroed), ``pos[i]`` their places (−1 where insensitive) and ``count``; serial and branch-free:
+    every row index is written, the count advances by the test's 0/1."""
+
+    @T.macro
+    def compact(a, b, c, rows, pos, count):
+        cnt = T.decl_buffer((1,), "int32", scope="local")
+        cnt[0] = 0
+        for i in range(n):
+            sens: T.int32 = T.Cast("int32", sensitive(a, b, c, i))
+            rows[cnt[0]] = i
+            pos[i] = T.if_then_else(sens == 1, cnt[0], -1)
+            cnt[0] = cnt[0] + sens
+        for i in range(n):
+            if i >= cnt[0]:
+                rows[i] = 0
+        count[0] = cnt[0]
+
+    return compact
+
+
 def mask(hidden: int, rnn_type: str, name: str = "mask"):
     """Step 3: sensitive rows (lo < pre_LL < hi: eq. 5 on the pre-activation) compacted into ``rows``.
 
     φ is strictly increasing, so the bands are mapped through φ⁻¹ once when the thresholds are
     set (:meth:`Thresholds.pre_activation_bounds`) and the scan needs no exp/tanh; it is also
-    branch-free (every row index is written, the count advances by the test's 0/1): with
-    data-dependent branches and φ per row it took 0.108 ms inside an LSTM-1500 step, this 0.010.
+    branch-free (:func:`_compaction`): with data-dependent branches and φ per row it took 0.108 ms
+    inside an LSTM-1500 step, this 0.010.
     ``pos[i]`` is row i's place in ``rows`` or −1.  For the GRU candidate gate the tested value is
     u = pre_n,x + r_LL · pre_n,h with r_LL = σ(pre_r) (the final r is not known before the big GEMV),
     as in the PyTorch reference.
@@ -339,21 +361,13 @@ def mask(hidden: int, rnn_type: str, name: str = "mask"):
     nl = 4 * H
 
     def scan(value):
+        compact = _compaction(n, lambda pre, lo, hi, i: tvm.tirx.all(value(pre, i) > lo[i], value(pre, i) < hi[i]))
+
         @T.prim_func
         def f(pre: T.Buffer((nl,), "float32"), lo: T.Buffer((n,), "float32"), hi: T.Buffer((n,), "float32"),
               rows: T.Buffer((n,), "int32"), pos: T.Buffer((n,), "int32"), count: T.Buffer((1,), "int32")):
             T.func_attr({"tirx.noalias": True})
-            cnt = T.decl_buffer((1,), "int32", scope="local")
-            cnt[0] = 0
-            for i in range(n):
-                sensitive: T.int32 = T.Cast("int32", value(pre, i) > lo[i] and value(pre, i) < hi[i])
-                rows[cnt[0]] = i
-                pos[i] = T.if_then_else(sensitive == 1, cnt[0], -1)
-                cnt[0] = cnt[0] + sensitive
-            for i in range(n):
-                if i >= cnt[0]:
-                    rows[i] = 0
-            count[0] = cnt[0]
+            compact(pre, lo, hi, rows, pos, count)
 
         return f
 
@@ -362,6 +376,40 @@ def mask(hidden: int, rnn_type: str, name: str = "mask"):
     else:
         f = scan(lambda pre, i: T.if_then_else(
             i // H == 2, pre[i] + T.sigmoid(pre[T.max(i - 2 * H, 0)]) * pre[T.min(i + H, nl - 1)], pre[i]))
+    return _named(f, name)
+
+
+# ----------------------------------------------------------------------------- dual output projection
+def band_mask(n: int, name: str = "band_mask"):
+    """The output projection's step 3 (:mod:`dualtvm.output`): rows with y_LL ≥ max(y_LL) − θ compacted into
+    ``rows``; serial and branch-free like :func:`mask` (θ = +inf marks every row)."""
+    compact = _compaction(n, lambda pre, top, theta, i: pre[i] >= top[0] - theta[0])
+
+    @T.prim_func
+    def f(pre: T.Buffer((n,), "float32"), theta: T.Buffer((1,), "float32"), rows: T.Buffer((n,), "int32"),
+          pos: T.Buffer((n,), "int32"), count: T.Buffer((1,), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        top = T.decl_buffer((1,), "float32", scope="local")
+        top[0] = pre[0]
+        for i in range(n):
+            top[0] = T.max(top[0], pre[i])
+        compact(pre, top, theta, rows, pos, count)
+
+    return _named(f, name)
+
+
+def band_assemble(n: int, name: str = "band_assemble"):
+    """Eq. 1 for the output projection: the big logit yc[pos[i]] + b[i] where row i is sensitive, else y_LL[i]."""
+
+    @T.prim_func(s_tir=True)
+    def f(pre: T.Buffer((n,), "float32"), yc: T.Buffer((n,), "float32"), pos: T.Buffer((n,), "int32"),
+          bias: T.Buffer((n,), "float32"), out: T.Buffer((n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for i in range(n):
+            with T.sblock("epilogue"):
+                vi = T.axis.remap("S", [i])
+                out[vi] = T.if_then_else(pos[vi] >= 0, yc[T.max(pos[vi], 0)] + bias[vi], pre[vi])
+
     return _named(f, name)
 
 
@@ -487,16 +535,9 @@ def concat(a: int, b: int, name: str = "concat"):
     return _named(f, name)
 
 
-@dataclass(frozen=True)
-class LayerShape:
-    """Shapes of one layer's kernels, all reductions padded."""
-
-    rnn_type: str
-    hidden: int
-    input_size: int
-    k: int
-    little_bits: int = 8  # W_LL precision the compiled little GEMV takes: 8 or 4
-    int8_codes: bool = False  # INT8 W_LL on the projection's integer codes (project_codes + little_gemv_int8)
+class LittlePath:
+    """What the compiled little module of a shape runs on (``k``, ``little_bits``, ``int8_codes`` fields):
+    shared by :class:`LayerShape` and :class:`OutputShape`."""
 
     def __post_init__(self) -> None:
         if self.little_bits not in (8, 4):
@@ -504,7 +545,7 @@ class LayerShape:
         if self.int8_codes and self.little_bits != 8:
             raise ValueError("int8_codes is the INT8 little GEMV's integer path; INT4 always runs on codes")
 
-    def for_target(self, target) -> "LayerShape":
+    def for_target(self, target):
         """This shape with the little GEMV path ``target`` (a ``TargetSpec``) runs fastest: INT8 on integer codes
         where the target has AVX2 (``pmaddubsw``/``vpdpbusd`` nests): on dequantised floats the int8→fp32
         conversions make the little GEMV compute-bound (``bench.py --int8-float`` times both paths)."""
@@ -514,6 +555,37 @@ class LayerShape:
     def codes(self) -> bool:
         """Whether the little GEMV runs on the projection's integer codes (INT4 always, INT8 where chosen)."""
         return self.little_bits == 4 or self.int8_codes
+
+    @property
+    def k2p(self) -> int:
+        return padded(2 * self.k)
+
+    @property
+    def kp4(self) -> int:
+        """Per-half padded length of the integer paths' codes (``int4_padded``)."""
+        return int4_padded(self.k)
+
+    @property
+    def little_suffix(self) -> str:
+        """Tag suffix of the projection and little GEMV: their kernels differ with the path."""
+        return "_w4" if self.little_bits == 4 else "_c8" if self.int8_codes else ""
+
+    def little_weight_shape(self, rows: int) -> tuple:
+        """(shape, dtype) of the packed W_LL of ``rows`` outputs (:func:`pack_little_weight`)."""
+        return (((rows, self.kp4), "uint8") if self.little_bits == 4 else ((rows, 2 * self.kp4), "int8")
+                if self.int8_codes else ((rows, self.k2p), "int8"))
+
+
+@dataclass(frozen=True)
+class LayerShape(LittlePath):
+    """Shapes of one layer's kernels, all reductions padded."""
+
+    rnn_type: str
+    hidden: int
+    input_size: int
+    k: int
+    little_bits: int = 8  # W_LL precision the compiled little GEMV takes: 8 or 4
+    int8_codes: bool = False  # INT8 W_LL on the projection's integer codes (project_codes + little_gemv_int8)
 
     @property
     def gates(self) -> int:
@@ -532,22 +604,75 @@ class LayerShape:
         return padded(self.hidden)
 
     @property
-    def k2p(self) -> int:
-        return padded(2 * self.k)
-
-    @property
-    def kp4(self) -> int:
-        """Per-half padded length of the INT4 path's codes (``int4_padded``)."""
-        return int4_padded(self.k)
-
-    @property
     def tag(self) -> str:
         return f"{self.rnn_type.lower()}_{self.hidden}_{self.input_size}_k{self.k}"
 
     @property
     def little_tag(self) -> str:
-        """The projection's and little GEMV's tag: their kernels differ with ``little_bits``."""
-        return self.tag + ("_w4" if self.little_bits == 4 else "_c8" if self.int8_codes else "")
+        return self.tag + self.little_suffix
+
+
+@dataclass(frozen=True)
+class OutputShape(LittlePath):
+    """Shapes of the dual output projection's kernels (:mod:`dualtvm.output`): ``rows`` logits from ``cols``
+    inputs, split in two halves that play the layers' x and h; each half padded, so the compiled input is
+    laid out [low half, zeros, high half, zeros] (``cols_p``)."""
+
+    rows: int
+    cols: int
+    k: int
+    little_bits: int = 8
+    int8_codes: bool = False
+
+    @property
+    def split(self) -> int:
+        return (self.cols + 1) // 2
+
+    @property
+    def half_p(self) -> int:
+        return padded(self.split)
+
+    @property
+    def cols_p(self) -> int:
+        return 2 * self.half_p
+
+    @property
+    def tag(self) -> str:
+        return f"out_{self.rows}_{self.cols}_k{self.k}"
+
+    @property
+    def little_tag(self) -> str:
+        return self.tag + self.little_suffix
+
+
+def pack_little_weight(s: LittlePath, codes: np.ndarray) -> np.ndarray:
+    """W_LL codes (rows × 2k, the x/low half's columns first) in the layout of ``s``'s little GEMV."""
+    if s.little_bits == 4:
+        return pack_int4(codes, s.k)
+    if s.int8_codes:
+        return pack_int8_codes(codes, s.k)
+    out = np.zeros((codes.shape[0], s.k2p), np.int8)
+    out[:, : codes.shape[1]] = codes
+    return out
+
+
+def little_kernels(s: LittlePath, dx: int, dh: int, rows: int, tag: str) -> dict[str, tvm.tirx.PrimFunc]:
+    """Steps 1–2 (projection of the two inputs, little GEMV of ``rows`` outputs) on ``s``'s path."""
+    if s.codes:
+        return {f"project_{tag}": project_codes(s.k, dx, dh, name=f"project_{tag}"),
+                f"little_gemv_{tag}": (little_gemv_int4(rows, s.kp4, f"little_gemv_{tag}") if s.little_bits == 4
+                                       else little_gemv_int8(rows, 2 * s.kp4, f"little_gemv_{tag}"))}
+    return {f"project_{tag}": project(s.k, dx, dh, name=f"project_{tag}"),
+            f"little_gemv_{tag}": little_gemv(rows, s.k2p, f"little_gemv_{tag}")}
+
+
+def output_kernels(s: OutputShape) -> dict[str, tvm.tirx.PrimFunc]:
+    """Every PrimFunc the dual output projection calls (:func:`dualtvm.linear.build_dual_linear_ir`)."""
+    t = s.tag
+    return {**little_kernels(s, s.half_p, s.half_p, s.rows, s.little_tag),
+            f"band_mask_{t}": band_mask(s.rows, f"band_mask_{t}"),
+            f"masked_gemv_{t}": masked_gemv(s.rows, s.cols_p, f"masked_gemv_{t}"),
+            f"band_assemble_{t}": band_assemble(s.rows, f"band_assemble_{t}")}
 
 
 def layer_kernels(s: LayerShape, dual: bool = True) -> dict[str, tvm.tirx.PrimFunc]:
@@ -572,14 +697,7 @@ def layer_kernels(s: LayerShape, dual: bool = True) -> dict[str, tvm.tirx.PrimFu
             ks[f"gemv_x_{t}"] = gemv(s.n, s.dxp, f"gemv_x_{t}")
             ks[f"gemv_h_{t}"] = gemv(s.n, s.hp, f"gemv_h_{t}")
             ks[f"gru_dense_cell_{t}"] = gru_dense_cell(s.hidden, s.hp, f"gru_dense_cell_{t}")
-    lt = s.little_tag
-    if dual and s.codes:
-        ks[f"project_{lt}"] = project_codes(s.k, s.dxp, s.hp, name=f"project_{lt}")
-        ks[f"little_gemv_{lt}"] = (little_gemv_int4(4 * s.hidden, s.kp4, f"little_gemv_{lt}") if s.little_bits == 4
-                                   else little_gemv_int8(4 * s.hidden, 2 * s.kp4, f"little_gemv_{lt}"))
-    elif dual:
-        ks[f"project_{lt}"] = project(s.k, s.dxp, s.hp, name=f"project_{lt}")
-        ks[f"little_gemv_{lt}"] = little_gemv(4 * s.hidden, s.k2p, f"little_gemv_{lt}")
     if dual:
+        ks.update(little_kernels(s, s.dxp, s.hp, 4 * s.hidden, s.little_tag))
         ks[f"mask_{t}"] = mask(s.hidden, s.rnn_type, f"mask_{t}")
     return ks

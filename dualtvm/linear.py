@@ -6,6 +6,11 @@ where the same batch-1 GEMV with the dense decoder step's schedule takes 1.2 ms 
 side by side, 2 threads): the compiled backends compile it too, so that the part the dual-module
 layers cannot shorten (Amdahl) is not inflated by the slower engine.  It is the dense ``gemv``
 kernel of :mod:`dualtvm.kernels` plus the bias, in one Relax function ``linear(x, W, b)``.
+
+With a little module (:mod:`dualtvm.output`) the build is the *dual* output projection instead: Relax
+``dual_linear(x, W, b, P_lo, P_hi, W_LL, scales, b_LL, θ)`` runs steps 1–2 of Algorithm 1 with the layers'
+kernels, the argmax band mask, the masked GEMV over the sensitive rows and eq. 1, and returns the logits with
+the number of sensitive rows.
 """
 from __future__ import annotations
 
@@ -17,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernels import gemv, padded
+from .kernels import OutputShape, gemv, output_kernels, pack_little_weight, padded
 from .target import TargetSpec, parse_target, refuse_foreign_library
 
 log = logging.getLogger(__name__)
 
-LINEAR_VERSION = 1
+LINEAR_VERSION = 2  # 2: dual output projections (manifest "dual")
 
 
 def weight_hash(weight: np.ndarray, bias: np.ndarray) -> str:
@@ -78,18 +83,102 @@ def build_linear(weight: np.ndarray, bias: np.ndarray, target: str | TargetSpec,
     return out
 
 
-def built_for(folder: Path, weight: np.ndarray, bias: np.ndarray) -> bool:
-    """Whether ``folder`` holds a build of exactly these parameters in this format."""
+def build_dual_linear_ir(s: OutputShape, target: TargetSpec, database=None):
+    """IRModule with ``dual_linear``: logits (rows,) and the sensitive-row count (1,) of a padded input (cols_p,)."""
+    from tvm import relax
+
+    from .decoder import emit_little, scheduled
+
+    bb = relax.BlockBuilder()
+    gvs = {name: bb.add_func(scheduled(f, target, database), name) for name, f in output_kernels(s).items()}
+    ten = relax.TensorType
+    t = s.tag
+    x = relax.Var("x", ten((s.cols_p,), "float32"))
+    w, b = relax.Var("W", ten((s.rows, s.cols_p), "float32")), relax.Var("b", ten((s.rows,), "float32"))
+    p_lo, p_hi = (relax.Var(n, ten((s.k, s.half_p), "int8")) for n in ("P_lo", "P_hi"))
+    w_ll = relax.Var("W_LL", ten(*s.little_weight_shape(s.rows)))
+    scale, b_ll = relax.Var("scale", ten((s.rows,), "float32")), relax.Var("b_LL", ten((s.rows,), "float32"))
+    theta = relax.Var("theta", ten((1,), "float32"))
+    with bb.function("dual_linear", [x, w, b, p_lo, p_hi, w_ll, scale, b_ll, theta]):
+        with bb.dataflow():
+            halves = bb.emit(relax.op.split(x, 2))
+            lo, hi = (bb.emit(relax.TupleGetItem(halves, j)) for j in range(2))
+            pre = emit_little(bb, gvs, s, s.little_tag, [p_lo, p_hi, lo, hi], [w_ll, scale, b_ll], s.rows)
+            m = bb.emit(relax.call_tir(gvs[f"band_mask_{t}"], [pre, theta],
+                                       [ten((s.rows,), "int32"), ten((s.rows,), "int32"), ten((1,), "int32")]))
+            rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
+            yc = bb.emit(relax.call_tir(gvs[f"masked_gemv_{t}"], [w, x, rows, count], ten((s.rows,), "float32")))
+            out = bb.emit(relax.call_tir(gvs[f"band_assemble_{t}"], [pre, yc, pos, b], ten((s.rows,), "float32")))
+            res = bb.emit_output(relax.Tuple([out, count]))
+        bb.emit_func_output(res)
+    return bb.get()
+
+
+def split_layout(a: np.ndarray, s: OutputShape) -> np.ndarray:
+    """Columns of ``a`` (…, cols) in the dual output projection's input layout: [low half, 0…, high half, 0…]."""
+    out = np.zeros(a.shape[:-1] + (s.cols_p,), a.dtype)
+    out[..., : s.split] = a[..., : s.split]
+    out[..., s.half_p : s.half_p + s.cols - s.split] = a[..., s.split :]
+    return out
+
+
+def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str | TargetSpec,
+                      out_dir: str | os.PathLike, database=None) -> Path:
+    """Compile the dual output projection of ``y = W x + b`` with ``little`` (an :class:`~dualtvm.output.OutputLittle`
+    fitted to these weights) for ``target``; writes ``linear.so``, ``params.npz``, ``little_output.npz`` and
+    ``manifest.json``."""
+    import tvm
+
+    from .artefact import save_output_little
+    from .checkpoint import git_revision
+    from .quantize import kernel_codes
+
+    tgt = parse_target(target).with_default_cores()
+    rows, cols = weight.shape
+    if little.big_hash != weight_hash(weight, bias):
+        raise ValueError("the output little module was fitted to other weights (hash mismatch)")
+    s = OutputShape(rows, cols, little.k, little.weight.bits).for_target(tgt)
+    if s.codes and not tgt.has_feature("avx2"):
+        raise ValueError(f"INT4 little GEMVs need AVX2 (pmaddubsw); target {tgt.cli!r} lacks it")
+    ex = tvm.compile(build_dual_linear_ir(s, tgt, database), target=tgt.to_tvm())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ex.export_library(str(out / "linear.so"))
+    codes, scale = kernel_codes(little.weight)
+    pad = lambda a: np.pad(a, ((0, 0), (0, s.half_p - a.shape[1])))  # noqa: E731
+    np.savez(out / "params.npz", w=split_layout(np.asarray(weight, np.float32), s), b=np.asarray(bias, np.float32),
+             p_lo=pad(little.proj_lo.signs), p_hi=pad(little.proj_hi.signs), w_ll=pack_little_weight(s, codes),
+             scale=scale, b_ll=little.bias.numpy().astype(np.float32))
+    save_output_little(out / "little_output.npz", little)
+    manifest = {"version": LINEAR_VERSION, "dual": True, "rows": rows, "cols": cols, "k": s.k,
+                "little_bits": s.little_bits, "int8_codes": s.int8_codes, "target": tgt.to_dict(),
+                "target_name": tgt.name, "weight_hash": weight_hash(weight, bias), "little_hash": little.content_hash(),
+                "git": git_revision()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    log.info("compiled the %d x %d dual output projection (k=%d per half) for %s into %s", rows, cols, s.k, tgt.name,
+             out)
+    return out
+
+
+def built_for(folder: Path, weight: np.ndarray, bias: np.ndarray, little=None) -> bool:
+    """Whether ``folder`` holds a build of exactly these parameters (and this output little module, for a dual
+    build) in this format."""
     f = Path(folder) / "manifest.json"
     if not f.exists():
         return False
     m = json.loads(f.read_text())
-    return m.get("version") == LINEAR_VERSION and m.get("weight_hash") == weight_hash(weight, bias)
+    return (m.get("version") == LINEAR_VERSION and m.get("weight_hash") == weight_hash(weight, bias)
+            and m.get("dual", False) == (little is not None)
+            and (little is None or m.get("little_hash") == little.content_hash()))
 
 
 class CompiledLinear:
     """A built linear layer; ``run(x)`` on a padded vector (TVM tensor or DLPack, e.g. torch) → ``rows`` outputs.
-    The weight matrix sits on huge pages unless ``huge_pages=False`` (:mod:`dualtvm.memory`)."""
+
+    A dual build (:func:`build_dual_linear`) takes the input in :func:`split_layout` (``cols_padded`` wide),
+    starts with every row sensitive (:meth:`set_insensitive_ratio`) and keeps the last step's sensitive-row
+    count in ``last_count``.  The weight matrix sits on huge pages unless ``huge_pages=False``
+    (:mod:`dualtvm.memory`)."""
 
     def __init__(self, build_dir: str | os.PathLike, huge_pages: bool = True) -> None:
         import tvm
@@ -101,14 +190,39 @@ class CompiledLinear:
         for f in ("manifest.json", "linear.so", "params.npz"):
             if not (d / f).exists():
                 raise FileNotFoundError(f"{d / f} is missing: not a dualtvm linear-layer build (build_linear)")
-        self.manifest = json.loads((d / "manifest.json").read_text())
-        refuse_foreign_library(parse_target(self.manifest["target"]), d / "linear.so")
-        self.rows, self.cols = self.manifest["rows"], self.manifest["cols"]
-        self.cols_padded = padded(self.cols)
+        self.manifest = m = json.loads((d / "manifest.json").read_text())
+        refuse_foreign_library(parse_target(m["target"]), d / "linear.so")
+        self.rows, self.cols = m["rows"], m["cols"]
+        self.dual = bool(m.get("dual", False))
         dev = tvm.cpu()
         raw = np.load(d / "params.npz")
-        self._w, self._b = weight_tensor(raw["w"], dev, huge_pages), tvm.runtime.tensor(raw["b"], dev)
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(d / "linear.so")), dev)
+        params = [weight_tensor(raw["w"], dev, huge_pages), tvm.runtime.tensor(raw["b"], dev)]
+        self.last_count = None
+        if self.dual:
+            from .artefact import load_output_little
+
+            self.shape = OutputShape(self.rows, self.cols, m["k"], m["little_bits"], m["int8_codes"])
+            self.cols_padded = self.shape.cols_p
+            self.little = load_output_little(d / "little_output.npz", m["weight_hash"])
+            params += [tvm.runtime.tensor(raw[n], dev) for n in ("p_lo", "p_hi", "w_ll", "scale", "b_ll")]
+            self._fn, self._params = self._vm["dual_linear"], params + [None]
+            self.set_insensitive_ratio(0.0)
+        else:
+            self.cols_padded = padded(self.cols)
+            self._fn, self._params = self._vm["linear"], params
+
+    def set_insensitive_ratio(self, ratio: float) -> None:
+        """The dual build's θ for ``ratio`` (its little module's calibration)."""
+        import tvm
+
+        if not self.dual:
+            raise ValueError("a dense linear build has no insensitive ratio: build it with a little module")
+        self._params[-1] = tvm.runtime.tensor(np.array([self.little.theta(ratio)], np.float32), tvm.cpu())
 
     def run(self, x):
-        return self._vm["linear"](x, self._w, self._b)
+        out = self._fn(x, *self._params)
+        if not self.dual:
+            return out
+        self.last_count = out[1]
+        return out[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -130,11 +131,8 @@ class LittleModule:
                           fake_quantize_activations(self.proj_h.apply(h), self.act_bits)], dim=-1)
 
     def preactivations(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Step 2 before φ: W_LL z + b_LL (the dequantised weight is cached per QuantizedTensor)."""
-        cache = self.__dict__.get("_w_cache")
-        if cache is None or cache[0] is not self.weight:
-            cache = self.__dict__["_w_cache"] = (self.weight, self.weight.dequantize().t().contiguous())
-        return self.project(x, h) @ cache[1] + self.bias
+        """Step 2 before φ: W_LL z + b_LL."""
+        return self.project(x, h) @ self.weight.dequantized_t() + self.bias
 
     def requantize(self, bits: int, per_row: bool = True, fp32_weight: torch.Tensor | None = None) -> "LittleModule":
         """The same fit at another precision (Table 6); needs the fp32 weight kept by the fit."""
@@ -202,9 +200,26 @@ class SampleRecorder:
         self.close()
 
 
-def _design(little_x: SparseProjection, little_h: SparseProjection, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def design_matrix(little_x: SparseProjection, little_h: SparseProjection, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """[P_x x, P_h h, 1] per row: the inputs of eq. 7's regression (projections before run-time quantisation)."""
     z = torch.cat([little_x.apply(x), little_h.apply(h)], dim=-1)
     return torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype)], dim=-1)
+
+
+def least_squares(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], dim: int, outputs: int, ridge: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """W (outputs, dim − 1) and b (outputs,) minimising Σ ‖Z [W b]ᵀ − Y‖² (eq. 7) over batches of (Z, Y), Z's last
+    column ones: the normal equations, accumulated in float64 while streaming (exact, one pass, bounded memory),
+    with a ridge of ``ridge`` × the mean diagonal."""
+    A = torch.zeros(dim, dim, dtype=torch.float64)
+    B = torch.zeros(dim, outputs, dtype=torch.float64)
+    with torch.no_grad():
+        for Z, Y in pairs:
+            A += (Z.t() @ Z).double()
+            B += (Z.t() @ Y).double()
+    lam = ridge * torch.diagonal(A).mean()
+    sol = torch.linalg.solve(A + lam * torch.eye(dim, dtype=torch.float64), B).float()  # (dim, outputs)
+    return sol[:-1].t().contiguous(), sol[-1].contiguous()
 
 
 def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]], cfg: LittleConfig,
@@ -222,18 +237,12 @@ def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]]
     ph = SparseProjection.draw(k, layer.hidden, cfg.seed + 1)
     dim = 2 * k + 1
     if cfg.method == "lstsq":
-        A = torch.zeros(dim, dim, dtype=torch.float64)
-        B = torch.zeros(dim, n_little, dtype=torch.float64)
-        with torch.no_grad():
+        def pairs():
             for x, h in tqdm(samples, desc=f"fit {layer.rnn_type}-{layer.hidden} (k={k})", disable=not progress,
                              leave=False):
-                Z = _design(px, ph, x, h)
-                Y = layer.targets(x, h)
-                A += (Z.t() @ Z).double()
-                B += (Z.t() @ Y).double()
-        lam = cfg.ridge * torch.diagonal(A).mean()
-        sol = torch.linalg.solve(A + lam * torch.eye(dim, dtype=torch.float64), B).float()  # (dim, n_little)
-        w, b = sol[:-1].t().contiguous(), sol[-1].contiguous()
+                yield design_matrix(px, ph, x, h), layer.targets(x, h)
+
+        w, b = least_squares(pairs(), dim, n_little, cfg.ridge)
     elif cfg.method == "sgd":
         w = torch.zeros(n_little, 2 * k, requires_grad=True)
         b = torch.zeros(n_little, requires_grad=True)
@@ -242,7 +251,7 @@ def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]]
         for epoch in range(cfg.sgd_epochs):
             for x, h in tqdm(samples, desc=f"sgd epoch {epoch + 1}", disable=not progress, leave=False):
                 with torch.no_grad():
-                    Z = _design(px, ph, x, h)[:, :-1]
+                    Z = design_matrix(px, ph, x, h)[:, :-1]
                     Y = layer.targets(x, h)
                 for idx in torch.randperm(Z.shape[0], generator=gen).split(cfg.sgd_batch):
                     loss = ((Z[idx] @ w.t() + b - Y[idx]) ** 2).sum(1).mean()  # eq. 7

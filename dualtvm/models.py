@@ -146,13 +146,13 @@ class Seq2Seq(nn.Module):
                 ctx = self.attend(out, mem, pad, att_q)
         return (self.out if output is None else output)(x), (new_states, ctx)
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, layers=None) -> torch.Tensor:
-        """Teacher-forced logits (T, B, V); ``layers`` as in :meth:`decode_step`."""
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, layers=None, output=None) -> torch.Tensor:
+        """Teacher-forced logits (T, B, V); ``layers`` and ``output`` as in :meth:`decode_step`."""
         mem, pad = self.encode(src)
         state = self.init_state(src.size(1), src.device)
         logits = []
         for t in range(tgt_in.size(0)):
-            lg, state = self.decode_step(tgt_in[t], state, mem, pad, layers)
+            lg, state = self.decode_step(tgt_in[t], state, mem, pad, layers, output)
             logits.append(lg)
         return torch.stack(logits)
 

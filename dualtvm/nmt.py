@@ -23,9 +23,11 @@ import torch.nn as nn
 from .construct import build_dual_layers
 from .data import (BOS, EOS, PAD, ParallelCorpus, Vocab, bucketed_batches, detokenize, encode_pairs, pad_batch,
                    tokenize_sentence)
-from .dual import DualModuleLayer, set_layer_ratios
+from .dual import DualModuleLayer, MaskStats, set_layer_ratios
 from .little import BigLayer, LittleConfig, big_layers
 from .models import Seq2Seq
+from .output import GATE as OUTPUT_GATE
+from .output import DualOutput, OutputConfig, calibrate_output, fit_output_little, linear_hash
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,39 @@ def build_dual_decoder(model: Seq2Seq, corpus: ParallelCorpus, cfg: LittleConfig
         lambda: teacher_forced(model, train, batch_size, max_rows // rows_per_batch + 1),
         lambda: teacher_forced(model, valid, batch_size, None), cfg, max_rows, progress)
     return duals
+
+
+def output_inputs(model: Seq2Seq, pairs: list[tuple[list[int], list[int]]], batch_size: int,
+                  max_batches: int | None) -> list[torch.Tensor]:
+    """What the output projection receives over teacher-forced reference translations: its little module's data."""
+    xs: list[torch.Tensor] = []
+    handle = model.out.register_forward_hook(lambda m, args, out: xs.append(args[0].detach().reshape(-1, args[0].shape[-1])))
+    try:
+        teacher_forced(model, pairs, batch_size, max_batches)
+    finally:
+        handle.remove()
+    return xs
+
+
+def dual_output(tr: Translator, corpus: ParallelCorpus | None, artefact: Path, cfg: OutputConfig | None = None,
+                max_rows: int = 200_000, batch_size: int = 64) -> DualOutput:
+    """The dual-module output projection (:mod:`dualtvm.output`): loaded from ``artefact`` if it fits the model's
+    output projection, else fitted on training pairs, calibrated on validation and saved there."""
+    from .artefact import ArtefactError, load_output_little, save_output_little
+
+    model = tr.model
+    try:
+        return DualOutput(model.out, load_output_little(artefact, linear_hash(model.out)))
+    except ArtefactError as e:
+        if artefact.exists():
+            log.warning("refitting the output little module: %s", e)
+    if corpus is None:
+        raise ValueError("fitting the output little module needs the Multi30k corpus (train and val)")
+    train, valid = encode_pairs(corpus, "train", 50), encode_pairs(corpus, "valid", 50)
+    little = fit_output_little(model.out, output_inputs(model, train, batch_size, max_rows // (batch_size * 14) + 1), cfg)
+    calibrate_output(little, output_inputs(model, valid, batch_size, None))
+    save_output_little(artefact, little)
+    return DualOutput(model.out, little)
 
 
 # --------------------------------------------------------------------------- backends
@@ -221,9 +256,9 @@ def translate(tr: Translator, sentences: list[str], beam: int = 1, backend: Back
 
 
 def reference_perplexity(tr: Translator, sources: list[str], references: list[str], layers: list | None = None,
-                         batch_size: int = 100, max_len: int = 60) -> float:
+                         batch_size: int = 100, max_len: int = 60, output: nn.Module | None = None) -> float:
     """Per-token perplexity of the reference translations, teacher forced (``layers``: decoder layers
-    standing in for the model's, e.g. dual-module ones).
+    standing in for the model's, e.g. dual-module ones; ``output``: the output projection's stand-in).
 
     Greedy BLEU changes only where an argmax flips and moves in steps of ~0.3 on 1000 sentences; this
     moves with every change in the decoder's distributions, as the LM tables' PPL does.
@@ -237,7 +272,7 @@ def reference_perplexity(tr: Translator, sources: list[str], references: list[st
         for idx in bucketed_batches(pairs, batch_size, shuffle=False):
             src = pad_batch([pairs[i][0] for i in idx], tr.src_vocab.stoi[PAD])
             tgt = pad_batch([pairs[i][1] for i in idx], pad)
-            logits = tr.model(src, tgt[:-1], layers)
+            logits = tr.model(src, tgt[:-1], layers, output)
             gold = tgt[1:].reshape(-1)
             nll += nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), gold, ignore_index=pad,
                                                reduction="sum").item()
@@ -281,7 +316,6 @@ class CompiledLayer(nn.Module):
 
     def __init__(self, build_dir: str | os.PathLike) -> None:
         super().__init__()
-        from .dual import MaskStats
         from .gates import layout
         from .runtime import CompiledDecoder
 
@@ -381,29 +415,75 @@ def compiled_layers(folders: list[Path]) -> list[CompiledLayer]:
 
 class CompiledProjection(nn.Module):
     """An ``nn.Linear`` as a compiled batch-1 GEMV (:mod:`dualtvm.linear`): (B, in) → (B, out), row by row.
-    The decoder's output projection and attention's query projection run this way in the compiled backends."""
+    The decoder's output projection and attention's query projection run this way in the compiled backends.
+
+    A dual build (the dual-module output projection) also takes :meth:`set_insensitive_ratio` and keeps mask
+    statistics like :class:`CompiledLayer` (gate ``logits``), counted every ``FOLD_EVERY`` steps."""
+
+    FOLD_EVERY = CompiledLayer.FOLD_EVERY
 
     def __init__(self, build_dir: str | os.PathLike) -> None:
         super().__init__()
         from .linear import CompiledLinear
 
         self.linear = CompiledLinear(build_dir)
+        self.stats = MaskStats()
+
+    @property
+    def stats(self) -> MaskStats:
+        self._fold()
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: MaskStats) -> None:
+        self._stats, self._pending = value, []
+
+    def _fold(self) -> None:
+        if self._pending:
+            sensitive = int(torch.stack(self._pending).sum())
+            n = len(self._pending) * self.linear.rows
+            self._stats.add_counts(OUTPUT_GATE, n - sensitive, n)
+            self._pending = []
+
+    def set_insensitive_ratio(self, ratio: float) -> None:
+        self.linear.set_insensitive_ratio(ratio)
+
+    def _input(self, v: torch.Tensor) -> torch.Tensor:
+        """One input row in the build's layout, padded (torch allocations keep TVM's 64-byte alignment)."""
+        lin = self.linear
+        if not lin.dual or lin.cols == lin.cols_padded:
+            return CompiledLayer._padded(v, lin.cols_padded)
+        s = lin.shape
+        out = v.new_zeros(s.cols_p, dtype=torch.float32)
+        out[: s.split] = v[: s.split]
+        out[s.half_p : s.half_p + s.cols - s.split] = v[s.split :]
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        width = self.linear.cols_padded
-        return torch.stack([self.linear.run(CompiledLayer._padded(x[b], width)) for b in range(x.shape[0])])
+        outs = []
+        for b in range(x.shape[0]):
+            outs.append(self.linear.run(self._input(x[b])))
+            if self.linear.dual:
+                self._pending.append(self.linear.last_count)
+                if len(self._pending) >= self.FOLD_EVERY:
+                    self._fold()
+        return torch.stack(outs)
 
 
-def compiled_projection(linear: nn.Linear, target: str, folder: Path) -> CompiledProjection:
-    """``linear`` compiled for ``target`` in ``folder`` (built unless it holds these weights; no bias = zeros)."""
-    from .linear import build_linear, built_for
+def compiled_projection(linear: nn.Linear, target: str, folder: Path, little=None) -> CompiledProjection:
+    """``linear`` compiled for ``target`` in ``folder`` (built unless it holds these weights; no bias = zeros);
+    with ``little`` (an :class:`~dualtvm.output.OutputLittle`) the dual-module build."""
+    from .linear import build_dual_linear, build_linear, built_for
     from .tuning import target_database
 
     w = linear.weight.detach().to(torch.float32).numpy()
     b = (linear.bias.detach().to(torch.float32).numpy() if linear.bias is not None
          else torch.zeros(w.shape[0]).numpy())
-    if not built_for(folder, w, b):
-        build_linear(w, b, target, folder, target_database(target))
+    if not built_for(folder, w, b, little):
+        if little is None:
+            build_linear(w, b, target, folder, target_database(target))
+        else:
+            build_dual_linear(w, b, little, target, folder, target_database(target))
     return CompiledProjection(folder)
 
 
@@ -498,14 +578,29 @@ def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix
 
 def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
                     target: str = "llvm -mcpu=broadwell", ratio: float = 0.5, build_root: Path | None = None,
-                    little_bits: int = 8) -> Backend:
+                    little_bits: int = 8, output_ratio: float | None = None) -> Backend:
     """A backend by name: :func:`decoder_layers`, plus for the compiled ones the compiled output projection
-    (``build/<stem>-<target-name>/output``)."""
+    (``build/<stem>-<target-name>/output``).
+
+    ``output_ratio``: a dual backend also runs the dual-module output projection (:mod:`dualtvm.output`) at that
+    insensitive ratio; its little module is cached as ``<stem>.little-output.npz``, its build in ``output-dual``.
+    """
     layers = decoder_layers(tr, corpus, backend, checkpoint, target, ratio, build_root, little_bits)
+    dual_out = None
+    if output_ratio is not None:
+        if not backend.endswith("dual"):
+            raise ValueError(f"output_ratio is for the dual-module backends, not {backend!r}")
+        dual_out = dual_output(tr, corpus, checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.little-output.npz"))
+        dual_out.set_insensitive_ratio(output_ratio)
     if not backend.startswith("tvm-"):
-        return Backend(layers)
+        return Backend(layers, dual_out)
     folder = _build_folder(checkpoint, target, build_root)
-    return Backend(layers, compiled_output(tr.model, target, folder / "output"), torch_threads=1,
+    if dual_out is None:
+        output = compiled_output(tr.model, target, folder / "output")
+    else:
+        output = compiled_projection(tr.model.out, target, folder / "output-dual", dual_out.little)
+        output.set_insensitive_ratio(output_ratio)
+    return Backend(layers, output, torch_threads=1,
                    attention_query=compiled_projection(tr.model.att_q, target, folder / "attention-query"))
 
 

@@ -32,6 +32,13 @@ class QuantizedTensor:
     def dequantize(self) -> torch.Tensor:
         return self.codes.to(torch.float32) * self.scale
 
+    def dequantized_t(self) -> torch.Tensor:
+        """``dequantize().t()``, contiguous, computed once: the little modules' matmul operand (eq. 4)."""
+        cached = self.__dict__.get("_dequantized_t")
+        if cached is None:
+            cached = self.__dict__["_dequantized_t"] = self.dequantize().t().contiguous()
+        return cached
+
     def nbytes(self) -> int:
         """Storage as Table 6 counts it: codes at ``bits`` each, plus fp32 scales."""
         return self.codes.numel() * self.bits // 8 + self.scale.numel() * 4

@@ -8,6 +8,8 @@ quality: sacrebleu BLEU on test_2016_flickr, big model vs the PyTorch dual-modul
 and the share of translations identical to the big model's.  speed: greedy batch-1 decoding of the
 first --speed-sentences test sentences by the PyTorch model and the compiled dense and dual-module
 decoders (decoder layers and output projection compiled), interleaved sentence by sentence.
+--output-ratio R adds engines "<dual engine>+out" that also run the dual-module output projection
+(dualtvm.output: the little module picks the logits that can win the argmax) at insensitive ratio R.
 Rows go to results/nmt-quality.json.
 """
 from __future__ import annotations
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--little-bits", default="8",
                    help="W_LL precision(s) of the little modules, e.g. 8,4: engines dual/tvm-dual (INT8, the paper's) "
                         "and dual-int4/tvm-dual-int4")
+    p.add_argument("--output-ratio", type=float, default=None,
+                   help="also run each dual engine with the dual-module output projection at this insensitive ratio "
+                        "(e.g. 0.99): engines <engine>+out")
     p.add_argument("--target", default="llvm -mcpu=broadwell")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None)
@@ -49,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.bench import dual_engine
     from dualtvm.data import load_multi30k
     from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
-    from dualtvm.nmt import (Translator, corpus_bleu, decode_speed, decoder_backend, decoder_layers,
-                             reference_perplexity, translate)
+    from dualtvm.nmt import (Backend, Translator, corpus_bleu, decode_speed, decoder_backend, decoder_layers,
+                             dual_output, reference_perplexity, translate)
+    from dualtvm.output import GATE
     from dualtvm.results import update_rows
 
     torch.set_num_threads(threads)
@@ -74,24 +80,34 @@ def main(argv: list[str] | None = None) -> int:
         save({"part": "quality", "engine": "torch", "insensitive_ratio": 0.0, "beam": a.beam, "bleu": round(base, 2),
               "base_bleu": round(base, 2), "delta_bleu": 0.0, "sacrebleu_signature": sig,
               "reference_ppl": round(base_ppl, 3), "same_as_big": 1.0})
+        out = None
+        if a.output_ratio is not None:
+            stem = a.checkpoint.name.split(".")[0]
+            out = dual_output(tr, corpus, a.checkpoint.with_name(f"{stem}.little-output.npz"))
+            out.set_insensitive_ratio(a.output_ratio)
         for b in bits:
             duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b)
             for r in [float(x) for x in a.ratios.split(",")]:
                 set_layer_ratios(duals, r)
-                reset_layer_stats(duals)
-                hyps = translate(tr, src, a.beam, duals, progress=True)
-                score, sig = corpus_bleu(hyps, refs)
-                measured = measured_layer_ratio(duals)  # of the translations, before the teacher-forced pass
-                per_layer = [round(measured_layer_ratio([d]), 4) for d in duals]
-                ppl = reference_perplexity(tr, src, refs, duals)
-                same = sum(h == g for h, g in zip(hyps, base_hyps)) / len(hyps)
-                print(f"INT{b} ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), reference PPL {ppl:.3f} "
-                      f"(base {base_ppl:.3f}), {same:.1%} translations as the big model's, measured {measured:.3f}")
-                save({"part": "quality", "engine": dual_engine(b, "dual"), "insensitive_ratio": r, "beam": a.beam,
-                      "measured_ratio": round(measured, 4), "measured_ratio_per_layer": per_layer,
-                      "bleu": round(score, 2), "base_bleu": round(base, 2), "delta_bleu": round(score - base, 2),
-                      "sacrebleu_signature": sig, "reference_ppl": round(ppl, 3),
-                      "delta_reference_ppl_pct": round(100 * (ppl / base_ppl - 1), 3), "same_as_big": round(same, 4)})
+                for engine, output in [(dual_engine(b, "dual"), None)] + ([(dual_engine(b, "dual") + "+out", out)]
+                                                                         if out is not None else []):
+                    reset_layer_stats(duals + ([output] if output is not None else []))
+                    hyps = translate(tr, src, a.beam, Backend(duals, output), progress=True)
+                    score, sig = corpus_bleu(hyps, refs)
+                    measured = measured_layer_ratio(duals)  # of the translations, before the teacher-forced pass
+                    per_layer = [round(measured_layer_ratio([d]), 4) for d in duals]
+                    row = {"part": "quality", "engine": engine, "insensitive_ratio": r, "beam": a.beam,
+                           "measured_ratio": round(measured, 4), "measured_ratio_per_layer": per_layer}
+                    if output is not None:
+                        row.update(output_ratio=a.output_ratio, output_measured_ratio=round(output.stats.ratio(GATE), 4))
+                    ppl = reference_perplexity(tr, src, refs, duals, output=output)
+                    same = sum(h == g for h, g in zip(hyps, base_hyps)) / len(hyps)
+                    print(f"{engine} ratio {r:.2f}: BLEU {score:.2f} (base {base:.2f}), reference PPL {ppl:.3f} "
+                          f"(base {base_ppl:.3f}), {same:.1%} translations as the big model's, measured {measured:.3f}")
+                    save({**row, "bleu": round(score, 2), "base_bleu": round(base, 2),
+                          "delta_bleu": round(score - base, 2), "sacrebleu_signature": sig,
+                          "reference_ppl": round(ppl, 3), "delta_reference_ppl_pct": round(100 * (ppl / base_ppl - 1), 3),
+                          "same_as_big": round(same, 4)})
     if "speed" in parts:
         n = a.speed_sentences
         backends = {"torch": None, "tvm-dense": decoder_backend(tr, corpus, "tvm-dense", a.checkpoint, a.target,
@@ -99,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         for b in bits:
             backends[dual_engine(b)] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
                                                        a.build_dir, b)
+            if a.output_ratio is not None:
+                backends[dual_engine(b) + "+out"] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target,
+                                                                    a.speed_ratio, a.build_dir, b, a.output_ratio)
         duals = [e for e in backends if e.startswith("tvm-dual")]
         for e in duals:
             reset_layer_stats(backends[e].layers)
@@ -114,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                    "target": a.target if engine.startswith("tvm") else None}
             if engine in duals:
                 row["measured_ratio"] = round(measured_layer_ratio(backends[engine].layers), 4)
+                if engine.endswith("+out"):
+                    row.update(output_ratio=a.output_ratio,
+                               output_measured_ratio=round(backends[engine].output.stats.ratio(GATE), 4))
                 for other in ("tvm-dense", "torch"):
                     row[f"speedup_vs_{other.replace('-', '_')}"] = round(r["tokens_per_s"] / res[other]["tokens_per_s"], 3)
                     row[f"decoder_speedup_vs_{other.replace('-', '_')}"] = round(
