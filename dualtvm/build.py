@@ -64,6 +64,17 @@ def break_even_of(shapes: list[LayerShape]) -> float:
     return max(break_even_ratio(s.hidden, s.input_size, s.gates, s.k, s.little_bits) for s in shapes)
 
 
+def warn_below_break_even(shapes: list[LayerShape]) -> float:
+    """Warn when the layers' break-even ratio (:func:`break_even_of`) exceeds ``BREAK_EVEN_WARNING``; returns it."""
+    break_even = break_even_of(shapes)
+    if break_even > BREAK_EVEN_WARNING:
+        where = (f"below an insensitive ratio of {break_even:.2f}" if break_even < 1 else "at every insensitive ratio")
+        log.warning("the little module (k=%s, INT%d) and row list weigh %.0f %% of the big weights' bytes: %s the "
+                    "dual-module step reads more than the dense one (a larger ε of eq. 3 or INT4 W_LL shrinks it)",
+                    [s.k for s in shapes], shapes[0].little_bits, 100 * break_even, where)
+    return break_even
+
+
 def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os.PathLike",
                  residual: list[bool] | None = None, database=None, info: dict | None = None,
                  int8_codes: bool | None = None) -> dict[str, Path]:
@@ -77,12 +88,7 @@ def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os
     """
     target = parse_target(target).with_default_cores() if isinstance(target, str) else target
     shapes = layer_shapes(dual, target, int8_codes)
-    break_even = break_even_of(shapes)
-    if break_even > BREAK_EVEN_WARNING:
-        where = (f"below an insensitive ratio of {break_even:.2f}" if break_even < 1 else "at every insensitive ratio")
-        log.warning("the little module (k=%s, INT%d) and row list weigh %.0f %% of the big weights' bytes: %s the "
-                    "dual-module step reads more than the dense one (a larger ε of eq. 3 or INT4 W_LL shrinks it)",
-                    [s.k for s in shapes], shapes[0].little_bits, 100 * break_even, where)
+    break_even = warn_below_break_even(shapes)
     info = {**(info or {}), "k": [s.k for s in shapes], "little_bits": shapes[0].little_bits,
             "break_even_ratio": round(break_even, 3)}
     folders: dict[str, Path] = {}

@@ -384,6 +384,7 @@ def build_compiled_decoder(duals: list[DualModuleLayer], target: str, out: str |
     Returns ``{"dual": [layer folders], "dense": [...]}``; each folder loads as a
     :class:`~dualtvm.runtime.CompiledDecoder` with that layer's weights (and little module).
     """
+    from .build import warn_below_break_even
     from .decoder import DecoderSpec, compile_decoder, export, pack_layer
     from .kernels import LayerShape
     from .target import parse_target
@@ -391,6 +392,7 @@ def build_compiled_decoder(duals: list[DualModuleLayer], target: str, out: str |
     tgt = parse_target(target).with_default_cores()
     shapes = [LayerShape("LSTM", d.big.hidden, d.big.input_size, d.little.k, d.little.weight.bits).for_target(tgt)
               for d in duals]
+    warn_below_break_even(shapes)
     folders: dict[str, list[Path]] = {}
     for kind in ("dual", "dense"):
         built: dict = {}

@@ -88,14 +88,21 @@ def test_uncalibrated_module_and_bad_ratio_are_clear_errors(fitted):
 
 
 @pytest.mark.slow
-def test_compiled_dual_output_projection_equals_the_reference(fitted, tmp_path):
+@pytest.mark.parametrize("bits,target", [(8, "llvm -mcpu=broadwell"), (4, "llvm -mcpu=broadwell"),
+                                         (8, "llvm -mtriple=x86_64-linux-gnu")], ids=["int8-codes", "int4", "int8-floats"])
+def test_compiled_dual_output_projection_equals_the_reference(fitted, tmp_path, bits, target):
     """The compiled build (layers' little kernels on the split input, band mask, masked GEMV, eq. 1) gives the
-    PyTorch reference's logits and sensitive-row counts, on a width whose halves the kernels pad (50 → 64)."""
+    PyTorch reference's logits and sensitive-row counts, on a width whose halves the kernels pad (50 → 64), on
+    each little GEMV path (INT8 on codes with AVX2, INT4, INT8 on floats without AVX2)."""
     from dualtvm.linear import built_for
     from dualtvm.nmt import CompiledProjection, compiled_projection
 
     lin, little, held_out = fitted
-    proj = compiled_projection(lin, "llvm -mcpu=broadwell", tmp_path / "out", little)
+    if bits != 8:
+        little = fit_output_little(lin, [held_out], OutputConfig(k=24, bits=bits))
+        little.gap_quantiles = fitted[1].gap_quantiles
+    proj = compiled_projection(lin, target, tmp_path / "out", little)
+    assert proj.linear.shape.codes == (target.endswith("broadwell"))
     w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
     assert built_for(tmp_path / "out", w, b, little) and not built_for(tmp_path / "out", w, b)
     assert isinstance(proj, CompiledProjection) and proj.linear.dual
