@@ -4,6 +4,7 @@
     python scripts/translate.py --split test --backend torch                      # BLEU of the big model
     python scripts/translate.py --split test --backend dual --ratio 0.5 --beam 4
     python scripts/translate.py --split test --backend tvm-dual --ratio 0.5 --limit 200
+    python scripts/translate.py --split test --backend tvm-dual --ratio 0.5 --output-ratio 0.99   # + dual output projection
     echo "a man is riding a bike ." | python scripts/translate.py --backend tvm-dense
 
 Backends: ``torch`` (big model), ``dual`` (PyTorch dual-module reference), ``tvm-dense`` /
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=("torch", "dual", "tvm-dense", "tvm-dual"), default="torch")
     p.add_argument("--ratio", type=float, default=0.5, help="insensitive ratio (dual backends)")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--output-ratio", type=float, default=None,
+                   help="dual backends: also run the dual-module output projection at this insensitive ratio "
+                        "(dualtvm.output; e.g. 0.99)")
     p.add_argument("--little-bits", type=int, choices=(8, 4), default=8,
                    help="W_LL precision of the little modules (dual backends): 8, the paper's, or 4")
     p.add_argument("--split", choices=("valid", "test"), default=None, help="translate a Multi30k split and score it")
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not 0.0 <= a.ratio <= 1.0:
         p.error(f"--ratio must be in [0, 1], got {a.ratio}")
+    if a.output_ratio is not None and (not 0.0 <= a.output_ratio <= 1.0 or not a.backend.endswith("dual")):
+        p.error(f"--output-ratio needs a dual backend and a ratio in [0, 1], got {a.output_ratio} with {a.backend}")
     if a.beam < 1:
         p.error(f"--beam must be ≥ 1, got {a.beam}")
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))
@@ -60,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"checkpoint {ckpt} not found: train one with scripts/train_nmt.py or pass --checkpoint")
     tr = Translator.from_checkpoint(ckpt)
     corpus = load_multi30k(a.data_dir) if a.split or a.backend != "torch" else None
-    backend = decoder_backend(tr, corpus, a.backend, ckpt, a.target, a.ratio, little_bits=a.little_bits)
+    backend = decoder_backend(tr, corpus, a.backend, ckpt, a.target, a.ratio, little_bits=a.little_bits,
+                              output_ratio=a.output_ratio)
 
     if a.split:
         src, refs = corpus.splits[a.split]
