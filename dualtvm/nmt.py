@@ -348,7 +348,10 @@ class CompiledLayer(nn.Module):
 
     @staticmethod
     def _padded(v: torch.Tensor, width: int) -> torch.Tensor:
-        if v.dtype == torch.float32 and v.shape[0] == width and v.is_contiguous() and not v.requires_grad:
+        """``v`` zero-padded to ``width``; ``v`` itself where it already fits and is 64-byte aligned (the kernels'
+        vector loads assume TVM's alignment: a row of a batch at an odd offset segfaulted)."""
+        if (v.dtype == torch.float32 and v.shape[0] == width and v.is_contiguous() and not v.requires_grad
+                and v.data_ptr() % 64 == 0):
             return v  # the decode loop's case: no new tensor
         v = v.detach().to(torch.float32)
         out = v.new_zeros(width)
