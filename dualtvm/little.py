@@ -127,8 +127,7 @@ class LittleModule:
 
     def project(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Steps 1 of Algorithm 1: [Q(P_x x); Q(P_h h)] (fake-quantised, per vector)."""
-        return torch.cat([fake_quantize_activations(self.proj_x.apply(x), self.act_bits),
-                          fake_quantize_activations(self.proj_h.apply(h), self.act_bits)], dim=-1)
+        return project_pair(self.proj_x, self.proj_h, x, h, self.act_bits)
 
     def preactivations(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Step 2 before φ: W_LL z + b_LL."""
@@ -198,6 +197,13 @@ class SampleRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def project_pair(p_a: SparseProjection, p_b: SparseProjection, a: torch.Tensor, b: torch.Tensor, act_bits: int
+                 ) -> torch.Tensor:
+    """[Q(P_a a); Q(P_b b)]: two projections, each quantised at run time with its own scale (step 1)."""
+    return torch.cat([fake_quantize_activations(p_a.apply(a), act_bits),
+                      fake_quantize_activations(p_b.apply(b), act_bits)], dim=-1)
 
 
 def design_matrix(little_x: SparseProjection, little_h: SparseProjection, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

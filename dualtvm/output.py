@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 
 from .dual import MaskStats
-from .little import design_matrix, least_squares
+from .little import design_matrix, least_squares, project_pair
 from .projection import SparseProjection
-from .quantize import QuantizedTensor, fake_quantize_activations, quantize
+from .quantize import QuantizedTensor, quantize
 from .thresholds import INF, QUANTILE_LEVELS, check_ratio
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,7 @@ class OutputLittle:
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Step 1: [Q(P_lo x_lo); Q(P_hi x_hi)], each half quantised with its own scale."""
-        s = self.split
-        return torch.cat([fake_quantize_activations(self.proj_lo.apply(x[..., :s]), self.act_bits),
-                          fake_quantize_activations(self.proj_hi.apply(x[..., s:]), self.act_bits)], dim=-1)
+        return project_pair(self.proj_lo, self.proj_hi, x[..., : self.split], x[..., self.split :], self.act_bits)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Step 2: y_LL = W_LL z + b_LL for every row."""
