@@ -64,15 +64,17 @@ def _breakdown_table(rows: list[dict]) -> str:
 
 
 def baselines(doc: dict) -> str:
-    out = ["| model | epochs | train PPL | valid PPL | test PPL | wall s | command |", "|---|---|---|---|---|---|---|"]
+    out = ["| model | epochs | metric | train | valid | test | wall s | command |", "|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         if "finetune_batches" in r:  # older pruning rows lack their base's epochs: the base row has them
             base_epochs = r.get("epochs", next((b.get("epochs") for b in doc["rows"] if b["model"] == r.get("pruned_from")), "?"))
             epochs = f"{base_epochs} + {r['finetune_batches']} batches"
         else:
             epochs = r.get("epochs", "")
-        out.append(f"| {r['model']} | {epochs} | {r.get('train_ppl', '')} | {r.get('valid_ppl', r.get('valid_bleu', ''))} | "
-                   f"{r.get('test_ppl', r.get('test_bleu', ''))} | {r['wall_s']} | `{r['command']}` |")
+        metric = "BLEU" if "test_bleu" in r else "PPL"
+        out.append(f"| {r['model']} | {epochs} | {metric} | {r.get('train_ppl', '')} | "
+                   f"{r.get('valid_ppl', r.get('valid_bleu', ''))} | {r.get('test_ppl', r.get('test_bleu', ''))} | "
+                   f"{r['wall_s']} | `{r['command']}` |")
     return "\n".join(out)
 
 
