@@ -13,6 +13,8 @@ can split it into vector lanes without tails.  Kernels (Algorithm 1):
 * ``masked_gemv``    step 4: fp32 big rows listed by the mask, nothing else is read
 * ``lstm_assemble`` / ``gru_assemble``  step 5: eq. 1 and the cell update (eq. 6 / GRU)
 * ``gemv``, ``lstm_dense_cell``, ``gru_dense_cell``: the dense baseline, same toolchain
+* ``band_mask`` / ``band_assemble``: steps 3 and 5 of the dual-module *output projection*
+  (:mod:`dualtvm.output`; steps 1, 2 and 4 are the kernels above, ``output_kernels``)
 """
 from __future__ import annotations
 
