@@ -208,9 +208,9 @@ def compile_decoder(spec: DecoderSpec, target: "str | TargetSpec", database=None
     import tvm
 
     target = parse_target(target)
-    if spec.dual and any(s.codes for s in spec.layers) and not target.has_feature("avx2"):
-        raise ValueError(f"little GEMVs on integer codes (INT4, or INT8 with int8_codes) need AVX2 (pmaddubsw); "
-                         f"target {target.cli!r} lacks it: use INT8 weights shaped with LayerShape.for_target")
+    if spec.dual:
+        for s in spec.layers:
+            s.check_target(target)
     mod = build_ir(spec, target, database)
     return tvm.compile(mod, target=target.to_tvm())
 

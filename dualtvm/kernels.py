@@ -568,9 +568,15 @@ class LittlePath:
         return int4_padded(self.k)
 
     @property
-    def little_suffix(self) -> str:
-        """Tag suffix of the projection and little GEMV: their kernels differ with the path."""
-        return "_w4" if self.little_bits == 4 else "_c8" if self.int8_codes else ""
+    def little_tag(self) -> str:
+        """The projection's and little GEMV's tag: their kernels differ with the path."""
+        return self.tag + ("_w4" if self.little_bits == 4 else "_c8" if self.int8_codes else "")
+
+    def check_target(self, target) -> None:
+        """Refuse a target that cannot run this path: the integer little GEMVs need AVX2 (``pmaddubsw``)."""
+        if self.codes and not target.has_feature("avx2"):
+            raise ValueError(f"little GEMVs on integer codes (INT4, or INT8 with int8_codes) need AVX2 (pmaddubsw); "
+                             f"target {target.cli!r} lacks it: use INT8 weights shaped with for_target")
 
     def little_weight_shape(self, rows: int) -> tuple:
         """(shape, dtype) of the packed W_LL of ``rows`` outputs (:func:`pack_little_weight`)."""
@@ -609,9 +615,6 @@ class LayerShape(LittlePath):
     def tag(self) -> str:
         return f"{self.rnn_type.lower()}_{self.hidden}_{self.input_size}_k{self.k}"
 
-    @property
-    def little_tag(self) -> str:
-        return self.tag + self.little_suffix
 
 
 @dataclass(frozen=True)
@@ -642,9 +645,6 @@ class OutputShape(LittlePath):
     def tag(self) -> str:
         return f"out_{self.rows}_{self.cols}_k{self.k}"
 
-    @property
-    def little_tag(self) -> str:
-        return self.tag + self.little_suffix
 
 
 def pack_little_weight(s: LittlePath, codes: np.ndarray) -> np.ndarray:

@@ -114,9 +114,10 @@ def build_dual_linear_ir(s: OutputShape, target: TargetSpec, database=None):
     return bb.get()
 
 
-def split_layout(a: np.ndarray, s: OutputShape) -> np.ndarray:
-    """Columns of ``a`` (…, cols) in the dual output projection's input layout: [low half, 0…, high half, 0…]."""
-    out = np.zeros(a.shape[:-1] + (s.cols_p,), a.dtype)
+def split_layout(a, s: OutputShape, out=None):
+    """Columns of ``a`` (…, cols) in the dual output projection's input layout: [low half, 0…, high half, 0…],
+    into ``out`` (zeros, numpy or torch) or a new numpy array."""
+    out = np.zeros(a.shape[:-1] + (s.cols_p,), a.dtype) if out is None else out
     out[..., : s.split] = a[..., : s.split]
     out[..., s.half_p : s.half_p + s.cols - s.split] = a[..., s.split :]
     return out
@@ -138,8 +139,7 @@ def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str 
     if little.big_hash != weight_hash(weight, bias):
         raise ValueError("the output little module was fitted to other weights (hash mismatch)")
     s = OutputShape(rows, cols, little.k, little.weight.bits).for_target(tgt)
-    if s.codes and not tgt.has_feature("avx2"):
-        raise ValueError(f"INT4 little GEMVs need AVX2 (pmaddubsw); target {tgt.cli!r} lacks it")
+    s.check_target(tgt)
     ex = tvm.compile(build_dual_linear_ir(s, tgt, database), target=tgt.to_tvm())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -100,13 +100,15 @@ def output_inputs(model: Seq2Seq, pairs: list[tuple[list[int], list[int]]], batc
     return xs
 
 
-def dual_output(tr: Translator, corpus: ParallelCorpus | None, artefact: Path, cfg: OutputConfig | None = None,
+def dual_output(tr: Translator, corpus: ParallelCorpus | None, checkpoint: Path, cfg: OutputConfig | None = None,
                 max_rows: int = 200_000, batch_size: int = 64) -> DualOutput:
-    """The dual-module output projection (:mod:`dualtvm.output`): loaded from ``artefact`` if it fits the model's
-    output projection, else fitted on training pairs, calibrated on validation and saved there."""
+    """The dual-module output projection (:mod:`dualtvm.output`): loaded from ``<stem>.little-output.npz`` beside
+    ``checkpoint`` if it fits the model's output projection, else fitted on training pairs, calibrated on
+    validation and saved there."""
     from .artefact import ArtefactError, load_output_little, save_output_little
 
     model = tr.model
+    artefact = checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.little-output.npz")
     try:
         return DualOutput(model.out, load_output_little(artefact, linear_hash(model.out)))
     except ArtefactError as e:
@@ -301,18 +303,50 @@ def bleu(model: Seq2Seq, corpus: ParallelCorpus, split: str = "test", backend: B
 
 
 # --------------------------------------------------------------------------- compiled layers
-class CompiledLayer(nn.Module):
+class _FoldedStats(nn.Module):
+    """Mask statistics of a compiled stand-in, kept like :class:`DualModuleLayer`'s so the measured insensitive
+    ratio can be reported, but counted every ``FOLD_EVERY`` steps: a torch reduction right after each compiled
+    step cost 0.06–0.15 ms, a tenth of a 1024-unit dual-module layer (measured in the decode loop).  Subclasses
+    :meth:`_record` each step's mask output and count a batch of them in :meth:`_count`."""
+
+    FOLD_EVERY = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats = MaskStats()
+
+    @property
+    def stats(self) -> MaskStats:
+        """Insensitive rows over the steps since the last reset (folds the pending masks)."""
+        self._fold()
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: MaskStats) -> None:
+        self._stats, self._pending = value, []
+
+    def _record(self, mask_output: torch.Tensor) -> None:
+        self._pending.append(mask_output)
+        if len(self._pending) >= self.FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        if self._pending:
+            self._count(self._pending)
+            self._pending = []
+
+    def _count(self, pending: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+class CompiledLayer(_FoldedStats):
     """A compiled single-layer decode step with the ``nn.LSTM`` call signature (seq len 1).
 
     The compiled step is batch 1: a batch (beam) is stepped row by row.  Torch tensors go to the
     VM and come back zero-copy (DLPack) through :meth:`CompiledDecoder.run`; only inputs whose
-    width is not the kernels' padded width are copied into a staging buffer.  Mask statistics are
-    kept like :class:`DualModuleLayer`'s so the measured insensitive ratio can be reported, but
-    counted every ``FOLD_EVERY`` steps: a torch reduction right after each compiled step cost
-    0.06–0.15 ms, a tenth of a 1024-unit dual-module layer (measured in the decode loop).
+    width is not the kernels' padded width are copied into a staging buffer.  Mask statistics per gate
+    (:class:`_FoldedStats`).
     """
-
-    FOLD_EVERY = 64
 
     def __init__(self, build_dir: str | os.PathLike) -> None:
         super().__init__()
@@ -322,26 +356,12 @@ class CompiledLayer(nn.Module):
         self.dec = CompiledDecoder(build_dir)
         (self.shape,) = self.dec.spec.layers
         self.gates = layout(self.shape.rnn_type).gates
-        self.stats = MaskStats()
 
-    @property
-    def stats(self):
-        """Insensitive rows per gate over the steps since the last reset (folds the pending masks)."""
-        self._fold()
-        return self._stats
-
-    @stats.setter
-    def stats(self, value) -> None:
-        self._stats, self._pending = value, []
-
-    def _fold(self) -> None:
-        if not self._pending:
-            return
-        n, H = len(self._pending), self.shape.hidden
-        sensitive = (torch.stack(self._pending) >= 0).view(n, len(self.gates), H).sum(dim=(0, 2)).tolist()
+    def _count(self, pending: list[torch.Tensor]) -> None:
+        n, H = len(pending), self.shape.hidden
+        sensitive = (torch.stack(pending) >= 0).view(n, len(self.gates), H).sum(dim=(0, 2)).tolist()
         for gate, k in zip(self.gates, sensitive):
             self._stats.add_counts(gate, n * H - k, n * H)
-        self._pending = []
 
     def set_insensitive_ratio(self, ratio) -> None:
         self.dec.set_insensitive_ratio(ratio)
@@ -370,9 +390,7 @@ class CompiledLayer(nn.Module):
             hs.append(out[1][:H])
             cs.append(out[2][:H])
             if self.dec.spec.dual:  # (row positions, -1 where insensitive)
-                self._pending.append(out[3])
-                if len(self._pending) >= self.FOLD_EVERY:
-                    self._fold()
+                self._record(out[3])
         if B == 1:
             h = hs[0].view(1, 1, H)
             return h, (h, cs[0].view(1, 1, H))
@@ -418,60 +436,42 @@ def compiled_layers(folders: list[Path]) -> list[CompiledLayer]:
     return [CompiledLayer(f) for f in folders]
 
 
-class CompiledProjection(nn.Module):
+class CompiledProjection(_FoldedStats):
     """An ``nn.Linear`` as a compiled batch-1 GEMV (:mod:`dualtvm.linear`): (B, in) → (B, out), row by row.
     The decoder's output projection and attention's query projection run this way in the compiled backends.
 
     A dual build (the dual-module output projection) also takes :meth:`set_insensitive_ratio` and keeps mask
-    statistics like :class:`CompiledLayer` (gate ``logits``), counted every ``FOLD_EVERY`` steps."""
-
-    FOLD_EVERY = CompiledLayer.FOLD_EVERY
+    statistics (gate ``logits``, :class:`_FoldedStats`)."""
 
     def __init__(self, build_dir: str | os.PathLike) -> None:
         super().__init__()
         from .linear import CompiledLinear
 
         self.linear = CompiledLinear(build_dir)
-        self.stats = MaskStats()
 
-    @property
-    def stats(self) -> MaskStats:
-        self._fold()
-        return self._stats
-
-    @stats.setter
-    def stats(self, value: MaskStats) -> None:
-        self._stats, self._pending = value, []
-
-    def _fold(self) -> None:
-        if self._pending:
-            sensitive = int(torch.stack(self._pending).sum())
-            n = len(self._pending) * self.linear.rows
-            self._stats.add_counts(OUTPUT_GATE, n - sensitive, n)
-            self._pending = []
+    def _count(self, pending: list[torch.Tensor]) -> None:
+        sensitive = int(torch.stack(pending).sum())
+        n = len(pending) * self.linear.rows
+        self._stats.add_counts(OUTPUT_GATE, n - sensitive, n)
 
     def set_insensitive_ratio(self, ratio: float) -> None:
         self.linear.set_insensitive_ratio(ratio)
 
     def _input(self, v: torch.Tensor) -> torch.Tensor:
         """One input row in the build's layout, padded (torch allocations keep TVM's 64-byte alignment)."""
+        from .linear import split_layout
+
         lin = self.linear
         if not lin.dual or lin.cols == lin.cols_padded:
             return CompiledLayer._padded(v, lin.cols_padded)
-        s = lin.shape
-        out = v.new_zeros(s.cols_p, dtype=torch.float32)
-        out[: s.split] = v[: s.split]
-        out[s.half_p : s.half_p + s.cols - s.split] = v[s.split :]
-        return out
+        return split_layout(v, lin.shape, v.new_zeros(lin.cols_padded, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = []
         for b in range(x.shape[0]):
             outs.append(self.linear.run(self._input(x[b])))
             if self.linear.dual:
-                self._pending.append(self.linear.last_count)
-                if len(self._pending) >= self.FOLD_EVERY:
-                    self._fold()
+                self._record(self.linear.last_count)
         return torch.stack(outs)
 
 
@@ -595,7 +595,7 @@ def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str,
     if output_ratio is not None:
         if not backend.endswith("dual"):
             raise ValueError(f"output_ratio is for the dual-module backends, not {backend!r}")
-        dual_out = dual_output(tr, corpus, checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.little-output.npz"))
+        dual_out = dual_output(tr, corpus, checkpoint)
         dual_out.set_insensitive_ratio(output_ratio)
     if not backend.startswith("tvm-"):
         return Backend(layers, dual_out)

@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               "reference_ppl": round(base_ppl, 3), "same_as_big": 1.0})
         out = None
         if a.output_ratio is not None:
-            stem = a.checkpoint.name.split(".")[0]
-            out = dual_output(tr, corpus, a.checkpoint.with_name(f"{stem}.little-output.npz"))
+            out = dual_output(tr, corpus, a.checkpoint)
             out.set_insensitive_ratio(a.output_ratio)
         for b in bits:
             duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b)
