@@ -130,53 +130,70 @@ def build_ir(spec: DecoderSpec, target: TargetSpec, database=None):
     s0 = spec.layers[0]
     x_in = relax.Var("x", ten((s0.dxp,)))
     params = [x_in]
-    layer_vars = []
-    for i, s in enumerate(spec.layers):
-        st = {n: relax.Var(f"l{i}_{n}", ten((s.hp,))) for n in state_names(s)}
-        shapes = _param_shapes(s, spec.dual)
-        ws = {n: relax.Var(f"l{i}_{n}", ten(*shapes[n])) for n in layer_param_names(s, spec.dual)}
+    layer_vars = [layer_inputs(f"l{i}", s, spec.dual) for i, s in enumerate(spec.layers)]
+    for st, ws in layer_vars:
         params += list(st.values()) + list(ws.values())
-        layer_vars.append((st, ws))
     with bb.function("step", params):
         with bb.dataflow():
             x = x_in
             outs_state, counts = [], []
             for i, (s, (st, ws)) in enumerate(zip(spec.layers, layer_vars)):
-                t = s.tag
-                call = lambda name, args, sinfo, tag=t: bb.emit(relax.call_tir(gvs[f"{name}_{tag}"], args, sinfo))  # noqa: E731
-                if spec.dual:
-                    lt = s.little_tag
-                    pre = emit_little(bb, gvs, s, lt, [ws["px"], ws["ph"], x, st["h"]],
-                                      [ws["wq"], ws["wscale"], ws["bias_ll"]], 4 * s.hidden)
-                    m = call("mask", [pre, ws["lo"], ws["hi"]],
-                             [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
-                    rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
-                    counts.append(pos)
-                if s.rnn_type == "LSTM":
-                    xh = call("concat", [x, st["h"]], ten((s.dxp + s.hp,)))
-                    if spec.dual:
-                        yc = call("masked_gemv", [ws["w"], xh, rows, count], ten((s.n,)))
-                        res = call("lstm_assemble", [pre, yc, pos, ws["bias"], st["c"]], [ten((s.hp,)), ten((s.hp,))])
-                    else:
-                        y = call("gemv", [ws["w"], xh], ten((s.n,)))
-                        res = call("lstm_dense_cell", [y, ws["bias"], st["c"]], [ten((s.hp,)), ten((s.hp,))])
-                    h_new, c_new = bb.emit(relax.TupleGetItem(res, 0)), bb.emit(relax.TupleGetItem(res, 1))
-                    outs_state += [h_new, c_new]
-                else:
-                    if spec.dual:
-                        ycx = call("masked_gemv_x", [ws["w_ih"], x, rows, count], ten((s.n,)))
-                        ych = call("masked_gemv_h", [ws["w_hh"], st["h"], rows, count], ten((s.n,)))
-                        h_new = call("gru_assemble", [pre, ycx, ych, pos, ws["b_ih"], ws["b_hh"], st["h"]],
-                                     ten((s.hp,)))
-                    else:
-                        yx = call("gemv_x", [ws["w_ih"], x], ten((s.n,)))
-                        yh = call("gemv_h", [ws["w_hh"], st["h"]], ten((s.n,)))
-                        h_new = call("gru_dense_cell", [yx, yh, ws["b_ih"], ws["b_hh"], st["h"]], ten((s.hp,)))
-                    outs_state.append(h_new)
+                h_new, new_state, pos = emit_layer(bb, gvs, s, spec.dual, x, st, ws)
+                outs_state += new_state
+                counts += [pos] if pos is not None else []
                 x = bb.emit(relax.op.add(h_new, x)) if spec.residual[i] else h_new
             out = bb.emit_output(relax.Tuple([x, *outs_state, *counts]))
         bb.emit_func_output(out)
     return bb.get()
+
+
+def layer_inputs(prefix: str, s: LayerShape, dual: bool) -> tuple[dict, dict]:
+    """Relax vars of one layer's state and weights (``<prefix>_<name>``), in the order the step takes them."""
+    from tvm import relax
+
+    shapes = _param_shapes(s, dual)
+    st = {n: relax.Var(f"{prefix}_{n}", relax.TensorType((s.hp,), "float32")) for n in state_names(s)}
+    ws = {n: relax.Var(f"{prefix}_{n}", relax.TensorType(*shapes[n])) for n in layer_param_names(s, dual)}
+    return st, ws
+
+
+def emit_layer(bb, gvs: dict, s: LayerShape, dual: bool, x, st: dict, ws: dict):
+    """Emit one layer's step (Algorithm 1 for a dual layer, the dense GEMV and cell otherwise) into a Relax
+    dataflow block: input ``x``, state vars ``st`` (``state_names``), weight vars ``ws`` (``layer_param_names``).
+    Returns (new h, [new state vars], the mask's ``pos`` vector or None for a dense layer)."""
+    from tvm import relax
+
+    ten = relax.TensorType
+    t = s.tag
+
+    def call(name, args, sinfo):
+        return bb.emit(relax.call_tir(gvs[f"{name}_{t}"], args, sinfo))
+
+    pos = None
+    if dual:
+        pre = emit_little(bb, gvs, s, s.little_tag, [ws["px"], ws["ph"], x, st["h"]],
+                          [ws["wq"], ws["wscale"], ws["bias_ll"]], 4 * s.hidden)
+        m = call("mask", [pre, ws["lo"], ws["hi"]], [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
+        rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
+    if s.rnn_type == "LSTM":
+        xh = call("concat", [x, st["h"]], ten((s.dxp + s.hp,), "float32"))
+        if dual:
+            yc = call("masked_gemv", [ws["w"], xh, rows, count], ten((s.n,), "float32"))
+            res = call("lstm_assemble", [pre, yc, pos, ws["bias"], st["c"]], [ten((s.hp,), "float32")] * 2)
+        else:
+            y = call("gemv", [ws["w"], xh], ten((s.n,), "float32"))
+            res = call("lstm_dense_cell", [y, ws["bias"], st["c"]], [ten((s.hp,), "float32")] * 2)
+        h_new, c_new = bb.emit(relax.TupleGetItem(res, 0)), bb.emit(relax.TupleGetItem(res, 1))
+        return h_new, [h_new, c_new], pos
+    if dual:
+        ycx = call("masked_gemv_x", [ws["w_ih"], x, rows, count], ten((s.n,), "float32"))
+        ych = call("masked_gemv_h", [ws["w_hh"], st["h"], rows, count], ten((s.n,), "float32"))
+        h_new = call("gru_assemble", [pre, ycx, ych, pos, ws["b_ih"], ws["b_hh"], st["h"]], ten((s.hp,), "float32"))
+    else:
+        yx = call("gemv_x", [ws["w_ih"], x], ten((s.n,), "float32"))
+        yh = call("gemv_h", [ws["w_hh"], st["h"]], ten((s.n,), "float32"))
+        h_new = call("gru_dense_cell", [yx, yh, ws["b_ih"], ws["b_hh"], st["h"]], ten((s.hp,), "float32"))
+    return h_new, [h_new], pos
 
 
 def emit_little(bb, gvs: dict, s: LittlePath, tag: str, project_args: list, weights: list, rows: int):

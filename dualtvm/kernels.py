@@ -537,6 +537,25 @@ def concat(a: int, b: int, name: str = "concat"):
     return _named(f, name)
 
 
+def split_halves(width: int, s: "OutputShape", name: str = "split_halves"):
+    """A vector (``width`` ≥ ``s.cols``, zeros past ``cols``) in the dual output projection's input layout
+    [low half, zeros, high half, zeros] (``s.cols_p``): what ``linear.split_layout`` does on the host."""
+    lo, hi_n, half_p = s.split, s.cols - s.split, s.half_p
+
+    @T.prim_func(s_tir=True)
+    def f(x: T.Buffer((width,), "float32"), out: T.Buffer((2 * half_p,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for i in range(2 * half_p):
+            with T.sblock("split"):
+                vi = T.axis.remap("S", [i])
+                out[vi] = T.if_then_else(vi < lo, x[T.min(vi, lo - 1)],
+                                         T.if_then_else(half_p <= vi and vi < half_p + hi_n,
+                                                        x[T.min(T.max(vi - half_p + lo, 0), width - 1)],
+                                                        T.float32(0)))
+
+    return _named(f, name)
+
+
 class LittlePath:
     """What the compiled little module of a shape runs on (``k``, ``little_bits``, ``int8_codes`` fields):
     shared by :class:`LayerShape` and :class:`OutputShape`."""

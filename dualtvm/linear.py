@@ -87,31 +87,52 @@ def build_dual_linear_ir(s: OutputShape, target: TargetSpec, database=None):
     """IRModule with ``dual_linear``: logits (rows,) and the sensitive-row count (1,) of a padded input (cols_p,)."""
     from tvm import relax
 
-    from .decoder import emit_little, scheduled
+    from .decoder import scheduled
 
     bb = relax.BlockBuilder()
     gvs = {name: bb.add_func(scheduled(f, target, database), name) for name, f in output_kernels(s).items()}
-    ten = relax.TensorType
-    t = s.tag
-    x = relax.Var("x", ten((s.cols_p,), "float32"))
-    w, b = relax.Var("W", ten((s.rows, s.cols_p), "float32")), relax.Var("b", ten((s.rows,), "float32"))
-    p_lo, p_hi = (relax.Var(n, ten((s.k, s.half_p), "int8")) for n in ("P_lo", "P_hi"))
-    w_ll = relax.Var("W_LL", ten(*s.little_weight_shape(s.rows)))
-    scale, b_ll = relax.Var("scale", ten((s.rows,), "float32")), relax.Var("b_LL", ten((s.rows,), "float32"))
-    theta = relax.Var("theta", ten((1,), "float32"))
-    with bb.function("dual_linear", [x, w, b, p_lo, p_hi, w_ll, scale, b_ll, theta]):
+    x = relax.Var("x", relax.TensorType((s.cols_p,), "float32"))
+    params = dual_linear_inputs(s)
+    with bb.function("dual_linear", [x, *params]):
         with bb.dataflow():
-            halves = bb.emit(relax.op.split(x, 2))
-            lo, hi = (bb.emit(relax.TupleGetItem(halves, j)) for j in range(2))
-            pre = emit_little(bb, gvs, s, s.little_tag, [p_lo, p_hi, lo, hi], [w_ll, scale, b_ll], s.rows)
-            m = bb.emit(relax.call_tir(gvs[f"band_mask_{t}"], [pre, theta],
-                                       [ten((s.rows,), "int32"), ten((s.rows,), "int32"), ten((1,), "int32")]))
-            rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
-            yc = bb.emit(relax.call_tir(gvs[f"masked_gemv_{t}"], [w, x, rows, count], ten((s.rows,), "float32")))
-            out = bb.emit(relax.call_tir(gvs[f"band_assemble_{t}"], [pre, yc, pos, b], ten((s.rows,), "float32")))
+            out, count = emit_dual_linear(bb, gvs, s, x, params)
             res = bb.emit_output(relax.Tuple([out, count]))
         bb.emit_func_output(res)
     return bb.get()
+
+
+def dual_linear_inputs(s: OutputShape, prefix: str = "") -> list:
+    """Relax vars of the dual output projection's parameters (W, b, P_lo, P_hi, W_LL, scale, b_LL, θ)."""
+    from tvm import relax
+
+    ten = relax.TensorType
+    return [relax.Var(prefix + "W", ten((s.rows, s.cols_p), "float32")), relax.Var(prefix + "b", ten((s.rows,), "float32")),
+            relax.Var(prefix + "P_lo", ten((s.k, s.half_p), "int8")), relax.Var(prefix + "P_hi", ten((s.k, s.half_p), "int8")),
+            relax.Var(prefix + "W_LL", ten(*s.little_weight_shape(s.rows))),
+            relax.Var(prefix + "scale", ten((s.rows,), "float32")), relax.Var(prefix + "b_LL", ten((s.rows,), "float32")),
+            relax.Var(prefix + "theta", ten((1,), "float32"))]
+
+
+def emit_dual_linear(bb, gvs: dict, s: OutputShape, x, params: list):
+    """Emit the dual output projection of ``x`` (:func:`split_layout`, ``cols_p``) into a Relax dataflow block:
+    steps 1–2 of Algorithm 1, the band mask, the masked GEMV and eq. 1.  ``params``: :func:`dual_linear_inputs`.
+    Returns (logits, sensitive-row count)."""
+    from tvm import relax
+
+    from .decoder import emit_little
+
+    ten = relax.TensorType
+    t = s.tag
+    w, b, p_lo, p_hi, w_ll, scale, b_ll, theta = params
+    halves = bb.emit(relax.op.split(x, 2))
+    lo, hi = (bb.emit(relax.TupleGetItem(halves, j)) for j in range(2))
+    pre = emit_little(bb, gvs, s, s.little_tag, [p_lo, p_hi, lo, hi], [w_ll, scale, b_ll], s.rows)
+    m = bb.emit(relax.call_tir(gvs[f"band_mask_{t}"], [pre, theta],
+                               [ten((s.rows,), "int32"), ten((s.rows,), "int32"), ten((1,), "int32")]))
+    rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
+    yc = bb.emit(relax.call_tir(gvs[f"masked_gemv_{t}"], [w, x, rows, count], ten((s.rows,), "float32")))
+    out = bb.emit(relax.call_tir(gvs[f"band_assemble_{t}"], [pre, yc, pos, b], ten((s.rows,), "float32")))
+    return out, count
 
 
 def split_layout(a, s: OutputShape, out=None):
@@ -123,6 +144,18 @@ def split_layout(a, s: OutputShape, out=None):
     return out
 
 
+def pack_dual_linear(weight: np.ndarray, bias: np.ndarray, little, s: OutputShape) -> dict[str, np.ndarray]:
+    """The dual output projection's parameters in its kernels' layouts, in :func:`dual_linear_inputs` order
+    (θ apart: it is the run-time knob)."""
+    from .quantize import kernel_codes
+
+    codes, scale = kernel_codes(little.weight)
+    pad = lambda a: np.pad(a, ((0, 0), (0, s.half_p - a.shape[1])))  # noqa: E731
+    return {"w": split_layout(np.asarray(weight, np.float32), s), "b": np.asarray(bias, np.float32),
+            "p_lo": pad(little.proj_lo.signs), "p_hi": pad(little.proj_hi.signs), "w_ll": pack_little_weight(s, codes),
+            "scale": scale, "b_ll": little.bias.numpy().astype(np.float32)}
+
+
 def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str | TargetSpec,
                       out_dir: str | os.PathLike, database=None) -> Path:
     """Compile the dual output projection of ``y = W x + b`` with ``little`` (an :class:`~dualtvm.output.OutputLittle`
@@ -132,7 +165,6 @@ def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str 
 
     from .artefact import save_output_little
     from .checkpoint import git_revision
-    from .quantize import kernel_codes
 
     tgt = parse_target(target).with_default_cores()
     rows, cols = weight.shape
@@ -144,11 +176,7 @@ def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ex.export_library(str(out / "linear.so"))
-    codes, scale = kernel_codes(little.weight)
-    pad = lambda a: np.pad(a, ((0, 0), (0, s.half_p - a.shape[1])))  # noqa: E731
-    np.savez(out / "params.npz", w=split_layout(np.asarray(weight, np.float32), s), b=np.asarray(bias, np.float32),
-             p_lo=pad(little.proj_lo.signs), p_hi=pad(little.proj_hi.signs), w_ll=pack_little_weight(s, codes),
-             scale=scale, b_ll=little.bias.numpy().astype(np.float32))
+    np.savez(out / "params.npz", **pack_dual_linear(weight, bias, little, s))
     save_output_little(out / "little_output.npz", little)
     manifest = {"version": LINEAR_VERSION, "dual": True, "rows": rows, "cols": cols, "k": s.k,
                 "little_bits": s.little_bits, "int8_codes": s.int8_codes, "target": tgt.to_dict(),

@@ -142,6 +142,26 @@ class Backend:
     output: nn.Module | None = None
     torch_threads: int | None = None
     attention_query: nn.Module | None = None  # attention's query projection (None: ``model.att_q``)
+    step: nn.Module | None = None  # a whole compiled decode step (gnmt_step.CompiledStep): replaces the three above
+
+    def decode_step(self, model: Seq2Seq, token: torch.Tensor, state, mem: torch.Tensor, pad: torch.Tensor):
+        """One target step of ``model`` with this backend's stand-ins: (logits, new state)."""
+        if self.step is not None:
+            return self.step(token, state, mem, pad)
+        return model.decode_step(token, state, mem, pad, self.layers, self.output, self.attention_query)
+
+    @property
+    def mask_layers(self) -> list[nn.Module]:
+        """The modules holding the decoder layers' mask statistics (empty for dense layers)."""
+        if self.step is not None:
+            return self.step.layers
+        return [l for l in self.layers or [] if hasattr(l, "stats")]
+
+    @property
+    def mask_output(self) -> nn.Module | None:
+        """The module holding the dual output projection's mask statistics (None without one)."""
+        out = self.step.output if self.step is not None else self.output
+        return out if hasattr(out, "stats") else None
 
 
 @contextmanager
@@ -184,7 +204,7 @@ def greedy_search(model: Seq2Seq, mem: torch.Tensor, pad: torch.Tensor, bos: int
     done = torch.zeros(batch, dtype=torch.bool)
     with torch.no_grad(), torch_threads(be.torch_threads):
         for _ in range(max_len):
-            logits, state = model.decode_step(tok, state, mem, pad, be.layers, be.output, be.attention_query)
+            logits, state = be.decode_step(model, tok, state, mem, pad)
             tok = logits.argmax(-1)
             for b in range(batch):
                 if not done[b]:
@@ -214,8 +234,7 @@ def beam_search(model: Seq2Seq, src_ids: list[int], bos: int, eos: int, beam: in
             tok = torch.tensor([h[0][-1] if h[0] else bos for h in hyps])
             states = ([tuple(torch.cat([h[2][0][l][j] for h in hyps], 1) for j in range(2))
                        for l in range(len(layer_states))], torch.cat([h[2][1] for h in hyps]))
-            logits, (new_layers, new_ctx) = model.decode_step(tok, states, mem.expand(-1, n, -1), pad.expand(-1, n),
-                                                              be.layers, be.output, be.attention_query)
+            logits, (new_layers, new_ctx) = be.decode_step(model, tok, states, mem.expand(-1, n, -1), pad.expand(-1, n))
             logp = logits.log_softmax(-1)
             scores = torch.tensor([h[1] for h in hyps]).unsqueeze(1) + logp
             top = scores.view(-1).topk(min(2 * beam, scores.numel()))
@@ -339,29 +358,52 @@ class _FoldedStats(nn.Module):
         raise NotImplementedError
 
 
-class CompiledLayer(_FoldedStats):
-    """A compiled single-layer decode step with the ``nn.LSTM`` call signature (seq len 1).
+class GateStats(_FoldedStats):
+    """Per-gate mask statistics of a compiled layer of shape ``shape``, from the mask kernel's ``pos`` vectors."""
 
-    The compiled step is batch 1: a batch (beam) is stepped row by row.  Torch tensors go to the
-    VM and come back zero-copy (DLPack) through :meth:`CompiledDecoder.run`; only inputs whose
-    width is not the kernels' padded width are copied into a staging buffer.  Mask statistics per gate
-    (:class:`_FoldedStats`).
-    """
-
-    def __init__(self, build_dir: str | os.PathLike) -> None:
+    def __init__(self, shape) -> None:
         super().__init__()
         from .gates import layout
-        from .runtime import CompiledDecoder
 
-        self.dec = CompiledDecoder(build_dir)
-        (self.shape,) = self.dec.spec.layers
-        self.gates = layout(self.shape.rnn_type).gates
+        self.shape = shape
+        self.gates = layout(shape.rnn_type).gates
 
     def _count(self, pending: list[torch.Tensor]) -> None:
         n, H = len(pending), self.shape.hidden
         sensitive = (torch.stack(pending) >= 0).view(n, len(self.gates), H).sum(dim=(0, 2)).tolist()
         for gate, k in zip(self.gates, sensitive):
             self._stats.add_counts(gate, n * H - k, n * H)
+
+
+class RowStats(_FoldedStats):
+    """Mask statistics of a dual output projection of ``rows`` logits, from its sensitive-row counts."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def _count(self, pending: list[torch.Tensor]) -> None:
+        sensitive = int(torch.stack(pending).sum())
+        n = len(pending) * self.rows
+        self._stats.add_counts(OUTPUT_GATE, n - sensitive, n)
+
+
+class CompiledLayer(GateStats):
+    """A compiled single-layer decode step with the ``nn.LSTM`` call signature (seq len 1).
+
+    The compiled step is batch 1: a batch (beam) is stepped row by row.  Torch tensors go to the
+    VM and come back zero-copy (DLPack) through :meth:`CompiledDecoder.run`; only inputs whose
+    width is not the kernels' padded width are copied into a staging buffer.  Mask statistics per gate
+    (:class:`GateStats`).
+    """
+
+    def __init__(self, build_dir: str | os.PathLike) -> None:
+        from .runtime import CompiledDecoder
+
+        dec = CompiledDecoder(build_dir)
+        (shape,) = dec.spec.layers
+        super().__init__(shape)
+        self.dec = dec
 
     def set_insensitive_ratio(self, ratio) -> None:
         self.dec.set_insensitive_ratio(ratio)
@@ -436,23 +478,19 @@ def compiled_layers(folders: list[Path]) -> list[CompiledLayer]:
     return [CompiledLayer(f) for f in folders]
 
 
-class CompiledProjection(_FoldedStats):
+class CompiledProjection(RowStats):
     """An ``nn.Linear`` as a compiled batch-1 GEMV (:mod:`dualtvm.linear`): (B, in) → (B, out), row by row.
     The decoder's output projection and attention's query projection run this way in the compiled backends.
 
     A dual build (the dual-module output projection) also takes :meth:`set_insensitive_ratio` and keeps mask
-    statistics (gate ``logits``, :class:`_FoldedStats`)."""
+    statistics (gate ``logits``, :class:`RowStats`)."""
 
     def __init__(self, build_dir: str | os.PathLike) -> None:
-        super().__init__()
         from .linear import CompiledLinear
 
-        self.linear = CompiledLinear(build_dir)
-
-    def _count(self, pending: list[torch.Tensor]) -> None:
-        sensitive = int(torch.stack(pending).sum())
-        n = len(pending) * self.linear.rows
-        self._stats.add_counts(OUTPUT_GATE, n - sensitive, n)
+        linear = CompiledLinear(build_dir)
+        super().__init__(linear.rows)
+        self.linear = linear
 
     def set_insensitive_ratio(self, ratio: float) -> None:
         self.linear.set_insensitive_ratio(ratio)
@@ -554,9 +592,8 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
         raise ValueError(f"little_bits must be 8 or 4 (the compiled little GEMVs), not {little_bits}")
     if backend == "torch":
         return None
-    stem, suffix = checkpoint.name.split(".")[0], "" if little_bits == 8 else f"-w{little_bits}"
-    artefact = checkpoint.with_name(f"{stem}.little{suffix}.npz")
-    duals = dual_decoder(tr, corpus, artefact, LittleConfig(bits=little_bits))
+    suffix = _bits_suffix(little_bits)
+    duals = dual_decoder(tr, corpus, _little_artefact(checkpoint, little_bits), LittleConfig(bits=little_bits))
     if backend == "dual":
         layers: list[nn.Module] = duals
     else:
@@ -574,6 +611,15 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
     return layers
 
 
+def _bits_suffix(little_bits: int) -> str:
+    return "" if little_bits == 8 else f"-w{little_bits}"
+
+
+def _little_artefact(checkpoint: Path, little_bits: int) -> Path:
+    """Where the decoder layers' little modules of ``checkpoint`` are cached (``<stem>.little[-w4].npz``)."""
+    return checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.little{_bits_suffix(little_bits)}.npz")
+
+
 def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix: str = "") -> Path:
     from .target import parse_target
 
@@ -583,20 +629,25 @@ def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix
 
 def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
                     target: str = "llvm -mcpu=broadwell", ratio: float = 0.5, build_root: Path | None = None,
-                    little_bits: int = 8, output_ratio: float | None = None) -> Backend:
+                    little_bits: int = 8, output_ratio: float | None = None, fused_step: bool = False) -> Backend:
     """A backend by name: :func:`decoder_layers`, plus for the compiled ones the compiled output projection
     (``build/<stem>-<target-name>/output``).
 
     ``output_ratio``: a dual backend also runs the dual-module output projection (:mod:`dualtvm.output`) at that
     insensitive ratio; its little module is cached as ``<stem>.little-output.npz``, its build in ``output-dual``.
+    ``fused_step``: a compiled backend runs the whole decode step as one build (:mod:`dualtvm.gnmt_step`, two VM
+    calls per token; ``step-dense``, ``step-dual``, ``step-dual-out``) instead of compiled pieces in the PyTorch loop.
     """
-    layers = decoder_layers(tr, corpus, backend, checkpoint, target, ratio, build_root, little_bits)
     dual_out = None
     if output_ratio is not None:
         if not backend.endswith("dual"):
             raise ValueError(f"output_ratio is for the dual-module backends, not {backend!r}")
         dual_out = dual_output(tr, corpus, checkpoint)
         dual_out.set_insensitive_ratio(output_ratio)
+    if fused_step:
+        return _step_backend(tr, corpus, backend, checkpoint, target, ratio, build_root, little_bits, dual_out,
+                             output_ratio)
+    layers = decoder_layers(tr, corpus, backend, checkpoint, target, ratio, build_root, little_bits)
     if not backend.startswith("tvm-"):
         return Backend(layers, dual_out)
     folder = _build_folder(checkpoint, target, build_root)
@@ -607,6 +658,32 @@ def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str,
         output.set_insensitive_ratio(output_ratio)
     return Backend(layers, output, torch_threads=1,
                    attention_query=compiled_projection(tr.model.att_q, target, folder / "attention-query"))
+
+
+def _step_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path, target: str,
+                  ratio: float, build_root: Path | None, little_bits: int, dual_out: DualOutput | None,
+                  output_ratio: float | None) -> Backend:
+    """:func:`decoder_backend` with ``fused_step``: the whole compiled decode step, built unless it holds these
+    weights and little modules."""
+    from .gnmt_step import CompiledStep, build_step, built_for
+    from .tuning import target_database
+
+    if backend not in ("tvm-dense", "tvm-dual"):
+        raise ValueError(f"the fused decode step is compiled: backend tvm-dense or tvm-dual, not {backend!r}")
+    duals = None
+    if backend == "tvm-dual":
+        duals = dual_decoder(tr, corpus, _little_artefact(checkpoint, little_bits), LittleConfig(bits=little_bits))
+    little_out = dual_out.little if dual_out is not None else None
+    kind = "step-dense" if duals is None else "step-dual" + ("-out" if little_out is not None else "")
+    folder = _build_folder(checkpoint, target, build_root, _bits_suffix(little_bits) if duals else "") / kind
+    if not built_for(folder, tr.model, duals, little_out):
+        build_step(tr.model, target, folder, duals, little_out, target_database(target))
+    step = CompiledStep(folder)
+    if duals is not None:
+        step.set_insensitive_ratio(ratio)
+    if little_out is not None:
+        step.set_output_ratio(output_ratio)
+    return Backend(torch_threads=1, step=step)
 
 
 # --------------------------------------------------------------------------- speed
@@ -654,6 +731,10 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
     timed = {}
     for n in names:
         be = as_backend(backends[n])
+        if be.step is not None:  # one compiled step: no separate layer time
+            acc[n]["layer_clock"] = None
+            timed[n] = be
+            continue
         layers = [_Timed(l, acc[n]["layer_clock"]) for l in (be.layers or tr.model.decoder.layers)]
         timed[n] = replace(be, layers=layers)  # every other part of the backend as given
     tr.model.eval()
@@ -677,7 +758,8 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
         a = acc[n]
         wall = a["encode_s"] + a["decode_s"]
         out[n] = {"tokens": a["tokens"], "wall_s": wall, "encode_s": a["encode_s"], "decode_s": a["decode_s"],
-                  "layer_s": a["layer_clock"][0], "tokens_per_s": a["tokens"] / wall,
+                  "layer_s": a["layer_clock"][0] if a["layer_clock"] else None, "tokens_per_s": a["tokens"] / wall,
                   "decoder_tokens_per_s": a["tokens"] / a["decode_s"],
-                  "layer_ms_per_token": 1e3 * a["layer_clock"][0] / a["tokens"], "hyps": a["hyps"]}
+                  "layer_ms_per_token": 1e3 * a["layer_clock"][0] / a["tokens"] if a["layer_clock"] else None,
+                  "hyps": a["hyps"]}
     return out

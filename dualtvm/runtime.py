@@ -77,28 +77,18 @@ class CompiledDecoder:
 
     # ------------------------------------------------------------------ knobs
     def set_thresholds(self, per_layer: list[Thresholds]) -> None:
-        from .gates import layout
-
         for i, (s, th) in enumerate(zip(self.spec.layers, per_layer)):
-            lo, hi = th.pre_activation_bounds(layout(s.rnn_type), s.hidden)  # the mask kernel tests y_LL
+            lo, hi = mask_bounds(s, th)
             self._set(i, "lo", lo)
             self._set(i, "hi", hi)
 
     def set_insensitive_ratio(self, ratio: "float | list") -> None:
         """One ratio, or one per layer (float or {gate: ratio}), mapped through the stored calibration."""
-        from .gates import layout
-
         if not self.spec.dual:
             raise BuildError("this is a dense build: it has no insensitive ratio")
         if self.littles is None:
             raise BuildError("build has no little.npz calibration: use set_thresholds")
-        per_layer = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(self.spec.layers)
-        ths = []
-        for s, lm, r in zip(self.spec.layers, self.littles, per_layer):
-            gates = layout(s.rnn_type).gates
-            rs = r if isinstance(r, dict) else {g: r for g in gates}
-            ths.append(Thresholds({g: lm.calibration[g].band(check_ratio(rs[g])) for g in gates}))
-        self.set_thresholds(ths)
+        self.set_thresholds(ratio_thresholds(self.spec.layers, self.littles, ratio))
 
     def _set(self, layer: int, name: str, value: np.ndarray) -> None:
         import tvm
@@ -154,6 +144,29 @@ class CompiledDecoder:
 
     def _state_layers(self):
         return [s for s in self.spec.layers for _ in state_names(s)]
+
+
+def ratio_thresholds(shapes: list, littles: list, ratio: "float | list") -> list[Thresholds]:
+    """Per-layer thresholds for one insensitive ratio, or one per layer (float or {gate: ratio}), from each
+    little module's stored calibration."""
+    from .gates import layout
+
+    per_layer = ratio if isinstance(ratio, (list, tuple)) else [ratio] * len(shapes)
+    if len(per_layer) != len(shapes):
+        raise ValueError(f"got {len(per_layer)} per-layer ratios for {len(shapes)} layers")
+    ths = []
+    for s, lm, r in zip(shapes, littles, per_layer):
+        gates = layout(s.rnn_type).gates
+        rs = r if isinstance(r, dict) else {g: r for g in gates}
+        ths.append(Thresholds({g: lm.calibration[g].band(check_ratio(rs[g])) for g in gates}))
+    return ths
+
+
+def mask_bounds(s, th: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """The mask kernel's per-row (lo, hi) bounds on y_LL for layer shape ``s`` (it tests the pre-activation)."""
+    from .gates import layout
+
+    return th.pre_activation_bounds(layout(s.rnn_type), s.hidden)
 
 
 def _as_numpy(v) -> np.ndarray:

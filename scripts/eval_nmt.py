@@ -10,6 +10,7 @@ first --speed-sentences test sentences by the PyTorch model and the compiled den
 decoders (decoder layers and output projection compiled), interleaved sentence by sentence.
 --output-ratio R adds engines "<dual engine>+out" that also run the dual-module output projection
 (dualtvm.output: the little module picks the logits that can win the argmax) at insensitive ratio R.
+--fused-step compiles each compiled engine's whole decode step (dualtvm.gnmt_step; rows "decode_step": "fused").
 Rows go to results/nmt-quality.json.
 """
 from __future__ import annotations
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-ratio", type=float, default=None,
                    help="also run each dual engine with the dual-module output projection at this insensitive ratio "
                         "(e.g. 0.99): engines <engine>+out")
+    p.add_argument("--fused-step", action="store_true",
+                   help="speed: the compiled engines run the whole decode step as one build (dualtvm.gnmt_step: two VM "
+                        "calls per token) instead of compiled layers and projections in the PyTorch loop")
     p.add_argument("--target", default="llvm -mcpu=broadwell")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None)
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     bits = [int(b) for b in a.little_bits.split(",")]
 
     def save(row: dict) -> None:  # timings of another machine go beside this one's; quality is the same anywhere
-        key = ("model", "part", "engine", "insensitive_ratio", "beam") + (("machine",) if row["part"] == "speed" else ())
+        key = ("model", "part", "engine", "insensitive_ratio", "beam") + (
+            ("machine", "decode_step") if row["part"] == "speed" else ())
         update_rows(a.out, "nmt-quality", {"model": a.model_name, **row, "big_epochs": tr.epochs, "command": command},
                     key=key,
                     command="bash scripts/reproduce_nmt.sh (each row also names its own command)")
@@ -109,40 +114,47 @@ def main(argv: list[str] | None = None) -> int:
                           "same_as_big": round(same, 4)})
     if "speed" in parts:
         n = a.speed_sentences
+        fused = {"fused_step": a.fused_step}
         backends = {"torch": None, "tvm-dense": decoder_backend(tr, corpus, "tvm-dense", a.checkpoint, a.target,
-                                                               build_root=a.build_dir)}
+                                                               build_root=a.build_dir, **fused)}
         for b in bits:
             backends[dual_engine(b)] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
-                                                       a.build_dir, b)
+                                                       a.build_dir, b, **fused)
             if a.output_ratio is not None:
                 backends[dual_engine(b) + "+out"] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target,
-                                                                    a.speed_ratio, a.build_dir, b, a.output_ratio)
+                                                                    a.speed_ratio, a.build_dir, b, a.output_ratio,
+                                                                    **fused)
         duals = [e for e in backends if e.startswith("tvm-dual")]
         for e in duals:
-            reset_layer_stats(backends[e].layers)
+            reset_layer_stats(backends[e].mask_layers)
         res = decode_speed(tr, src[:n], backends)
         for engine, r in res.items():
             score, sig = corpus_bleu(r["hyps"], refs[:n])
             row = {"part": "speed", "engine": engine, "insensitive_ratio": a.speed_ratio if engine in duals else 0.0,
                    "beam": 1, "sentences": n, "tokens": r["tokens"], "tokens_per_s": round(r["tokens_per_s"], 1),
                    "decoder_tokens_per_s": round(r["decoder_tokens_per_s"], 1),
-                   "encoder_ms_per_sentence": round(1e3 * r["encode_s"] / n, 3),
-                   "decoder_layers_ms_per_token": round(r["layer_ms_per_token"], 4), "bleu": round(score, 2),
+                   "encoder_ms_per_sentence": round(1e3 * r["encode_s"] / n, 3), "bleu": round(score, 2),
                    "sacrebleu_signature": sig, "threads": threads,
                    "target": a.target if engine.startswith("tvm") else None}
+            if r["layer_ms_per_token"] is not None:
+                row["decoder_layers_ms_per_token"] = round(r["layer_ms_per_token"], 4)
+            if a.fused_step:  # the run's compiled engines ran the fused step (its torch row is this run's baseline)
+                row["decode_step"] = "fused"
             if engine in duals:
-                row["measured_ratio"] = round(measured_layer_ratio(backends[engine].layers), 4)
+                row["measured_ratio"] = round(measured_layer_ratio(backends[engine].mask_layers), 4)
                 if engine.endswith("+out"):
                     row.update(output_ratio=a.output_ratio,
-                               output_measured_ratio=round(backends[engine].output.stats.ratio(GATE), 4))
+                               output_measured_ratio=round(backends[engine].mask_output.stats.ratio(GATE), 4))
                 for other in ("tvm-dense", "torch"):
                     row[f"speedup_vs_{other.replace('-', '_')}"] = round(r["tokens_per_s"] / res[other]["tokens_per_s"], 3)
                     row[f"decoder_speedup_vs_{other.replace('-', '_')}"] = round(
                         r["decoder_tokens_per_s"] / res[other]["decoder_tokens_per_s"], 3)
-                    row[f"layer_speedup_vs_{other.replace('-', '_')}"] = round(
-                        res[other]["layer_ms_per_token"] / r["layer_ms_per_token"], 3)
-            print(f"{engine:10s} {r['tokens_per_s']:8.1f} tokens/s ({r['decoder_tokens_per_s']:.1f} in the decode loop), "
-                  f"decoder layers {r['layer_ms_per_token']:.3f} ms/token, BLEU {score:.2f} on {n} sentences")
+                    if r["layer_ms_per_token"] and res[other]["layer_ms_per_token"]:
+                        row[f"layer_speedup_vs_{other.replace('-', '_')}"] = round(
+                            res[other]["layer_ms_per_token"] / r["layer_ms_per_token"], 3)
+            layers = f", decoder layers {r['layer_ms_per_token']:.3f} ms/token" if r["layer_ms_per_token"] else ""
+            print(f"{engine:10s} {r['tokens_per_s']:8.1f} tokens/s ({r['decoder_tokens_per_s']:.1f} in the decode loop)"
+                  f"{layers}, BLEU {score:.2f} on {n} sentences")
             save(row)
     return 0
 

@@ -216,9 +216,12 @@ def _nmt_speed_table(speed: list[dict]) -> str:
            "| × TVM dense (layers) | × PyTorch (tokens/s) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in speed:
-        out.append(f"| {r['model']} | {r.get('big_epochs', '')} | {r['engine']} | {r['insensitive_ratio']} | "
+        engine = r["engine"]
+        if r.get("decode_step") == "fused":  # a run whose compiled engines ran the whole step as one build
+            engine += " (fused step)" if engine.startswith("tvm") else " (fused-step run)"
+        out.append(f"| {r['model']} | {r.get('big_epochs', '')} | {engine} | {r['insensitive_ratio']} | "
                    f"{_output_ratio(r)} | {r['tokens_per_s']} | "
-                   f"{r.get('decoder_tokens_per_s', '')} | {r['decoder_layers_ms_per_token']} | {r['bleu']} | "
+                   f"{r.get('decoder_tokens_per_s', '')} | {r.get('decoder_layers_ms_per_token', '')} | {r['bleu']} | "
                    f"{r.get('speedup_vs_tvm_dense', '')} | {r.get('decoder_speedup_vs_tvm_dense', '')} | "
                    f"{r.get('layer_speedup_vs_tvm_dense', '')} | {r.get('speedup_vs_torch', '')} |")
     return "\n".join(out + ["", *amdahl(speed)])
@@ -273,7 +276,7 @@ def amdahl(speed: list[dict]) -> list[str]:
     projection does: see their rows).  Rows without the decode-loop rate
     (made before the encoder was timed apart) count the encoder in the rest."""
     lines = []
-    for dense in (r for r in speed if r["engine"] == "tvm-dense"):
+    for dense in (r for r in speed if r["engine"] == "tvm-dense" and "decoder_layers_ms_per_token" in r):
         loop = "decoder_tokens_per_s" in dense
         token_ms = 1000 / dense["decoder_tokens_per_s" if loop else "tokens_per_s"]
         layers_ms = dense["decoder_layers_ms_per_token"]

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(dualtvm.output; e.g. 0.99)")
     p.add_argument("--little-bits", type=int, choices=(8, 4), default=8,
                    help="W_LL precision of the little modules (dual backends): 8, the paper's, or 4")
+    p.add_argument("--fused-step", action="store_true",
+                   help="tvm backends: compile the whole decode step as one build (two VM calls per token)")
     p.add_argument("--split", choices=("valid", "test"), default=None, help="translate a Multi30k split and score it")
     p.add_argument("--limit", type=int, default=None, help="first N sentences only")
     p.add_argument("--input", type=Path, default=None, help="file of source sentences (default stdin)")
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--ratio must be in [0, 1], got {a.ratio}")
     if a.output_ratio is not None and (not 0.0 <= a.output_ratio <= 1.0 or not a.backend.endswith("dual")):
         p.error(f"--output-ratio needs a dual backend and a ratio in [0, 1], got {a.output_ratio} with {a.backend}")
+    if a.fused_step and not a.backend.startswith("tvm-"):
+        p.error(f"--fused-step compiles the decode step: it needs a tvm backend, not {a.backend}")
     if a.beam < 1:
         p.error(f"--beam must be ≥ 1, got {a.beam}")
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     tr = Translator.from_checkpoint(ckpt)
     corpus = load_multi30k(a.data_dir) if a.split or a.backend != "torch" else None
     backend = decoder_backend(tr, corpus, a.backend, ckpt, a.target, a.ratio, little_bits=a.little_bits,
-                              output_ratio=a.output_ratio)
+                              output_ratio=a.output_ratio, fused_step=a.fused_step)
 
     if a.split:
         src, refs = corpus.splits[a.split]

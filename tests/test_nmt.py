@@ -273,10 +273,12 @@ def test_eval_nmt_quality_rows_per_little_precision(tiny_multi30k, tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_path):
+@pytest.mark.parametrize("fused", [False, True], ids=["layers", "fused-step"])
+def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_path, fused):
     """eval_nmt's speed part on the tiny model: PyTorch, compiled dense and dual rows with the same tokens at
     ratio 0 (greedy output equal), decode-loop tokens/s apart from the encoder, and speed-ups from the rows' own
-    numbers."""
+    numbers; with --fused-step the compiled engines (the dual output projection's too) run whole-step builds and
+    every row says so."""
     import json
     import shutil
     import sys
@@ -290,11 +292,15 @@ def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_pa
     shutil.copy(trained, ckpt)
     assert eval_nmt.main(["--checkpoint", str(ckpt), "--model-name", "tiny", "--data-dir", str(data), "--parts", "speed",
                           "--speed-ratio", "0.0", "--speed-sentences", "3", "--build-dir", str(tmp_path / "build"),
-                          "--out", str(out)]) == 0
+                          "--out", str(out)] + (["--fused-step", "--output-ratio", "0.0"] if fused else [])) == 0
     rows = {r["engine"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"torch", "tvm-dense", "tvm-dual"}
-    assert rows["torch"]["tokens"] == rows["tvm-dense"]["tokens"] == rows["tvm-dual"]["tokens"]
-    assert rows["torch"]["bleu"] == rows["tvm-dual"]["bleu"]
+    assert set(rows) == {"torch", "tvm-dense", "tvm-dual"} | ({"tvm-dual+out"} if fused else set())
+    assert len({r["tokens"] for r in rows.values()}) == 1 and len({r["bleu"] for r in rows.values()}) == 1
+    assert {r.get("decode_step") for r in rows.values()} == ({"fused"} if fused else {None})
+    if fused:
+        assert "decoder_layers_ms_per_token" not in rows["tvm-dual"] and rows["tvm-dual+out"]["output_ratio"] == 0.0
+        assert (tmp_path / "build" / "s-llvm-broadwell" / "step-dual-out" / "step.so").exists()
+        return
     dual = rows["tvm-dual"]
     for r in rows.values():
         assert r["decoder_tokens_per_s"] > r["tokens_per_s"] > 0
