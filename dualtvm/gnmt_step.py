@@ -340,9 +340,8 @@ class CompiledStep(nn.Module):
         self._bind()
 
     def forward(self, token: torch.Tensor, state, mem: torch.Tensor, pad: torch.Tensor):
-        from .nmt import CompiledLayer
+        from .nmt import kernel_input as aligned
 
-        aligned = CompiledLayer._padded
         layer_states, ctx = state
         H, L = self.spec.hidden, len(self.spec.layers)
         n_state = 2 * (L - 1)

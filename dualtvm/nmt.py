@@ -322,6 +322,18 @@ def bleu(model: Seq2Seq, corpus: ParallelCorpus, split: str = "test", backend: B
 
 
 # --------------------------------------------------------------------------- compiled layers
+def kernel_input(v: torch.Tensor, width: int) -> torch.Tensor:
+    """``v`` zero-padded to ``width``; ``v`` itself where it already fits and is 64-byte aligned (the kernels'
+    vector loads assume TVM's alignment: a row of a batch at an odd offset segfaulted)."""
+    if (v.dtype == torch.float32 and v.shape[0] == width and v.is_contiguous() and not v.requires_grad
+            and v.data_ptr() % 64 == 0):
+        return v  # the decode loop's case: no new tensor
+    v = v.detach().to(torch.float32)
+    out = v.new_zeros(width)
+    out[: v.shape[0]] = v
+    return out
+
+
 class _FoldedStats(nn.Module):
     """Mask statistics of a compiled stand-in, kept like :class:`DualModuleLayer`'s so the measured insensitive
     ratio can be reported, but counted every ``FOLD_EVERY`` steps: a torch reduction right after each compiled
@@ -408,18 +420,6 @@ class CompiledLayer(GateStats):
     def set_insensitive_ratio(self, ratio) -> None:
         self.dec.set_insensitive_ratio(ratio)
 
-    @staticmethod
-    def _padded(v: torch.Tensor, width: int) -> torch.Tensor:
-        """``v`` zero-padded to ``width``; ``v`` itself where it already fits and is 64-byte aligned (the kernels'
-        vector loads assume TVM's alignment: a row of a batch at an odd offset segfaulted)."""
-        if (v.dtype == torch.float32 and v.shape[0] == width and v.is_contiguous() and not v.requires_grad
-                and v.data_ptr() % 64 == 0):
-            return v  # the decode loop's case: no new tensor
-        v = v.detach().to(torch.float32)
-        out = v.new_zeros(width)
-        out[: v.shape[0]] = v
-        return out
-
     def forward(self, x: torch.Tensor, state=None):
         if x.shape[0] != 1:
             raise ValueError("compiled layers decode one step at a time (sequence length 1)")
@@ -428,7 +428,7 @@ class CompiledLayer(GateStats):
         h0, c0 = state if state is not None else (x.new_zeros(1, B, H), x.new_zeros(1, B, H))
         hs, cs = [], []
         for b in range(B):
-            out = self.dec.run(self._padded(x[0, b], s.dxp), [self._padded(h0[0, b], s.hp), self._padded(c0[0, b], s.hp)])
+            out = self.dec.run(kernel_input(x[0, b], s.dxp), [kernel_input(h0[0, b], s.hp), kernel_input(c0[0, b], s.hp)])
             hs.append(out[1][:H])
             cs.append(out[2][:H])
             if self.dec.spec.dual:  # (row positions, -1 where insensitive)
@@ -501,7 +501,7 @@ class CompiledProjection(RowStats):
 
         lin = self.linear
         if not lin.dual or lin.cols == lin.cols_padded:
-            return CompiledLayer._padded(v, lin.cols_padded)
+            return kernel_input(v, lin.cols_padded)
         return split_layout(v, lin.shape, v.new_zeros(lin.cols_padded, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -716,7 +716,7 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
     spinning worker threads fall asleep.  The encoder (PyTorch, the same for every backend) is timed apart
     from the decode loop.  Returns per backend: tokens; total, encoder, decode-loop and decoder-layer
     seconds; end-to-end tokens/s, decoder tokens/s (decode loop only), ms per token in the decoder
-    layers; the hypotheses.
+    layers (None for a backend with a whole compiled ``step``: its layers are not called apart); the hypotheses.
     """
     import random
     import time
