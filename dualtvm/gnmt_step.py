@@ -222,6 +222,7 @@ def build_step(model, target: str | TargetSpec, out_dir: str | os.PathLike, dual
     from .artefact import save_little, save_output_little
     from .build import warn_below_break_even
     from .checkpoint import git_revision
+    from .tuning import schedule_fingerprint
 
     tgt = parse_target(target).with_default_cores()
     spec = step_spec(model, tgt, duals, output_little)
@@ -241,20 +242,28 @@ def build_step(model, target: str | TargetSpec, out_dir: str | os.PathLike, dual
     if output_little is not None:
         save_output_little(out / "little_output.npz", output_little)
     manifest = {"version": STEP_VERSION, "spec": spec.to_json(), "target": tgt.to_dict(), "target_name": tgt.name,
-                "model_hash": model_hash(model), "little_hash": little_hash(duals, output_little), "git": git_revision()}
+                "model_hash": model_hash(model), "little_hash": little_hash(duals, output_little),
+                "schedules": schedule_fingerprint(database, step_kernels(spec)), "git": git_revision()}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("compiled the %s GNMT decode step for %s into %s", "dual-module" if spec.dual else "dense", tgt.name, out)
     return out
 
 
-def built_for(folder: Path, model, duals: list | None, output_little) -> bool:
-    """Whether ``folder`` holds this model's step (with these little modules) in this format."""
+def built_for(folder: Path, model, duals: list | None, output_little, database=None) -> bool:
+    """Whether ``folder`` holds this model's step (with these little modules) in this format, scheduled as the
+    tuning log ``database`` now says."""
+    from .tuning import schedule_fingerprint
+
     f = Path(folder) / "manifest.json"
     if not f.exists():
         return False
     m = json.loads(f.read_text())
-    return (m.get("version") == STEP_VERSION and m.get("model_hash") == model_hash(model)
-            and m.get("little_hash") == little_hash(duals, output_little))
+    if m.get("version") != STEP_VERSION or m.get("model_hash") != model_hash(model):
+        return False
+    if m.get("little_hash") != little_hash(duals, output_little):
+        return False
+    spec = StepSpec.from_json(m["spec"])
+    return m.get("schedules") == schedule_fingerprint(database, step_kernels(spec))
 
 
 # --------------------------------------------------------------------------- run

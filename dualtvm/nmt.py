@@ -676,8 +676,9 @@ def _step_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, c
     little_out = dual_out.little if dual_out is not None else None
     kind = "step-dense" if duals is None else "step-dual" + ("-out" if little_out is not None else "")
     folder = _build_folder(checkpoint, target, build_root, _bits_suffix(little_bits) if duals else "") / kind
-    if not built_for(folder, tr.model, duals, little_out):
-        build_step(tr.model, target, folder, duals, little_out, target_database(target))
+    database = target_database(target)
+    if not built_for(folder, tr.model, duals, little_out, database):
+        build_step(tr.model, target, folder, duals, little_out, database)
     step = CompiledStep(folder)
     if duals is not None:
         step.set_insensitive_ratio(ratio)

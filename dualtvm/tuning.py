@@ -11,6 +11,7 @@ kernel's best record is timed against the untuned default and the faster one is 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -228,6 +229,14 @@ class TuningLog:
 
     database: object
     summary: dict
+
+
+def schedule_fingerprint(log_: TuningLog | None, names) -> str:
+    """sha256 of the log's verdicts (schedule used, loop-nest knobs) for the kernels ``names``: a build folder made
+    under other verdicts (the log re-tuned since) is stale even when its weights match."""
+    picked = {n: {k: v for k, v in (log_.summary.get(n, {}) if log_ is not None else {}).items()
+                  if k in ("use", "trials") or k.endswith("_knobs")} for n in sorted(names)}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
 
 def best_from_database(log_: TuningLog | None, func, target: TargetSpec):

@@ -6,11 +6,13 @@
     python scripts/translate.py --split test --backend tvm-dual --ratio 0.5 --limit 200
     python scripts/translate.py --split test --backend tvm-dual --ratio 0.5 --output-ratio 0.99   # + dual output projection
     echo "a man is riding a bike ." | python scripts/translate.py --backend tvm-dense
+    python scripts/translate.py --split test --backend tvm-dual --output-ratio 0.99 --fused-step   # one compiled step
 
 Backends: ``torch`` (big model), ``dual`` (PyTorch dual-module reference), ``tvm-dense`` /
 ``tvm-dual`` (decoder LSTM layers run by the compiled step, the output and attention-query projections by
 a compiled GEMV; embeddings and the rest of attention stay in PyTorch, on one thread inside the decode loop).  Little modules are fitted on Multi30k train and calibrated on val once, then
-cached next to the checkpoint; compiled layers are built once under ``build/``.
+cached next to the checkpoint; compiled layers are built once under ``build/``.  ``--fused-step`` compiles
+the whole decode step instead (``dualtvm.gnmt_step``: two VM calls per token, PyTorch only for the attention).
 Without --split, sentences are read from --input or stdin and translations written to stdout.
 With --split, BLEU (sacrebleu, detokenised, signature printed) is computed against the references.
 """
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=None, help="write translations here")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--target", default="llvm -mcpu=broadwell", help="target of the compiled layers")
+    p.add_argument("--build-dir", type=Path, default=None, help="where compiled decoders go (default: build/)")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     if not 0.0 <= a.ratio <= 1.0:
@@ -70,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"checkpoint {ckpt} not found: train one with scripts/train_nmt.py or pass --checkpoint")
     tr = Translator.from_checkpoint(ckpt)
     corpus = load_multi30k(a.data_dir) if a.split or a.backend != "torch" else None
-    backend = decoder_backend(tr, corpus, a.backend, ckpt, a.target, a.ratio, little_bits=a.little_bits,
-                              output_ratio=a.output_ratio, fused_step=a.fused_step)
+    backend = decoder_backend(tr, corpus, a.backend, ckpt, a.target, a.ratio, a.build_dir, a.little_bits,
+                              a.output_ratio, a.fused_step)
 
     if a.split:
         src, refs = corpus.splits[a.split]

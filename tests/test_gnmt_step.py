@@ -1,6 +1,8 @@
 """The whole GNMT decode step compiled (dualtvm.gnmt_step): the same logits, states and translations as PyTorch."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -73,6 +75,15 @@ def test_fused_step_equals_pytorch_dense_and_dual_at_ratio_zero(tiny, tmp_path):
     assert not built_for(tmp_path / "dual", tr.model, duals, None) and not built_for(tmp_path / "dense", tr.model, duals, None)
     other = Seq2Seq(tr.model.cfg)
     assert not built_for(tmp_path / "dense", other, None, None)
+    # … and the tuning log's verdicts it was scheduled under: a re-tuned kernel makes it stale
+    from dualtvm.gnmt_step import StepSpec, step_kernels
+    from dualtvm.tuning import TuningLog
+
+    spec = StepSpec.from_json(json.loads((tmp_path / "dense" / "manifest.json").read_text())["spec"])
+    gemv = next(n for n in step_kernels(spec) if n.startswith("gemv_lstm"))
+    retuned = TuningLog(None, {gemv: {"use": "tuned", "trials": 64}})
+    assert built_for(tmp_path / "dense", tr.model, None, None, TuningLog(None, {}))
+    assert not built_for(tmp_path / "dense", tr.model, None, None, retuned)
 
 
 @pytest.mark.slow

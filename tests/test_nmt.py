@@ -309,6 +309,31 @@ def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_pa
     assert (tmp_path / "build" / "s-llvm-broadwell" / "output" / "linear.so").exists()
 
 
+@pytest.mark.slow
+def test_translate_cli_fused_step_scores_like_pytorch(tiny_multi30k, tmp_path, capsys):
+    """translate.py --fused-step at ratio 0 (layers and output projection) gives the big model's BLEU; the flag
+    without a compiled backend is a usage error naming it."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import translate as translate_cli
+
+    data, trained = tiny_multi30k
+    ckpt = tmp_path / "s.best.pt"
+    shutil.copy(trained, ckpt)
+    common = ["--checkpoint", str(ckpt), "--data-dir", str(data), "--split", "test", "--build-dir", str(tmp_path / "b")]
+    assert translate_cli.main(common + ["--backend", "torch"]) == 0
+    big = capsys.readouterr().out
+    assert translate_cli.main(common + ["--backend", "tvm-dual", "--ratio", "0", "--output-ratio", "0", "--fused-step"]) == 0
+    assert capsys.readouterr().out == big and big.startswith("BLEU ")
+    assert (tmp_path / "b" / "s-llvm-broadwell" / "step-dual-out" / "step.so").exists()
+    with pytest.raises(SystemExit):
+        translate_cli.main(common + ["--backend", "dual", "--fused-step"])
+    assert "--fused-step compiles the decode step: it needs a tvm backend, not dual" in capsys.readouterr().err
+
+
 def test_a_seq2seq_decoder_layer_as_a_named_model_with_its_real_inputs(tiny_multi30k):
     """build/bench take one decoder layer of a train_nmt.py checkpoint, fed what it receives in decoding."""
     from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint
