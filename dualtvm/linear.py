@@ -24,6 +24,7 @@ import numpy as np
 
 from .kernels import OutputShape, gemv, output_kernels, pack_little_weight, padded
 from .target import TargetSpec, parse_target, refuse_foreign_library
+from .tuning import schedule_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def build_linear_ir(rows: int, cols: int, target: TargetSpec, database=None):
 
     from .decoder import scheduled
 
-    f = scheduled(gemv(rows, padded(cols), f"gemv_out_{rows}x{padded(cols)}"), target, database)
+    f = scheduled(gemv(rows, padded(cols), _gemv_name(rows, cols)), target, database)
     bb = relax.BlockBuilder()
     gv = bb.add_func(f, "gemv")
     ten = relax.TensorType
@@ -56,6 +57,18 @@ def build_linear_ir(rows: int, cols: int, target: TargetSpec, database=None):
             out = bb.emit_output(bb.emit(relax.op.add(y, b)))
         bb.emit_func_output(out)
     return bb.get()
+
+
+def _gemv_name(rows: int, cols: int) -> str:
+    return f"gemv_out_{rows}x{padded(cols)}"
+
+
+def _kernel_names(manifest: dict) -> list[str]:
+    """The kernels a build with this manifest calls (for its tuning-log fingerprint)."""
+    if manifest.get("dual"):
+        m = manifest
+        return list(output_kernels(OutputShape(m["rows"], m["cols"], m["k"], m["little_bits"], m["int8_codes"])))
+    return [_gemv_name(manifest["rows"], manifest["cols"])]
 
 
 def build_linear(weight: np.ndarray, bias: np.ndarray, target: str | TargetSpec, out_dir: str | os.PathLike,
@@ -78,6 +91,7 @@ def build_linear(weight: np.ndarray, bias: np.ndarray, target: str | TargetSpec,
     np.savez(out / "params.npz", w=w, b=np.asarray(bias, np.float32))
     manifest = {"version": LINEAR_VERSION, "rows": rows, "cols": cols, "target": tgt.to_dict(), "target_name": tgt.name,
                 "weight_hash": weight_hash(weight, bias), "git": git_revision()}
+    manifest["schedules"] = schedule_fingerprint(database, _kernel_names(manifest))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("compiled the %d x %d linear layer for %s into %s", rows, cols, tgt.name, out)
     return out
@@ -182,22 +196,24 @@ def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str 
                 "little_bits": s.little_bits, "int8_codes": s.int8_codes, "target": tgt.to_dict(),
                 "target_name": tgt.name, "weight_hash": weight_hash(weight, bias), "little_hash": little.content_hash(),
                 "git": git_revision()}
+    manifest["schedules"] = schedule_fingerprint(database, _kernel_names(manifest))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info("compiled the %d x %d dual output projection (k=%d per half) for %s into %s", rows, cols, s.k, tgt.name,
              out)
     return out
 
 
-def built_for(folder: Path, weight: np.ndarray, bias: np.ndarray, little=None) -> bool:
+def built_for(folder: Path, weight: np.ndarray, bias: np.ndarray, little=None, database=None) -> bool:
     """Whether ``folder`` holds a build of exactly these parameters (and this output little module, for a dual
-    build) in this format."""
+    build) in this format, scheduled as the tuning log ``database`` now says."""
     f = Path(folder) / "manifest.json"
     if not f.exists():
         return False
     m = json.loads(f.read_text())
     return (m.get("version") == LINEAR_VERSION and m.get("weight_hash") == weight_hash(weight, bias)
             and m.get("dual", False) == (little is not None)
-            and (little is None or m.get("little_hash") == little.content_hash()))
+            and (little is None or m.get("little_hash") == little.content_hash())
+            and m.get("schedules") == schedule_fingerprint(database, _kernel_names(m)))
 
 
 class CompiledLinear:

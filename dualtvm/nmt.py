@@ -449,8 +449,9 @@ def build_compiled_decoder(duals: list[DualModuleLayer], target: str, out: str |
     """
     from .build import warn_below_break_even
     from .decoder import DecoderSpec, compile_decoder, export, pack_layer
-    from .kernels import LayerShape
+    from .kernels import LayerShape, layer_kernels
     from .target import parse_target
+    from .tuning import schedule_fingerprint
 
     tgt = parse_target(target).with_default_cores()
     shapes = [LayerShape("LSTM", d.big.hidden, d.big.input_size, d.little.k, d.little.weight.bits).for_target(tgt)
@@ -467,7 +468,8 @@ def build_compiled_decoder(duals: list[DualModuleLayer], target: str, out: str |
                 built[key] = compile_decoder(spec, tgt, database)
                 log.info("compiled the %s decoder layer step for %s", kind, s)
             info = {"name": f"seq2seq-decoder-layer{i}", "hidden": s.hidden, "input": s.input_size, "k": s.k,
-                    "big_hash": d.big.weight_hash()}
+                    "big_hash": d.big.weight_hash(),
+                    "schedules": schedule_fingerprint(database, layer_kernels(s, kind == "dual"))}
             little = [d.little] if kind == "dual" else None
             folders[kind].append(export(built[key], spec, tgt, Path(out) / kind / f"layer{i}",
                                         [pack_layer(s, d.big, d.little if kind == "dual" else None)], little, info))
@@ -522,11 +524,12 @@ def compiled_projection(linear: nn.Linear, target: str, folder: Path, little=Non
     w = linear.weight.detach().to(torch.float32).numpy()
     b = (linear.bias.detach().to(torch.float32).numpy() if linear.bias is not None
          else torch.zeros(w.shape[0]).numpy())
-    if not built_for(folder, w, b, little):
+    database = target_database(target)
+    if not built_for(folder, w, b, little, database):
         if little is None:
-            build_linear(w, b, target, folder, target_database(target))
+            build_linear(w, b, target, folder, database)
         else:
-            build_dual_linear(w, b, little, target, folder, target_database(target))
+            build_dual_linear(w, b, little, target, folder, database)
     return CompiledProjection(folder)
 
 
@@ -562,19 +565,25 @@ def dual_decoder(tr: Translator, corpus: ParallelCorpus | None, artefact: Path,
     return duals
 
 
-def _built_for(folder: Path, dual: DualModuleLayer) -> bool:
+def _built_for(folder: Path, dual: DualModuleLayer, database=None) -> bool:
     """Whether ``folder`` holds a build of this layer's big weights (and its current little module), made
-    by this dualtvm's build format (an older format is rebuilt, not refused)."""
+    by this dualtvm's build format (an older format is rebuilt, not refused) under the tuning log ``database``'s
+    current verdicts for its kernels."""
     import json
 
-    from .decoder import MANIFEST_VERSION
+    from .decoder import MANIFEST_VERSION, DecoderSpec
+    from .kernels import layer_kernels
+    from .tuning import schedule_fingerprint
 
     if not (folder / "manifest.json").exists():
         return False
     manifest = json.loads((folder / "manifest.json").read_text())
     model = manifest.get("model", {})
-    return (manifest.get("version") == MANIFEST_VERSION and model.get("big_hash") == dual.big.weight_hash()
-            and model.get("k") == dual.little.k)
+    if manifest.get("version") != MANIFEST_VERSION or model.get("big_hash") != dual.big.weight_hash():
+        return False
+    spec = DecoderSpec.from_json(manifest["spec"])
+    return (model.get("k") == dual.little.k
+            and model.get("schedules") == schedule_fingerprint(database, layer_kernels(spec.layers[0], spec.dual)))
 
 
 def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
@@ -600,11 +609,11 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
         out = _build_folder(checkpoint, target, build_root, suffix)
         kind = backend.removeprefix("tvm-")
         folders = [out / kind / f"layer{i}" for i in range(len(duals))]
-        if not all(_built_for(f, d) for f, d in zip(folders, duals)):
-            from .tuning import target_database
+        from .tuning import target_database
 
-            # the committed tuning log of the target, where its choices beat the default schedules
-            folders = build_compiled_decoder(duals, target, out, target_database(target))[kind]
+        database = target_database(target)  # the committed tuning log of the target, where it beat the defaults
+        if not all(_built_for(f, d, database) for f, d in zip(folders, duals)):
+            folders = build_compiled_decoder(duals, target, out, database)[kind]
         layers = compiled_layers(folders)
     if backend.endswith("dual"):
         set_layer_ratios(layers, ratio)

@@ -43,6 +43,24 @@ TGT = ["ein hund rennt .", "eine katze schläft .", "zwei männer gehen .", "ein
 
 
 @pytest.fixture(scope="session")
+def tiny_seq2seq(tmp_path_factory):
+    """A tiny seq2seq (hidden 32, 4 decoder layers, residual from 3) trained on four sentence pairs:
+    (model, corpus, best checkpoint)."""
+    from dualtvm.data import ParallelCorpus, Vocab, tokenize_sentence
+    from dualtvm.models import Seq2SeqConfig
+    from dualtvm.train_nmt import NMTTrainConfig, train_nmt
+
+    src, tgt = SRC * 4, TGT * 4
+    sv = Vocab.build([tokenize_sentence(s) for s in src], 1)
+    tv = Vocab.build([tokenize_sentence(t) for t in tgt], 1)
+    corpus = ParallelCorpus(sv, tv, {"train": (src, tgt), "valid": (SRC, TGT), "test": (SRC, TGT)})
+    cfg = Seq2SeqConfig(len(sv), len(tv), hidden=32, enc_layers=2, dec_layers=4, dropout=0.0)
+    ckpt = tmp_path_factory.mktemp("nmt") / "s.pt"
+    res = train_nmt(corpus, cfg, NMTTrainConfig(epochs=60, lr=1e-2, batch_size=8), ckpt, progress=False)
+    return res["model"].eval(), corpus, ckpt.with_suffix(".best.pt")
+
+
+@pytest.fixture(scope="session")
 def tiny_multi30k(tmp_path_factory) -> tuple[Path, Path]:
     """A Multi30k-shaped folder of four sentence pairs (SHA256SUMS included) and a seq2seq (hidden 32,
     4 decoder layers, residual from 3) trained on it: (data folder, best checkpoint)."""

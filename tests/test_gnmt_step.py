@@ -6,13 +6,11 @@ import json
 import pytest
 import torch
 
-from dualtvm.data import ParallelCorpus, Vocab, tokenize_sentence
 from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
 from dualtvm.little import LittleConfig
-from dualtvm.models import Seq2Seq, Seq2SeqConfig
+from dualtvm.models import Seq2Seq
 from dualtvm.nmt import Backend, Translator, build_dual_decoder, dual_output, translate
 from dualtvm.output import GATE
-from dualtvm.train_nmt import NMTTrainConfig, train_nmt
 
 from conftest import SRC, TGT
 
@@ -20,19 +18,13 @@ TARGET = "llvm -mcpu=broadwell"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny GNMT (hidden 32: the dual output projection's halves are padded, 16 → 32) trained on four pairs,
-    its dual-module layers and output little module."""
-    src, tgt = SRC * 4, TGT * 4
-    sv = Vocab.build([tokenize_sentence(s) for s in src], 1)
-    tv = Vocab.build([tokenize_sentence(t) for t in tgt], 1)
-    corpus = ParallelCorpus(sv, tv, {"train": (src, tgt), "valid": (SRC, TGT), "test": (SRC, TGT)})
-    cfg = Seq2SeqConfig(len(sv), len(tv), hidden=32, enc_layers=2, dec_layers=4, dropout=0.0)
-    ckpt = tmp_path_factory.mktemp("step") / "s.pt"
-    model = train_nmt(corpus, cfg, NMTTrainConfig(epochs=60, lr=1e-2, batch_size=8), ckpt, progress=False)["model"]
-    tr = Translator(model.eval(), sv, tv)
+def tiny(tiny_seq2seq):
+    """The tiny GNMT (hidden 32: the dual output projection's halves are padded, 16 → 32), its dual-module layers
+    and output little module."""
+    model, corpus, ckpt = tiny_seq2seq
+    tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
     duals = build_dual_decoder(model, corpus, LittleConfig(k=24), max_rows=5000, batch_size=8, progress=False)
-    return tr, corpus, duals, dual_output(tr, corpus, ckpt.with_suffix(".best.pt"))
+    return tr, corpus, duals, dual_output(tr, corpus, ckpt)
 
 
 def _first_steps(tr, step, n=3):

@@ -16,28 +16,15 @@ from dualtvm.train_nmt import NMTTrainConfig, train_nmt
 from conftest import SRC, TGT, dying_after  # the tiny parallel corpus the fixtures train on
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny seq2seq (hidden 32, 4 decoder layers, residual from 3) trained on four sentence pairs."""
-    src, tgt = SRC * 4, TGT * 4
-    sv = Vocab.build([tokenize_sentence(s) for s in src], 1)
-    tv = Vocab.build([tokenize_sentence(t) for t in tgt], 1)
-    corpus = ParallelCorpus(sv, tv, {"train": (src, tgt), "valid": (SRC, TGT), "test": (SRC, TGT)})
-    cfg = Seq2SeqConfig(len(sv), len(tv), hidden=32, enc_layers=2, dec_layers=4, dropout=0.0)
-    ckpt = tmp_path_factory.mktemp("nmt") / "s.pt"
-    res = train_nmt(corpus, cfg, NMTTrainConfig(epochs=60, lr=1e-2, batch_size=8), ckpt, progress=False)
-    return res["model"].eval(), corpus, ckpt.with_suffix(".best.pt")
-
-
-def test_tiny_seq2seq_learns_to_translate(tiny):
-    model, corpus, _ = tiny
+def test_tiny_seq2seq_learns_to_translate(tiny_seq2seq):
+    model, corpus, _ = tiny_seq2seq
     score, sig, hyps = bleu(model, corpus, "test")
     assert hyps == [detokenize(tokenize_sentence(t)) for t in TGT], hyps
     assert score == pytest.approx(100.0) and sig.startswith("nrefs:1|case:lc")
 
 
-def test_beam_search_agrees_and_checkpoint_translator(tiny):
-    model, corpus, ckpt = tiny
+def test_beam_search_agrees_and_checkpoint_translator(tiny_seq2seq):
+    model, corpus, ckpt = tiny_seq2seq
     tr = Translator.from_checkpoint(ckpt)
     assert translate(tr, SRC, beam=4) == translate(tr, SRC, beam=1) == [detokenize(tokenize_sentence(t)) for t in TGT]
     bos, eos = tr.tgt_vocab.stoi["<s>"], tr.tgt_vocab.stoi["<eos>"]
@@ -45,9 +32,9 @@ def test_beam_search_agrees_and_checkpoint_translator(tiny):
         tr.tgt_vocab.encode(tokenize_sentence(TGT[0]))
 
 
-def test_backend_torch_threads_hold_inside_the_decode_loop_only(tiny):
+def test_backend_torch_threads_hold_inside_the_decode_loop_only(tiny_seq2seq):
     """A compiled backend runs torch single-threaded inside greedy and beam search, and restores it after."""
-    model, corpus, _ = tiny
+    model, corpus, _ = tiny_seq2seq
     seen = []
 
     class Spy(nn.Module):
@@ -69,12 +56,12 @@ def test_backend_torch_threads_hold_inside_the_decode_loop_only(tiny):
         torch.set_num_threads(before)
 
 
-def test_decode_speed_interleaves_backends_in_shuffled_order(tiny):
+def test_decode_speed_interleaves_backends_in_shuffled_order(tiny_seq2seq):
     """Every backend decodes every sentence; each follows each other one at some point (a fixed rotation once gave
     every backend the same predecessor, which biased the encoder's time); the counts and hypotheses add up."""
     from dualtvm.nmt import decode_speed
 
-    model, corpus, _ = tiny
+    model, corpus, _ = tiny_seq2seq
     tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
     calls: list[str] = []
 
@@ -99,11 +86,11 @@ def test_decode_speed_interleaves_backends_in_shuffled_order(tiny):
         assert res[n]["tokens_per_s"] <= res[n]["decoder_tokens_per_s"]
 
 
-def test_reference_perplexity_is_the_teacher_forced_per_token_perplexity(tiny):
+def test_reference_perplexity_is_the_teacher_forced_per_token_perplexity(tiny_seq2seq):
     """Batched with padding (three pairs a batch) it equals the per-sentence log-likelihoods summed by hand."""
     import math
 
-    model, corpus, _ = tiny
+    model, corpus, _ = tiny_seq2seq
     tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
     bos, eos = tr.tgt_vocab.stoi["<s>"], tr.tgt_vocab.stoi["<eos>"]
     nll, n = 0.0, 0
@@ -119,8 +106,8 @@ def test_reference_perplexity_is_the_teacher_forced_per_token_perplexity(tiny):
     assert reference_perplexity(tr, SRC, TGT[1:] + TGT[:1]) > 5 * ppl  # references of other sentences
 
 
-def test_dual_decoder_ratio_zero_is_the_big_model(tiny):
-    model, corpus, _ = tiny
+def test_dual_decoder_ratio_zero_is_the_big_model(tiny_seq2seq):
+    model, corpus, _ = tiny_seq2seq
     duals = build_dual_decoder(model, corpus, LittleConfig(k=24), max_rows=5000, batch_size=8, progress=False)
     assert [d.big.input_size for d in duals] == [64] * 4  # [below; attention context] on every layer
     tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
@@ -141,8 +128,8 @@ def test_dual_decoder_ratio_zero_is_the_big_model(tiny):
 
 
 @pytest.mark.slow
-def test_compiled_decoder_greedy_equals_pytorch_at_ratio_zero(tiny, tmp_path):
-    model, corpus, _ = tiny
+def test_compiled_decoder_greedy_equals_pytorch_at_ratio_zero(tiny_seq2seq, tmp_path):
+    model, corpus, _ = tiny_seq2seq
     tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
     duals = build_dual_decoder(model, corpus, LittleConfig(k=24), max_rows=5000, batch_size=8, progress=False)
     folders = build_compiled_decoder(duals, "llvm -mcpu=broadwell", tmp_path)
@@ -182,14 +169,17 @@ def test_compiled_linear_matches_torch_and_is_rebuilt_only_for_new_weights(tmp_p
     with torch.no_grad():
         torch.testing.assert_close(CompiledProjection(folder)(x), lin(x), atol=1e-5, rtol=1e-5)
     assert built_for(folder, w, b) and not built_for(folder, w + 1, b) and not built_for(tmp_path, w, b)
+    from dualtvm.tuning import TuningLog  # a tuning log re-decided since: stale
+
+    assert not built_for(folder, w, b, None, TuningLog(None, {"gemv_out_37x64": {"use": "tuned", "trials": 8}}))
     with pytest.raises(ValueError, match="bias has shape"):
         build_linear(w, b[:5], "llvm -mcpu=broadwell", tmp_path / "bad")
 
 
-def test_unknown_backend_is_named(tiny):
+def test_unknown_backend_is_named(tiny_seq2seq):
     from dualtvm.nmt import decoder_layers
 
-    model, corpus, ckpt = tiny
+    model, corpus, ckpt = tiny_seq2seq
     with pytest.raises(ValueError, match="unknown backend 'cuda': choose from " + ", ".join(BACKENDS)):
         decoder_layers(Translator(model, corpus.src_vocab, corpus.tgt_vocab), corpus, "cuda", ckpt)
 
