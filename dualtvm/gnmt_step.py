@@ -2,9 +2,9 @@
 
 The layer-by-layer compiled backends (:class:`~dualtvm.nmt.CompiledLayer` per decoder layer, compiled attention
 query and output projections) leave a token's loop in Python: six VM calls, and concatenations, residual adds,
-reshapes and DLPack conversions around each.  Timed in the 1024-unit GNMT's decode loop (`runs/loopsplit.py`),
-that glue took ≈ 0.9 ms of a dual-module token's 6.7 ms, the same in the dense decoder: time the dual-module
-layers cannot shorten (Amdahl).  Here the step is two Relax functions over the same scheduled kernels:
+reshapes and DLPack conversions around each.  Timed in the 1024-unit GNMT's decode loop (a clock around each
+stand-in), that glue took ≈ 0.9 ms of a dual-module token's 6.7 ms, the same in the dense decoder: time the
+dual-module layers cannot shorten (Amdahl).  Here the step is two Relax functions over the same scheduled kernels:
 
 ``bottom(emb, ctx, h0, c0, layer-0 weights, W_q)`` → (layer 0's output, attention query q, new state, mask)
     layer 0 on [emb; ctx] (dense or Algorithm 1) and the query projection;
@@ -157,8 +157,11 @@ def step_spec(model, target: TargetSpec, duals: list | None = None, output_littl
     if duals is not None:
         shapes = [LayerShape("LSTM", cfg.hidden, 2 * cfg.hidden, d.little.k, d.little.weight.bits).for_target(target)
                   for d in duals]
-    else:
-        shapes = [LayerShape("LSTM", cfg.hidden, 2 * cfg.hidden, 1) for _ in range(cfg.dec_layers)]
+    else:  # k of eq. 3 at ε = 0.5 only names the dense kernels, as in the dual build's dense twin (tuning log keys)
+        from .projection import reduced_dim
+
+        k = reduced_dim(4 * cfg.hidden)
+        shapes = [LayerShape("LSTM", cfg.hidden, 2 * cfg.hidden, k) for _ in range(cfg.dec_layers)]
     out = None
     if output_little is not None:
         out = OutputShape(cfg.tgt_vocab, cfg.hidden, output_little.k, output_little.weight.bits).for_target(target)
