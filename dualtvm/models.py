@@ -112,12 +112,25 @@ class Seq2Seq(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns memory (S, B, H) and the padding mask (S, B)."""
+        """Returns memory (S, B, H) and the padding mask (S, B).
+
+        A padded batch runs packed: unpacked, the backward direction of the first layer would start each shorter
+        sentence from its padding, and a sentence's memory (so its translation) would depend on the batch it
+        came in (Multi30k test, 256-unit model: 57 % of greedy translations changed, BLEU 27.7 → 24.7 in
+        batches of 100).  Padding positions of the memory are zeros (attention masks them)."""
         x = self.drop(self.src_emb(src))
-        mem, _ = self.enc_bi(x)
+        lengths = src.ne(0).sum(0).clamp(min=1)
+        if bool((lengths == src.size(0)).all()):  # no padding (batch 1, training buckets of one length)
+            mem, _ = self.enc_bi(x)
+            if self.enc_rest is not None:
+                mem2, _ = self.enc_rest(self.drop(mem))
+                mem = mem + mem2
+            return mem, src.eq(0)
+        packed = lambda t: nn.utils.rnn.pack_padded_sequence(t, lengths.cpu(), enforce_sorted=False)  # noqa: E731
+        unpacked = lambda p: nn.utils.rnn.pad_packed_sequence(p, total_length=src.size(0))[0]  # noqa: E731
+        mem = unpacked(self.enc_bi(packed(x))[0])
         if self.enc_rest is not None:
-            mem2, _ = self.enc_rest(self.drop(mem))
-            mem = mem + mem2
+            mem = mem + unpacked(self.enc_rest(packed(self.drop(mem)))[0])
         return mem, src.eq(0)
 
     def attend(self, query: torch.Tensor, mem: torch.Tensor, pad: torch.Tensor, att_q=None) -> torch.Tensor:
