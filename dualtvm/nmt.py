@@ -79,13 +79,17 @@ def build_dual_decoder(model: Seq2Seq, corpus: ParallelCorpus, cfg: LittleConfig
                        max_rows: int = 200_000, batch_size: int = 64, progress: bool = True) -> list[DualModuleLayer]:
     """One little module per decoder layer, fitted on training pairs and calibrated on validation."""
     train, valid = encode_pairs(corpus, "train", 50), encode_pairs(corpus, "valid", 50)
-    rows_per_batch = batch_size * 14  # ~ mean target length of Multi30k
     layers = decoder_big_layers(model)
     duals, _ = build_dual_layers(
         layers, list(model.decoder.layers),
-        lambda: teacher_forced(model, train, batch_size, max_rows // rows_per_batch + 1),
+        lambda: teacher_forced(model, train, batch_size, _batches_for(max_rows, batch_size)),
         lambda: teacher_forced(model, valid, batch_size, None), cfg, max_rows, progress)
     return duals
+
+
+def _batches_for(max_rows: int, batch_size: int) -> int:
+    """Teacher-forced batches that give about ``max_rows`` decoder steps (Multi30k targets: ~14 tokens)."""
+    return max_rows // (batch_size * 14) + 1
 
 
 def output_inputs(model: Seq2Seq, pairs: list[tuple[list[int], list[int]]], batch_size: int,
@@ -108,7 +112,7 @@ def dual_output(tr: Translator, corpus: ParallelCorpus | None, checkpoint: Path,
     from .artefact import ArtefactError, load_output_little, save_output_little
 
     model = tr.model
-    artefact = checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.little-output.npz")
+    artefact = _beside(checkpoint, "little-output")
     try:
         return DualOutput(model.out, load_output_little(artefact, linear_hash(model.out)))
     except ArtefactError as e:
@@ -117,7 +121,7 @@ def dual_output(tr: Translator, corpus: ParallelCorpus | None, checkpoint: Path,
     if corpus is None:
         raise ValueError("fitting the output little module needs the Multi30k corpus (train and val)")
     train, valid = encode_pairs(corpus, "train", 50), encode_pairs(corpus, "valid", 50)
-    little = fit_output_little(model.out, output_inputs(model, train, batch_size, max_rows // (batch_size * 14) + 1), cfg)
+    little = fit_output_little(model.out, output_inputs(model, train, batch_size, _batches_for(max_rows, batch_size)), cfg)
     calibrate_output(little, output_inputs(model, valid, batch_size, None))
     save_output_little(artefact, little)
     return DualOutput(model.out, little)
@@ -624,16 +628,26 @@ def _bits_suffix(little_bits: int) -> str:
     return "" if little_bits == 8 else f"-w{little_bits}"
 
 
+def _stem(checkpoint: Path) -> str:
+    """``multi30k-gnmt-1024`` of ``multi30k-gnmt-1024.best.pt``: what the artefacts and build folders are named by."""
+    return checkpoint.name.split(".")[0]
+
+
+def _beside(checkpoint: Path, kind: str) -> Path:
+    """The artefact ``<stem>.<kind>.npz`` cached beside ``checkpoint``."""
+    return checkpoint.with_name(f"{_stem(checkpoint)}.{kind}.npz")
+
+
 def _little_artefact(checkpoint: Path, little_bits: int) -> Path:
     """Where the decoder layers' little modules of ``checkpoint`` are cached (``<stem>.little[-w4].npz``)."""
-    return checkpoint.with_name(f"{checkpoint.name.split('.')[0]}.little{_bits_suffix(little_bits)}.npz")
+    return _beside(checkpoint, "little" + _bits_suffix(little_bits))
 
 
 def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix: str = "") -> Path:
     from .target import parse_target
 
     root = build_root or Path(__file__).resolve().parent.parent / "build"
-    return root / f"{checkpoint.name.split('.')[0]}-{parse_target(target).name}{suffix}"
+    return root / f"{_stem(checkpoint)}-{parse_target(target).name}{suffix}"
 
 
 def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
