@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from .kernels import PAD, LayerShape, OutputShape, concat, gemv, layer_kernels, output_kernels, split_halves
+from .nmt import GateStats, RowStats, decoder_big_layers, kernel_input
 from .target import TargetSpec, parse_target, refuse_foreign_library
 
 log = logging.getLogger(__name__)
@@ -184,13 +185,8 @@ def little_hash(duals: list | None, output_little) -> str | None:
     """sha256 of the little-module weights a dual build holds (None for a dense build)."""
     if duals is None:
         return None
-    h = hashlib.sha256()
-    for d in duals:
-        lm = d.little
-        for a in (lm.proj_x.signs, lm.proj_h.signs, lm.weight.codes.numpy(), lm.weight.scale.numpy(), lm.bias.numpy()):
-            h.update(np.ascontiguousarray(a).tobytes())
-    h.update((output_little.content_hash() if output_little is not None else "").encode())
-    return h.hexdigest()
+    parts = [d.little.content_hash() for d in duals] + [output_little.content_hash() if output_little else ""]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 def pack_step(model, spec: StepSpec, duals: list | None, output_little) -> dict[str, np.ndarray]:
@@ -198,7 +194,6 @@ def pack_step(model, spec: StepSpec, duals: list | None, output_little) -> dict[
     target embedding (``embedding``, gathered by the host)."""
     from .decoder import pack_layer
     from .linear import pack_dual_linear
-    from .nmt import decoder_big_layers
 
     f32 = lambda t: t.detach().to(torch.float32).contiguous().numpy()  # noqa: E731
     bigs = decoder_big_layers(model)
@@ -283,7 +278,6 @@ class CompiledStep(nn.Module):
         from tvm import relax
 
         from .memory import weight_tensor
-        from .nmt import GateStats, RowStats
 
         d = Path(build_dir)
         for f in ("manifest.json", "step.so", "params.npz"):
@@ -352,16 +346,14 @@ class CompiledStep(nn.Module):
         self._bind()
 
     def forward(self, token: torch.Tensor, state, mem: torch.Tensor, pad: torch.Tensor):
-        from .nmt import kernel_input as aligned
-
         layer_states, ctx = state
         H, L = self.spec.hidden, len(self.spec.layers)
         n_state = 2 * (L - 1)
         rows_logits, rows_states, rows_ctx = [], [], []
         top_layers, top_out = self._top_w
         for b in range(token.shape[0]):
-            hc = [(aligned(h[0, b], H), aligned(c[0, b], H)) for h, c in layer_states]
-            o = self._bottom(aligned(self.embedding[token[b]], H), aligned(ctx[b], H), *hc[0], *self._bottom_w)
+            hc = [(kernel_input(h[0, b], H), kernel_input(c[0, b], H)) for h, c in layer_states]
+            o = self._bottom(kernel_input(self.embedding[token[b]], H), kernel_input(ctx[b], H), *hc[0], *self._bottom_w)
             x, q, h0, c0 = o[0], o[1], o[2], o[3]
             if self.spec.dual:
                 self.layers[0]._record(o[4])

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -125,6 +126,11 @@ class LittleModule:
     def layout(self) -> GateLayout:
         return layout(self.rnn_type)
 
+    def content_hash(self) -> str:
+        """sha256 of the weights a compiled build holds of this module (projections, W_LL codes and scales, b_LL)."""
+        return arrays_hash(self.proj_x.signs, self.proj_h.signs, self.weight.codes.numpy(), self.weight.scale.numpy(),
+                           self.bias.numpy())
+
     def project(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Steps 1 of Algorithm 1: [Q(P_x x); Q(P_h h)] (fake-quantised, per vector)."""
         return project_pair(self.proj_x, self.proj_h, x, h, self.act_bits)
@@ -197,6 +203,14 @@ class SampleRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def arrays_hash(*arrays) -> str:
+    """sha256 of the arrays' bytes, in order: what ties a compiled build to the little module it holds."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def project_pair(p_a: SparseProjection, p_b: SparseProjection, a: torch.Tensor, b: torch.Tensor, act_bits: int

@@ -19,7 +19,6 @@ argmax of the 256- and 1024-unit GNMT decoders on Multi30k validation at 99.5 % 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -30,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .dual import MaskStats
-from .little import design_matrix, least_squares, project_pair
+from .little import arrays_hash, design_matrix, least_squares, project_pair
 from .projection import SparseProjection
 from .quantize import QuantizedTensor, quantize
 from .thresholds import INF, QUANTILE_LEVELS, check_ratio
@@ -106,11 +105,8 @@ class OutputLittle:
 
     def content_hash(self) -> str:
         """sha256 of everything a compiled build holds of this module (a build is reused only for it)."""
-        h = hashlib.sha256()
-        for a in (self.proj_lo.signs, self.proj_hi.signs, self.weight.codes.numpy(), self.weight.scale.numpy(),
-                  self.bias.numpy(), self.gap_quantiles if self.gap_quantiles is not None else np.zeros(0)):
-            h.update(np.ascontiguousarray(a).tobytes())
-        return h.hexdigest()
+        return arrays_hash(self.proj_lo.signs, self.proj_hi.signs, self.weight.codes.numpy(), self.weight.scale.numpy(),
+                           self.bias.numpy(), self.gap_quantiles if self.gap_quantiles is not None else np.zeros(0))
 
 
 def band_mask(little_logits: torch.Tensor, theta: float) -> torch.Tensor:
