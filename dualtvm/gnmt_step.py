@@ -1,20 +1,23 @@
-"""The GNMT decode step compiled whole: two Relax calls per token instead of six and the PyTorch glue between.
+"""The GNMT decode step compiled whole: one Relax call per token instead of six and the PyTorch glue between.
 
 The layer-by-layer compiled backends (:class:`~dualtvm.nmt.CompiledLayer` per decoder layer, compiled attention
 query and output projections) leave a token's loop in Python: six VM calls, and concatenations, residual adds,
 reshapes and DLPack conversions around each.  Timed in the 1024-unit GNMT's decode loop (a clock around each
 stand-in), that glue took ≈ 0.9 ms of a dual-module token's 6.7 ms, the same in the dense decoder: time the
-dual-module layers cannot shorten (Amdahl).  Here the step is two Relax functions over the same scheduled kernels:
+dual-module layers cannot shorten (Amdahl).  Here the step is one Relax function over the scheduled kernels:
 
-``bottom(emb, ctx, h0, c0, layer-0 weights, W_q)`` → (layer 0's output, attention query q, new state, mask)
-    layer 0 on [emb; ctx] (dense or Algorithm 1) and the query projection;
-``top(x, ctx', states 1…L-1, their weights, output weights)`` → (logits, new states, masks, output count)
-    layers 1…L-1 on [x; ctx'] with GNMT's residual connections, then the output projection (dense, or the
-    dual-module one of :mod:`dualtvm.output`).
+``step(emb, ctx, mem, W_q, states and weights of every layer, output weights)``
+    → (logits, new ctx, new states[, running mask counts]):
+    layer 0 on [emb; ctx] (dense or Algorithm 1), the attention query W_q h₀, Luong (general) attention over the
+    sentence's memory (``kernels.attention``: the memory's length is a symbolic dimension, one build serves every
+    sentence), layers 1…L-1 on [x; ctx'] with GNMT's residual connections, then the output projection (dense, or
+    the dual-module one of :mod:`dualtvm.output`).  A dual step also takes and returns the running sensitive-row
+    counts per layer and gate and of the output (:class:`PartStats`).
 
-Between them PyTorch computes the attention over the encoder memory (Luong general: scores, softmax, context;
-the memory changes per sentence, its length with it).  Layer inputs concatenate two hidden-wide vectors, so the
-hidden size must be a multiple of the kernels' padding (32): 256 and 1024 are.
+An earlier version split the step around the attention (two calls, attention in PyTorch between them): in the
+decode loop, the glue between the calls (conversions, three small torch ops, their dispatch after the kernels
+had streamed the weights through the caches) took ≈ 0.3 ms a token, dense or dual.  Layer inputs concatenate
+two hidden-wide vectors, so the hidden size must be a multiple of the kernels' padding (32): 256 and 1024 are.
 """
 from __future__ import annotations
 
@@ -29,13 +32,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .kernels import PAD, LayerShape, OutputShape, concat, gemv, layer_kernels, output_kernels, split_halves
-from .nmt import GateStats, RowStats, decoder_big_layers, kernel_input
+from .kernels import (PAD, LayerShape, OutputShape, attention, concat, gate_counts, gemv, layer_kernels, output_kernels,
+                      split_halves)
+from .dual import MaskStats
+from .gates import layout
+from .nmt import OUTPUT_GATE, decoder_big_layers, kernel_input
 from .target import TargetSpec, parse_target, refuse_foreign_library
 
 log = logging.getLogger(__name__)
 
-STEP_VERSION = 1
+STEP_VERSION = 2  # 2: one ``step`` function with the attention (1: ``bottom`` and ``top``)
 
 
 @dataclass
@@ -72,17 +78,25 @@ class StepSpec:
                    OutputShape(**d["output"]) if d["output"] else None)
 
     @property
+    def count_slots(self) -> int:
+        """Length of a dual step's running mask counts: every layer's gates, then the output projection's rows."""
+        return sum(len(layout(s.rnn_type).gates) for s in self.layers) + (self.output is not None)
+
+    @property
     def split_output(self) -> bool:
-        """Whether the top output needs re-laying into the dual output projection's halves (hidden % 64 ≠ 0)."""
+        """Whether the last layer's output needs re-laying into the dual output projection's halves (hidden % 64 ≠ 0)."""
         return self.output is not None and self.output.cols_p != self.hidden
 
 
 def step_kernels(spec: StepSpec) -> dict:
-    """Every PrimFunc the two functions call (layers of one shape share theirs)."""
+    """Every PrimFunc the step calls (layers of one shape share theirs)."""
     H = spec.hidden
-    ks = {f"concat_ctx_{H}": concat(H, H, f"concat_ctx_{H}"), f"gemv_attq_{H}": gemv(H, H, f"gemv_attq_{H}")}
+    ks = {f"concat_ctx_{H}": concat(H, H, f"concat_ctx_{H}"), f"gemv_attq_{H}": gemv(H, H, f"gemv_attq_{H}"),
+          f"attention_{H}": attention(H, f"attention_{H}")}
     for s in spec.layers:
         ks.update(layer_kernels(s, spec.dual))
+        if spec.dual:
+            ks[f"gate_counts_{s.tag}"] = gate_counts(s.n, len(layout(s.rnn_type).gates), f"gate_counts_{s.tag}")
     if spec.output is None:
         ks[f"gemv_out_{spec.vocab}x{H}"] = gemv(spec.vocab, H, f"gemv_out_{spec.vocab}x{H}")
     else:
@@ -93,8 +107,8 @@ def step_kernels(spec: StepSpec) -> dict:
 
 
 def build_step_ir(spec: StepSpec, target: TargetSpec, database=None):
-    """The IRModule: scheduled kernels + Relax ``bottom`` and ``top``."""
-    from tvm import relax
+    """The IRModule: scheduled kernels + the Relax ``step``."""
+    from tvm import relax, tirx
 
     from .decoder import emit_layer, layer_inputs, scheduled
     from .linear import dual_linear_inputs, emit_dual_linear
@@ -102,49 +116,49 @@ def build_step_ir(spec: StepSpec, target: TargetSpec, database=None):
     bb = relax.BlockBuilder()
     gvs = {name: bb.add_func(scheduled(f, target, database), name) for name, f in step_kernels(spec).items()}
     H, V = spec.hidden, spec.vocab
-    vec = lambda name, n=H: relax.Var(name, relax.TensorType((n,), "float32"))  # noqa: E731
     ten = relax.TensorType
+    vec = lambda name, n=H: relax.Var(name, ten((n,), "float32"))  # noqa: E731
 
-    def layer_input(x, ctx):
-        return bb.emit(relax.call_tir(gvs[f"concat_ctx_{H}"], [x, ctx], ten((2 * H,), "float32")))
+    def call(name, args, n=H):
+        return bb.emit(relax.call_tir(gvs[name], args, ten((n,), "float32")))
 
-    # bottom: layer 0 and the attention query
     emb, ctx = vec("emb"), vec("ctx")
-    st0, ws0 = layer_inputs("l0", spec.layers[0], spec.dual)
+    mem = relax.Var("mem", ten((tirx.Var("S", "int64"), H), "float32"))  # this sentence's memory, S rows
     w_q = relax.Var("W_q", ten((H, H), "float32"))
-    with bb.function("bottom", [emb, ctx, *st0.values(), *ws0.values(), w_q]):
-        with bb.dataflow():
-            h, state, pos = emit_layer(bb, gvs, spec.layers[0], spec.dual, layer_input(emb, ctx), st0, ws0)
-            x = bb.emit(relax.op.add(h, emb)) if spec.residual[0] else h
-            q = bb.emit(relax.call_tir(gvs[f"gemv_attq_{H}"], [w_q, h], ten((H,), "float32")))
-            out = bb.emit_output(relax.Tuple([x, q, *state] + ([pos] if pos is not None else [])))
-        bb.emit_func_output(out)
-
-    # top: layers 1… and the output projection
-    x_in, ctx = vec("x"), vec("ctx")
-    layers = [layer_inputs(f"l{i}", s, spec.dual) for i, s in enumerate(spec.layers) if i > 0]
+    layers = [layer_inputs(f"l{i}", s, spec.dual) for i, s in enumerate(spec.layers)]
     if spec.output is None:
         out_params = [relax.Var("W_out", ten((V, H), "float32")), vec("b_out", V)]
     else:
         out_params = dual_linear_inputs(spec.output, "out_")
-    params = [x_in, ctx] + [v for st, ws in layers for v in (*st.values(), *ws.values())] + out_params
-    with bb.function("top", params):
+    params = [emb, ctx, mem, w_q] + [v for st, ws in layers for v in (*st.values(), *ws.values())] + out_params
+    if spec.dual:  # running sensitive-row counts: per layer per gate, then the output projection's
+        running = relax.Var("counts", ten((spec.count_slots,), "int64"))
+        params.append(running)
+    with bb.function("step", params):
         with bb.dataflow():
-            x, states, masks = x_in, [], []
-            for i, (st, ws) in enumerate(layers, start=1):
-                h, state, pos = emit_layer(bb, gvs, spec.layers[i], spec.dual, layer_input(x, ctx), st, ws)
+            x, states, masks = emb, [], []
+            for i, (st, ws) in enumerate(layers):
+                xc = call(f"concat_ctx_{H}", [x, ctx], 2 * H)
+                h, state, pos = emit_layer(bb, gvs, spec.layers[i], spec.dual, xc, st, ws)
                 states += state
                 masks += [pos] if pos is not None else []
                 x = bb.emit(relax.op.add(h, x)) if spec.residual[i] else h
+                if i == 0:  # layer 0's output queries the memory; layers 1… see the new context
+                    ctx = call(f"attention_{H}", [mem, call(f"gemv_attq_{H}", [w_q, h])])
             if spec.output is None:
-                y = bb.emit(relax.call_tir(gvs[f"gemv_out_{V}x{H}"], [out_params[0], x], ten((V,), "float32")))
-                extra = [bb.emit(relax.op.add(y, out_params[1]))]
+                extra = [bb.emit(relax.op.add(call(f"gemv_out_{V}x{H}", [out_params[0], x], V), out_params[1]))]
             else:
                 if spec.split_output:
-                    x = bb.emit(relax.call_tir(gvs[f"split_{spec.output.tag}"], [x],
-                                               ten((spec.output.cols_p,), "float32")))
+                    x = call(f"split_{spec.output.tag}", [x], spec.output.cols_p)
                 extra = list(emit_dual_linear(bb, gvs, spec.output, x, out_params))
-            out = bb.emit_output(relax.Tuple([extra[0], *states, *masks, *extra[1:]]))
+            counts = []
+            if spec.dual:
+                for s, pos in zip(spec.layers, masks):
+                    gates = len(layout(s.rnn_type).gates)
+                    counts.append(bb.emit(relax.call_tir(gvs[f"gate_counts_{s.tag}"], [pos], ten((gates,), "int64"))))
+                counts += [bb.emit(relax.op.astype(extra[1], "int64"))] if spec.output is not None else []
+                counts = [bb.emit(relax.op.add(running, bb.emit(relax.op.concat(counts, axis=0))))]
+            out = bb.emit_output(relax.Tuple([extra[0], ctx, *states, *counts]))
         bb.emit_func_output(out)
     return bb.get()
 
@@ -265,11 +279,47 @@ def built_for(folder: Path, model, duals: list | None, output_little, database=N
 
 
 # --------------------------------------------------------------------------- run
+class _RunningCounts:
+    """A dual step's running sensitive-row counts (``StepSpec.count_slots``, added up by the step itself) and the
+    number of batch rows stepped."""
+
+    def __init__(self, slots: int) -> None:
+        self.counts = torch.zeros(slots, dtype=torch.int64)
+        self.tokens = 0
+
+
+class PartStats:
+    """Mask statistics of one part of a compiled step — a layer's gates, or the output projection's rows — over the
+    steps since its last reset (``reset_layer_stats`` assigns a fresh :class:`~dualtvm.dual.MaskStats`).
+
+    The step counts sensitive rows in the graph and adds them to a running vector it returns, so the decode loop
+    keeps one small tensor per token; recording every step's masks and reducing them in torch took 0.075 ms a token
+    of the 1024-unit dual step's 4.5 (decode loop, measured)."""
+
+    def __init__(self, running: _RunningCounts, start: int, gates: list[str], rows: int) -> None:
+        self._running, self._slice, self.gates, self.rows = running, slice(start, start + len(gates)), list(gates), rows
+        self.stats = MaskStats()
+
+    @property
+    def stats(self) -> MaskStats:
+        steps = self._running.tokens - self._base_tokens
+        out = MaskStats()
+        for gate, now, base in zip(self.gates, self._running.counts[self._slice].tolist(), self._base):
+            out.add_counts(gate, steps * self.rows - (now - base), steps * self.rows)
+        return out
+
+    @stats.setter
+    def stats(self, value: MaskStats) -> None:
+        if value.total:
+            raise ValueError("a compiled step's mask statistics can only be reset (assign an empty MaskStats)")
+        self._base, self._base_tokens = self._running.counts[self._slice].tolist(), self._running.tokens
+
+
 class CompiledStep(nn.Module):
     """A built GNMT decode step with :meth:`Seq2Seq.decode_step`'s call signature (without the stand-ins).
 
     Batch 1 in the kernels: a batch (beam) is stepped row by row.  ``layers[i]`` and ``output`` hold the mask
-    statistics (:class:`~dualtvm.nmt.GateStats`, :class:`~dualtvm.nmt.RowStats`) of a dual build.
+    statistics (:class:`PartStats`) of a dual build.
     """
 
     def __init__(self, build_dir: str | os.PathLike, huge_pages: bool = True) -> None:
@@ -290,13 +340,19 @@ class CompiledStep(nn.Module):
         self.spec = spec = StepSpec.from_json(m["spec"])
         dev = tvm.cpu()
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(d / "step.so")), dev)
-        self._bottom, self._top = vm["bottom"], vm["top"]
+        self._step = vm["step"]
+        self._memory_of = None  # (mem, pad, mem's version, its rows as the kernel takes them): see _memory
         raw = np.load(d / "params.npz")
         self.embedding = torch.from_numpy(np.ascontiguousarray(raw["embedding"]))
         self._weights = {k: weight_tensor(raw[k], dev, huge_pages) for k in raw.files if k != "embedding"}
         self.littles = self.output_little = None
-        self.layers = [GateStats(s) for s in spec.layers] if spec.dual else []
-        self.output = RowStats(spec.vocab) if spec.output is not None else None
+        self._running = _RunningCounts(spec.count_slots if spec.dual else 0)
+        self.layers, start = [], 0
+        for s in spec.layers if spec.dual else []:
+            gates = layout(s.rnn_type).gates
+            self.layers.append(PartStats(self._running, start, gates, s.hidden))
+            start += len(gates)
+        self.output = PartStats(self._running, start, [OUTPUT_GATE], spec.vocab) if spec.output is not None else None
         if spec.output is not None:  # (θ first: every set_* binds all the weights)
             from .artefact import load_output_little
 
@@ -315,12 +371,11 @@ class CompiledStep(nn.Module):
         return [self._weights[f"l{i}_{n}"] for n in layer_param_names(self.spec.layers[i], self.spec.dual)]
 
     def _bind(self) -> None:
-        """The weight lists of the two calls (after any threshold change)."""
-        self._bottom_w = self._layer_weights(0) + [self._weights["W_q"]]
-        top = [self._layer_weights(i) for i in range(1, len(self.spec.layers))]
+        """The weight lists of the call (after any threshold change)."""
+        self._layer_w = [self._layer_weights(i) for i in range(len(self.spec.layers))]
         names = (["out_w", "out_b"] if self.spec.output is None
                  else ["out_w", "out_b", "out_p_lo", "out_p_hi", "out_w_ll", "out_scale", "out_b_ll", "out_theta"])
-        self._top_w = top, [self._weights[n] for n in names]
+        self._out_w = [self._weights[n] for n in names]
 
     def set_insensitive_ratio(self, ratio: "float | list") -> None:
         """The layers' thresholds for one insensitive ratio (or one per layer), from their stored calibration."""
@@ -345,33 +400,42 @@ class CompiledStep(nn.Module):
                                                         tvm.cpu())
         self._bind()
 
+    def _memory(self, mem: torch.Tensor, pad: torch.Tensor) -> list[torch.Tensor]:
+        """Each batch row's memory without its padding rows, contiguous (what the attention kernel takes; leaving a
+        row out is what masking its score to −∞ computes).  A decode loop passes the same memory every step:
+        the rows are kept until another memory (or an in-place change of this one) comes."""
+        held = self._memory_of
+        if held is not None and held[0] is mem and held[1] is pad and held[2] == mem._version:
+            return held[3]
+        rows = []
+        for b in range(mem.shape[1]):
+            keep = ~pad[:, b]
+            if not bool(keep.any()):
+                raise ValueError(f"batch row {b} is all padding: an empty source sentence has nothing to attend to")
+            m = (mem[:, b] if bool(keep.all()) else mem[keep, b]).detach().to(torch.float32)
+            if not m.is_contiguous() or m.data_ptr() % 64:  # the kernels' vector loads assume TVM's alignment
+                m = m.clone(memory_format=torch.contiguous_format)
+            rows.append(m)
+        self._memory_of = (mem, pad, mem._version, rows)
+        return rows
+
     def forward(self, token: torch.Tensor, state, mem: torch.Tensor, pad: torch.Tensor):
         layer_states, ctx = state
         H, L = self.spec.hidden, len(self.spec.layers)
-        n_state = 2 * (L - 1)
+        memory = self._memory(mem, pad)
         rows_logits, rows_states, rows_ctx = [], [], []
-        top_layers, top_out = self._top_w
         for b in range(token.shape[0]):
-            hc = [(kernel_input(h[0, b], H), kernel_input(c[0, b], H)) for h, c in layer_states]
-            o = self._bottom(kernel_input(self.embedding[token[b]], H), kernel_input(ctx[b], H), *hc[0], *self._bottom_w)
-            x, q, h0, c0 = o[0], o[1], o[2], o[3]
+            args = [kernel_input(self.embedding[token[b]], H), kernel_input(ctx[b], H), memory[b], self._weights["W_q"]]
+            for (h, c), ws in zip(layer_states, self._layer_w):
+                args += [kernel_input(h[0, b], H), kernel_input(c[0, b], H), *ws]
             if self.spec.dual:
-                self.layers[0]._record(o[4])
-            m = mem[:, b]
-            scores = (m @ q).masked_fill(pad[:, b], float("-inf"))
-            new_ctx = scores.softmax(0) @ m
-            args = [x, new_ctx]
-            for i, ws in enumerate(top_layers, start=1):
-                args += [*hc[i], *ws]
-            t = self._top(*args, *top_out)
-            if self.spec.dual:
-                for i in range(1, L):
-                    self.layers[i]._record(t[n_state + i])
-            if self.output is not None:
-                self.output._record(t[-1])
+                t = self._step(*args, *self._out_w, self._running.counts)
+                self._running.counts, self._running.tokens = t[-1], self._running.tokens + 1
+            else:
+                t = self._step(*args, *self._out_w)
             rows_logits.append(t[0])
-            rows_states.append([(h0, c0)] + [(t[1 + 2 * j], t[2 + 2 * j]) for j in range(L - 1)])
-            rows_ctx.append(new_ctx)
+            rows_ctx.append(t[1])
+            rows_states.append([(t[2 + 2 * i], t[3 + 2 * i]) for i in range(L)])
         if len(rows_logits) == 1:
             new_states = [(h.view(1, 1, H), c.view(1, 1, H)) for h, c in rows_states[0]]
             return rows_logits[0].view(1, -1), (new_states, rows_ctx[0].view(1, H))

@@ -15,6 +15,9 @@ can split it into vector lanes without tails.  Kernels (Algorithm 1):
 * ``gemv``, ``lstm_dense_cell``, ``gru_dense_cell``: the dense baseline, same toolchain
 * ``band_mask`` / ``band_assemble``: steps 3 and 5 of the dual-module *output projection*
   (:mod:`dualtvm.output`; steps 1, 2 and 4 are the kernels above, ``output_kernels``)
+* ``gate_counts``    sensitive rows per gate of a mask (the compiled GNMT step's running mask statistics)
+* ``attention``      GNMT's Luong attention of one query over a sentence's memory (any length), so the compiled
+  decode step (:mod:`dualtvm.gnmt_step`) is one call per token
 """
 from __future__ import annotations
 
@@ -535,6 +538,41 @@ def concat(a: int, b: int, name: str = "concat"):
                 out[vi] = T.if_then_else(vi < a, x[T.min(vi, a - 1)], h[T.max(vi - a, 0)])
 
     return _named(f, name)
+
+
+def gate_counts(n: int, gates: int, name: str = "gate_counts"):
+    """Sensitive rows (``pos`` ≥ 0) in each of the ``gates`` equal parts of a mask kernel's ``pos`` vector, int64:
+    the compiled GNMT step adds them up in the graph, so its decode loop keeps one small running vector instead of
+    every step's masks (a torch reduction over those cost more than the counting)."""
+    from tvm import te
+
+    rows = n // gates
+    pos = te.placeholder((n,), "int32", name="pos")
+    r = te.reduce_axis((0, rows), "r")
+    counts = te.compute((gates,), lambda g: te.sum(te.if_then_else(pos[g * rows + r] >= 0, 1, 0).astype("int64"),
+                                                    axis=r), name="count")
+    return _named(te.create_prim_func([pos, counts]), name)
+
+
+def attention(hidden: int, name: str = "attention"):
+    """ctx = softmax(mem · q) · mem over the S rows of a sentence's memory (S symbolic: one kernel for every
+    sentence length; padding rows are left out by the caller, which is what masking them to −∞ computes)."""
+    from tvm import te, tirx
+
+    S = tirx.Var("S", "int64")
+    mem = te.placeholder((S, hidden), "float32", name="mem")
+    q = te.placeholder((hidden,), "float32", name="q")
+    k = te.reduce_axis((0, hidden), "k")
+    score = te.compute((S,), lambda s: te.sum(mem[s, k] * q[k], axis=k), name="score")
+    r = te.reduce_axis((0, S), "r")
+    top = te.compute((1,), lambda _: te.max(score[r], axis=r), name="top")
+    e = te.compute((S,), lambda s: te.exp(score[s] - top[0]), name="e")
+    r2 = te.reduce_axis((0, S), "r2")
+    den = te.compute((1,), lambda _: te.sum(e[r2], axis=r2), name="den")
+    weight = te.compute((S,), lambda s: e[s] / den[0], name="weight")
+    r3 = te.reduce_axis((0, S), "r3")
+    ctx = te.compute((hidden,), lambda h: te.sum(weight[r3] * mem[r3, h], axis=r3), name="ctx")
+    return _named(te.create_prim_func([mem, q, ctx]), name)
 
 
 def split_halves(width: int, s: "OutputShape", name: str = "split_halves"):

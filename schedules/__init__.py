@@ -7,17 +7,24 @@ XGBoost cost model mutate — tuning happens around a good schedule, not from sc
 
 The masked big GEMV, the INT8/INT4 little GEMVs and the projections also have hand-written loop
 nests with software prefetch (``gather``, ``stream``), which no schedule primitive can express
-(the INT4 one calls AVX2 intrinsics); ``default_kernel`` picks them for those kernels.
+(the INT4 one calls AVX2 intrinsics); ``default_kernel`` picks them for those kernels, and the
+attention nest (``attention``: a symbolic sentence length) for GNMT's attention.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
+from .attention import AttentionKnobs, attention_nest  # noqa: F401
 from .gather import GatherKnobs, gather_gemv  # noqa: F401
 from .rules import DEFAULT_KNOBS, Knobs, apply_default, design_space, has_design_space, schedule_kernel  # noqa: F401
 from .stream import (StreamKnobs, little_gemv_int4_nest, little_gemv_int8_nest, little_gemv_nest,  # noqa: F401
                      project_codes_nest, project_nest)
+
+
+def query_shape(func) -> tuple[int]:
+    """(hidden,) of an attention kernel (its query's length; the memory's length is symbolic)."""
+    return (int(func.params[1].shape[0]),)
 
 
 def weight_shape(func) -> tuple[int, int]:
@@ -54,7 +61,8 @@ NESTS = {n.kind: n for n in (
     LoopNest("stream-int4", ("W4", "zq", "zs", "scale", "bias", "pre"), StreamKnobs, little_gemv_int4_nest, weight_shape),
     LoopNest("stream-int8", ("W8", "zq", "zs", "scale", "bias", "pre"), StreamKnobs, little_gemv_int8_nest, weight_shape),
     LoopNest("stream-project-codes", ("Px", "Ph", "x", "h", "zq", "zs"), StreamKnobs, project_codes_nest,
-             projection_shape))}
+             projection_shape),
+    LoopNest("attention", ("mem", "q", "ctx"), AttentionKnobs, attention_nest, query_shape))}
 
 
 def loop_nest(func) -> LoopNest | None:

@@ -219,3 +219,29 @@ def test_vectorised_activations_match_numpy():
     np.testing.assert_allclose(s, 0.5 * (1 + np.tanh(xd / 2)), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(t, np.tanh(xd), atol=2e-7)
     assert np.isfinite(s).all() and np.isfinite(t).all()
+
+
+def test_attention_over_sentences_of_any_length(rng):
+    """One build (the memory's length is symbolic) attends like numpy's softmax(mem · q) · mem, the hand nest and
+    the definition alike, with scores large enough to overflow exp without the max shift."""
+    from schedules import attention_nest
+
+    H = 64
+    built = {name: tvm.tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=TARGET)
+             for name, f in (("definition", apply_default(K.attention(H))), ("nest", attention_nest(H)))}
+    for S in (1, 5, 37):
+        mem = rng.standard_normal((S, H)).astype(np.float32)
+        q = (rng.standard_normal(H) * 3).astype(np.float32)  # scores ~ ±50
+        score = mem.astype(np.float64) @ q
+        p = np.exp(score - score.max())
+        expect = (p / p.sum()) @ mem
+        for name, lib in built.items():
+            ctx = tvm.runtime.tensor(np.zeros(H, np.float32), tvm.cpu())
+            lib["main"](tvm.runtime.tensor(mem, tvm.cpu()), tvm.runtime.tensor(q, tvm.cpu()), ctx)
+            np.testing.assert_allclose(ctx.numpy(), expect, rtol=1e-4, atol=1e-5, err_msg=f"{name}, S={S}")
+
+
+def test_gate_counts(rng):
+    pos = np.where(rng.random(4 * 24) < 0.3, rng.integers(0, 96, 4 * 24), -1).astype(np.int32)
+    (counts,) = run(K.gate_counts(96, 4), pos, outs=[((4,), "int64")])
+    np.testing.assert_array_equal(counts, (pos.reshape(4, 24) >= 0).sum(1))
