@@ -740,7 +740,8 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
     spinning worker threads fall asleep.  The encoder (PyTorch, the same for every backend) is timed apart
     from the decode loop.  Returns per backend: tokens; total, encoder, decode-loop and decoder-layer
     seconds; end-to-end tokens/s, decoder tokens/s (decode loop only), ms per token in the decoder
-    layers (None for a backend with a whole compiled ``step``: its layers are not called apart); the hypotheses.
+    layers (None for a backend with a whole compiled ``step``: its layers are not called apart); the hypotheses;
+    per sentence (tokens, encoder s, decode-loop s), for :func:`block_speedups`.
     """
     import random
     import time
@@ -749,9 +750,11 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
 
     from .results import warn_if_busy
 
+    if not sentences:
+        raise ValueError("decode_speed needs at least one sentence")
     bos, eos = tr.tgt_vocab.stoi[BOS], tr.tgt_vocab.stoi[EOS]
     names = list(backends)
-    acc = {n: {"tokens": 0, "encode_s": 0.0, "decode_s": 0.0, "layer_clock": [0.0], "hyps": []} for n in names}
+    acc = {n: {"per_sentence": [], "layer_clock": [0.0], "hyps": []} for n in names}
     timed = {}
     for n in names:
         be = as_backend(backends[n])
@@ -773,17 +776,32 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
                 mem, pad = tr.model.encode(src)
             t1 = time.perf_counter()
             (ids,) = greedy_search(tr.model, mem, pad, bos, eos, 60, timed[n])
-            acc[n]["encode_s"] += t1 - t0
-            acc[n]["decode_s"] += time.perf_counter() - t1
-            acc[n]["tokens"] += len(ids) + 1  # + <eos>
+            t2 = time.perf_counter()
+            acc[n]["per_sentence"].append((len(ids) + 1, t1 - t0, t2 - t1))  # + <eos>
             acc[n]["hyps"].append(tr.decode_target(ids))
     out = {}
     for n in names:
         a = acc[n]
-        wall = a["encode_s"] + a["decode_s"]
-        out[n] = {"tokens": a["tokens"], "wall_s": wall, "encode_s": a["encode_s"], "decode_s": a["decode_s"],
-                  "layer_s": a["layer_clock"][0] if a["layer_clock"] else None, "tokens_per_s": a["tokens"] / wall,
-                  "decoder_tokens_per_s": a["tokens"] / a["decode_s"],
-                  "layer_ms_per_token": 1e3 * a["layer_clock"][0] / a["tokens"] if a["layer_clock"] else None,
-                  "hyps": a["hyps"]}
+        tokens, encode_s, decode_s = (sum(col) for col in zip(*a["per_sentence"]))
+        wall = encode_s + decode_s
+        out[n] = {"tokens": tokens, "wall_s": wall, "encode_s": encode_s, "decode_s": decode_s,
+                  "layer_s": a["layer_clock"][0] if a["layer_clock"] else None, "tokens_per_s": tokens / wall,
+                  "decoder_tokens_per_s": tokens / decode_s,
+                  "layer_ms_per_token": 1e3 * a["layer_clock"][0] / tokens if a["layer_clock"] else None,
+                  "hyps": a["hyps"], "per_sentence": a["per_sentence"]}
     return out
+
+
+def block_speedups(res: dict[str, dict], engine: str, base: str, blocks: int = 4,
+                   decode_loop: bool = False) -> list[float]:
+    """``engine``'s tokens/s over ``base``'s in each of ``blocks`` consecutive parts of a :func:`decode_speed` run
+    (end to end, or the decode loop alone): side-by-side ratios at different times of one run, whose spread says
+    how much the machine's noise moved the whole run's ratio."""
+    n = len(res[engine]["per_sentence"])
+    bounds = [round(i * n / blocks) for i in range(blocks + 1)]
+
+    def rate(name: str, lo: int, hi: int) -> float:
+        part = res[name]["per_sentence"][lo:hi]
+        return sum(t for t, _, _ in part) / sum(d + (0 if decode_loop else e) for _, e, d in part)
+
+    return [rate(engine, lo, hi) / rate(base, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]

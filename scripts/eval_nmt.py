@@ -7,7 +7,8 @@ quality: sacrebleu BLEU on test_2016_flickr, big model vs the PyTorch dual-modul
 (little modules fitted on train, thresholds calibrated on val), the references' teacher-forced perplexity
 and the share of translations identical to the big model's.  speed: greedy batch-1 decoding of the
 first --speed-sentences test sentences by the PyTorch model and the compiled dense and dual-module
-decoders (decoder layers and output projection compiled), interleaved sentence by sentence.
+decoders (decoder layers and output projection compiled), interleaved sentence by sentence; each dual
+engine's speed-up over the dense one also per quarter of the run (``…_blocks``: the spread is the noise).
 --output-ratio R adds engines "<dual engine>+out" that also run the dual-module output projection
 (dualtvm.output: the little module picks the logits that can win the argmax) at insensitive ratio R.
 --fused-step compiles each compiled engine's whole decode step (dualtvm.gnmt_step; rows "decode_step": "fused").
@@ -23,6 +24,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SPEED_BLOCKS = 4  # the speed rows also give each dual engine's ratio over the dense one in 4 consecutive parts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.bench import dual_engine
     from dualtvm.data import load_multi30k
     from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
-    from dualtvm.nmt import (Backend, Translator, corpus_bleu, decode_speed, decoder_backend, decoder_layers,
-                             dual_output, reference_perplexity, translate)
+    from dualtvm.nmt import (Backend, Translator, block_speedups, corpus_bleu, decode_speed, decoder_backend,
+                             decoder_layers, dual_output, reference_perplexity, translate)
     from dualtvm.output import GATE
     from dualtvm.results import update_rows
 
@@ -145,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 if engine.endswith("+out"):
                     row.update(output_ratio=a.output_ratio,
                                output_measured_ratio=round(backends[engine].mask_output.stats.ratio(GATE), 4))
+                for key, loop in (("speedup_vs_tvm_dense_blocks", False), ("decoder_speedup_vs_tvm_dense_blocks", True)):
+                    row[key] = [round(x, 3) for x in block_speedups(res, engine, "tvm-dense", SPEED_BLOCKS, loop)]
                 for other in ("tvm-dense", "torch"):
                     row[f"speedup_vs_{other.replace('-', '_')}"] = round(r["tokens_per_s"] / res[other]["tokens_per_s"], 3)
                     row[f"decoder_speedup_vs_{other.replace('-', '_')}"] = round(

@@ -212,7 +212,7 @@ def _output_ratio(r: dict) -> str:
 
 def _nmt_speed_table(speed: list[dict]) -> str:
     out = ["| model | trained epochs | engine | ratio | output ratio (measured) | tokens/s | decode-loop tokens/s "
-           "| decoder layers ms/token | BLEU (subset) | × TVM dense (tokens/s) | × TVM dense (decode loop) "
+           "| decoder layers ms/token | BLEU (subset) | × TVM dense (tokens/s; quarters' range) | × TVM dense (decode loop) "
            "| × TVM dense (layers) | × PyTorch (tokens/s) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in speed:
@@ -222,9 +222,15 @@ def _nmt_speed_table(speed: list[dict]) -> str:
         out.append(f"| {r['model']} | {r.get('big_epochs', '')} | {engine} | {r['insensitive_ratio']} | "
                    f"{_output_ratio(r)} | {r['tokens_per_s']} | "
                    f"{r.get('decoder_tokens_per_s', '')} | {r.get('decoder_layers_ms_per_token', '')} | {r['bleu']} | "
-                   f"{r.get('speedup_vs_tvm_dense', '')} | {r.get('decoder_speedup_vs_tvm_dense', '')} | "
+                   f"{_with_spread(r, 'speedup_vs_tvm_dense')} | {_with_spread(r, 'decoder_speedup_vs_tvm_dense')} | "
                    f"{r.get('layer_speedup_vs_tvm_dense', '')} | {r.get('speedup_vs_torch', '')} |")
     return "\n".join(out + ["", *amdahl(speed)])
+
+
+def _with_spread(r: dict, key: str) -> str:
+    """A speed-up with, where the row has them, the lowest and highest of its per-quarter values (``key_blocks``)."""
+    blocks = r.get(f"{key}_blocks")
+    return f"{r.get(key, '')}" + (f" ({min(blocks)}–{max(blocks)})" if blocks else "")
 
 
 def plot_nmt_quality(doc: dict, path: Path) -> None:

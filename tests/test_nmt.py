@@ -84,6 +84,19 @@ def test_decode_speed_interleaves_backends_in_shuffled_order(tiny_seq2seq):
     for n in names:
         assert res[n]["hyps"] == expected * 6 and res[n]["tokens"] > len(sentences)
         assert res[n]["tokens_per_s"] <= res[n]["decoder_tokens_per_s"]
+        assert len(res[n]["per_sentence"]) == len(sentences)
+        assert sum(t for t, _, _ in res[n]["per_sentence"]) == res[n]["tokens"]
+
+
+def test_block_speedups_are_side_by_side_ratios_per_part_of_a_run():
+    from dualtvm.nmt import block_speedups
+
+    # (tokens, encoder s, decode-loop s) per sentence: "fast" decodes twice as fast in the first half, as fast after
+    res = {"base": {"per_sentence": [(10, 1.0, 4.0)] * 4},
+           "fast": {"per_sentence": [(10, 1.0, 2.0)] * 2 + [(10, 1.0, 4.0)] * 2}}
+    assert block_speedups(res, "fast", "base", 2, decode_loop=True) == pytest.approx([2.0, 1.0])
+    assert block_speedups(res, "fast", "base", 2) == pytest.approx([5 / 3, 1.0])
+    assert len(block_speedups(res, "fast", "base", 8)) == 4  # never an empty part
 
 
 def test_reference_perplexity_is_the_teacher_forced_per_token_perplexity(tiny_seq2seq):
@@ -287,6 +300,7 @@ def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_pa
     assert set(rows) == {"torch", "tvm-dense", "tvm-dual"} | ({"tvm-dual+out"} if fused else set())
     assert len({r["tokens"] for r in rows.values()}) == 1 and len({r["bleu"] for r in rows.values()}) == 1
     assert {r.get("decode_step") for r in rows.values()} == ({"fused"} if fused else {None})
+    assert len(rows["tvm-dual"]["speedup_vs_tvm_dense_blocks"]) == 3  # a quarter each, at most one a sentence
     if fused:
         assert "decoder_layers_ms_per_token" not in rows["tvm-dual"] and rows["tvm-dual+out"]["output_ratio"] == 0.0
         assert (tmp_path / "build" / "s-llvm-broadwell" / "step-dual-out" / "step.so").exists()
