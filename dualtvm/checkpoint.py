@@ -26,10 +26,17 @@ def cache_dir() -> Path:
 
 
 def git_revision(short: bool = True) -> str:
+    """HEAD of the checkout this code runs from, with ``-dirty`` when its tracked code (``dualtvm/``, ``schedules/``,
+    ``scripts/``) has uncommitted changes: a result or checkpoint then names a revision that did not make it."""
+    root = Path(__file__).resolve().parent
     try:
         args = ["git", "rev-parse", "--short", "HEAD"] if short else ["git", "rev-parse", "HEAD"]
-        out = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).resolve().parent, check=True)
-        return out.stdout.strip()
+        rev = subprocess.run(args, capture_output=True, text=True, cwd=root, check=True).stdout.strip()
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, cwd=root,
+                             check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "dualtvm", "schedules",
+                                  "scripts"], capture_output=True, text=True, cwd=top, check=True).stdout.strip()
+        return rev + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
