@@ -57,6 +57,10 @@ def test_fused_step_equals_pytorch_dense_and_dual_at_ratio_zero(tiny, tmp_path):
             torch.testing.assert_close(h, h2, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(c, c2, atol=1e-5, rtol=1e-5)
     assert translate(tr, SRC, backend=Backend(step=dense, torch_threads=1)) == reference  # a padded batch of 4
+    with torch.no_grad():
+        mem, pad = tr.model.encode(torch.tensor([tr.encode_source(SRC[0])]).t())
+        with pytest.raises(ValueError, match="all padding"):
+            dense(torch.tensor([1]), tr.model.init_state(1), mem, torch.ones_like(pad))
     dual = CompiledStep(build_step(tr.model, TARGET, tmp_path / "dual", duals, out.little))
     for ref, _, got, _ in _first_steps(tr, dual):
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
