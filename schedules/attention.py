@@ -14,14 +14,14 @@ from tvm.script import tirx as T
 
 @dataclass(frozen=True)
 class AttentionKnobs:
+    """The nest's one knob; serial whatever the target's cores (see the module docstring)."""
+
     lanes: int = 16  # accumulator / vector width (hidden is a multiple of 32)
 
     @classmethod
-    def for_target(cls, num_cores: int | None = None, features: "frozenset[str] | set[str]" = frozenset()) -> "AttentionKnobs":
+    def for_target(cls, num_cores: int | None = None,
+                   features: "frozenset[str] | set[str]" = frozenset()) -> "AttentionKnobs":
         return cls()
-
-    def space(self) -> list["AttentionKnobs"]:
-        return [AttentionKnobs(8), AttentionKnobs(16)]
 
 
 def attention_nest(hidden: int, knobs: AttentionKnobs = AttentionKnobs(), name: str = "attention"):
