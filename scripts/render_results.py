@@ -212,7 +212,7 @@ def _output_ratio(r: dict) -> str:
 
 def _nmt_speed_table(speed: list[dict]) -> str:
     out = ["| model | trained epochs | engine | ratio | output ratio (measured) | tokens/s | decode-loop tokens/s "
-           "| decoder layers ms/token | BLEU (subset) | × TVM dense (tokens/s; quarters' range) | × TVM dense (decode loop) "
+           "| decoder layers ms/token | BLEU (subset) | × TVM dense (tokens/s; quarters' range) | × TVM dense (decode loop; quarters' range) "
            "| × TVM dense (layers) | × PyTorch (tokens/s) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in speed:
