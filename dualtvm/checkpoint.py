@@ -32,10 +32,9 @@ def git_revision(short: bool = True) -> str:
     try:
         args = ["git", "rev-parse", "--short", "HEAD"] if short else ["git", "rev-parse", "HEAD"]
         rev = subprocess.run(args, capture_output=True, text=True, cwd=root, check=True).stdout.strip()
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, cwd=root,
-                             check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "dualtvm", "schedules",
-                                  "scripts"], capture_output=True, text=True, cwd=top, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/dualtvm",
+                                  ":/schedules", ":/scripts"],  # ":/": from the checkout's top, wherever cwd is
+                                 capture_output=True, text=True, cwd=root, check=True).stdout.strip()
         return rev + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

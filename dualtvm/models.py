@@ -120,17 +120,16 @@ class Seq2Seq(nn.Module):
         batches of 100).  Padding positions of the memory are zeros (attention masks them)."""
         x = self.drop(self.src_emb(src))
         lengths = src.ne(0).sum(0).clamp(min=1)
-        if bool((lengths == src.size(0)).all()):  # no padding (batch 1, training buckets of one length)
-            mem, _ = self.enc_bi(x)
-            if self.enc_rest is not None:
-                mem2, _ = self.enc_rest(self.drop(mem))
-                mem = mem + mem2
-            return mem, src.eq(0)
-        packed = lambda t: nn.utils.rnn.pack_padded_sequence(t, lengths.cpu(), enforce_sorted=False)  # noqa: E731
-        unpacked = lambda p: nn.utils.rnn.pad_packed_sequence(p, total_length=src.size(0))[0]  # noqa: E731
-        mem = unpacked(self.enc_bi(packed(x))[0])
+
+        def run(lstm: nn.LSTM, t: torch.Tensor) -> torch.Tensor:
+            if bool((lengths == src.size(0)).all()):  # no padding (batch 1, training buckets of one length)
+                return lstm(t)[0]
+            packed = nn.utils.rnn.pack_padded_sequence(t, lengths.cpu(), enforce_sorted=False)
+            return nn.utils.rnn.pad_packed_sequence(lstm(packed)[0], total_length=src.size(0))[0]
+
+        mem = run(self.enc_bi, x)
         if self.enc_rest is not None:
-            mem = mem + unpacked(self.enc_rest(packed(self.drop(mem)))[0])
+            mem = mem + run(self.enc_rest, self.drop(mem))
         return mem, src.eq(0)
 
     def attend(self, query: torch.Tensor, mem: torch.Tensor, pad: torch.Tensor, att_q=None) -> torch.Tensor:
