@@ -24,6 +24,7 @@ _FLAGS = {"mcpu": str, "mattr": list, "mtriple": str, "num-cores": int}
 #: CPU flags (as /proc/cpuinfo spells them) that code for an ``-mcpu`` may use.
 _AVX2 = ("avx", "avx2", "fma", "f16c", "bmi2")
 _AVX512 = _AVX2 + ("avx512f", "avx512bw", "avx512dq", "avx512vl")
+_ICELAKE = _AVX512 + ("avx512_vnni", "avx512vbmi", "avx512_vbmi2", "avx512_bitalg", "avx512_vpopcntdq")
 MCPU_FEATURES: dict[str, tuple[str, ...]] = {
     "x86-64": (),
     "haswell": _AVX2,
@@ -35,9 +36,14 @@ MCPU_FEATURES: dict[str, tuple[str, ...]] = {
     "alderlake": _AVX2 + ("avx_vnni",),
     "skylake-avx512": _AVX512,
     "cascadelake": _AVX512 + ("avx512_vnni",),
-    "icelake-server": _AVX512 + ("avx512_vnni",),
-    "sapphirerapids": _AVX512 + ("avx512_vnni",),
-    "znver4": _AVX512 + ("avx512_vnni",),
+    "icelake-server": _ICELAKE,
+    "sapphirerapids": _ICELAKE + ("avx512_bf16", "avx512_fp16", "amx_tile"),
+    "znver4": _ICELAKE + ("avx512_bf16",),
+}
+#: ``host_target``'s candidates per CPU vendor, most specific first (LLVM tunes for the named core).
+_HOST_MCPUS = {
+    "GenuineIntel": ("sapphirerapids", "icelake-server", "cascadelake", "skylake-avx512", "alderlake", "broadwell"),
+    "AuthenticAMD": ("znver4", "znver3"),
 }
 #: LLVM ``-mattr`` names whose cpuinfo flag differs.
 _MATTR_TO_FLAG = {"avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "sse4.2": "sse4_2", "sse4.1": "sse4_1"}
@@ -144,7 +150,8 @@ def _from_cli(text: str) -> TargetSpec:
         raise TargetError("empty target string")
     d: dict = {"kind": tokens[0]}
     if tokens[0] not in KNOWN_KINDS:
-        raise TargetError(f"unknown target kind {tokens[0]!r} in {text!r}: expected one of {KNOWN_KINDS}")
+        raise TargetError(f"unknown target kind {tokens[0]!r} in {text!r}: expected one of {KNOWN_KINDS} "
+                          "(or 'host' for this CPU)")
     i = 1
     while i < len(tokens):
         tok = tokens[i]
@@ -172,12 +179,18 @@ def _from_cli(text: str) -> TargetSpec:
 
 
 def parse_target(spec: "str | dict | os.PathLike | TargetSpec") -> TargetSpec:
-    """CLI string, dict, JSON text or JSON file -> :class:`TargetSpec` (raises :class:`TargetError`)."""
+    """CLI string, dict, JSON text, JSON file or ``"host"`` -> :class:`TargetSpec` (raises :class:`TargetError`).
+
+    ``"host"`` is :func:`host_target`: this CPU's own ``-mcpu``, named (e.g. ``llvm-sapphirerapids``) so
+    tuning logs and builds made for it are found again on any machine of that class.
+    """
     if isinstance(spec, TargetSpec):
         return spec
     if isinstance(spec, dict):
         return _from_dict(spec, json.dumps(spec))
     text = str(spec).strip()
+    if text == "host":
+        return host_target()
     if text.startswith("{"):
         try:
             return _from_dict(json.loads(text), text)
@@ -194,22 +207,33 @@ def parse_target(spec: "str | dict | os.PathLike | TargetSpec") -> TargetSpec:
     return _from_cli(text)
 
 
-def host_cpu_features() -> set[str]:
-    """Flags of this CPU from /proc/cpuinfo (empty set where it cannot be read)."""
+def _cpuinfo_field(name: str) -> str:
+    """The first ``name : value`` line of /proc/cpuinfo ('' where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
 
 
-def host_target(num_cores: int | None = None) -> TargetSpec:
-    """A target for this machine: the most specific known ``-mcpu`` whose features the host has."""
-    feats = host_cpu_features()
-    for mcpu in ("znver4", "cascadelake", "skylake-avx512", "broadwell", "x86-64"):
+def host_cpu_features() -> set[str]:
+    """Flags of this CPU from /proc/cpuinfo (empty set where it cannot be read)."""
+    return set(_cpuinfo_field("flags").split())
+
+
+def host_target(num_cores: int | None = None, features: set[str] | None = None, vendor: str | None = None) -> TargetSpec:
+    """A target for this machine: the most specific ``-mcpu`` of its vendor whose features the host has.
+
+    The vendor matters: a Sapphire Rapids Xeon has every flag ``znver4`` needs, but LLVM would then
+    tune for an AMD core.  ``features`` / ``vendor`` default to this CPU's (/proc/cpuinfo).
+    """
+    feats = host_cpu_features() if features is None else set(features)
+    vendor = _cpuinfo_field("vendor_id") if vendor is None else vendor
+    candidates = _HOST_MCPUS.get(vendor, ()) + ("cascadelake", "skylake-avx512", "haswell", "x86-64")
+    for mcpu in candidates:
         if set(MCPU_FEATURES[mcpu]) <= feats:
             return TargetSpec("llvm", mcpu, (), None, num_cores, source="host")
     return TargetSpec("llvm", None, (), None, num_cores, source="host")

@@ -49,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
     from dualtvm.bench import BenchConfig, bench_model, markdown_table, plot, stream_bandwidth
     from dualtvm.results import merge_rows, read_rows
+    from dualtvm.target import TargetError, parse_target
 
-    cfg = BenchConfig(tuple(a.models.split(",")), a.target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
+    try:
+        run_target = parse_target(a.target).cli  # "host" is recorded as the -mcpu it stands for
+    except TargetError as e:
+        p.error(str(e))
+    cfg = BenchConfig(tuple(a.models.split(",")), run_target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
                       a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
                       reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps,
                       int8_float=a.int8_float)
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     for r in rows:
         r["stream_gbps"] = round(bw, 1)
-        r["run_target"] = a.target  # the TVM target of the run (peers' rows were measured beside it)
+        r["run_target"] = run_target  # the TVM target of the run (peers' rows were measured beside it)
         r["command"] = command
     out = Path(a.out)
     # rerunning a model for a target on a machine replaces its rows; other machines' rows stay beside them

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 python scripts/bench.py --models gnmt-1024-1024 --threads 2 --rounds 8 --little-bits 8,4 --int8-float
 # a decoder layer of the trained 1024-unit GNMT (scripts/train_nmt.py --hidden 1024), fed its Multi30k decoding inputs
 python scripts/bench.py --models gnmt-1024-2048 --checkpoint cache/multi30k-gnmt-1024.best.pt --decoder-layer 0 --threads 2 --rounds 8 --little-bits 8,4 --int8-float
+# the same layer for this CPU's own -mcpu (rows say which: sapphirerapids on the Intel machine; VNNI little GEMVs)
+python scripts/bench.py --models gnmt-1024-2048 --checkpoint cache/multi30k-gnmt-1024.best.pt --decoder-layer 0 --target host --threads 2 --rounds 8 --little-bits 8,4
 # the paper's main model, trained on PTB (cache/ptb-lstm-1500.best.pt): little module fitted on PTB text, real masks;
 # 16 rounds: its 8-round IQRs reached 30 % of the medians on this shared machine
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500.best.pt --threads 2 --rounds 16 --little-bits 8,4 --int8-float

@@ -118,3 +118,13 @@ def test_bench_a_trained_seq2seq_decoder_layer(tiny_multi30k, tmp_path):
     assert {r["engine"] for r in rows} == {"tvm-dense", "tvm-dual", "torch"}
     assert _built_from(tmp_path / "tiny-gnmt-layer-llvm-broadwell", str(ckpt), 1)
     assert not _built_from(tmp_path / "tiny-gnmt-layer-llvm-broadwell", str(ckpt), 0)
+
+
+def test_bench_cli_refuses_a_bad_target_before_measuring():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+    done = subprocess.run([sys.executable, str(script), "--target", "llvm -mcpuu=broadwell"], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown target flag -mcpuu" in done.stderr

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from dualtvm.target import TargetError, TargetSpec, host_cpu_features, missing_host_features, parse_target
+from dualtvm.target import (MCPU_FEATURES, TargetError, TargetSpec, host_cpu_features, host_target,
+                            missing_host_features, parse_target)
 
 
 @pytest.mark.parametrize("text,expected,name", [
@@ -59,3 +60,26 @@ def test_host_features_and_isa_check():
     assert missing_host_features(parse_target("llvm -mattr=+avx512vnni"), host) == {"avx512_vnni"}
     assert isinstance(host_cpu_features(), set)
     assert TargetSpec(mcpu="broadwell").has_feature("avx2")
+
+
+@pytest.mark.parametrize("vendor,features,mcpu", [
+    ("GenuineIntel", set(MCPU_FEATURES["sapphirerapids"]) | {"sse4_2"}, "sapphirerapids"),
+    ("GenuineIntel", set(MCPU_FEATURES["cascadelake"]), "cascadelake"),
+    ("GenuineIntel", set(MCPU_FEATURES["broadwell"]), "broadwell"),
+    ("AuthenticAMD", set(MCPU_FEATURES["sapphirerapids"]), "znver4"),  # an AMD core is tuned as one
+    ("AuthenticAMD", set(MCPU_FEATURES["znver3"]), "znver3"),
+    ("SomeVendor", set(MCPU_FEATURES["cascadelake"]), "cascadelake"),
+    ("SomeVendor", {"sse4_2"}, "x86-64"),
+])
+def test_host_target_names_the_vendors_core(vendor, features, mcpu):
+    t = host_target(features=features, vendor=vendor)
+    assert t.mcpu == mcpu
+    assert missing_host_features(t, features) == set()  # its code runs on the host it was chosen for
+
+
+def test_parse_host():
+    t = parse_target("host")
+    assert t == host_target() and t.source == "host"
+    assert missing_host_features(t) == set()
+    with pytest.raises(TargetError, match="or 'host'"):
+        parse_target("hots")
