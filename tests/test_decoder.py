@@ -191,6 +191,32 @@ def test_profile_step_reports_every_part(builds, capsys):
     assert "not a dualtvm build folder" in capsys.readouterr().err
 
 
+def test_budget_measures_every_ratio_and_picks_the_cheapest_in_quality(builds, tmp_path, capsys):
+    """scripts/budget.py: one interleaved run over the ratios and the dense twin; a budget nothing meets exits 1."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import budget
+
+    folder = Path(builds["tiny-lstm"]["builds"]["dual"]).parent
+    out = tmp_path / "curve.json"
+    argv = [str(folder), "--steps", "6", "--rounds", "1", "--ratios", "0.2,0.8", "--json", str(out)]
+    assert budget.main(argv + ["--budget-ms", "1000"]) == 0
+    doc = json.loads(out.read_text())
+    assert [(c["engine"], c["insensitive_ratio"]) for c in doc["curve"]] == [("tvm-dual", 0.2), ("tvm-dual", 0.8),
+                                                                               ("tvm-dense", 0.0)]
+    low, high = doc["curve"][0]["measured_ratio"], doc["curve"][1]["measured_ratio"]
+    assert 0 < low < high < 1  # the thresholds really moved between the ratios' rounds
+    assert doc["choice"]["engine"] == "tvm-dense"  # a generous budget: no quality given up
+    assert budget.main(argv + ["--budget-ms", "1e-6"]) == 1
+    assert "no measured ratio meets 1e-06 ms" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        budget.main([str(folder), "--budget-ms", "1", "--ratios", "0.5,1.5", "--steps", "4"])
+    assert "insensitive ratios must lie in [0, 1]" in capsys.readouterr().err
+    np.save(tmp_path / "wrong.npy", np.zeros((6, 5), np.float32))
+    with pytest.raises(SystemExit):
+        budget.main([str(folder), "--budget-ms", "1", "--inputs", str(tmp_path / "wrong.npy")])
+    assert "holds an array of shape (6, 5); the decoder takes (steps, 48)" in capsys.readouterr().err
+
+
 def test_lm_checkpoint_build_fits_little_module_on_text(tiny_corpus, tmp_path):
     """A train_lm.py checkpoint: the little module is fitted on the corpus through the LM's own embedding."""
     from dataclasses import asdict
