@@ -120,7 +120,8 @@ def merge_rows(path: str | os.PathLike, experiment: str, rows: list[dict[str, An
                command: str, **extra: Any) -> Path:
     """Write ``rows`` into a results file, replacing the old rows that match one of them on every ``key`` field.
 
-    Rows are stamped with this ``machine`` and ``git`` revision; put ``"machine"`` in ``key`` for timings, so
+    Rows are stamped with this ``machine`` and ``git`` revision unless they carry their own (a long run names
+    the revision it started from, not a commit made while it ran); put ``"machine"`` in ``key`` for timings, so
     that a run on another machine adds its rows beside the first one's instead of replacing them.
     Runs writing the same file at once (two evaluations in the background) take turns on a lock file, so
     neither drops the other's rows between its read and its write.

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
     from dualtvm.bench import BenchConfig, bench_model, markdown_table, plot, stream_bandwidth
+    from dualtvm.checkpoint import git_revision
     from dualtvm.results import merge_rows, read_rows
     from dualtvm.target import TargetError, parse_target
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                       a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
                       reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps,
                       int8_float=a.int8_float)
+    revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     bw = stream_bandwidth()
     rows = []
     for m in cfg.models:
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["stream_gbps"] = round(bw, 1)
         r["run_target"] = run_target  # the TVM target of the run (peers' rows were measured beside it)
-        r["command"] = command
+        r["command"], r["git"] = command, revision
     out = Path(a.out)
     # rerunning a model for a target on a machine replaces its rows; other machines' rows stay beside them
     merge_rows(out.with_suffix(".json"), "latency", rows, ("model", "run_target", "machine"),

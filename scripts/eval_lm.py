@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint  # noqa: E402
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if payload["vocab"] != corpus.dictionary.idx2word:
         raise SystemExit(f"{a.checkpoint} was trained on another vocabulary than {a.corpus}")
     command = "python scripts/eval_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     parts = a.parts.split(",")
     ratios = [float(r) for r in a.ratios.split(",")]
     test = batchify(corpus.test, 10)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if paper_key in PAPER and part == "uniform" and (a.little_bits == 8 or ratio == 0):  # the paper's are INT8
             pb, pr = PAPER[paper_key]
             row["paper_ppl"], row["paper_base_ppl"] = pr.get(ratio, pb), pb
-        row["command"] = command
+        row["command"], row["git"] = command, revision
         update_rows(a.results, "lm-quality-ptb", row, key=("model", "part", "insensitive_ratio", "variant"),
                     command="bash scripts/reproduce_lm_quality.sh (each row also names its own command)")
         print(row)

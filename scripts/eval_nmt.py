@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.nmt import (Backend, Translator, block_speedups, corpus_bleu, decode_speed, decoder_backend,
                              decoder_layers, dual_output, reference_perplexity, translate)
     from dualtvm.output import GATE
+    from dualtvm.checkpoint import git_revision
     from dualtvm.results import update_rows
 
     torch.set_num_threads(threads)
+    revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     command = "python scripts/eval_nmt.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     tr = Translator.from_checkpoint(a.checkpoint)
     corpus = load_multi30k(a.data_dir)
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     def save(row: dict) -> None:  # timings of another machine go beside this one's; quality is the same anywhere
         key = ("model", "part", "engine", "insensitive_ratio", "beam") + (
             ("machine", "decode_step") if row["part"] == "speed" else ())
-        update_rows(a.out, "nmt-quality", {"model": a.model_name, **row, "big_epochs": tr.epochs, "command": command},
+        update_rows(a.out, "nmt-quality", {"model": a.model_name, **row, "big_epochs": tr.epochs, "command": command,
+                                         "git": revision},
                     key=key,
                     command="bash scripts/reproduce_nmt.sh (each row also names its own command)")
 

@@ -34,10 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.kernel_table import kernel_table
     from dualtvm.kernels import LayerShape
     from dualtvm.registry import model_config
+    from dualtvm.checkpoint import git_revision
     from dualtvm.results import merge_rows
     from dualtvm.target import check_runs_on_host, parse_target
     from dualtvm.tuning import load_database
 
+    revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     target = parse_target(a.target).with_default_cores()
     if not check_runs_on_host(target):
         print(f"cannot time {target.cli!r} on this host", file=sys.stderr)
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     mc = model_config(a.model)
     shapes = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size, mc.little_dim(a.eps), int(b)).for_target(target)
               for b in a.little_bits.split(",")]
-    rows = [{"model": a.model, "target": target.cli, **asdict(r)}
+    rows = [{"model": a.model, "target": target.cli, **asdict(r), "git": revision}
             for r in kernel_table(shapes, target, load_database(target, a.logs), a.repeat)]
     command = "python scripts/kernel_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     merge_rows(a.out, "kernels", rows, ("model", "target", "machine"), command)  # other machines' rows stay

@@ -324,3 +324,14 @@ def test_timings_of_two_machines_stay_side_by_side(tmp_path):
     text = by_machine(doc, [r for r in doc["rows"] if r["part"] == "speed"],
                       lambda rows: "|".join(str(r["tokens_per_s"]) for r in rows))
     assert text == "On AMD EPYC, 2 cores:\n\n1.0\n\nOn Intel Xeon, 2 cores:\n\n2.0"
+
+
+def test_rows_keep_the_revision_their_run_started_from(tmp_path):
+    """A long run stamps its rows with the revision it loaded; rows without one get the revision at write time."""
+    from dualtvm.checkpoint import git_revision
+    from dualtvm.results import read_rows, update_rows
+
+    path = tmp_path / "r.json"
+    update_rows(path, "r", {"model": "a", "git": "abc1234"}, ("model",), "c")
+    update_rows(path, "r", {"model": "b"}, ("model",), "c")
+    assert {r["model"]: r["git"] for r in read_rows(path)} == {"a": "abc1234", "b": git_revision()}
