@@ -49,8 +49,8 @@ def latency_by_ratio(dual: CompiledDecoder, ratios: list[float], xs: list[np.nda
         raise ValueError("latency_by_ratio needs a dual-module build (its dense twin goes in `dense`)")
     if len(xs) < 2:
         raise ValueError("need at least 2 step inputs (the first step of a round is a warm-up)")
-    if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios):
-        raise ValueError(f"insensitive ratios must lie in [0, 1], got {ratios}")
+    if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios) or len(set(ratios)) != len(ratios):
+        raise ValueError(f"insensitive ratios must be distinct and lie in [0, 1], got {ratios}")
     engines, measured = [], {}
     for r in ratios:
         dual.set_insensitive_ratio(r)

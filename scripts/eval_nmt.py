@@ -59,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dualtvm.bench import dual_engine
+    from dualtvm.checkpoint import git_revision
     from dualtvm.data import load_multi30k
     from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
     from dualtvm.nmt import (Backend, Translator, block_speedups, corpus_bleu, decode_speed, decoder_backend,
                              decoder_layers, dual_output, reference_perplexity, translate)
     from dualtvm.output import GATE
-    from dualtvm.checkpoint import git_revision
     from dualtvm.results import update_rows
 
     torch.set_num_threads(threads)

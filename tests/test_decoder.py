@@ -210,7 +210,7 @@ def test_budget_measures_every_ratio_and_picks_the_cheapest_in_quality(builds, t
     assert "no measured ratio meets 1e-06 ms" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         budget.main([str(folder), "--budget-ms", "1", "--ratios", "0.5,1.5", "--steps", "4"])
-    assert "insensitive ratios must lie in [0, 1]" in capsys.readouterr().err
+    assert "insensitive ratios must be distinct and lie in [0, 1]" in capsys.readouterr().err
     np.save(tmp_path / "wrong.npy", np.zeros((6, 5), np.float32))
     with pytest.raises(SystemExit):
         budget.main([str(folder), "--budget-ms", "1", "--inputs", str(tmp_path / "wrong.npy")])
