@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--caches", default="warm,cold")
+    p.add_argument("--caches", default="warm,cold",
+                   help="cold: a sweep of twice the last-level cache (at least 64 MB) before every timed step")
+    p.add_argument("--cold-steps", type=int, default=20, help="steps per round in cold mode (each waits for a sweep)")
     p.add_argument("--checkpoint", default=None,
                    help="trained weights: a train_lm.py LM, a train_nmt.py seq2seq (see --decoder-layer) or a state_dict; "
                         "dualtvm checkpoints also give the real inputs (hence masks) the steps decode")
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except TargetError as e:
         p.error(str(e))
     cfg = BenchConfig(tuple(a.models.split(",")), run_target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
-                      a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
+                      a.cold_steps, a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
                       reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps,
                       int8_float=a.int8_float)
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="candidate insensitive ratios")
     p.add_argument("--steps", type=int, default=100, help="decode steps per round")
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (each ratio once per round)")
-    p.add_argument("--cold", action="store_true", help="sweep 64 MB before every step (cold last-level cache)")
+    p.add_argument("--cold", action="store_true", help="sweep twice the last-level cache (at least 64 MB) before every step")
     p.add_argument("--inputs", default=None, help=".npy array of real step inputs (steps × input size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="TVM threads (default: all cores)")

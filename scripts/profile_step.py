@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="TVM threads (default: all cores)")
-    p.add_argument("--cold", action="store_true", help="sweep 64 MB before every step (cold last-level cache)")
+    p.add_argument("--cold", action="store_true", help="sweep twice the last-level cache (at least 64 MB) before every step")
     a = p.parse_args(argv)
     if a.steps < 2:
         p.error("--steps must be at least 2 (the first step is a warm-up)")

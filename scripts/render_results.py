@@ -35,11 +35,13 @@ def latency(doc: dict) -> str:
 
 
 def _latency_table(rows: list[dict]) -> str:
+    from dualtvm.bench import cache_label
+
     out = ["| model | run target | cache | engine | ratio | median ms | × TVM dense | × best peer | byte bound × |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         run = r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
-        out.append(f"| {r['model']} | {run} | {r['cache']} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} | "
+        out.append(f"| {r['model']} | {run} | {cache_label(r)} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} | "
                    f"{r.get('speedup_vs_tvm_dense', '') or ''} | {r.get('speedup_vs_best_peer', '') or ''} | "
                    f"{r.get('byte_bound_speedup', '') or ''} |")
     return "\n".join(out)

@@ -128,3 +128,27 @@ def test_bench_cli_refuses_a_bad_target_before_measuring():
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
     done = subprocess.run([sys.executable, str(script), "--target", "llvm -mcpuu=broadwell"], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown target flag -mcpuu" in done.stderr
+
+
+def test_cold_sweeps_twice_the_last_level_cache_before_every_timed_step():
+    from dualtvm.bench import EVICT_MIN_BYTES, Engine, Evictor, evict_bytes, last_level_cache_bytes, measure
+
+    assert evict_bytes(480 << 20) == 960 << 20  # the Intel VM's 480 MB L3: a 64 MB sweep left most of it warm
+    assert evict_bytes(8 << 20) == EVICT_MIN_BYTES and evict_bytes(0) == EVICT_MIN_BYTES
+    llc = last_level_cache_bytes()
+    assert llc is None or llc > 0
+    assert evict_bytes() >= max(EVICT_MIN_BYTES, 2 * (llc or 0))
+    calls = []
+    engines = [Engine(n, 0.0, lambda: None, lambda i, n=n: calls.append((n, i))) for n in ("a", "b")]
+    evictor = Evictor(1 << 20)
+    times = measure(engines, steps=4, rounds=2, cold=evictor, pause_s=0.0)
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6}  # 3 timed steps a round (step 0 warms up)
+    assert evictor.buf[0] == 1 + 12  # one sweep before each of the 12 timed steps
+
+
+def test_cold_rows_name_their_sweep():
+    from dualtvm.bench import cache_label
+
+    assert cache_label({"cache": "warm"}) == "warm"
+    assert cache_label({"cache": "cold", "evict_mb": 960}) == "cold (960 MB)"
+    assert cache_label({"cache": "cold"}) == "cold (64 MB)"  # rows from before the sweep followed the LLC
