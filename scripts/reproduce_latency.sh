@@ -3,7 +3,7 @@
 # the 750-unit ones from the trained checkpoints of results/baselines.json), then the
 # host's own ISA for the default model.  Every run times the INT8 (paper default, "tvm-dual") and the INT4
 # ("tvm-dual-int4") little module side by side, and the INT8 one on floats ("tvm-dual-int8float": the path before the
-# INT8 little GEMV ran on integer codes on AVX2 targets).  Needs the machine to itself (~25 min on 2 cores).
+# INT8 little GEMV ran on integer codes on AVX2 targets).  Needs the machine to itself (~50 min on 2 cores: each cold step waits for a sweep of twice the LLC).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python scripts/bench.py --models gnmt-1024-1024 --threads 2 --rounds 8 --little-bits 8,4 --int8-float
