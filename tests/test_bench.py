@@ -143,7 +143,7 @@ def test_cold_sweeps_twice_the_last_level_cache_before_every_timed_step():
     evictor = Evictor(1 << 20)
     times = measure(engines, steps=4, rounds=2, cold=evictor, pause_s=0.0)
     assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6}  # 3 timed steps a round (step 0 warms up)
-    assert evictor.buf[0] == 1 + 12  # one sweep before each of the 12 timed steps
+    assert len(calls) == 16 and evictor.buf[0] == 1 + 12  # one sweep before each of the 12 timed steps, none before warm-ups
 
 
 def test_cold_rows_name_their_sweep():
