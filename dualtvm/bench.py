@@ -87,6 +87,22 @@ def measure(engines: list[Engine], steps: int, rounds: int, cold: "bool | Evicto
     return {k: np.array(v) for k, v in times.items()}
 
 
+def measured_insensitive_ratio(dec, runner: tuple, steps: int) -> float:
+    """Mean fraction of insensitive outputs while ``dec`` (a dual build, at its current thresholds) decodes the
+    ``steps`` inputs of ``runner`` (``runtime.sequence_runner``'s closures over it): one untimed pass."""
+    from .decoder import state_names
+
+    prepare, step, box = runner
+    prepare()
+    n_state = sum(len(state_names(s)) for s in dec.spec.layers)
+    fractions = []
+    for i in range(steps):
+        step(i)
+        pos = np.concatenate([box["out"][1 + n_state + j].numpy() for j in range(len(dec.spec.layers))])
+        fractions.append(float((pos < 0).mean()))  # a mask holds the row's position, -1 where insensitive
+    return float(np.mean(fractions))
+
+
 def summarize(t: np.ndarray) -> tuple[float, float]:
     q1, med, q3 = np.percentile(t * 1e3, [25, 50, 75])
     return float(med), float(q3 - q1)
@@ -270,15 +286,9 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         dec = CompiledDecoder(f"{outs[engine]}/dual")
         codes_of[name] = dec.spec.layers[0].codes
         dec.set_insensitive_ratio(r)
-        p, s, box = sequence_runner(dec, xs)
-        p()  # one untimed pass records the real masks of this sequence
-        fr = []
-        n_state = sum(2 if ly.rnn_type == "LSTM" else 1 for ly in dec.spec.layers)
-        for i in range(cfg.steps):
-            s(i)
-            pos = np.concatenate([box["out"][1 + n_state + j].numpy() for j in range(len(dec.spec.layers))])
-            fr.append(float((pos < 0).mean()))
-        measured[name], bits_of[name] = float(np.mean(fr)), bits
+        runner = p, s, _ = sequence_runner(dec, xs)
+        measured[name] = measured_insensitive_ratio(dec, runner, cfg.steps)  # the real masks of this sequence
+        bits_of[name] = bits
         engines.append(Engine(name, r, p, s))
         breakdowns[name] = step_breakdown(dec, xs)
     layers = big_layers_from_params(dense)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .bench import Engine, measure, summarize
+from .bench import Engine, measure, measured_insensitive_ratio, summarize
 from .runtime import CompiledDecoder, sequence_runner
 
 
@@ -27,15 +27,6 @@ class RatioLatency:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def measured_insensitive_ratio(dual: CompiledDecoder, xs: list[np.ndarray]) -> float:
-    """Mean fraction of insensitive outputs over ``xs`` decoded in sequence (state fed back)."""
-    state, fractions = None, []
-    for x in xs:
-        _, state, masks = dual.step(x, state)
-        fractions.append(1.0 - float(np.mean(np.concatenate(masks))))
-    return float(np.mean(fractions))
 
 
 def latency_by_ratio(dual: CompiledDecoder, ratios: list[float], xs: list[np.ndarray], rounds: int = 4,
@@ -52,12 +43,12 @@ def latency_by_ratio(dual: CompiledDecoder, ratios: list[float], xs: list[np.nda
     if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios) or len(set(ratios)) != len(ratios):
         raise ValueError(f"insensitive ratios must be distinct and lie in [0, 1], got {ratios}")
     engines, measured = [], {}
+    runner = prepare, step, _ = sequence_runner(dual, xs)  # one for every ratio: the engines run one at a time
     for r in ratios:
         dual.set_insensitive_ratio(r)
-        measured[r] = measured_insensitive_ratio(dual, xs)
-        prepare, step, _ = sequence_runner(dual, xs)
+        measured[r] = measured_insensitive_ratio(dual, runner, len(xs))
 
-        def prepare_at(r: float = r, prepare=prepare) -> None:
+        def prepare_at(r: float = r) -> None:
             dual.set_insensitive_ratio(r)
             prepare()
 

@@ -120,9 +120,10 @@ class Seq2Seq(nn.Module):
         batches of 100).  Padding positions of the memory are zeros (attention masks them)."""
         x = self.drop(self.src_emb(src))
         lengths = src.ne(0).sum(0).clamp(min=1)
+        padded = not bool((lengths == src.size(0)).all())  # False for batch 1 and training buckets of one length
 
         def run(lstm: nn.LSTM, t: torch.Tensor) -> torch.Tensor:
-            if bool((lengths == src.size(0)).all()):  # no padding (batch 1, training buckets of one length)
+            if not padded:
                 return lstm(t)[0]
             packed = nn.utils.rnn.pack_padded_sequence(t, lengths.cpu(), enforce_sorted=False)
             return nn.utils.rnn.pad_packed_sequence(lstm(packed)[0], total_length=src.size(0))[0]
