@@ -54,6 +54,20 @@ class Engine:
     ratio: float
     prepare: Callable[[], None]  # reset state before a round
     step: Callable[[int], None]  # run step i of the sequence
+    twin: "Engine | None" = None  # the same engine over its own copy of the weights (cold mode, see measure)
+
+
+def decoder_engine(name: str, ratio: float, dec, xs: list[np.ndarray], twin=None) -> Engine:
+    """An engine decoding ``xs`` with a :class:`~dualtvm.runtime.CompiledDecoder`; ``twin`` (``dec.twin()``)
+    runs through ``dec``'s VM, so in cold mode it warms that VM but not ``dec``'s weights."""
+    from .runtime import sequence_runner
+
+    prepare, step, _ = sequence_runner(dec, xs)
+    other = None
+    if twin is not None:
+        twin_prepare, twin_step, _ = sequence_runner(twin, xs, vm=dec.vm)
+        other = Engine(f"{name} (twin)", ratio, twin_prepare, twin_step)
+    return Engine(name, ratio, prepare, step, other)
 
 
 class Evictor:
@@ -68,19 +82,31 @@ class Evictor:
 
 
 def measure(engines: list[Engine], steps: int, rounds: int, cold: "bool | Evictor", pause_s: float = 0.05) -> dict[str, np.ndarray]:
-    """Interleaved rounds; per engine an array of per-step seconds.  ``cold``: sweep (an :class:`Evictor`,
-    or True for the default one) before every timed step."""
+    """Interleaved rounds; per engine an array of per-step seconds.
+
+    ``cold`` (an :class:`Evictor`, or True for the default one): the paper's "cold cache at the execution
+    of each RNN cell", as in a seq2seq decoder, where the cells run before this one stream other weights
+    through the same code.  Before every timed step the sweep evicts everything, then the engine's
+    ``twin`` (where it has one) runs the same step untimed on its own weights: the code, the runtime's
+    state and the page tables are warm again, this engine's weights still come from DRAM.  Without a
+    twin the timed step also pays for fetching all of those (a sweep of 1 GB made an empty TVM step
+    cost ~2 ms here: every page walk misses too).
+    """
     evict = cold if isinstance(cold, Evictor) else Evictor() if cold else None
     times: dict[str, list[float]] = {e.name: [] for e in engines}
     for r in range(rounds):
         order = engines if r % 2 == 0 else engines[::-1]
         for e in order:
             e.prepare()
+            if evict is not None and e.twin is not None:
+                e.twin.prepare()
             e.step(0)  # warm-up step of the round (not timed)
             time.sleep(pause_s)  # let the other engine's thread pool fall asleep
             for i in range(1, steps):
                 if evict is not None:
                     evict()
+                    if e.twin is not None:
+                        e.twin.step(i)
                 t0 = time.perf_counter()
                 e.step(i)
                 times[e.name].append(time.perf_counter() - t0)
@@ -194,7 +220,7 @@ def kernel_part(name: str) -> str:
     return next((part for prefix, part in STEP_PARTS if name.startswith(prefix)), "assembly")
 
 
-def step_breakdown(dec, xs: list[np.ndarray], evict: Callable[[], None] | None = None) -> dict[str, float]:
+def step_breakdown(dec, xs: list[np.ndarray], evict: Callable[[], None] | None = None, twin=None) -> dict[str, float]:
     """Table 5's right half, measured inside the real step: ms per step in projection / little / mask /
     big / assembly kernels and the whole ``step`` (medians over the steps of ``xs``, state fed back,
     real moving masks).
@@ -203,7 +229,8 @@ def step_breakdown(dec, xs: list[np.ndarray], evict: Callable[[], None] | None =
     big GEMV's stream has evicted the little module's weights (timed alone, the small kernels looked
     2–4× faster than they are in a step).  ``step`` is timed in the same instrumented pass, so
     step − Σ parts is the VM's own work plus the instrument's (a few µs per VM call, builtins included).
-    ``evict`` (e.g. an :class:`Evictor`) runs before each timed step: the cold-cache breakdown.
+    ``evict`` (e.g. an :class:`Evictor`) runs before each timed step: the cold-cache breakdown, where
+    ``twin`` (``dec.twin()``) then steps through the same VM untimed, as in :func:`measure`.
     """
     import tvm_ffi
     from tvm import relax
@@ -225,12 +252,17 @@ def step_breakdown(dec, xs: list[np.ndarray], evict: Callable[[], None] | None =
 
     vm.set_instrument(tvm_ffi.convert(instrument))
     prepare, step, _ = sequence_runner(dec, xs, vm=vm)
+    twin_prepare, twin_step, _ = sequence_runner(twin, xs, vm=vm) if twin is not None else (None, None, None)
     prepare()
     step(0)  # warm-up
+    if twin is not None:
+        twin_prepare()
     per_step = []
     for i in range(1, len(xs)):
         if evict is not None:  # cold cache: the step's weights and buffers come from DRAM
             evict()
+            if twin is not None:
+                twin_step(i)
         current.clear()
         t0 = time.perf_counter()
         step(i)
@@ -276,9 +308,8 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     else:
         rng = np.random.default_rng(0)
         xs = [(rng.standard_normal(mc.input_size) * 0.5).astype(np.float32) for _ in range(cfg.steps)]
-    engines: list[Engine] = []
-    p, s, _ = sequence_runner(dense, xs)
-    engines.append(Engine("tvm-dense", 0.0, p, s))
+    twins = "cold" in cfg.caches  # every engine gets a twin over its own weights (see measure)
+    engines = [decoder_engine("tvm-dense", 0.0, dense, xs, dense.twin() if twins else None)]
     breakdowns = {"tvm-dense": step_breakdown(dense, xs)}  # warm, in-step; before any peer's threads exist
     measured, bits_of, codes_of = {}, {}, {}
     for (engine, bits, _), r in ((v, r) for v in variants for r in cfg.ratios):
@@ -286,38 +317,25 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         dec = CompiledDecoder(f"{outs[engine]}/dual")
         codes_of[name] = dec.spec.layers[0].codes
         dec.set_insensitive_ratio(r)
-        runner = p, s, _ = sequence_runner(dec, xs)
-        measured[name] = measured_insensitive_ratio(dec, runner, cfg.steps)  # the real masks of this sequence
+        measured[name] = measured_insensitive_ratio(dec, sequence_runner(dec, xs), cfg.steps)  # this sequence's masks
         bits_of[name] = bits
-        engines.append(Engine(name, r, p, s))
+        engines.append(decoder_engine(name, r, dec, xs, dec.twin() if twins else None))
         breakdowns[name] = step_breakdown(dec, xs)
     layers = big_layers_from_params(dense)
     torch.set_num_threads(cfg.threads)
     if "torch" in cfg.peers:
-        cells = [torch_cell(l) for l in layers]
-        txs = [torch.from_numpy(x).view(1, -1) for x in xs]
-        tstate: dict = {}
-
-        def t_prep() -> None:
-            tstate["s"] = [None] * len(cells)
-
-        def t_step(i: int) -> None:
-            with torch.no_grad():
-                inp = txs[i]
-                for j, c in enumerate(cells):
-                    st = c(inp, tstate["s"][j])
-                    tstate["s"][j] = st
-                    h = st[0] if isinstance(st, tuple) else st
-                    inp = h + inp if mc.residual()[j] else h
-
-        engines.append(Engine("torch", 0.0, t_prep, t_step))
+        engine = _torch_engine([torch_cell(l) for l in layers], xs, mc)
+        engine.twin = _torch_engine([torch_cell(l) for l in layers], xs, mc) if twins else None
+        engines.append(engine)
     for peer in ("onnxruntime", "openvino"):
         if peer not in cfg.peers:
             continue
         try:
             make = (lambda l: onnxruntime_session(l, cfg.threads)) if peer == "onnxruntime" else \
                    (lambda l: OpenVINOStep(l, cfg.threads))
-            engines.append(_step_graph_engine(peer, [make(l) for l in layers], xs, mc))
+            engine = _step_graph_engine(peer, [make(l) for l in layers], xs, mc)
+            engine.twin = _step_graph_engine(peer, [make(l) for l in layers], xs, mc) if twins else None
+            engines.append(engine)
         except ImportError:
             log.warning("%s is not installed: skipping that peer", peer)
     rows: list[dict] = []
@@ -341,6 +359,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                    "target": target.cli if is_tvm else None, "weights": weights}
             if cold:
                 row["evict_mb"] = evictor.nbytes >> 20  # rows without it swept 64 MB
+                row["runtime_warm"] = e.twin is not None  # a twin's step warmed code and runtime (rows without: no)
             if e.name in measured:
                 dual_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name], bits_of[e.name])
                                  for s in dual.spec.layers)
@@ -381,6 +400,28 @@ def dual_engine(little_bits: int, engine: str = "tvm-dual") -> str:
     return engine if little_bits == 8 else f"{engine}-int{little_bits}"
 
 
+def _torch_engine(cells: list, xs: list[np.ndarray], mc) -> Engine:
+    """PyTorch's cells (``peers.torch_cell``) stepping ``xs`` through the stack, residuals included."""
+    import torch
+
+    txs = [torch.from_numpy(x).view(1, -1) for x in xs]
+    state: dict = {}
+
+    def prep() -> None:
+        state["s"] = [None] * len(cells)
+
+    def step(i: int) -> None:
+        with torch.no_grad():
+            inp = txs[i]
+            for j, c in enumerate(cells):
+                st = c(inp, state["s"][j])
+                state["s"][j] = st
+                h = st[0] if isinstance(st, tuple) else st
+                inp = h + inp if mc.residual()[j] else h
+
+    return Engine("torch", 0.0, prep, step)
+
+
 def _step_graph_engine(name: str, sessions: list, xs: list[np.ndarray], mc) -> Engine:
     """A peer running one ONNX-style step graph per layer (X, h0[, c0] → Y_h[, Y_c]), residuals in numpy."""
     state: dict = {}
@@ -411,8 +452,11 @@ def _add_breakdown(row: dict, breakdown: dict[str, float]) -> None:
 
 
 def cache_label(row: dict) -> str:
-    """``warm``, or ``cold (N MB)`` naming the sweep between steps (rows from before ``evict_mb`` swept 64 MB)."""
-    return "warm" if row["cache"] == "warm" else f"cold ({row.get('evict_mb', EVICT_MIN_BYTES >> 20)} MB)"
+    """``warm``; ``cold weights (N MB)`` where a twin warmed code and runtime after the N MB sweep (:func:`measure`);
+    ``cold (N MB)`` where only the sweep ran (rows from before ``evict_mb`` swept 64 MB)."""
+    if row["cache"] == "warm":
+        return "warm"
+    return f"{'cold weights' if row.get('runtime_warm') else 'cold'} ({row.get('evict_mb', EVICT_MIN_BYTES >> 20)} MB)"
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -4,7 +4,7 @@ The ratio is a run-time knob that trades quality for speed: every point of it gi
 quality (Tables 2–4), so a service with a per-token budget wants the *smallest* ratio whose step
 meets it.  Step latency depends on the CPU, its memory system and what else runs there, so it
 is measured here, not predicted: one compiled dual build at every candidate ratio (and its dense
-twin, which meets a budget without any quality loss), interleaved in one run with
+counterpart, which meets a budget without any quality loss), interleaved in one run with
 :func:`dualtvm.bench.measure` so that the ratios are compared side by side.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .bench import Engine, measure, measured_insensitive_ratio, summarize
+from .bench import Engine, decoder_engine, measure, measured_insensitive_ratio, summarize
 from .runtime import CompiledDecoder, sequence_runner
 
 
@@ -37,25 +37,28 @@ def latency_by_ratio(dual: CompiledDecoder, ratios: list[float], xs: list[np.nda
     its rounds, outside the timed steps.  ``xs``: step inputs in order (real ones give real masks).
     """
     if not dual.spec.dual:
-        raise ValueError("latency_by_ratio needs a dual-module build (its dense twin goes in `dense`)")
+        raise ValueError("latency_by_ratio needs a dual-module build (its dense counterpart goes in `dense`)")
     if len(xs) < 2:
         raise ValueError("need at least 2 step inputs (the first step of a round is a warm-up)")
     if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios) or len(set(ratios)) != len(ratios):
         raise ValueError(f"insensitive ratios must be distinct and lie in [0, 1], got {ratios}")
     engines, measured = [], {}
-    runner = prepare, step, _ = sequence_runner(dual, xs)  # one for every ratio: the engines run one at a time
+    runner = sequence_runner(dual, xs)
     for r in ratios:
         dual.set_insensitive_ratio(r)
         measured[r] = measured_insensitive_ratio(dual, runner, len(xs))
-
+    # one decoder (and, cold, one twin: see bench.measure) for every ratio: the engines run one at a time
+    twin = dual.twin() if cold else None
+    shared = decoder_engine("tvm-dual", 0.0, dual, xs, twin)
+    for r in ratios:
         def prepare_at(r: float = r) -> None:
-            dual.set_insensitive_ratio(r)
-            prepare()
+            for dec in (dual, twin) if twin is not None else (dual,):
+                dec.set_insensitive_ratio(r)
+            shared.prepare()
 
-        engines.append(Engine(f"tvm-dual@{r}", r, prepare_at, step))
+        engines.append(Engine(f"tvm-dual@{r}", r, prepare_at, shared.step, shared.twin))
     if dense is not None:
-        prepare, step, _ = sequence_runner(dense, xs)
-        engines.append(Engine("tvm-dense", 0.0, prepare, step))
+        engines.append(decoder_engine("tvm-dense", 0.0, dense, xs, dense.twin() if cold else None))
     times = measure(engines, len(xs), rounds, cold)
     out = []
     for e in engines:

@@ -78,7 +78,7 @@ def warn_below_break_even(shapes: list[LayerShape]) -> float:
 def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os.PathLike",
                  residual: list[bool] | None = None, database=None, info: dict | None = None,
                  int8_codes: bool | None = None) -> dict[str, Path]:
-    """Compile a dual-module RNN (e.g. ``construct.build_dual(your_nn_lstm, …)``) and its dense twin.
+    """Compile a dual-module RNN (e.g. ``construct.build_dual(your_nn_lstm, …)``) and its dense counterpart.
 
     Writes ``out/dual`` and ``out/dense`` (``decoder.so`` + weights + manifest; the dual one also the
     little-module artefact); load either with :class:`~dualtvm.runtime.CompiledDecoder`.  ``residual``

@@ -172,7 +172,7 @@ def step_spec(model, target: TargetSpec, duals: list | None = None, output_littl
     if duals is not None:
         shapes = [LayerShape("LSTM", cfg.hidden, 2 * cfg.hidden, d.little.k, d.little.weight.bits).for_target(target)
                   for d in duals]
-    else:  # k of eq. 3 at ε = 0.5 only names the dense kernels, as in the dual build's dense twin (tuning log keys)
+    else:  # k of eq. 3 at ε = 0.5 only names the dense kernels, as in the dual build's dense counterpart (tuning log keys)
         from .projection import reduced_dim
 
         k = reduced_dim(4 * cfg.hidden)
@@ -327,7 +327,7 @@ class CompiledStep(nn.Module):
         import tvm
         from tvm import relax
 
-        from .memory import weight_tensor
+        from .memory import weight_tensors
 
         d = Path(build_dir)
         for f in ("manifest.json", "step.so", "params.npz"):
@@ -344,7 +344,7 @@ class CompiledStep(nn.Module):
         self._memory_of = None  # (mem, pad, mem's version, its rows as the kernel takes them): see _memory
         raw = np.load(d / "params.npz")
         self.embedding = torch.from_numpy(np.ascontiguousarray(raw["embedding"]))
-        self._weights = {k: weight_tensor(raw[k], dev, huge_pages) for k in raw.files if k != "embedding"}
+        self._weights = weight_tensors({k: raw[k] for k in raw.files if k != "embedding"}, dev, huge_pages)
         self.littles = self.output_little = None
         self._running = _RunningCounts(spec.count_slots if spec.dual else 0)
         self.layers, start = [], 0
@@ -379,16 +379,13 @@ class CompiledStep(nn.Module):
 
     def set_insensitive_ratio(self, ratio: "float | list") -> None:
         """The layers' thresholds for one insensitive ratio (or one per layer), from their stored calibration."""
-        import tvm
-
         from .runtime import mask_bounds, ratio_thresholds
 
         if not self.spec.dual:
             raise ValueError("this is a dense step build: it has no insensitive ratio")
         for i, (s, th) in enumerate(zip(self.spec.layers, ratio_thresholds(self.spec.layers, self.littles, ratio))):
-            for name, v in zip(("lo", "hi"), mask_bounds(s, th)):
-                self._weights[f"l{i}_{name}"] = tvm.runtime.tensor(np.ascontiguousarray(v, np.float32), tvm.cpu())
-        self._bind()
+            for name, v in zip(("lo", "hi"), mask_bounds(s, th)):  # in place: they stay beside the weights
+                self._weights[f"l{i}_{name}"].copyfrom(np.ascontiguousarray(v, np.float32))
 
     def set_output_ratio(self, ratio: float) -> None:
         """The dual output projection's θ for ``ratio`` (its little module's calibration)."""

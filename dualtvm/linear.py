@@ -228,7 +228,7 @@ class CompiledLinear:
         import tvm
         from tvm import relax
 
-        from .memory import weight_tensor
+        from .memory import weight_tensors
 
         d = Path(build_dir)
         for f in ("manifest.json", "linear.so", "params.npz"):
@@ -241,7 +241,9 @@ class CompiledLinear:
         dev = tvm.cpu()
         raw = np.load(d / "params.npz")
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(d / "linear.so")), dev)
-        params = [weight_tensor(raw["w"], dev, huge_pages), tvm.runtime.tensor(raw["b"], dev)]
+        names = ["w", "b"] + (["p_lo", "p_hi", "w_ll", "scale", "b_ll"] if self.dual else [])
+        tensors = weight_tensors({n: raw[n] for n in names}, dev, huge_pages)
+        params = [tensors[n] for n in names]
         self.last_count = None
         if self.dual:
             from .artefact import load_output_little
@@ -249,7 +251,6 @@ class CompiledLinear:
             self.shape = OutputShape(self.rows, self.cols, m["k"], m["little_bits"], m["int8_codes"])
             self.cols_padded = self.shape.cols_p
             self.little = load_output_little(d / "little_output.npz", m["weight_hash"])
-            params += [tvm.runtime.tensor(raw[n], dev) for n in ("p_lo", "p_hi", "w_ll", "scale", "b_ll")]
             self._fn, self._params = self._vm["dual_linear"], params + [None]
             self.set_insensitive_ratio(0.0)
         else:

@@ -29,13 +29,14 @@ class BuildError(RuntimeError):
 class CompiledDecoder:
     """A compiled decode step with its weights; ``step(x, state)`` → (output, new state).
 
-    Weight matrices sit on 2 MB pages unless ``huge_pages=False`` (:mod:`dualtvm.memory`).
+    Its weights (little module, projection and thresholds too) sit on 2 MB pages unless ``huge_pages=False``
+    (:mod:`dualtvm.memory`).
     """
 
     def __init__(self, build_dir: str | os.PathLike, expect_model: dict | None = None, huge_pages: bool = True) -> None:
         import tvm
 
-        from .memory import weight_tensor
+        from .memory import weight_tensors
 
         d = Path(build_dir)
         for f in ("manifest.json", "decoder.so", "params.npz"):
@@ -51,6 +52,7 @@ class CompiledDecoder:
             if built != expect_model:
                 raise BuildError(f"{d} was built for model {built}, not {expect_model}")
         self.spec = DecoderSpec.from_json(self.manifest["spec"])
+        self.build_dir, self.huge_pages = d, huge_pages
         self.target = target
         self.dev = tvm.cpu()
         self._lib = tvm.runtime.load_module(str(d / "decoder.so"))
@@ -58,7 +60,9 @@ class CompiledDecoder:
         raw = np.load(d / "params.npz")
         self.params = [{n: raw[f"l{i}_{n}"] for n in layer_param_names(s, self.spec.dual)}
                        for i, s in enumerate(self.spec.layers)]
-        self._tensors = [{n: weight_tensor(v, self.dev, huge_pages) for n, v in p.items()} for p in self.params]
+        flat = weight_tensors({f"l{i}_{n}": v for i, p in enumerate(self.params) for n, v in p.items()}, self.dev,
+                              huge_pages)
+        self._tensors = [{n: flat[f"l{i}_{n}"] for n in p} for i, p in enumerate(self.params)]
         self.littles = None
         if self.spec.dual and (d / "little.npz").exists():
             from .artefact import load_little
@@ -74,6 +78,15 @@ class CompiledDecoder:
         if vm is None:
             vm = self._local.vm = relax.VirtualMachine(self._lib, self.dev)
         return vm
+
+    def twin(self) -> "CompiledDecoder":
+        """The same build over its own copy of the weights, at the same thresholds: another cell of the same
+        shapes (the cold-cache benchmark runs it between the sweep and the timed step, ``bench.measure``)."""
+        other = CompiledDecoder(self.build_dir, huge_pages=self.huge_pages)
+        for i, tensors in enumerate(self._tensors):
+            for name in ("lo", "hi") if self.spec.dual else ():
+                other._set(i, name, tensors[name].numpy())
+        return other
 
     # ------------------------------------------------------------------ knobs
     def set_thresholds(self, per_layer: list[Thresholds]) -> None:
@@ -91,9 +104,8 @@ class CompiledDecoder:
         self.set_thresholds(ratio_thresholds(self.spec.layers, self.littles, ratio))
 
     def _set(self, layer: int, name: str, value: np.ndarray) -> None:
-        import tvm
-
-        self._tensors[layer][name] = tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32), self.dev)
+        """In place: the tensor stays where :func:`~dualtvm.memory.weight_tensors` put it."""
+        self._tensors[layer][name].copyfrom(np.ascontiguousarray(value, dtype=np.float32))
 
     # ------------------------------------------------------------------ running
     def init_state(self) -> list[np.ndarray]:

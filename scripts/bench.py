@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--caches", default="warm,cold",
-                   help="cold: a sweep of twice the last-level cache (at least 64 MB) before every timed step")
+                   help="cold: before every timed step a sweep of twice the last-level cache (at least 64 MB), "
+                        "then the engine's copy on its own weights steps untimed: weights cold, code warm")
     p.add_argument("--cold-steps", type=int, default=20, help="steps per round in cold mode (each waits for a sweep)")
     p.add_argument("--checkpoint", default=None,
                    help="trained weights: a train_lm.py LM, a train_nmt.py seq2seq (see --decoder-layer) or a state_dict; "

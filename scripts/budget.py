@@ -3,7 +3,7 @@
 
     python scripts/budget.py build/lstm-1500-llvm-broadwell --budget-ms 1.5
 
-Times the build's dual-module step at each candidate ratio and its dense twin (when the build folder
+Times the build's dual-module step at each candidate ratio and its dense counterpart (when the build folder
 has one), interleaved in one run, and prints the curve and the choice: the dense step if it meets
 the budget (no quality loss), else the smallest ratio that does (quality at each ratio: Tables 2–4
 of the README).  Inputs are Gaussian with the state fed back unless ``--inputs`` gives real step
@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="candidate insensitive ratios")
     p.add_argument("--steps", type=int, default=100, help="decode steps per round")
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (each ratio once per round)")
-    p.add_argument("--cold", action="store_true", help="sweep twice the last-level cache (at least 64 MB) before every step")
+    p.add_argument("--cold", action="store_true",
+                   help="cold weights: before every timed step sweep twice the last-level cache (at least 64 MB), "
+                        "then step a copy of the build on its own weights (bench.measure)")
     p.add_argument("--inputs", default=None, help=".npy array of real step inputs (steps × input size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="TVM threads (default: all cores)")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, ValueError, OSError) as e:
         p.error(str(e))
     print(f"{dual_dir}: median ms per decode step over {len(xs) - 1} steps × {a.rounds} rounds, "
-          f"{'cold' if a.cold else 'warm'} cache, {'inputs ' + a.inputs if a.inputs else 'Gaussian inputs'}")
+          f"{'cold weights' if a.cold else 'warm'} cache, {'inputs ' + a.inputs if a.inputs else 'Gaussian inputs'}")
     print(f"{'engine':10s} {'ratio':>6s} {'measured':>9s} {'median ms':>10s} {'IQR ms':>8s}")
     for c in curve:
         print(f"{c.engine:10s} {c.insensitive_ratio:6.2f} {c.measured_ratio:9.3f} {c.median_ms:10.3f} {c.iqr_ms:8.3f}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build a compiled dual-module decoder (and its dense twin) for a model and target.
+"""Build a compiled dual-module decoder (and its dense counterpart) for a model and target.
 
     python scripts/build.py --target "llvm -mcpu=broadwell" --model lstm-1500 --out build/lstm-1500 --verify
 

@@ -146,9 +146,31 @@ def test_cold_sweeps_twice_the_last_level_cache_before_every_timed_step():
     assert len(calls) == 16 and evictor.buf[0] == 1 + 12  # one sweep before each of the 12 timed steps, none before warm-ups
 
 
+def test_cold_steps_the_twin_between_the_sweep_and_the_timed_step():
+    """Cold: sweep, the twin's step i (untimed: it warms the code, not the engine's weights), the engine's step i;
+    the twin's state is reset with the engine's every round.  Warm: the twin never runs."""
+    from dualtvm.bench import Engine, Evictor, measure
+
+    calls = []
+
+    class Sweep(Evictor):
+        def __call__(self) -> None:
+            calls.append("sweep")
+
+    twin = Engine("a (twin)", 0.0, lambda: calls.append("twin prepare"), lambda i: calls.append(("twin", i)))
+    engine = Engine("a", 0.0, lambda: calls.append("prepare"), lambda i: calls.append(("a", i)), twin)
+    times = measure([engine], steps=3, rounds=2, cold=Sweep(4096), pause_s=0.0)
+    one_round = ["prepare", "twin prepare", ("a", 0), "sweep", ("twin", 1), ("a", 1), "sweep", ("twin", 2), ("a", 2)]
+    assert calls == one_round * 2 and len(times["a"]) == 4
+    calls.clear()
+    measure([engine], steps=3, rounds=1, cold=False, pause_s=0.0)
+    assert calls == ["prepare", ("a", 0), ("a", 1), ("a", 2)]
+
+
 def test_cold_rows_name_their_sweep():
     from dualtvm.bench import cache_label
 
     assert cache_label({"cache": "warm"}) == "warm"
     assert cache_label({"cache": "cold", "evict_mb": 960}) == "cold (960 MB)"
+    assert cache_label({"cache": "cold", "evict_mb": 960, "runtime_warm": True}) == "cold weights (960 MB)"
     assert cache_label({"cache": "cold"}) == "cold (64 MB)"  # rows from before the sweep followed the LLC

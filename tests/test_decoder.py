@@ -56,6 +56,22 @@ def test_ratio_is_a_runtime_knob(builds):
         dec.set_insensitive_ratio(1.5)
 
 
+def test_twin_is_the_same_cell_on_its_own_weights(builds):
+    """dec.twin(): same outputs and masks at the same thresholds, but its own weight buffers (the cold benchmark
+    steps it to warm the code without warming dec's weights)."""
+    dec = CompiledDecoder(builds["tiny-lstm"]["builds"]["dual"])
+    dec.set_insensitive_ratio(0.5)
+    twin = dec.twin()
+    x = np.random.default_rng(1).standard_normal(48).astype(np.float32)
+    out, state, masks = dec.step(x)
+    t_out, t_state, t_masks = twin.step(x)
+    np.testing.assert_array_equal(out, t_out)
+    assert all(np.array_equal(a, b) for a, b in zip(masks, t_masks)) and 0 < np.mean(np.concatenate(masks)) < 1
+    twin._tensors[0]["w"].copyfrom(np.zeros_like(twin.params[0]["w"]))  # noqa: SLF001 - its own buffer
+    assert not np.array_equal(twin.step(x)[0], out)
+    np.testing.assert_array_equal(dec.step(x)[0], out)
+
+
 def test_export_load_in_fresh_process(builds):
     d = builds["tiny-gru"]["builds"]["dual"]
     x = np.linspace(-1, 1, 48, dtype=np.float32)
@@ -185,14 +201,14 @@ def test_profile_step_reports_every_part(builds, capsys):
     assert set(times) == {"projection", "little", "mask", "big", "assembly", "kernels", "step"}
     assert all(v > 0 for v in times.values()) and times["step"] >= times["big"]
     assert profile_step.main([builds["tiny-gnmt-w4"]["builds"]["dual"], "--ratio", "0.5", "--steps", "4", "--cold"]) == 0
-    assert "cold cache" in capsys.readouterr().out
+    assert "cold weights cache" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         profile_step.main([str(REPO / "tests"), "--steps", "8"])
     assert "not a dualtvm build folder" in capsys.readouterr().err
 
 
 def test_budget_measures_every_ratio_and_picks_the_cheapest_in_quality(builds, tmp_path, capsys):
-    """scripts/budget.py: one interleaved run over the ratios and the dense twin; a budget nothing meets exits 1."""
+    """scripts/budget.py: one interleaved run over the ratios and the dense counterpart; a budget nothing meets exits 1."""
     sys.path.insert(0, str(REPO / "scripts"))
     import budget
 
@@ -206,6 +222,9 @@ def test_budget_measures_every_ratio_and_picks_the_cheapest_in_quality(builds, t
     low, high = doc["curve"][0]["measured_ratio"], doc["curve"][1]["measured_ratio"]
     assert 0 < low < high < 1  # the thresholds really moved between the ratios' rounds
     assert doc["choice"]["engine"] == "tvm-dense"  # a generous budget: no quality given up
+    assert budget.main(argv + ["--budget-ms", "1000", "--cold"]) == 0  # each ratio's twin follows its thresholds
+    cold = json.loads(out.read_text())
+    assert cold["cold"] is True and [c["measured_ratio"] for c in cold["curve"]] == [low, high, 0.0]
     assert budget.main(argv + ["--budget-ms", "1e-6"]) == 1
     assert "no measured ratio meets 1e-06 ms" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -291,6 +291,26 @@ def test_weights_on_huge_pages_are_the_same_numbers_and_huge_where_linux_allows(
         assert huge_page_bytes() - before >= HUGE_PAGE  # at least one aligned 2 MB range got a huge page
 
 
+def test_a_decoders_weights_share_one_huge_page_mapping_and_stay_there_when_updated():
+    """weight_tensors packs every array (small ones too: cold, each 4 KB page costs a page walk) at 4 KB
+    boundaries of one 2 MB-aligned mapping; copyfrom updates one in place; below a huge page in all: plain tensors."""
+    from dualtvm.memory import HUGE_PAGE, PAGE, weight_tensors
+
+    rng = np.random.default_rng(0)
+    arrays = {"w": rng.standard_normal((600, 1000)).astype(np.float32),  # 2.4 MB
+              "p": rng.integers(-1, 2, (17, 33)).astype(np.int8), "lo": np.full(5, -1.0, np.float32)}
+    t = weight_tensors(arrays, tvm.cpu())
+    assert all(np.array_equal(t[k].numpy(), v) for k, v in arrays.items())
+    if hasattr(__import__("mmap"), "MADV_HUGEPAGE"):
+        ptr = {k: v.data_ptr() for k, v in t.items()}
+        assert ptr["w"] % HUGE_PAGE == 0 and all(p % PAGE == 0 for p in ptr.values())
+        assert ptr["p"] - ptr["w"] == -(-arrays["w"].nbytes // PAGE) * PAGE and ptr["lo"] - ptr["p"] == PAGE
+        t["lo"].copyfrom(np.zeros(5, np.float32))
+        assert t["lo"].data_ptr() == ptr["lo"] and not t["lo"].numpy().any()
+    small = weight_tensors({"p": arrays["p"], "lo": arrays["lo"]}, tvm.cpu())
+    assert np.array_equal(small["p"].numpy(), arrays["p"])
+
+
 def test_timings_of_two_machines_stay_side_by_side(tmp_path):
     """A session on another machine adds its timing rows beside the first machine's (rows from before rows named
     their machine take their file's); quality rows, keyed without the machine, are replaced; the README renders
