@@ -60,12 +60,16 @@ def onnx_step_model(layer: BigLayer) -> bytes:
     return model.SerializeToString()
 
 
-def onnxruntime_session(layer: BigLayer, threads: int):
+def onnxruntime_session(layer: BigLayer, threads: int, spin: bool = True):
+    """An ONNX Runtime session of one step on its own thread pool; ``spin=False``: its threads sleep as soon as a
+    run ends (a cold benchmark's twin session must not keep spinning on the cores the timed one needs)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(onnx_step_model(layer), opts, providers=["CPUExecutionProvider"])
 
 

@@ -63,6 +63,9 @@ class CompiledDecoder:
         flat = weight_tensors({f"l{i}_{n}": v for i, p in enumerate(self.params) for n, v in p.items()}, self.dev,
                               huge_pages)
         self._tensors = [{n: flat[f"l{i}_{n}"] for n in p} for i, p in enumerate(self.params)]
+        # run()'s per-layer (state count, weight tensors in call order): fixed, since updates are in place
+        self._layer_args = [(len(state_names(s)), [self._tensors[i][n] for n in layer_param_names(s, self.spec.dual)])
+                            for i, s in enumerate(self.spec.layers)]
         self.littles = None
         if self.spec.dual and (d / "little.npz").exists():
             from .artefact import load_little
@@ -147,12 +150,18 @@ class CompiledDecoder:
         """
         args = [x]
         k = 0
-        for i, s in enumerate(self.spec.layers):
-            n = len(state_names(s))
+        for n, weights in self._layer_args:
             args += state[k: k + n]
+            args += weights
             k += n
-            args += [self._tensors[i][name] for name in layer_param_names(s, self.spec.dual)]
-        return list((vm or self.vm)["step"](*args))
+        return list((self._own_step() if vm is None else vm["step"])(*args))
+
+    def _own_step(self):
+        """This thread's VM's ``step``, looked up once (each look-up builds a new closure)."""
+        fn = getattr(self._local, "step", None)
+        if fn is None:
+            fn = self._local.step = self.vm["step"]
+        return fn
 
     def _state_layers(self):
         return [s for s in self.spec.layers for _ in state_names(s)]
