@@ -94,7 +94,8 @@ class OpenVINOStep:
             model = core.read_model(path)
             self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                               "PERFORMANCE_HINT": "LATENCY",
-                                                              "INFERENCE_PRECISION_HINT": "f32"})
+                                                              "INFERENCE_PRECISION_HINT": "f32",
+                                                              "ENABLE_CPU_PINNING": False})
         self.request = self.compiled.create_infer_request()
         self.outputs = list(self.compiled.outputs)
 
