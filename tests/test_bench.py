@@ -45,6 +45,20 @@ def test_peer_step_matches_pytorch(peer, rnn_type):
     ref = rnn(x, (h, c) if rnn_type == "LSTM" else h)[1]
     ref_h = ref[0] if rnn_type == "LSTM" else ref
     np.testing.assert_allclose(step.run(None, feeds)[0].reshape(1, 1, 24), ref_h.detach().numpy(), atol=1e-5)
+    if peer == "openvino":  # a pinned OpenVINO worker slowed every engine of the process (cold steps)
+        assert step.compiled.get_property("ENABLE_CPU_PINNING") is False
+
+
+def test_bench_cold_rows_ran_behind_a_twin(tmp_path):
+    """Cold rows: every engine (TVM and peers) stepped a twin after each sweep; the rows say so and name the sweep."""
+    from dualtvm.bench import cache_label
+
+    cfg = BenchConfig(models=("tiny-lstm",), ratios=(0.5,), steps=4, cold_steps=3, rounds=1, threads=1, caches=("cold",),
+                      build_root=str(tmp_path))
+    rows, _ = bench_model("tiny-lstm", cfg)
+    assert {r["engine"] for r in rows} >= {"tvm-dense", "tvm-dual", "torch", "onnxruntime"}
+    assert all(r["cache"] == "cold" and r["runtime_warm"] is True and r["evict_mb"] >= 64 for r in rows)
+    assert {cache_label(r) for r in rows} == {f"cold weights ({rows[0]['evict_mb']} MB)"}
 
 
 def test_bench_tiny_model(tmp_path):
