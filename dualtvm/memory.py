@@ -75,11 +75,6 @@ def weight_tensors(arrays: "dict[str, np.ndarray]", dev, huge_pages: bool = True
     return out
 
 
-def weight_tensor(a: np.ndarray, dev, huge_pages: bool = True):
-    """A TVM tensor of ``a`` for the kernels to stream: on huge pages when large enough and asked for."""
-    return weight_tensors({"a": a}, dev, huge_pages)["a"]
-
-
 def huge_page_bytes() -> int:
     """This process's anonymous memory on huge pages (``AnonHugePages`` of /proc/self/smaps_rollup), 0 if unknown."""
     try:

@@ -273,18 +273,18 @@ def test_busy_processes_names_a_cpu_hog_and_skips_own_children(caplog):
 
 
 def test_weights_on_huge_pages_are_the_same_numbers_and_huge_where_linux_allows():
-    """weight_tensor copies into a 2 MB-aligned madvised mapping and hands it to TVM zero-copy."""
+    """weight_tensors copies into a 2 MB-aligned madvised mapping and hands it to TVM zero-copy."""
     from pathlib import Path
 
-    from dualtvm.memory import HUGE_PAGE, huge_page_array, huge_page_bytes, weight_tensor
+    from dualtvm.memory import HUGE_PAGE, huge_page_array, huge_page_bytes, weight_tensors
 
     a = np.random.default_rng(0).standard_normal((1024, 1536)).astype(np.float32)  # 6 MB
     before = huge_page_bytes()
     h = huge_page_array(a)
     assert np.array_equal(h, a) and h.ctypes.data % HUGE_PAGE == 0
-    t = weight_tensor(a, tvm.cpu())
+    t = weight_tensors({"a": a}, tvm.cpu())["a"]
     assert np.array_equal(t.numpy(), a)
-    small = weight_tensor(a[:4], tvm.cpu())  # below a huge page: a plain TVM tensor
+    small = weight_tensors({"a": a[:4]}, tvm.cpu())["a"]  # below a huge page: a plain TVM tensor
     assert np.array_equal(small.numpy(), a[:4])
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if thp.exists() and "[never]" not in thp.read_text():
