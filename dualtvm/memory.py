@@ -43,16 +43,6 @@ def huge_page_arena(nbytes: int) -> "np.ndarray | None":
     return raw[start: start + nbytes]  # keeps the mapping alive (numpy base chain), as do views of it
 
 
-def huge_page_array(a: np.ndarray) -> np.ndarray:
-    """A copy of ``a`` in a :func:`huge_page_arena` (``a`` itself where the platform has no ``MADV_HUGEPAGE``)."""
-    arena = huge_page_arena(a.nbytes)
-    if arena is None:
-        return a
-    out = arena.view(a.dtype).reshape(a.shape)
-    out[...] = a  # first touch: the kernel backs the aligned 2 MB ranges with huge pages
-    return out
-
-
 def weight_tensors(arrays: "dict[str, np.ndarray]", dev, huge_pages: bool = True) -> dict:
     """TVM tensors of ``arrays`` for the kernels, all in one :func:`huge_page_arena` (each at a 4 KB boundary)
     when together they fill a huge page and it is asked for; else plain TVM tensors.  Update one in place

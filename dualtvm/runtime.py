@@ -148,13 +148,18 @@ class CompiledDecoder:
         given torch ones (tvm-ffi converts them back, zero-copy).  Feed the returned state back as is.
         ``vm``: another VirtualMachine over this library.
         """
+        return self.run_with(self._own_step() if vm is None else vm["step"], x, state)
+
+    def run_with(self, step_fn, x, state: list) -> list:
+        """:meth:`run` through ``step_fn``, a VM's ``step`` the caller looked up once (each look-up builds a
+        new closure)."""
         args = [x]
         k = 0
         for n, weights in self._layer_args:
             args += state[k: k + n]
             args += weights
             k += n
-        return list((self._own_step() if vm is None else vm["step"])(*args))
+        return list(step_fn(*args))
 
     def _own_step(self):
         """This thread's VM's ``step``, looked up once (each look-up builds a new closure)."""
@@ -218,12 +223,13 @@ def sequence_runner(dec: CompiledDecoder, xs: list[np.ndarray], vm=None):
         inputs.append(tvm.runtime.tensor(xp, dec.dev))
     n_state = sum(len(state_names(s)) for s in dec.spec.layers)
     box: dict = {}
+    step_fn = vm["step"] if vm is not None else None  # once, not per timed step (dec's own VM: dec caches it)
 
     def prepare() -> None:
         box["state"] = [tvm.runtime.tensor(v, dec.dev) for v in dec.init_state()]
 
     def step(i: int) -> None:
-        out = dec.run(inputs[i], box["state"], vm)
+        out = dec.run_with(step_fn or dec._own_step(), inputs[i], box["state"])
         box["state"] = out[1: 1 + n_state]
         box["out"] = out
 
