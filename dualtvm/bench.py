@@ -331,11 +331,14 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         if peer not in cfg.peers:
             continue
         try:
-            make = (lambda l, spin=True: onnxruntime_session(l, cfg.threads, spin)) if peer == "onnxruntime" else \
-                   (lambda l, spin=True: OpenVINOStep(l, cfg.threads))
+            if peer == "onnxruntime":  # a twin session has its own thread pool: spinning after the twin's step,
+                # it would take the timed session's cores
+                make = lambda l: onnxruntime_session(l, cfg.threads)  # noqa: E731
+                make_twin = lambda l: onnxruntime_session(l, cfg.threads, spin=False)  # noqa: E731
+            else:
+                make = make_twin = lambda l: OpenVINOStep(l, cfg.threads)  # noqa: E731
             engine = _step_graph_engine(peer, [make(l) for l in layers], xs, mc)
-            # its own thread pool: spinning after the twin's step, it would take the timed session's cores
-            engine.twin = _step_graph_engine(peer, [make(l, False) for l in layers], xs, mc) if twins else None
+            engine.twin = _step_graph_engine(peer, [make_twin(l) for l in layers], xs, mc) if twins else None
             engines.append(engine)
         except ImportError:
             log.warning("%s is not installed: skipping that peer", peer)

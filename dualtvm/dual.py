@@ -229,18 +229,28 @@ def gate_activations(layer: BigLayer, little: LittleModule, x: torch.Tensor, h: 
     return out_ll, out_big
 
 
-def error_curves(layer: BigLayer, little: LittleModule, samples, grid: np.ndarray) -> dict[str, np.ndarray]:
-    """Per gate: mean squared activation error that taking the little result costs at each ratio."""
+def error_curves(layer: BigLayer, little: LittleModule, samples, grid: np.ndarray,
+                 gradients: list[dict[str, torch.Tensor]] | None = None) -> dict[str, np.ndarray]:
+    """Per gate: the cost of taking the little result at each ratio of ``grid``, per row.
+
+    Without ``gradients``: mean squared activation error.  With ``gradients[i][g]`` = ∂L/∂a for the
+    rows of ``samples[i]`` (``sensitivity.GateGradientProbe``): the diagonal-Fisher estimate of the
+    loss increase, mean of (∂L/∂a · Δa)².
+    """
     from .thresholds import GateCalibration
 
+    if gradients is not None and len(gradients) != len(samples):
+        raise ValueError(f"{len(gradients)} gradient entries for {len(samples)} samples")
     sums = {g: np.zeros(len(grid)) for g in layer.layout.gates}
     count = 0
     with torch.no_grad():
-        for x, h in samples:
+        for s, (x, h) in enumerate(samples):
             a_ll, a_big = gate_activations(layer, little, x, h)
-            for j, g in enumerate(layer.layout.gates):
+            for g in layer.layout.gates:
                 cal: GateCalibration = little.calibration[g]
                 err = (a_ll[g] - a_big[g]) ** 2
+                if gradients is not None:
+                    err = err * gradients[s][g] ** 2
                 for i, r in enumerate(grid):
                     lo, hi = cal.band(float(r))
                     sums[g][i] += float((err * (~sensitive_mask(a_ll[g], lo, hi))).sum())

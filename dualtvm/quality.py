@@ -10,9 +10,10 @@ import torch
 
 from .construct import as_single_layers, build_dual_layers
 from .data import LMCorpus, batchify, get_batch
-from .dual import DualModuleRNN, error_curves
+from .dual import DualModuleRNN, StackedRNN, error_curves
 from .little import LittleConfig
-from .models import RNNLanguageModel
+from .models import RNNLanguageModel, repackage_hidden
+from .sensitivity import GateGradientProbe
 from .thresholds import allocate_ratios
 from .train_lm import evaluate
 
@@ -27,6 +28,7 @@ class QualitySetup:
     valid: torch.Tensor
     test: torch.Tensor
     valid_samples: list
+    valid_gradients: tuple[list, list] | None = None  # (samples, ∂L/∂a) per layer: see loss_gradients
 
 
 def run_stream(model: RNNLanguageModel, data: torch.Tensor, bptt: int, core, max_batches: int | None):
@@ -66,12 +68,53 @@ def ppl(q: QualitySetup, split: str = "test", ratio=None) -> tuple[float, float]
     return math.exp(loss), q.dual.measured_ratio()
 
 
-def allocation(q: QualitySetup, target: float, grid: np.ndarray | None = None) -> list[dict[str, float]]:
-    """Per-gate (and per-layer) ratios with overall mean ``target`` minimising the activation-error proxy."""
+def loss_gradients(model: RNNLanguageModel, data: torch.Tensor, bptt: int, layers: list, max_batches: int
+                   ) -> tuple[list, list]:
+    """Per layer: (x, h) samples of the big model's trajectory over ``data`` and ∂L/∂a per gate for their rows,
+    L the LM's summed cross-entropy, gradients truncated at BPTT segments as in training."""
+    probes = [GateGradientProbe(layer) for layer in layers]
+    core = StackedRNN(probes, lstm=layers[0].rnn_type == "LSTM")
+    model.eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        hidden = model.init_hidden(data.size(1))
+        with torch.enable_grad():
+            for i in list(range(0, data.size(0) - 1, bptt))[:max_batches]:
+                x, y = get_batch(data, i, bptt)
+                out, hidden = model(x, hidden, rnn=core)
+                torch.nn.functional.cross_entropy(out.view(-1, out.size(-1)), y, reduction="sum").backward()
+                hidden = repackage_hidden(hidden)
+                for probe in probes:
+                    probe.collect()
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    return [p.samples for p in probes], [p.gradients for p in probes]
+
+
+ALLOCATION_COSTS = ("loss", "activation")
+
+
+def allocation(q: QualitySetup, target: float, grid: np.ndarray | None = None, cost: str = "loss",
+               max_batches: int = 60) -> list[dict[str, float]]:
+    """Per-gate (and per-layer) ratios with overall mean ``target`` at the least estimated cost.
+
+    ``cost="loss"``: the diagonal-Fisher loss increase (``sensitivity``; one backward pass over
+    ``max_batches`` validation segments, cached on ``q``); ``"activation"``: squared activation error.
+    """
+    if cost not in ALLOCATION_COSTS:
+        raise ValueError(f"cost must be one of {ALLOCATION_COSTS}, got {cost!r}")
     grid = np.linspace(0, 0.98, 50) if grid is None else grid
+    if cost == "loss" and q.valid_gradients is None:
+        q.valid_gradients = loss_gradients(q.model, q.valid, 35, [layer.big for layer in q.dual.layers], max_batches)
     curves, sizes = {}, {}
     for l, layer in enumerate(q.dual.layers):
-        c = error_curves(layer.big, layer.little, q.valid_samples[l], grid)
+        if cost == "loss":
+            c = error_curves(layer.big, layer.little, q.valid_gradients[0][l], grid, q.valid_gradients[1][l])
+        else:
+            c = error_curves(layer.big, layer.little, q.valid_samples[l], grid)
         for g, v in c.items():
             curves[(l, g)] = v
             sizes[(l, g)] = layer.big.hidden
@@ -80,11 +123,11 @@ def allocation(q: QualitySetup, target: float, grid: np.ndarray | None = None) -
 
 
 def largest_ratio_within(q: QualitySetup, base_valid_ppl: float, budget: float = 0.01, per_gate: bool = True,
-                         lo: float = 0.3, hi: float = 0.95, iters: int = 6) -> float:
+                         lo: float = 0.3, hi: float = 0.95, iters: int = 6, cost: str = "loss") -> float:
     """Largest overall ratio whose *validation* PPL stays within ``budget`` of base (bisection)."""
     for _ in range(iters):
         mid = (lo + hi) / 2
-        q.dual.set_insensitive_ratio(allocation(q, mid) if per_gate else mid)
+        q.dual.set_insensitive_ratio(allocation(q, mid, cost=cost) if per_gate else mid)
         p, _ = ppl(q, "valid")
         if p <= base_valid_ppl * (1 + budget):
             lo = mid

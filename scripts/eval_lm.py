@@ -3,7 +3,8 @@
 
     python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750
 
-Appends rows to results/lm-quality-ptb.json (keyed by model, experiment part and ratio).
+Appends rows to results/lm-quality-ptb.json (keyed by model, experiment part and ratio); ``--results`` names another
+file, whose stem is then the experiment's name.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
 from dualtvm.little import LittleConfig, big_layers  # noqa: E402
-from dualtvm.quality import allocation, largest_ratio_within, ppl, setup  # noqa: E402
+from dualtvm.quality import ALLOCATION_COSTS, allocation, largest_ratio_within, ppl, setup  # noqa: E402
 from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
 from dualtvm.train_lm import evaluate  # noqa: E402
@@ -48,10 +49,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="which tables: ratios (2/3), allocation (per-gate, beyond the paper), search (largest ratio "
                         "within +1 %% PPL, per-gate and uniform), eps (5), precision (6), resilience (1)")
     p.add_argument("--noise", type=float, default=0.45, help="Table 1: error std relative to the pre-activation std")
+    p.add_argument("--allocation-costs", default="loss,activation",
+                   help="per-gate allocation costs (allocation, search parts): loss (diagonal-Fisher loss increase, "
+                        "dualtvm.sensitivity) and/or activation (squared activation error)")
     p.add_argument("--little-bits", type=int, default=8, help="W_LL precision of the little module (Table 6: 8 or 4)")
     p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
     p.add_argument("--results", default="results/lm-quality-ptb.json")
     a = p.parse_args(argv)
+    costs = a.allocation_costs.split(",")
+    bad = sorted(set(costs) - set(ALLOCATION_COSTS))
+    if bad:
+        p.error(f"unknown allocation cost(s) {bad}: choose from {list(ALLOCATION_COSTS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     payload = load_checkpoint(a.checkpoint)
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             pb, pr = PAPER[paper_key]
             row["paper_ppl"], row["paper_base_ppl"] = pr.get(ratio, pb), pb
         row["command"], row["git"] = command, revision
-        update_rows(a.results, "lm-quality-ptb", row, key=("model", "part", "insensitive_ratio", "variant"),
+        update_rows(a.results, Path(a.results).stem, row, key=("model", "part", "insensitive_ratio", "variant"),
                     command="bash scripts/reproduce_lm_quality.sh (each row also names its own command)")
         print(row)
 
@@ -94,17 +102,22 @@ def main(argv: list[str] | None = None) -> int:
         for r in ratios:
             v, m = ppl(q, "test", r)
             record("uniform", r, v, m, variant=f"eps0.5-int{a.little_bits}")
+    variants = {"activation": ("greedy-allocation", "per-gate, chosen on valid"),  # names of the first rows
+                "loss": ("loss-aware-allocation", "per-gate loss-aware, chosen on valid")}
     if "allocation" in parts:
-        for r in (0.5, 0.6, 0.7):
-            q.dual.set_insensitive_ratio(allocation(q, r))
-            v, m = ppl(q, "test")
-            record("per-gate", r, v, m, variant="greedy-allocation")
+        for cost in costs:
+            for r in (0.5, 0.6, 0.7):
+                q.dual.set_insensitive_ratio(allocation(q, r, cost=cost))
+                v, m = ppl(q, "test")
+                record("per-gate", r, v, m, variant=variants[cost][0], gate_ratios=_rounded(q.dual.gate_ratios()))
     if "search" in parts:
         base_valid, _ = ppl(q, "valid", 0.0)
-        best = largest_ratio_within(q, base_valid, 0.01, per_gate=True)
-        q.dual.set_insensitive_ratio(allocation(q, best))
-        v, m = ppl(q, "test")
-        record("largest-within-1pct", round(best, 4), v, m, variant="per-gate, chosen on valid")
+        for cost in costs:
+            best = largest_ratio_within(q, base_valid, 0.01, per_gate=True, cost=cost)
+            q.dual.set_insensitive_ratio(allocation(q, best, cost=cost))
+            v, m = ppl(q, "test")
+            record("largest-within-1pct", round(best, 4), v, m, variant=variants[cost][1],
+                   gate_ratios=_rounded(q.dual.gate_ratios()))
         best_u = largest_ratio_within(q, base_valid, 0.01, per_gate=False)
         v, m = ppl(q, "test", best_u)
         record("largest-within-1pct", round(best_u, 4), v, m, variant="uniform, chosen on valid")
@@ -132,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             record("eps", 0.5, v, m, variant=f"eps{eps}", k=qe.dual.layers[0].little.k)
         record("eps", 0.5, *ppl(q, "test", 0.5), variant="eps0.5", k=q.dual.layers[0].little.k)
     return 0
+
+
+def _rounded(gate_ratios: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Measured insensitive ratio per gate and layer, as a row records it."""
+    return [{g: round(v, 4) for g, v in layer.items()} for layer in gate_ratios]
 
 
 if __name__ == "__main__":

@@ -101,12 +101,15 @@ def lm_quality(doc: dict) -> str:
     out += _table(["model", "big epochs", "little module", "ratio asked", "measured", "PPL", "ΔPPL %", "paper PPL"],
                   [[r["model"], r.get("big_epochs"), r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"],
                     r["delta_ppl_pct"], r.get("paper_ppl")] for r in part("uniform")])
-    out += ["", "Beyond the paper: the ratio allocated per gate (greedy, on valid) for an overall ratio, and the largest "
-            "overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
-    out += _table(["model", "part", "how", "ratio", "measured", "PPL", "ΔPPL %"],
-                  [[r["model"], r["part"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"]]
-                   for r in part("per-gate") + part("largest-within-1pct")])
     gates = lambda d: " ".join(f"{g} {v}" for g, v in d.items())  # noqa: E731
+    out += ["", "Beyond the paper: the ratio allocated per gate (greedy on valid: *greedy-allocation* weighs each gate's "
+            "squared activation error alike, *loss-aware* by the loss gradient at each output, a diagonal-Fisher estimate "
+            "of the loss increase) for an overall ratio, and the largest overall ratio within +1 % PPL (chosen on valid, "
+            "reported on test); the last column is the measured ratio of each gate:", ""]
+    out += _table(["model", "part", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
+                  [[r["model"], r["part"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
+                    " / ".join(gates({g: round(v, 2) for g, v in layer.items()}) for layer in r.get("gate_ratios", []))]
+                   for r in part("per-gate") + part("largest-within-1pct")])
     out += ["", "Table 1, random error (relative std in the row) added to the pre-activations of one half of the rows "
             "(split by the little module's mask at 50 %): cosine similarity to the clean values before and after each gate's φ, "
             "and PPL:", ""]
@@ -143,9 +146,12 @@ def plot_lm_quality(doc: dict, path: Path) -> None:
                          and r.get("variant") in ("base", f"eps0.5-int{bits}"))
             if len(uni) > 1:
                 ax.plot(*zip(*uni), style, label=f"dualtvm INT{bits}, one ratio for all gates")
-        pg = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in rows if r["part"] == "per-gate")
-        if pg:
-            ax.plot(*zip(*pg), "s--", label="dualtvm, per-gate allocation")
+        for variant, style, label in (("greedy-allocation", "s--", "per-gate, activation error"),
+                                      ("loss-aware-allocation", "D--", "per-gate, loss-aware")):
+            pg = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in rows
+                        if r["part"] == "per-gate" and r.get("variant") == variant)
+            if pg:
+                ax.plot(*zip(*pg), style, label=f"dualtvm INT8, {label}")
         paper = sorted((r["insensitive_ratio"], 100 * (r["paper_ppl"] / r["paper_base_ppl"] - 1))
                        for r in rows if r["part"] == "uniform" and r.get("paper_ppl"))
         if paper:

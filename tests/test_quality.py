@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 
 from dualtvm.data import load_lm_corpus
 from dualtvm.models import LMConfig
@@ -19,7 +20,7 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     ckpt = tmp_path / "lm.pt"
     train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
              LMTrainConfig(epochs=2, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
-    out = tmp_path / "q.json"
+    out = tmp_path / "lm-quality-ptb.json"
     rc = eval_lm.main(["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-24",
                        "--corpus", str(tiny_corpus), "--ratios", "0.5,0.9", "--parts", "ratios,allocation,search,precision",
                        "--max-rows", "2000", "--results", str(out)])
@@ -33,10 +34,24 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     assert abs(uniform[0.5]["measured_ratio"] - 0.5) < 0.15
     assert uniform[0.9]["measured_ratio"] > uniform[0.5]["measured_ratio"]
     per_gate = [r for r in rows if r["part"] == "per-gate"]
-    assert {r["insensitive_ratio"] for r in per_gate} == {0.5, 0.6, 0.7}
+    assert {(r["variant"], r["insensitive_ratio"]) for r in per_gate} == {
+        (v, r) for v in ("greedy-allocation", "loss-aware-allocation") for r in (0.5, 0.6, 0.7)}
+    for r in per_gate:  # each row carries the measured ratio of every gate, and they average to the row's
+        gates = r["gate_ratios"][0]
+        assert set(gates) == {"i", "f", "g", "o"} and abs(np.mean(list(gates.values())) - r["measured_ratio"]) < 1e-3
     prec = {r["variant"]: r for r in rows if r["part"] == "precision"}
     assert set(prec) == {"fp32", "int16", "int8", "int4", "int2", "int1"}
     assert prec["int8"]["little_param_mb"] < prec["fp32"]["little_param_mb"]
     for variant in ("fp32", "int8", "int4"):  # thresholds recalibrated per precision (tiny INT2 a_LL has ties)
         assert abs(prec[variant]["measured_ratio"] - 0.5) < 0.1, (variant, prec[variant])
-    assert any(r["part"] == "largest-within-1pct" for r in rows)
+    assert {r["variant"] for r in rows if r["part"] == "largest-within-1pct"} == {
+        "per-gate, chosen on valid", "per-gate loss-aware, chosen on valid", "uniform, chosen on valid"}
+
+
+def test_eval_lm_names_an_unknown_allocation_cost(capsys):
+    import eval_lm
+    import pytest
+
+    with pytest.raises(SystemExit):
+        eval_lm.main(["--checkpoint", "none.pt", "--model-name", "x", "--allocation-costs", "loss,hessian"])
+    assert "unknown allocation cost(s) ['hessian']" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+"""Loss-aware gate sensitivity for the per-gate allocation (beyond the paper).
+
+``thresholds.allocate_ratios`` needs, per gate, what taking the little result costs at each ratio.
+Squared activation error weighs all gates alike, but the loss does not: an error in the forget
+gate is scaled by c(t−1), one in the output gate by tanh(c), and every one by what the layers
+above and the later steps do with h.  A second-order estimate of the loss increase with the
+diagonal Fisher matrix standing in for the Hessian, ½ Σ_rows (∂L/∂a · Δa)², weighs each row's
+error by the loss gradient at its activation.  The gradients come from one backward pass of the
+model's own loss through :class:`GateGradientProbe` layers, which run the big layer step by
+step and add a zero leaf δ to every gate activation: ∂L/∂δ = ∂L/∂a, through later steps too.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .little import BigLayer
+
+
+class GateGradientProbe(nn.Module):
+    """A big layer as a drop-in single-layer ``nn.LSTM``/``nn.GRU`` (seq-first) that keeps, for every
+    step it runs, (x(t), h(t−1)) and a zero leaf per gate activation; after the caller's backward
+    pass :meth:`collect` turns the leaves' gradients into ∂L/∂a samples."""
+
+    def __init__(self, big: BigLayer) -> None:
+        super().__init__()
+        self.big = big
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+        self.samples: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.gradients: list[dict[str, torch.Tensor]] = []
+
+    def _step(self, x: torch.Tensor, state):
+        big, H = self.big, self.big.hidden
+        gates = big.layout.gates
+        h = state[0] if isinstance(state, tuple) else state
+        tgt = big.targets(x, h)
+        deltas = {g: torch.zeros(x.shape[0], H, requires_grad=True) for g in gates}
+        self._pending.append((x.detach(), h.detach(), deltas))
+        if big.rnn_type == "LSTM":
+            i, f, g, o = (torch.sigmoid(tgt[:, j * H:(j + 1) * H]) if j != 2 else torch.tanh(tgt[:, j * H:(j + 1) * H])
+                          for j in range(4))
+            i, f, g, o = i + deltas["i"], f + deltas["f"], g + deltas["g"], o + deltas["o"]
+            c = f * state[1] + i * g  # eq. 6
+            h_new = o * torch.tanh(c)
+            return h_new, (h_new, c)
+        r = torch.sigmoid(tgt[:, :H]) + deltas["r"]
+        z = torch.sigmoid(tgt[:, H:2 * H]) + deltas["z"]
+        n = torch.tanh(tgt[:, 2 * H:3 * H] + r * tgt[:, 3 * H:]) + deltas["n"]
+        h_new = (1 - z) * n + z * h
+        return h_new, h_new
+
+    def forward(self, x: torch.Tensor, state=None):
+        B, H = x.shape[1], self.big.hidden
+        if state is None:
+            zero = x.new_zeros(1, B, H)
+            state = (zero, zero.clone()) if self.big.rnn_type == "LSTM" else zero
+        st = tuple(s[0] for s in state) if isinstance(state, tuple) else state[0]
+        outs = []
+        for t in range(x.shape[0]):
+            h, st = self._step(x[t], st)
+            outs.append(h)
+        out_state = tuple(s.unsqueeze(0) for s in st) if isinstance(st, tuple) else st.unsqueeze(0)
+        return torch.stack(outs), out_state
+
+    def collect(self) -> None:
+        """Move the steps run since the last call into ``samples``/``gradients`` (one entry per forward
+        call, rows = steps × batch, as ``SampleRecorder`` records them).  Call after backward."""
+        if not self._pending:
+            return
+        xs, hs, deltas = zip(*self._pending)
+        self._pending = []
+        missing = [g for g, d in deltas[0].items() if d.grad is None]
+        if missing:
+            raise RuntimeError(f"no gradient reached gate(s) {missing}: call collect() after the loss's backward()")
+        self.samples.append((torch.cat(xs), torch.cat(hs)))
+        self.gradients.append({g: torch.cat([d[g].grad for d in deltas]) for g in self.big.layout.gates})

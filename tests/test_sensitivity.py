@@ -1,0 +1,113 @@
+"""Loss-aware allocation: the gradient probe runs the big layer exactly and its ∂L/∂a are the loss's."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from dualtvm.construct import as_single_layers
+from dualtvm.dual import StackedRNN, error_curves
+from dualtvm.little import LittleConfig, big_layers, fit_little
+from dualtvm.construct import calibrate
+from dualtvm.sensitivity import GateGradientProbe
+
+
+def _rnn(kind: str, d: int = 5, hidden: int = 6, layers: int = 1):
+    torch.manual_seed(3)
+    return getattr(nn, kind)(d, hidden, layers)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_probe_runs_the_big_layer(kind):
+    rnn = _rnn(kind, layers=2)
+    x = torch.randn(7, 3, 5)
+    probes = StackedRNN([GateGradientProbe(l) for l in big_layers(rnn)], lstm=kind == "LSTM")
+    with torch.no_grad():
+        want, want_state = rnn(x)
+    got, got_state = probes(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_state if kind == "LSTM" else (got_state,), want_state if kind == "LSTM" else (want_state,)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _reference_loss(layer, x, w, bump=None):
+    """Σ w · h(t) over all steps of a plain LSTM loop; ``bump`` = (t, gate index, row, amount) added to one
+    gate activation: the finite-difference side of the gradient check."""
+    H = layer.hidden
+    h = torch.zeros(x.shape[1], H, dtype=torch.float64)
+    c = torch.zeros_like(h)
+    loss = 0.0
+    for t in range(x.shape[0]):
+        pre = x[t] @ layer.w_ih.double().t() + layer.b_ih.double() + h @ layer.w_hh.double().t() + layer.b_hh.double()
+        acts = [torch.sigmoid(pre[:, :H]), torch.sigmoid(pre[:, H:2 * H]), torch.tanh(pre[:, 2 * H:3 * H]),
+                torch.sigmoid(pre[:, 3 * H:])]
+        if bump is not None and bump[0] == t:
+            acts[bump[1]] = acts[bump[1]].clone()
+            acts[bump[1]][0, bump[2]] += bump[3]
+        i, f, g, o = acts
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        loss = loss + (w[t] * h).sum()
+    return loss
+
+
+def test_probe_gradients_match_finite_differences():
+    layer = big_layers(_rnn("LSTM"))[0]
+    x = torch.randn(6, 2, 5)
+    w = torch.randn(6, 2, layer.hidden)
+    probe = GateGradientProbe(layer)
+    out, _ = probe(x)
+    (w * out).sum().backward()
+    probe.collect()
+    (xs, hs), = probe.samples
+    grads = probe.gradients[0]
+    assert xs.shape == (12, 5) and hs.shape == (12, layer.hidden) and grads["f"].shape == (12, layer.hidden)
+    eps = 1e-6
+    for t, gi, g, row in [(0, 1, "f", 2), (2, 0, "i", 0), (3, 2, "g", 5), (5, 3, "o", 1)]:
+        fd = (_reference_loss(layer, x.double(), w.double(), (t, gi, row, eps))
+              - _reference_loss(layer, x.double(), w.double(), (t, gi, row, -eps))) / (2 * eps)
+        assert float(grads[g][t * 2, row]) == pytest.approx(float(fd), rel=1e-3, abs=1e-5), (t, g)
+
+
+def test_collect_before_backward_is_an_error():
+    probe = GateGradientProbe(big_layers(_rnn("GRU"))[0])
+    probe(torch.randn(3, 2, 5))
+    with pytest.raises(RuntimeError, match="backward"):
+        probe.collect()
+
+
+def test_loss_weighted_curves():
+    rnn = _rnn("LSTM", hidden=8)
+    layers, stacked = as_single_layers(rnn)
+    torch.manual_seed(0)
+    samples = [(torch.randn(40, 5), torch.randn(40, 8).tanh()) for _ in range(3)]
+    little, _ = fit_little(layers[0], samples, LittleConfig(k=4), progress=False)
+    calibrate(little, layers[0], samples)
+    grid = np.linspace(0, 0.9, 10)
+    plain = error_curves(layers[0], little, samples, grid)
+    ones = [{g: torch.ones(40, 8) for g in "ifgo"} for _ in samples]
+    torch.testing.assert_close(error_curves(layers[0], little, samples, grid, ones)["g"], plain["g"])
+    only_f = [{g: torch.full((40, 8), 2.0 if g == "f" else 0.0) for g in "ifgo"} for _ in samples]
+    weighted = error_curves(layers[0], little, samples, grid, only_f)
+    np.testing.assert_allclose(weighted["f"], 4 * plain["f"])
+    assert not weighted["i"].any() and weighted["f"][-1] > 0
+    with pytest.raises(ValueError, match="gradient entries"):
+        error_curves(layers[0], little, samples, grid, ones[:1])
+
+
+def test_lm_loss_gradients_follow_the_validation_stream(tiny_corpus):
+    from dualtvm.data import batchify, load_lm_corpus
+    from dualtvm.models import LMConfig, RNNLanguageModel
+    from dualtvm.quality import loss_gradients
+
+    corpus = load_lm_corpus(str(tiny_corpus))
+    torch.manual_seed(0)
+    model = RNNLanguageModel(LMConfig("GRU", len(corpus.dictionary), 12, 2, 0.0, True))
+    data = batchify(corpus.valid, 2)
+    layers, _ = as_single_layers(model.rnn)
+    samples, grads = loss_gradients(model, data, 5, layers, max_batches=3)
+    assert len(samples) == len(grads) == 2 and len(samples[0]) == len(grads[0]) == 3
+    assert samples[0][0][0].shape == (10, 12) and grads[1][2]["n"].shape == (10, 12)
+    assert all(float(d[g].abs().sum()) > 0 for layer in grads for d in layer for g in "rzn")
+    assert all(p.requires_grad for p in model.parameters())  # frozen only while probing
+    # the first layer's recorded inputs are the embeddings of the stream, in order
+    torch.testing.assert_close(samples[0][0][0], model.encoder(data[:5]).reshape(10, 12).detach())
