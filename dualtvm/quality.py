@@ -10,11 +10,10 @@ import torch
 
 from .construct import as_single_layers, build_dual_layers
 from .data import LMCorpus, batchify, get_batch
-from .dual import DualModuleRNN, StackedRNN, error_curves
+from .dual import DualModuleRNN
 from .little import LittleConfig
 from .models import RNNLanguageModel, repackage_hidden
-from .sensitivity import GateGradientProbe
-from .thresholds import allocate_ratios
+from .sensitivity import allocate, loss_gradients
 from .train_lm import evaluate
 
 log = logging.getLogger(__name__)
@@ -68,30 +67,25 @@ def ppl(q: QualitySetup, split: str = "test", ratio=None) -> tuple[float, float]
     return math.exp(loss), q.dual.measured_ratio()
 
 
-def loss_gradients(model: RNNLanguageModel, data: torch.Tensor, bptt: int, layers: list, max_batches: int
-                   ) -> tuple[list, list]:
-    """Per layer: (x, h) samples of the big model's trajectory over ``data`` and ∂L/∂a per gate for their rows,
-    L the LM's summed cross-entropy, gradients truncated at BPTT segments as in training."""
-    probes = [GateGradientProbe(layer) for layer in layers]
-    core = StackedRNN(probes, lstm=layers[0].rnn_type == "LSTM")
-    model.eval()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        hidden = model.init_hidden(data.size(1))
-        with torch.enable_grad():
+def lm_losses(model: RNNLanguageModel, data: torch.Tensor, bptt: int, max_batches: int):
+    """``run_loss`` for :func:`sensitivity.loss_gradients`: the LM's summed cross-entropy per BPTT segment of
+    ``data`` (state carried detached, parameters frozen while it runs)."""
+    def run(core):
+        model.eval()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
+        try:
+            hidden = model.init_hidden(data.size(1))
             for i in list(range(0, data.size(0) - 1, bptt))[:max_batches]:
                 x, y = get_batch(data, i, bptt)
                 out, hidden = model(x, hidden, rnn=core)
-                torch.nn.functional.cross_entropy(out.view(-1, out.size(-1)), y, reduction="sum").backward()
+                yield torch.nn.functional.cross_entropy(out.view(-1, out.size(-1)), y, reduction="sum")
                 hidden = repackage_hidden(hidden)
-                for probe in probes:
-                    probe.collect()
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
-    return [p.samples for p in probes], [p.gradients for p in probes]
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+    return run
 
 
 ALLOCATION_COSTS = ("loss", "activation")
@@ -106,20 +100,12 @@ def allocation(q: QualitySetup, target: float, grid: np.ndarray | None = None, c
     """
     if cost not in ALLOCATION_COSTS:
         raise ValueError(f"cost must be one of {ALLOCATION_COSTS}, got {cost!r}")
-    grid = np.linspace(0, 0.98, 50) if grid is None else grid
-    if cost == "loss" and q.valid_gradients is None:
-        q.valid_gradients = loss_gradients(q.model, q.valid, 35, [layer.big for layer in q.dual.layers], max_batches)
-    curves, sizes = {}, {}
-    for l, layer in enumerate(q.dual.layers):
-        if cost == "loss":
-            c = error_curves(layer.big, layer.little, q.valid_gradients[0][l], grid, q.valid_gradients[1][l])
-        else:
-            c = error_curves(layer.big, layer.little, q.valid_samples[l], grid)
-        for g, v in c.items():
-            curves[(l, g)] = v
-            sizes[(l, g)] = layer.big.hidden
-    alloc = allocate_ratios(curves, sizes, target, grid)
-    return [{g: alloc[(l, g)] for g in layer.big.layout.gates} for l, layer in enumerate(q.dual.layers)]
+    layers = list(q.dual.layers)
+    if cost == "activation":
+        return allocate(layers, target, q.valid_samples, None, grid)
+    if q.valid_gradients is None:
+        q.valid_gradients = loss_gradients([layer.big for layer in layers], lm_losses(q.model, q.valid, 35, max_batches))
+    return allocate(layers, target, *q.valid_gradients, grid)
 
 
 def largest_ratio_within(q: QualitySetup, base_valid_ppl: float, budget: float = 0.01, per_gate: bool = True,

@@ -11,10 +11,15 @@ step and add a zero leaf δ to every gate activation: ∂L/∂δ = ∂L/∂a, th
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+import numpy as np
 import torch
 import torch.nn as nn
 
+from .dual import DualModuleLayer, StackedRNN, error_curves
 from .little import BigLayer
+from .thresholds import allocate_ratios
 
 
 class GateGradientProbe(nn.Module):
@@ -74,3 +79,42 @@ class GateGradientProbe(nn.Module):
             raise RuntimeError(f"no gradient reached gate(s) {missing}: call collect() after the loss's backward()")
         self.samples.append((torch.cat(xs), torch.cat(hs)))
         self.gradients.append({g: torch.cat([d[g].grad for d in deltas]) for g in self.big.layout.gates})
+
+
+def loss_gradients(layers: list[BigLayer], run_loss: Callable[[nn.Module], Iterable[torch.Tensor]]
+                   ) -> tuple[list[list], list[list]]:
+    """Per layer: (x, h) samples of the big model's trajectory and ∂L/∂a per gate for their rows.
+
+    ``run_loss(core)`` runs the caller's model with ``core`` (a stack of probes, called like a multi-layer
+    ``nn.LSTM``/``nn.GRU``) in place of its recurrent layers and yields one loss per segment; each is
+    back-propagated before the next segment runs (carry the state across segments detached, as in
+    truncated BPTT).  Freeze the model's own parameters around it, or they collect gradients too.
+    """
+    if not layers:
+        raise ValueError("need at least one layer")
+    probes = [GateGradientProbe(layer) for layer in layers]
+    core = StackedRNN(probes, lstm=layers[0].rnn_type == "LSTM")
+    with torch.enable_grad():
+        for loss in run_loss(core):
+            loss.backward()
+            for probe in probes:
+                probe.collect()
+    return [p.samples for p in probes], [p.gradients for p in probes]
+
+
+def allocate(layers: list[DualModuleLayer], target: float, samples: list[list], gradients: list[list] | None = None,
+             grid: np.ndarray | None = None) -> list[dict[str, float]]:
+    """Per layer {gate: insensitive ratio} with overall mean ``target`` at the least estimated cost.
+
+    With ``gradients`` (from :func:`loss_gradients`) the cost is the diagonal-Fisher loss increase, without
+    them the squared activation error; ``samples`` are per-layer (x, h) samples of the same rows.
+    """
+    grid = np.linspace(0, 0.98, 50) if grid is None else grid
+    curves, sizes = {}, {}
+    for l, layer in enumerate(layers):
+        c = error_curves(layer.big, layer.little, samples[l], grid, None if gradients is None else gradients[l])
+        for g, v in c.items():
+            curves[(l, g)] = v
+            sizes[(l, g)] = layer.big.hidden
+    alloc = allocate_ratios(curves, sizes, target, grid)
+    return [{g: alloc[(l, g)] for g in layer.big.layout.gates} for l, layer in enumerate(layers)]

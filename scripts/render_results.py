@@ -130,6 +130,33 @@ def lm_quality(doc: dict) -> str:
     return "\n".join(out)
 
 
+def lm_allocation(doc: dict) -> str:
+    """The per-gate allocation study: at each overall ratio, one ratio for all gates beside the two greedy
+    allocations (activation error, loss-aware), and the largest overall ratio within +1 % PPL by each."""
+    rows = doc["rows"]
+    gates = lambda r: " / ".join(" ".join(f"{g} {v:.2f}" for g, v in layer.items())  # noqa: E731
+                                 for layer in r.get("gate_ratios", []))
+    find = lambda m, part, variant, ratio: next((r for r in rows if (r["model"], r["part"], r["variant"]) ==  # noqa: E731
+                                                 (m, part, variant) and r["insensitive_ratio"] == ratio), None)
+    delta = lambda r: "" if r is None else f"{r['ppl']} ({r['delta_ppl_pct']:+.2f} %)"  # noqa: E731
+    table = []
+    for m in dict.fromkeys(r["model"] for r in rows):
+        base = find(m, "uniform", "base", 0.0)
+        for ratio in sorted({r["insensitive_ratio"] for r in rows if r["model"] == m and r["part"] == "per-gate"}):
+            uni = next((r for r in rows if r["model"] == m and r["part"] == "uniform" and r["insensitive_ratio"] == ratio
+                        and r["variant"] != "base"), None)
+            loss = find(m, "per-gate", "loss-aware-allocation", ratio)
+            table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uni),
+                          delta(find(m, "per-gate", "greedy-allocation", ratio)), delta(loss), loss and gates(loss)])
+    out = _table(["model", "big epochs", "base PPL", "ratio", "one ratio for all gates", "per gate: activation error",
+                  "per gate: loss-aware", "loss-aware ratio per gate"], table)
+    out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
+    out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
+                  [[r["model"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
+                    gates(r)] for r in rows if r["part"] == "largest-within-1pct"])
+    return "\n".join(out)
+
+
 def plot_lm_quality(doc: dict, path: Path) -> None:
     """ΔPPL (% over each model's own base) vs insensitive ratio: ours beside the paper's Tables 2/3."""
     import matplotlib
@@ -321,6 +348,7 @@ def kernels(doc: dict) -> str:
 RENDERERS = {  # README marker -> (results file, renderer)
     "latency": ("latency", latency), "latency-breakdown": ("latency", breakdown), "baselines": ("baselines", baselines),
     "lm-quality-ptb": ("lm-quality-ptb", lm_quality), "lm-pruning": ("lm-quality-ptb", lm_pruning),
+    "lm-allocation-ptb": ("lm-allocation-ptb", lm_allocation),
     "nmt-quality": ("nmt-quality", nmt_quality), "kernels": ("kernels", kernels),
 }
 

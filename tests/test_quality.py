@@ -44,6 +44,13 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     assert prec["int8"]["little_param_mb"] < prec["fp32"]["little_param_mb"]
     for variant in ("fp32", "int8", "int4"):  # thresholds recalibrated per precision (tiny INT2 a_LL has ties)
         assert abs(prec[variant]["measured_ratio"] - 0.5) < 0.1, (variant, prec[variant])
+    from render_results import lm_allocation
+
+    table = lm_allocation(doc).splitlines()
+    at_half = next(line for line in table if line.startswith("| tiny-lstm-24 | 2 | ") and "| 0.5 |" in line)
+    cells = [c.strip() for c in at_half.strip("|").split("|")]
+    assert cells[3] == "0.5" and all("%" in c for c in cells[4:7]) and cells[7].startswith("i ")  # uniform, both costs
+    assert sum(line.startswith("| tiny-lstm-24 | 2 | ") for line in table) == 3  # ratios 0.5, 0.6, 0.7
     assert {r["variant"] for r in rows if r["part"] == "largest-within-1pct"} == {
         "per-gate, chosen on valid", "per-gate loss-aware, chosen on valid", "uniform, chosen on valid"}
 

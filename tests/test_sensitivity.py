@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 
 from dualtvm.construct import as_single_layers
-from dualtvm.dual import StackedRNN, error_curves
+from dualtvm.dual import DualModuleLayer, StackedRNN, error_curves
 from dualtvm.little import LittleConfig, big_layers, fit_little
 from dualtvm.construct import calibrate
-from dualtvm.sensitivity import GateGradientProbe
+from dualtvm.sensitivity import GateGradientProbe, allocate
 
 
 def _rnn(kind: str, d: int = 5, hidden: int = 6, layers: int = 1):
@@ -92,19 +92,26 @@ def test_loss_weighted_curves():
     assert not weighted["i"].any() and weighted["f"][-1] > 0
     with pytest.raises(ValueError, match="gradient entries"):
         error_curves(layers[0], little, samples, grid, ones[:1])
+    # the allocation spends the ratio where the loss does not care: all on f before any other gate
+    dual = DualModuleLayer(layers[0], little)
+    zero_f = [{g: torch.full((40, 8), 0.0 if g == "f" else 1.0) for g in "ifgo"} for _ in samples]
+    alloc, = allocate([dual], 0.2, [samples], [zero_f], grid)
+    assert alloc["f"] == pytest.approx(0.8) and sum(alloc.values()) == pytest.approx(0.8)
+    assert allocate([dual], 0.2, [samples], None, grid)[0] != alloc  # activation error alone spreads it otherwise
 
 
 def test_lm_loss_gradients_follow_the_validation_stream(tiny_corpus):
     from dualtvm.data import batchify, load_lm_corpus
     from dualtvm.models import LMConfig, RNNLanguageModel
-    from dualtvm.quality import loss_gradients
+    from dualtvm.quality import lm_losses
+    from dualtvm.sensitivity import loss_gradients
 
     corpus = load_lm_corpus(str(tiny_corpus))
     torch.manual_seed(0)
     model = RNNLanguageModel(LMConfig("GRU", len(corpus.dictionary), 12, 2, 0.0, True))
     data = batchify(corpus.valid, 2)
     layers, _ = as_single_layers(model.rnn)
-    samples, grads = loss_gradients(model, data, 5, layers, max_batches=3)
+    samples, grads = loss_gradients(layers, lm_losses(model, data, 5, max_batches=3))
     assert len(samples) == len(grads) == 2 and len(samples[0]) == len(grads[0]) == 3
     assert samples[0][0][0].shape == (10, 12) and grads[1][2]["n"].shape == (10, 12)
     assert all(float(d[g].abs().sum()) > 0 for layer in grads for d in layer for g in "rzn")
