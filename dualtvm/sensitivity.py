@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .dual import DualModuleLayer, StackedRNN, error_curves
+from .gates import SIGMOID
 from .little import BigLayer
 from .thresholds import allocate_ratios
 
@@ -42,9 +43,8 @@ class GateGradientProbe(nn.Module):
         deltas = {g: torch.zeros(x.shape[0], H, requires_grad=True) for g in gates}
         self._pending.append((x.detach(), h.detach(), deltas))
         if big.rnn_type == "LSTM":
-            i, f, g, o = (torch.sigmoid(tgt[:, j * H:(j + 1) * H]) if j != 2 else torch.tanh(tgt[:, j * H:(j + 1) * H])
-                          for j in range(4))
-            i, f, g, o = i + deltas["i"], f + deltas["f"], g + deltas["g"], o + deltas["o"]
+            i, f, g, o = ((torch.sigmoid if act == SIGMOID else torch.tanh)(tgt[:, j * H:(j + 1) * H]) + deltas[name]
+                          for j, (name, act) in enumerate(zip(gates, big.layout.activations)))
             c = f * state[1] + i * g  # eq. 6
             h_new = o * torch.tanh(c)
             return h_new, (h_new, c)
