@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
                "ppl": round(value, 3), "base_ppl": round(base, 3), "delta_ppl_pct": round(100 * (value / base - 1), 3),
                "big_epochs": epochs, **extra}
-        if paper_key in PAPER and part == "uniform" and (a.little_bits == 8 or ratio == 0):  # the paper's are INT8
-            pb, pr = PAPER[paper_key]
+        pb, pr = PAPER.get(paper_key, (None, {}))
+        if part == "uniform" and (ratio == 0 and pb or a.little_bits == 8 and ratio in pr):  # the paper's are INT8
             row["paper_ppl"], row["paper_base_ppl"] = pr.get(ratio, pb), pb
         row["command"], row["git"] = command, revision
         update_rows(a.results, Path(a.results).stem, row, key=("model", "part", "insensitive_ratio", "variant"),

@@ -21,8 +21,9 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
              LMTrainConfig(epochs=2, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
     out = tmp_path / "lm-quality-ptb.json"
-    rc = eval_lm.main(["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-24",
-                       "--corpus", str(tiny_corpus), "--ratios", "0.5,0.9", "--parts", "ratios,allocation,search,precision",
+    # a 24-unit model named like the paper's LSTM-750, so that its rows carry Table 2's PPLs
+    rc = eval_lm.main(["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-750",
+                       "--corpus", str(tiny_corpus), "--ratios", "0.5,0.6,0.9", "--parts", "ratios,allocation,search,precision",
                        "--max-rows", "2000", "--results", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
@@ -33,6 +34,9 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     uniform = {r["insensitive_ratio"]: r for r in rows if r["part"] == "uniform"}
     assert abs(uniform[0.5]["measured_ratio"] - 0.5) < 0.15
     assert uniform[0.9]["measured_ratio"] > uniform[0.5]["measured_ratio"]
+    # the paper's LSTM-750 PPL (Table 2) beside ours where the paper has the ratio, nothing where it has not
+    assert (uniform[0.5]["paper_ppl"], uniform[0.5]["paper_base_ppl"], base["paper_ppl"]) == (84.29, 84.32, 84.32)
+    assert "paper_ppl" not in uniform[0.6]
     per_gate = [r for r in rows if r["part"] == "per-gate"]
     assert {(r["variant"], r["insensitive_ratio"]) for r in per_gate} == {
         (v, r) for v in ("greedy-allocation", "loss-aware-allocation") for r in (0.5, 0.6, 0.7)}
@@ -47,10 +51,10 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     from render_results import lm_allocation
 
     table = lm_allocation(doc).splitlines()
-    at_half = next(line for line in table if line.startswith("| tiny-lstm-24 | 2 | ") and "| 0.5 |" in line)
+    at_half = next(line for line in table if line.startswith("| tiny-lstm-750 | 2 | ") and "| 0.5 |" in line)
     cells = [c.strip() for c in at_half.strip("|").split("|")]
     assert cells[3] == "0.5" and all("%" in c for c in cells[4:7]) and cells[7].startswith("i ")  # uniform, both costs
-    assert sum(line.startswith("| tiny-lstm-24 | 2 | ") for line in table) == 3  # ratios 0.5, 0.6, 0.7
+    assert sum(line.startswith("| tiny-lstm-750 | 2 | ") for line in table) == 3  # ratios 0.5, 0.6, 0.7
     assert {r["variant"] for r in rows if r["part"] == "largest-within-1pct"} == {
         "per-gate, chosen on valid", "per-gate loss-aware, chosen on valid", "uniform, chosen on valid"}
 
