@@ -30,28 +30,41 @@ def test_probe_runs_the_big_layer(kind):
 
 
 def _reference_loss(layer, x, w, bump=None):
-    """Σ w · h(t) over all steps of a plain LSTM loop; ``bump`` = (t, gate index, row, amount) added to one
-    gate activation: the finite-difference side of the gradient check."""
+    """Σ w · h(t) over all steps of a plain LSTM or GRU loop (float64); ``bump`` = (t, gate index, row, amount)
+    added to one gate activation of batch row 0: the finite-difference side of the gradient check."""
     H = layer.hidden
     h = torch.zeros(x.shape[1], H, dtype=torch.float64)
     c = torch.zeros_like(h)
+    w_ih, w_hh, b_ih, b_hh = (t.double() for t in (layer.w_ih, layer.w_hh, layer.b_ih, layer.b_hh))
     loss = 0.0
-    for t in range(x.shape[0]):
-        pre = x[t] @ layer.w_ih.double().t() + layer.b_ih.double() + h @ layer.w_hh.double().t() + layer.b_hh.double()
-        acts = [torch.sigmoid(pre[:, :H]), torch.sigmoid(pre[:, H:2 * H]), torch.tanh(pre[:, 2 * H:3 * H]),
-                torch.sigmoid(pre[:, 3 * H:])]
-        if bump is not None and bump[0] == t:
+
+    def bumped(acts, t):
+        if bump is not None and bump[0] == t and acts[bump[1]] is not None:
             acts[bump[1]] = acts[bump[1]].clone()
             acts[bump[1]][0, bump[2]] += bump[3]
-        i, f, g, o = acts
-        c = f * c + i * g
-        h = o * torch.tanh(c)
+        return acts
+
+    for t in range(x.shape[0]):
+        gi, gh = x[t] @ w_ih.t() + b_ih, h @ w_hh.t() + b_hh
+        if layer.rnn_type == "LSTM":
+            pre = gi + gh
+            i, f, g, o = bumped([torch.sigmoid(pre[:, :H]), torch.sigmoid(pre[:, H:2 * H]),
+                                 torch.tanh(pre[:, 2 * H:3 * H]), torch.sigmoid(pre[:, 3 * H:])], t)
+            c = f * c + i * g
+            h = o * torch.tanh(c)
+        else:  # r and z first; n (gate 2) is bumped after it is computed from the bumped r
+            r, z = bumped([torch.sigmoid(gi[:, :H] + gh[:, :H]), torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H]), None], t)[:2]
+            n = bumped([None, None, torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])], t)[2]
+            h = (1 - z) * n + z * h
         loss = loss + (w[t] * h).sum()
     return loss
 
 
-def test_probe_gradients_match_finite_differences():
-    layer = big_layers(_rnn("LSTM"))[0]
+@pytest.mark.parametrize("kind, points", [
+    ("LSTM", [(0, 1, "f", 2), (2, 0, "i", 0), (3, 2, "g", 5), (5, 3, "o", 1)]),
+    ("GRU", [(0, 0, "r", 3), (2, 1, "z", 0), (4, 2, "n", 5), (1, 0, "r", 1)])])
+def test_probe_gradients_match_finite_differences(kind, points):
+    layer = big_layers(_rnn(kind))[0]
     x = torch.randn(6, 2, 5)
     w = torch.randn(6, 2, layer.hidden)
     probe = GateGradientProbe(layer)
@@ -60,9 +73,9 @@ def test_probe_gradients_match_finite_differences():
     probe.collect()
     (xs, hs), = probe.samples
     grads = probe.gradients[0]
-    assert xs.shape == (12, 5) and hs.shape == (12, layer.hidden) and grads["f"].shape == (12, layer.hidden)
+    assert xs.shape == (12, 5) and hs.shape == (12, layer.hidden) and grads[points[0][2]].shape == (12, layer.hidden)
     eps = 1e-6
-    for t, gi, g, row in [(0, 1, "f", 2), (2, 0, "i", 0), (3, 2, "g", 5), (5, 3, "o", 1)]:
+    for t, gi, g, row in points:
         fd = (_reference_loss(layer, x.double(), w.double(), (t, gi, row, eps))
               - _reference_loss(layer, x.double(), w.double(), (t, gi, row, -eps))) / (2 * eps)
         assert float(grads[g][t * 2, row]) == pytest.approx(float(fd), rel=1e-3, abs=1e-5), (t, g)
