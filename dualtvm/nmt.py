@@ -28,6 +28,7 @@ from .little import BigLayer, LittleConfig, big_layers
 from .models import Seq2Seq
 from .output import GATE as OUTPUT_GATE
 from .output import DualOutput, OutputConfig, calibrate_output, fit_output_little, linear_hash
+from .sensitivity import frozen
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,24 @@ def translate(tr: Translator, sentences: list[str], beam: int = 1, backend: Back
     return out
 
 
+def _reference_batches(tr: Translator, sources: list[str], references: list[str], batch_size: int, max_len: int):
+    """(source, target) padded batches of the reference translations, length-bucketed, in a fixed order."""
+    bos, eos, pad = (tr.tgt_vocab.stoi[t] for t in (BOS, EOS, PAD))
+    pairs = [(tr.encode_source(s), [bos] + tr.tgt_vocab.encode(tokenize_sentence(t))[:max_len] + [eos])
+             for s, t in zip(sources, references)]
+    for idx in bucketed_batches(pairs, batch_size, shuffle=False):
+        yield pad_batch([pairs[i][0] for i in idx], tr.src_vocab.stoi[PAD]), pad_batch([pairs[i][1] for i in idx], pad)
+
+
+def _reference_nll(tr: Translator, src: torch.Tensor, tgt: torch.Tensor, layers, output) -> tuple[torch.Tensor, int]:
+    """Summed teacher-forced cross-entropy of one batch of references, and its token count."""
+    pad = tr.tgt_vocab.stoi[PAD]
+    logits = tr.model(src, tgt[:-1], layers, output)
+    gold = tgt[1:].reshape(-1)
+    return (nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), gold, ignore_index=pad, reduction="sum"),
+            int((gold != pad).sum()))
+
+
 def reference_perplexity(tr: Translator, sources: list[str], references: list[str], layers: list | None = None,
                          batch_size: int = 100, max_len: int = 60, output: nn.Module | None = None) -> float:
     """Per-token perplexity of the reference translations, teacher forced (``layers``: decoder layers
@@ -288,21 +307,26 @@ def reference_perplexity(tr: Translator, sources: list[str], references: list[st
     Greedy BLEU changes only where an argmax flips and moves in steps of ~0.3 on 1000 sentences; this
     moves with every change in the decoder's distributions, as the LM tables' PPL does.
     """
-    bos, eos, pad = (tr.tgt_vocab.stoi[t] for t in (BOS, EOS, PAD))
-    pairs = [(tr.encode_source(s), [bos] + tr.tgt_vocab.encode(tokenize_sentence(t))[:max_len] + [eos])
-             for s, t in zip(sources, references)]
     nll, tokens = 0.0, 0
     tr.model.eval()
     with torch.no_grad():
-        for idx in bucketed_batches(pairs, batch_size, shuffle=False):
-            src = pad_batch([pairs[i][0] for i in idx], tr.src_vocab.stoi[PAD])
-            tgt = pad_batch([pairs[i][1] for i in idx], pad)
-            logits = tr.model(src, tgt[:-1], layers, output)
-            gold = tgt[1:].reshape(-1)
-            nll += nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), gold, ignore_index=pad,
-                                               reduction="sum").item()
-            tokens += int((gold != pad).sum())
+        for src, tgt in _reference_batches(tr, sources, references, batch_size, max_len):
+            batch_nll, batch_tokens = _reference_nll(tr, src, tgt, layers, output)
+            nll, tokens = nll + batch_nll.item(), tokens + batch_tokens
     return math.exp(nll / max(tokens, 1))
+
+
+def reference_losses(tr: Translator, sources: list[str], references: list[str], batch_size: int = 100,
+                     max_batches: int | None = None, max_len: int = 60):
+    """``run_loss`` for :func:`~dualtvm.sensitivity.loss_gradients`: the references' teacher-forced summed
+    cross-entropy per batch, the probes standing in for the decoder layers (parameters frozen meanwhile)."""
+    def run(core):
+        tr.model.eval()
+        with frozen(tr.model):
+            batches = _reference_batches(tr, sources, references, batch_size, max_len)
+            for _, (src, tgt) in zip(range(max_batches or 1 << 30), batches):
+                yield _reference_nll(tr, src, tgt, list(core.layers), None)[0]
+    return run
 
 
 def corpus_bleu(hyps: list[str], refs: list[str]) -> tuple[float, str]:

@@ -13,7 +13,7 @@ from .data import LMCorpus, batchify, get_batch
 from .dual import DualModuleRNN
 from .little import LittleConfig
 from .models import RNNLanguageModel, repackage_hidden
-from .sensitivity import allocate, loss_gradients
+from .sensitivity import allocate, frozen, loss_gradients
 from .train_lm import evaluate
 
 log = logging.getLogger(__name__)
@@ -72,19 +72,13 @@ def lm_losses(model: RNNLanguageModel, data: torch.Tensor, bptt: int, max_batche
     ``data`` (state carried detached, parameters frozen while it runs)."""
     def run(core):
         model.eval()
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        for p in trainable:
-            p.requires_grad_(False)
-        try:
+        with frozen(model):
             hidden = model.init_hidden(data.size(1))
             for i in list(range(0, data.size(0) - 1, bptt))[:max_batches]:
                 x, y = get_batch(data, i, bptt)
                 out, hidden = model(x, hidden, rnn=core)
                 yield torch.nn.functional.cross_entropy(out.view(-1, out.size(-1)), y, reduction="sum")
                 hidden = repackage_hidden(hidden)
-        finally:
-            for p in trainable:
-                p.requires_grad_(True)
     return run
 
 

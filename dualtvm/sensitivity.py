@@ -11,7 +11,8 @@ step and add a zero leaf δ to every gate activation: ∂L/∂δ = ∂L/∂a, th
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -81,6 +82,20 @@ class GateGradientProbe(nn.Module):
         self.gradients.append({g: torch.cat([d[g].grad for d in deltas]) for g in self.big.layout.gates})
 
 
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``model``'s parameters stop requiring gradients inside the block: a probing pass then computes only
+    the gradients that reach the probes' leaves, and leaves no ``.grad`` on the model."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 def loss_gradients(layers: list[BigLayer], run_loss: Callable[[nn.Module], Iterable[torch.Tensor]]
                    ) -> tuple[list[list], list[list]]:
     """Per layer: (x, h) samples of the big model's trajectory and ∂L/∂a per gate for their rows.
@@ -88,7 +103,8 @@ def loss_gradients(layers: list[BigLayer], run_loss: Callable[[nn.Module], Itera
     ``run_loss(core)`` runs the caller's model with ``core`` (a stack of probes, called like a multi-layer
     ``nn.LSTM``/``nn.GRU``) in place of its recurrent layers and yields one loss per segment; each is
     back-propagated before the next segment runs (carry the state across segments detached, as in
-    truncated BPTT).  Freeze the model's own parameters around it, or they collect gradients too.
+    truncated BPTT).  Freeze the model's own parameters around it (:func:`frozen`), or they collect
+    gradients too.
     """
     if not layers:
         raise ValueError("need at least one layer")

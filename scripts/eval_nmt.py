@@ -12,6 +12,8 @@ engine's speed-up over the dense one also per quarter of the run (``…_blocks``
 --output-ratio R adds engines "<dual engine>+out" that also run the dual-module output projection
 (dualtvm.output: the little module picks the logits that can win the argmax) at insensitive ratio R.
 --fused-step compiles each compiled engine's whole decode step (dualtvm.gnmt_step; rows "decode_step": "fused").
+--allocation loss adds engines "<dual engine>-loss-aware": each ratio spread over the decoder's layers and gates
+by the loss-aware allocation (dualtvm.sensitivity).
 Rows go to results/nmt-quality.json.
 """
 from __future__ import annotations
@@ -46,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fused-step", action="store_true",
                    help="speed: the compiled engines run the whole decode step as one build (dualtvm.gnmt_step: two VM "
                         "calls per token) instead of compiled layers and projections in the PyTorch loop")
+    p.add_argument("--allocation", choices=["loss"], default=None,
+                   help="quality: also run each dual engine with per-layer, per-gate ratios from the loss-aware "
+                        "allocation (dualtvm.sensitivity; gradients of the teacher-forced loss on validation "
+                        "references): engines <engine>-loss-aware")
+    p.add_argument("--allocation-batches", type=int, default=5,
+                   help="validation batches (of 100 references) whose loss gradients weigh the allocation")
     p.add_argument("--target", default="llvm -mcpu=broadwell")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None)
@@ -63,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.data import load_multi30k
     from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
     from dualtvm.nmt import (Backend, Translator, block_speedups, corpus_bleu, decode_speed, decoder_backend,
-                             decoder_layers, dual_output, reference_perplexity, translate)
+                             decoder_layers, dual_output, reference_losses, reference_perplexity, translate)
     from dualtvm.output import GATE
     from dualtvm.results import update_rows
+    from dualtvm.sensitivity import allocate, loss_gradients
 
     torch.set_num_threads(threads)
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
@@ -97,10 +106,18 @@ def main(argv: list[str] | None = None) -> int:
             out.set_insensitive_ratio(a.output_ratio)
         for b in bits:
             duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b)
+            gradients = None
+            if a.allocation == "loss":  # on validation references: the test set only scores
+                gradients = loss_gradients([d.big for d in duals], reference_losses(
+                    tr, *corpus.splits["valid"], max_batches=a.allocation_batches))
             for r in [float(x) for x in a.ratios.split(",")]:
-                set_layer_ratios(duals, r)
-                for engine, output in [(dual_engine(b, "dual"), None)] + ([(dual_engine(b, "dual") + "+out", out)]
-                                                                         if out is not None else []):
+                engines = [(dual_engine(b, "dual"), r, None)]
+                if out is not None:
+                    engines.append((dual_engine(b, "dual") + "+out", r, out))
+                if gradients is not None:
+                    engines.append((dual_engine(b, "dual") + "-loss-aware", allocate(duals, r, *gradients), None))
+                for engine, setting, output in engines:
+                    set_layer_ratios(duals, setting)
                     reset_layer_stats(duals + ([output] if output is not None else []))
                     hyps = translate(tr, src, a.beam, Backend(duals, output), progress=True)
                     score, sig = corpus_bleu(hyps, refs)

@@ -9,7 +9,7 @@ python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts quality --little-bits 8 --ratios 0,0.1,0.3,0.5,0.7,0.9 --output-ratio 0.99 --threads 1
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99
 # the paper's decoder size (cache/multi30k-gnmt-1024.best.pt: whatever epoch its training has reached)
-python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts quality --little-bits 8 --ratios 0,0.1,0.3,0.5,0.7,0.9 --output-ratio 0.99
+python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts quality --little-bits 8 --ratios 0,0.1,0.3,0.5,0.7,0.9 --output-ratio 0.99 --allocation loss
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts quality --little-bits 4 --ratios 0.5
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99
 # the same with each compiled engine's whole decode step as one build (dualtvm/gnmt_step.py)

@@ -265,9 +265,15 @@ def test_eval_nmt_quality_rows_per_little_precision(tiny_multi30k, tmp_path):
     ckpt, out = tmp_path / "s.best.pt", tmp_path / "q.json"
     shutil.copy(trained, ckpt)  # the little-module artefacts are cached beside it
     assert eval_nmt.main(["--checkpoint", str(ckpt), "--model-name", "tiny", "--data-dir", str(data), "--parts",
-                          "quality", "--ratios", "0.0,0.9", "--little-bits", "8,4", "--out", str(out)]) == 0
+                          "quality", "--ratios", "0.0,0.9", "--little-bits", "8,4", "--allocation", "loss",
+                          "--allocation-batches", "2", "--out", str(out)]) == 0
     rows = {(r["engine"], r["insensitive_ratio"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {("torch", 0.0), ("dual", 0.0), ("dual", 0.9), ("dual-int4", 0.0), ("dual-int4", 0.9)}
+    assert set(rows) == {("torch", 0.0)} | {(e + s, r) for e in ("dual", "dual-int4") for s in ("", "-loss-aware")
+                                           for r in (0.0, 0.9)}
+    # the loss-aware allocation spreads the same overall ratio unevenly over the layers; at 0 it is the big model
+    aware = rows["dual-loss-aware", 0.9]
+    assert aware["measured_ratio"] > 0.75 and max(aware["measured_ratio_per_layer"]) - min(aware["measured_ratio_per_layer"]) > 0.05
+    assert rows["dual-loss-aware", 0.0]["bleu"] == rows["torch", 0.0]["bleu"]
     assert rows["dual", 0.0]["bleu"] == rows["dual-int4", 0.0]["bleu"] == rows["torch", 0.0]["bleu"]
     assert rows["dual", 0.0]["reference_ppl"] == pytest.approx(rows["torch", 0.0]["reference_ppl"], rel=1e-4)
     assert rows["dual", 0.0]["same_as_big"] == rows["dual-int4", 0.0]["same_as_big"] == 1.0
