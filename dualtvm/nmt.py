@@ -15,6 +15,7 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -323,8 +324,7 @@ def reference_losses(tr: Translator, sources: list[str], references: list[str], 
     def run(core):
         tr.model.eval()
         with frozen(tr.model):
-            batches = _reference_batches(tr, sources, references, batch_size, max_len)
-            for _, (src, tgt) in zip(range(max_batches or 1 << 30), batches):
+            for src, tgt in islice(_reference_batches(tr, sources, references, batch_size, max_len), max_batches):
                 yield _reference_nll(tr, src, tgt, list(core.layers), None)[0]
     return run
 
