@@ -47,6 +47,21 @@ class MaskStats:
         return sum(self.insensitive.values()) / max(sum(self.total.values()), 1)
 
 
+def run_steps(step, x: torch.Tensor, state, hidden: int, lstm: bool):
+    """A single-layer cell run over x (T, B, d) with ``nn.LSTM``/``nn.GRU``'s call signature: state (1, B, H)
+    (an (h, c) pair for LSTM; zeros when None) in and out; ``step(x_t, st)`` → (h, st) on (B, ·) tensors."""
+    if state is None:
+        z = x.new_zeros(1, x.shape[1], hidden)
+        state = (z, z.clone()) if lstm else z
+    st = tuple(s[0] for s in state) if isinstance(state, tuple) else state[0]
+    outs = []
+    for t in range(x.shape[0]):
+        h, st = step(x[t], st)
+        outs.append(h)
+    out_state = tuple(s.unsqueeze(0) for s in st) if isinstance(st, tuple) else st.unsqueeze(0)
+    return torch.stack(outs), out_state
+
+
 class DualModuleLayer(nn.Module):
     """Big layer + little module + thresholds; forward(x (T, B, d_x), state) like ``nn.LSTM``."""
 
@@ -120,17 +135,7 @@ class DualModuleLayer(nn.Module):
         return h_new, new_state, torch.cat(masks, dim=-1)
 
     def forward(self, x: torch.Tensor, state=None):
-        B = x.shape[1]
-        if state is None:
-            z = x.new_zeros(1, B, self.big.hidden)
-            state = (z, z.clone()) if self.rnn_type == "LSTM" else z
-        st = tuple(s[0] for s in state) if isinstance(state, tuple) else state[0]
-        outs = []
-        for t in range(x.shape[0]):
-            h, st, _ = self.step(x[t], st)
-            outs.append(h)
-        out_state = tuple(s.unsqueeze(0) for s in st) if isinstance(st, tuple) else st.unsqueeze(0)
-        return torch.stack(outs), out_state
+        return run_steps(lambda x_t, st: self.step(x_t, st)[:2], x, state, self.big.hidden, self.rnn_type == "LSTM")
 
     def big_bytes_read_fraction(self) -> float:
         """Fraction of the big weight bytes a masked GEMV reads (= sensitive rows, both W_ih and W_hh)."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .dual import DualModuleLayer, StackedRNN, error_curves
+from .dual import DualModuleLayer, StackedRNN, error_curves, run_steps
 from .gates import SIGMOID
 from .little import BigLayer
 from .thresholds import allocate_ratios
@@ -56,17 +56,7 @@ class GateGradientProbe(nn.Module):
         return h_new, h_new
 
     def forward(self, x: torch.Tensor, state=None):
-        B, H = x.shape[1], self.big.hidden
-        if state is None:
-            zero = x.new_zeros(1, B, H)
-            state = (zero, zero.clone()) if self.big.rnn_type == "LSTM" else zero
-        st = tuple(s[0] for s in state) if isinstance(state, tuple) else state[0]
-        outs = []
-        for t in range(x.shape[0]):
-            h, st = self._step(x[t], st)
-            outs.append(h)
-        out_state = tuple(s.unsqueeze(0) for s in st) if isinstance(st, tuple) else st.unsqueeze(0)
-        return torch.stack(outs), out_state
+        return run_steps(self._step, x, state, self.big.hidden, self.big.rnn_type == "LSTM")
 
     def collect(self) -> None:
         """Move the steps run since the last call into ``samples``/``gradients`` (one entry per forward
