@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from .construct import as_single_layers, build_dual_layers
-from .data import LMCorpus, batchify, get_batch
+from .data import LMCorpus, batchify
 from .dual import DualModuleRNN
 from .little import LittleConfig
-from .models import RNNLanguageModel, repackage_hidden
+from .models import RNNLanguageModel
 from .sensitivity import allocate, frozen, loss_gradients
-from .train_lm import evaluate
+from .train_lm import evaluate, lm_segments
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,9 @@ class QualitySetup:
 def run_stream(model: RNNLanguageModel, data: torch.Tensor, bptt: int, core, max_batches: int | None):
     """Run the LM over a batchified stream with ``core`` as its recurrent module (recording hooks)."""
     model.eval()
-    hidden = model.init_hidden(data.size(1))
     with torch.no_grad():
-        for n, i in enumerate(range(0, data.size(0) - 1, bptt)):
-            if max_batches is not None and n >= max_batches:
-                break
-            x, _ = get_batch(data, i, bptt)
-            _, hidden = model(x, hidden, rnn=core)
+        for _ in lm_segments(model, data, bptt, core, max_batches):
+            pass
 
 
 def setup(model: RNNLanguageModel, corpus: LMCorpus, cfg: LittleConfig, max_rows: int = 200_000,
@@ -73,12 +69,8 @@ def lm_losses(model: RNNLanguageModel, data: torch.Tensor, bptt: int, max_batche
     def run(core):
         model.eval()
         with frozen(model):
-            hidden = model.init_hidden(data.size(1))
-            for i in list(range(0, data.size(0) - 1, bptt))[:max_batches]:
-                x, y = get_batch(data, i, bptt)
-                out, hidden = model(x, hidden, rnn=core)
+            for out, y in lm_segments(model, data, bptt, core, max_batches):
                 yield torch.nn.functional.cross_entropy(out.view(-1, out.size(-1)), y, reduction="sum")
-                hidden = repackage_hidden(hidden)
     return run
 
 

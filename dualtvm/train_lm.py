@@ -42,17 +42,26 @@ def sgd_step(model: nn.Module, loss: torch.Tensor, lr: float, clip: float) -> No
             p.add_(p.grad, alpha=-lr)
 
 
+def lm_segments(model: RNNLanguageModel, data: torch.Tensor, bptt: int = 35, rnn: nn.Module | None = None,
+                max_batches: int | None = None, progress: bool = False):
+    """(logits, targets) of each BPTT segment of a batchified stream, the state carried from segment to
+    segment and detached between them (truncated BPTT); ``rnn`` stands in for the model's recurrent core."""
+    hidden = model.init_hidden(data.size(1))
+    starts = list(range(0, data.size(0) - 1, bptt))[:max_batches]
+    for i in tqdm(starts, disable=not progress, desc="eval", leave=False):
+        x, y = get_batch(data, i, bptt)
+        out, hidden = model(x, hidden, rnn=rnn)
+        yield out, y
+        hidden = repackage_hidden(hidden)
+
+
 def evaluate(model: RNNLanguageModel, data: torch.Tensor, bptt: int = 35, rnn: nn.Module | None = None,
              max_batches: int | None = None, progress: bool = False) -> float:
     """Mean next-word cross-entropy (nats) over a batchified stream; PPL = exp of it."""
     model.eval()
     total, count = 0.0, 0
-    hidden = model.init_hidden(data.size(1))
-    starts = list(range(0, data.size(0) - 1, bptt))[:max_batches]
     with torch.no_grad():
-        for i in tqdm(starts, disable=not progress, desc="eval", leave=False):
-            x, y = get_batch(data, i, bptt)
-            out, hidden = model(x, hidden, rnn=rnn)
+        for out, y in lm_segments(model, data, bptt, rnn, max_batches, progress):
             total += nn.functional.cross_entropy(out.view(-1, out.size(-1)), y, reduction="sum").item()
             count += y.numel()
     return total / count
