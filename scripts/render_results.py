@@ -108,7 +108,7 @@ def lm_quality(doc: dict) -> str:
             "reported on test); the last column is the measured ratio of each gate:", ""]
     out += _table(["model", "part", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
                   [[r["model"], r["part"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
-                    " / ".join(gates({g: round(v, 2) for g, v in layer.items()}) for layer in r.get("gate_ratios", []))]
+                    _gate_ratios(r)]
                    for r in part("per-gate") + part("largest-within-1pct")])
     out += ["", "Table 1, random error (relative std in the row) added to the pre-activations of one half of the rows "
             "(split by the little module's mask at 50 %): cosine similarity to the clean values before and after each gate's φ, "
@@ -130,12 +130,15 @@ def lm_quality(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _gate_ratios(row: dict) -> str:
+    """A row's measured insensitive ratio per gate, layer by layer ("i 0.34 f 0.90 … / …"); empty if it has none."""
+    return " / ".join(" ".join(f"{g} {v:.2f}" for g, v in layer.items()) for layer in row.get("gate_ratios", []))
+
+
 def lm_allocation(doc: dict) -> str:
     """The per-gate allocation study: at each overall ratio, one ratio for all gates beside the two greedy
     allocations (activation error, loss-aware), and the largest overall ratio within +1 % PPL by each."""
     rows = doc["rows"]
-    gates = lambda r: " / ".join(" ".join(f"{g} {v:.2f}" for g, v in layer.items())  # noqa: E731
-                                 for layer in r.get("gate_ratios", []))
     find = lambda m, part, variant, ratio: next((r for r in rows if (r["model"], r["part"], r["variant"]) ==  # noqa: E731
                                                  (m, part, variant) and r["insensitive_ratio"] == ratio), None)
     delta = lambda r: "" if r is None else f"{r['ppl']} ({r['delta_ppl_pct']:+.2f} %)"  # noqa: E731
@@ -147,13 +150,13 @@ def lm_allocation(doc: dict) -> str:
                         and r["variant"] != "base"), None)
             loss = find(m, "per-gate", "loss-aware-allocation", ratio)
             table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uni),
-                          delta(find(m, "per-gate", "greedy-allocation", ratio)), delta(loss), loss and gates(loss)])
+                          delta(find(m, "per-gate", "greedy-allocation", ratio)), delta(loss), loss and _gate_ratios(loss)])
     out = _table(["model", "big epochs", "base PPL", "ratio", "one ratio for all gates", "per gate: activation error",
                   "per gate: loss-aware", "loss-aware ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
                   [[r["model"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
-                    gates(r)] for r in rows if r["part"] == "largest-within-1pct"])
+                    _gate_ratios(r)] for r in rows if r["part"] == "largest-within-1pct"])
     return "\n".join(out)
 
 
