@@ -40,19 +40,20 @@ def fleet():
     """A tracker and two RPC servers on 127.0.0.1, registered under key 'tiny'."""
     port = free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
-                               str(port), "--port-end", str(port + 1)], env=ENV)]
+                               str(port), "--port-end", str(port + 1)], env=ENV, start_new_session=True)]
     tracker = RPCTracker("127.0.0.1", port, "tiny", session_timeout_s=30)
     try:
         wait_for(lambda: _reachable(port), 30, "the tracker")
         for _ in range(2):
             procs.append(subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker",
                                            f"127.0.0.1:{port}", "--key", "tiny", "--host", "127.0.0.1",
-                                           "--port", str(free_port()), "--port-end", "65000"], env=ENV))
+                                           "--port", str(free_port()), "--port-end", "65000"], env=ENV,
+                                          start_new_session=True))
         wait_for(lambda: _servers(tracker) == 2, 60, "two RPC servers to register")
         yield tracker
-    finally:
+    finally:  # each serves from a PopenWorker child that outlives a terminated parent: end the whole group
         for p in procs:
-            p.terminate()
+            os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             p.wait(10)
 
