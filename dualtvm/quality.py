@@ -94,6 +94,21 @@ def allocation(q: QualitySetup, target: float, grid: np.ndarray | None = None, c
     return allocate(layers, target, *q.valid_gradients, grid)
 
 
+def validated_allocations(q: QualitySetup, target: float, costs: tuple[str, ...] = ALLOCATION_COSTS,
+                          ) -> dict[str, tuple[list[dict[str, float]], float]]:
+    """Each cost's allocation for ``target`` with its *validation* PPL, so that the validation set picks the cost.
+
+    Neither estimate wins on every model: the loss-aware one did on the LSTMs and the GNMT decoder, the
+    activation error on the GRU (where the diagonal-Fisher cost kept the update gate z big and gave half of
+    the candidate n to the little module, and lost).  Leaves the dual core at the last allocation.
+    """
+    out = {}
+    for cost in costs:
+        ratios = allocation(q, target, cost=cost)
+        out[cost] = ratios, ppl(q, "valid", ratios)[0]
+    return out
+
+
 def largest_ratio_within(q: QualitySetup, base_valid_ppl: float, budget: float = 0.01, per_gate: bool = True,
                          lo: float = 0.3, hi: float = 0.95, iters: int = 6, cost: str = "loss") -> float:
     """Largest overall ratio whose *validation* PPL stays within ``budget`` of base (bisection)."""

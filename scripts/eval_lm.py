@@ -25,7 +25,7 @@ from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
 from dualtvm.little import LittleConfig, big_layers  # noqa: E402
-from dualtvm.quality import ALLOCATION_COSTS, allocation, largest_ratio_within, ppl, setup  # noqa: E402
+from dualtvm.quality import ALLOCATION_COSTS, allocation, largest_ratio_within, ppl, setup, validated_allocations  # noqa: E402
 from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
 from dualtvm.train_lm import evaluate  # noqa: E402
@@ -104,14 +104,17 @@ def main(argv: list[str] | None = None) -> int:
             record("uniform", r, v, m, variant=f"eps0.5-int{a.little_bits}")
     variants = {"activation": ("greedy-allocation", "per-gate, chosen on valid"),  # names of the first rows
                 "loss": ("loss-aware-allocation", "per-gate loss-aware, chosen on valid")}
+    base_valid = ppl(q, "valid", 0.0)[0] if {"allocation", "search"} & set(parts) else None
     if "allocation" in parts:
-        for cost in costs:
-            for r in (0.5, 0.6, 0.7):
-                q.dual.set_insensitive_ratio(allocation(q, r, cost=cost))
+        for r in (0.5, 0.6, 0.7):
+            found = validated_allocations(q, r, tuple(costs))
+            pick = min(found, key=lambda c: found[c][1])  # the cost the validation set picks
+            for cost, (ratios, valid_ppl) in found.items():
+                q.dual.set_insensitive_ratio(ratios)
                 v, m = ppl(q, "test")
-                record("per-gate", r, v, m, variant=variants[cost][0], gate_ratios=_rounded(q.dual.gate_ratios()))
+                record("per-gate", r, v, m, variant=variants[cost][0], gate_ratios=_rounded(q.dual.gate_ratios()),
+                       valid_delta_ppl_pct=round(100 * (valid_ppl / base_valid - 1), 3), valid_pick=cost == pick)
     if "search" in parts:
-        base_valid, _ = ppl(q, "valid", 0.0)
         for cost in costs:
             best = largest_ratio_within(q, base_valid, 0.01, per_gate=True, cost=cost)
             q.dual.set_insensitive_ratio(allocation(q, best, cost=cost))

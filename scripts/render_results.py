@@ -105,10 +105,11 @@ def lm_quality(doc: dict) -> str:
     out += ["", "Beyond the paper: the ratio allocated per gate (greedy on valid: *greedy-allocation* weighs each gate's "
             "squared activation error alike, *loss-aware* by the loss gradient at each output, a diagonal-Fisher estimate "
             "of the loss increase) for an overall ratio, and the largest overall ratio within +1 % PPL (chosen on valid, "
-            "reported on test); the last column is the measured ratio of each gate:", ""]
-    out += _table(["model", "part", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
+            "reported on test); *valid ΔPPL* is what picks between the two costs (marked *picked*); the last column is "
+            "the measured ratio of each gate:", ""]
+    out += _table(["model", "part", "how", "ratio", "measured", "PPL", "ΔPPL %", "valid ΔPPL %", "per gate"],
                   [[r["model"], r["part"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
-                    _gate_ratios(r)]
+                    _valid_delta(r), _gate_ratios(r)]
                    for r in part("per-gate") + part("largest-within-1pct")])
     out += ["", "Table 1, random error (relative std in the row) added to the pre-activations of one half of the rows "
             "(split by the little module's mask at 50 %): cosine similarity to the clean values before and after each gate's φ, "
@@ -130,6 +131,13 @@ def lm_quality(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _valid_delta(row: dict) -> str:
+    """A per-gate row's validation ΔPPL, marked where the validation set picked its allocation cost."""
+    if "valid_delta_ppl_pct" not in row:
+        return ""
+    return f"{row['valid_delta_ppl_pct']}" + (" (picked)" if row.get("valid_pick") else "")
+
+
 def _gate_ratios(row: dict) -> str:
     """A row's measured insensitive ratio per gate, layer by layer ("i 0.34 f 0.90 … / …"); empty if it has none."""
     return " / ".join(" ".join(f"{g} {v:.2f}" for g, v in layer.items()) for layer in row.get("gate_ratios", []))
@@ -148,11 +156,12 @@ def lm_allocation(doc: dict) -> str:
         for ratio in sorted({r["insensitive_ratio"] for r in rows if r["model"] == m and r["part"] == "per-gate"}):
             uni = next((r for r in rows if r["model"] == m and r["part"] == "uniform" and r["insensitive_ratio"] == ratio
                         and r["variant"] != "base"), None)
-            loss = find(m, "per-gate", "loss-aware-allocation", ratio)
-            table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uni),
-                          delta(find(m, "per-gate", "greedy-allocation", ratio)), delta(loss), loss and _gate_ratios(loss)])
+            loss, act = (find(m, "per-gate", v, ratio) for v in ("loss-aware-allocation", "greedy-allocation"))
+            picked = next((name for name, r in (("loss-aware", loss), ("activation error", act)) if r and r.get("valid_pick")), "")
+            table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uni), delta(act), delta(loss),
+                          picked, loss and _gate_ratios(loss)])
     out = _table(["model", "big epochs", "base PPL", "ratio", "one ratio for all gates", "per gate: activation error",
-                  "per gate: loss-aware", "loss-aware ratio per gate"], table)
+                  "per gate: loss-aware", "validation picks", "loss-aware ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
                   [[r["model"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],

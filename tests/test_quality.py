@@ -43,6 +43,10 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     for r in per_gate:  # each row carries the measured ratio of every gate, and they average to the row's
         gates = r["gate_ratios"][0]
         assert set(gates) == {"i", "f", "g", "o"} and abs(np.mean(list(gates.values())) - r["measured_ratio"]) < 1e-3
+    for ratio in (0.5, 0.6, 0.7):  # the validation set picks one cost per ratio: the one of lower valid PPL
+        pair = [r for r in per_gate if r["insensitive_ratio"] == ratio]
+        assert sum(r["valid_pick"] for r in pair) == 1
+        assert next(r for r in pair if r["valid_pick"])["valid_delta_ppl_pct"] == min(r["valid_delta_ppl_pct"] for r in pair)
     prec = {r["variant"]: r for r in rows if r["part"] == "precision"}
     assert set(prec) == {"fp32", "int16", "int8", "int4", "int2", "int1"}
     assert prec["int8"]["little_param_mb"] < prec["fp32"]["little_param_mb"]
@@ -53,7 +57,8 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     table = lm_allocation(doc).splitlines()
     at_half = next(line for line in table if line.startswith("| tiny-lstm-750 | 2 | ") and "| 0.5 |" in line)
     cells = [c.strip() for c in at_half.strip("|").split("|")]
-    assert cells[3] == "0.5" and all("%" in c for c in cells[4:7]) and cells[7].startswith("i ")  # uniform, both costs
+    assert cells[3] == "0.5" and all("%" in c for c in cells[4:7])  # uniform, both costs
+    assert cells[7] in ("loss-aware", "activation error") and cells[8].startswith("i ")  # validation's pick, gates
     assert sum(line.startswith("| tiny-lstm-750 | 2 | ") for line in table) == 3  # ratios 0.5, 0.6, 0.7
     assert {r["variant"] for r in rows if r["part"] == "largest-within-1pct"} == {
         "per-gate, chosen on valid", "per-gate loss-aware, chosen on valid", "uniform, chosen on valid"}
