@@ -111,12 +111,17 @@ def validated_allocations(q: QualitySetup, target: float, costs: tuple[str, ...]
 
 def largest_ratio_within(q: QualitySetup, base_valid_ppl: float, budget: float = 0.01, per_gate: bool = True,
                          lo: float = 0.3, hi: float = 0.95, iters: int = 6, cost: str = "loss") -> float:
-    """Largest overall ratio whose *validation* PPL stays within ``budget`` of base (bisection)."""
+    """Largest overall ratio whose *validation* PPL stays within ``budget`` of base (bisection in [lo, hi];
+    in [0, lo] where ``lo`` itself is over budget — a bisection never tests its lower end)."""
+    def within(ratio: float) -> bool:
+        q.dual.set_insensitive_ratio(allocation(q, ratio, cost=cost) if per_gate else ratio)
+        return ppl(q, "valid")[0] <= base_valid_ppl * (1 + budget)
+
+    if lo > 0 and not within(lo):
+        lo, hi = 0.0, lo
     for _ in range(iters):
         mid = (lo + hi) / 2
-        q.dual.set_insensitive_ratio(allocation(q, mid, cost=cost) if per_gate else mid)
-        p, _ = ppl(q, "valid")
-        if p <= base_valid_ppl * (1 + budget):
+        if within(mid):
             lo = mid
         else:
             hi = mid

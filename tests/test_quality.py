@@ -71,3 +71,25 @@ def test_eval_lm_names_an_unknown_allocation_cost(capsys):
     with pytest.raises(SystemExit):
         eval_lm.main(["--checkpoint", "none.pt", "--model-name", "x", "--allocation-costs", "loss,hessian"])
     assert "unknown allocation cost(s) ['hessian']" in capsys.readouterr().err
+
+
+class _RatioKnob:
+    ratio = 0.0
+
+    def set_insensitive_ratio(self, ratio):
+        self.ratio = ratio
+
+
+def test_largest_ratio_within_searches_below_its_lower_bound(monkeypatch):
+    """PPL rising 3 % per 0.1 of ratio: +1 % is reached at 1/30, below the bisection's usual lower end 0.3."""
+    from types import SimpleNamespace
+
+    from dualtvm import quality
+
+    q = SimpleNamespace(dual=_RatioKnob())
+    monkeypatch.setattr(quality, "ppl", lambda q, split, ratio=None: (100.0 * (1 + 0.3 * q.dual.ratio), q.dual.ratio))
+    low = quality.largest_ratio_within(q, 100.0, 0.01, per_gate=False, iters=8)
+    assert low <= 1 / 30 and 1 / 30 - low < 0.3 / 2 ** 8 + 1e-9
+    # a budget met at the lower end: the bisection above it, as before
+    high = quality.largest_ratio_within(q, 100.0, 0.2, per_gate=False, iters=8)
+    assert 0.3 < high <= 2 / 3 and 2 / 3 - high < 0.65 / 2 ** 8 + 1e-9
