@@ -98,7 +98,7 @@ def validated_allocations(q: QualitySetup, target: float, costs: tuple[str, ...]
                           ) -> dict[str, tuple[list[dict[str, float]], float]]:
     """Each cost's allocation for ``target`` with its *validation* PPL, so that the validation set picks the cost.
 
-    Neither estimate wins on every model: the loss-aware one did on the LSTMs and the GNMT decoder, the
+    Neither estimate wins on every model: the loss-aware one did on the LSTM-1500 and the GNMT decoder, the
     activation error on the GRU (where the diagonal-Fisher cost kept the update gate z big and gave half of
     the candidate n to the little module, and lost).  Leaves the dual core at the last allocation.
     """
