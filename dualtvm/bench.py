@@ -103,14 +103,20 @@ def measure(engines: list[Engine], steps: int, rounds: int, cold: "bool | Evicto
             e.step(0)  # warm-up step of the round (not timed)
             time.sleep(pause_s)  # let the other engine's thread pool fall asleep
             for i in range(1, steps):
-                if evict is not None:
-                    evict()
-                    if e.twin is not None:
-                        e.twin.step(i)
+                _go_cold(evict, e.twin.step if e.twin is not None else None, i)
                 t0 = time.perf_counter()
                 e.step(i)
                 times[e.name].append(time.perf_counter() - t0)
     return {k: np.array(v) for k, v in times.items()}
+
+
+def _go_cold(evict: Callable[[], None] | None, twin_step: Callable[[int], None] | None, i: int) -> None:
+    """The cold order before timed step ``i`` (no-op warm): the sweep evicts everything, then the twin's
+    untimed step warms code, runtime and page tables but not the timed engine's weights."""
+    if evict is not None:
+        evict()
+        if twin_step is not None:
+            twin_step(i)
 
 
 def measured_insensitive_ratio(dec, runner: tuple, steps: int) -> float:
@@ -259,10 +265,7 @@ def step_breakdown(dec, xs: list[np.ndarray], evict: Callable[[], None] | None =
         twin_prepare()
     per_step = []
     for i in range(1, len(xs)):
-        if evict is not None:  # cold cache: the step's weights and buffers come from DRAM
-            evict()
-            if twin is not None:
-                twin_step(i)
+        _go_cold(evict, twin_step, i)
         current.clear()
         t0 = time.perf_counter()
         step(i)
