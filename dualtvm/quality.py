@@ -13,7 +13,7 @@ from .data import LMCorpus, batchify
 from .dual import DualModuleRNN
 from .little import LittleConfig
 from .models import RNNLanguageModel
-from .sensitivity import allocate, frozen, loss_gradients
+from .sensitivity import MEASURED_GRID, allocate, allocate_curves, frozen, loss_gradients, measured_curves
 from .train_lm import evaluate, lm_segments
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class QualitySetup:
     test: torch.Tensor
     valid_samples: list
     valid_gradients: tuple[list, list] | None = None  # (samples, ∂L/∂a) per layer: see loss_gradients
+    measured_costs: dict | None = None  # {(layer, gate): ΔNLL per MEASURED_GRID ratio}: see sensitivity.measured_curves
 
 
 def run_stream(model: RNNLanguageModel, data: torch.Tensor, bptt: int, core, max_batches: int | None):
@@ -74,7 +75,7 @@ def lm_losses(model: RNNLanguageModel, data: torch.Tensor, bptt: int, max_batche
     return run
 
 
-ALLOCATION_COSTS = ("loss", "activation")
+ALLOCATION_COSTS = ("loss", "activation", "measured")
 
 
 def allocation(q: QualitySetup, target: float, grid: np.ndarray | None = None, cost: str = "loss",
@@ -82,19 +83,29 @@ def allocation(q: QualitySetup, target: float, grid: np.ndarray | None = None, c
     """Per-gate (and per-layer) ratios with overall mean ``target`` at the least estimated cost.
 
     ``cost="loss"``: the diagonal-Fisher loss increase (``sensitivity``; one backward pass over
-    ``max_batches`` validation segments, cached on ``q``); ``"activation"``: squared activation error.
+    ``max_batches`` validation segments, cached on ``q``); ``"activation"``: squared activation error;
+    ``"measured"``: the validation loss increase measured one gate at a time over ``max_batches``
+    segments (one evaluation per gate and ``MEASURED_GRID`` ratio, cached on ``q``; ``grid`` is ignored).
     """
     if cost not in ALLOCATION_COSTS:
         raise ValueError(f"cost must be one of {ALLOCATION_COSTS}, got {cost!r}")
     layers = list(q.dual.layers)
     if cost == "activation":
         return allocate(layers, target, q.valid_samples, None, grid)
+    if cost == "measured":
+        if q.measured_costs is None:
+            def valid_loss(ratios: list[dict[str, float]]) -> float:
+                q.dual.set_insensitive_ratio(ratios)
+                return evaluate(q.model, q.valid, rnn=q.dual, max_batches=max_batches)
+
+            q.measured_costs = measured_curves(layers, valid_loss)
+        return allocate_curves(layers, q.measured_costs, MEASURED_GRID, target)
     if q.valid_gradients is None:
         q.valid_gradients = loss_gradients([layer.big for layer in layers], lm_losses(q.model, q.valid, 35, max_batches))
     return allocate(layers, target, *q.valid_gradients, grid)
 
 
-def validated_allocations(q: QualitySetup, target: float, costs: tuple[str, ...] = ALLOCATION_COSTS,
+def validated_allocations(q: QualitySetup, target: float, costs: tuple[str, ...] = ("loss", "activation"),
                           ) -> dict[str, tuple[list[dict[str, float]], float]]:
     """Each cost's allocation for ``target`` with its *validation* PPL, so that the validation set picks the cost.
 

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=0.45, help="Table 1: error std relative to the pre-activation std")
     p.add_argument("--allocation-costs", default="loss,activation",
                    help="per-gate allocation costs (allocation, search parts): loss (diagonal-Fisher loss increase, "
-                        "dualtvm.sensitivity) and/or activation (squared activation error)")
+                        "dualtvm.sensitivity), activation (squared activation error) and/or measured (valid loss, one "
+                        "gate at a time: one evaluation per gate and grid ratio)")
     p.add_argument("--little-bits", type=int, default=8, help="W_LL precision of the little module (Table 6: 8 or 4)")
     p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
     p.add_argument("--results", default="results/lm-quality-ptb.json")
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             v, m = ppl(q, "test", r)
             record("uniform", r, v, m, variant=f"eps0.5-int{a.little_bits}")
     variants = {"activation": ("greedy-allocation", "per-gate, chosen on valid"),  # names of the first rows
-                "loss": ("loss-aware-allocation", "per-gate loss-aware, chosen on valid")}
+                "loss": ("loss-aware-allocation", "per-gate loss-aware, chosen on valid"),
+                "measured": ("measured-allocation", "per-gate measured, chosen on valid")}
     base_valid = ppl(q, "valid", 0.0)[0] if {"allocation", "search"} & set(parts) else None
     if "allocation" in parts:
         for r in (0.5, 0.6, 0.7):

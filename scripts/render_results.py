@@ -143,25 +143,32 @@ def _gate_ratios(row: dict) -> str:
     return " / ".join(" ".join(f"{g} {v:.2f}" for g, v in layer.items()) for layer in row.get("gate_ratios", []))
 
 
+ALLOCATION_VARIANTS = (("greedy-allocation", "activation error"), ("loss-aware-allocation", "loss-aware"),
+                       ("measured-allocation", "measured"))  # eval_lm's per-gate rows, one per allocation cost
+
+
 def lm_allocation(doc: dict) -> str:
-    """The per-gate allocation study: at each overall ratio, one ratio for all gates beside the two greedy
-    allocations (activation error, loss-aware), and the largest overall ratio within +1 % PPL by each."""
+    """The per-gate allocation study: at each overall ratio, one ratio for all gates beside the greedy allocation
+    under each cost the file has rows of, which one the validation set picked, and the largest overall ratio
+    within +1 % PPL by each."""
     rows = doc["rows"]
     find = lambda m, part, variant, ratio: next((r for r in rows if (r["model"], r["part"], r["variant"]) ==  # noqa: E731
                                                  (m, part, variant) and r["insensitive_ratio"] == ratio), None)
     delta = lambda r: "" if r is None else f"{r['ppl']} ({r['delta_ppl_pct']:+.2f} %)"  # noqa: E731
+    costs = [(v, name) for v, name in ALLOCATION_VARIANTS if any(r.get("variant") == v for r in rows)]
     table = []
     for m in dict.fromkeys(r["model"] for r in rows):
         base = find(m, "uniform", "base", 0.0)
         for ratio in sorted({r["insensitive_ratio"] for r in rows if r["model"] == m and r["part"] == "per-gate"}):
             uni = next((r for r in rows if r["model"] == m and r["part"] == "uniform" and r["insensitive_ratio"] == ratio
                         and r["variant"] != "base"), None)
-            loss, act = (find(m, "per-gate", v, ratio) for v in ("loss-aware-allocation", "greedy-allocation"))
-            picked = next((name for name, r in (("loss-aware", loss), ("activation error", act)) if r and r.get("valid_pick")), "")
-            table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uni), delta(act), delta(loss),
-                          picked, loss and _gate_ratios(loss)])
-    out = _table(["model", "big epochs", "base PPL", "ratio", "one ratio for all gates", "per gate: activation error",
-                  "per gate: loss-aware", "validation picks", "loss-aware ratio per gate"], table)
+            found = [(name, find(m, "per-gate", v, ratio)) for v, name in costs]
+            picked = next(((name, r) for name, r in found if r and r.get("valid_pick")), ("", None))
+            shown = picked[1] or dict(found).get("loss-aware")  # rows from before the validation pick: loss-aware's
+            table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uni),
+                          *(delta(r) for _, r in found), picked[0], shown and _gate_ratios(shown)])
+    out = _table(["model", "big epochs", "base PPL", "ratio", "one ratio for all gates",
+                  *(f"per gate: {name}" for _, name in costs), "validation picks", "its ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
                   [[r["model"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],

@@ -24,7 +24,7 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     # a 24-unit model named like the paper's LSTM-750, so that its rows carry Table 2's PPLs
     rc = eval_lm.main(["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-750",
                        "--corpus", str(tiny_corpus), "--ratios", "0.5,0.6,0.9", "--parts", "ratios,allocation,search,precision",
-                       "--max-rows", "2000", "--results", str(out)])
+                       "--max-rows", "2000", "--allocation-costs", "loss,activation,measured", "--results", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
     rows = doc["rows"]
@@ -39,14 +39,14 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     assert "paper_ppl" not in uniform[0.6]
     per_gate = [r for r in rows if r["part"] == "per-gate"]
     assert {(r["variant"], r["insensitive_ratio"]) for r in per_gate} == {
-        (v, r) for v in ("greedy-allocation", "loss-aware-allocation") for r in (0.5, 0.6, 0.7)}
+        (v, r) for v in ("greedy-allocation", "loss-aware-allocation", "measured-allocation") for r in (0.5, 0.6, 0.7)}
     for r in per_gate:  # each row carries the measured ratio of every gate, and they average to the row's
         gates = r["gate_ratios"][0]
         assert set(gates) == {"i", "f", "g", "o"} and abs(np.mean(list(gates.values())) - r["measured_ratio"]) < 1e-3
     for ratio in (0.5, 0.6, 0.7):  # the validation set picks one cost per ratio: the one of lower valid PPL
-        pair = [r for r in per_gate if r["insensitive_ratio"] == ratio]
-        assert sum(r["valid_pick"] for r in pair) == 1
-        assert next(r for r in pair if r["valid_pick"])["valid_delta_ppl_pct"] == min(r["valid_delta_ppl_pct"] for r in pair)
+        costs = [r for r in per_gate if r["insensitive_ratio"] == ratio]
+        assert sum(r["valid_pick"] for r in costs) == 1
+        assert next(r for r in costs if r["valid_pick"])["valid_delta_ppl_pct"] == min(r["valid_delta_ppl_pct"] for r in costs)
     prec = {r["variant"]: r for r in rows if r["part"] == "precision"}
     assert set(prec) == {"fp32", "int16", "int8", "int4", "int2", "int1"}
     assert prec["int8"]["little_param_mb"] < prec["fp32"]["little_param_mb"]
@@ -57,11 +57,12 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     table = lm_allocation(doc).splitlines()
     at_half = next(line for line in table if line.startswith("| tiny-lstm-750 | 2 | ") and "| 0.5 |" in line)
     cells = [c.strip() for c in at_half.strip("|").split("|")]
-    assert cells[3] == "0.5" and all("%" in c for c in cells[4:7])  # uniform, both costs
-    assert cells[7] in ("loss-aware", "activation error") and cells[8].startswith("i ")  # validation's pick, gates
+    assert cells[3] == "0.5" and all("%" in c for c in cells[4:8])  # uniform, the three costs
+    assert cells[8] in ("loss-aware", "activation error", "measured") and cells[9].startswith("i ")  # the pick, its gates
     assert sum(line.startswith("| tiny-lstm-750 | 2 | ") for line in table) == 3  # ratios 0.5, 0.6, 0.7
     assert {r["variant"] for r in rows if r["part"] == "largest-within-1pct"} == {
-        "per-gate, chosen on valid", "per-gate loss-aware, chosen on valid", "uniform, chosen on valid"}
+        "per-gate, chosen on valid", "per-gate loss-aware, chosen on valid", "per-gate measured, chosen on valid",
+        "uniform, chosen on valid"}
 
 
 def test_eval_lm_names_an_unknown_allocation_cost(capsys):

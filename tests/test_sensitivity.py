@@ -1,4 +1,6 @@
 """Loss-aware allocation: the gradient probe runs the big layer exactly and its ∂L/∂a are the loss's."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from dualtvm.construct import as_single_layers
 from dualtvm.dual import DualModuleLayer, StackedRNN, error_curves
 from dualtvm.little import LittleConfig, big_layers, fit_little
 from dualtvm.construct import calibrate
-from dualtvm.sensitivity import GateGradientProbe, allocate
+from dualtvm.sensitivity import GateGradientProbe, allocate, allocate_curves, measured_curves
 
 
 def _rnn(kind: str, d: int = 5, hidden: int = 6, layers: int = 1):
@@ -131,3 +133,29 @@ def test_lm_loss_gradients_follow_the_validation_stream(tiny_corpus):
     assert all(p.requires_grad for p in model.parameters())  # frozen only while probing
     # the first layer's recorded inputs are the embeddings of the stream, in order
     torch.testing.assert_close(samples[0][0][0], model.encoder(data[:5]).reshape(10, 12).detach())
+
+
+def test_measured_curves_evaluate_one_gate_at_a_time():
+    rnn = _rnn("GRU", hidden=8, layers=2)
+    layers, _ = as_single_layers(rnn)
+    duals = [SimpleNamespace(big=l) for l in layers]  # only the big layers' gates are read
+    weight = {(0, "r"): 0.0, (0, "z"): 1.0, (0, "n"): 4.0, (1, "r"): 0.5, (1, "z"): 2.0, (1, "n"): 8.0}
+    calls = []
+
+    def loss_at(ratios):  # a known loss: Σ weight · ratio², plus a dip of gate (1, r) at 0.4 (not monotone)
+        calls.append(ratios)
+        dip = -0.5 if ratios[1]["r"] == 0.4 else 0.0
+        return 3.0 + dip + sum(weight[(l, g)] * r ** 2 for l, layer in enumerate(ratios) for g, r in layer.items())
+
+    grid = np.array([0.0, 0.2, 0.4, 0.6, 0.8])
+    curves = measured_curves(duals, loss_at, grid, progress=False)
+    assert len(calls) == 1 + 6 * 4  # the base, then one evaluation per gate and ratio
+    assert all(sum(r > 0 for layer in c for r in layer.values()) == 1 for c in calls[1:])  # one gate at a time
+    np.testing.assert_allclose(curves[(0, "n")], 4.0 * grid ** 2)
+    np.testing.assert_allclose(curves[(1, "r")], [0, 0.02, 0.02, 0.18, 0.32])  # the dip clamped: non-decreasing
+    assert not curves[(0, "r")].any()
+    alloc = allocate_curves(duals, curves, grid, 0.3)  # the free gate first, the costly n's last
+    assert alloc[0]["r"] == pytest.approx(0.8) and alloc[1]["n"] == 0.0 and alloc[0]["n"] <= alloc[0]["z"]
+    assert np.mean([r for layer in alloc for r in layer.values()]) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="start at ratio 0"):
+        measured_curves(duals, loss_at, np.array([0.1, 0.5]), progress=False)
