@@ -133,6 +133,6 @@ def allocate_ratios(error_curves: dict, sizes: dict, target: float, grid: np.nda
     over = achieved() - target
     if over > 1e-9 and best is not None:
         pos_ratio = {g: float(grid[j]) for g, j in pos.items()}
-        pos_ratio[best] -= over * total / sizes[best]
+        pos_ratio[best] = float(pos_ratio[best] - over * total / sizes[best])
         return pos_ratio
     return {g: float(grid[j]) for g, j in pos.items()}
