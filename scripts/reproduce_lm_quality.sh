@@ -12,9 +12,9 @@ python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500.best.pt --model-name 
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500.best.pt --model-name ptb-lstm-1500 --parts ratios --little-bits 4
 # GRU-1500 (Table 3's left half; cache/ptb-gru-1500.best.pt at whatever epoch its training has reached)
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-1500.best.pt --model-name ptb-gru-1500 --parts ratios,allocation,search
-# the per-gate allocation study (results/lm-allocation-ptb.json): both allocation costs beside one ratio for all gates
+# the per-gate allocation study (results/lm-allocation-ptb.json): the three allocation costs beside one ratio for all gates
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500.best.pt --model-name ptb-lstm-1500 --parts ratios,allocation,search \
-  --ratios 0.5,0.6,0.7 --results results/lm-allocation-ptb.json
+  --ratios 0.5,0.6,0.7 --allocation-costs loss,activation,measured --results results/lm-allocation-ptb.json
 # the INT4 little module (the compiled tvm-dual-int4 engine) at every ratio
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios --little-bits 4
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios --little-bits 4
