@@ -40,11 +40,43 @@ def git_revision(short: bool = True) -> str:
         return "unknown"
 
 
+def resolve_device(name: str) -> torch.device:
+    """``name`` as a torch device, ``auto`` meaning CUDA where it is available; a clear error for a device this
+    machine lacks (a 1500-unit LM takes days on 2 CPU cores, minutes on a GPU: the big model may be trained elsewhere,
+    the dual-module side runs on the CPU)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: only cpu and cuda are supported")
+    return device
+
+
+def rng_states(device: torch.device) -> dict:
+    """Every generator dropout draws from on ``device``: the CPU's, and the GPU's when training on one."""
+    return {"rng": torch.get_rng_state(), **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}
+
+
+def restore_rng_states(payload: dict, device: torch.device) -> None:
+    """Put back what :func:`rng_states` saved (a checkpoint from a CPU run resumed on a GPU restores the CPU's only)."""
+    if "rng" in payload:
+        torch.set_rng_state(payload["rng"])
+    if device.type == "cuda" and "cuda_rng" in payload:
+        torch.cuda.set_rng_state(payload["cuda_rng"], device)
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, kind: str, config: dict, **extra: Any) -> None:
-    """Atomic write (tmp + rename) so a killed run never leaves half a checkpoint."""
+    """Atomic write (tmp + rename) so a killed run never leaves half a checkpoint; weights are saved on the CPU
+    (a model trained on a GPU loads on the serving machine)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT_VERSION, "kind": kind, "config": config, "state_dict": model.state_dict(),
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT_VERSION, "kind": kind, "config": config, "state_dict": state_dict,
                "git": git_revision(), **extra}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)

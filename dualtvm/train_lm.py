@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint import MidEpochSaver, load_checkpoint, resume_payload, save_checkpoint
+from .checkpoint import (MidEpochSaver, load_checkpoint, resolve_device, restore_rng_states, resume_payload, rng_states,
+                         save_checkpoint)
 from .data import LMCorpus, batchify, get_batch
 from .models import LMConfig, RNNLanguageModel, repackage_hidden
 
@@ -30,6 +31,7 @@ class LMTrainConfig:
     anneal: float = 4.0  # lr /= anneal when validation loss does not improve
     max_batches: int | None = None  # cap per epoch (smoke tests)
     save_every_s: float = 600.0  # mid-epoch checkpoint period: a 1500-unit epoch outlasts a session
+    device: str = "cpu"  # where to train ("cuda", "cuda:1", …: see resolve_device); checkpoints are saved for the CPU
 
 
 def sgd_step(model: nn.Module, loss: torch.Tensor, lr: float, clip: float) -> None:
@@ -74,8 +76,9 @@ def train_lm(corpus: LMCorpus, model_cfg: LMConfig, train_cfg: LMTrainConfig, ch
     ``checkpoint`` holds the latest epoch (for resuming); ``checkpoint.best.pt`` the best
     validation model, which is what evaluation and the dual-module side use.
     """
+    device = resolve_device(train_cfg.device)
     torch.manual_seed(train_cfg.seed)
-    model = RNNLanguageModel(model_cfg)
+    model = RNNLanguageModel(model_cfg).to(device)
     state = {"epoch": 0, "lr": train_cfg.lr, "best_val": math.inf, "history": [], "wall_s": 0.0,
              "batch": 0, "loss_sum": 0.0}
     best_path = checkpoint.with_suffix(".best.pt")
@@ -83,19 +86,19 @@ def train_lm(corpus: LMCorpus, model_cfg: LMConfig, train_cfg: LMTrainConfig, ch
     if payload is not None:
         model.load_state_dict(payload["state_dict"])
         state = payload["train_state"]
-        torch.set_rng_state(payload["rng"])
+        restore_rng_states(payload, device)
         state.setdefault("batch", 0)
         state.setdefault("loss_sum", 0.0)
         log.info("resuming %s at epoch %d batch %d (lr %.3g)", checkpoint, state["epoch"], state["batch"], state["lr"])
-    train = batchify(corpus.train, train_cfg.batch_size)
-    valid = batchify(corpus.valid, train_cfg.eval_batch_size)
-    test = batchify(corpus.test, train_cfg.eval_batch_size)
+    train = batchify(corpus.train, train_cfg.batch_size).to(device)
+    valid = batchify(corpus.valid, train_cfg.eval_batch_size).to(device)
+    test = batchify(corpus.test, train_cfg.eval_batch_size).to(device)
     meta = {"vocab": corpus.dictionary.idx2word, "data_checksums": corpus.checksums, "seed": train_cfg.seed,
             "train_config": asdict(train_cfg)}
     crit = nn.CrossEntropyLoss()
 
     def save_latest() -> None:
-        save_checkpoint(checkpoint, model, "lm", asdict(model_cfg), train_state=state, rng=torch.get_rng_state(), **meta)
+        save_checkpoint(checkpoint, model, "lm", asdict(model_cfg), train_state=state, **rng_states(device), **meta)
 
     saver = MidEpochSaver(state, save_latest, train_cfg.save_every_s)
     while state["epoch"] < train_cfg.epochs:
@@ -131,12 +134,14 @@ def train_lm(corpus: LMCorpus, model_cfg: LMConfig, train_cfg: LMTrainConfig, ch
                  math.exp(val), time.time() - t0)
         if val < state["best_val"]:
             state["best_val"] = val
-            save_checkpoint(best_path, model, "lm", asdict(model_cfg), train_state=dict(state), rng=torch.get_rng_state(), **meta)
+            save_checkpoint(best_path, model, "lm", asdict(model_cfg), train_state=dict(state), **rng_states(device),
+                            **meta)
         else:
             state["lr"] /= train_cfg.anneal
         save_latest()
     best = RNNLanguageModel(model_cfg)
     best.load_state_dict(load_checkpoint(best_path)["state_dict"])
+    best.to(device)
     result = {"epochs": state["epoch"], "wall_s": round(state["wall_s"], 1),
               "train_ppl": state["history"][-1]["train_ppl"],
               "valid_ppl": math.exp(evaluate(best, valid, train_cfg.bptt, max_batches=train_cfg.max_batches)),

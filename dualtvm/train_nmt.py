@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint import MidEpochSaver, load_checkpoint, resume_payload, save_checkpoint
+from .checkpoint import (MidEpochSaver, load_checkpoint, resolve_device, restore_rng_states, resume_payload, rng_states,
+                         save_checkpoint)
 from .data import ParallelCorpus, bucketed_batches, encode_pairs, pad_batch
 from .models import Seq2Seq, Seq2SeqConfig
 
@@ -27,6 +28,7 @@ class NMTTrainConfig:
     max_len: int = 50
     max_batches: int | None = None  # cap per epoch (smoke tests)
     save_every_s: float = 600.0  # mid-epoch checkpoint period: a 1024-unit epoch outlasts a session
+    device: str = "cpu"  # where to train (see checkpoint.resolve_device); checkpoints are saved for the CPU
 
 
 def adam_step(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> None:
@@ -44,8 +46,9 @@ def train_nmt(corpus: ParallelCorpus, model_cfg: Seq2SeqConfig, cfg: NMTTrainCon
     Resumable mid-epoch: the checkpoint holds the optimizer, the RNG states and the batch-order generator's
     state at the epoch's start, so a resumed run replays the same batches and ends where an unbroken one would.
     """
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = Seq2Seq(model_cfg)
+    model = Seq2Seq(model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     state = {"epoch": 0, "best_val": math.inf, "history": [], "wall_s": 0.0, "batch": 0, "loss_sum": 0.0}
     best_path = checkpoint.with_suffix(".best.pt")
@@ -55,8 +58,7 @@ def train_nmt(corpus: ParallelCorpus, model_cfg: Seq2SeqConfig, cfg: NMTTrainCon
         model.load_state_dict(payload["state_dict"])
         opt.load_state_dict(payload["optimizer"])
         state = {"batch": 0, "loss_sum": 0.0, **payload["train_state"]}
-        if "rng" in payload:
-            torch.set_rng_state(payload["rng"])
+        restore_rng_states(payload, device)
         log.info("resuming %s at epoch %d batch %d", checkpoint, state["epoch"], state["batch"])
     train = encode_pairs(corpus, "train", cfg.max_len)
     valid = encode_pairs(corpus, "valid", cfg.max_len)
@@ -65,14 +67,14 @@ def train_nmt(corpus: ParallelCorpus, model_cfg: Seq2SeqConfig, cfg: NMTTrainCon
             "seed": cfg.seed, "train_config": asdict(cfg)}
 
     def batch_loss(idx: list[int], pairs) -> torch.Tensor:
-        src = pad_batch([pairs[i][0] for i in idx])
-        tgt = pad_batch([pairs[i][1] for i in idx])
+        src = pad_batch([pairs[i][0] for i in idx]).to(device)
+        tgt = pad_batch([pairs[i][1] for i in idx]).to(device)
         logits = model(src, tgt[:-1])
         return crit(logits.reshape(-1, logits.size(-1)), tgt[1:].reshape(-1))
 
     def save_latest() -> None:
         save_checkpoint(checkpoint, model, "seq2seq", asdict(model_cfg), train_state=state,
-                        optimizer=opt.state_dict(), rng=torch.get_rng_state(), **meta)
+                        optimizer=opt.state_dict(), **rng_states(device), **meta)
 
     saver = MidEpochSaver(state, save_latest, cfg.save_every_s)
     while state["epoch"] < cfg.epochs:

@@ -50,6 +50,26 @@ def test_lm_training_resumes_mid_epoch(tiny_corpus, tmp_path, monkeypatch):
     assert load_checkpoint(ckpt)["train_state"]["batch"] == 0
 
 
+def test_training_device_is_checked_before_training(tiny_corpus, tmp_path):
+    """--device names where the big model trains; one this machine lacks is a clear error before any work."""
+    from dualtvm.checkpoint import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu0")
+    with pytest.raises(ValueError, match="only cpu and cuda"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            resolve_device("cuda")
+        corpus = load_lm_corpus(str(tiny_corpus))
+        cfg = LMConfig("LSTM", len(corpus.dictionary), 8, 1, 0.0, True)
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            train_lm(corpus, cfg, LMTrainConfig(epochs=1, device="cuda"), tmp_path / "m.pt", progress=False)
+        assert not (tmp_path / "m.pt").exists()
+
+
 def test_checkpoint_round_trip_and_shape_error(tmp_path):
     cfg = LMConfig("GRU", 50, 16, 2, 0.1, True)
     m = RNNLanguageModel(cfg)
