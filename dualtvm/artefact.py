@@ -20,7 +20,8 @@ from .quantize import QuantizedTensor
 from .thresholds import GateCalibration
 
 FORMAT = "dualtvm-little"
-VERSION = 1
+VERSION = 2  # 2: a sigmoid gate's calibration says which tails are insensitive ("tails")
+READABLE_VERSIONS = (1, 2)  # version 1: every sigmoid gate as eq. 5
 
 
 class ArtefactError(ValueError):
@@ -39,8 +40,9 @@ def _open(path: Path, fmt: str, what: str) -> tuple:
         raise ArtefactError(f"{path} is not a dualtvm {what} artefact: {e}") from e
     if meta.get("format") != fmt:
         raise ArtefactError(f"{path}: format {meta.get('format')!r}, expected {fmt!r}")
-    if meta.get("version") != VERSION:
-        raise ArtefactError(f"{path}: artefact version {meta.get('version')} but this dualtvm reads version {VERSION}")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise ArtefactError(f"{path}: artefact version {meta.get('version')} but this dualtvm reads versions "
+                            f"{', '.join(map(str, READABLE_VERSIONS))}")
     return z, meta
 
 
@@ -62,7 +64,8 @@ def save_little(path: str | os.PathLike, littles: list[LittleModule], config: di
             "rnn_type": lm.rnn_type, "hidden": lm.hidden, "input_size": lm.input_size, "k": lm.k,
             "bits": lm.weight.bits, "act_bits": lm.act_bits, "seeds": [lm.proj_x.seed, lm.proj_h.seed],
             "big_hash": lm.big_hash, "fit_mse": lm.fit_mse, "fit_seconds": lm.fit_seconds,
-            "calibration": {g: {"activation": c.activation, "symmetric": c.symmetric} for g, c in lm.calibration.items()},
+            "calibration": {g: {"activation": c.activation, "symmetric": c.symmetric, "tails": c.tails}
+                            for g, c in lm.calibration.items()},
         })
     meta = {"format": FORMAT, "version": VERSION, "config": config or {}, "layers": layers_meta}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -93,7 +96,8 @@ def load_little(path: str | os.PathLike, big: list[BigLayer] | None = None) -> t
             SparseProjection(z[p + "px"], lm["seeds"][0]), SparseProjection(z[p + "ph"], lm["seeds"][1]),
             QuantizedTensor(codes, torch.from_numpy(z[p + "w_scale"]), lm["bits"]),
             torch.from_numpy(z[p + "bias"]), lm["act_bits"], lm["big_hash"], lm["fit_mse"],
-            {g: GateCalibration(c["activation"], z[p + "q_" + g], c["symmetric"]) for g, c in lm["calibration"].items()},
+            {g: GateCalibration(c["activation"], z[p + "q_" + g], c["symmetric"], c.get("tails", "low"))
+             for g, c in lm["calibration"].items()},
             lm["fit_seconds"])
         littles.append(little)
     return littles, meta["config"]

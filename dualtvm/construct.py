@@ -34,15 +34,16 @@ def record(modules: list[nn.Module], run: Callable[[], None], max_rows: int | No
     return rec.samples
 
 
-def calibrate(little: LittleModule, layer: BigLayer, samples, symmetric: bool = True) -> None:
-    """Quantiles of a_LL per gate on validation samples (the big model's trajectory)."""
+def calibrate(little: LittleModule, layer: BigLayer, samples, symmetric: bool = True, sigmoid_tails: str = "low") -> None:
+    """Quantiles of a_LL per gate on validation samples (the big model's trajectory); ``sigmoid_tails``: eq. 5's
+    rule for sigmoid gates ("low") or both saturated ends ("both", :mod:`dualtvm.thresholds`)."""
     acts: dict[str, list[torch.Tensor]] = {g: [] for g in layer.layout.gates}
     with torch.no_grad():
         for x, h in samples:
             a_ll, _ = gate_activations(layer, little, x, h)
             for g in acts:
                 acts[g].append(a_ll[g].reshape(-1))
-    little.calibration = {g: GateCalibration.fit(torch.cat(v), layer.layout.activation(g), symmetric)
+    little.calibration = {g: GateCalibration.fit(torch.cat(v), layer.layout.activation(g), symmetric, sigmoid_tails)
                           for g, v in acts.items()}
 
 
@@ -73,7 +74,7 @@ def build_dual_layers(layers: list[BigLayer], modules: list[nn.Module], run_trai
             raise RuntimeError(f"layer {i} never ran during run_train: nothing to fit")
         little, w = fit_little(layer, train[i], LittleConfig(**{**cfg.__dict__, "seed": cfg.seed + 2 * i}),
                                valid[i], progress)
-        calibrate(little, layer, valid[i])
+        calibrate(little, layer, valid[i], sigmoid_tails=cfg.sigmoid_tails)
         duals.append(DualModuleLayer(layer, little))
         fp32.append(w)
     return duals, fp32

@@ -99,6 +99,7 @@ class LittleConfig:
     sgd_epochs: int = 3
     sgd_lr: float = 1e-3
     sgd_batch: int = 1024
+    sigmoid_tails: str = "low"  # which saturated ends of a sigmoid gate may be insensitive (thresholds.SIGMOID_TAILS)
 
 
 @dataclass

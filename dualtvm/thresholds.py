@@ -5,6 +5,11 @@ row i is sensitive (m_i = 1, computed by the big module) iff ``lo < a_i < hi``.
   sigmoid: sensitive iff a > θ           → (lo, hi) = (θ, +∞)
   tanh:    sensitive iff θ⁻ < a < θ⁺      → (lo, hi) = (θ⁻, θ⁺), |θ⁻| = |θ⁺| by default
 One rule for both lets one kernel build every mask; ratio 0 is (−∞, +∞): all rows big.
+
+Beyond the paper, a sigmoid gate may leave *both* saturated tails insensitive (``tails="both"``):
+sensitive iff 0.5 − t < a < 0.5 + t, the tanh rule about the sigmoid's midpoint.  Eq. 5 keeps a
+sigmoid output near 1 on the big module although σ' is as small there as near 0 (Figure 1 shades
+both); the band needs no other kernel, only other bounds.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from .gates import SIGMOID, TANH, GateLayout
 log = logging.getLogger(__name__)
 
 QUANTILE_LEVELS = 2001
+SIGMOID_TAILS = ("low", "both")  # eq. 5 (outputs near 0 insensitive), or both saturated ends
 INF = float("inf")
 
 
@@ -38,18 +44,26 @@ class GateCalibration:
     """Quantiles of a gate's a_LL on calibration data: any ratio maps to thresholds without data."""
 
     activation: str
-    quantiles: np.ndarray  # of a (sigmoid, asymmetric tanh) or |a| (symmetric tanh)
+    quantiles: np.ndarray  # of a (sigmoid, asymmetric tanh), |a| (symmetric tanh) or |a − ½| (sigmoid, both tails)
     symmetric: bool = True
+    tails: str = "low"  # sigmoid only (a tanh gate keeps the default): see SIGMOID_TAILS
+
+    def __post_init__(self) -> None:
+        if self.tails not in SIGMOID_TAILS:
+            raise ValueError(f"sigmoid tails must be one of {SIGMOID_TAILS}, got {self.tails!r}")
 
     @classmethod
-    def fit(cls, a_little: torch.Tensor, activation: str, symmetric: bool = True) -> "GateCalibration":
+    def fit(cls, a_little: torch.Tensor, activation: str, symmetric: bool = True,
+            tails: str = "low") -> "GateCalibration":
         v = a_little.detach().reshape(-1).double()
         if activation == TANH and symmetric:
             v = v.abs()
+        if activation == SIGMOID and tails == "both":
+            v = (v - 0.5).abs()
         levels = torch.linspace(0, 1, QUANTILE_LEVELS, dtype=torch.float64)
         if v.numel() > 4_000_000:
             v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:4_000_000]]
-        return cls(activation, torch.quantile(v, levels).numpy(), symmetric)
+        return cls(activation, torch.quantile(v, levels).numpy(), symmetric, tails if activation == SIGMOID else "low")
 
     def _q(self, p: float) -> float:
         return float(np.interp(p, np.linspace(0, 1, len(self.quantiles)), self.quantiles))
@@ -59,6 +73,9 @@ class GateCalibration:
         ratio = check_ratio(ratio)
         if ratio <= 0.0:
             return (-INF, INF)
+        if self.activation == SIGMOID and self.tails == "both":
+            t = 0.0 if ratio >= 1.0 else self._q(1.0 - ratio)
+            return (0.5 - t, 0.5 + t)
         if self.activation == SIGMOID:
             return (INF, INF) if ratio >= 1.0 else (self._q(ratio), INF)
         if ratio >= 1.0:

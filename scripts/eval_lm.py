@@ -28,6 +28,7 @@ from dualtvm.little import LittleConfig, big_layers  # noqa: E402
 from dualtvm.quality import ALLOCATION_COSTS, allocation, largest_ratio_within, ppl, setup, validated_allocations  # noqa: E402
 from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
+from dualtvm.thresholds import SIGMOID_TAILS  # noqa: E402
 from dualtvm.train_lm import evaluate  # noqa: E402
 
 PAPER = {  # Tables 2 and 3: (base PPL, {ratio: PPL})
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                         "dualtvm.sensitivity), activation (squared activation error) and/or measured (valid loss, one "
                         "gate at a time: one evaluation per gate and grid ratio)")
     p.add_argument("--little-bits", type=int, default=8, help="W_LL precision of the little module (Table 6: 8 or 4)")
+    p.add_argument("--sigmoid-tails", default="low", choices=SIGMOID_TAILS,
+                   help="sigmoid gates' insensitive outputs: low (eq. 5: near 0) or both (near 0 and near 1, beyond the "
+                        "paper); rows of 'both' carry the suffix ' sigmoid-both' in their variant")
     p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
     p.add_argument("--results", default="results/lm-quality-ptb.json")
     a = p.parse_args(argv)
@@ -74,16 +78,20 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [float(r) for r in a.ratios.split(",")]
     test = batchify(corpus.test, 10)
     base = math.exp(evaluate(model, test))
-    q = setup(model, corpus, LittleConfig(bits=a.little_bits), a.max_rows) if set(parts) - {"resilience"} else None
+    little_cfg = LittleConfig(bits=a.little_bits, sigmoid_tails=a.sigmoid_tails)
+    q = setup(model, corpus, little_cfg, a.max_rows) if set(parts) - {"resilience"} else None
     paper_key = a.model_name.split("-", 1)[1]
     epochs = payload["train_state"]["epoch"]
 
     def record(part: str, ratio: float, value: float, measured: float, **extra) -> None:
+        if a.sigmoid_tails != "low" and extra["variant"] != "base":
+            extra["variant"] += f" sigmoid-{a.sigmoid_tails}"
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
                "ppl": round(value, 3), "base_ppl": round(base, 3), "delta_ppl_pct": round(100 * (value / base - 1), 3),
                "big_epochs": epochs, **extra}
         pb, pr = PAPER.get(paper_key, (None, {}))
-        if part == "uniform" and (ratio == 0 and pb or a.little_bits == 8 and ratio in pr):  # the paper's are INT8
+        if part == "uniform" and (ratio == 0 and pb or a.little_bits == 8 and a.sigmoid_tails == "low" and ratio in pr):
+            # the paper's are INT8 on eq. 5
             row["paper_ppl"], row["paper_base_ppl"] = pr.get(ratio, pb), pb
         row["command"], row["git"] = command, revision
         update_rows(a.results, Path(a.results).stem, row, key=("model", "part", "insensitive_ratio", "variant"),
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, (layer, w) in enumerate(zip(q.dual.layers, q.fp32_weights)):
                 layer.little = fitted[i].requantize(bits, fp32_weight=w)
                 # another precision moves a_LL: thresholds calibrated again, so every row is at the asked ratio
-                calibrate(layer.little, layer.big, q.valid_samples[i])
+                calibrate(layer.little, layer.big, q.valid_samples[i], sigmoid_tails=a.sigmoid_tails)
             v, m = ppl(q, "test", 0.5)
             from dualtvm.little import little_mse
 
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             layer.little = little
     if "eps" in parts:
         for eps in (0.3, 0.7):
-            qe = setup(model, corpus, LittleConfig(eps=eps), a.max_rows)
+            qe = setup(model, corpus, LittleConfig(eps=eps, sigmoid_tails=a.sigmoid_tails), a.max_rows)
             v, m = ppl(qe, "test", 0.5)
             record("eps", 0.5, v, m, variant=f"eps{eps}", k=qe.dual.layers[0].little.k)
         record("eps", 0.5, *ppl(q, "test", 0.5), variant="eps0.5", k=q.dual.layers[0].little.k)

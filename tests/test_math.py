@@ -135,6 +135,26 @@ def test_calibration_hits_ratio_on_held_out_data():
             cal.band(1.2)
 
 
+def test_sigmoid_both_tails_band():
+    """tails="both": the rows nearest σ's midpoint stay sensitive, both saturated ends go to the little module;
+    the band hits the ratio on held-out data, and is the bound test the compiled mask already runs."""
+    gen = torch.Generator().manual_seed(1)
+    calib, held_out = torch.sigmoid(torch.randn(50_000, generator=gen) * 3), torch.sigmoid(torch.randn(50_000, generator=gen) * 3)
+    cal = GateCalibration.fit(calib, "sigmoid", tails="both")
+    lo, hi = cal.band(0.5)
+    assert 0 < lo < 0.5 < hi < 1 and abs((lo + hi) / 2 - 0.5) < 1e-9
+    a = torch.tensor([0.01, lo - 1e-3, 0.5, hi + 1e-3, 0.999])
+    assert sensitive_mask(a, lo, hi).tolist() == [False, False, True, False, False]
+    for r in (0.1, 0.5, 0.9):
+        lo, hi = cal.band(r)
+        assert abs(1 - sensitive_mask(held_out, lo, hi).float().mean().item() - r) < 0.02
+    assert cal.band(0.0) == (-INF, INF) and not sensitive_mask(held_out, *cal.band(1.0)).any()
+    low = GateCalibration.fit(calib, "sigmoid")  # eq. 5: only the low end
+    assert low.band(0.5)[1] == INF and sensitive_mask(torch.tensor([0.999]), *low.band(0.5)).all()
+    with pytest.raises(ValueError, match="sigmoid tails must be one of"):
+        GateCalibration.fit(calib, "sigmoid", tails="high")
+
+
 def test_allocation_prefers_cheap_gates():
     grid = np.linspace(0, 1, 11)
     curves = {"a": grid ** 2 * 10, "b": grid ** 2}  # b is ten times less sensitive
@@ -205,6 +225,36 @@ def test_artefact_round_trip_and_hash_check(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"nope")
     with pytest.raises(ArtefactError, match="not a dualtvm little-module artefact"):
         load_little(tmp_path / "junk.npz")
+
+
+def test_artefact_keeps_the_sigmoid_tails_and_reads_version_1(tmp_path):
+    """A both-tails calibration survives the file; a version-1 file (before the field) reads as eq. 5's rule;
+    an unknown version is refused."""
+    import json
+
+    from dualtvm.construct import calibrate
+
+    rnn, dual = _tiny_dual("GRU", layers=1)
+    little, layer = dual.layers[0].little, dual.layers[0].big
+    samples = [(torch.randn(8, 12), torch.randn(8, 24)) for _ in range(4)]
+    calibrate(little, layer, samples, sigmoid_tails="both")
+    path = save_little(tmp_path / "little.npz", [little])
+    loaded = load_little(path)[0][0]
+    assert {g: c.tails for g, c in loaded.calibration.items()} == {"r": "both", "z": "both", "n": "low"}
+    assert loaded.calibration["z"].band(0.4) == little.calibration["z"].band(0.4)
+    z = dict(np.load(path))
+    for version, ok in ((1, True), (3, False)):
+        meta = json.loads(bytes(z["meta"]).decode())
+        meta["version"] = version
+        for c in meta["layers"][0]["calibration"].values():
+            c.pop("tails")
+        np.savez(tmp_path / f"v{version}.npz", **{**z, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+        if ok:
+            old = load_little(tmp_path / f"v{version}.npz")[0][0]
+            assert old.calibration["z"].tails == "low" and old.calibration["z"].band(0.4)[1] == INF
+        else:
+            with pytest.raises(ArtefactError, match="artefact version 3"):
+                load_little(tmp_path / f"v{version}.npz")
 
 
 def test_table1_errors_hurt_less_in_the_insensitive_half():

@@ -65,6 +65,27 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
         "uniform, chosen on valid"}
 
 
+def test_eval_lm_both_sigmoid_tails(tiny_corpus, tmp_path):
+    """--sigmoid-tails both: the rows say so in their variant (beside eq. 5's in the same file), carry no paper PPL,
+    and still decode at the asked ratio, now with sigmoid outputs near 1 on the little module too."""
+    import eval_lm
+
+    corpus = load_lm_corpus(str(tiny_corpus))
+    ckpt = tmp_path / "lm.pt"
+    train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
+             LMTrainConfig(epochs=2, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
+    out = tmp_path / "q.json"
+    for tails in ("low", "both"):
+        assert eval_lm.main(["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-750",
+                             "--corpus", str(tiny_corpus), "--ratios", "0.5", "--parts", "ratios", "--max-rows", "2000",
+                             "--sigmoid-tails", tails, "--results", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"] if r["insensitive_ratio"] == 0.5}
+    assert set(rows) == {"eps0.5-int8", "eps0.5-int8 sigmoid-both"}
+    both = rows["eps0.5-int8 sigmoid-both"]
+    assert "paper_ppl" not in both and "paper_ppl" in rows["eps0.5-int8"]
+    assert abs(both["measured_ratio"] - 0.5) < 0.15 and both["ppl"] != rows["eps0.5-int8"]["ppl"]
+
+
 def test_eval_lm_names_an_unknown_allocation_cost(capsys):
     import eval_lm
     import pytest
