@@ -43,6 +43,7 @@ class BuildConfig:
     data_dir: str | None = None
     little_bits: int = 8  # W_LL precision: INT8 (the paper's default) or INT4 (half the little bytes, Table 6)
     int8_codes: bool | None = None  # INT8 little GEMV on integer codes: None = where the target has AVX2; False = floats
+    sigmoid_tails: str = "low"  # which saturated ends of a sigmoid gate may be insensitive (thresholds.SIGMOID_TAILS)
 
 
 def layer_shapes(dual: DualModuleRNN, target: TargetSpec, int8_codes: bool | None = None) -> list[LayerShape]:
@@ -122,13 +123,15 @@ def build_model(cfg: BuildConfig) -> dict:
         return lambda core: [core(x) for x in data]
 
     t0 = time.time()
-    dual = build_dual(rnn, run(train), run(valid), LittleConfig(eps=cfg.eps, seed=cfg.seed, bits=cfg.little_bits),
+    dual = build_dual(rnn, run(train), run(valid), LittleConfig(eps=cfg.eps, seed=cfg.seed, bits=cfg.little_bits,
+                                                                  sigmoid_tails=cfg.sigmoid_tails),
                       cfg.max_rows)
     fit_s = time.time() - t0
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
     suffix = "-w4" if cfg.little_bits == 4 else ""
     out = Path(cfg.out) if cfg.out else REPO / "build" / f"{cfg.model}-{target.name}{suffix}"
-    info = {"name": cfg.model, "weights": source, "eps": cfg.eps,  # the weights, for people and for reuse checks
+    info = {"name": cfg.model, "weights": source, "eps": cfg.eps, "sigmoid_tails": cfg.sigmoid_tails,
+            # the weights, for people and for reuse checks
             "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
             "decoder_layer": cfg.decoder_layer if payload is not None and payload["kind"] == "seq2seq" else None}
     folders = {k: str(v) for k, v in compile_dual(dual, target, out, mc.residual(), db, info, cfg.int8_codes).items()}

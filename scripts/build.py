@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, default=0.5)
     p.add_argument("--little-bits", type=int, default=8, choices=[8, 4],
                    help="W_LL precision: INT8 (paper default) or INT4 (AVX2 integer path, half the little bytes)")
+    p.add_argument("--sigmoid-tails", default="low", choices=["low", "both"],
+                   help="sigmoid gates' insensitive outputs: low (eq. 5) or both saturated ends (beyond the paper)")
     p.add_argument("--tuning-logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--no-tuned", action="store_true", help="use the default schedules even if a database exists")
     p.add_argument("--verify", action="store_true", help="check against the PyTorch reference (ratio 0 and 0.5)")
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = build_model(BuildConfig(a.model, a.target, a.checkpoint, a.out, a.eps, a.tuning_logs, not a.no_tuned,
                                      a.verify, a.steps, a.threads, corpus=a.corpus, data_dir=a.data_dir,
-                                     little_bits=a.little_bits, decoder_layer=a.decoder_layer))
+                                     little_bits=a.little_bits, decoder_layer=a.decoder_layer,
+                                     sigmoid_tails=a.sigmoid_tails))
     print(json.dumps(report, indent=2))
     return 0 if report.get("verified", True) else 1
 

@@ -300,3 +300,21 @@ def test_compile_dual_takes_a_users_own_rnn(tmp_path):
         np.testing.assert_allclose(out, ref_out[0, 0].numpy(), atol=2e-3, err_msg=f"dual at 50 %, step {t}")
         sensitive.append(np.mean([m.mean() for m in masks]))
     assert 0.3 < float(np.mean(sensitive)) < 0.7  # the knob took effect: about half the rows computed
+    # both saturated tails of the sigmoid gates insensitive (thresholds.SIGMOID_TAILS): two-sided sigmoid bands
+    # run on the same compiled mask, and the rows near σ = 1 go to the little module as in the reference
+    from dualtvm.thresholds import Thresholds
+
+    both = Thresholds({"r": (0.3, 0.7), "z": (0.25, 0.75), "n": (-0.5, 0.5)})
+    dec.set_thresholds([both, both])
+    for layer in dual.layers:
+        layer.set_bands(both)
+    state, ref_state = None, None
+    for t in range(len(xs)):
+        out, state, masks = dec.step(xs[t, 0], state)
+        with torch.no_grad():
+            ref_out, ref_state = dual(xs[t: t + 1], ref_state)
+            pre = dual.layers[0].little.preactivations(xs[t], torch.zeros(1, 40) if t == 0 else prev_h)
+        prev_h = ref_state[0]
+        np.testing.assert_allclose(out, ref_out[0, 0].numpy(), atol=2e-3, err_msg=f"both tails, step {t}")
+        z_ll = torch.sigmoid(pre[0, 40:80]).numpy()
+        np.testing.assert_array_equal(masks[0][40:80], (z_ll > 0.25) & (z_ll < 0.75), err_msg=f"z mask, step {t}")
