@@ -15,6 +15,15 @@ python scripts/eval_lm.py --checkpoint cache/ptb-gru-1500.best.pt --model-name p
 # the per-gate allocation study (results/lm-allocation-ptb.json): the three allocation costs beside one ratio for all gates
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500.best.pt --model-name ptb-lstm-1500 --parts ratios,allocation,search \
   --ratios 0.5,0.6,0.7 --allocation-costs loss,activation,measured --results results/lm-allocation-ptb.json
+python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios,allocation,search \
+  --ratios 0.5,0.6,0.7 --allocation-costs loss,activation,measured --results results/lm-allocation-ptb.json
+# beyond eq. 5: both saturated tails of the sigmoid gates insensitive, one ratio for all gates, beside eq. 5's rule
+python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios --ratios 0.5,0.6,0.7 \
+  --sigmoid-tails both --results results/lm-allocation-ptb.json
+for t in low both; do
+  python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios \
+    --ratios 0.5,0.6,0.7 --sigmoid-tails $t --results results/lm-allocation-ptb.json
+done
 # the INT4 little module (the compiled tvm-dual-int4 engine) at every ratio
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios --little-bits 4
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios --little-bits 4

@@ -59,7 +59,8 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     cells = [c.strip() for c in at_half.strip("|").split("|")]
     assert cells[3] == "0.5" and all("%" in c for c in cells[4:8])  # uniform, the three costs
     assert cells[8] in ("loss-aware", "activation error", "measured") and cells[9].startswith("i ")  # the pick, its gates
-    assert sum(line.startswith("| tiny-lstm-750 | 2 | ") for line in table) == 3  # ratios 0.5, 0.6, 0.7
+    # per-gate ratios 0.5, 0.6, 0.7, and 0.9 where only one ratio for all gates was measured
+    assert sum(line.startswith("| tiny-lstm-750 | 2 | ") for line in table) == 4
     assert {r["variant"] for r in rows if r["part"] == "largest-within-1pct"} == {
         "per-gate, chosen on valid", "per-gate loss-aware, chosen on valid", "per-gate measured, chosen on valid",
         "uniform, chosen on valid"}
@@ -84,6 +85,13 @@ def test_eval_lm_both_sigmoid_tails(tiny_corpus, tmp_path):
     both = rows["eps0.5-int8 sigmoid-both"]
     assert "paper_ppl" not in both and "paper_ppl" in rows["eps0.5-int8"]
     assert abs(both["measured_ratio"] - 0.5) < 0.15 and both["ppl"] != rows["eps0.5-int8"]["ppl"]
+    from render_results import lm_allocation  # the study shows both rules side by side, each in its own column
+
+    table = lm_allocation(json.loads(out.read_text())).splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    cells = [c.strip() for c in next(line for line in table if "| 0.5 |" in line).strip("|").split("|")]
+    assert header[4:6] == ["one ratio for all gates", "one ratio, both sigmoid tails"]
+    assert cells[4].startswith(str(rows["eps0.5-int8"]["ppl"])) and cells[5].startswith(str(both["ppl"]))
 
 
 def test_eval_lm_names_an_unknown_allocation_cost(capsys):
