@@ -8,8 +8,8 @@ One rule for both lets one kernel build every mask; ratio 0 is (−∞, +∞): a
 
 Beyond the paper, a sigmoid gate may leave *both* saturated tails insensitive (``tails="both"``):
 sensitive iff 0.5 − t < a < 0.5 + t, the tanh rule about the sigmoid's midpoint.  Eq. 5 keeps a
-sigmoid output near 1 on the big module although σ' is as small there as near 0 (Figure 1 shades
-both); the band needs no other kernel, only other bounds.
+sigmoid output near 1 on the big module although σ' is as small there as near 0 (the saturation
+§1 argues from); the band needs no other kernel, only other bounds.
 """
 from __future__ import annotations
 
