@@ -1,6 +1,7 @@
 """Checkpoints that say how they were made: config, vocabulary, data checksums, seed, git revision."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
@@ -55,6 +56,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r}: only cpu and cuda are supported")
     return device
+
+
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA where available); the checkpoint is saved for the CPU"
+
+
+def device_arg(name: str) -> str:
+    """argparse ``type=`` of the trainers' ``--device``: the name, checked by :func:`resolve_device` while the
+    arguments are parsed, so a device this machine lacks stops the script before any work."""
+    try:
+        resolve_device(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
 
 
 def rng_states(device: torch.device) -> dict:

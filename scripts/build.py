@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dualtvm.thresholds import SIGMOID_TAILS  # noqa: E402  (torch and numpy only: TVM is imported after --threads)
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, default=0.5)
     p.add_argument("--little-bits", type=int, default=8, choices=[8, 4],
                    help="W_LL precision: INT8 (paper default) or INT4 (AVX2 integer path, half the little bytes)")
-    p.add_argument("--sigmoid-tails", default="low", choices=["low", "both"],
+    p.add_argument("--sigmoid-tails", default="low", choices=SIGMOID_TAILS,
                    help="sigmoid gates' insensitive outputs: low (eq. 5) or both saturated ends (beyond the paper)")
     p.add_argument("--tuning-logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--no-tuned", action="store_true", help="use the default schedules even if a database exists")

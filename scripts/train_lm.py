@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.checkpoint import cache_dir, resolve_device  # noqa: E402
+from dualtvm.checkpoint import DEVICE_HELP, cache_dir, device_arg  # noqa: E402
 from dualtvm.data import load_lm_corpus  # noqa: E402
 from dualtvm.models import LMConfig  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
@@ -34,16 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA where available); the checkpoint "
-                                                    "is saved for the CPU either way")
+    p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP)
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt)")
     p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        resolve_device(a.device)
-    except ValueError as e:
-        p.error(str(e))
     if a.threads:
         torch.set_num_threads(a.threads)
     corpus = load_lm_corpus(a.corpus, a.data_dir)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.checkpoint import cache_dir, resolve_device  # noqa: E402
+from dualtvm.checkpoint import DEVICE_HELP, cache_dir, device_arg  # noqa: E402
 from dualtvm.data import load_multi30k  # noqa: E402
 from dualtvm.models import Seq2SeqConfig  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
@@ -36,18 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--min-freq", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA where available); the checkpoint "
-                                                    "is saved for the CPU, BLEU is measured on the CPU")
+    p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP + ", BLEU is measured on the CPU")
     p.add_argument("--max-batches", type=int, default=None, help="cap per epoch (smoke runs)")
     p.add_argument("--bleu-limit", type=int, default=None, help="translate only the first N test sentences")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        resolve_device(a.device)
-    except ValueError as e:
-        p.error(str(e))
     if a.threads:
         torch.set_num_threads(a.threads)
     corpus = load_multi30k(a.data_dir, a.min_freq)

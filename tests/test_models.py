@@ -52,9 +52,14 @@ def test_lm_training_resumes_mid_epoch(tiny_corpus, tmp_path, monkeypatch):
 
 def test_training_device_is_checked_before_training(tiny_corpus, tmp_path):
     """--device names where the big model trains; one this machine lacks is a clear error before any work."""
-    from dualtvm.checkpoint import resolve_device
+    import argparse
+
+    from dualtvm.checkpoint import device_arg, resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
+    assert device_arg("cpu") == "cpu"
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown device 'gpu0'"):
+        device_arg("gpu0")  # the scripts' --device type: argparse turns this into a usage error
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("gpu0")
