@@ -20,8 +20,8 @@ from .quantize import QuantizedTensor
 from .thresholds import GateCalibration
 
 FORMAT = "dualtvm-little"
-VERSION = 2  # 2: a sigmoid gate's calibration says which tails are insensitive ("tails")
-READABLE_VERSIONS = (1, 2)  # version 1: every sigmoid gate as eq. 5
+VERSION = 3  # 2: a sigmoid gate's calibration says which tails are insensitive ("tails"); 3: what the mask tests ("rule")
+READABLE_VERSIONS = (1, 2, 3)  # version 1: every sigmoid gate as eq. 5; versions 1–2: every mask tests a_LL
 
 
 class ArtefactError(ValueError):
@@ -64,7 +64,8 @@ def save_little(path: str | os.PathLike, littles: list[LittleModule], config: di
             "rnn_type": lm.rnn_type, "hidden": lm.hidden, "input_size": lm.input_size, "k": lm.k,
             "bits": lm.weight.bits, "act_bits": lm.act_bits, "seeds": [lm.proj_x.seed, lm.proj_h.seed],
             "big_hash": lm.big_hash, "fit_mse": lm.fit_mse, "fit_seconds": lm.fit_seconds,
-            "calibration": {g: {"activation": c.activation, "symmetric": c.symmetric, "tails": c.tails}
+            "calibration": {g: {"activation": c.activation, "symmetric": c.symmetric, "tails": c.tails,
+                                "rule": c.rule}
                             for g, c in lm.calibration.items()},
         })
     meta = {"format": FORMAT, "version": VERSION, "config": config or {}, "layers": layers_meta}
@@ -96,7 +97,8 @@ def load_little(path: str | os.PathLike, big: list[BigLayer] | None = None) -> t
             SparseProjection(z[p + "px"], lm["seeds"][0]), SparseProjection(z[p + "ph"], lm["seeds"][1]),
             QuantizedTensor(codes, torch.from_numpy(z[p + "w_scale"]), lm["bits"]),
             torch.from_numpy(z[p + "bias"]), lm["act_bits"], lm["big_hash"], lm["fit_mse"],
-            {g: GateCalibration(c["activation"], z[p + "q_" + g], c["symmetric"], c.get("tails", "low"))
+            {g: GateCalibration(c["activation"], z[p + "q_" + g], c["symmetric"], c.get("tails", "low"),
+                             c.get("rule", "activation"))
              for g, c in lm["calibration"].items()},
             lm["fit_seconds"])
         littles.append(little)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .dual import DualModuleLayer, DualModuleRNN, StackedRNN, gate_activations
+from .dual import DualModuleLayer, DualModuleRNN, StackedRNN, mask_inputs
 from .little import BigLayer, LittleConfig, LittleModule, SampleRecorder, big_layers, fit_little, single_layers
 from .thresholds import GateCalibration
 
@@ -28,23 +28,30 @@ def as_single_layers(rnn: nn.Module) -> tuple[list[BigLayer], nn.Module]:
     return layers, StackedRNN(list(single_layers(rnn)), lstm=isinstance(rnn, nn.LSTM))
 
 
-def record(modules: list[nn.Module], run: Callable[[], None], max_rows: int | None) -> list[list]:
-    with SampleRecorder(modules, max_rows) as rec, torch.no_grad():
+def record(modules: list[nn.Module], run: Callable[[], None], max_rows: int | None, cells: bool = False) -> list[list]:
+    """(x, h) samples per module while ``run`` runs; (x, h, c) for LSTM modules with ``cells``."""
+    with SampleRecorder(modules, max_rows, cells) as rec, torch.no_grad():
         run()
     return rec.samples
 
 
-def calibrate(little: LittleModule, layer: BigLayer, samples, symmetric: bool = True, sigmoid_tails: str = "low") -> None:
-    """Quantiles of a_LL per gate on validation samples (the big model's trajectory); ``sigmoid_tails``: eq. 5's
-    rule for sigmoid gates ("low") or both saturated ends ("both", :mod:`dualtvm.thresholds`)."""
-    acts: dict[str, list[torch.Tensor]] = {g: [] for g in layer.layout.gates}
+def calibrate(little: LittleModule, layer: BigLayer, samples, symmetric: bool = True, sigmoid_tails: str = "low",
+              mask_rule: str = "activation") -> None:
+    """Quantiles per gate, on validation samples (the big model's trajectory), of what the mask tests: a_LL
+    (``mask_rule="activation"``; ``sigmoid_tails``: eq. 5's rule for sigmoid gates, "low", or both saturated
+    ends, "both") or the contribution score ("contribution", which needs (x, h, c) samples for an LSTM);
+    see :mod:`dualtvm.thresholds`."""
+    tested: dict[str, list[torch.Tensor]] = {g: [] for g in layer.layout.gates}
     with torch.no_grad():
-        for x, h in samples:
-            a_ll, _ = gate_activations(layer, little, x, h)
-            for g in acts:
-                acts[g].append(a_ll[g].reshape(-1))
-    little.calibration = {g: GateCalibration.fit(torch.cat(v), layer.layout.activation(g), symmetric, sigmoid_tails)
-                          for g, v in acts.items()}
+        for sample in samples:
+            x, h = sample[:2]
+            if mask_rule == "contribution" and layer.rnn_type == "LSTM" and len(sample) < 3:
+                raise ValueError("the contribution rule calibrates an LSTM on (x, h, c) samples: record(…, cells=True)")
+            values = mask_inputs(layer, mask_rule, little.preactivations(x, h), h, *sample[2:])
+            for g, v in zip(layer.layout.gates, values):
+                tested[g].append(v.reshape(-1))
+    little.calibration = {g: GateCalibration.fit(torch.cat(v), layer.layout.activation(g), symmetric, sigmoid_tails,
+                                                 mask_rule) for g, v in tested.items()}
 
 
 RECORD_BUDGET_BYTES = 4e9  # recorded (x, h) rows of all layers together: a 4-layer GNMT-1024 at 200k rows needs 10 GB
@@ -67,14 +74,14 @@ def build_dual_layers(layers: list[BigLayer], modules: list[nn.Module], run_trai
         max_rows = int(record_budget_bytes // row_bytes)
         log.info("recording at most %d rows per layer (%.1f GB of samples)", max_rows, record_budget_bytes / 1e9)
     train = record(modules, run_train, max_rows)
-    valid = record(modules, run_valid, max_rows // 4)
+    valid = record(modules, run_valid, max_rows // 4, cells=cfg.mask_rule == "contribution")
     duals, fp32 = [], []
     for i, layer in enumerate(tqdm(layers, desc="little modules", disable=not progress or len(layers) == 1)):
         if not train[i]:
             raise RuntimeError(f"layer {i} never ran during run_train: nothing to fit")
         little, w = fit_little(layer, train[i], LittleConfig(**{**cfg.__dict__, "seed": cfg.seed + 2 * i}),
                                valid[i], progress)
-        calibrate(little, layer, valid[i], sigmoid_tails=cfg.sigmoid_tails)
+        calibrate(little, layer, valid[i], sigmoid_tails=cfg.sigmoid_tails, mask_rule=cfg.mask_rule)
         duals.append(DualModuleLayer(layer, little))
         fp32.append(w)
     return duals, fp32

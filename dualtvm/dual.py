@@ -16,15 +16,36 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .contribution import contribution_scores
 from .gates import SIGMOID
 from .little import BigLayer, LittleModule
-from .thresholds import INF, Thresholds, check_ratio, sensitive_mask
+from .thresholds import INF, MASK_RULES, Thresholds, check_ratio, sensitive_mask
 
 log = logging.getLogger(__name__)
 
 
 def _act(name: str, x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x) if name == SIGMOID else torch.tanh(x)
+
+
+def little_activations(layer: BigLayer, pre_little: torch.Tensor) -> list[torch.Tensor]:
+    """a_LL of every gate (step 2); the GRU candidate gate with r_LL, as the mask needs it before the big GEMV."""
+    H = layer.hidden
+    if layer.rnn_type == "GRU":
+        r = torch.sigmoid(pre_little[..., :H])
+        return [r, torch.sigmoid(pre_little[..., H : 2 * H]),
+                torch.tanh(pre_little[..., 2 * H : 3 * H] + r * pre_little[..., 3 * H :])]
+    return [_act(a, pre_little[..., j * H : (j + 1) * H]) for j, a in enumerate(layer.layout.activations)]
+
+
+def mask_inputs(layer: BigLayer, rule: str, pre_little: torch.Tensor, h: torch.Tensor,
+                c: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """What each gate's mask band tests (``thresholds.MASK_RULES``): a_LL (eq. 5) or the contribution score."""
+    if rule == "contribution":
+        return contribution_scores(layer.rnn_type, pre_little, h, c)
+    if rule != "activation":
+        raise ValueError(f"mask rule must be one of {MASK_RULES}, got {rule!r}")
+    return little_activations(layer, pre_little)
 
 
 @dataclass
@@ -98,37 +119,31 @@ class DualModuleLayer(nn.Module):
         big, H = self.big, self.big.hidden
         gates = big.layout.gates
         h = state[0] if isinstance(state, tuple) else state
+        c = state[1] if isinstance(state, tuple) else None
         pre_ll = self.little.preactivations(x, h)
+        a_ll = little_activations(big, pre_ll)
+        tested = a_ll if self.little.mask_rule == "activation" else mask_inputs(big, "contribution", pre_ll, h, c)
+        masks = [sensitive_mask(v, self.lo[j * H : (j + 1) * H], self.hi[j * H : (j + 1) * H])
+                 for j, v in enumerate(tested)]
         gi = x @ big.w_ih.t() + big.b_ih  # reference: dense, then select rows by the mask
         gh = h @ big.w_hh.t() + big.b_hh
-        lo, hi = self.lo, self.hi
         if self.rnn_type == "LSTM":
-            acts, masks = [], []
-            for j, g in enumerate(gates):
-                sl = slice(j * H, (j + 1) * H)
-                a_ll = _act(big.layout.activations[j], pre_ll[:, sl])
-                m = sensitive_mask(a_ll, lo[sl], hi[sl])
-                a_big = _act(big.layout.activations[j], gi[:, sl] + gh[:, sl])
-                acts.append(torch.where(m, a_big, a_ll))  # eq. 1
-                masks.append(m)
+            acts = [torch.where(m, _act(big.layout.activations[j], gi[:, j * H : (j + 1) * H] + gh[:, j * H : (j + 1) * H]),
+                                a_ll[j]) for j, m in enumerate(masks)]  # eq. 1
             i, f, g, o = acts
-            c = f * state[1] + i * g  # eq. 6
+            c = f * c + i * g  # eq. 6
             h_new = o * torch.tanh(c)
             new_state = (h_new, c)
         else:
-            r_ll, z_ll = torch.sigmoid(pre_ll[:, :H]), torch.sigmoid(pre_ll[:, H : 2 * H])
-            m_r = sensitive_mask(r_ll, lo[:H], hi[:H])
-            m_z = sensitive_mask(z_ll, lo[H : 2 * H], hi[H : 2 * H])
-            r = torch.where(m_r, torch.sigmoid(gi[:, :H] + gh[:, :H]), r_ll)
-            z = torch.where(m_z, torch.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H]), z_ll)
-            # the n mask uses r_LL (the final r needs the big GEMV, which needs the mask); the
+            m_r, m_z, m_n = masks
+            r = torch.where(m_r, torch.sigmoid(gi[:, :H] + gh[:, :H]), a_ll[0])
+            z = torch.where(m_z, torch.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H]), a_ll[1])
+            # the n mask tested r_LL (the final r needs the big GEMV, which needs the mask); the
             # little n value uses the final r — exactly what the compiled kernels do
-            m_n = sensitive_mask(torch.tanh(pre_ll[:, 2 * H : 3 * H] + r_ll * pre_ll[:, 3 * H :]), lo[2 * H :], hi[2 * H :])
             n_ll = torch.tanh(pre_ll[:, 2 * H : 3 * H] + r * pre_ll[:, 3 * H :])
             n = torch.where(m_n, torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :]), n_ll)
             h_new = (1 - z) * n + z * h
             new_state = h_new
-            masks = [m_r, m_z, m_n]
         if record:
             for g, m in zip(gates, masks):
                 self.stats.add(g, m)
@@ -218,20 +233,10 @@ def gate_activations(layer: BigLayer, little: LittleModule, x: torch.Tensor, h: 
 
     For the GRU candidate gate the little value uses r_LL, as the mask does; the big one the big r.
     """
-    H = layer.hidden
-    pre_ll = little.preactivations(x, h)
-    tgt = layer.targets(x, h)
-    out_ll, out_big = {}, {}
-    for j, g in enumerate(layer.layout.gates):
-        a = layer.layout.activations[j]
-        if layer.rnn_type == "GRU" and g == "n":
-            r = torch.sigmoid(tgt[:, :H])
-            out_ll[g] = torch.tanh(pre_ll[:, 2 * H : 3 * H] + torch.sigmoid(pre_ll[:, :H]) * pre_ll[:, 3 * H :])
-            out_big[g] = torch.tanh(tgt[:, 2 * H : 3 * H] + r * tgt[:, 3 * H :])
-        else:
-            out_ll[g] = _act(a, pre_ll[:, j * H : (j + 1) * H])
-            out_big[g] = _act(a, tgt[:, j * H : (j + 1) * H])
-    return out_ll, out_big
+    gates = layer.layout.gates
+    a_ll = little_activations(layer, little.preactivations(x, h))
+    a_big = little_activations(layer, layer.targets(x, h))
+    return dict(zip(gates, a_ll)), dict(zip(gates, a_big))
 
 
 def error_curves(layer: BigLayer, little: LittleModule, samples, grid: np.ndarray,
@@ -249,8 +254,11 @@ def error_curves(layer: BigLayer, little: LittleModule, samples, grid: np.ndarra
     sums = {g: np.zeros(len(grid)) for g in layer.layout.gates}
     count = 0
     with torch.no_grad():
-        for s, (x, h) in enumerate(samples):
+        for s, sample in enumerate(samples):
+            x, h = sample[:2]
             a_ll, a_big = gate_activations(layer, little, x, h)
+            tested = a_ll if little.mask_rule == "activation" else dict(zip(layer.layout.gates, mask_inputs(
+                layer, little.mask_rule, little.preactivations(x, h), h, sample[2] if len(sample) > 2 else None)))
             for g in layer.layout.gates:
                 cal: GateCalibration = little.calibration[g]
                 err = (a_ll[g] - a_big[g]) ** 2
@@ -258,6 +266,6 @@ def error_curves(layer: BigLayer, little: LittleModule, samples, grid: np.ndarra
                     err = err * gradients[s][g] ** 2
                 for i, r in enumerate(grid):
                     lo, hi = cal.band(float(r))
-                    sums[g][i] += float((err * (~sensitive_mask(a_ll[g], lo, hi))).sum())
+                    sums[g][i] += float((err * (~sensitive_mask(tested[g], lo, hi))).sum())
             count += x.shape[0] * layer.hidden
     return {g: v / max(count, 1) for g, v in sums.items()}

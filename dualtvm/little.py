@@ -100,6 +100,7 @@ class LittleConfig:
     sgd_lr: float = 1e-3
     sgd_batch: int = 1024
     sigmoid_tails: str = "low"  # which saturated ends of a sigmoid gate may be insensitive (thresholds.SIGMOID_TAILS)
+    mask_rule: str = "activation"  # what the mask tests: a_LL (eq. 5) or the contribution score (thresholds.MASK_RULES)
 
 
 @dataclass
@@ -122,6 +123,14 @@ class LittleModule:
     @property
     def k(self) -> int:
         return self.proj_x.shape[0]
+
+    @property
+    def mask_rule(self) -> str:
+        """What the calibrated masks test (``thresholds.MASK_RULES``); one rule for all gates of a layer."""
+        rules = {c.rule for c in self.calibration.values()} or {"activation"}
+        if len(rules) > 1:
+            raise ValueError(f"gates of one layer calibrated with different mask rules: {sorted(rules)}")
+        return rules.pop()
 
     @property
     def layout(self) -> GateLayout:
@@ -170,16 +179,18 @@ def big_module(layer: BigLayer) -> nn.Module:
 
 
 class SampleRecorder:
-    """Forward hooks that record (x(t), h(t−1)) every time a single-layer RNN module runs.
+    """Forward hooks that record (x(t), h(t−1)) — with ``cells``, (x(t), h(t−1), c(t−1)) for an LSTM — every time a
+    single-layer RNN module runs.
 
     Works on any model built from single-layer ``nn.LSTM``/``nn.GRU`` modules (the LM's core,
     the seq2seq decoder stack), whatever wiring (residuals, attention) sits between them.
     """
 
-    def __init__(self, modules: list[nn.Module], max_rows: int | None = None) -> None:
-        self.samples: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in modules]
+    def __init__(self, modules: list[nn.Module], max_rows: int | None = None, cells: bool = False) -> None:
+        self.samples: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in modules]
         self.rows = [0] * len(modules)
         self.max_rows = max_rows
+        self.cells = cells  # also c(t−1) of LSTM modules (the contribution scores need it): (x, h, c) samples
         self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(modules)]
 
     def _hook(self, i: int):
@@ -191,7 +202,11 @@ class SampleRecorder:
             out = output[0]
             h0 = (state[0] if isinstance(state, tuple) else state) if state is not None else out[:1] * 0
             prev = torch.cat([h0, out[:-1]], dim=0)
-            self.samples[i].append((x.detach().reshape(-1, x.shape[-1]), prev.detach().reshape(-1, out.shape[-1])))
+            sample = (x.detach().reshape(-1, x.shape[-1]), prev.detach().reshape(-1, out.shape[-1]))
+            if self.cells and isinstance(module, nn.LSTM):
+                c0 = state[1][0] if state is not None else out.new_zeros(out.shape[1:])
+                sample += (previous_cells(module, x.detach(), prev.detach(), c0.detach()).reshape(-1, out.shape[-1]),)
+            self.samples[i].append(sample)
             self.rows[i] += x.shape[0] * x.shape[1]
         return hook
 
@@ -204,6 +219,22 @@ class SampleRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def previous_cells(lstm: nn.LSTM, x: torch.Tensor, h_prev: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """c(t−1) at every step of a single-layer ``nn.LSTM`` run over x (T, B, d) from h(t−1) (T, B, H) and c0 (B, H):
+    the cell state its forward pass keeps to itself, recomputed (eq. 6)."""
+    with torch.no_grad():
+        gates = x @ lstm.weight_ih_l0.t() + h_prev @ lstm.weight_hh_l0.t()
+        if lstm.bias:
+            gates = gates + lstm.bias_ih_l0 + lstm.bias_hh_l0
+        i, f, g, _ = gates.chunk(4, dim=-1)
+        i, f, g = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g)
+        cells, c = [], c0
+        for t in range(x.shape[0]):
+            cells.append(c)
+            c = f[t] * c + i[t] * g[t]
+        return torch.stack(cells)
 
 
 def arrays_hash(*arrays) -> str:
@@ -259,7 +290,7 @@ def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]]
     dim = 2 * k + 1
     if cfg.method == "lstsq":
         def pairs():
-            for x, h in tqdm(samples, desc=f"fit {layer.rnn_type}-{layer.hidden} (k={k})", disable=not progress,
+            for x, h, *_ in tqdm(samples, desc=f"fit {layer.rnn_type}-{layer.hidden} (k={k})", disable=not progress,
                              leave=False):
                 yield design_matrix(px, ph, x, h), layer.targets(x, h)
 
@@ -270,7 +301,7 @@ def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]]
         opt = torch.optim.SGD([w, b], lr=cfg.sgd_lr, momentum=0.9)
         gen = torch.Generator().manual_seed(cfg.seed)
         for epoch in range(cfg.sgd_epochs):
-            for x, h in tqdm(samples, desc=f"sgd epoch {epoch + 1}", disable=not progress, leave=False):
+            for x, h, *_ in tqdm(samples, desc=f"sgd epoch {epoch + 1}", disable=not progress, leave=False):
                 with torch.no_grad():
                     Z = design_matrix(px, ph, x, h)[:, :-1]
                     Y = layer.targets(x, h)
@@ -301,7 +332,7 @@ def little_mse(little: LittleModule, layer: BigLayer, samples: list[tuple[torch.
     sums = torch.zeros(len(names), dtype=torch.float64)
     count = 0
     with torch.no_grad():
-        for x, h in samples:
+        for x, h, *_ in samples:
             err = (little.preactivations(x, h) - layer.targets(x, h)) ** 2
             sums += err.reshape(err.shape[0], len(names), H).mean(-1).sum(0).double()
             count += err.shape[0]

@@ -51,7 +51,8 @@ def setup(model: RNNLanguageModel, corpus: LMCorpus, cfg: LittleConfig, max_rows
                                     lambda: run_stream(model, valid, bptt, stacked, None), cfg, max_rows * 4)
     from .construct import record
 
-    valid_samples = record(list(stacked.layers), lambda: run_stream(model, valid, bptt, stacked, 60), None)
+    valid_samples = record(list(stacked.layers), lambda: run_stream(model, valid, bptt, stacked, 60), None,
+                           cells=cfg.mask_rule == "contribution")
     return QualitySetup(model, DualModuleRNN(duals), fp32, valid, test, valid_samples)
 
 

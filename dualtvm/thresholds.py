@@ -10,6 +10,10 @@ Beyond the paper, a sigmoid gate may leave *both* saturated tails insensitive (`
 sensitive iff 0.5 − t < a < 0.5 + t, the tanh rule about the sigmoid's midpoint.  Eq. 5 keeps a
 sigmoid output near 1 on the big module although σ' is as small there as near 0 (the saturation
 §1 argues from); the band needs no other kernel, only other bounds.
+
+Further beyond it, the mask may test a *contribution score* instead of a_LL (``rule="contribution"``,
+:mod:`dualtvm.contribution`): φ' times the value the gate's output is multiplied by in the new
+state; sensitive iff score > θ, i.e. the band (θ, +∞) on the score.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 
 QUANTILE_LEVELS = 2001
 SIGMOID_TAILS = ("low", "both")  # eq. 5 (outputs near 0 insensitive), or both saturated ends
+MASK_RULES = ("activation", "contribution")  # what the band tests: a_LL (eq. 5), or the contribution score
 INF = float("inf")
 
 
@@ -41,29 +46,37 @@ def sensitive_mask(a_little: torch.Tensor, lo: torch.Tensor | float, hi: torch.T
 
 @dataclass
 class GateCalibration:
-    """Quantiles of a gate's a_LL on calibration data: any ratio maps to thresholds without data."""
+    """Quantiles of what a gate's mask tests (a_LL, or its contribution score) on calibration data: any ratio
+    maps to thresholds without data."""
 
     activation: str
-    quantiles: np.ndarray  # of a (sigmoid, asymmetric tanh), |a| (symmetric tanh) or |a − ½| (sigmoid, both tails)
+    # of a (sigmoid, asymmetric tanh), |a| (symmetric tanh), |a − ½| (sigmoid, both tails), or the score (contribution)
+    quantiles: np.ndarray
     symmetric: bool = True
     tails: str = "low"  # sigmoid only (a tanh gate keeps the default): see SIGMOID_TAILS
+    rule: str = "activation"  # see MASK_RULES
 
     def __post_init__(self) -> None:
         if self.tails not in SIGMOID_TAILS:
             raise ValueError(f"sigmoid tails must be one of {SIGMOID_TAILS}, got {self.tails!r}")
+        if self.rule not in MASK_RULES:
+            raise ValueError(f"mask rule must be one of {MASK_RULES}, got {self.rule!r}")
 
     @classmethod
-    def fit(cls, a_little: torch.Tensor, activation: str, symmetric: bool = True,
-            tails: str = "low") -> "GateCalibration":
-        v = a_little.detach().reshape(-1).double()
-        if activation == TANH and symmetric:
+    def fit(cls, tested: torch.Tensor, activation: str, symmetric: bool = True,
+            tails: str = "low", rule: str = "activation") -> "GateCalibration":
+        """``tested``: a_LL for the rule "activation", the contribution scores for "contribution" (where
+        ``symmetric`` and ``tails`` do not apply)."""
+        v = tested.detach().reshape(-1).double()
+        if rule == "activation" and activation == TANH and symmetric:
             v = v.abs()
-        if activation == SIGMOID and tails == "both":
+        if rule == "activation" and activation == SIGMOID and tails == "both":
             v = (v - 0.5).abs()
         levels = torch.linspace(0, 1, QUANTILE_LEVELS, dtype=torch.float64)
         if v.numel() > 4_000_000:
             v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:4_000_000]]
-        return cls(activation, torch.quantile(v, levels).numpy(), symmetric, tails if activation == SIGMOID else "low")
+        return cls(activation, torch.quantile(v, levels).numpy(), symmetric,
+                   tails if activation == SIGMOID and rule == "activation" else "low", rule)
 
     def _q(self, p: float) -> float:
         return float(np.interp(p, np.linspace(0, 1, len(self.quantiles)), self.quantiles))
@@ -73,11 +86,11 @@ class GateCalibration:
         ratio = check_ratio(ratio)
         if ratio <= 0.0:
             return (-INF, INF)
-        if self.activation == SIGMOID and self.tails == "both":
+        if self.rule == "contribution" or (self.activation == SIGMOID and self.tails == "low"):
+            return (INF, INF) if ratio >= 1.0 else (self._q(ratio), INF)
+        if self.activation == SIGMOID:  # both tails
             t = 0.0 if ratio >= 1.0 else self._q(1.0 - ratio)
             return (0.5 - t, 0.5 + t)
-        if self.activation == SIGMOID:
-            return (INF, INF) if ratio >= 1.0 else (self._q(ratio), INF)
         if ratio >= 1.0:
             return (0.0, 0.0)
         if self.symmetric:

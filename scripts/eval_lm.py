@@ -28,7 +28,7 @@ from dualtvm.little import LittleConfig, big_layers  # noqa: E402
 from dualtvm.quality import ALLOCATION_COSTS, allocation, largest_ratio_within, ppl, setup, validated_allocations  # noqa: E402
 from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
-from dualtvm.thresholds import SIGMOID_TAILS  # noqa: E402
+from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS  # noqa: E402
 from dualtvm.train_lm import evaluate  # noqa: E402
 
 PAPER = {  # Tables 2 and 3: (base PPL, {ratio: PPL})
@@ -58,9 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sigmoid-tails", default="low", choices=SIGMOID_TAILS,
                    help="sigmoid gates' insensitive outputs: low (eq. 5: near 0) or both (near 0 and near 1, beyond the "
                         "paper); rows of 'both' carry the suffix ' sigmoid-both' in their variant")
+    p.add_argument("--mask-rule", default="activation", choices=MASK_RULES,
+                   help="what the mask tests: activation (eq. 5 on a_LL) or contribution (φ' times the gate output's "
+                        "multiplier in the new state, beyond the paper: dualtvm.contribution); rows of 'contribution' "
+                        "carry the suffix ' contribution' in their variant")
     p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
     p.add_argument("--results", default="results/lm-quality-ptb.json")
     a = p.parse_args(argv)
+    if a.mask_rule == "contribution" and a.sigmoid_tails != "low":
+        p.error("--sigmoid-tails belongs to the activation rule: the contribution score weighs both tails already")
     costs = a.allocation_costs.split(",")
     bad = sorted(set(costs) - set(ALLOCATION_COSTS))
     if bad:
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [float(r) for r in a.ratios.split(",")]
     test = batchify(corpus.test, 10)
     base = math.exp(evaluate(model, test))
-    little_cfg = LittleConfig(bits=a.little_bits, sigmoid_tails=a.sigmoid_tails)
+    little_cfg = LittleConfig(bits=a.little_bits, sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule)
     q = setup(model, corpus, little_cfg, a.max_rows) if set(parts) - {"resilience"} else None
     paper_key = a.model_name.split("-", 1)[1]
     epochs = payload["train_state"]["epoch"]
@@ -86,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     def record(part: str, ratio: float, value: float, measured: float, **extra) -> None:
         if a.sigmoid_tails != "low" and extra["variant"] != "base":
             extra["variant"] += f" sigmoid-{a.sigmoid_tails}"
+        if a.mask_rule != "activation" and extra["variant"] != "base":
+            extra["variant"] += f" {a.mask_rule}"
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
                "ppl": round(value, 3), "base_ppl": round(base, 3), "delta_ppl_pct": round(100 * (value / base - 1), 3),
                "big_epochs": epochs, **extra}
         pb, pr = PAPER.get(paper_key, (None, {}))
-        if part == "uniform" and (ratio == 0 and pb or a.little_bits == 8 and a.sigmoid_tails == "low" and ratio in pr):
+        if part == "uniform" and (ratio == 0 and pb or a.little_bits == 8 and a.sigmoid_tails == "low"
+                                                  and a.mask_rule == "activation" and ratio in pr):
             # the paper's are INT8 on eq. 5
             row["paper_ppl"], row["paper_base_ppl"] = pr.get(ratio, pb), pb
         row["command"], row["git"] = command, revision
@@ -140,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             for i, (layer, w) in enumerate(zip(q.dual.layers, q.fp32_weights)):
                 layer.little = fitted[i].requantize(bits, fp32_weight=w)
                 # another precision moves a_LL: thresholds calibrated again, so every row is at the asked ratio
-                calibrate(layer.little, layer.big, q.valid_samples[i], sigmoid_tails=a.sigmoid_tails)
+                calibrate(layer.little, layer.big, q.valid_samples[i], sigmoid_tails=a.sigmoid_tails,
+                          mask_rule=a.mask_rule)
             v, m = ppl(q, "test", 0.5)
             from dualtvm.little import little_mse
 
@@ -153,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             layer.little = little
     if "eps" in parts:
         for eps in (0.3, 0.7):
-            qe = setup(model, corpus, LittleConfig(eps=eps, sigmoid_tails=a.sigmoid_tails), a.max_rows)
+            qe = setup(model, corpus, LittleConfig(eps=eps, sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule),
+                       a.max_rows)
             v, m = ppl(qe, "test", 0.5)
             record("eps", 0.5, v, m, variant=f"eps{eps}", k=qe.dual.layers[0].little.k)
         record("eps", 0.5, *ppl(q, "test", 0.5), variant="eps0.5", k=q.dual.layers[0].little.k)

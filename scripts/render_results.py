@@ -147,7 +147,8 @@ ALLOCATION_VARIANTS = (("greedy-allocation", "activation error"), ("loss-aware-a
                        ("measured-allocation", "measured"))  # eval_lm's per-gate rows, one per allocation cost
 
 
-BOTH_TAILS = " sigmoid-both"  # eval_lm --sigmoid-tails both: the suffix of its rows' variants
+# eval_lm's mask rules beyond eq. 5 (--sigmoid-tails both, --mask-rule contribution): their rows' variant suffixes
+RULE_SUFFIXES = ((" sigmoid-both", "one ratio, both sigmoid tails"), (" contribution", "one ratio, contribution score"))
 
 
 def lm_allocation(doc: dict) -> str:
@@ -159,10 +160,11 @@ def lm_allocation(doc: dict) -> str:
                                                  (m, part, variant) and r["insensitive_ratio"] == ratio), None)
     delta = lambda r: "" if r is None else f"{r['ppl']} ({r['delta_ppl_pct']:+.2f} %)"  # noqa: E731
     costs = [(v, name) for v, name in ALLOCATION_VARIANTS if any(r.get("variant") == v for r in rows)]
-    uniform = lambda m, ratio, both: next((r for r in rows if r["model"] == m and r["part"] == "uniform"  # noqa: E731
-                                           and r["insensitive_ratio"] == ratio and r["variant"] != "base"
-                                           and r["variant"].endswith(BOTH_TAILS) == both), None)
-    has_both = any(r["variant"].endswith(BOTH_TAILS) for r in rows)
+    rule = lambda r: next((sfx for sfx, _ in RULE_SUFFIXES if r["variant"].endswith(sfx)), "")  # noqa: E731
+    uniform = lambda m, ratio, sfx: next((r for r in rows if r["model"] == m and r["part"] == "uniform"  # noqa: E731
+                                          and r["insensitive_ratio"] == ratio and r["variant"] != "base"
+                                          and rule(r) == sfx), None)
+    rules = [(sfx, name) for sfx, name in RULE_SUFFIXES if any(rule(r) == sfx for r in rows)]
     table = []
     for m in dict.fromkeys(r["model"] for r in rows):
         base = find(m, "uniform", "base", 0.0)
@@ -171,11 +173,11 @@ def lm_allocation(doc: dict) -> str:
             found = [(name, find(m, "per-gate", v, ratio)) for v, name in costs]
             picked = next(((name, r) for name, r in found if r and r.get("valid_pick")), ("", None))
             shown = picked[1] or dict(found).get("loss-aware")  # rows from before the validation pick: loss-aware's
-            table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uniform(m, ratio, False)),
-                          *([delta(uniform(m, ratio, True))] if has_both else []),
+            table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uniform(m, ratio, "")),
+                          *(delta(uniform(m, ratio, sfx)) for sfx, _ in rules),
                           *(delta(r) for _, r in found), picked[0], shown and _gate_ratios(shown)])
     out = _table(["model", "big epochs", "base PPL", "ratio", "one ratio for all gates",
-                  *(["one ratio, both sigmoid tails"] if has_both else []),
+                  *(name for _, name in rules),
                   *(f"per gate: {name}" for _, name in costs), "validation picks", "its ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],

@@ -155,6 +155,82 @@ def test_sigmoid_both_tails_band():
         GateCalibration.fit(calib, "sigmoid", tails="high")
 
 
+def test_contribution_scores_by_hand():
+    """φ'(y_LL) times the gate output's multiplier in the new state (dualtvm.contribution)."""
+    from dualtvm.contribution import contribution_scores
+
+    H = 3
+    h = torch.tensor([[0.5, -0.2, 0.0]])
+    c = torch.tensor([[2.0, 0.0, -1.0]])
+    i, f, g, o = contribution_scores("LSTM", torch.zeros(1, 4 * H), h, c)  # i = f = o = ½, g = 0
+    assert torch.equal(i, torch.zeros(1, H))  # g = 0: an error in i does not reach c
+    assert torch.allclose(f, 0.25 * c.abs()) and torch.allclose(g, torch.full((1, H), 0.5))
+    assert torch.allclose(o, 0.25 * torch.tanh(0.5 * c).abs())  # ĉ = f·c + i·g = c / 2
+    pre = torch.zeros(1, 4 * H)
+    pre[0, H : 2 * H] = torch.tensor([20.0, 0.0, -20.0])  # z ≈ 1, ½, ≈ 0
+    pre[0, 3 * H :] = 2.0  # u_h
+    r, z, n = contribution_scores("GRU", pre, h)  # r = ½, n = tanh(0 + ½·2)
+    t = torch.tanh(torch.tensor(1.0))
+    assert n[0, 0] < 1e-8 and r[0, 0] < 1e-8  # z ≈ 1 keeps h: the candidate does not matter
+    assert torch.allclose(n[0, 1:], (1 - t * t) * torch.tensor([0.5, 1.0]), atol=1e-6)
+    assert torch.allclose(r[0, 2], 0.25 * (1 - t * t) * 2.0, atol=1e-6)
+    assert torch.allclose(z[0, 1], 0.25 * (h[0, 1] - t).abs()) and z[0, 0] < 1e-8
+    with pytest.raises(ValueError, match="previous cell state"):
+        contribution_scores("LSTM", torch.zeros(1, 4 * H), h)
+
+
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_contribution_rule_masks_and_ratios(rnn_type):
+    """rule="contribution": the band (θ, +∞) on the score hits the ratio on held-out steps, the layer's masks are
+    exactly score > θ, and an LSTM cannot be calibrated without its cell states."""
+    from dualtvm.construct import calibrate, record
+    from dualtvm.contribution import contribution_scores
+    from dualtvm.little import single_layers
+
+    rnn, dual = _tiny_dual(rnn_type, layers=1)
+    layer, little = dual.layers[0].big, dual.layers[0].little
+    module = single_layers(rnn)[0]
+    xs = [torch.randn(16, 4, 12, generator=torch.Generator().manual_seed(s)) for s in range(6)]
+    samples = record([module], lambda: [module(x) for x in xs], None, cells=True)[0]
+    assert all(len(s) == (3 if rnn_type == "LSTM" else 2) for s in samples)
+    if rnn_type == "LSTM":
+        with pytest.raises(ValueError, match=r"\(x, h, c\) samples"):
+            calibrate(little, layer, [s[:2] for s in samples], mask_rule="contribution")
+    calibrate(little, layer, samples, mask_rule="contribution")
+    assert little.mask_rule == "contribution"
+    lo, hi = little.calibration[layer.layout.gates[0]].band(0.4)
+    assert hi == INF and lo > 0
+    x = torch.randn(40, 4, 12)
+    dual.set_insensitive_ratio(0.5)
+    dual.reset_stats()
+    dual(x)
+    assert abs(dual.measured_ratio() - 0.5) < 0.1
+    state = (torch.randn(4, 24), torch.randn(4, 24)) if rnn_type == "LSTM" else torch.randn(4, 24)
+    h = state[0] if rnn_type == "LSTM" else state
+    _, _, mask = dual.layers[0].step(x[0], state, record=False)
+    scores = contribution_scores(rnn_type, little.preactivations(x[0], h), h, state[1] if rnn_type == "LSTM" else None)
+    expect = torch.cat([s > little.calibration[g].band(0.5)[0] for g, s in zip(layer.layout.gates, scores)], -1)
+    assert torch.equal(mask, expect)
+    with pytest.raises(ValueError, match="mask rule must be one of"):
+        GateCalibration.fit(torch.rand(100), "sigmoid", rule="score")
+
+
+def test_recorded_cells_are_the_lstm_cell_states():
+    """SampleRecorder(cells=True) recomputes c(t−1), which nn.LSTM keeps to itself, exactly."""
+    from dualtvm.construct import record
+
+    torch.manual_seed(3)
+    lstm = nn.LSTM(5, 7)
+    x = torch.randn(6, 2, 5)
+    h0, c0 = torch.randn(1, 2, 7), torch.randn(1, 2, 7)
+    (x_rec, h_rec, c_rec), = record([lstm], lambda: lstm(x, (h0, c0)), None, cells=True)[0]
+    state, cells = (h0, c0), []
+    for t in range(6):
+        cells.append(state[1][0])
+        _, state = lstm(x[t : t + 1], state)
+    assert torch.allclose(c_rec, torch.cat(cells), atol=1e-6) and h_rec.shape == (12, 7)
+
+
 def test_allocation_prefers_cheap_gates():
     grid = np.linspace(0, 1, 11)
     curves = {"a": grid ** 2 * 10, "b": grid ** 2}  # b is ten times less sensitive
@@ -227,9 +303,9 @@ def test_artefact_round_trip_and_hash_check(tmp_path):
         load_little(tmp_path / "junk.npz")
 
 
-def test_artefact_keeps_the_sigmoid_tails_and_reads_version_1(tmp_path):
-    """A both-tails calibration survives the file; a version-1 file (before the field) reads as eq. 5's rule;
-    an unknown version is refused."""
+def test_artefact_keeps_the_mask_rule_and_reads_older_versions(tmp_path):
+    """Both-tails and contribution calibrations survive the file; a version-1 file (before "tails") reads as eq. 5's
+    rule, a version-2 file (before "rule") as masks on a_LL; an unknown version is refused."""
     import json
 
     from dualtvm.construct import calibrate
@@ -237,23 +313,29 @@ def test_artefact_keeps_the_sigmoid_tails_and_reads_version_1(tmp_path):
     rnn, dual = _tiny_dual("GRU", layers=1)
     little, layer = dual.layers[0].little, dual.layers[0].big
     samples = [(torch.randn(8, 12), torch.randn(8, 24)) for _ in range(4)]
+    calibrate(little, layer, samples, mask_rule="contribution")
+    loaded = load_little(save_little(tmp_path / "contribution.npz", [little]))[0][0]
+    assert loaded.mask_rule == "contribution" and loaded.calibration["n"].band(0.3) == little.calibration["n"].band(0.3)
     calibrate(little, layer, samples, sigmoid_tails="both")
     path = save_little(tmp_path / "little.npz", [little])
     loaded = load_little(path)[0][0]
     assert {g: c.tails for g, c in loaded.calibration.items()} == {"r": "both", "z": "both", "n": "low"}
-    assert loaded.calibration["z"].band(0.4) == little.calibration["z"].band(0.4)
+    assert loaded.mask_rule == "activation" and loaded.calibration["z"].band(0.4) == little.calibration["z"].band(0.4)
     z = dict(np.load(path))
-    for version, ok in ((1, True), (3, False)):
+    for version, ok in ((1, True), (2, True), (4, False)):
         meta = json.loads(bytes(z["meta"]).decode())
         meta["version"] = version
         for c in meta["layers"][0]["calibration"].values():
-            c.pop("tails")
+            c.pop("rule")
+            if version == 1:
+                c.pop("tails")
         np.savez(tmp_path / f"v{version}.npz", **{**z, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
         if ok:
             old = load_little(tmp_path / f"v{version}.npz")[0][0]
-            assert old.calibration["z"].tails == "low" and old.calibration["z"].band(0.4)[1] == INF
+            assert old.mask_rule == "activation"
+            assert old.calibration["z"].tails == ("low" if version == 1 else "both")
         else:
-            with pytest.raises(ArtefactError, match="artefact version 3"):
+            with pytest.raises(ArtefactError, match="artefact version 4"):
                 load_little(tmp_path / f"v{version}.npz")
 
 
@@ -290,7 +372,7 @@ def test_recording_is_capped_to_the_memory_budget(monkeypatch):
     asked = []
     real_record = construct.record
     monkeypatch.setattr(construct, "record",
-                        lambda mods, run, max_rows: asked.append(max_rows) or real_record(mods, run, max_rows))
+                        lambda mods, run, max_rows, cells=False: asked.append(max_rows) or real_record(mods, run, max_rows, cells))
     rnn = nn.LSTM(12, 24, 2)
     xs = [torch.randn(16, 4, 12) for _ in range(10)]
 

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dualtvm.data import load_lm_corpus
 from dualtvm.models import LMConfig
@@ -66,9 +67,9 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
         "uniform, chosen on valid"}
 
 
-def test_eval_lm_both_sigmoid_tails(tiny_corpus, tmp_path):
-    """--sigmoid-tails both: the rows say so in their variant (beside eq. 5's in the same file), carry no paper PPL,
-    and still decode at the asked ratio, now with sigmoid outputs near 1 on the little module too."""
+def test_eval_lm_mask_rules_beyond_eq5(tiny_corpus, tmp_path):
+    """--sigmoid-tails both and --mask-rule contribution: the rows say so in their variant (beside eq. 5's in the same
+    file), carry no paper PPL, still decode at the asked ratio, and the study shows each rule in its own column."""
     import eval_lm
 
     corpus = load_lm_corpus(str(tiny_corpus))
@@ -76,27 +77,29 @@ def test_eval_lm_both_sigmoid_tails(tiny_corpus, tmp_path):
     train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
              LMTrainConfig(epochs=2, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
     out = tmp_path / "q.json"
-    for tails in ("low", "both"):
-        assert eval_lm.main(["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-750",
-                             "--corpus", str(tiny_corpus), "--ratios", "0.5", "--parts", "ratios", "--max-rows", "2000",
-                             "--sigmoid-tails", tails, "--results", str(out)]) == 0
+    common = ["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-750", "--corpus",
+              str(tiny_corpus), "--ratios", "0.5", "--parts", "ratios", "--max-rows", "2000", "--results", str(out)]
+    for rule in (["--sigmoid-tails", "low"], ["--sigmoid-tails", "both"], ["--mask-rule", "contribution"]):
+        assert eval_lm.main(common + rule) == 0
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"] if r["insensitive_ratio"] == 0.5}
-    assert set(rows) == {"eps0.5-int8", "eps0.5-int8 sigmoid-both"}
-    both = rows["eps0.5-int8 sigmoid-both"]
-    assert "paper_ppl" not in both and "paper_ppl" in rows["eps0.5-int8"]
-    assert abs(both["measured_ratio"] - 0.5) < 0.15 and both["ppl"] != rows["eps0.5-int8"]["ppl"]
-    from render_results import lm_allocation  # the study shows both rules side by side, each in its own column
+    names = ["eps0.5-int8", "eps0.5-int8 sigmoid-both", "eps0.5-int8 contribution"]
+    assert set(rows) == set(names)
+    assert "paper_ppl" in rows[names[0]] and not any("paper_ppl" in rows[n] for n in names[1:])
+    for n in names[1:]:
+        assert abs(rows[n]["measured_ratio"] - 0.5) < 0.15 and rows[n]["ppl"] != rows[names[0]]["ppl"]
+    with pytest.raises(SystemExit):  # the contribution score has no tails to choose
+        eval_lm.main(common + ["--mask-rule", "contribution", "--sigmoid-tails", "both"])
+    from render_results import lm_allocation
 
     table = lm_allocation(json.loads(out.read_text())).splitlines()
     header = [c.strip() for c in table[0].strip("|").split("|")]
     cells = [c.strip() for c in next(line for line in table if "| 0.5 |" in line).strip("|").split("|")]
-    assert header[4:6] == ["one ratio for all gates", "one ratio, both sigmoid tails"]
-    assert cells[4].startswith(str(rows["eps0.5-int8"]["ppl"])) and cells[5].startswith(str(both["ppl"]))
+    assert header[4:7] == ["one ratio for all gates", "one ratio, both sigmoid tails", "one ratio, contribution score"]
+    assert all(cells[4 + j].startswith(str(rows[n]["ppl"])) for j, n in enumerate(names))
 
 
 def test_eval_lm_names_an_unknown_allocation_cost(capsys):
     import eval_lm
-    import pytest
 
     with pytest.raises(SystemExit):
         eval_lm.main(["--checkpoint", "none.pt", "--model-name", "x", "--allocation-costs", "loss,hessian"])
