@@ -44,13 +44,14 @@ class BuildConfig:
     little_bits: int = 8  # W_LL precision: INT8 (the paper's default) or INT4 (half the little bytes, Table 6)
     int8_codes: bool | None = None  # INT8 little GEMV on integer codes: None = where the target has AVX2; False = floats
     sigmoid_tails: str = "low"  # which saturated ends of a sigmoid gate may be insensitive (thresholds.SIGMOID_TAILS)
+    mask_rule: str = "activation"  # what the mask tests: a_LL (eq. 5) or the contribution score (thresholds.MASK_RULES)
 
 
 def layer_shapes(dual: DualModuleRNN, target: TargetSpec, int8_codes: bool | None = None) -> list[LayerShape]:
     """The kernels' view of each dual-module layer: gates, widths, k and W_LL precision, with the INT8 little
     GEMV's path chosen for ``target`` unless ``int8_codes`` says which."""
-    shapes = [LayerShape(l.rnn_type, l.big.hidden, l.big.input_size, l.little.k, l.little.weight.bits).for_target(target)
-              for l in dual.layers]
+    shapes = [LayerShape(l.rnn_type, l.big.hidden, l.big.input_size, l.little.k, l.little.weight.bits,
+                         mask_rule=l.little.mask_rule).for_target(target) for l in dual.layers]
     return [replace(s, int8_codes=int8_codes) if int8_codes is not None and s.little_bits == 8 else s for s in shapes]
 
 
@@ -124,13 +125,15 @@ def build_model(cfg: BuildConfig) -> dict:
 
     t0 = time.time()
     dual = build_dual(rnn, run(train), run(valid), LittleConfig(eps=cfg.eps, seed=cfg.seed, bits=cfg.little_bits,
-                                                                  sigmoid_tails=cfg.sigmoid_tails),
+                                                                  sigmoid_tails=cfg.sigmoid_tails,
+                                                                  mask_rule=cfg.mask_rule),
                       cfg.max_rows)
     fit_s = time.time() - t0
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
     suffix = "-w4" if cfg.little_bits == 4 else ""
     out = Path(cfg.out) if cfg.out else REPO / "build" / f"{cfg.model}-{target.name}{suffix}"
     info = {"name": cfg.model, "weights": source, "eps": cfg.eps, "sigmoid_tails": cfg.sigmoid_tails,
+            "mask_rule": cfg.mask_rule,
             # the weights, for people and for reuse checks
             "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
             "decoder_layer": cfg.decoder_layer if payload is not None and payload["kind"] == "seq2seq" else None}

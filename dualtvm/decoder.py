@@ -45,6 +45,10 @@ class DecoderSpec:
         for i, r in enumerate(self.residual):
             if r and self.layers[i].dxp != self.layers[i].hp:
                 raise ValueError(f"residual layer {i} needs input size == hidden size")
+        rules = {}
+        for s in self.layers:  # layers of one shape share their kernels, the mask kernel included
+            if rules.setdefault(s.tag, s.mask_rule) != s.mask_rule:
+                raise ValueError(f"layers of shape {s.tag} with different mask rules: not supported in one decoder")
 
     def to_json(self) -> dict:
         return {"layers": [asdict(l) for l in self.layers], "residual": self.residual, "dual": self.dual}
@@ -85,6 +89,9 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
     if little is not None:
         if little.weight.bits != s.little_bits:
             raise ValueError(f"layer built for INT{s.little_bits} little weights, the little module has INT{little.weight.bits}")
+        if little.mask_rule != s.mask_rule:
+            raise ValueError(f"layer built for the {s.mask_rule!r} mask rule, the little module is calibrated for "
+                             f"{little.mask_rule!r}")
         codes, scale = kernel_codes(little.weight)
         out["px"] = pad_cols(little.proj_x.signs, s.dxp)
         out["ph"] = pad_cols(little.proj_h.signs, s.hp)
@@ -173,7 +180,8 @@ def emit_layer(bb, gvs: dict, s: LayerShape, dual: bool, x, st: dict, ws: dict):
     if dual:
         pre = emit_little(bb, gvs, s, s.little_tag, [ws["px"], ws["ph"], x, st["h"]],
                           [ws["wq"], ws["wscale"], ws["bias_ll"]], 4 * s.hidden)
-        m = call("mask", [pre, ws["lo"], ws["hi"]], [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
+        weighed = [st["c" if s.rnn_type == "LSTM" else "h"]] if s.mask_rule == "contribution" else []  # the state scores weigh by
+        m = call("mask", [pre, *weighed, ws["lo"], ws["hi"]], [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
         rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
     if s.rnn_type == "LSTM":
         xh = call("concat", [x, st["h"]], ten((s.dxp + s.hp,), "float32"))

@@ -170,7 +170,8 @@ def step_spec(model, target: TargetSpec, duals: list | None = None, output_littl
     cfg = model.cfg
     dec = model.decoder
     if duals is not None:
-        shapes = [LayerShape("LSTM", cfg.hidden, 2 * cfg.hidden, d.little.k, d.little.weight.bits).for_target(target)
+        shapes = [LayerShape("LSTM", cfg.hidden, 2 * cfg.hidden, d.little.k, d.little.weight.bits,
+                             mask_rule=d.little.mask_rule).for_target(target)
                   for d in duals]
     else:  # k of eq. 3 at ε = 0.5 only names the dense kernels, as in the dual build's dense counterpart (tuning log keys)
         from .projection import reduced_dim

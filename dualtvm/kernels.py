@@ -9,7 +9,8 @@ can split it into vector lanes without tails.  Kernels (Algorithm 1):
 * ``project_codes`` / ``little_gemv_int4`` / ``little_gemv_int8``: the same two steps on integer codes, for
   INT4 W_LL (Table 6) and, on x86 targets with AVX2 (``LayerShape.for_target``), INT8 W_LL: dot-product
   instructions take them exactly (``schedules/stream.py``)
-* ``mask``           step 3: eq. 5 bands on y_LL (mapped through φ⁻¹), compacted list of sensitive rows
+* ``mask``           step 3: eq. 5 bands on y_LL (mapped through φ⁻¹), compacted list of sensitive rows;
+  ``contribution_mask`` the same under the contribution rule (:mod:`dualtvm.contribution`)
 * ``masked_gemv``    step 4: fp32 big rows listed by the mask, nothing else is read
 * ``lstm_assemble`` / ``gru_assemble``  step 5: eq. 1 and the cell update (eq. 6 / GRU)
 * ``gemv``, ``lstm_dense_cell``, ``gru_dense_cell``: the dense baseline, same toolchain
@@ -384,6 +385,87 @@ def mask(hidden: int, rnn_type: str, name: str = "mask"):
     return _named(f, name)
 
 
+LANES = 8  # fp32 lanes of an AVX2 register: the contribution scores are computed this many units at a time
+
+
+def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribution_mask"):
+    """Step 3 under the contribution rule (:mod:`dualtvm.contribution`, beyond eq. 5): each row's score
+    φ'(y_LL) · |multiplier| against its band (lo, hi) = (θ, +∞), compacted like :func:`mask`.
+
+    The scores need φ itself (four or five exp per hidden unit), so vectorised passes (``LANES`` units at a
+    time, branch-free; lanes past ``hidden`` compute unused values from clamped loads) first store the little
+    activations, then the scores, in (gates × hp) buffers, and the serial scan only compares.  Each pass is
+    plain stores: a let-bound value inside a vectorised loop came out wrong (lane 0's value in every lane).
+    It reads the state the scores weigh by: c(t−1) for an LSTM, h(t−1) for a GRU (``state``, hp long).
+    """
+    H = hidden
+    G = 4 if rnn_type == "LSTM" else 3
+    n = G * H
+    compact = _compaction(n, lambda score, lo, hi, i: tvm.tirx.all(score[i // H * hp + i % H] > lo[i],
+                                                                    score[i // H * hp + i % H] < hi[i]))
+
+    def at(pre, j, u):
+        return pre[T.min(j * H + u, 4 * H - 1)]
+
+    def d(a):  # σ'(y) = a (1 − a) from a = σ(y)
+        return a * (T.float32(1) - a)
+
+    if rnn_type == "LSTM":
+        @T.prim_func
+        def f(pre: T.Buffer((4 * H,), "float32"), state: T.Buffer((hp,), "float32"), lo: T.Buffer((n,), "float32"),
+              hi: T.Buffer((n,), "float32"), rows: T.Buffer((n,), "int32"), pos: T.Buffer((n,), "int32"),
+              count: T.Buffer((1,), "int32")):
+            T.func_attr({"tirx.noalias": True})
+            a = T.decl_buffer((G * hp,), "float32")  # i, f, g, o
+            score = T.decl_buffer((G * hp,), "float32")
+            for uo in range(hp // LANES):
+                for ui in T.vectorized(LANES):
+                    a[uo * LANES + ui] = sigmoid(at(pre, 0, uo * LANES + ui))
+                    a[hp + uo * LANES + ui] = sigmoid(at(pre, 1, uo * LANES + ui))
+                    a[2 * hp + uo * LANES + ui] = tanh(at(pre, 2, uo * LANES + ui))
+                    a[3 * hp + uo * LANES + ui] = sigmoid(at(pre, 3, uo * LANES + ui))
+            for uo in range(hp // LANES):
+                for ui in T.vectorized(LANES):
+                    score[uo * LANES + ui] = d(a[uo * LANES + ui]) * T.fabs(a[2 * hp + uo * LANES + ui])
+                    score[hp + uo * LANES + ui] = d(a[hp + uo * LANES + ui]) * T.fabs(state[uo * LANES + ui])
+                    score[2 * hp + uo * LANES + ui] = (
+                        (T.float32(1) - a[2 * hp + uo * LANES + ui] * a[2 * hp + uo * LANES + ui]) * a[uo * LANES + ui])
+                    score[3 * hp + uo * LANES + ui] = d(a[3 * hp + uo * LANES + ui]) * T.fabs(tanh(
+                        a[hp + uo * LANES + ui] * state[uo * LANES + ui]
+                        + a[uo * LANES + ui] * a[2 * hp + uo * LANES + ui]))
+            compact(score, lo, hi, rows, pos, count)
+    else:
+        @T.prim_func
+        def f(pre: T.Buffer((4 * H,), "float32"), state: T.Buffer((hp,), "float32"), lo: T.Buffer((n,), "float32"),
+              hi: T.Buffer((n,), "float32"), rows: T.Buffer((n,), "int32"), pos: T.Buffer((n,), "int32"),
+              count: T.Buffer((1,), "int32")):
+            T.func_attr({"tirx.noalias": True})
+            a = T.decl_buffer((G * hp,), "float32")  # r, z, n (with r_LL)
+            score = T.decl_buffer((G * hp,), "float32")
+            for uo in range(hp // LANES):
+                for ui in T.vectorized(LANES):
+                    a[uo * LANES + ui] = sigmoid(at(pre, 0, uo * LANES + ui))
+                    a[hp + uo * LANES + ui] = sigmoid(at(pre, 1, uo * LANES + ui))
+            for uo in range(hp // LANES):
+                for ui in T.vectorized(LANES):
+                    a[2 * hp + uo * LANES + ui] = tanh(at(pre, 2, uo * LANES + ui)
+                                                       + a[uo * LANES + ui] * at(pre, 3, uo * LANES + ui))
+            for uo in range(hp // LANES):
+                for ui in T.vectorized(LANES):
+                    # dn = (1 − n²)(1 − z): the candidate's weight in h' (score of n, factor of r's)
+                    score[2 * hp + uo * LANES + ui] = ((T.float32(1) - a[2 * hp + uo * LANES + ui]
+                                                        * a[2 * hp + uo * LANES + ui])
+                                                       * (T.float32(1) - a[hp + uo * LANES + ui]))
+                    score[hp + uo * LANES + ui] = d(a[hp + uo * LANES + ui]) * T.fabs(
+                        state[uo * LANES + ui] - a[2 * hp + uo * LANES + ui])
+            for uo in range(hp // LANES):
+                for ui in T.vectorized(LANES):
+                    score[uo * LANES + ui] = (d(a[uo * LANES + ui]) * score[2 * hp + uo * LANES + ui]
+                                              * T.fabs(at(pre, 3, uo * LANES + ui)))
+            compact(score, lo, hi, rows, pos, count)
+    return _named(f, name)
+
+
 # ----------------------------------------------------------------------------- dual output projection
 def band_mask(n: int, name: str = "band_mask"):
     """The output projection's step 3 (:mod:`dualtvm.output`): rows with y_LL ≥ max(y_LL) − θ compacted into
@@ -651,6 +733,7 @@ class LayerShape(LittlePath):
     k: int
     little_bits: int = 8  # W_LL precision the compiled little GEMV takes: 8 or 4
     int8_codes: bool = False  # INT8 W_LL on the projection's integer codes (project_codes + little_gemv_int8)
+    mask_rule: str = "activation"  # what the mask tests (thresholds.MASK_RULES): eq. 5's bands or contribution scores
 
     @property
     def gates(self) -> int:
@@ -758,5 +841,6 @@ def layer_kernels(s: LayerShape, dual: bool = True) -> dict[str, tvm.tirx.PrimFu
             ks[f"gru_dense_cell_{t}"] = gru_dense_cell(s.hidden, s.hp, f"gru_dense_cell_{t}")
     if dual:
         ks.update(little_kernels(s, s.dxp, s.hp, 4 * s.hidden, s.little_tag))
-        ks[f"mask_{t}"] = mask(s.hidden, s.rnn_type, f"mask_{t}")
+        ks[f"mask_{t}"] = (contribution_mask(s.hidden, s.rnn_type, s.hp, f"mask_{t}") if s.mask_rule == "contribution"
+                           else mask(s.hidden, s.rnn_type, f"mask_{t}"))
     return ks

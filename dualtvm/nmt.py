@@ -482,7 +482,8 @@ def build_compiled_decoder(duals: list[DualModuleLayer], target: str, out: str |
     from .tuning import schedule_fingerprint
 
     tgt = parse_target(target).with_default_cores()
-    shapes = [LayerShape("LSTM", d.big.hidden, d.big.input_size, d.little.k, d.little.weight.bits).for_target(tgt)
+    shapes = [LayerShape("LSTM", d.big.hidden, d.big.input_size, d.little.k, d.little.weight.bits,
+                         mask_rule=d.little.mask_rule).for_target(tgt)
               for d in duals]
     warn_below_break_even(shapes)
     folders: dict[str, list[Path]] = {}

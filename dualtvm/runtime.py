@@ -189,9 +189,12 @@ def ratio_thresholds(shapes: list, littles: list, ratio: "float | list") -> list
 
 
 def mask_bounds(s, th: Thresholds) -> tuple[np.ndarray, np.ndarray]:
-    """The mask kernel's per-row (lo, hi) bounds on y_LL for layer shape ``s`` (it tests the pre-activation)."""
+    """The mask kernel's per-row (lo, hi) bounds for layer shape ``s``: on y_LL (eq. 5's kernel tests the
+    pre-activation), or on the score itself under the contribution rule."""
     from .gates import layout
 
+    if s.mask_rule == "contribution":
+        return th.row_bounds(layout(s.rnn_type).gates, s.hidden)
     return th.pre_activation_bounds(layout(s.rnn_type), s.hidden)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.thresholds import SIGMOID_TAILS  # noqa: E402  (torch and numpy only: TVM is imported after --threads)
+from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS  # noqa: E402  (torch and numpy only: TVM is imported after --threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="W_LL precision: INT8 (paper default) or INT4 (AVX2 integer path, half the little bytes)")
     p.add_argument("--sigmoid-tails", default="low", choices=SIGMOID_TAILS,
                    help="sigmoid gates' insensitive outputs: low (eq. 5) or both saturated ends (beyond the paper)")
+    p.add_argument("--mask-rule", default="activation", choices=MASK_RULES,
+                   help="what the mask tests: activation (eq. 5) or contribution (φ' times the gate output's multiplier "
+                        "in the new state, beyond the paper: dualtvm.contribution)")
     p.add_argument("--tuning-logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--no-tuned", action="store_true", help="use the default schedules even if a database exists")
     p.add_argument("--verify", action="store_true", help="check against the PyTorch reference (ratio 0 and 0.5)")
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     report = build_model(BuildConfig(a.model, a.target, a.checkpoint, a.out, a.eps, a.tuning_logs, not a.no_tuned,
                                      a.verify, a.steps, a.threads, corpus=a.corpus, data_dir=a.data_dir,
                                      little_bits=a.little_bits, decoder_layer=a.decoder_layer,
-                                     sigmoid_tails=a.sigmoid_tails))
+                                     sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule))
     print(json.dumps(report, indent=2))
     return 0 if report.get("verified", True) else 1
 

@@ -148,7 +148,7 @@ ALLOCATION_VARIANTS = (("greedy-allocation", "activation error"), ("loss-aware-a
 
 
 # eval_lm's mask rules beyond eq. 5 (--sigmoid-tails both, --mask-rule contribution): their rows' variant suffixes
-RULE_SUFFIXES = ((" sigmoid-both", "one ratio, both sigmoid tails"), (" contribution", "one ratio, contribution score"))
+RULE_SUFFIXES = ((" sigmoid-both", "both sigmoid tails"), (" contribution", "contribution score"))
 
 
 def lm_allocation(doc: dict) -> str:
@@ -159,7 +159,8 @@ def lm_allocation(doc: dict) -> str:
     find = lambda m, part, variant, ratio: next((r for r in rows if (r["model"], r["part"], r["variant"]) ==  # noqa: E731
                                                  (m, part, variant) and r["insensitive_ratio"] == ratio), None)
     delta = lambda r: "" if r is None else f"{r['ppl']} ({r['delta_ppl_pct']:+.2f} %)"  # noqa: E731
-    costs = [(v, name) for v, name in ALLOCATION_VARIANTS if any(r.get("variant") == v for r in rows)]
+    costs = [(v + sfx, name + (f" ({rule_name})" if sfx else "")) for sfx, rule_name in (("", ""), *RULE_SUFFIXES)
+             for v, name in ALLOCATION_VARIANTS if any(r.get("variant") == v + sfx for r in rows)]
     rule = lambda r: next((sfx for sfx, _ in RULE_SUFFIXES if r["variant"].endswith(sfx)), "")  # noqa: E731
     uniform = lambda m, ratio, sfx: next((r for r in rows if r["model"] == m and r["part"] == "uniform"  # noqa: E731
                                           and r["insensitive_ratio"] == ratio and r["variant"] != "base"
@@ -171,13 +172,15 @@ def lm_allocation(doc: dict) -> str:
         for ratio in sorted({r["insensitive_ratio"] for r in rows if r["model"] == m and r["part"] in ("per-gate", "uniform")
                              and r["variant"] != "base"}):
             found = [(name, find(m, "per-gate", v, ratio)) for v, name in costs]
-            picked = next(((name, r) for name, r in found if r and r.get("valid_pick")), ("", None))
+            # each run flags its own pick; across runs (mask rules) the lower validation PPL wins
+            picked = min(((name, r) for name, r in found if r and r.get("valid_pick")),
+                         key=lambda p: p[1]["valid_delta_ppl_pct"], default=("", None))
             shown = picked[1] or dict(found).get("loss-aware")  # rows from before the validation pick: loss-aware's
             table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uniform(m, ratio, "")),
                           *(delta(uniform(m, ratio, sfx)) for sfx, _ in rules),
                           *(delta(r) for _, r in found), picked[0], shown and _gate_ratios(shown)])
     out = _table(["model", "big epochs", "base PPL", "ratio", "one ratio for all gates",
-                  *(name for _, name in rules),
+                  *(f"one ratio, {name}" for _, name in rules),
                   *(f"per gate: {name}" for _, name in costs), "validation picks", "its ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],

@@ -318,3 +318,39 @@ def test_compile_dual_takes_a_users_own_rnn(tmp_path):
         np.testing.assert_allclose(out, ref_out[0, 0].numpy(), atol=2e-3, err_msg=f"both tails, step {t}")
         z_ll = torch.sigmoid(pre[0, 40:80]).numpy()
         np.testing.assert_array_equal(masks[0][40:80], (z_ll > 0.25) & (z_ll < 0.75), err_msg=f"z mask, step {t}")
+
+
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_contribution_masks_compile_like_the_reference(rnn_type, tmp_path):
+    """A little module calibrated for the contribution rule compiles to the scoring mask kernel (scores from
+    y_LL and c(t−1) / h(t−1)); its masks and outputs follow the PyTorch reference step by step at 50 %."""
+    import torch
+    import torch.nn as nn
+
+    from dualtvm.build import compile_dual
+    from dualtvm.construct import build_dual
+    from dualtvm.little import LittleConfig
+
+    torch.manual_seed(1)
+    rnn = getattr(nn, rnn_type)(20, 36).eval()
+    segments = [torch.randn(12, 4, 20) for _ in range(6)]
+    dual = build_dual(rnn, lambda core: [core(x) for x in segments[:4]], lambda core: [core(x) for x in segments[4:]],
+                      LittleConfig(mask_rule="contribution"), progress=False)
+    folders = compile_dual(dual, "llvm -mcpu=broadwell", tmp_path / "contribution")
+    dec = CompiledDecoder(folders["dual"])
+    assert dec.spec.layers[0].mask_rule == "contribution"
+    dec.set_insensitive_ratio(0.5)
+    dual.set_insensitive_ratio(0.5)
+    layer = dual.layers[0]
+    xs = torch.randn(10, 1, 20)
+    state, ref = None, ((torch.zeros(1, 36), torch.zeros(1, 36)) if rnn_type == "LSTM" else torch.zeros(1, 36))
+    agree, sensitive = [], []
+    for t in range(len(xs)):
+        out, state, masks = dec.step(xs[t, 0], state)
+        with torch.no_grad():
+            ref_h, ref, ref_mask = layer.step(xs[t], ref, record=False)
+        agree.append(float((masks[0] == ref_mask[0].numpy()).mean()))
+        sensitive.append(float(masks[0].mean()))
+        np.testing.assert_allclose(out, ref_h[0].numpy(), atol=2e-3, err_msg=f"step {t}")
+    assert min(agree) > 0.98  # the kernel's exp is a polynomial: a row exactly at θ may fall either way
+    assert 0.3 < float(np.mean(sensitive)) < 0.7

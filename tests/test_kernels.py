@@ -151,6 +151,33 @@ def test_mask_eq5_and_compaction(rng, rnn_type):
     assert np.array_equal(pos >= 0, sensitive) and np.array_equal(rows[pos[sensitive]], np.flatnonzero(sensitive))
 
 
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+@pytest.mark.parametrize("H", [16, 21])
+def test_contribution_mask_scores_and_compaction(rng, rnn_type, H):
+    """The contribution rule's kernel: scores from y_LL and the weighing state (c for LSTM, h for GRU) against
+    per-gate (θ, +∞), the same compaction; a hidden size off the lane width leaves the padding lanes unused."""
+    import torch
+
+    from dualtvm.contribution import contribution_scores
+
+    n, hp = (4 if rnn_type == "LSTM" else 3) * H, K.padded(H)
+    pre = rng.standard_normal(4 * H).astype(np.float32) * 2
+    state = np.zeros(hp, np.float32)
+    state[:H] = rng.standard_normal(H)
+    h = torch.from_numpy(state[:H])[None]
+    scores = contribution_scores(rnn_type, torch.from_numpy(pre)[None], h, h if rnn_type == "LSTM" else None)
+    middle = [np.sort(s.numpy().ravel())[H // 2 - 1 : H // 2 + 1] for s in scores]
+    theta = [float(m.mean()) for m in middle]  # between two scores: no row sits on θ (the kernel's exp is a polynomial)
+    lo = np.repeat(np.array(theta, np.float32), H)
+    hi = np.full(n, np.inf, np.float32)
+    rows, pos, count = run(K.contribution_mask(H, rnn_type, hp), pre, state, lo, hi,
+                           outs=[((n,), "int32"), ((n,), "int32"), ((1,), "int32")])
+    sensitive = np.concatenate([s[0].numpy() > t for s, t in zip(scores, theta)])
+    assert 0 < sensitive.sum() < n and count[0] == sensitive.sum()
+    assert np.array_equal(rows[: count[0]], np.flatnonzero(sensitive)) and not rows[count[0]:].any()
+    assert np.array_equal(pos >= 0, sensitive)
+
+
 def test_pre_activation_bounds_ends():
     """Ratio 0 / 1 bands and bands at the ends of φ's range map to ±∞ (all rows / no row)."""
     from dualtvm.gates import LSTM
