@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .gates import GateLayout, layout
 from .projection import SparseProjection, reduced_dim
 from .quantize import QuantizedTensor, fake_quantize_activations, quantize
+from .thresholds import check_mask_rule
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,9 @@ class LittleConfig:
     sgd_batch: int = 1024
     sigmoid_tails: str = "low"  # which saturated ends of a sigmoid gate may be insensitive (thresholds.SIGMOID_TAILS)
     mask_rule: str = "activation"  # what the mask tests: a_LL (eq. 5) or the contribution score (thresholds.MASK_RULES)
+
+    def __post_init__(self) -> None:
+        check_mask_rule(self.mask_rule, self.sigmoid_tails)
 
 
 @dataclass

@@ -33,6 +33,17 @@ MASK_RULES = ("activation", "contribution")  # what the band tests: a_LL (eq. 5)
 INF = float("inf")
 
 
+def check_mask_rule(rule: str, sigmoid_tails: str = "low") -> None:
+    """A clear error for an unknown rule or tails, or tails given to the contribution score (which weighs both
+    tails of σ' already)."""
+    if rule not in MASK_RULES:
+        raise ValueError(f"mask rule must be one of {MASK_RULES}, got {rule!r}")
+    if sigmoid_tails not in SIGMOID_TAILS:
+        raise ValueError(f"sigmoid tails must be one of {SIGMOID_TAILS}, got {sigmoid_tails!r}")
+    if rule == "contribution" and sigmoid_tails != "low":
+        raise ValueError("sigmoid tails belong to the activation rule: the contribution score weighs both tails already")
+
+
 def check_ratio(ratio: float) -> float:
     if not (isinstance(ratio, (int, float)) and 0.0 <= float(ratio) <= 1.0):
         raise ValueError(f"insensitive ratio must lie in [0, 1], got {ratio!r}")
@@ -57,10 +68,7 @@ class GateCalibration:
     rule: str = "activation"  # see MASK_RULES
 
     def __post_init__(self) -> None:
-        if self.tails not in SIGMOID_TAILS:
-            raise ValueError(f"sigmoid tails must be one of {SIGMOID_TAILS}, got {self.tails!r}")
-        if self.rule not in MASK_RULES:
-            raise ValueError(f"mask rule must be one of {MASK_RULES}, got {self.rule!r}")
+        check_mask_rule(self.rule, self.tails)
 
     @classmethod
     def fit(cls, tested: torch.Tensor, activation: str, symmetric: bool = True,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS  # noqa: E402  (torch and numpy only: TVM is imported after --threads)
+from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402  (torch and numpy only: TVM is imported after --threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100, help="decode steps to verify")
     p.add_argument("--threads", type=int, default=None, help="TVM threads (default: all cores)")
     a = p.parse_args(argv)
+    try:
+        check_mask_rule(a.mask_rule, a.sigmoid_tails)
+    except ValueError as e:
+        p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
     from dualtvm.build import BuildConfig, build_model

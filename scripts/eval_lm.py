@@ -28,7 +28,7 @@ from dualtvm.little import LittleConfig, big_layers  # noqa: E402
 from dualtvm.quality import ALLOCATION_COSTS, allocation, largest_ratio_within, ppl, setup, validated_allocations  # noqa: E402
 from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
-from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS  # noqa: E402
+from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 from dualtvm.train_lm import evaluate  # noqa: E402
 
 PAPER = {  # Tables 2 and 3: (base PPL, {ratio: PPL})
@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
     p.add_argument("--results", default="results/lm-quality-ptb.json")
     a = p.parse_args(argv)
-    if a.mask_rule == "contribution" and a.sigmoid_tails != "low":
-        p.error("--sigmoid-tails belongs to the activation rule: the contribution score weighs both tails already")
+    try:
+        check_mask_rule(a.mask_rule, a.sigmoid_tails)
+    except ValueError as e:
+        p.error(str(e))
     costs = a.allocation_costs.split(",")
     bad = sorted(set(costs) - set(ALLOCATION_COSTS))
     if bad:
