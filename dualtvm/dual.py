@@ -19,7 +19,7 @@ import torch.nn as nn
 from .contribution import contribution_scores
 from .gates import SIGMOID
 from .little import BigLayer, LittleModule
-from .thresholds import INF, MASK_RULES, Thresholds, check_ratio, sensitive_mask
+from .thresholds import INF, Thresholds, check_mask_rule, check_ratio, sensitive_mask
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,9 @@ def little_activations(layer: BigLayer, pre_little: torch.Tensor) -> list[torch.
 def mask_inputs(layer: BigLayer, rule: str, pre_little: torch.Tensor, h: torch.Tensor,
                 c: torch.Tensor | None = None) -> list[torch.Tensor]:
     """What each gate's mask band tests (``thresholds.MASK_RULES``): a_LL (eq. 5) or the contribution score."""
+    check_mask_rule(rule)
     if rule == "contribution":
         return contribution_scores(layer.rnn_type, pre_little, h, c)
-    if rule != "activation":
-        raise ValueError(f"mask rule must be one of {MASK_RULES}, got {rule!r}")
     return little_activations(layer, pre_little)
 
 
@@ -122,7 +121,7 @@ class DualModuleLayer(nn.Module):
         c = state[1] if isinstance(state, tuple) else None
         pre_ll = self.little.preactivations(x, h)
         a_ll = little_activations(big, pre_ll)
-        tested = a_ll if self.little.mask_rule == "activation" else mask_inputs(big, "contribution", pre_ll, h, c)
+        tested = a_ll if self.little.mask_rule == "activation" else contribution_scores(big.rnn_type, pre_ll, h, c)
         masks = [sensitive_mask(v, self.lo[j * H : (j + 1) * H], self.hi[j * H : (j + 1) * H])
                  for j, v in enumerate(tested)]
         gi = x @ big.w_ih.t() + big.b_ih  # reference: dense, then select rows by the mask

@@ -24,6 +24,11 @@ for t in low both; do
   python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios \
     --ratios 0.5,0.6,0.7 --sigmoid-tails $t --results results/lm-allocation-ptb.json
 done
+# beyond eq. 5: the contribution score (dualtvm/contribution.py) as the mask's test, one ratio and per gate
+for m in gru lstm; do
+  python scripts/eval_lm.py --checkpoint cache/ptb-$m-750.best.pt --model-name ptb-$m-750 --parts ratios,allocation,search \
+    --ratios 0.5,0.6,0.7 --allocation-costs activation,measured --mask-rule contribution --results results/lm-allocation-ptb.json
+done
 # the INT4 little module (the compiled tvm-dual-int4 engine) at every ratio
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios --little-bits 4
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios --little-bits 4
