@@ -193,6 +193,7 @@ class BenchConfig:
     little_bits: tuple[int, ...] = (8,)  # one dual-module engine per W_LL precision (8: "tvm-dual", 4: "tvm-dual-int4")
     int8_float: bool = False  # also the INT8 little module on floats ("tvm-dual-int8float"; tvm-dual runs on codes on AVX2)
     eps: float = 0.5  # eq. 3's ε (sets k); rows of another ε are labelled ``<model>-eps<ε>``
+    contribution: bool = False  # also the INT8 little module with contribution-score masks ("tvm-dual-contribution")
     reuse_builds: bool = False  # default: rebuild, so the current schedules/tuning logs are what is measured
 
 
@@ -287,19 +288,21 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
 
     target = parse_target(cfg.target).with_default_cores()
     label = model if cfg.eps == 0.5 else f"{model}-eps{cfg.eps:g}"
-    # (engine, W_LL bits, INT8 path: None = the target's) -> build folder (each holds a dense build too: the first
-    # one's is timed)
-    variants = [(dual_engine(b), b, None) for b in cfg.little_bits]
+    # (engine, W_LL bits, INT8 path: None = the target's, mask rule) -> build folder (each holds a dense build too:
+    # the first one's is timed)
+    variants = [(dual_engine(b), b, None, "activation") for b in cfg.little_bits]
     if cfg.int8_float:
-        variants.append(("tvm-dual-int8float", 8, False))
+        variants.append(("tvm-dual-int8float", 8, False, "activation"))
+    if cfg.contribution:
+        variants.append(("tvm-dual-contribution", 8, None, "contribution"))
     outs = {}
-    for engine, bits, codes in variants:
+    for engine, bits, codes, rule in variants:
         outs[engine] = f"{cfg.build_root}/{label}-{target.name}" + ("-w4" if bits == 4 else "") + \
-            ("-int8float" if codes is False else "")
+            ("-int8float" if codes is False else "") + ("-contribution" if rule == "contribution" else "")
         if not (cfg.reuse_builds and _built_from(Path(outs[engine]), cfg.checkpoint, cfg.decoder_layer)):
             build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[engine],
                                     little_bits=bits, eps=cfg.eps, decoder_layer=cfg.decoder_layer,
-                                    data_dir=cfg.data_dir, int8_codes=codes))
+                                    data_dir=cfg.data_dir, int8_codes=codes, mask_rule=rule))
     out = outs[variants[0][0]]
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]
@@ -315,7 +318,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     engines = [decoder_engine("tvm-dense", 0.0, dense, xs, dense.twin() if twins else None)]
     breakdowns = {"tvm-dense": step_breakdown(dense, xs)}  # warm, in-step; before any peer's threads exist
     measured, bits_of, codes_of = {}, {}, {}
-    for (engine, bits, _), r in ((v, r) for v in variants for r in cfg.ratios):
+    for (engine, bits, _, _), r in ((v, r) for v in variants for r in cfg.ratios):
         name = f"{engine}@{r}"
         dec = CompiledDecoder(f"{outs[engine]}/dual")
         codes_of[name] = dec.spec.layers[0].codes
@@ -499,7 +502,8 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_visible(False)
     for ax, m in zip(axes.flat, models):
         for cache, style in (("warm", "-"), ("cold", "--")):
-            for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s"), ("tvm-dual-int8float", "x")):
+            for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s"), ("tvm-dual-int8float", "x"),
+                                   ("tvm-dual-contribution", "^")):
                 dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in rows
                               if panel(r) == m and r["cache"] == cache and r["engine"] == engine)
                 if dual:

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--int8-float", action="store_true",
                    help="also time the INT8 little module on floats (engine tvm-dual-int8float) beside tvm-dual, which "
                         "runs it on integer codes where the target has AVX2")
+    p.add_argument("--contribution", action="store_true",
+                   help="also time the INT8 little module with contribution-score masks (engine tvm-dual-contribution, "
+                        "beyond eq. 5: dualtvm.contribution)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k); other than 0.5, rows are <model>-eps<ε>")
     p.add_argument("--out", default="results/latency")
     p.add_argument("--reuse-builds", action="store_true", help="do not rebuild existing build folders")
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BenchConfig(tuple(a.models.split(",")), run_target, tuple(float(r) for r in a.ratios.split(",")), a.steps,
                       a.cold_steps, a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
                       reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps,
-                      int8_float=a.int8_float)
+                      int8_float=a.int8_float, contribution=a.contribution)
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     bw = stream_bandwidth()
     rows = []

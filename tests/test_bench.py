@@ -1,4 +1,6 @@
 """Benchmark plumbing on a tiny model: every engine runs, rows follow the results format."""
+import json
+
 import numpy as np
 import pytest
 import torch.nn as nn
@@ -65,7 +67,7 @@ def test_bench_tiny_model(tmp_path):
     from dualtvm.registry import model_config
 
     cfg = BenchConfig(models=("tiny-gnmt",), ratios=(0.5,), steps=6, rounds=1, threads=1, caches=("warm",),
-                      build_root=str(tmp_path), little_bits=(8, 4), eps=0.3, int8_float=True)
+                      build_root=str(tmp_path), little_bits=(8, 4), eps=0.3, int8_float=True, contribution=True)
     rows, info = bench_model("tiny-gnmt", cfg)
     assert {r["model"] for r in rows} == {"tiny-gnmt-eps0.3"}  # another ε: rows and builds of their own
     assert (tmp_path / "tiny-gnmt-eps0.3-llvm-broadwell-w4" / "dual").is_dir()
@@ -79,6 +81,10 @@ def test_bench_tiny_model(tmp_path):
     floats = next(r for r in rows if r["engine"] == "tvm-dual-int8float")  # the same INT8 module on floats
     assert dual["little_on_codes"] is True and floats["little_on_codes"] is False and floats["little_bits"] == 8
     assert floats["measured_ratio"] == pytest.approx(dual["measured_ratio"], abs=0.02)
+    scored = next(r for r in rows if r["engine"] == "tvm-dual-contribution")  # masks from contribution scores
+    assert 0.3 < scored["measured_ratio"] < 0.7 and scored["little_bits"] == 8
+    assert json.loads((tmp_path / "tiny-gnmt-eps0.3-llvm-broadwell-contribution" / "dual" / "manifest.json")
+                      .read_text())["spec"]["layers"][0]["mask_rule"] == "contribution"
     for key in ("model", "engine", "insensitive_ratio", "median_ms", "iqr_ms", "cache", "threads", "target",
                 "speedup_vs_tvm_dense", "speedup_vs_best_peer"):
         assert key in dual
