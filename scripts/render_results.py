@@ -166,6 +166,8 @@ def lm_allocation(doc: dict) -> str:
                                           and r["insensitive_ratio"] == ratio and r["variant"] != "base"
                                           and rule(r) == sfx), None)
     rules = [(sfx, name) for sfx, name in RULE_SUFFIXES if any(rule(r) == sfx for r in rows)]
+    how = lambda r: r["variant"][: len(r["variant"]) - len(rule(r))] + (  # noqa: E731
+        f" ({dict(RULE_SUFFIXES)[rule(r)]})" if rule(r) else "")
     table = []
     for m in dict.fromkeys(r["model"] for r in rows):
         base = find(m, "uniform", "base", 0.0)
@@ -184,7 +186,7 @@ def lm_allocation(doc: dict) -> str:
                   *(f"per gate: {name}" for _, name in costs), "validation picks", "its ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
-                  [[r["model"], r["variant"], r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
+                  [[r["model"], how(r), r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
                     _gate_ratios(r)] for r in rows if r["part"] == "largest-within-1pct"])
     return "\n".join(out)
 
