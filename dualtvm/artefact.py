@@ -20,7 +20,8 @@ from .quantize import QuantizedTensor
 from .thresholds import GateCalibration
 
 FORMAT = "dualtvm-little"
-VERSION = 3  # 2: a sigmoid gate's calibration says which tails are insensitive ("tails"); 3: what the mask tests ("rule")
+VERSION = 3  # 2: a sigmoid gate's calibration says which tails are insensitive ("tails"); 3: what its mask tests
+#              ("rule": a_LL or the contribution score)
 READABLE_VERSIONS = (1, 2, 3)  # version 1: every sigmoid gate as eq. 5; versions 1–2: every mask tests a_LL
 
 

@@ -180,8 +180,9 @@ def emit_layer(bb, gvs: dict, s: LayerShape, dual: bool, x, st: dict, ws: dict):
     if dual:
         pre = emit_little(bb, gvs, s, s.little_tag, [ws["px"], ws["ph"], x, st["h"]],
                           [ws["wq"], ws["wscale"], ws["bias_ll"]], 4 * s.hidden)
-        weighed = [st["c" if s.rnn_type == "LSTM" else "h"]] if s.mask_rule == "contribution" else []  # the state scores weigh by
-        m = call("mask", [pre, *weighed, ws["lo"], ws["hi"]], [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
+        weighed = [st["c" if s.rnn_type == "LSTM" else "h"]] if s.mask_rule == "contribution" else []  # scores weigh by it
+        m = call("mask", [pre, *weighed, ws["lo"], ws["hi"]],
+                 [ten((s.n,), "int32"), ten((s.n,), "int32"), ten((1,), "int32")])
         rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
     if s.rnn_type == "LSTM":
         xh = call("concat", [x, st["h"]], ten((s.dxp + s.hp,), "float32"))

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402  (torch and numpy only: TVM is imported after --threads)
+# torch and numpy only: TVM is imported after --threads sets its thread count
+from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -372,7 +372,8 @@ def test_recording_is_capped_to_the_memory_budget(monkeypatch):
     asked = []
     real_record = construct.record
     monkeypatch.setattr(construct, "record",
-                        lambda mods, run, max_rows, cells=False: asked.append(max_rows) or real_record(mods, run, max_rows, cells))
+                        lambda mods, run, max_rows, cells=False: asked.append(max_rows)
+                        or real_record(mods, run, max_rows, cells))
     rnn = nn.LSTM(12, 24, 2)
     xs = [torch.randn(16, 4, 12) for _ in range(10)]
 
