@@ -226,6 +226,37 @@ def plot_lm_quality(doc: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_lm_allocation(doc: dict, path: Path) -> None:
+    """The allocation study as curves: ΔPPL vs measured ratio per model, one ratio for all gates under each mask rule
+    (dashed: per gate, each cost and rule), so the rules and allocations compare at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["rows"]
+    rule = lambda r: next((sfx for sfx, _ in RULE_SUFFIXES if r["variant"].endswith(sfx)), "")  # noqa: E731
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == m]
+        for sfx, name in (("", "eq. 5"), *RULE_SUFFIXES):
+            curves = [("uniform", None, "o-", f"one ratio, {name}")]
+            curves += [("per-gate", v + sfx, "s--", f"per gate ({cost}), {name}") for v, cost in ALLOCATION_VARIANTS]
+            for part, variant, style, label in curves:
+                pts = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in mine if r["part"] == part
+                             and r["variant"] != "base" and rule(r) == sfx and variant in (None, r["variant"]))
+                if pts:
+                    ax.plot(*zip(*[(0.0, 0.0), *pts]), style, label=label, ms=4)
+        ax.axhline(1.0, lw=0.6, color="k", ls=":")
+        ax.set_title(f"{m} (base PPL {mine[0]['base_ppl']})")
+        ax.set_xlabel("measured insensitive ratio")
+        ax.set_ylabel("ΔPPL over base (%)")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 PAPER_TABLE7 = {0: (85.52, 86.21), 80: (86.42, 88.46), 90: (88.75, 90.96)}  # WikiText-2 LSTM-1500: PPL w/o, w/ dual
 
 
@@ -426,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     quality = REPO / "results" / "lm-quality-ptb.json"
     if quality.exists():
         plot_lm_quality(json.loads(quality.read_text()), quality.with_suffix(".png"))
+    allocation = REPO / "results" / "lm-allocation-ptb.json"
+    if allocation.exists():
+        plot_lm_allocation(json.loads(allocation.read_text()), allocation.with_suffix(".png"))
     nmt = REPO / "results" / "nmt-quality.json"
     if nmt.exists():
         plot_nmt_quality(json.loads(nmt.read_text()), nmt.with_suffix(".png"))
