@@ -89,8 +89,10 @@ def test_eval_lm_mask_rules_beyond_eq5(tiny_corpus, tmp_path):
         assert abs(rows[n]["measured_ratio"] - 0.5) < 0.15 and rows[n]["ppl"] != rows[names[0]]["ppl"]
     with pytest.raises(SystemExit):  # the contribution score has no tails to choose
         eval_lm.main(common + ["--mask-rule", "contribution", "--sigmoid-tails", "both"])
-    from render_results import lm_allocation
+    from render_results import lm_allocation, plot_lm_allocation
 
+    plot_lm_allocation(json.loads(out.read_text()), tmp_path / "allocation.png")  # every rule's curve in one panel
+    assert (tmp_path / "allocation.png").stat().st_size > 0
     table = lm_allocation(json.loads(out.read_text())).splitlines()
     header = [c.strip() for c in table[0].strip("|").split("|")]
     cells = [c.strip() for c in next(line for line in table if "| 0.5 |" in line).strip("|").split("|")]
