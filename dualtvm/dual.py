@@ -2,7 +2,8 @@
 
 A :class:`DualModuleLayer` is a drop-in for a single-layer ``nn.LSTM``/``nn.GRU`` (same
 call signature, seq-first).  Each step: the little module predicts every gate (steps 1–2),
-the mask marks sensitive rows (step 3, eq. 5), the big module's result replaces the little
+the mask marks sensitive rows (step 3: eq. 5, or the contribution score of
+:mod:`dualtvm.contribution` — ``mask_inputs``), the big module's result replaces the little
 one on those rows (steps 4–5, eq. 1).  The reference computes the big GEMV densely and
 selects rows — the compiled decoder is what reads only the sensitive rows; its results are
 verified against this module.  At insensitive ratio 0 the layer *is* the big layer.
