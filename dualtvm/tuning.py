@@ -343,11 +343,11 @@ def decide(finalists: dict, target: TargetSpec, rpc: RPCTracker | None = None, p
     replaced a default it was 30 % slower than.  A finalist replaces the default only when faster by
     more than the timing noise.
     """
-    ms_ = compare_kernels(finalists, target, rpc, passes)
-    use = min(ms_, key=ms_.get)
+    ms_ = {k: round(v, 4) for k, v in compare_kernels(finalists, target, rpc, passes).items()}  # decided on what
+    use = min(ms_, key=ms_.get)  # the summary records, so a reader can check the choice from the file
     if use != "default" and ms_[use] >= ms_["default"] * (1 - SWITCH_MARGIN):
         use = "default"
-    return {"tuned_ms": None, **{f"{k}_ms": round(v, 4) for k, v in ms_.items()}, "use": use, "cache": "flushed",
+    return {"tuned_ms": None, **{f"{k}_ms": v for k, v in ms_.items()}, "use": use, "cache": "flushed",
             "measured_on": "local" if rpc is None else f"rpc {rpc.key}@{rpc.host}:{rpc.port}"}
 
 
