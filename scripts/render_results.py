@@ -217,13 +217,18 @@ def plot_lm_quality(doc: dict, path: Path) -> None:
                        for r in rows if r["part"] == "uniform" and r.get("paper_ppl"))
         if paper:
             ax.plot(*zip(*paper), "x:", color="gray", label="paper (Tables 2/3)")
-        ax.axhline(1.0, lw=0.6, color="k", ls="--")
-        ax.set_title(f"{m} (base PPL {rows[0]['base_ppl']})")
-        ax.set_xlabel("measured insensitive ratio")
-        ax.set_ylabel("ΔPPL over base (%)")
-        ax.legend(fontsize=7)
+        _delta_ppl_panel(ax, f"{m} (base PPL {rows[0]['base_ppl']})", 7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _delta_ppl_panel(ax, title: str, legend_size: int) -> None:
+    """Axes of a ΔPPL-vs-ratio panel, the +1 % budget line included."""
+    ax.axhline(1.0, lw=0.6, color="k", ls="--")
+    ax.set_title(title)
+    ax.set_xlabel("measured insensitive ratio")
+    ax.set_ylabel("ΔPPL over base (%)")
+    ax.legend(fontsize=legend_size)
 
 
 def plot_lm_allocation(doc: dict, path: Path) -> None:
@@ -248,11 +253,7 @@ def plot_lm_allocation(doc: dict, path: Path) -> None:
                              and r["variant"] != "base" and rule(r) == sfx and variant in (None, r["variant"]))
                 if pts:
                     ax.plot(*zip(*[(0.0, 0.0), *pts]), style, label=label, ms=4)
-        ax.axhline(1.0, lw=0.6, color="k", ls=":")
-        ax.set_title(f"{m} (base PPL {mine[0]['base_ppl']})")
-        ax.set_xlabel("measured insensitive ratio")
-        ax.set_ylabel("ΔPPL over base (%)")
-        ax.legend(fontsize=6)
+        _delta_ppl_panel(ax, f"{m} (base PPL {mine[0]['base_ppl']})", 6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
