@@ -40,12 +40,13 @@ def little_activations(layer: BigLayer, pre_little: torch.Tensor) -> list[torch.
 
 
 def mask_inputs(layer: BigLayer, rule: str, pre_little: torch.Tensor, h: torch.Tensor,
-                c: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """What each gate's mask band tests (``thresholds.MASK_RULES``): a_LL (eq. 5) or the contribution score."""
+                c: torch.Tensor | None = None, a_little: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """What each gate's mask band tests (``thresholds.MASK_RULES``): a_LL (eq. 5; ``a_little`` when the caller
+    has it already) or the contribution score."""
     check_mask_rule(rule)
     if rule == "contribution":
         return contribution_scores(layer.rnn_type, pre_little, h, c)
-    return little_activations(layer, pre_little)
+    return a_little if a_little is not None else little_activations(layer, pre_little)
 
 
 @dataclass
@@ -122,7 +123,7 @@ class DualModuleLayer(nn.Module):
         c = state[1] if isinstance(state, tuple) else None
         pre_ll = self.little.preactivations(x, h)
         a_ll = little_activations(big, pre_ll)
-        tested = a_ll if self.little.mask_rule == "activation" else contribution_scores(big.rnn_type, pre_ll, h, c)
+        tested = mask_inputs(big, self.little.mask_rule, pre_ll, h, c, a_ll)
         masks = [sensitive_mask(v, self.lo[j * H : (j + 1) * H], self.hi[j * H : (j + 1) * H])
                  for j, v in enumerate(tested)]
         gi = x @ big.w_ih.t() + big.b_ih  # reference: dense, then select rows by the mask
@@ -227,18 +228,6 @@ class DualModuleRNN(StackedRNN):
         return [{g: l.stats.ratio(g) for g in l.stats.total} for l in self.layers]
 
 
-def gate_activations(layer: BigLayer, little: LittleModule, x: torch.Tensor, h: torch.Tensor
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Little and big activations of every gate for recorded (x, h): calibration's raw material.
-
-    For the GRU candidate gate the little value uses r_LL, as the mask does; the big one the big r.
-    """
-    gates = layer.layout.gates
-    a_ll = little_activations(layer, little.preactivations(x, h))
-    a_big = little_activations(layer, layer.targets(x, h))
-    return dict(zip(gates, a_ll)), dict(zip(gates, a_big))
-
-
 def error_curves(layer: BigLayer, little: LittleModule, samples, grid: np.ndarray,
                  gradients: list[dict[str, torch.Tensor]] | None = None) -> dict[str, np.ndarray]:
     """Per gate: the cost of taking the little result at each ratio of ``grid``, per row.
@@ -256,16 +245,17 @@ def error_curves(layer: BigLayer, little: LittleModule, samples, grid: np.ndarra
     with torch.no_grad():
         for s, sample in enumerate(samples):
             x, h = sample[:2]
-            a_ll, a_big = gate_activations(layer, little, x, h)
-            tested = a_ll if little.mask_rule == "activation" else dict(zip(layer.layout.gates, mask_inputs(
-                layer, little.mask_rule, little.preactivations(x, h), h, sample[2] if len(sample) > 2 else None)))
-            for g in layer.layout.gates:
+            pre_ll = little.preactivations(x, h)
+            # the GRU candidate's little value with r_LL, as the mask has it; the big one with the big r
+            a_ll, a_big = little_activations(layer, pre_ll), little_activations(layer, layer.targets(x, h))
+            tested = mask_inputs(layer, little.mask_rule, pre_ll, h, *sample[2:3], a_little=a_ll)
+            for j, g in enumerate(layer.layout.gates):
                 cal: GateCalibration = little.calibration[g]
-                err = (a_ll[g] - a_big[g]) ** 2
+                err = (a_ll[j] - a_big[j]) ** 2
                 if gradients is not None:
                     err = err * gradients[s][g] ** 2
                 for i, r in enumerate(grid):
                     lo, hi = cal.band(float(r))
-                    sums[g][i] += float((err * (~sensitive_mask(tested[g], lo, hi))).sum())
+                    sums[g][i] += float((err * (~sensitive_mask(tested[j], lo, hi))).sum())
             count += x.shape[0] * layer.hidden
     return {g: v / max(count, 1) for g, v in sums.items()}
