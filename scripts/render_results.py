@@ -151,6 +151,11 @@ ALLOCATION_VARIANTS = (("greedy-allocation", "activation error"), ("loss-aware-a
 RULE_SUFFIXES = ((" sigmoid-both", "both sigmoid tails"), (" contribution", "contribution score"))
 
 
+def _rule_suffix(row: dict) -> str:
+    """The row's mask-rule suffix from ``RULE_SUFFIXES`` ("" for eq. 5's rule)."""
+    return next((sfx for sfx, _ in RULE_SUFFIXES if row["variant"].endswith(sfx)), "")
+
+
 def lm_allocation(doc: dict) -> str:
     """The per-gate allocation study: at each overall ratio, one ratio for all gates beside the greedy allocation
     under each cost the file has rows of, which one the validation set picked, and the largest overall ratio
@@ -161,13 +166,12 @@ def lm_allocation(doc: dict) -> str:
     delta = lambda r: "" if r is None else f"{r['ppl']} ({r['delta_ppl_pct']:+.2f} %)"  # noqa: E731
     costs = [(v + sfx, name + (f" ({rule_name})" if sfx else "")) for sfx, rule_name in (("", ""), *RULE_SUFFIXES)
              for v, name in ALLOCATION_VARIANTS if any(r.get("variant") == v + sfx for r in rows)]
-    rule = lambda r: next((sfx for sfx, _ in RULE_SUFFIXES if r["variant"].endswith(sfx)), "")  # noqa: E731
     uniform = lambda m, ratio, sfx: next((r for r in rows if r["model"] == m and r["part"] == "uniform"  # noqa: E731
                                           and r["insensitive_ratio"] == ratio and r["variant"] != "base"
-                                          and rule(r) == sfx), None)
-    rules = [(sfx, name) for sfx, name in RULE_SUFFIXES if any(rule(r) == sfx for r in rows)]
-    how = lambda r: r["variant"][: len(r["variant"]) - len(rule(r))] + (  # noqa: E731
-        f" ({dict(RULE_SUFFIXES)[rule(r)]})" if rule(r) else "")
+                                          and _rule_suffix(r) == sfx), None)
+    rules = [(sfx, name) for sfx, name in RULE_SUFFIXES if any(_rule_suffix(r) == sfx for r in rows)]
+    how = lambda r: r["variant"][: len(r["variant"]) - len(_rule_suffix(r))] + (  # noqa: E731
+        f" ({dict(RULE_SUFFIXES)[_rule_suffix(r)]})" if _rule_suffix(r) else "")
     table = []
     for m in dict.fromkeys(r["model"] for r in rows):
         base = find(m, "uniform", "base", 0.0)
@@ -240,7 +244,6 @@ def plot_lm_allocation(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = doc["rows"]
-    rule = lambda r: next((sfx for sfx, _ in RULE_SUFFIXES if r["variant"].endswith(sfx)), "")  # noqa: E731
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
     for ax, m in zip(axes[0], models):
@@ -250,7 +253,7 @@ def plot_lm_allocation(doc: dict, path: Path) -> None:
             curves += [("per-gate", v + sfx, "s--", f"per gate ({cost}), {name}") for v, cost in ALLOCATION_VARIANTS]
             for part, variant, style, label in curves:
                 pts = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in mine if r["part"] == part
-                             and r["variant"] != "base" and rule(r) == sfx and variant in (None, r["variant"]))
+                             and r["variant"] != "base" and _rule_suffix(r) == sfx and variant in (None, r["variant"]))
                 if pts:
                     ax.plot(*zip(*[(0.0, 0.0), *pts]), style, label=label, ms=4)
         _delta_ppl_panel(ax, f"{m} (base PPL {mine[0]['base_ppl']})", 6)
