@@ -17,11 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def latency_markdown(rows: list[dict], bw: float) -> str:
+def latency_markdown(rows: list[dict], bw: float, gemv_bw: float, threads: int) -> str:
     from dualtvm.bench import markdown_table
 
     commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows if r.get("command")))
-    return f"Made by {commands}\n\nSTREAM-like read bandwidth (numpy sum, 1 thread): {bw:.1f} GB/s\n\n" + markdown_table(rows)
+    return (f"Made by {commands}\n\nThis run's read bandwidth: STREAM-like (numpy sum, 1 thread) {bw:.1f} GB/s; "
+            f"batch-1 GEMV over 1 GB on 2 MB pages (PyTorch, {threads} threads) {gemv_bw:.1f} GB/s\n\n"
+            + markdown_table(rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
-    from dualtvm.bench import BenchConfig, bench_model, markdown_table, plot, stream_bandwidth
+    from dualtvm.bench import BenchConfig, bench_model, gemv_bandwidth, markdown_table, plot, stream_bandwidth
     from dualtvm.checkpoint import git_revision
     from dualtvm.results import merge_rows, read_rows
     from dualtvm.target import TargetError, parse_target
@@ -67,22 +69,23 @@ def main(argv: list[str] | None = None) -> int:
                       reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps,
                       int8_float=a.int8_float, contribution=a.contribution)
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
-    bw = stream_bandwidth()
+    bw, gemv_bw = stream_bandwidth(), gemv_bandwidth(a.threads)
     rows = []
     for m in cfg.models:
         r, _ = bench_model(m, cfg)
         rows += r
     command = "python scripts/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     for r in rows:
-        r["stream_gbps"] = round(bw, 1)
+        r["stream_gbps"], r["gemv_gbps"] = round(bw, 1), round(gemv_bw, 1)
         r["run_target"] = run_target  # the TVM target of the run (peers' rows were measured beside it)
         r["command"], r["git"] = command, revision
     out = Path(a.out)
     # rerunning a model for a target on a machine replaces its rows; other machines' rows stay beside them
     merge_rows(out.with_suffix(".json"), "latency", rows, ("model", "run_target", "machine"),
-               "bash scripts/reproduce_latency.sh (each row also names its own command)", stream_gbps=round(bw, 1))
+               "bash scripts/reproduce_latency.sh (each row also names its own command)", stream_gbps=round(bw, 1),
+               gemv_gbps=round(gemv_bw, 1))
     all_rows = read_rows(out.with_suffix(".json"))
-    out.with_suffix(".md").write_text(latency_markdown(all_rows, bw))
+    out.with_suffix(".md").write_text(latency_markdown(all_rows, bw, gemv_bw, a.threads))
     plot(all_rows, str(out.with_suffix(".png")))
     print(markdown_table(rows))
     return 0

@@ -194,3 +194,15 @@ def test_cold_rows_name_their_sweep():
     assert cache_label({"cache": "cold", "evict_mb": 960}) == "cold (960 MB)"
     assert cache_label({"cache": "cold", "evict_mb": 960, "runtime_warm": True}) == "cold weights (960 MB)"
     assert cache_label({"cache": "cold"}) == "cold (64 MB)"  # rows from before the sweep followed the LLC
+
+
+def test_gemv_bandwidth_runs_on_the_asked_threads_and_gives_them_back(monkeypatch):
+    import torch
+
+    from dualtvm.bench import gemv_bandwidth
+
+    before, seen, real_mv = torch.get_num_threads(), [], torch.mv
+    monkeypatch.setattr(torch, "mv", lambda w, x: (seen.append(torch.get_num_threads()), real_mv(w, x))[1])
+    gbps = gemv_bandwidth(1, nbytes=4 << 20, repeat=2)
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    assert 0.1 < gbps < 10_000
