@@ -322,7 +322,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     if cfg.int8_float:
         variants.append(("tvm-dual-int8float", 8, False, "activation"))
     if cfg.contribution:
-        variants.append(("tvm-dual-contribution", 8, None, "contribution"))
+        variants.append((dual_engine(8, mask_rule="contribution"), 8, None, "contribution"))
     outs = {}
     for engine, bits, codes, rule in variants:
         outs[engine] = f"{cfg.build_root}/{label}-{target.name}" + ("-w4" if bits == 4 else "") + \
@@ -433,9 +433,11 @@ def _built_from(folder: Path, checkpoint: str | None, decoder_layer: int = 0) ->
     return model["checkpoint"] == str(checkpoint) and model["decoder_layer"] in (None, decoder_layer)
 
 
-def dual_engine(little_bits: int, engine: str = "tvm-dual") -> str:
-    """Engine name of a dual-module engine with W_LL at ``little_bits`` (INT8, the paper's, keeps the bare name)."""
-    return engine if little_bits == 8 else f"{engine}-int{little_bits}"
+def dual_engine(little_bits: int, engine: str = "tvm-dual", mask_rule: str = "activation") -> str:
+    """Engine name of a dual-module engine with W_LL at ``little_bits`` and masks by ``mask_rule`` (INT8 and eq. 5,
+    the paper's, keep the bare name)."""
+    return (engine + ("" if little_bits == 8 else f"-int{little_bits}")
+            + ("" if mask_rule == "activation" else f"-{mask_rule}"))
 
 
 def _torch_engine(cells: list, xs: list[np.ndarray], mc) -> Engine:

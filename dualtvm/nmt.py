@@ -580,11 +580,11 @@ def dual_decoder(tr: Translator, corpus: ParallelCorpus | None, artefact: Path,
     if artefact.exists():
         try:
             littles, _ = load_little(artefact, big)
-            bits = {lm.weight.bits for lm in littles}
-            if cfg is None or bits == {cfg.bits}:
+            held = {(lm.weight.bits, lm.mask_rule) for lm in littles}
+            if cfg is None or held == {(cfg.bits, cfg.mask_rule)}:
                 return [DualModuleLayer(b, lm) for b, lm in zip(big, littles)]
-            log.warning("refitting the little modules: %s holds INT%s W_LL, INT%d asked", artefact, bits.pop(),
-                        cfg.bits)
+            log.warning("refitting the little modules: %s holds (INT bits, mask rule) %s, (%d, %s) asked", artefact,
+                        sorted(held), cfg.bits, cfg.mask_rule)
         except ArtefactError as e:
             log.warning("refitting the little modules: %s", e)
     if corpus is None:
@@ -617,12 +617,14 @@ def _built_for(folder: Path, dual: DualModuleLayer, database=None) -> bool:
 
 def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
                    target: str = "llvm -mcpu=broadwell", ratio: float = 0.5,
-                   build_root: Path | None = None, little_bits: int = 8) -> list[nn.Module] | None:
+                   build_root: Path | None = None, little_bits: int = 8,
+                   mask_rule: str = "activation") -> list[nn.Module] | None:
     """Decoder layers of a backend (None = the big PyTorch LSTMs), dual ones set to ``ratio``.
 
-    Little modules (W_LL in ``little_bits``: 8, the paper's, or 4) are cached beside the checkpoint
-    (``<stem>.little.npz``, ``<stem>.little-w4.npz``; tied to the weights by hash); compiled layers
-    under ``build/<stem>-<target-name>[-w4]/`` (rebuilt when the little modules change).
+    Little modules (W_LL in ``little_bits``: 8, the paper's, or 4; masks by ``mask_rule``, eq. 5's
+    "activation" or "contribution", see :mod:`dualtvm.contribution`) are cached beside the checkpoint
+    (``<stem>.little[-w4][-contribution].npz``; tied to the weights by hash); compiled layers under
+    ``build/<stem>-<target-name>[-w4][-contribution]/`` (rebuilt when the little modules change).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
@@ -630,8 +632,9 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
         raise ValueError(f"little_bits must be 8 or 4 (the compiled little GEMVs), not {little_bits}")
     if backend == "torch":
         return None
-    suffix = _bits_suffix(little_bits)
-    duals = dual_decoder(tr, corpus, _little_artefact(checkpoint, little_bits), LittleConfig(bits=little_bits))
+    cfg = LittleConfig(bits=little_bits, mask_rule=mask_rule)
+    suffix = _little_suffix(cfg)
+    duals = dual_decoder(tr, corpus, _little_artefact(checkpoint, cfg), cfg)
     if backend == "dual":
         layers: list[nn.Module] = duals
     else:
@@ -649,8 +652,10 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
     return layers
 
 
-def _bits_suffix(little_bits: int) -> str:
-    return "" if little_bits == 8 else f"-w{little_bits}"
+def _little_suffix(cfg: LittleConfig) -> str:
+    """What a decoder's little modules and their builds are named by: ``-w4`` for INT4 W_LL, ``-contribution``
+    for contribution-score masks (the paper's INT8 and eq. 5 keep the bare names)."""
+    return ("" if cfg.bits == 8 else f"-w{cfg.bits}") + ("" if cfg.mask_rule == "activation" else f"-{cfg.mask_rule}")
 
 
 def _stem(checkpoint: Path) -> str:
@@ -663,9 +668,9 @@ def _beside(checkpoint: Path, kind: str) -> Path:
     return checkpoint.with_name(f"{_stem(checkpoint)}.{kind}.npz")
 
 
-def _little_artefact(checkpoint: Path, little_bits: int) -> Path:
-    """Where the decoder layers' little modules of ``checkpoint`` are cached (``<stem>.little[-w4].npz``)."""
-    return _beside(checkpoint, "little" + _bits_suffix(little_bits))
+def _little_artefact(checkpoint: Path, cfg: LittleConfig) -> Path:
+    """Where the decoder layers' little modules of ``checkpoint`` are cached (``<stem>.little[-w4][-contribution].npz``)."""
+    return _beside(checkpoint, "little" + _little_suffix(cfg))
 
 
 def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix: str = "") -> Path:
@@ -677,7 +682,8 @@ def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix
 
 def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
                     target: str = "llvm -mcpu=broadwell", ratio: float = 0.5, build_root: Path | None = None,
-                    little_bits: int = 8, output_ratio: float | None = None, fused_step: bool = False) -> Backend:
+                    little_bits: int = 8, output_ratio: float | None = None, fused_step: bool = False,
+                    mask_rule: str = "activation") -> Backend:
     """A backend by name: :func:`decoder_layers`, plus for the compiled ones the compiled output projection
     (``build/<stem>-<target-name>/output``).
 
@@ -693,9 +699,9 @@ def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str,
         dual_out = dual_output(tr, corpus, checkpoint)
         dual_out.set_insensitive_ratio(output_ratio)
     if fused_step:
-        return _step_backend(tr, corpus, backend, checkpoint, target, ratio, build_root, little_bits, dual_out,
-                             output_ratio)
-    layers = decoder_layers(tr, corpus, backend, checkpoint, target, ratio, build_root, little_bits)
+        return _step_backend(tr, corpus, backend, checkpoint, target, ratio, build_root,
+                             LittleConfig(bits=little_bits, mask_rule=mask_rule), dual_out, output_ratio)
+    layers = decoder_layers(tr, corpus, backend, checkpoint, target, ratio, build_root, little_bits, mask_rule)
     if not backend.startswith("tvm-"):
         return Backend(layers, dual_out)
     folder = _build_folder(checkpoint, target, build_root)
@@ -709,7 +715,7 @@ def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str,
 
 
 def _step_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path, target: str,
-                  ratio: float, build_root: Path | None, little_bits: int, dual_out: DualOutput | None,
+                  ratio: float, build_root: Path | None, cfg: LittleConfig, dual_out: DualOutput | None,
                   output_ratio: float | None) -> Backend:
     """:func:`decoder_backend` with ``fused_step``: the whole compiled decode step, built unless it holds these
     weights and little modules."""
@@ -720,10 +726,10 @@ def _step_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, c
         raise ValueError(f"the fused decode step is compiled: backend tvm-dense or tvm-dual, not {backend!r}")
     duals = None
     if backend == "tvm-dual":
-        duals = dual_decoder(tr, corpus, _little_artefact(checkpoint, little_bits), LittleConfig(bits=little_bits))
+        duals = dual_decoder(tr, corpus, _little_artefact(checkpoint, cfg), cfg)
     little_out = dual_out.little if dual_out is not None else None
     kind = "step-dense" if duals is None else "step-dual" + ("-out" if little_out is not None else "")
-    folder = _build_folder(checkpoint, target, build_root, _bits_suffix(little_bits) if duals else "") / kind
+    folder = _build_folder(checkpoint, target, build_root, _little_suffix(cfg) if duals else "") / kind
     database = target_database(target)
     if not built_for(folder, tr.model, duals, little_out, database):
         build_step(tr.model, target, folder, duals, little_out, database)

@@ -14,6 +14,8 @@ engine's speed-up over the dense one also per quarter of the run (``…_blocks``
 --fused-step compiles each compiled engine's whole decode step (dualtvm.gnmt_step; rows "decode_step": "fused").
 --allocation loss adds engines "<dual engine>-loss-aware": each ratio spread over the decoder's layers and gates
 by the loss-aware allocation (dualtvm.sensitivity).
+--mask-rule contribution runs every dual engine with contribution-score masks (dualtvm.contribution; engines
+"dual-contribution", "tvm-dual-contribution", …).
 Rows go to results/nmt-quality.json.
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
 SPEED_BLOCKS = 4  # the speed rows also give each dual engine's ratio over the dense one in 4 consecutive parts
 
@@ -54,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                         "references): engines <engine>-loss-aware")
     p.add_argument("--allocation-batches", type=int, default=5,
                    help="validation batches (of 100 references) whose loss gradients weigh the allocation")
+    p.add_argument("--mask-rule", choices=MASK_RULES, default="activation",
+                   help="what the decoder layers' masks test: activation (eq. 5) or contribution (beyond the paper: "
+                        "dualtvm.contribution); engines of the contribution rule are named …-contribution")
     p.add_argument("--target", default="llvm -mcpu=broadwell")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None)
@@ -105,17 +112,18 @@ def main(argv: list[str] | None = None) -> int:
             out = dual_output(tr, corpus, a.checkpoint)
             out.set_insensitive_ratio(a.output_ratio)
         for b in bits:
-            duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b)
+            duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b, mask_rule=a.mask_rule)
             gradients = None
             if a.allocation == "loss":  # on validation references: the test set only scores
                 gradients = loss_gradients([d.big for d in duals], reference_losses(
                     tr, *corpus.splits["valid"], max_batches=a.allocation_batches))
             for r in [float(x) for x in a.ratios.split(",")]:
-                engines = [(dual_engine(b, "dual"), r, None)]
+                name = dual_engine(b, "dual", a.mask_rule)
+                engines = [(name, r, None)]
                 if out is not None:
-                    engines.append((dual_engine(b, "dual") + "+out", r, out))
+                    engines.append((name + "+out", r, out))
                 if gradients is not None:
-                    engines.append((dual_engine(b, "dual") + "-loss-aware", allocate(duals, r, *gradients), None))
+                    engines.append((name + "-loss-aware", allocate(duals, r, *gradients), None))
                 for engine, setting, output in engines:
                     set_layer_ratios(duals, setting)
                     reset_layer_stats(duals + ([output] if output is not None else []))
@@ -141,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         backends = {"torch": None, "tvm-dense": decoder_backend(tr, corpus, "tvm-dense", a.checkpoint, a.target,
                                                                build_root=a.build_dir, **fused)}
         for b in bits:
-            backends[dual_engine(b)] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
-                                                       a.build_dir, b, **fused)
+            name = dual_engine(b, mask_rule=a.mask_rule)
+            backends[name] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
+                                             a.build_dir, b, mask_rule=a.mask_rule, **fused)
             if a.output_ratio is not None:
-                backends[dual_engine(b) + "+out"] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target,
-                                                                    a.speed_ratio, a.build_dir, b, a.output_ratio,
-                                                                    **fused)
+                backends[name + "+out"] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
+                                                          a.build_dir, b, a.output_ratio, mask_rule=a.mask_rule, **fused)
         duals = [e for e in backends if e.startswith("tvm-dual")]
         for e in duals:
             reset_layer_stats(backends[e].mask_layers)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=None, help="train_nmt.py checkpoint (default cache/multi30k-gnmt-256.best.pt)")
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(dualtvm.output; e.g. 0.99)")
     p.add_argument("--little-bits", type=int, choices=(8, 4), default=8,
                    help="W_LL precision of the little modules (dual backends): 8, the paper's, or 4")
+    p.add_argument("--mask-rule", choices=MASK_RULES, default="activation",
+                   help="what the dual backends' masks test: activation (eq. 5) or contribution (dualtvm.contribution)")
     p.add_argument("--fused-step", action="store_true",
                    help="tvm backends: compile the whole decode step as one build (two VM calls per token)")
     p.add_argument("--split", choices=("valid", "test"), default=None, help="translate a Multi30k split and score it")
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     tr = Translator.from_checkpoint(ckpt)
     corpus = load_multi30k(a.data_dir) if a.split or a.backend != "torch" else None
     backend = decoder_backend(tr, corpus, a.backend, ckpt, a.target, a.ratio, a.build_dir, a.little_bits,
-                              a.output_ratio, a.fused_step)
+                              a.output_ratio, a.fused_step, a.mask_rule)
 
     if a.split:
         src, refs = corpus.splits[a.split]

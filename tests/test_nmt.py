@@ -281,13 +281,43 @@ def test_eval_nmt_quality_rows_per_little_precision(tiny_multi30k, tmp_path):
     assert (tmp_path / "s.little.npz").exists() and (tmp_path / "s.little-w4.npz").exists()
 
 
+def test_eval_nmt_contribution_masks_get_their_own_engine_and_artefact(tiny_multi30k, tmp_path):
+    """--mask-rule contribution: the decoder's little modules are calibrated on contribution scores and cached
+    apart from eq. 5's; its engine is named for the rule, equals the big model at ratio 0 and meets the ratio."""
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from dualtvm.artefact import load_little
+    from dualtvm.nmt import decoder_big_layers
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import eval_nmt
+
+    data, trained = tiny_multi30k
+    ckpt, out = tmp_path / "s.best.pt", tmp_path / "q.json"
+    shutil.copy(trained, ckpt)
+    assert eval_nmt.main(["--checkpoint", str(ckpt), "--model-name", "tiny", "--data-dir", str(data), "--parts",
+                          "quality", "--ratios", "0.0,0.5", "--mask-rule", "contribution", "--out", str(out)]) == 0
+    rows = {(r["engine"], r["insensitive_ratio"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("torch", 0.0), ("dual-contribution", 0.0), ("dual-contribution", 0.5)}
+    assert rows["dual-contribution", 0.0]["bleu"] == rows["torch", 0.0]["bleu"]
+    assert rows["dual-contribution", 0.5]["measured_ratio"] == pytest.approx(0.5, abs=0.1)
+    assert not (tmp_path / "s.little.npz").exists()
+    tr = Translator.from_checkpoint(ckpt)
+    littles, _ = load_little(tmp_path / "s.little-contribution.npz", decoder_big_layers(tr.model))
+    assert {lm.mask_rule for lm in littles} == {"contribution"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fused", [False, True], ids=["layers", "fused-step"])
-def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_path, fused):
+@pytest.mark.parametrize("fused,rule", [(False, "activation"), (True, "activation"), (False, "contribution")],
+                         ids=["layers", "fused-step", "layers-contribution"])
+def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_path, fused, rule):
     """eval_nmt's speed part on the tiny model: PyTorch, compiled dense and dual rows with the same tokens at
     ratio 0 (greedy output equal), decode-loop tokens/s apart from the encoder, and speed-ups from the rows' own
     numbers; with --fused-step the compiled engines (the dual output projection's too) run whole-step builds and
-    every row says so."""
+    every row says so; with --mask-rule contribution the dual engine's layers compile contribution masks."""
     import json
     import shutil
     import sys
@@ -301,22 +331,26 @@ def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_pa
     shutil.copy(trained, ckpt)
     assert eval_nmt.main(["--checkpoint", str(ckpt), "--model-name", "tiny", "--data-dir", str(data), "--parts", "speed",
                           "--speed-ratio", "0.0", "--speed-sentences", "3", "--build-dir", str(tmp_path / "build"),
-                          "--out", str(out)] + (["--fused-step", "--output-ratio", "0.0"] if fused else [])) == 0
+                          "--out", str(out), "--mask-rule", rule] + (["--fused-step", "--output-ratio", "0.0"] if fused else [])) == 0
     rows = {r["engine"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"torch", "tvm-dense", "tvm-dual"} | ({"tvm-dual+out"} if fused else set())
+    name = "tvm-dual" if rule == "activation" else "tvm-dual-contribution"
+    assert set(rows) == {"torch", "tvm-dense", name} | ({"tvm-dual+out"} if fused else set())
     assert len({r["tokens"] for r in rows.values()}) == 1 and len({r["bleu"] for r in rows.values()}) == 1
     assert {r.get("decode_step") for r in rows.values()} == ({"fused"} if fused else {None})
-    assert len(rows["tvm-dual"]["speedup_vs_tvm_dense_blocks"]) == 3  # a quarter each, at most one a sentence
+    assert len(rows[name]["speedup_vs_tvm_dense_blocks"]) == 3  # a quarter each, at most one a sentence
     if fused:
         assert "decoder_layers_ms_per_token" not in rows["tvm-dual"] and rows["tvm-dual+out"]["output_ratio"] == 0.0
         assert (tmp_path / "build" / "s-llvm-broadwell" / "step-dual-out" / "step.so").exists()
         return
-    dual = rows["tvm-dual"]
+    dual = rows[name]
     for r in rows.values():
         assert r["decoder_tokens_per_s"] > r["tokens_per_s"] > 0
     assert dual["decoder_speedup_vs_tvm_dense"] == pytest.approx(
         dual["decoder_tokens_per_s"] / rows["tvm-dense"]["decoder_tokens_per_s"], rel=0.05)  # of rounded rates
     assert (tmp_path / "build" / "s-llvm-broadwell" / "output" / "linear.so").exists()
+    if rule == "contribution":
+        manifest = json.loads((tmp_path / "build" / "s-llvm-broadwell-contribution" / "dual" / "layer0" / "manifest.json").read_text())
+        assert {layer["mask_rule"] for layer in manifest["spec"]["layers"]} == {"contribution"}
 
 
 @pytest.mark.slow
