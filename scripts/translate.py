@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=None, help="train_nmt.py checkpoint (default cache/multi30k-gnmt-256.best.pt)")

@@ -331,7 +331,8 @@ def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_pa
     shutil.copy(trained, ckpt)
     assert eval_nmt.main(["--checkpoint", str(ckpt), "--model-name", "tiny", "--data-dir", str(data), "--parts", "speed",
                           "--speed-ratio", "0.0", "--speed-sentences", "3", "--build-dir", str(tmp_path / "build"),
-                          "--out", str(out), "--mask-rule", rule] + (["--fused-step", "--output-ratio", "0.0"] if fused else [])) == 0
+                          "--out", str(out), "--mask-rule", rule]
+                         + (["--fused-step", "--output-ratio", "0.0"] if fused else [])) == 0
     rows = {r["engine"]: r for r in json.loads(out.read_text())["rows"]}
     name = "tvm-dual" if rule == "activation" else "tvm-dual-contribution"
     assert set(rows) == {"torch", "tvm-dense", name} | ({"tvm-dual+out"} if fused else set())
@@ -349,7 +350,8 @@ def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_pa
         dual["decoder_tokens_per_s"] / rows["tvm-dense"]["decoder_tokens_per_s"], rel=0.05)  # of rounded rates
     assert (tmp_path / "build" / "s-llvm-broadwell" / "output" / "linear.so").exists()
     if rule == "contribution":
-        manifest = json.loads((tmp_path / "build" / "s-llvm-broadwell-contribution" / "dual" / "layer0" / "manifest.json").read_text())
+        built = tmp_path / "build" / "s-llvm-broadwell-contribution" / "dual" / "layer0"
+        manifest = json.loads((built / "manifest.json").read_text())
         assert {layer["mask_rule"] for layer in manifest["spec"]["layers"]} == {"contribution"}
 
 
