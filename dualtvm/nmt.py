@@ -669,7 +669,8 @@ def _beside(checkpoint: Path, kind: str) -> Path:
 
 
 def _little_artefact(checkpoint: Path, cfg: LittleConfig) -> Path:
-    """Where the decoder layers' little modules of ``checkpoint`` are cached (``<stem>.little[-w4][-contribution].npz``)."""
+    """Where the decoder layers' little modules of ``checkpoint`` are cached
+    (``<stem>.little[-w4][-contribution].npz``)."""
     return _beside(checkpoint, "little" + _little_suffix(cfg))
 
 
