@@ -128,3 +128,15 @@ def test_largest_ratio_within_searches_below_its_lower_bound(monkeypatch):
     # a budget met at the lower end: the bisection above it, as before
     high = quality.largest_ratio_within(q, 100.0, 0.2, per_gate=False, iters=8)
     assert 0.3 < high <= 2 / 3 and 2 / 3 - high < 0.65 / 2 ** 8 + 1e-9
+
+
+def test_loss_aware_allocation_refuses_lstm_contribution_masks_before_any_work():
+    """Its samples carry no LSTM cell state (the contribution score needs c(t-1)): a clear error, not one minutes in."""
+    from types import SimpleNamespace
+
+    from dualtvm.quality import allocation
+
+    layer = SimpleNamespace(rnn_type="LSTM", little=SimpleNamespace(mask_rule="contribution"))
+    q = SimpleNamespace(dual=SimpleNamespace(layers=[layer]), valid_gradients=None)
+    with pytest.raises(ValueError, match="cell state"):
+        allocation(q, 0.5, cost="loss")
