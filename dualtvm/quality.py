@@ -101,9 +101,6 @@ def allocation(q: QualitySetup, target: float, grid: np.ndarray | None = None, c
 
             q.measured_costs = measured_curves(layers, valid_loss)
         return allocate_curves(layers, q.measured_costs, MEASURED_GRID, target)
-    if any(layer.rnn_type == "LSTM" and layer.little.mask_rule == "contribution" for layer in layers):
-        raise ValueError("the loss-aware allocation's recorded samples hold (x, h) but not the LSTM's cell state, which "
-                         "contribution-score masks need: use cost 'measured' or 'activation' with this rule")
     if q.valid_gradients is None:
         q.valid_gradients = loss_gradients([layer.big for layer in layers], lm_losses(q.model, q.valid, 35, max_batches))
     return allocate(layers, target, *q.valid_gradients, grid)

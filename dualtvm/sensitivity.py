@@ -123,6 +123,12 @@ def allocate(layers: list[DualModuleLayer], target: float, samples: list[list], 
     With ``gradients`` (from :func:`loss_gradients`) the cost is the diagonal-Fisher loss increase, without
     them the squared activation error; ``samples`` are per-layer (x, h) samples of the same rows.
     """
+    for l, layer in enumerate(layers):
+        needs_cells = layer.rnn_type == "LSTM" and layer.little.mask_rule == "contribution"
+        if needs_cells and any(len(s) < 3 for s in samples[l]):
+            raise ValueError(f"layer {l}: an LSTM's contribution-score masks need (x, h, c) samples, these hold no "
+                             "cell state (loss_gradients records none): allocate on record(…, cells=True) samples "
+                             "without gradients, or by measured cost")
     grid = np.linspace(0, 0.98, 50) if grid is None else grid
     curves = {}
     for l, layer in enumerate(layers):

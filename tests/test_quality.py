@@ -130,13 +130,15 @@ def test_largest_ratio_within_searches_below_its_lower_bound(monkeypatch):
     assert 0.3 < high <= 2 / 3 and 2 / 3 - high < 0.65 / 2 ** 8 + 1e-9
 
 
-def test_loss_aware_allocation_refuses_lstm_contribution_masks_before_any_work():
-    """Its samples carry no LSTM cell state (the contribution score needs c(t-1)): a clear error, not one minutes in."""
+def test_allocation_refuses_lstm_contribution_masks_on_samples_without_cells():
+    """loss_gradients' samples carry no LSTM cell state, which the contribution score needs: a clear error naming
+    the cause, from the allocation every caller shares (the LM study, eval_nmt --allocation loss, users)."""
     from types import SimpleNamespace
 
-    from dualtvm.quality import allocation
+    import torch
+
+    from dualtvm.sensitivity import allocate
 
     layer = SimpleNamespace(rnn_type="LSTM", little=SimpleNamespace(mask_rule="contribution"))
-    q = SimpleNamespace(dual=SimpleNamespace(layers=[layer]), valid_gradients=None)
     with pytest.raises(ValueError, match="cell state"):
-        allocation(q, 0.5, cost="loss")
+        allocate([layer], 0.5, [[(torch.zeros(1, 2), torch.zeros(1, 2))]], [[{}]])
