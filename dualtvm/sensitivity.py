@@ -34,14 +34,15 @@ log = logging.getLogger(__name__)
 
 class GateGradientProbe(nn.Module):
     """A big layer as a drop-in single-layer ``nn.LSTM``/``nn.GRU`` (seq-first) that keeps, for every
-    step it runs, (x(t), h(t−1)) and a zero leaf per gate activation; after the caller's backward
-    pass :meth:`collect` turns the leaves' gradients into ∂L/∂a samples."""
+    step it runs, (x(t), h(t−1)) — (x(t), h(t−1), c(t−1)) for an LSTM, whose contribution-score masks
+    need the cell state — and a zero leaf per gate activation; after the caller's backward pass
+    :meth:`collect` turns the leaves' gradients into ∂L/∂a samples."""
 
     def __init__(self, big: BigLayer) -> None:
         super().__init__()
         self.big = big
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
-        self.samples: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending: list[tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]] = []
+        self.samples: list[tuple[torch.Tensor, ...]] = []
         self.gradients: list[dict[str, torch.Tensor]] = []
 
     def _step(self, x: torch.Tensor, state):
@@ -50,7 +51,8 @@ class GateGradientProbe(nn.Module):
         h = state[0] if isinstance(state, tuple) else state
         tgt = big.targets(x, h)
         deltas = {g: torch.zeros(x.shape[0], H, requires_grad=True) for g in gates}
-        self._pending.append((x.detach(), h.detach(), deltas))
+        cells = (state[1].detach(),) if big.rnn_type == "LSTM" else ()
+        self._pending.append(((x.detach(), h.detach()) + cells, deltas))
         if big.rnn_type == "LSTM":
             i, f, g, o = ((torch.sigmoid if act == SIGMOID else torch.tanh)(tgt[:, j * H:(j + 1) * H]) + deltas[name]
                           for j, (name, act) in enumerate(zip(gates, big.layout.activations)))
@@ -71,12 +73,12 @@ class GateGradientProbe(nn.Module):
         call, rows = steps × batch, as ``SampleRecorder`` records them).  Call after backward."""
         if not self._pending:
             return
-        xs, hs, deltas = zip(*self._pending)
+        steps, deltas = zip(*self._pending)
         self._pending = []
         missing = [g for g, d in deltas[0].items() if d.grad is None]
         if missing:
             raise RuntimeError(f"no gradient reached gate(s) {missing}: call collect() after the loss's backward()")
-        self.samples.append((torch.cat(xs), torch.cat(hs)))
+        self.samples.append(tuple(torch.cat(column) for column in zip(*steps)))
         self.gradients.append({g: torch.cat([d[g].grad for d in deltas]) for g in self.big.layout.gates})
 
 
@@ -96,7 +98,8 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 def loss_gradients(layers: list[BigLayer], run_loss: Callable[[nn.Module], Iterable[torch.Tensor]]
                    ) -> tuple[list[list], list[list]]:
-    """Per layer: (x, h) samples of the big model's trajectory and ∂L/∂a per gate for their rows.
+    """Per layer: (x, h) samples — (x, h, c) for an LSTM — of the big model's trajectory and ∂L/∂a per gate
+    for their rows.
 
     ``run_loss(core)`` runs the caller's model with ``core`` (a stack of probes, called like a multi-layer
     ``nn.LSTM``/``nn.GRU``) in place of its recurrent layers and yields one loss per segment; each is
@@ -127,8 +130,7 @@ def allocate(layers: list[DualModuleLayer], target: float, samples: list[list], 
         needs_cells = layer.rnn_type == "LSTM" and layer.little.mask_rule == "contribution"
         if needs_cells and any(len(s) < 3 for s in samples[l]):
             raise ValueError(f"layer {l}: an LSTM's contribution-score masks need (x, h, c) samples, these hold no "
-                             "cell state (loss_gradients records none): allocate on record(…, cells=True) samples "
-                             "without gradients, or by measured cost")
+                             "cell state: pass loss_gradients' samples, or record(…, cells=True) ones")
     grid = np.linspace(0, 0.98, 50) if grid is None else grid
     curves = {}
     for l, layer in enumerate(layers):

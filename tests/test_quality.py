@@ -131,8 +131,8 @@ def test_largest_ratio_within_searches_below_its_lower_bound(monkeypatch):
 
 
 def test_allocation_refuses_lstm_contribution_masks_on_samples_without_cells():
-    """loss_gradients' samples carry no LSTM cell state, which the contribution score needs: a clear error naming
-    the cause, from the allocation every caller shares (the LM study, eval_nmt --allocation loss, users)."""
+    """(x, h) samples carry no LSTM cell state, which the contribution score needs: a clear error naming the cause,
+    from the allocation every caller shares (the LM study, eval_nmt --allocation loss, users' own samples)."""
     from types import SimpleNamespace
 
     import torch

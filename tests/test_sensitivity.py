@@ -73,14 +73,62 @@ def test_probe_gradients_match_finite_differences(kind, points):
     out, _ = probe(x)
     (w * out).sum().backward()
     probe.collect()
-    (xs, hs), = probe.samples
+    (xs, hs, *cs), = probe.samples
     grads = probe.gradients[0]
     assert xs.shape == (12, 5) and hs.shape == (12, layer.hidden) and grads[points[0][2]].shape == (12, layer.hidden)
+    assert len(cs) == (kind == "LSTM")  # c(t−1) rides along for an LSTM: its contribution masks need it
     eps = 1e-6
     for t, gi, g, row in points:
         fd = (_reference_loss(layer, x.double(), w.double(), (t, gi, row, eps))
               - _reference_loss(layer, x.double(), w.double(), (t, gi, row, -eps))) / (2 * eps)
         assert float(grads[g][t * 2, row]) == pytest.approx(float(fd), rel=1e-3, abs=1e-5), (t, g)
+
+
+def test_probe_records_the_lstm_cell_state():
+    """loss_gradients' LSTM samples are (x, h(t−1), c(t−1)), the cells SampleRecorder(cells=True) records: an
+    LSTM with contribution masks can be allocated on them with loss gradients."""
+    from dualtvm.little import previous_cells
+
+    rnn = _rnn("LSTM")
+    x, state = torch.randn(6, 2, 5), (torch.randn(1, 2, 6), torch.randn(1, 2, 6))
+    probe = GateGradientProbe(big_layers(rnn)[0])
+    out, _ = probe(x, state)
+    out.sum().backward()
+    probe.collect()
+    (xs, hs, cs), = probe.samples
+    with torch.no_grad():
+        h_seq, _ = rnn(x, state)
+    h_prev = torch.cat([state[0], h_seq[:-1]])
+    torch.testing.assert_close(cs, previous_cells(rnn, x, h_prev, state[1][0]).reshape(12, 6), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cs[:2], state[1][0])  # step 0 holds the given c0
+
+
+def test_loss_aware_allocation_of_lstm_contribution_masks():
+    """The contribution rule's LSTM masks read c(t−1): with the probe's samples the loss-aware allocation runs
+    (it used to fail late for want of the cell state) and hits the asked overall ratio."""
+    from dualtvm.construct import record
+    from dualtvm.sensitivity import frozen, loss_gradients
+
+    rnn = _rnn("LSTM", hidden=8)
+    layers = big_layers(rnn)
+    torch.manual_seed(0)
+    xs = torch.randn(10, 4, 5)
+    samples = record([rnn], lambda: rnn(xs), None, cells=True)[0]
+    little, _ = fit_little(layers[0], samples, LittleConfig(k=4), progress=False)
+    calibrate(little, layers[0], samples, mask_rule="contribution")
+
+    def run_loss(core):
+        for seg in xs.split(5):
+            out, _ = core(seg)
+            yield (out ** 2).sum()
+
+    with frozen(rnn):
+        grad_samples, grads = loss_gradients(layers, run_loss)
+    assert all(len(s) == 3 for s in grad_samples[0])
+    alloc, = allocate([DualModuleLayer(layers[0], little)], 0.5, grad_samples, grads)
+    assert np.mean(list(alloc.values())) == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ValueError, match="cell state"):  # (x, h) samples of a user's own: still refused
+        allocate([DualModuleLayer(layers[0], little)], 0.5, [[s[:2] for s in grad_samples[0]]], grads)
 
 
 def test_collect_before_backward_is_an_error():
