@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.allocation == "loss":  # on validation references: the test set only scores
                 gradients = loss_gradients([d.big for d in duals], reference_losses(
                     tr, *corpus.splits["valid"], max_batches=a.allocation_batches))
+            name = dual_engine(b, "dual", a.mask_rule)
             for r in [float(x) for x in a.ratios.split(",")]:
-                name = dual_engine(b, "dual", a.mask_rule)
                 engines = [(name, r, None)]
                 if out is not None:
                     engines.append((name + "+out", r, out))
