@@ -71,14 +71,19 @@ def decoder_engine(name: str, ratio: float, dec, xs: list[np.ndarray], twin=None
 
 
 class Evictor:
-    """Sweeps a buffer larger than the last-level cache (reads and writes every line); default :func:`evict_bytes`."""
+    """Sweeps a buffer larger than the last-level cache (reads and writes every line; only reads with
+    ``read_only``, which leaves no dirty lines to write back under the next run); default :func:`evict_bytes`."""
 
-    def __init__(self, nbytes: int | None = None) -> None:
+    def __init__(self, nbytes: int | None = None, read_only: bool = False) -> None:
         self.nbytes = evict_bytes() if nbytes is None else nbytes
         self.buf = np.ones(self.nbytes // 4, np.float32)
+        self.read_only = read_only
 
     def __call__(self) -> None:
-        self.buf += 1.0
+        if self.read_only:
+            self.buf.sum()
+        else:
+            self.buf += 1.0
 
 
 def measure(engines: list[Engine], steps: int, rounds: int, cold: "bool | Evictor", pause_s: float = 0.05) -> dict[str, np.ndarray]:

@@ -133,6 +133,32 @@ def test_killed_tuning_resumes_without_losing_or_redoing(tmp_path):
     assert len(summary) == 2 and all(s["trials"] == 2 for s in summary.values())
 
 
+def test_flushed_timings_read_a_sweep_before_every_run(monkeypatch):
+    """Locally a flushed timing reads a sweep (clean lines, as in a step) before every run, through
+    time_evaluator's f_preproc — not TVM's 64 MB copy, whose write-backs slowed the kernel it timed."""
+    from dualtvm import bench
+    from dualtvm.kernels import gemv
+    from dualtvm.target import parse_target
+    from dualtvm.tuning import time_kernel
+    from schedules import default_kernel
+
+    sweeps = []
+
+    class Counting(bench.Evictor):
+        def __call__(self) -> None:
+            sweeps.append(self.read_only)
+            super().__call__()
+
+    monkeypatch.setattr(bench, "Evictor", Counting)
+    monkeypatch.setattr(bench, "evict_bytes", lambda llc_bytes=None: 1 << 20)
+    f = default_kernel(gemv(64, 64), 1)
+    target = parse_target("llvm -mcpu=broadwell -num-cores 1")
+    assert time_kernel(f, target, repeat=5, flush_cache=True) > 0
+    assert sweeps == [True] * 5
+    sweeps.clear()
+    assert time_kernel(f, target, repeat=5) > 0 and sweeps == []  # warm: no sweep
+
+
 def test_kernel_table_rows_for_every_kernel():
     """Issue #4's table: every kernel of an LSTM layer's two steps, timed, with a numpy/torch reference;
     INT8 and INT4 shapes share their big kernels, which get one row."""
