@@ -42,7 +42,7 @@ TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "broadwell"})
 @pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 200), k_blocks=st.integers(1, 4), density=st.sampled_from([0.0, 1.0, 0.3, 0.77]),
-       lanes=st.sampled_from([8, 16, 32]), groups=st.sampled_from([1, 2, 3]), rows=st.sampled_from([1, 4, 8]),
+       lanes=st.sampled_from([8, 16, 32]), groups=st.sampled_from([1, 2, 3]), rows=st.sampled_from([1, 4, 8, 16]),
        prefetch=st.sampled_from([0, 1, 2]), locality=st.sampled_from([1, 2, 3]), seed=st.integers(0, 1000))
 def test_gather_gemv_property(n, k_blocks, density, lanes, groups, rows, prefetch, locality, seed):
     """The prefetching loop nest matches numpy for any row count (odd ones too), density and knobs."""
