@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts quality --little-bits 4
 # INT8 (the paper's), each ratio with and without the dual-module output projection (engines dual, dual+out)
-python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts quality --little-bits 8 --ratios 0,0.1,0.3,0.5,0.7,0.9 --output-ratio 0.99 --threads 1
+python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts quality --little-bits 8 --ratios 0,0.1,0.3,0.5,0.7,0.9 --output-ratio 0.99 --allocation loss --threads 1
+# beyond eq. 5: the contribution-score masks (dualtvm/contribution.py), one ratio and loss-aware per layer and gate
+python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts quality --little-bits 8 --ratios 0,0.1,0.3,0.5,0.7,0.9 --mask-rule contribution --allocation loss --threads 1
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99
 # the paper's decoder size (cache/multi30k-gnmt-1024.best.pt: whatever epoch its training has reached)
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts quality --little-bits 8 --ratios 0,0.1,0.3,0.5,0.7,0.9 --output-ratio 0.99 --allocation loss
