@@ -26,6 +26,15 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def checkpoint_and_name(recipe: str, out: "str | os.PathLike | None") -> tuple[Path, str]:
+    """Where a training run saves (``out``, else ``cache/<recipe>.pt``) and the name of its baselines row: the
+    checkpoint's stem, so a second training of a recipe (``--out cache/<recipe>-r2.pt``) keeps the first one's row."""
+    if out is None:
+        return cache_dir() / f"{recipe}.pt", recipe
+    out = Path(out)
+    return out, out.name.removesuffix(".pt").removesuffix(".best")
+
+
 def git_revision(short: bool = True) -> str:
     """HEAD of the checkout this code runs from, with ``-dirty`` when its tracked code (``dualtvm/``, ``schedules/``,
     ``scripts/``) has uncommitted changes: a result or checkpoint then names a revision that did not make it."""

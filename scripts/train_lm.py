@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.checkpoint import DEVICE_HELP, cache_dir, device_arg  # noqa: E402
+from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg  # noqa: E402
 from dualtvm.data import load_lm_corpus  # noqa: E402
 from dualtvm.models import LMConfig  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
@@ -35,15 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP)
-    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt); also names the baselines row")
     p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
     corpus = load_lm_corpus(a.corpus, a.data_dir)
-    name = f"{Path(a.corpus).name}-{a.rnn.lower()}-{a.hidden}"
-    ckpt = a.out or cache_dir() / f"{name}.pt"
+    ckpt, name = checkpoint_and_name(f"{Path(a.corpus).name}-{a.rnn.lower()}-{a.hidden}", a.out)
     cfg = LMConfig(a.rnn, len(corpus.dictionary), a.hidden, 1, a.dropout, True)
     train_cfg = LMTrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, seed=a.seed, device=a.device)
     res = train_lm(corpus, cfg, train_cfg, ckpt)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.checkpoint import DEVICE_HELP, cache_dir, device_arg  # noqa: E402
+from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg  # noqa: E402
 from dualtvm.data import load_multi30k  # noqa: E402
 from dualtvm.models import Seq2SeqConfig  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP + ", BLEU is measured on the CPU")
     p.add_argument("--max-batches", type=int, default=None, help="cap per epoch (smoke runs)")
     p.add_argument("--bleu-limit", type=int, default=None, help="translate only the first N test sentences")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None,
+                   help="checkpoint path (default cache/multi30k-gnmt-<hidden>.pt); also names the baselines row")
     p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -47,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     corpus = load_multi30k(a.data_dir, a.min_freq)
     cfg = Seq2SeqConfig(len(corpus.src_vocab), len(corpus.tgt_vocab), a.hidden, dropout=a.dropout)
-    name = f"multi30k-gnmt-{a.hidden}"
-    ckpt = a.out or cache_dir() / f"{name}.pt"
+    ckpt, name = checkpoint_and_name(f"multi30k-gnmt-{a.hidden}", a.out)
     res = train_nmt(corpus, cfg, NMTTrainConfig(epochs=a.epochs, batch_size=a.batch_size, max_batches=a.max_batches,
                                                 device=a.device), ckpt)
     score, sig, _ = bleu(res["model"], corpus, "test", limit=a.bleu_limit)

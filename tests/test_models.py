@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,14 @@ def test_resume_with_other_config_is_refused(tiny_corpus, tmp_path):
     train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 16, 1, 0.0, True), tc, ckpt, progress=False)
     with pytest.raises(ModelError, match="was trained with config"):
         train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True), tc, ckpt, progress=False)
+
+
+def test_a_second_training_of_a_recipe_keeps_the_first_ones_row(tmp_path, monkeypatch):
+    """--out names the baselines row after the checkpoint: cache/ptb-gru-750-r2.pt is row ptb-gru-750-r2, so the
+    row of ptb-gru-750 (whose checkpoint the committed results came from) survives; without --out, the recipe."""
+    from dualtvm.checkpoint import checkpoint_and_name
+
+    monkeypatch.setenv("DUALTVM_CACHE", str(tmp_path))
+    assert checkpoint_and_name("ptb-gru-750", None) == (tmp_path / "ptb-gru-750.pt", "ptb-gru-750")
+    assert checkpoint_and_name("ptb-gru-750", "cache/ptb-gru-750-r2.pt") == (Path("cache/ptb-gru-750-r2.pt"), "ptb-gru-750-r2")
+    assert checkpoint_and_name("multi30k-gnmt-256", tmp_path / "mine.best.pt")[1] == "mine"
