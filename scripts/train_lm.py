@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP)
-    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt); also names the baselines row")
+    p.add_argument("--out", type=Path, default=None,
+                   help="checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt); also names the baselines row")
     p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -147,5 +147,6 @@ def test_a_second_training_of_a_recipe_keeps_the_first_ones_row(tmp_path, monkey
 
     monkeypatch.setenv("DUALTVM_CACHE", str(tmp_path))
     assert checkpoint_and_name("ptb-gru-750", None) == (tmp_path / "ptb-gru-750.pt", "ptb-gru-750")
-    assert checkpoint_and_name("ptb-gru-750", "cache/ptb-gru-750-r2.pt") == (Path("cache/ptb-gru-750-r2.pt"), "ptb-gru-750-r2")
+    second = checkpoint_and_name("ptb-gru-750", "cache/ptb-gru-750-r2.pt")
+    assert second == (Path("cache/ptb-gru-750-r2.pt"), "ptb-gru-750-r2")
     assert checkpoint_and_name("multi30k-gnmt-256", tmp_path / "mine.best.pt")[1] == "mine"
