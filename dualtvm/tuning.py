@@ -295,9 +295,8 @@ def register_read_sweep() -> str:
     only clean lines of another stream, as inside a step where the kernels before this one read other
     weights.  TVM's ``cache_flush_bytes`` instead copies one 64 MB array into another just before the
     timer starts: the kernel then runs while the copy's dirty lines are written back (the dense
-    6000×3008 GEMV took 1.4 ms that way against 0.98 ms after a read sweep on a 2-core AMD EPYC, and a
-    gather knob 1.3× faster there tied after the sweep and in the step), and 64 MB does not cover an LLC
-    of 105 MB (a 2-core Intel VM of this project's)."""
+    6000×3008 GEMV took 1.4 ms that way against 0.87–0.98 ms after a read sweep on a 2-core AMD EPYC),
+    and 64 MB does not cover an LLC of 105 MB (a 2-core Intel VM of this project's)."""
     import tvm
 
     from .bench import Evictor
