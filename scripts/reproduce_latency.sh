@@ -20,6 +20,9 @@ python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt 
 # the retrained 750-unit models on the Intel machine, with the contribution-score masks beside eq. 5's
 python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750.best.pt --threads 2 --rounds 8 --little-bits 8,4 --contribution
 python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt --threads 2 --rounds 8 --little-bits 8,4 --contribution
+# session 22 on the AMD machine: second trainings of the 750-unit recipes (train_lm.py … --out cache/ptb-*-750-r2.pt)
+python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750-r2.best.pt --threads 2 --rounds 8 --little-bits 8,4 --contribution
+python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750-r2.best.pt --threads 2 --rounds 8 --little-bits 8,4 --contribution
 # the GRU at ε = 0.3, where its quality loss at 50 % vanishes (results/lm-quality-ptb.json, part eps): rows gru-750-eps0.3
 python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt --threads 2 --rounds 8 --little-bits 8,4 --eps 0.3 --int8-float
 python scripts/bench.py --models gru-1500 --checkpoint cache/ptb-gru-1500.best.pt --threads 2 --rounds 8 --little-bits 8,4 --int8-float
