@@ -34,8 +34,11 @@ python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name pt
   --ratios 0.5,0.6,0.7 --allocation-costs loss --mask-rule contribution --results results/lm-allocation-ptb.json
 # ... and on an LSTM (the gradient probe records its cell state), with its comparators, on a second training of
 # LSTM-750's recipe (train_lm.py --rnn LSTM --hidden 750 --dropout 0.4 --epochs 3 --out cache/ptb-lstm-750-r2.pt)
-python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750-r2.best.pt --model-name ptb-lstm-750-r2 --parts ratios,allocation \
-  --ratios 0.5,0.6,0.7 --allocation-costs activation,loss,measured --mask-rule contribution --results results/lm-allocation-ptb.json
+# (and the same on a second training of GRU-750's, train_lm.py --rnn GRU … --out cache/ptb-gru-750-r2.pt)
+for m in lstm gru; do
+  python scripts/eval_lm.py --checkpoint cache/ptb-$m-750-r2.best.pt --model-name ptb-$m-750-r2 --parts ratios,allocation \
+    --ratios 0.5,0.6,0.7 --allocation-costs activation,loss,measured --mask-rule contribution --results results/lm-allocation-ptb.json
+done
 # the INT4 little module (the compiled tvm-dual-int4 engine) at every ratio
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios --little-bits 4
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios --little-bits 4
