@@ -45,8 +45,6 @@ def calibrate(little: LittleModule, layer: BigLayer, samples, symmetric: bool = 
     with torch.no_grad():
         for sample in samples:
             x, h = sample[:2]
-            if mask_rule == "contribution" and layer.rnn_type == "LSTM" and len(sample) < 3:
-                raise ValueError("the contribution rule calibrates an LSTM on (x, h, c) samples: record(…, cells=True)")
             values = mask_inputs(layer, mask_rule, little.preactivations(x, h), h, *sample[2:])
             for g, v in zip(layer.layout.gates, values):
                 tested[g].append(v.reshape(-1))

@@ -32,7 +32,8 @@ def contribution_scores(rnn_type: str, pre_little: torch.Tensor, h: torch.Tensor
     blocks = [pre_little[..., j * H : (j + 1) * H] for j in range(4)]
     if rnn_type == "LSTM":
         if c is None:
-            raise ValueError("an LSTM's contribution scores need the previous cell state c")
+            raise ValueError("an LSTM's contribution scores need the previous cell state c: pass (x, h, c) samples "
+                             "(record(…, cells=True), or loss_gradients' samples)")
         i, f, o = (torch.sigmoid(blocks[j]) for j in (0, 1, 3))
         g = torch.tanh(blocks[2])
         c_new = f * c + i * g

@@ -124,13 +124,9 @@ def allocate(layers: list[DualModuleLayer], target: float, samples: list[list], 
     """Per layer {gate: insensitive ratio} with overall mean ``target`` at the least estimated cost.
 
     With ``gradients`` (from :func:`loss_gradients`) the cost is the diagonal-Fisher loss increase, without
-    them the squared activation error; ``samples`` are per-layer (x, h) samples of the same rows.
+    them the squared activation error; ``samples`` are per-layer (x, h) samples of the same rows ((x, h, c) for an
+    LSTM with contribution-score masks: :func:`loss_gradients` records them).
     """
-    for l, layer in enumerate(layers):
-        needs_cells = layer.rnn_type == "LSTM" and layer.little.mask_rule == "contribution"
-        if needs_cells and any(len(s) < 3 for s in samples[l]):
-            raise ValueError(f"layer {l}: an LSTM's contribution-score masks need (x, h, c) samples, these hold no "
-                             "cell state: pass loss_gradients' samples, or record(…, cells=True) ones")
     grid = np.linspace(0, 0.98, 50) if grid is None else grid
     curves = {}
     for l, layer in enumerate(layers):

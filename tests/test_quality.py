@@ -133,12 +133,18 @@ def test_largest_ratio_within_searches_below_its_lower_bound(monkeypatch):
 def test_allocation_refuses_lstm_contribution_masks_on_samples_without_cells():
     """(x, h) samples carry no LSTM cell state, which the contribution score needs: a clear error naming the cause,
     from the allocation every caller shares (the LM study, eval_nmt --allocation loss, users' own samples)."""
-    from types import SimpleNamespace
-
     import torch
 
+    from dualtvm.construct import calibrate, record
+    from dualtvm.dual import DualModuleLayer
+    from dualtvm.little import LittleConfig, big_layers, fit_little
     from dualtvm.sensitivity import allocate
 
-    layer = SimpleNamespace(rnn_type="LSTM", little=SimpleNamespace(mask_rule="contribution"))
+    torch.manual_seed(0)
+    rnn, xs = torch.nn.LSTM(5, 6), torch.randn(8, 2, 5)
+    big = big_layers(rnn)[0]
+    samples = record([rnn], lambda: rnn(xs), None, cells=True)[0]
+    little, _ = fit_little(big, samples, LittleConfig(k=4), progress=False)
+    calibrate(little, big, samples, mask_rule="contribution")
     with pytest.raises(ValueError, match="cell state"):
-        allocate([layer], 0.5, [[(torch.zeros(1, 2), torch.zeros(1, 2))]], [[{}]])
+        allocate([DualModuleLayer(big, little)], 0.5, [[s[:2] for s in samples]])
