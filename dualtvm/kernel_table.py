@@ -118,7 +118,7 @@ def kernel_table(shapes: Sequence[LayerShape], target: TargetSpec, log: TuningLo
 
     rows, seen = [], set()
     features = target.required_features()
-    evict = Evictor(read_only=True)  # numpy/torch get the sweep the TVM kernels get (tuning.register_read_sweep)
+    evict = Evictor(read_only=True)  # one sweep buffer for every timing here, TVM kernels and numpy/torch alike
     torch.set_num_threads(target.num_cores or 1)
     warn_if_busy("kernel table")
     for s, dual in ((s, dual) for s in shapes for dual in (True, False)):
@@ -131,7 +131,8 @@ def kernel_table(shapes: Sequence[LayerShape], target: TargetSpec, log: TuningLo
             if log is not None:
                 candidates.update({k: f for k, f in (("tuned", metaschedule_best(log, func, target)),
                                                      ("nest", nest_from_log(log, func))) if f is not None})
-            ms = {k: round(v, 4) for k, v in compare_kernels(candidates, target, passes=passes, repeat=repeat).items()}
+            timed = compare_kernels(candidates, target, passes=passes, repeat=repeat, evict=evict)
+            ms = {k: round(v, 4) for k, v in timed.items()}
             use = (log.summary.get(name, {}).get("use", "default") if log is not None else "no log")
             ref = same_work(kind, s)
             rows.append(KernelRow(name, ms["default"], ms.get("tuned"), ms.get("nest"), use,

@@ -289,9 +289,10 @@ SWITCH_MARGIN = 0.05  # flushed timings vary ~5-20 % run to run on a shared mach
 READ_SWEEP = "dualtvm.tuning.read_sweep"  # time_evaluator f_preproc of local flushed timings
 
 
-def register_read_sweep() -> str:
+def register_read_sweep(evict=None) -> str:
     """(Re-)register the TVM global function local flushed timings call before every run (``f_preproc``):
-    a read of twice the last-level cache (``bench.Evictor(read_only=True)``), after which the caches hold
+    ``evict``, by default a read of twice the last-level cache (``bench.Evictor(read_only=True)``; pass one to
+    share its buffer between timings), after which the caches hold
     only clean lines of another stream, as inside a step where the kernels before this one read other
     weights.  TVM's ``cache_flush_bytes`` instead copies one 64 MB array into another just before the
     timer starts: the kernel then runs while the copy's dirty lines are written back (the dense
@@ -301,18 +302,19 @@ def register_read_sweep() -> str:
 
     from .bench import Evictor
 
-    evict = Evictor(read_only=True)
+    evict = evict if evict is not None else Evictor(read_only=True)
     tvm.register_global_func(READ_SWEEP, lambda *args: evict(), override=True)
     return READ_SWEEP
 
 
 def time_kernel(func, target: TargetSpec, repeat: int = 30, rpc: RPCTracker | None = None,
-                sensitive_fraction: float = 0.5, flush_cache: bool = False) -> float:
+                sensitive_fraction: float = 0.5, flush_cache: bool = False, evict=None) -> float:
     """Median ms of a built kernel on valid arguments, here or on an RPC server of the fleet.
 
     ``flush_cache``: evict the caches before every run, as inside a decode step where the big GEMV's
     stream evicts every other kernel's weights between two calls — here by a read sweep
-    (:func:`register_read_sweep`), on an RPC server by TVM's own 64 MB copy (it cannot call ours).
+    (:func:`register_read_sweep`; ``evict`` reuses a sweep buffer), on an RPC server by TVM's own 64 MB copy
+    (it cannot call ours).
     """
     import tvm
 
@@ -337,7 +339,7 @@ def time_kernel(func, target: TargetSpec, repeat: int = 30, rpc: RPCTracker | No
         args = list(weight_tensors({str(i): a.numpy() for i, a in enumerate(args)}, dev).values())
     if flush_cache and rpc is None:
         timer = lib.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=0,
-                                   f_preproc=register_read_sweep())
+                                   f_preproc=register_read_sweep(evict))
     else:
         timer = lib.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=0,
                                    cache_flush_bytes=FLUSH_BYTES if flush_cache else 0)
@@ -345,14 +347,19 @@ def time_kernel(func, target: TargetSpec, repeat: int = 30, rpc: RPCTracker | No
 
 
 def compare_kernels(candidates: dict, target: TargetSpec, rpc: RPCTracker | None = None, passes: int = 2,
-                    repeat: int = 30) -> dict:
+                    repeat: int = 30, evict=None) -> dict:
     """Median ms of each candidate PrimFunc with the caches flushed (as inside a step, where the big
     GEMV's stream evicts every other kernel's weights), best of ``passes`` interleaved passes: on a
-    shared machine noise only ever adds time, and one pass let it pick a worse schedule."""
+    shared machine noise only ever adds time, and one pass let it pick a worse schedule.  Every local
+    timing sweeps with one buffer (``evict``, else one allocated here)."""
+    if rpc is None and evict is None:
+        from .bench import Evictor
+
+        evict = Evictor(read_only=True)
     times: dict = {}
     for p in range(passes):
         for key in (list(candidates) if p % 2 == 0 else list(candidates)[::-1]):
-            t = time_kernel(candidates[key], target, repeat, rpc=rpc, flush_cache=True)
+            t = time_kernel(candidates[key], target, repeat, rpc=rpc, flush_cache=True, evict=evict)
             times[key] = min(times.get(key, float("inf")), t)
     return times
 

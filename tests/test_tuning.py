@@ -139,12 +139,16 @@ def test_flushed_timings_read_a_sweep_before_every_run(monkeypatch):
     from dualtvm import bench
     from dualtvm.kernels import gemv
     from dualtvm.target import parse_target
-    from dualtvm.tuning import time_kernel
+    from dualtvm.tuning import compare_kernels, time_kernel
     from schedules import default_kernel
 
-    sweeps = []
+    sweeps, buffers = [], []
 
     class Counting(bench.Evictor):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            buffers.append(self)
+
         def __call__(self) -> None:
             sweeps.append(self.read_only)
             super().__call__()
@@ -157,6 +161,9 @@ def test_flushed_timings_read_a_sweep_before_every_run(monkeypatch):
     assert sweeps == [True] * 5
     sweeps.clear()
     assert time_kernel(f, target, repeat=5) > 0 and sweeps == []  # warm: no sweep
+    buffers.clear()
+    compare_kernels({"a": f, "b": f}, target, passes=2, repeat=3)
+    assert len(sweeps) == 2 * 2 * 3 and len(buffers) == 1  # every run swept, by one shared buffer
 
 
 def test_kernel_table_rows_for_every_kernel():
