@@ -313,6 +313,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
 
     from .build import BuildConfig, build_model
     from .inputs import real_inputs
+    from .little import variant_suffix
     from .peers import OpenVINOStep, onnxruntime_session, torch_cell
     from .registry import model_config, read_checkpoint
     from .results import warn_if_busy
@@ -330,8 +331,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         variants.append((dual_engine(8, mask_rule="contribution"), 8, None, "contribution"))
     outs = {}
     for engine, bits, codes, rule in variants:
-        outs[engine] = f"{cfg.build_root}/{label}-{target.name}" + ("-w4" if bits == 4 else "") + \
-            ("-int8float" if codes is False else "") + ("-contribution" if rule == "contribution" else "")
+        outs[engine] = f"{cfg.build_root}/{label}-{target.name}{variant_suffix(bits, rule, codes)}"
         if not (cfg.reuse_builds and _built_from(Path(outs[engine]), cfg.checkpoint, cfg.decoder_layer)):
             build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[engine],
                                     little_bits=bits, eps=cfg.eps, decoder_layer=cfg.decoder_layer,

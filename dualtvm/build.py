@@ -15,7 +15,7 @@ from .dual import DualModuleRNN
 from .inputs import real_inputs, synthetic_segments
 from .decoder import DecoderSpec, compile_decoder, export, pack_layer
 from .kernels import LayerShape
-from .little import LittleConfig
+from .little import LittleConfig, variant_suffix
 from .registry import big_rnn, model_config, read_checkpoint
 from .target import TargetSpec, check_runs_on_host, parse_target
 from .tuning import load_database
@@ -130,7 +130,7 @@ def build_model(cfg: BuildConfig) -> dict:
                       cfg.max_rows)
     fit_s = time.time() - t0
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
-    suffix = "-w4" if cfg.little_bits == 4 else ""
+    suffix = variant_suffix(cfg.little_bits, cfg.mask_rule, cfg.int8_codes)
     out = Path(cfg.out) if cfg.out else REPO / "build" / f"{cfg.model}-{target.name}{suffix}"
     info = {"name": cfg.model, "weights": source, "eps": cfg.eps, "sigmoid_tails": cfg.sigmoid_tails,
             "mask_rule": cfg.mask_rule,

@@ -106,6 +106,19 @@ class LittleConfig:
     def __post_init__(self) -> None:
         check_mask_rule(self.mask_rule, self.sigmoid_tails)
 
+    @property
+    def variant(self) -> str:
+        """What this variant's little-module artefacts and builds are suffixed with (:func:`variant_suffix`)."""
+        return variant_suffix(self.bits, self.mask_rule)
+
+
+def variant_suffix(bits: int = 8, mask_rule: str = "activation", int8_codes: bool | None = None) -> str:
+    """The one spelling of a little-module variant in file and folder names: ``-w<bits>`` for W_LL other than INT8,
+    ``-int8float`` for the INT8 little GEMV forced onto floats, ``-<rule>`` for masks other than eq. 5. The paper's
+    variant (INT8, the target's INT8 path, eq. 5) keeps the bare name, so two variants never share a folder."""
+    return ("" if bits == 8 else f"-w{bits}") + ("-int8float" if int8_codes is False else "") + \
+        ("" if mask_rule == "activation" else f"-{mask_rule}")
+
 
 @dataclass
 class LittleModule:

@@ -633,7 +633,7 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
     if backend == "torch":
         return None
     cfg = LittleConfig(bits=little_bits, mask_rule=mask_rule)
-    suffix = _little_suffix(cfg)
+    suffix = cfg.variant
     duals = dual_decoder(tr, corpus, _little_artefact(checkpoint, cfg), cfg)
     if backend == "dual":
         layers: list[nn.Module] = duals
@@ -652,12 +652,6 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
     return layers
 
 
-def _little_suffix(cfg: LittleConfig) -> str:
-    """What a decoder's little modules and their builds are named by: ``-w4`` for INT4 W_LL, ``-contribution``
-    for contribution-score masks (the paper's INT8 and eq. 5 keep the bare names)."""
-    return ("" if cfg.bits == 8 else f"-w{cfg.bits}") + ("" if cfg.mask_rule == "activation" else f"-{cfg.mask_rule}")
-
-
 def _stem(checkpoint: Path) -> str:
     """``multi30k-gnmt-1024`` of ``multi30k-gnmt-1024.best.pt``: what the artefacts and build folders are named by."""
     return checkpoint.name.split(".")[0]
@@ -671,7 +665,7 @@ def _beside(checkpoint: Path, kind: str) -> Path:
 def _little_artefact(checkpoint: Path, cfg: LittleConfig) -> Path:
     """Where the decoder layers' little modules of ``checkpoint`` are cached
     (``<stem>.little[-w4][-contribution].npz``)."""
-    return _beside(checkpoint, "little" + _little_suffix(cfg))
+    return _beside(checkpoint, "little" + cfg.variant)
 
 
 def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix: str = "") -> Path:
@@ -730,7 +724,7 @@ def _step_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, c
         duals = dual_decoder(tr, corpus, _little_artefact(checkpoint, cfg), cfg)
     little_out = dual_out.little if dual_out is not None else None
     kind = "step-dense" if duals is None else "step-dual" + ("-out" if little_out is not None else "")
-    folder = _build_folder(checkpoint, target, build_root, _little_suffix(cfg) if duals else "") / kind
+    folder = _build_folder(checkpoint, target, build_root, cfg.variant if duals else "") / kind
     database = target_database(target)
     if not built_for(folder, tr.model, duals, little_out, database):
         build_step(tr.model, target, folder, duals, little_out, database)

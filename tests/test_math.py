@@ -282,6 +282,14 @@ def test_dual_module_ratios_and_error(rnn_type):
         dual.set_insensitive_ratio(-0.1)
 
 
+def test_variant_names_are_distinct_and_the_papers_is_bare():
+    from dualtvm.little import variant_suffix
+    variants = [(b, rule, codes) for b in (8, 4, 2) for rule in ("activation", "contribution") for codes in (None, False)]
+    names = {variant_suffix(*v) for v in variants}
+    assert len(names) == len(variants) and variant_suffix() == ""  # no two variants share a build folder
+    assert variant_suffix(4, "contribution") == "-w4-contribution" == LittleConfig(bits=4, mask_rule="contribution").variant
+
+
 def test_artefact_round_trip_and_hash_check(tmp_path):
     rnn, dual = _tiny_dual("LSTM")
     littles = [l.little for l in dual.layers]
