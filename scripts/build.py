@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="llvm -mcpu=broadwell")
     p.add_argument("--model", default="lstm-1500")
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--out", default=None, help="build folder (default build/<model>-<target-name>)")
+    p.add_argument("--out", default=None, help="build folder (default build/<model>-<target-name>[-w4][-contribution]: "
+                   "each little-module variant its own, little.variant_suffix)")
     p.add_argument("--corpus", default="ptb", help="text an LM checkpoint's little module is fitted on")
     p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
     p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
