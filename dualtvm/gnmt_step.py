@@ -1,7 +1,7 @@
 """The GNMT decode step compiled whole: one Relax call per token instead of six and the PyTorch glue between.
 
-The layer-by-layer compiled backends (:class:`~dualtvm.nmt.CompiledLayer` per decoder layer, compiled attention
-query and output projections) leave a token's loop in Python: six VM calls, and concatenations, residual adds,
+The layer-by-layer compiled backends (:class:`~dualtvm.nmt_backends.CompiledLayer` per decoder layer, compiled
+attention query and output projections) leave a token's loop in Python: six VM calls, and concatenations, residual adds,
 reshapes and DLPack conversions around each.  Timed in the 1024-unit GNMT's decode loop (a clock around each
 stand-in), that glue took ≈ 0.9 ms of a dual-module token's 6.7 ms, the same in the dense decoder: time the
 dual-module layers cannot shorten (Amdahl).  Here the step is one Relax function over the scheduled kernels:
@@ -36,7 +36,9 @@ from .kernels import (PAD, LayerShape, OutputShape, attention, concat, gate_coun
                       split_halves)
 from .dual import MaskStats
 from .gates import layout
-from .nmt import OUTPUT_GATE, decoder_big_layers, kernel_input
+from .nmt import decoder_big_layers
+from .nmt_backends import kernel_input
+from .output import GATE as OUTPUT_GATE
 from .target import TargetSpec, parse_target, refuse_foreign_library
 
 log = logging.getLogger(__name__)

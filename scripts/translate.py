@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from dualtvm.checkpoint import cache_dir
     from dualtvm.data import load_multi30k
-    from dualtvm.nmt import Translator, corpus_bleu, decoder_backend, translate
+    from dualtvm.nmt import Translator, corpus_bleu, translate
+    from dualtvm.nmt_backends import decoder_backend
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -9,8 +9,9 @@ from dualtvm.data import ParallelCorpus, Vocab, detokenize, tokenize_sentence
 from dualtvm.little import LittleConfig
 from dualtvm.models import Seq2SeqConfig
 from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
-from dualtvm.nmt import (BACKENDS, Backend, Translator, beam_search, bleu, build_compiled_decoder, build_dual_decoder,
-                         compiled_layers, compiled_output, compiled_projection, reference_perplexity, translate)
+from dualtvm.nmt import Backend, Translator, beam_search, bleu, build_dual_decoder, reference_perplexity, translate
+from dualtvm.nmt_backends import (BACKENDS, build_compiled_decoder, compiled_layers, compiled_output,
+                                  compiled_projection)
 from dualtvm.train_nmt import NMTTrainConfig, train_nmt
 
 from conftest import SRC, TGT, dying_after  # the tiny parallel corpus the fixtures train on
@@ -59,7 +60,7 @@ def test_backend_torch_threads_hold_inside_the_decode_loop_only(tiny_seq2seq):
 def test_decode_speed_interleaves_backends_in_shuffled_order(tiny_seq2seq):
     """Every backend decodes every sentence; each follows each other one at some point (a fixed rotation once gave
     every backend the same predecessor, which biased the encoder's time); the counts and hypotheses add up."""
-    from dualtvm.nmt import decode_speed
+    from dualtvm.nmt_speed import decode_speed
 
     model, corpus, _ = tiny_seq2seq
     tr = Translator(model, corpus.src_vocab, corpus.tgt_vocab)
@@ -89,7 +90,7 @@ def test_decode_speed_interleaves_backends_in_shuffled_order(tiny_seq2seq):
 
 
 def test_block_speedups_are_side_by_side_ratios_per_part_of_a_run():
-    from dualtvm.nmt import block_speedups
+    from dualtvm.nmt_speed import block_speedups
 
     # (tokens, encoder s, decode-loop s) per sentence: "fast" decodes twice as fast in the first half, as fast after
     res = {"base": {"per_sentence": [(10, 1.0, 4.0)] * 4},
@@ -172,7 +173,7 @@ def test_compiled_linear_matches_torch_and_is_rebuilt_only_for_new_weights(tmp_p
     """The compiled output projection on a width the kernel pads (40 → 64): W x + b as nn.Linear, row by row
     for a batch; the build folder is tied to its weights."""
     from dualtvm.linear import build_linear, built_for
-    from dualtvm.nmt import CompiledProjection
+    from dualtvm.nmt_backends import CompiledProjection
 
     torch.manual_seed(0)
     lin = nn.Linear(40, 37)
@@ -190,7 +191,7 @@ def test_compiled_linear_matches_torch_and_is_rebuilt_only_for_new_weights(tmp_p
 
 
 def test_unknown_backend_is_named(tiny_seq2seq):
-    from dualtvm.nmt import decoder_layers
+    from dualtvm.nmt_backends import decoder_layers
 
     model, corpus, ckpt = tiny_seq2seq
     with pytest.raises(ValueError, match="unknown backend 'cuda': choose from " + ", ".join(BACKENDS)):

@@ -95,7 +95,7 @@ def test_compiled_dual_output_projection_equals_the_reference(fitted, tmp_path, 
     PyTorch reference's logits and sensitive-row counts, on a width whose halves the kernels pad (50 → 64), on
     each little GEMV path (INT8 on codes with AVX2, INT4, INT8 on floats without AVX2)."""
     from dualtvm.linear import built_for
-    from dualtvm.nmt import CompiledProjection, compiled_projection
+    from dualtvm.nmt_backends import CompiledProjection, compiled_projection
 
     lin, little, held_out = fitted
     if bits != 8:
