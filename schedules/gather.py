@@ -13,7 +13,8 @@ blocks prefetched two blocks ahead (locality 3) against 8 rows one block ahead i
 after a read sweep: 0.36 vs 0.49 ms at 50 % (30 %: 0.96 vs 1.14; 70 %: 0.29 vs 0.40), 3000×1536 0.13
 vs 0.19, 4096×2048 0.24 vs 0.26, 2250×768 0.056 vs 0.063, 4096×3072 a tie; inside the LSTM-1500 step
 (interleaved builds) the big part fell 15 % warm, 5 % cold.  Now the default; ``tune``'s grid still
-picks per machine.
+picks per machine.  Non-temporal prefetch (locality 0, ``prefetchnta``), meant to keep the little module in L3
+across steps, lost on that host in the step: big part +6 % warm / +15 % cold, and the little GEMV no faster.
 """
 from __future__ import annotations
 
