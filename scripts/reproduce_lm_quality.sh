@@ -39,6 +39,11 @@ for m in lstm gru; do
   python scripts/eval_lm.py --checkpoint cache/ptb-$m-750-r2.best.pt --model-name ptb-$m-750-r2 --parts ratios,allocation \
     --ratios 0.5,0.6,0.7 --allocation-costs activation,loss,measured --mask-rule contribution --results results/lm-allocation-ptb.json
 done
+# GRU-750 trained on to 6 epochs (train_lm.py --rnn GRU --hidden 750 --dropout 0.4 --epochs 6 --out
+# cache/ptb-gru-750-r3.pt, resumed from the r2 run's epoch 3): does a better-trained GRU lose less?
+python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r3.best.pt --model-name ptb-gru-750-r3 --parts ratios,allocation \
+  --ratios 0.5,0.6,0.7 --allocation-costs activation,loss,measured --mask-rule contribution --results results/lm-allocation-ptb.json
+python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r3.best.pt --model-name ptb-gru-750-r3 --parts ratios,allocation,search
 # the INT4 little module (the compiled tvm-dual-int4 engine) at every ratio
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios --little-bits 4
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios --little-bits 4
