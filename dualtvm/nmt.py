@@ -126,6 +126,46 @@ def dual_output(tr: Translator, corpus: ParallelCorpus | None, checkpoint: Path,
     return DualOutput(model.out, little)
 
 
+# --------------------------------------------------------------------------- cached little modules
+def dual_decoder(tr: Translator, corpus: ParallelCorpus | None, artefact: Path,
+                 cfg: LittleConfig | None = None) -> list[DualModuleLayer]:
+    """The PyTorch dual-module decoder layers: loaded from ``artefact`` if it fits these weights, else fitted."""
+    from .artefact import ArtefactError, load_little, save_little
+
+    big = decoder_big_layers(tr.model)
+    if artefact.exists():
+        try:
+            littles, _ = load_little(artefact, big)
+            held = {(lm.weight.bits, lm.mask_rule) for lm in littles}
+            if cfg is None or held == {(cfg.bits, cfg.mask_rule)}:
+                return [DualModuleLayer(b, lm) for b, lm in zip(big, littles)]
+            log.warning("refitting the little modules: %s holds (INT bits, mask rule) %s, (%d, %s) asked", artefact,
+                        sorted(held), cfg.bits, cfg.mask_rule)
+        except ArtefactError as e:
+            log.warning("refitting the little modules: %s", e)
+    if corpus is None:
+        raise ValueError("fitting little modules needs the Multi30k corpus (train and val)")
+    duals = build_dual_decoder(tr.model, corpus, cfg)
+    save_little(artefact, [d.little for d in duals], {"name": "seq2seq-decoder"})
+    return duals
+
+
+def checkpoint_stem(checkpoint: Path) -> str:
+    """``multi30k-gnmt-1024`` of ``multi30k-gnmt-1024.best.pt``: what the artefacts and build folders are named by."""
+    return checkpoint.name.split(".")[0]
+
+
+def _beside(checkpoint: Path, kind: str) -> Path:
+    """The artefact ``<stem>.<kind>.npz`` cached beside ``checkpoint``."""
+    return checkpoint.with_name(f"{checkpoint_stem(checkpoint)}.{kind}.npz")
+
+
+def little_artefact(checkpoint: Path, cfg: LittleConfig) -> Path:
+    """Where the decoder layers' little modules of ``checkpoint`` are cached
+    (``<stem>.little[-w4][-contribution].npz``)."""
+    return _beside(checkpoint, "little" + cfg.variant)
+
+
 # --------------------------------------------------------------------------- backends
 @dataclass
 class Backend:
@@ -344,43 +384,3 @@ def bleu(model: Seq2Seq, corpus: ParallelCorpus, split: str = "test", backend: B
     hyps = translate(Translator(model, corpus.src_vocab, corpus.tgt_vocab), src, beam, backend)
     score, sig = corpus_bleu(hyps, refs)
     return score, sig, hyps
-
-
-# --------------------------------------------------------------------------- cached little modules
-def dual_decoder(tr: Translator, corpus: ParallelCorpus | None, artefact: Path,
-                 cfg: LittleConfig | None = None) -> list[DualModuleLayer]:
-    """The PyTorch dual-module decoder layers: loaded from ``artefact`` if it fits these weights, else fitted."""
-    from .artefact import ArtefactError, load_little, save_little
-
-    big = decoder_big_layers(tr.model)
-    if artefact.exists():
-        try:
-            littles, _ = load_little(artefact, big)
-            held = {(lm.weight.bits, lm.mask_rule) for lm in littles}
-            if cfg is None or held == {(cfg.bits, cfg.mask_rule)}:
-                return [DualModuleLayer(b, lm) for b, lm in zip(big, littles)]
-            log.warning("refitting the little modules: %s holds (INT bits, mask rule) %s, (%d, %s) asked", artefact,
-                        sorted(held), cfg.bits, cfg.mask_rule)
-        except ArtefactError as e:
-            log.warning("refitting the little modules: %s", e)
-    if corpus is None:
-        raise ValueError("fitting little modules needs the Multi30k corpus (train and val)")
-    duals = build_dual_decoder(tr.model, corpus, cfg)
-    save_little(artefact, [d.little for d in duals], {"name": "seq2seq-decoder"})
-    return duals
-
-
-def checkpoint_stem(checkpoint: Path) -> str:
-    """``multi30k-gnmt-1024`` of ``multi30k-gnmt-1024.best.pt``: what the artefacts and build folders are named by."""
-    return checkpoint.name.split(".")[0]
-
-
-def _beside(checkpoint: Path, kind: str) -> Path:
-    """The artefact ``<stem>.<kind>.npz`` cached beside ``checkpoint``."""
-    return checkpoint.with_name(f"{checkpoint_stem(checkpoint)}.{kind}.npz")
-
-
-def little_artefact(checkpoint: Path, cfg: LittleConfig) -> Path:
-    """Where the decoder layers' little modules of ``checkpoint`` are cached
-    (``<stem>.little[-w4][-contribution].npz``)."""
-    return _beside(checkpoint, "little" + cfg.variant)
