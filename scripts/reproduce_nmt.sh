@@ -17,9 +17,8 @@ python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model
 # a second training of the 1024-unit recipe (train_nmt.py --hidden 1024 --epochs 2 --dropout 0.3 --out
 # cache/multi30k-gnmt-1024-r2.pt): eq. 5 and the contribution rule on one checkpoint, each with loss-aware allocation
 C="--checkpoint cache/multi30k-gnmt-1024-r2.best.pt --model-name multi30k-gnmt-1024-r2 --parts quality --threads 1"
-python scripts/eval_nmt.py $C --little-bits 8 --ratios 0,0.1,0.3,0.5,0.7,0.9 --output-ratio 0.99 --allocation loss
-python scripts/eval_nmt.py $C --little-bits 4 --ratios 0.5
-python scripts/eval_nmt.py $C --little-bits 8 --ratios 0,0.1,0.3,0.5,0.7,0.9 --mask-rule contribution --allocation loss
+python scripts/eval_nmt.py $C --little-bits 8 --ratios 0,0.5,0.7,0.9 --allocation loss
+python scripts/eval_nmt.py $C --little-bits 8 --ratios 0,0.5,0.7,0.9 --mask-rule contribution --allocation loss
 # the same with each compiled engine's whole decode step as one build (dualtvm/gnmt_step.py)
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99 --fused-step
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99 --fused-step
