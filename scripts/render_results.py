@@ -338,8 +338,9 @@ def _with_spread(r: dict, key: str) -> str:
 
 
 def plot_nmt_quality(doc: dict, path: Path) -> None:
-    """ΔBLEU vs insensitive ratio per model beside the paper's Table 4 and, on a second axis where measured,
-    the teacher-forced reference perplexity's rise (BLEU moves only where a greedy argmax flips)."""
+    """ΔBLEU vs insensitive ratio per model (eq. 5's masks at INT8 and INT4, the contribution scores at INT8) beside
+    the paper's Table 4 and, on a second axis where measured, the teacher-forced reference perplexity's rise (BLEU
+    moves only where a greedy argmax flips)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -353,7 +354,7 @@ def plot_nmt_quality(doc: dict, path: Path) -> None:
         rows = [r for r in quality if r["model"] == m]
         base = next((r for r in rows if r["engine"] == "torch"), None)
         ppl_ax = None
-        for engine, style in (("dual", "o-"), ("dual-int4", "^-")):
+        for engine, style in (("dual", "o-"), ("dual-int4", "^-"), ("dual-contribution", "s-")):
             mine = sorted([(0.0, 0.0, 0.0)] * (base is not None) + [
                 (r["measured_ratio"], r["delta_bleu"], r.get("delta_reference_ppl_pct")) for r in rows
                 if r["engine"] == engine])
