@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.checkpoint import git_revision
     from dualtvm.data import load_multi30k
     from dualtvm.dual import measured_layer_ratio, reset_layer_stats, set_layer_ratios
-    from dualtvm.nmt import Backend, Translator, corpus_bleu, dual_output, reference_losses, reference_perplexity, translate
+    from dualtvm.nmt import (Backend, Translator, corpus_bleu, dual_output, reference_losses, reference_perplexity,
+                             translate)
     from dualtvm.nmt_backends import decoder_backend, decoder_layers
     from dualtvm.nmt_speed import block_speedups, decode_speed
     from dualtvm.output import GATE
