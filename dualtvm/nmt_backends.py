@@ -289,12 +289,11 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
     if backend == "torch":
         return None
     cfg = LittleConfig(bits=little_bits, mask_rule=mask_rule)
-    suffix = cfg.variant
     duals = dual_decoder(tr, corpus, little_artefact(checkpoint, cfg), cfg)
     if backend == "dual":
         layers: list[nn.Module] = duals
     else:
-        out = _build_folder(checkpoint, target, build_root, suffix)
+        out = _build_folder(checkpoint, target, build_root, cfg.variant)
         kind = backend.removeprefix("tvm-")
         folders = [out / kind / f"layer{i}" for i in range(len(duals))]
         from .tuning import target_database
