@@ -10,7 +10,6 @@ after 64 MB, 3.1 ms after 1 GB, 1.5 ms warm).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from . import BUILD_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ class BenchConfig:
     rounds: int = 5
     threads: int = 2
     caches: tuple[str, ...] = ("warm", "cold")
-    build_root: str = "build"
+    build_root: str = str(BUILD_ROOT)
     checkpoint: str | None = None
     decoder_layer: int = 0  # which decoder layer of a seq2seq checkpoint (gnmt-1024-2048 from a trained GNMT)
     data_dir: str | None = None  # data root of a checkpoint's corpus (default $DUALTVM_DATA)
@@ -427,10 +428,13 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
 def _built_from(folder: Path, checkpoint: str | None, decoder_layer: int = 0) -> bool:
     """Whether ``folder`` holds a build of these weights (``--reuse-builds`` must not time a random-weight
     build when a checkpoint is asked for, nor the reverse, nor another decoder layer of a seq2seq)."""
-    manifest = folder / "dual" / "manifest.json"
-    if not manifest.exists():
+    from .decoder import MANIFEST_VERSION
+    from .manifest import reusable_manifest
+
+    manifest = reusable_manifest(folder / "dual", MANIFEST_VERSION)
+    if manifest is None:
         return False
-    model = json.loads(manifest.read_text())["model"]
+    model = manifest["model"]
     if "checkpoint" not in model:  # a build from before the manifest said so: rebuild
         return False
     if checkpoint is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import BUILD_ROOT
 from .construct import build_dual
 from .dual import DualModuleRNN
 from .inputs import real_inputs, synthetic_segments
@@ -21,7 +22,6 @@ from .target import TargetSpec, check_runs_on_host, parse_target
 from .tuning import load_database
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -131,7 +131,7 @@ def build_model(cfg: BuildConfig) -> dict:
     fit_s = time.time() - t0
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
     suffix = variant_suffix(cfg.little_bits, cfg.mask_rule, cfg.int8_codes)
-    out = Path(cfg.out) if cfg.out else REPO / "build" / f"{cfg.model}-{target.name}{suffix}"
+    out = Path(cfg.out) if cfg.out else BUILD_ROOT / f"{cfg.model}-{target.name}{suffix}"
     info = {"name": cfg.model, "weights": source, "eps": cfg.eps, "sigmoid_tails": cfg.sigmoid_tails,
             "mask_rule": cfg.mask_rule,
             # the weights, for people and for reuse checks

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import REPO
 from .models import LMConfig, ModelError, RNNLanguageModel, Seq2Seq, Seq2SeqConfig
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ CACHE_ENV = "DUALTVM_CACHE"
 
 def cache_dir() -> Path:
     """Where checkpoints live (git-ignored): ``$DUALTVM_CACHE`` or ``<repo>/cache``."""
-    root = os.environ.get(CACHE_ENV) or Path(__file__).resolve().parent.parent / "cache"
+    root = os.environ.get(CACHE_ENV) or REPO / "cache"
     return Path(root)
 
 

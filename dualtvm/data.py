@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from . import REPO
+
 log = logging.getLogger(__name__)
 
 DATA_ENV = "DUALTVM_DATA"
@@ -41,8 +43,7 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         return Path(data_dir)
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    here = Path(__file__).resolve().parent.parent
-    return here.parent / "shared" / "data"
+    return REPO.parent / "shared" / "data"
 
 
 def sha256(path: Path) -> str:

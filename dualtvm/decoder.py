@@ -9,7 +9,6 @@ weights of its shapes.  Kernels come from :mod:`dualtvm.kernels`, schedules from
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -245,7 +244,7 @@ def export(ex, spec: DecoderSpec, target: TargetSpec, out_dir: str | os.PathLike
            littles: list[LittleModule] | None, model_info: dict) -> Path:
     """Write ``decoder.so``, ``params.npz`` (+ ``little.npz``) and ``manifest.json``."""
     from .artefact import save_little
-    from .checkpoint import git_revision
+    from .manifest import write_manifest
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -253,7 +252,7 @@ def export(ex, spec: DecoderSpec, target: TargetSpec, out_dir: str | os.PathLike
     np.savez(out / "params.npz", **{f"l{i}_{k}": v for i, p in enumerate(params) for k, v in p.items()})
     if littles:
         save_little(out / "little.npz", littles, model_info)
-    manifest = {"version": MANIFEST_VERSION, "spec": spec.to_json(), "target": target.to_dict(), "target_name": target.name,
-                "required_cpu_features": sorted(target.required_features()), "model": model_info, "git": git_revision()}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_manifest(out, {"version": MANIFEST_VERSION, "spec": spec.to_json(), "target": target.to_dict(),
+                         "target_name": target.name, "required_cpu_features": sorted(target.required_features()),
+                         "model": model_info})
     return out

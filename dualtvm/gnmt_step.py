@@ -22,7 +22,6 @@ two hidden-wide vectors, so the hidden size must be a multiple of the kernels' p
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -36,10 +35,11 @@ from .kernels import (PAD, LayerShape, OutputShape, attention, concat, gate_coun
                       split_halves)
 from .dual import MaskStats
 from .gates import layout
+from .manifest import load_manifest, reusable_manifest, write_manifest
 from .nmt import decoder_big_layers
 from .nmt_backends import kernel_input
 from .output import GATE as OUTPUT_GATE
-from .target import TargetSpec, parse_target, refuse_foreign_library
+from .target import TargetSpec, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,6 @@ def build_step(model, target: str | TargetSpec, out_dir: str | os.PathLike, dual
 
     from .artefact import save_little, save_output_little
     from .build import warn_below_break_even
-    from .checkpoint import git_revision
     from .tuning import schedule_fingerprint
 
     tgt = parse_target(target).with_default_cores()
@@ -256,10 +255,10 @@ def build_step(model, target: str | TargetSpec, out_dir: str | os.PathLike, dual
         save_little(out / "little.npz", [d.little for d in duals], {"name": "seq2seq-decoder"})
     if output_little is not None:
         save_output_little(out / "little_output.npz", output_little)
-    manifest = {"version": STEP_VERSION, "spec": spec.to_json(), "target": tgt.to_dict(), "target_name": tgt.name,
-                "model_hash": model_hash(model), "little_hash": little_hash(duals, output_little),
-                "schedules": schedule_fingerprint(database, step_kernels(spec)), "git": git_revision()}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_manifest(out, {"version": STEP_VERSION, "spec": spec.to_json(), "target": tgt.to_dict(),
+                         "target_name": tgt.name, "model_hash": model_hash(model),
+                         "little_hash": little_hash(duals, output_little),
+                         "schedules": schedule_fingerprint(database, step_kernels(spec))})
     log.info("compiled the %s GNMT decode step for %s into %s", "dual-module" if spec.dual else "dense", tgt.name, out)
     return out
 
@@ -269,16 +268,10 @@ def built_for(folder: Path, model, duals: list | None, output_little, database=N
     tuning log ``database`` now says."""
     from .tuning import schedule_fingerprint
 
-    f = Path(folder) / "manifest.json"
-    if not f.exists():
-        return False
-    m = json.loads(f.read_text())
-    if m.get("version") != STEP_VERSION or m.get("model_hash") != model_hash(model):
-        return False
-    if m.get("little_hash") != little_hash(duals, output_little):
-        return False
-    spec = StepSpec.from_json(m["spec"])
-    return m.get("schedules") == schedule_fingerprint(database, step_kernels(spec))
+    m = reusable_manifest(folder, STEP_VERSION)
+    return (m is not None and m.get("model_hash") == model_hash(model)
+            and m.get("little_hash") == little_hash(duals, output_little)
+            and m.get("schedules") == schedule_fingerprint(database, step_kernels(StepSpec.from_json(m["spec"]))))
 
 
 # --------------------------------------------------------------------------- run
@@ -333,13 +326,7 @@ class CompiledStep(nn.Module):
         from .memory import weight_tensors
 
         d = Path(build_dir)
-        for f in ("manifest.json", "step.so", "params.npz"):
-            if not (d / f).exists():
-                raise FileNotFoundError(f"{d / f} is missing: not a dualtvm GNMT step build (build_step)")
-        self.manifest = m = json.loads((d / "manifest.json").read_text())
-        if m.get("version") != STEP_VERSION:
-            raise ValueError(f"{d}: step build version {m.get('version')}, this dualtvm reads {STEP_VERSION}")
-        refuse_foreign_library(parse_target(m["target"]), d / "step.so")
+        self.manifest = m = load_manifest(d, "step.so", STEP_VERSION, "dualtvm GNMT step build (build_step)")
         self.spec = spec = StepSpec.from_json(m["spec"])
         dev = tvm.cpu()
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(d / "step.so")), dev)

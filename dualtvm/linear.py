@@ -15,7 +15,6 @@ the number of sensitive rows.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .kernels import OutputShape, gemv, output_kernels, pack_little_weight, padded
-from .target import TargetSpec, parse_target, refuse_foreign_library
+from .manifest import load_manifest, reusable_manifest, write_manifest
+from .target import TargetSpec, parse_target
 from .tuning import schedule_fingerprint
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,6 @@ def build_linear(weight: np.ndarray, bias: np.ndarray, target: str | TargetSpec,
     """Compile ``y = W x + b`` for ``target`` and write ``linear.so``, ``params.npz`` and ``manifest.json``."""
     import tvm
 
-    from .checkpoint import git_revision
-
     tgt = parse_target(target).with_default_cores()
     rows, cols = weight.shape
     if bias.shape != (rows,):
@@ -90,9 +88,8 @@ def build_linear(weight: np.ndarray, bias: np.ndarray, target: str | TargetSpec,
     w[:, :cols] = weight
     np.savez(out / "params.npz", w=w, b=np.asarray(bias, np.float32))
     manifest = {"version": LINEAR_VERSION, "rows": rows, "cols": cols, "target": tgt.to_dict(), "target_name": tgt.name,
-                "weight_hash": weight_hash(weight, bias), "git": git_revision()}
-    manifest["schedules"] = schedule_fingerprint(database, _kernel_names(manifest))
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+                "weight_hash": weight_hash(weight, bias)}
+    write_manifest(out, {**manifest, "schedules": schedule_fingerprint(database, _kernel_names(manifest))})
     log.info("compiled the %d x %d linear layer for %s into %s", rows, cols, tgt.name, out)
     return out
 
@@ -178,7 +175,6 @@ def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str 
     import tvm
 
     from .artefact import save_output_little
-    from .checkpoint import git_revision
 
     tgt = parse_target(target).with_default_cores()
     rows, cols = weight.shape
@@ -194,10 +190,8 @@ def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str 
     save_output_little(out / "little_output.npz", little)
     manifest = {"version": LINEAR_VERSION, "dual": True, "rows": rows, "cols": cols, "k": s.k,
                 "little_bits": s.little_bits, "int8_codes": s.int8_codes, "target": tgt.to_dict(),
-                "target_name": tgt.name, "weight_hash": weight_hash(weight, bias), "little_hash": little.content_hash(),
-                "git": git_revision()}
-    manifest["schedules"] = schedule_fingerprint(database, _kernel_names(manifest))
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+                "target_name": tgt.name, "weight_hash": weight_hash(weight, bias), "little_hash": little.content_hash()}
+    write_manifest(out, {**manifest, "schedules": schedule_fingerprint(database, _kernel_names(manifest))})
     log.info("compiled the %d x %d dual output projection (k=%d per half) for %s into %s", rows, cols, s.k, tgt.name,
              out)
     return out
@@ -206,11 +200,8 @@ def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str 
 def built_for(folder: Path, weight: np.ndarray, bias: np.ndarray, little=None, database=None) -> bool:
     """Whether ``folder`` holds a build of exactly these parameters (and this output little module, for a dual
     build) in this format, scheduled as the tuning log ``database`` now says."""
-    f = Path(folder) / "manifest.json"
-    if not f.exists():
-        return False
-    m = json.loads(f.read_text())
-    return (m.get("version") == LINEAR_VERSION and m.get("weight_hash") == weight_hash(weight, bias)
+    m = reusable_manifest(folder, LINEAR_VERSION)
+    return (m is not None and m.get("weight_hash") == weight_hash(weight, bias)
             and m.get("dual", False) == (little is not None)
             and (little is None or m.get("little_hash") == little.content_hash())
             and m.get("schedules") == schedule_fingerprint(database, _kernel_names(m)))
@@ -231,11 +222,7 @@ class CompiledLinear:
         from .memory import weight_tensors
 
         d = Path(build_dir)
-        for f in ("manifest.json", "linear.so", "params.npz"):
-            if not (d / f).exists():
-                raise FileNotFoundError(f"{d / f} is missing: not a dualtvm linear-layer build (build_linear)")
-        self.manifest = m = json.loads((d / "manifest.json").read_text())
-        refuse_foreign_library(parse_target(m["target"]), d / "linear.so")
+        self.manifest = m = load_manifest(d, "linear.so", LINEAR_VERSION, "dualtvm linear-layer build (build_linear)")
         self.rows, self.cols = m["rows"], m["cols"]
         self.dual = bool(m.get("dual", False))
         dev = tvm.cpu()

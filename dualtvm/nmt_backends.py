@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import BUILD_ROOT
 from .data import ParallelCorpus
 from .dual import DualModuleLayer, MaskStats, set_layer_ratios
 from .little import LittleConfig
@@ -177,6 +178,7 @@ def build_compiled_decoder(duals: list[DualModuleLayer], target: str, out: str |
                 log.info("compiled the %s decoder layer step for %s", kind, s)
             info = {"name": f"seq2seq-decoder-layer{i}", "hidden": s.hidden, "input": s.input_size, "k": s.k,
                     "big_hash": d.big.weight_hash(),
+                    "little_hash": d.little.content_hash() if kind == "dual" else None,
                     "schedules": schedule_fingerprint(database, layer_kernels(s, kind == "dual"))}
             little = [d.little] if kind == "dual" else None
             folders[kind].append(export(built[key], spec, tgt, Path(out) / kind / f"layer{i}",
@@ -251,23 +253,20 @@ BACKENDS = ("torch", "dual", "tvm-dense", "tvm-dual")
 
 
 def _built_for(folder: Path, dual: DualModuleLayer, database=None) -> bool:
-    """Whether ``folder`` holds a build of this layer's big weights (and its current little module), made
-    by this dualtvm's build format (an older format is rebuilt, not refused) under the tuning log ``database``'s
-    current verdicts for its kernels."""
-    import json
-
+    """Whether ``folder`` holds a build of this layer's big weights (and, a dual build, of its current little
+    module), made by this dualtvm's build format (an older format is rebuilt, not refused) under the tuning log
+    ``database``'s current verdicts for its kernels."""
     from .decoder import MANIFEST_VERSION, DecoderSpec
     from .kernels import layer_kernels
+    from .manifest import reusable_manifest
     from .tuning import schedule_fingerprint
 
-    if not (folder / "manifest.json").exists():
+    manifest = reusable_manifest(folder, MANIFEST_VERSION)
+    if manifest is None:
         return False
-    manifest = json.loads((folder / "manifest.json").read_text())
-    model = manifest.get("model", {})
-    if manifest.get("version") != MANIFEST_VERSION or model.get("big_hash") != dual.big.weight_hash():
-        return False
-    spec = DecoderSpec.from_json(manifest["spec"])
-    return (model.get("k") == dual.little.k
+    model, spec = manifest["model"], DecoderSpec.from_json(manifest["spec"])
+    return (model.get("big_hash") == dual.big.weight_hash() and model.get("k") == dual.little.k
+            and model.get("little_hash") == (dual.little.content_hash() if spec.dual else None)
             and model.get("schedules") == schedule_fingerprint(database, layer_kernels(spec.layers[0], spec.dual)))
 
 
@@ -310,8 +309,7 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
 def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix: str = "") -> Path:
     from .target import parse_target
 
-    root = build_root or Path(__file__).resolve().parent.parent / "build"
-    return root / f"{checkpoint_stem(checkpoint)}-{parse_target(target).name}{suffix}"
+    return Path(build_root or BUILD_ROOT) / f"{checkpoint_stem(checkpoint)}-{parse_target(target).name}{suffix}"
 
 
 def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,

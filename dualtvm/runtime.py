@@ -7,7 +7,6 @@ build for another model config.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -16,14 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from .decoder import MANIFEST_VERSION, DecoderSpec, layer_param_names, state_names
-from .target import parse_target, refuse_foreign_library
+from .manifest import BuildError, load_manifest
+from .target import parse_target
 from .thresholds import Thresholds, check_ratio
 
 log = logging.getLogger(__name__)
-
-
-class BuildError(RuntimeError):
-    """A build folder that cannot be run here: missing files, wrong version, ISA or model."""
 
 
 class CompiledDecoder:
@@ -39,14 +35,8 @@ class CompiledDecoder:
         from .memory import weight_tensors
 
         d = Path(build_dir)
-        for f in ("manifest.json", "decoder.so", "params.npz"):
-            if not (d / f).exists():
-                raise BuildError(f"{d / f} is missing: not a dualtvm build folder (run scripts/build.py)")
-        self.manifest = json.loads((d / "manifest.json").read_text())
-        if self.manifest.get("version") != MANIFEST_VERSION:
-            raise BuildError(f"{d}: manifest version {self.manifest.get('version')}, this dualtvm reads {MANIFEST_VERSION}")
+        self.manifest = load_manifest(d, "decoder.so", MANIFEST_VERSION, "dualtvm build folder (run scripts/build.py)")
         target = parse_target(self.manifest["target"])
-        refuse_foreign_library(target, d / "decoder.so")
         if expect_model is not None:
             built = {k: self.manifest["model"].get(k) for k in expect_model}
             if built != expect_model:

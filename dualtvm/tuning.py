@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import REPO
 from .kernels import LayerShape, layer_kernels
 from .target import TargetSpec
 
 log = logging.getLogger(__name__)
 
 TUNABLE_PREFIXES = ("gemv", "masked_gemv", "little_gemv", "project")
-REPO = Path(__file__).resolve().parent.parent
 
 
 def tuning_dir(target: TargetSpec, root: str | os.PathLike | None = None) -> Path:

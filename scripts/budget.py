@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from dualtvm.budget import latency_by_ratio, ratio_for_budget
-    from dualtvm.runtime import BuildError, CompiledDecoder
+    from dualtvm.manifest import BuildError
+    from dualtvm.runtime import CompiledDecoder
 
     folder = Path(a.build)
     dual_dir = folder / "dual" if (folder / "dual").is_dir() else folder

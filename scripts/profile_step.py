@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from dualtvm.bench import PARTS, Evictor, step_breakdown
-    from dualtvm.runtime import BuildError, CompiledDecoder
+    from dualtvm.manifest import BuildError
+    from dualtvm.runtime import CompiledDecoder
 
     try:
         dec = CompiledDecoder(a.build)

@@ -112,14 +112,18 @@ def test_reused_builds_must_hold_the_asked_weights(tmp_path):
     """--reuse-builds must not time a random-weight build when a checkpoint is asked for (or the reverse)."""
     import json
 
-    def folder(name: str, **model):
+    from dualtvm.decoder import MANIFEST_VERSION
+
+    def folder(name: str, version: int = MANIFEST_VERSION, **model):
         (tmp_path / name / "dual").mkdir(parents=True)
-        (tmp_path / name / "dual" / "manifest.json").write_text(json.dumps({"model": model}))
+        (tmp_path / name / "dual" / "manifest.json").write_text(json.dumps({"version": version, "model": model}))
         return tmp_path / name
 
     random = folder("r", checkpoint=None, decoder_layer=None)
     trained = folder("t", checkpoint="cache/ptb-lstm-1500.best.pt", decoder_layer=None)
     older = folder("o", weights="checkpoint cache/ptb-lstm-1500.best.pt")  # a manifest without the fields
+    old_format = folder("f", MANIFEST_VERSION - 1, checkpoint=None, decoder_layer=None)
+    assert not _built_from(old_format, None)
     assert _built_from(random, None) and not _built_from(random, "cache/ptb-lstm-1500.best.pt")
     assert _built_from(trained, "cache/ptb-lstm-1500.best.pt") and not _built_from(trained, None)
     assert not _built_from(trained, "cache/ptb-lstm-750.best.pt") and not _built_from(tmp_path / "missing", None)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dualtvm.build import BuildConfig, build_model
-from dualtvm.runtime import BuildError, CompiledDecoder
+from dualtvm.manifest import BuildError
+from dualtvm.runtime import CompiledDecoder
 from dualtvm.target import TargetError
 
 pytestmark = pytest.mark.slow

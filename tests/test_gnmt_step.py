@@ -12,7 +12,7 @@ from dualtvm.models import Seq2Seq
 from dualtvm.nmt import Backend, Translator, build_dual_decoder, dual_output, translate
 from dualtvm.output import GATE
 
-from conftest import SRC, TGT
+from conftest import SRC
 
 TARGET = "llvm -mcpu=broadwell"
 

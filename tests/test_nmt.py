@@ -224,6 +224,17 @@ def test_compiled_layer_pads_widths_and_steps_a_batch(tmp_path):
                 torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
                 torch.testing.assert_close(state[1], ref_state[1], atol=2e-5, rtol=1e-4)
     assert layer.stats.ratio() == 0.0 and sum(layer.stats.total.values()) == 4 * 3 * 4 * 40  # steps × batch × rows
+    # a build is reused for these weights only: a refitted little module rebuilds the dual layer, not the dense one
+    import dataclasses
+
+    from dualtvm.dual import DualModuleLayer
+    from dualtvm.nmt_backends import _built_for
+
+    (layer,) = dual.layers
+    assert _built_for(folders["dual"][0], layer) and _built_for(folders["dense"][0], layer)
+    refit = DualModuleLayer(layer.big, dataclasses.replace(layer.little, bias=layer.little.bias + 0.5))
+    assert not _built_for(folders["dual"][0], refit) and _built_for(folders["dense"][0], refit)
+    assert not _built_for(tmp_path / "missing", layer)
 
 
 def test_nmt_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
