@@ -19,6 +19,13 @@ python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model
 C="--checkpoint cache/multi30k-gnmt-1024-r2.best.pt --model-name multi30k-gnmt-1024-r2 --parts quality --threads 1"
 python scripts/eval_nmt.py $C --little-bits 8 --ratios 0,0.5,0.7,0.9 --allocation loss
 python scripts/eval_nmt.py $C --little-bits 8 --ratios 0,0.5,0.7,0.9 --mask-rule contribution --allocation loss
+# session 24: the rest of its rows (10/30 %, the dual output projection, INT4) and its decoding speed
+python scripts/eval_nmt.py $C --little-bits 8 --ratios 0,0.1,0.3,0.5,0.7,0.9 --output-ratio 0.99 --allocation loss
+python scripts/eval_nmt.py $C --little-bits 8 --ratios 0,0.1,0.3 --mask-rule contribution --allocation loss
+python scripts/eval_nmt.py $C --little-bits 4 --ratios 0.5
+S="--checkpoint cache/multi30k-gnmt-1024-r2.best.pt --model-name multi30k-gnmt-1024-r2 --parts speed --speed-sentences 200"
+python scripts/eval_nmt.py $S --little-bits 8,4 --threads 2 --output-ratio 0.99
+python scripts/eval_nmt.py $S --little-bits 8,4 --threads 2 --output-ratio 0.99 --fused-step
 # the same with each compiled engine's whole decode step as one build (dualtvm/gnmt_step.py)
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99 --fused-step
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99 --fused-step
