@@ -353,3 +353,27 @@ def test_rows_keep_the_revision_their_run_started_from(tmp_path):
     update_rows(path, "r", {"model": "a", "git": "abc1234"}, ("model",), "c")
     update_rows(path, "r", {"model": "b"}, ("model",), "c")
     assert {r["model"]: r["git"] for r in read_rows(path)} == {"a": "abc1234", "b": git_revision()}
+
+
+def test_build_manifest_load_refuses_and_reuse_rebuilds(tmp_path, monkeypatch):
+    """A build folder is loaded only whole, in this format and for an ISA this CPU has; reuse says "rebuild" instead."""
+    from dualtvm import target as T
+    from dualtvm.manifest import BuildError, load_manifest, reusable_manifest, write_manifest
+
+    broadwell = T.parse_target("llvm -mcpu=broadwell").required_features()
+    monkeypatch.setattr(T, "host_cpu_features", lambda: set(broadwell))  # a Broadwell host, whatever runs the test
+    (tmp_path / "step.so").write_bytes(b"")
+    target = {"kind": "llvm", "mcpu": "broadwell"}
+    write_manifest(tmp_path, {"version": 3, "target": target, "weights": "abc"})
+    with pytest.raises(BuildError, match=r"params\.npz is missing: not a GNMT step build"):
+        load_manifest(tmp_path, "step.so", 3, "GNMT step build")
+    (tmp_path / "params.npz").write_bytes(b"")
+    m = load_manifest(tmp_path, "step.so", 3, "GNMT step build")
+    assert m["weights"] == "abc" and m["git"]  # the revision that built it is recorded
+    assert reusable_manifest(tmp_path, 3) == m and reusable_manifest(tmp_path, 4) is None
+    assert reusable_manifest(tmp_path / "missing", 3) is None
+    with pytest.raises(BuildError, match="manifest version 3, this dualtvm reads 4"):
+        load_manifest(tmp_path, "step.so", 4, "GNMT step build")
+    write_manifest(tmp_path, {"version": 3, "target": {"kind": "llvm", "mcpu": "skylake-avx512"}})
+    with pytest.raises(T.TargetError, match="needs CPU features this host lacks"):
+        load_manifest(tmp_path, "step.so", 3, "GNMT step build")
