@@ -13,18 +13,18 @@ from .nmt import Backend, Translator, as_backend, greedy_search
 
 
 class _Timed(nn.Module):
-    """Accumulates wall time spent inside a decoder layer (the part the backends differ in)."""
+    """Accumulates wall time spent inside decoder layer ``index`` (the part the backends differ in) in ``clock``."""
 
-    def __init__(self, inner: nn.Module, clock: list[float]) -> None:
+    def __init__(self, inner: nn.Module, clock: list[float], index: int) -> None:
         super().__init__()
-        self.inner, self.clock = inner, clock
+        self.inner, self.clock, self.index = inner, clock, index
 
     def forward(self, x, state=None):
         import time
 
         t0 = time.perf_counter()
         out = self.inner(x, state)
-        self.clock[0] += time.perf_counter() - t0
+        self.clock[self.index] += time.perf_counter() - t0
         return out
 
 
@@ -41,8 +41,9 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
     spinning worker threads fall asleep.  The encoder (PyTorch, the same for every backend) is timed apart
     from the decode loop.  Returns per backend: tokens; total, encoder, decode-loop and decoder-layer
     seconds; end-to-end tokens/s, decoder tokens/s (decode loop only), ms per token in the decoder
-    layers (None for a backend with a whole compiled ``step``: its layers are not called apart); the hypotheses;
-    per sentence (tokens, encoder s, decode-loop s), for :func:`block_speedups`.
+    layers, in all and per layer (None for a backend with a whole compiled ``step``: its layers are not called
+    apart; the layers of a stack need not gain alike); the hypotheses; per sentence (tokens, encoder s,
+    decode-loop s), for :func:`block_speedups`.
     """
     import random
     import time
@@ -55,15 +56,16 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
         raise ValueError("decode_speed needs at least one sentence")
     bos, eos = tr.tgt_vocab.stoi[BOS], tr.tgt_vocab.stoi[EOS]
     names = list(backends)
-    acc = {n: {"per_sentence": [], "layer_clock": [0.0], "hyps": []} for n in names}
+    acc = {n: {"per_sentence": [], "layer_clock": None, "hyps": []} for n in names}
     timed = {}
     for n in names:
         be = as_backend(backends[n])
         if be.step is not None:  # one compiled step: no separate layer time
-            acc[n]["layer_clock"] = None
             timed[n] = be
             continue
-        layers = [_Timed(l, acc[n]["layer_clock"]) for l in (be.layers or tr.model.decoder.layers)]
+        layers = be.layers or tr.model.decoder.layers
+        clock = acc[n]["layer_clock"] = [0.0] * len(layers)
+        layers = [_Timed(l, clock, i) for i, l in enumerate(layers)]
         timed[n] = replace(be, layers=layers)  # every other part of the backend as given
     tr.model.eval()
     warn_if_busy("decoding speed")
@@ -82,13 +84,14 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
             acc[n]["hyps"].append(tr.decode_target(ids))
     out = {}
     for n in names:
-        a = acc[n]
+        a, clock = acc[n], acc[n]["layer_clock"]
         tokens, encode_s, decode_s = (sum(col) for col in zip(*a["per_sentence"]))
         wall = encode_s + decode_s
         out[n] = {"tokens": tokens, "wall_s": wall, "encode_s": encode_s, "decode_s": decode_s,
-                  "layer_s": a["layer_clock"][0] if a["layer_clock"] else None, "tokens_per_s": tokens / wall,
+                  "layer_s": sum(clock) if clock else None, "tokens_per_s": tokens / wall,
                   "decoder_tokens_per_s": tokens / decode_s,
-                  "layer_ms_per_token": 1e3 * a["layer_clock"][0] / tokens if a["layer_clock"] else None,
+                  "layer_ms_per_token": 1e3 * sum(clock) / tokens if clock else None,
+                  "layer_ms_per_token_each": [1e3 * c / tokens for c in clock] if clock else None,
                   "hyps": a["hyps"], "per_sentence": a["per_sentence"]}
     return out
 

@@ -171,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
                    "target": a.target if engine.startswith("tvm") else None}
             if r["layer_ms_per_token"] is not None:
                 row["decoder_layers_ms_per_token"] = round(r["layer_ms_per_token"], 4)
+                row["decoder_layer_ms_per_token_each"] = [round(t, 4) for t in r["layer_ms_per_token_each"]]
             if a.fused_step:  # the run's compiled engines ran the fused step (its torch row is this run's baseline)
                 row["decode_step"] = "fused"
             if engine in duals:
                 row["measured_ratio"] = round(measured_layer_ratio(backends[engine].mask_layers), 4)
+                row["measured_ratio_per_layer"] = [round(measured_layer_ratio([l]), 4)
+                                                   for l in backends[engine].mask_layers]
                 if engine.endswith("+out"):
                     row.update(output_ratio=a.output_ratio,
                                output_measured_ratio=round(backends[engine].mask_output.stats.ratio(GATE), 4))
@@ -187,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                     if r["layer_ms_per_token"] and res[other]["layer_ms_per_token"]:
                         row[f"layer_speedup_vs_{other.replace('-', '_')}"] = round(
                             res[other]["layer_ms_per_token"] / r["layer_ms_per_token"], 3)
+                        row[f"layer_speedup_vs_{other.replace('-', '_')}_each"] = [
+                            round(o / t, 3) for o, t in zip(res[other]["layer_ms_per_token_each"],
+                                                            r["layer_ms_per_token_each"])]
             layers = f", decoder layers {r['layer_ms_per_token']:.3f} ms/token" if r["layer_ms_per_token"] else ""
             print(f"{engine:10s} {r['tokens_per_s']:8.1f} tokens/s ({r['decoder_tokens_per_s']:.1f} in the decode loop)"
                   f"{layers}, BLEU {score:.2f} on {n} sentences")

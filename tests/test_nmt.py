@@ -87,6 +87,8 @@ def test_decode_speed_interleaves_backends_in_shuffled_order(tiny_seq2seq):
         assert res[n]["tokens_per_s"] <= res[n]["decoder_tokens_per_s"]
         assert len(res[n]["per_sentence"]) == len(sentences)
         assert sum(t for t, _, _ in res[n]["per_sentence"]) == res[n]["tokens"]
+        each = res[n]["layer_ms_per_token_each"]  # one clock per decoder layer, adding up to the layers' total
+        assert len(each) == len(model.decoder.layers) and sum(each) == pytest.approx(res[n]["layer_ms_per_token"])
 
 
 def test_block_speedups_are_side_by_side_ratios_per_part_of_a_run():
@@ -361,6 +363,9 @@ def test_eval_nmt_speed_rows_put_the_backends_side_by_side(tiny_multi30k, tmp_pa
     dual = rows[name]
     for r in rows.values():
         assert r["decoder_tokens_per_s"] > r["tokens_per_s"] > 0
+        assert sum(r["decoder_layer_ms_per_token_each"]) == pytest.approx(r["decoder_layers_ms_per_token"], abs=1e-3)
+    layers = len(dual["decoder_layer_ms_per_token_each"])
+    assert len(dual["layer_speedup_vs_tvm_dense_each"]) == layers and dual["measured_ratio_per_layer"] == [0.0] * layers
     assert dual["decoder_speedup_vs_tvm_dense"] == pytest.approx(
         dual["decoder_tokens_per_s"] / rows["tvm-dense"]["decoder_tokens_per_s"], rel=0.05)  # of rounded rates
     assert (tmp_path / "build" / "s-llvm-broadwell" / "output" / "linear.so").exists()
