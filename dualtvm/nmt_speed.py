@@ -39,7 +39,10 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
     decoder but 34–38 ms after a compiled one (1024-unit GNMT), and a fixed rotation always gave each
     backend the same predecessor; a ``pause_s`` sleep before each backend lets the previous one's
     spinning worker threads fall asleep.  The encoder (PyTorch, the same for every backend) is timed apart
-    from the decode loop.  Returns per backend: tokens; total, encoder, decode-loop and decoder-layer
+    from the decode loop, and another untimed ``pause_s`` separates them: on all cores the encoder leaves
+    torch's OpenMP workers spinning into the first tokens, and there they held each launch of the compiled
+    layers' thread pool up, the dual-module step's several kernel launches more than the dense one's (GNMT-1024-r2,
+    2 cores, layer 0 per token: dense 1.24 ms instead of 1.07, dual-module 1.46 instead of 0.88).  Returns per backend: tokens; total, encoder, decode-loop and decoder-layer
     seconds; end-to-end tokens/s, decoder tokens/s (decode loop only), ms per token in the decoder
     layers, in all and per layer (None for a backend with a whole compiled ``step``: its layers are not called
     apart; the layers of a stack need not gain alike); the hypotheses; per sentence (tokens, encoder s,
@@ -77,10 +80,11 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
             t0 = time.perf_counter()
             with torch.no_grad():
                 mem, pad = tr.model.encode(src)
+            encode_s = time.perf_counter() - t0
+            time.sleep(pause_s)  # untimed: the encoder's OpenMP workers stop spinning before the decode loop
             t1 = time.perf_counter()
             (ids,) = greedy_search(tr.model, mem, pad, bos, eos, 60, timed[n])
-            t2 = time.perf_counter()
-            acc[n]["per_sentence"].append((len(ids) + 1, t1 - t0, t2 - t1))  # + <eos>
+            acc[n]["per_sentence"].append((len(ids) + 1, encode_s, time.perf_counter() - t1))  # + <eos>
             acc[n]["hyps"].append(tr.decode_target(ids))
     out = {}
     for n in names:
