@@ -41,12 +41,12 @@ def decode_speed(tr: Translator, sentences: list[str], backends: dict[str, Backe
     spinning worker threads fall asleep.  The encoder (PyTorch, the same for every backend) is timed apart
     from the decode loop, and another untimed ``pause_s`` separates them: on all cores the encoder leaves
     torch's OpenMP workers spinning into the first tokens, and there they held each launch of the compiled
-    layers' thread pool up, the dual-module step's several kernel launches more than the dense one's (GNMT-1024-r2,
-    2 cores, layer 0 per token: dense 1.24 ms instead of 1.07, dual-module 1.46 instead of 0.88).  Returns per backend: tokens; total, encoder, decode-loop and decoder-layer
-    seconds; end-to-end tokens/s, decoder tokens/s (decode loop only), ms per token in the decoder
-    layers, in all and per layer (None for a backend with a whole compiled ``step``: its layers are not called
-    apart; the layers of a stack need not gain alike); the hypotheses; per sentence (tokens, encoder s,
-    decode-loop s), for :func:`block_speedups`.
+    layers' thread pool up, the dual-module step's several kernel launches more than the dense one's
+    (GNMT-1024-r2, 2 cores, layer 0 per token: dense 1.24 ms instead of 1.07, dual-module 1.46 instead of 0.88).
+    Returns per backend: tokens; total, encoder, decode-loop and decoder-layer seconds; end-to-end tokens/s,
+    decoder tokens/s (decode loop only), ms per token in the decoder layers, in all and per layer (None for a
+    backend with a whole compiled ``step``: its layers are not called apart; the layers of a stack need not gain
+    alike); the hypotheses; per sentence (tokens, encoder s, decode-loop s), for :func:`block_speedups`.
     """
     import random
     import time
