@@ -44,6 +44,7 @@ done
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r3.best.pt --model-name ptb-gru-750-r3 --parts ratios,allocation \
   --ratios 0.5,0.6,0.7 --allocation-costs activation,loss,measured --mask-rule contribution --results results/lm-allocation-ptb.json
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r3.best.pt --model-name ptb-gru-750-r3 --parts ratios,allocation,search
+python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r3.best.pt --model-name ptb-gru-750-r3 --parts eps
 # the INT4 little module (the compiled tvm-dual-int4 engine) at every ratio
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios --little-bits 4
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios --little-bits 4
