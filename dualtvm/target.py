@@ -8,6 +8,7 @@ an ISA the host lacks before it crashes with SIGILL.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -83,6 +84,7 @@ class TargetSpec:
     def to_tvm(self):
         import tvm
 
+        check_llvm_cpu(self)
         return tvm.target.Target(self.to_dict())
 
     @property
@@ -142,6 +144,26 @@ def _from_dict(d: dict, source: str) -> TargetSpec:
     if mcpu is not None and mcpu not in MCPU_FEATURES and mcpu != "native":
         log.warning("mcpu %r is not one dualtvm knows the ISA of; host checks will skip it", mcpu)
     return TargetSpec(kind, mcpu, tuple(mattr), d.get("mtriple"), cores, source)
+
+
+def check_llvm_cpu(target: TargetSpec) -> None:
+    """Raise :class:`TargetError` when LLVM does not know ``target``'s ``-mcpu`` for its triple.
+
+    LLVM itself only logs the mistake and compiles for ``generic`` (no AVX2: a slow build that looks like a
+    fast one); a misspelt CPU should stop the run instead.  Imports TVM: call it after ``TVM_NUM_THREADS``.
+    """
+    if not target.mcpu or target.mcpu == "native" or target.mcpu in MCPU_FEATURES:
+        return
+    import tvm
+    from tvm.target import codegen
+
+    plain = {"kind": target.kind, **({"mtriple": target.mtriple} if target.mtriple else {})}
+    known = [str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target(plain))]
+    if known and target.mcpu not in known:
+        close = difflib.get_close_matches(target.mcpu, known, n=3)
+        raise TargetError(f"LLVM does not know -mcpu={target.mcpu} for {target.mtriple or 'this triple'}"
+                          + (f": did you mean {' or '.join(close)}?" if close else "")
+                          + " (tvm.target.codegen.llvm_get_cpu_archlist lists them)")
 
 
 def _from_cli(text: str) -> TargetSpec:

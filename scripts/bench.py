@@ -58,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.bench import BenchConfig, bench_model, gemv_bandwidth, markdown_table, plot, stream_bandwidth
     from dualtvm.checkpoint import git_revision
     from dualtvm.results import merge_rows, read_rows
-    from dualtvm.target import TargetError, parse_target
+    from dualtvm.target import TargetError, check_llvm_cpu, parse_target
 
     try:
-        run_target = parse_target(a.target).cli  # "host" is recorded as the -mcpu it stands for
+        target = parse_target(a.target)
+        check_llvm_cpu(target)
+        run_target = target.cli  # "host" is recorded as the -mcpu it stands for
     except TargetError as e:
         p.error(str(e))
     cfg = BenchConfig(tuple(a.models.split(",")), run_target, tuple(float(r) for r in a.ratios.split(",")), a.steps,

@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
     from dualtvm.build import BuildConfig, build_model
+    from dualtvm.target import TargetError, check_llvm_cpu, parse_target
 
+    try:  # a mistyped target stops here, not after the little module's fit
+        check_llvm_cpu(parse_target(a.target))
+    except TargetError as e:
+        p.error(str(e))
     report = build_model(BuildConfig(a.model, a.target, a.checkpoint, a.out, a.eps, a.tuning_logs, not a.no_tuned,
                                      a.verify, a.steps, a.threads, corpus=a.corpus, data_dir=a.data_dir,
                                      little_bits=a.little_bits, decoder_layer=a.decoder_layer,

@@ -52,10 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from dualtvm.kernels import LayerShape
     from dualtvm.registry import model_config
-    from dualtvm.target import check_runs_on_host, parse_target
+    from dualtvm.target import TargetError, check_llvm_cpu, check_runs_on_host, parse_target
     from dualtvm.tuning import RPCTracker, TuningError, recheck, tasks_for, tune, tuning_dir
 
-    target = parse_target(a.target).with_default_cores()
+    try:
+        target = parse_target(a.target).with_default_cores()
+        check_llvm_cpu(target)
+    except TargetError as e:
+        p.error(str(e))
     mc = model_config(a.model)
     layers = [LayerShape(mc.rnn_type, mc.hidden, d, mc.little_dim(a.eps), a.little_bits).for_target(target)
               for d in mc.input_sizes()]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dualtvm.target import (MCPU_FEATURES, TargetError, TargetSpec, host_cpu_features, host_target,
+from dualtvm.target import (MCPU_FEATURES, TargetError, TargetSpec, check_llvm_cpu, host_cpu_features, host_target,
                             missing_host_features, parse_target)
 
 
@@ -50,6 +50,16 @@ def test_parse_bad(text, needle):
     with pytest.raises(TargetError) as e:
         parse_target(text)
     assert needle in str(e.value)
+
+
+def test_unknown_mcpu_is_refused_before_llvm_falls_back_to_generic():
+    # LLVM only logs a mistyped -mcpu and builds for "generic"; we stop with the names it meant
+    with pytest.raises(TargetError, match="did you mean broadwell"):
+        check_llvm_cpu(parse_target("llvm -mcpu=brodwell"))
+    with pytest.raises(TargetError, match="-mcpu=pentium9"):
+        parse_target("llvm -mcpu=pentium9").to_tvm()
+    check_llvm_cpu(parse_target("llvm -mcpu=tigerlake"))  # LLVM knows it, dualtvm has no ISA table for it: allowed
+    assert str(parse_target("llvm -mcpu=tigerlake").to_tvm().attrs["mcpu"]) == "tigerlake"
 
 
 def test_host_features_and_isa_check():
