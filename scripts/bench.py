@@ -16,6 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dualtvm.cli import positive_int  # noqa: E402
+
 
 def latency_markdown(rows: list[dict], bw: float, gemv_bw: float, threads: int) -> str:
     from dualtvm.bench import markdown_table
@@ -31,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="lstm-1500")
     p.add_argument("--target", default="llvm -mcpu=broadwell")
     p.add_argument("--ratios", default="0.1,0.3,0.5,0.7,0.9")
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count())
+    p.add_argument("--steps", type=positive_int, default=60)
+    p.add_argument("--rounds", type=positive_int, default=5)
     p.add_argument("--caches", default="warm,cold",
                    help="cold: before every timed step a sweep of twice the last-level cache (at least 64 MB), "
                         "then the engine's copy on its own weights steps untimed: weights cold, code warm")
-    p.add_argument("--cold-steps", type=int, default=20, help="steps per round in cold mode (each waits for a sweep)")
+    p.add_argument("--cold-steps", type=positive_int, default=20, help="steps per round in cold mode (each waits for a sweep)")
     p.add_argument("--checkpoint", default=None,
                    help="trained weights: a train_lm.py LM, a train_nmt.py seq2seq (see --decoder-layer) or a state_dict; "
                         "dualtvm checkpoints also give the real inputs (hence masks) the steps decode")

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and numpy only: TVM is imported after --threads sets its thread count
+from dualtvm.cli import positive_int  # noqa: E402
 from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 
 
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tuning-logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--no-tuned", action="store_true", help="use the default schedules even if a database exists")
     p.add_argument("--verify", action="store_true", help="check against the PyTorch reference (ratio 0 and 0.5)")
-    p.add_argument("--steps", type=int, default=100, help="decode steps to verify")
-    p.add_argument("--threads", type=int, default=None, help="TVM threads (default: all cores)")
+    p.add_argument("--steps", type=positive_int, default=100, help="decode steps to verify")
+    p.add_argument("--threads", type=positive_int, default=None, help="TVM threads (default: all cores)")
     a = p.parse_args(argv)
     try:
         check_mask_rule(a.mask_rule, a.sigmoid_tails)

@@ -28,9 +28,11 @@ from dualtvm.little import LittleConfig, big_layers  # noqa: E402
 from dualtvm.quality import ALLOCATION_COSTS, allocation, largest_ratio_within, ppl, setup, validated_allocations  # noqa: E402
 from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
-from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
+from dualtvm.quantize import SUPPORTED_BITS  # noqa: E402
+from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule, check_ratio  # noqa: E402
 from dualtvm.train_lm import evaluate  # noqa: E402
 
+PARTS = ("ratios", "allocation", "search", "eps", "precision", "resilience")
 PAPER = {  # Tables 2 and 3: (base PPL, {ratio: PPL})
     "lstm-1500": (80.64, {0.1: 80.72, 0.3: 80.56, 0.5: 81.36, 0.7: 87.48, 0.9: 109.37}),
     "lstm-750": (84.32, {0.1: 84.42, 0.3: 84.43, 0.5: 84.29, 0.7: 84.89, 0.9: 88.44}),
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="ptb")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--ratios", default="0.1,0.3,0.5,0.7,0.9")
-    p.add_argument("--parts", default="ratios,allocation,search,eps,precision,resilience",
+    p.add_argument("--parts", default=",".join(PARTS),
                    help="which tables: ratios (2/3), allocation (per-gate, beyond the paper), search (largest ratio "
                         "within +1 %% PPL, per-gate and uniform), eps (5), precision (6), resilience (1)")
     p.add_argument("--noise", type=float, default=0.45, help="Table 1: error std relative to the pre-activation std")
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-gate allocation costs (allocation, search parts): loss (diagonal-Fisher loss increase, "
                         "dualtvm.sensitivity), activation (squared activation error) and/or measured (valid loss, one "
                         "gate at a time: one evaluation per gate and grid ratio)")
-    p.add_argument("--little-bits", type=int, default=8, help="W_LL precision of the little module (Table 6: 8 or 4)")
+    p.add_argument("--little-bits", type=int, default=8, choices=SUPPORTED_BITS,
+                   help="W_LL precision of the little module (Table 6; the compiled engines run 8 and 4)")
     p.add_argument("--sigmoid-tails", default="low", choices=SIGMOID_TAILS,
                    help="sigmoid gates' insensitive outputs: low (eq. 5: near 0) or both (near 0 and near 1, beyond the "
                         "paper); rows of 'both' carry the suffix ' sigmoid-both' in their variant")
@@ -73,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     bad = sorted(set(costs) - set(ALLOCATION_COSTS))
     if bad:
         p.error(f"unknown allocation cost(s) {bad}: choose from {list(ALLOCATION_COSTS)}")
+    parts = a.parts.split(",")
+    bad = sorted(set(parts) - set(PARTS))
+    if bad:
+        p.error(f"unknown part(s) {bad}: choose from {list(PARTS)}")
+    try:  # checked before the minutes of recording and fitting, not after
+        ratios = [check_ratio(float(r)) for r in a.ratios.split(",")]
+    except ValueError as e:
+        p.error(f"--ratios: {e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     payload = load_checkpoint(a.checkpoint)
@@ -80,15 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_lm_corpus(a.corpus, a.data_dir)
     if payload["vocab"] != corpus.dictionary.idx2word:
         raise SystemExit(f"{a.checkpoint} was trained on another vocabulary than {a.corpus}")
+    if "resilience" in parts and not isinstance(model.rnn, torch.nn.LSTM):  # Table 1 is defined on LSTM gates
+        if a.parts != p.get_default("parts"):
+            p.error("part 'resilience' (Table 1) is defined for LSTM gates; this checkpoint is a GRU")
+        parts.remove("resilience")
     command = "python scripts/eval_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
-    parts = a.parts.split(",")
-    ratios = [float(r) for r in a.ratios.split(",")]
     test = batchify(corpus.test, 10)
     base = math.exp(evaluate(model, test))
     little_cfg = LittleConfig(bits=a.little_bits, sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule)
     q = setup(model, corpus, little_cfg, a.max_rows) if set(parts) - {"resilience"} else None
-    paper_key = a.model_name.split("-", 1)[1]
+    paper_key = a.model_name.split("-", 1)[-1]  # ptb-lstm-750 → lstm-750 (a name without a corpus: itself)
     epochs = payload["train_state"]["epoch"]
 
     def record(part: str, ratio: float, value: float, measured: float, **extra) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dualtvm.cli import positive_int  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
 SPEED_BLOCKS = 4  # the speed rows also give each dual engine's ratio over the dense one in 4 consecutive parts
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--model-name", required=True, help="e.g. multi30k-gnmt-256")
     p.add_argument("--ratios", default="0.1,0.3,0.5,0.7,0.9")
-    p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--beam", type=positive_int, default=1)
     p.add_argument("--parts", default="quality,speed")
     p.add_argument("--speed-ratio", type=float, default=0.5)
     p.add_argument("--speed-sentences", type=int, default=300)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="what the decoder layers' masks test: activation (eq. 5) or contribution (beyond the paper: "
                         "dualtvm.contribution); engines of the contribution rule are named …-contribution")
     p.add_argument("--target", default="llvm -mcpu=broadwell")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--build-dir", type=Path, default=None, help="where compiled decoders go (default: build/)")
     p.add_argument("--out", type=Path, default=Path("results/nmt-quality.json"))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dualtvm.cli import positive_int  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, default=0.5)
     p.add_argument("--little-bits", default="8,4", help="little-module kernels to include: 8, 4 or 8,4")
     p.add_argument("--repeat", type=int, default=30, help="flushed runs per kernel (median)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--logs", default=None, help="tuning database folder (default tuning_logs/<target-name>)")
     p.add_argument("--out", default="results/kernels.json")
     a = p.parse_args(argv)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from dualtvm.cli import positive_int  # noqa: E402
 from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.prune import PruneConfig, prune_finetune  # noqa: E402
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--batches", type=int, default=PruneConfig.batches, help="fine-tuning batches")
     p.add_argument("--lr", type=float, default=PruneConfig.lr)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
     a = p.parse_args(argv)

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from dualtvm.cli import positive_int  # noqa: E402
 from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg  # noqa: E402
 from dualtvm.data import load_lm_corpus  # noqa: E402
 from dualtvm.models import LMConfig  # noqa: E402
@@ -29,11 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rnn", default="LSTM", choices=["LSTM", "GRU"])
     p.add_argument("--hidden", type=int, default=750)
     p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=positive_int, default=6)
     p.add_argument("--lr", type=float, default=20.0)
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--seed", type=int, default=1111)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP)
     p.add_argument("--out", type=Path, default=None,
                    help="checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt); also names the baselines row")

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from dualtvm.cli import positive_int  # noqa: E402
 from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg  # noqa: E402
 from dualtvm.data import load_multi30k  # noqa: E402
 from dualtvm.models import Seq2SeqConfig  # noqa: E402
@@ -31,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--min-freq", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP + ", BLEU is measured on the CPU")
     p.add_argument("--max-batches", type=int, default=None, help="cap per epoch (smoke runs)")
     p.add_argument("--bleu-limit", type=int, default=None, help="translate only the first N test sentences")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dualtvm.cli import positive_int  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, default=None, help="train_nmt.py checkpoint (default cache/multi30k-gnmt-256.best.pt)")
     p.add_argument("--backend", choices=("torch", "dual", "tvm-dense", "tvm-dual"), default="torch")
     p.add_argument("--ratio", type=float, default=0.5, help="insensitive ratio (dual backends)")
-    p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
     p.add_argument("--output-ratio", type=float, default=None,
                    help="dual backends: also run the dual-module output projection at this insensitive ratio "
                         "(dualtvm.output; e.g. 0.99)")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--target", default="llvm -mcpu=broadwell", help="target of the compiled layers")
     p.add_argument("--build-dir", type=Path, default=None, help="where compiled decoders go (default: build/)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     a = p.parse_args(argv)
     if not 0.0 <= a.ratio <= 1.0:
         p.error(f"--ratio must be in [0, 1], got {a.ratio}")

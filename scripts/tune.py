@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dualtvm.cli import positive_int  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rpc-key", default=None, help="device key the RPC servers registered with")
     p.add_argument("--rpc-timeout", type=int, default=60, help="seconds per RPC session")
     p.add_argument("--dry-run", action="store_true", help="print the parsed target and the tasks, then exit")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported

@@ -377,3 +377,24 @@ def test_build_manifest_load_refuses_and_reuse_rebuilds(tmp_path, monkeypatch):
     write_manifest(tmp_path, {"version": 3, "target": {"kind": "llvm", "mcpu": "skylake-avx512"}})
     with pytest.raises(T.TargetError, match="needs CPU features this host lacks"):
         load_manifest(tmp_path, "step.so", 3, "GNMT step build")
+
+
+@pytest.mark.parametrize("script,args,needle", [
+    ("bench", ["--threads", "0"], "--threads: expected a positive integer, got 0"),
+    ("budget", ["build/none", "--budget-ms", "-1"], "--budget-ms: expected a positive number, got -1.0"),
+    ("train_lm", ["--epochs", "two"], "--epochs: expected a positive integer, got 'two'"),
+    ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--ratios", "0.5,1.5"], "insensitive ratio must lie in [0, 1]"),
+    ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--parts", "ratios,tables"], "unknown part(s) ['tables']"),
+])
+def test_scripts_refuse_bad_arguments_before_any_work(script, args, needle, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(f"cli_{script}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(args)
+    assert e.value.code == 2  # argparse's usage error, not a traceback minutes into the run
+    assert needle in capsys.readouterr().err
