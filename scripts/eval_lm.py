@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     base = math.exp(evaluate(model, test))
     little_cfg = LittleConfig(bits=a.little_bits, sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule)
     q = setup(model, corpus, little_cfg, a.max_rows) if set(parts) - {"resilience"} else None
-    paper_key = a.model_name.split("-", 1)[-1]  # ptb-lstm-750 → lstm-750 (a name without a corpus: itself)
+    # ptb-lstm-750 → lstm-750; a retraining (ptb-lstm-1500-r2) is the same paper model; no corpus prefix: itself
+    paper_key = re.sub(r"-r\d+$", "", a.model_name.split("-", 1)[-1])
     epochs = payload["train_state"]["epoch"]
 
     def record(part: str, ratio: float, value: float, measured: float, **extra) -> None:
