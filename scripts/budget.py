@@ -20,14 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import positive_float, positive_int  # noqa: E402
+from dualtvm.cli import positive_float, positive_int, ratio_list  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("build", help="a build folder written by scripts/build.py (holding dual/ and dense/), or its dual/")
     p.add_argument("--budget-ms", type=positive_float, required=True, help="latency budget of one decode step (median), ms")
-    p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="candidate insensitive ratios")
+    p.add_argument("--ratios", type=ratio_list, default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="candidate insensitive ratios")
     p.add_argument("--steps", type=positive_int, default=100, help="decode steps per round")
     p.add_argument("--rounds", type=positive_int, default=4, help="interleaved rounds (each ratio once per round)")
     p.add_argument("--cold", action="store_true",
@@ -40,12 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.steps < 2:
         p.error("--steps must be at least 2 (the first step of a round is a warm-up)")
-    if a.rounds < 1:
-        p.error("--rounds must be at least 1")
-    try:
-        ratios = [float(r) for r in a.ratios.split(",")]
-    except ValueError:
-        p.error(f"--ratios takes comma-separated numbers, got {a.ratios!r}")
+    ratios = list(a.ratios)
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
     import numpy as np
 

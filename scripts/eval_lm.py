@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint  # noqa: E402
+from dualtvm.cli import ratio_list  # noqa: E402
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
@@ -30,7 +31,7 @@ from dualtvm.quality import ALLOCATION_COSTS, allocation, largest_ratio_within, 
 from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
 from dualtvm.quantize import SUPPORTED_BITS  # noqa: E402
-from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule, check_ratio  # noqa: E402
+from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 from dualtvm.train_lm import evaluate  # noqa: E402
 
 PARTS = ("ratios", "allocation", "search", "eps", "precision", "resilience")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-name", required=True, help="e.g. ptb-lstm-750")
     p.add_argument("--corpus", default="ptb")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--ratios", default="0.1,0.3,0.5,0.7,0.9")
+    p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9")
     p.add_argument("--parts", default=",".join(PARTS),
                    help="which tables: ratios (2/3), allocation (per-gate, beyond the paper), search (largest ratio "
                         "within +1 %% PPL, per-gate and uniform), eps (5), precision (6), resilience (1)")
@@ -81,10 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     bad = sorted(set(parts) - set(PARTS))
     if bad:
         p.error(f"unknown part(s) {bad}: choose from {list(PARTS)}")
-    try:  # checked before the minutes of recording and fitting, not after
-        ratios = [check_ratio(float(r)) for r in a.ratios.split(",")]
-    except ValueError as e:
-        p.error(f"--ratios: {e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     payload = load_checkpoint(a.checkpoint)
@@ -134,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             record("resilience", 0.5, value, 0.0, variant=f"errors in the {region} half", relative_std=a.noise,
                    cos_before=cos["before"], cos_after=cos["after"])
     if "ratios" in parts:
-        for r in ratios:
+        for r in a.ratios:
             v, m = ppl(q, "test", r)
             record("uniform", r, v, m, variant=f"eps0.5-int{a.little_bits}")
     variants = {"activation": ("greedy-allocation", "per-gate, chosen on valid"),  # names of the first rows

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import positive_int  # noqa: E402
+from dualtvm.cli import positive_int, ratio_list  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
 SPEED_BLOCKS = 4  # the speed rows also give each dual engine's ratio over the dense one in 4 consecutive parts
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--model-name", required=True, help="e.g. multi30k-gnmt-256")
-    p.add_argument("--ratios", default="0.1,0.3,0.5,0.7,0.9")
+    p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9")
     p.add_argument("--beam", type=positive_int, default=1)
     p.add_argument("--parts", default="quality,speed")
     p.add_argument("--speed-ratio", type=float, default=0.5)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 gradients = loss_gradients([d.big for d in duals], reference_losses(
                     tr, *corpus.splits["valid"], max_batches=a.allocation_batches))
             name = dual_engine(b, "dual", a.mask_rule)
-            for r in [float(x) for x in a.ratios.split(",")]:
+            for r in a.ratios:
                 engines = [(name, r, None)]
                 if out is not None:
                     engines.append((name + "+out", r, out))

@@ -229,8 +229,11 @@ def test_budget_measures_every_ratio_and_picks_the_cheapest_in_quality(builds, t
     assert budget.main(argv + ["--budget-ms", "1e-6"]) == 1
     assert "no measured ratio meets 1e-06 ms" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        budget.main([str(folder), "--budget-ms", "1", "--ratios", "0.5,1.5", "--steps", "4"])
+        budget.main([str(folder), "--budget-ms", "1", "--ratios", "0.5,0.5", "--steps", "4"])
     assert "insensitive ratios must be distinct and lie in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused by the argument's type, before the build is loaded
+        budget.main([str(folder), "--budget-ms", "1", "--ratios", "0.5,1.5", "--steps", "4"])
+    assert "expected comma-separated ratios in [0, 1], got '0.5,1.5'" in capsys.readouterr().err
     np.save(tmp_path / "wrong.npy", np.zeros((6, 5), np.float32))
     with pytest.raises(SystemExit):
         budget.main([str(folder), "--budget-ms", "1", "--inputs", str(tmp_path / "wrong.npy")])

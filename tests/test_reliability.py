@@ -384,6 +384,7 @@ def test_build_manifest_load_refuses_and_reuse_rebuilds(tmp_path, monkeypatch):
     ("budget", ["build/none", "--budget-ms", "-1"], "--budget-ms: expected a positive number, got -1.0"),
     ("train_lm", ["--epochs", "two"], "--epochs: expected a positive integer, got 'two'"),
     ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--ratios", "0.5,1.5"], "insensitive ratio must lie in [0, 1]"),
+    ("bench", ["--ratios", "0.5,fifty"], "expected comma-separated ratios in [0, 1], got '0.5,fifty'"),
     ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--parts", "ratios,tables"], "unknown part(s) ['tables']"),
 ])
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, needle, capsys):
