@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from dualtvm.cli import positive_int  # noqa: E402
-from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
+from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.prune import PruneConfig, prune_finetune  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
     a = p.parse_args(argv)
+    revision = git_revision()  # of the code this run loaded: commits made while it trains must not be named
     if not 0.0 <= a.sparsity < 1.0:
         p.error(f"--sparsity must be in [0, 1), got {a.sparsity} (0 = the same fine-tuning without pruning: the control)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
            "finetune_batches": a.batches,
            "valid_ppl": round(valid, 2), "test_ppl": round(test, 2), "wall_s": round(wall, 1), "checkpoint": str(out),
            "command": "python scripts/prune_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
-    update_rows(a.results, "baselines", row, key=("model",), command="see each row's command")
+    update_rows(a.results, "baselines", {**row, "git": revision}, key=("model",), command="see each row's command")
     print(f"{name}: sparsity {info['sparsity']:.3f}, test PPL {test:.2f} (valid {valid:.2f}) -> {out}")
     return 0
 

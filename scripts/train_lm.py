@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from dualtvm.cli import positive_int  # noqa: E402
-from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg  # noqa: E402
+from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg, git_revision  # noqa: E402
 from dualtvm.data import load_lm_corpus  # noqa: E402
 from dualtvm.models import LMConfig  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt); also names the baselines row")
     p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
     a = p.parse_args(argv)
+    revision = git_revision()  # of the code this run loaded: commits made while it trains must not be named
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
            "valid_ppl": round(res["valid_ppl"], 2), "test_ppl": round(res["test_ppl"], 2), "wall_s": res["wall_s"],
            "checkpoint": str(ckpt.with_suffix(".best.pt")),
            "command": "python scripts/train_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
-    update_rows(a.results, "baselines", row, key=("model",), command="see each row's command")
+    update_rows(a.results, "baselines", {**row, "git": revision}, key=("model",), command="see each row's command")
     print(f"{name}: test PPL {res['test_ppl']:.2f} (valid {res['valid_ppl']:.2f}, {res['epochs']} epochs)")
     return 0
 
