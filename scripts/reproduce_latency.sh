@@ -33,3 +33,6 @@ python scripts/bench.py --models lstm-1500 --target host --threads 2 --rounds 8 
 # session 24 on the AMD machine: the same decoder layer of the retrained GNMT-1024 (train_nmt.py --hidden 1024 --epochs 2
 # --dropout 0.3 --out cache/multi30k-gnmt-1024-r2.pt; the first checkpoint was lost)
 python scripts/bench.py --models gnmt-1024-2048 --checkpoint cache/multi30k-gnmt-1024-r2.best.pt --decoder-layer 0 --threads 2 --rounds 8 --little-bits 8,4 --int8-float
+# session 25 on the AMD machine: the paper's main model retrained (train_lm.py --rnn LSTM --hidden 1500 --dropout 0.65
+# --epochs 6 --out cache/ptb-lstm-1500-r2.pt; the first checkpoint was lost): real masks on PTB text
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4

@@ -48,6 +48,12 @@ python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r3.best.pt --model-name
 # the INT4 little module (the compiled tvm-dual-int4 engine) at every ratio
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts ratios --little-bits 4
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts ratios --little-bits 4
+# session 25: the paper's main model retrained with the lost checkpoint's command (train_lm.py --rnn LSTM --hidden 1500
+# --dropout 0.65 --epochs 6 --out cache/ptb-lstm-1500-r2.pt): Tables 2, 1, 5, 6, INT4 and the per-gate allocation on it
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts ratios
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts resilience,precision,eps
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts ratios --little-bits 4
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts allocation,search
 # Table 7 (reduced to PTB LSTM-750): AGP pruning to 80 / 90 % and the same fine-tuning without pruning (0 %)
 for s in 80 90 0; do
   ck=cache/ptb-lstm-750-sparse$s.best.pt
