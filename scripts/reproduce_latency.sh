@@ -36,3 +36,4 @@ python scripts/bench.py --models gnmt-1024-2048 --checkpoint cache/multi30k-gnmt
 # session 25 on the AMD machine: the paper's main model retrained (train_lm.py --rnn LSTM --hidden 1500 --dropout 0.65
 # --epochs 6 --out cache/ptb-lstm-1500-r2.pt; the first checkpoint was lost): real masks on PTB text
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --target "llvm -mcpu=znver4" --threads 2 --rounds 16 --little-bits 8,4
