@@ -34,3 +34,27 @@ def ratio_list(text: str) -> tuple[float, ...]:
         return tuple(check_ratio(float(r)) for r in text.split(","))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected comma-separated ratios in [0, 1], got {text!r} ({e})") from None
+
+
+def model_name(text: str) -> str:
+    """An ``argparse`` type for ``--model``: a shape of :data:`dualtvm.registry.MODELS`."""
+    from .registry import MODELS
+
+    if text not in MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}: known models are {', '.join(sorted(MODELS))}")
+    return text
+
+
+def model_names(text: str) -> tuple[str, ...]:
+    """An ``argparse`` type for ``--models``: comma-separated :func:`model_name` entries."""
+    return tuple(model_name(m) for m in text.split(","))
+
+
+def unit_ratio(text: str) -> float:
+    """An ``argparse`` type for one insensitive ratio in [0, 1]."""
+    from .thresholds import check_ratio
+
+    try:
+        return check_ratio(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a ratio in [0, 1], got {text!r}") from None

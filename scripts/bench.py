@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import model_names, positive_int, ratio_list  # noqa: E402
 
 
 def latency_markdown(rows: list[dict], bw: float, gemv_bw: float, threads: int) -> str:
@@ -30,7 +30,7 @@ def latency_markdown(rows: list[dict], bw: float, gemv_bw: float, threads: int) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="lstm-1500")
+    p.add_argument("--models", type=model_names, default="lstm-1500")
     p.add_argument("--target", default="llvm -mcpu=broadwell")
     p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9")
     p.add_argument("--threads", type=positive_int, default=os.cpu_count())
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         run_target = target.cli  # "host" is recorded as the -mcpu it stands for
     except TargetError as e:
         p.error(str(e))
-    cfg = BenchConfig(tuple(a.models.split(",")), run_target, a.ratios, a.steps,
+    cfg = BenchConfig(a.models, run_target, a.ratios, a.steps,
                       a.cold_steps, a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
                       reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps,
                       int8_float=a.int8_float, contribution=a.contribution)

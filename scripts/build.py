@@ -22,14 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and numpy only: TVM is imported after --threads sets its thread count
-from dualtvm.cli import positive_int  # noqa: E402
+from dualtvm.cli import model_name, positive_int  # noqa: E402
 from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="llvm -mcpu=broadwell")
-    p.add_argument("--model", default="lstm-1500")
+    p.add_argument("--model", type=model_name, default="lstm-1500")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--out", default=None, help="build folder (default build/<model>-<target-name>[-w4][-contribution]: "
                    "each little-module variant its own, little.variant_suffix)")

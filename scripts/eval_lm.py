@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = sorted(set(parts) - set(PARTS))
     if bad:
         p.error(f"unknown part(s) {bad}: choose from {list(PARTS)}")
+    if not Path(a.checkpoint).exists():
+        p.error(f"checkpoint {a.checkpoint} not found: train one with scripts/train_lm.py")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     payload = load_checkpoint(a.checkpoint)

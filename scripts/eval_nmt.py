@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import positive_int, ratio_list, unit_ratio  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
 SPEED_BLOCKS = 4  # the speed rows also give each dual engine's ratio over the dense one in 4 consecutive parts
@@ -41,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-name", required=True, help="e.g. multi30k-gnmt-256")
     p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9")
     p.add_argument("--beam", type=positive_int, default=1)
-    p.add_argument("--parts", default="quality,speed")
-    p.add_argument("--speed-ratio", type=float, default=0.5)
-    p.add_argument("--speed-sentences", type=int, default=300)
+    p.add_argument("--parts", default="quality,speed", help="quality (Table 4) and/or speed (tokens/s)")
+    p.add_argument("--speed-ratio", type=unit_ratio, default=0.5)
+    p.add_argument("--speed-sentences", type=positive_int, default=300)
     p.add_argument("--little-bits", default="8",
                    help="W_LL precision(s) of the little modules, e.g. 8,4: engines dual/tvm-dual (INT8, the paper's) "
                         "and dual-int4/tvm-dual-int4")
-    p.add_argument("--output-ratio", type=float, default=None,
+    p.add_argument("--output-ratio", type=unit_ratio, default=None,
                    help="also run each dual engine with the dual-module output projection at this insensitive ratio "
                         "(e.g. 0.99): engines <engine>+out")
     p.add_argument("--fused-step", action="store_true",
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="quality: also run each dual engine with per-layer, per-gate ratios from the loss-aware "
                         "allocation (dualtvm.sensitivity; gradients of the teacher-forced loss on validation "
                         "references): engines <engine>-loss-aware")
-    p.add_argument("--allocation-batches", type=int, default=5,
+    p.add_argument("--allocation-batches", type=positive_int, default=5,
                    help="validation batches (of 100 references) whose loss gradients weigh the allocation")
     p.add_argument("--mask-rule", choices=MASK_RULES, default="activation",
                    help="what the decoder layers' masks test: activation (eq. 5) or contribution (beyond the paper: "
@@ -68,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build-dir", type=Path, default=None, help="where compiled decoders go (default: build/)")
     p.add_argument("--out", type=Path, default=Path("results/nmt-quality.json"))
     a = p.parse_args(argv)
+    parts = a.parts.split(",")
+    if set(parts) - {"quality", "speed"}:
+        p.error(f"unknown part(s) {sorted(set(parts) - {'quality', 'speed'})}: choose from ['quality', 'speed']")
+    try:
+        bits = [int(b) for b in a.little_bits.split(",")]
+    except ValueError:
+        bits = []
+    if not bits or set(bits) - {8, 4}:
+        p.error(f"--little-bits takes 8 and/or 4 (the compiled engines' W_LL), got {a.little_bits!r}")
+    if not a.checkpoint.exists():
+        p.error(f"checkpoint {a.checkpoint} not found: train one with scripts/train_nmt.py")
     threads = a.threads or os.cpu_count()
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -92,8 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     tr = Translator.from_checkpoint(a.checkpoint)
     corpus = load_multi30k(a.data_dir)
     src, refs = corpus.splits["test"]
-    parts = a.parts.split(",")
-    bits = [int(b) for b in a.little_bits.split(",")]
 
     def save(row: dict) -> None:  # timings of another machine go beside this one's; quality is the same anywhere
         key = ("model", "part", "engine", "insensitive_ratio", "beam") + (

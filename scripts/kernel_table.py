@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import positive_int  # noqa: E402
+from dualtvm.cli import model_name, positive_int  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="llvm -mcpu=broadwell")
-    p.add_argument("--model", default="lstm-1500")
+    p.add_argument("--model", type=model_name, default="lstm-1500")
     p.add_argument("--eps", type=float, default=0.5)
     p.add_argument("--little-bits", default="8,4", help="little-module kernels to include: 8, 4 or 8,4")
     p.add_argument("--repeat", type=int, default=30, help="flushed runs per kernel (median)")

@@ -385,6 +385,12 @@ def test_build_manifest_load_refuses_and_reuse_rebuilds(tmp_path, monkeypatch):
     ("train_lm", ["--epochs", "two"], "--epochs: expected a positive integer, got 'two'"),
     ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--ratios", "0.5,1.5"], "insensitive ratio must lie in [0, 1]"),
     ("bench", ["--ratios", "0.5,fifty"], "expected comma-separated ratios in [0, 1], got '0.5,fifty'"),
+    ("bench", ["--models", "lstm-1500,lstm-999"], "unknown model 'lstm-999': known models are"),
+    ("build", ["--model", "bogus"], "unknown model 'bogus'"),
+    ("eval_lm", ["--checkpoint", "none.pt", "--model-name", "m"], "checkpoint none.pt not found"),
+    ("eval_nmt", ["--checkpoint", "none.pt", "--model-name", "m", "--little-bits", "8,3"], "--little-bits takes 8 and/or 4"),
+    ("eval_nmt", ["--checkpoint", "none.pt", "--model-name", "m", "--parts", "qualty"], "unknown part(s) ['qualty']"),
+    ("eval_nmt", ["--checkpoint", "none.pt", "--model-name", "m", "--speed-ratio", "2"], "expected a ratio in [0, 1]"),
     ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--parts", "ratios,tables"], "unknown part(s) ['tables']"),
 ])
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, needle, capsys):
