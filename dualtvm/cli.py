@@ -28,11 +28,9 @@ def positive_float(text: str) -> float:
 
 def ratio_list(text: str) -> tuple[float, ...]:
     """An ``argparse`` type for ``--ratios``: comma-separated insensitive ratios, each in [0, 1]."""
-    from .thresholds import check_ratio
-
     try:
-        return tuple(check_ratio(float(r)) for r in text.split(","))
-    except ValueError as e:
+        return tuple(unit_ratio(r) for r in text.split(","))
+    except argparse.ArgumentTypeError as e:
         raise argparse.ArgumentTypeError(f"expected comma-separated ratios in [0, 1], got {text!r} ({e})") from None
 
 
