@@ -30,8 +30,8 @@ def ratio_list(text: str) -> tuple[float, ...]:
     """An ``argparse`` type for ``--ratios``: comma-separated insensitive ratios, each in [0, 1]."""
     try:
         return tuple(unit_ratio(r) for r in text.split(","))
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ratios in [0, 1], got {text!r} ({e})") from None
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ratios in [0, 1], got {text!r}") from None
 
 
 def model_name(text: str) -> str:

@@ -383,7 +383,7 @@ def test_build_manifest_load_refuses_and_reuse_rebuilds(tmp_path, monkeypatch):
     ("bench", ["--threads", "0"], "--threads: expected a positive integer, got 0"),
     ("budget", ["build/none", "--budget-ms", "-1"], "--budget-ms: expected a positive number, got -1.0"),
     ("train_lm", ["--epochs", "two"], "--epochs: expected a positive integer, got 'two'"),
-    ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--ratios", "0.5,1.5"], "insensitive ratio must lie in [0, 1]"),
+    ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--ratios", "0.5,1.5"], "expected comma-separated ratios in [0, 1], got '0.5,1.5'"),
     ("bench", ["--ratios", "0.5,fifty"], "expected comma-separated ratios in [0, 1], got '0.5,fifty'"),
     ("bench", ["--models", "lstm-1500,lstm-999"], "unknown model 'lstm-999': known models are"),
     ("build", ["--model", "bogus"], "unknown model 'bogus'"),
