@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import positive_int  # noqa: E402
+from dualtvm.cli import positive_int, unit_ratio  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
 
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=None, help="train_nmt.py checkpoint (default cache/multi30k-gnmt-256.best.pt)")
     p.add_argument("--backend", choices=("torch", "dual", "tvm-dense", "tvm-dual"), default="torch")
-    p.add_argument("--ratio", type=float, default=0.5, help="insensitive ratio (dual backends)")
+    p.add_argument("--ratio", type=unit_ratio, default=0.5, help="insensitive ratio (dual backends)")
     p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
-    p.add_argument("--output-ratio", type=float, default=None,
+    p.add_argument("--output-ratio", type=unit_ratio, default=None,
                    help="dual backends: also run the dual-module output projection at this insensitive ratio "
                         "(dualtvm.output; e.g. 0.99)")
     p.add_argument("--little-bits", type=int, choices=(8, 4), default=8,
@@ -55,10 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build-dir", type=Path, default=None, help="where compiled decoders go (default: build/)")
     p.add_argument("--threads", type=positive_int, default=None)
     a = p.parse_args(argv)
-    if not 0.0 <= a.ratio <= 1.0:
-        p.error(f"--ratio must be in [0, 1], got {a.ratio}")
-    if a.output_ratio is not None and (not 0.0 <= a.output_ratio <= 1.0 or not a.backend.endswith("dual")):
-        p.error(f"--output-ratio needs a dual backend and a ratio in [0, 1], got {a.output_ratio} with {a.backend}")
+    if a.output_ratio is not None and not a.backend.endswith("dual"):
+        p.error(f"--output-ratio needs a dual backend, got {a.output_ratio} with {a.backend}")
     if a.fused_step and not a.backend.startswith("tvm-"):
         p.error(f"--fused-step compiles the decode step: it needs a tvm backend, not {a.backend}")
     if a.beam < 1:

@@ -392,6 +392,8 @@ def test_build_manifest_load_refuses_and_reuse_rebuilds(tmp_path, monkeypatch):
     ("eval_nmt", ["--checkpoint", "none.pt", "--model-name", "m", "--parts", "qualty"], "unknown part(s) ['qualty']"),
     ("eval_nmt", ["--checkpoint", "none.pt", "--model-name", "m", "--speed-ratio", "2"], "expected a ratio in [0, 1]"),
     ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--parts", "ratios,tables"], "unknown part(s) ['tables']"),
+    ("translate", ["--ratio", "1.5"], "argument --ratio: expected a ratio in [0, 1], got '1.5'"),
+    ("profile_step", ["build/none", "--ratio", "-0.1"], "argument --ratio: expected a ratio in [0, 1], got '-0.1'"),
 ])
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, needle, capsys):
     import importlib.util
