@@ -312,7 +312,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     """Rows for one model (every engine, cache mode and ratio) and facts about the run."""
     import torch
 
-    from .build import BuildConfig, build_model
+    from .build import BuildConfig, build_model, built_from
     from .inputs import real_inputs
     from .little import variant_suffix
     from .peers import OpenVINOStep, onnxruntime_session, torch_cell
@@ -333,7 +333,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     outs = {}
     for engine, bits, codes, rule in variants:
         outs[engine] = f"{cfg.build_root}/{label}-{target.name}{variant_suffix(bits, rule, codes)}"
-        if not (cfg.reuse_builds and _built_from(Path(outs[engine]), cfg.checkpoint, cfg.decoder_layer)):
+        if not (cfg.reuse_builds and built_from(Path(outs[engine]), cfg.checkpoint, cfg.decoder_layer)):
             build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[engine],
                                     little_bits=bits, eps=cfg.eps, decoder_layer=cfg.decoder_layer,
                                     data_dir=cfg.data_dir, int8_codes=codes, mask_rule=rule))
@@ -423,23 +423,6 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                     _add_breakdown(row, breakdowns[e.name])
             rows.append(row)
     return rows, {"weights": weights, "dense_bytes": dense_bytes, "busy_processes": busy}
-
-
-def _built_from(folder: Path, checkpoint: str | None, decoder_layer: int = 0) -> bool:
-    """Whether ``folder`` holds a build of these weights (``--reuse-builds`` must not time a random-weight
-    build when a checkpoint is asked for, nor the reverse, nor another decoder layer of a seq2seq)."""
-    from .decoder import MANIFEST_VERSION
-    from .manifest import reusable_manifest
-
-    manifest = reusable_manifest(folder / "dual", MANIFEST_VERSION)
-    if manifest is None:
-        return False
-    model = manifest["model"]
-    if "checkpoint" not in model:  # a build from before the manifest said so: rebuild
-        return False
-    if checkpoint is None:
-        return model["checkpoint"] is None
-    return model["checkpoint"] == str(checkpoint) and model["decoder_layer"] in (None, decoder_layer)
 
 
 def dual_engine(little_bits: int, engine: str = "tvm-dual", mask_rule: str = "activation") -> str:

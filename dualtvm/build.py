@@ -14,9 +14,10 @@ from . import BUILD_ROOT
 from .construct import build_dual
 from .dual import DualModuleRNN
 from .inputs import real_inputs, synthetic_segments
-from .decoder import DecoderSpec, compile_decoder, export, pack_layer
+from .decoder import MANIFEST_VERSION, DecoderSpec, compile_decoder, export, pack_layer
 from .kernels import LayerShape
 from .little import LittleConfig, variant_suffix
+from .manifest import reusable_manifest
 from .registry import big_rnn, model_config, read_checkpoint
 from .target import TargetSpec, check_runs_on_host, parse_target
 from .tuning import load_database
@@ -150,6 +151,20 @@ def build_model(cfg: BuildConfig) -> dict:
         else:
             report.update(verify(folders["dual"], folders["dense"], rnn, dual, mc, cfg.steps, cfg.seed))
     return report
+
+
+def built_from(folder: Path, checkpoint: str | None, decoder_layer: int = 0) -> bool:
+    """Whether ``folder`` holds a build of these weights (``--reuse-builds`` must not time a random-weight
+    build when a checkpoint is asked for, nor the reverse, nor another decoder layer of a seq2seq)."""
+    manifest = reusable_manifest(folder / "dual", MANIFEST_VERSION)
+    if manifest is None:
+        return False
+    model = manifest["model"]
+    if "checkpoint" not in model:  # a build from before the manifest said so: rebuild
+        return False
+    if checkpoint is None:
+        return model["checkpoint"] is None
+    return model["checkpoint"] == str(checkpoint) and model["decoder_layer"] in (None, decoder_layer)
 
 
 def _zero_state(mc):

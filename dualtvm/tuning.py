@@ -286,6 +286,7 @@ def load_database(target: TargetSpec, root: str | os.PathLike | None = None) -> 
 
 FLUSH_BYTES = 64 << 20  # TVM's own flush on an RPC server (cache_flush_bytes): a copy of this many bytes
 SWITCH_MARGIN = 0.05  # flushed timings vary ~5-20 % run to run on a shared machine
+IN_STEP = "in-step"  # ``decided`` of a verdict chosen by timing whole steps (``step_tuning``): recheck keeps it
 READ_SWEEP = "dualtvm.tuning.read_sweep"  # time_evaluator f_preproc of local flushed timings
 
 
@@ -397,7 +398,11 @@ def recheck(tasks: list[Task], target: TargetSpec, root: str | os.PathLike | Non
         from .results import warn_if_busy
 
         warn_if_busy("recheck")
-    for task in tqdm([t for t in tasks if t.name in log_.summary], desc="rechecking", disable=not progress):
+    in_step = [t.name for t in tasks if log_.summary.get(t.name, {}).get("decided") == IN_STEP]
+    if in_step:
+        log.info("kept (decided inside the step; tune.py --in-step re-decides): %s", ", ".join(in_step))
+    for task in tqdm([t for t in tasks if t.name in log_.summary and t.name not in in_step], desc="rechecking",
+                     disable=not progress):
         finalists = {"default": default_kernel(task.func, target.num_cores, target.required_features())}
         tuned = metaschedule_best(log_, task.func, target)
         if tuned is not None:
@@ -409,11 +414,12 @@ def recheck(tasks: list[Task], target: TargetSpec, root: str | os.PathLike | Non
         log_.summary[task.name].update(decide(finalists, target, rpc))
         log.info("%s: %s -> %s (%s)", task.name, before, log_.summary[task.name]["use"],
                  ", ".join(f"{k} {v} ms" for k, v in log_.summary[task.name].items() if k.endswith("_ms") and v))
-    _write_summary(d / "summary.json", log_.summary)
+    write_summary(d / "summary.json", log_.summary)
     return log_.summary
 
 
-def _write_summary(path: Path, summary: dict) -> None:
+def write_summary(path: Path, summary: dict) -> None:
+    """Atomically: a kill mid-write leaves the previous file."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, path)
@@ -482,7 +488,7 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
             finalists[nest.kind] = grid[best]
             entry[f"{nest.kind}_knobs"] = asdict(best)
         summary[task.name] = {**entry, **decide(finalists, target, rpc)}
-        _write_summary(summary_file, summary)  # after every task, atomically: a kill loses nothing done
+        write_summary(summary_file, summary)  # after every task, atomically: a kill loses nothing done
     prune_records(d)
     return summary
 

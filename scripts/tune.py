@@ -10,6 +10,11 @@ Records go to tuning_logs/<target-name>/ (JSON database, extended by every run: 
 resumes; finished tasks are skipped unless --redo; a killed task gets only its remaining trials).
 --recheck re-decides, from fresh side-by-side timings and without searching, which schedule each logged
 kernel's build takes.
+--in-step decides the masked big GEMV's loop-nest knobs from whole decode steps instead of the kernel alone:
+the model's build (made first if missing; real masks with --checkpoint) recompiled once per knob setting and
+timed side by side, warm and cold, at --ratios (dualtvm.step_tuning):
+
+    python scripts/tune.py --in-step --checkpoint cache/ptb-lstm-1500-r2.best.pt
 With --rpc-tracker the candidates are measured on the RPC servers registered under --rpc-key
 (one MetaSchedule runner worker per server), compiled here for the target.  The closing table gives each kernel's
 latency with the default schedule and the tuned one; builds use whichever is faster.
@@ -26,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import model_name, positive_int  # noqa: E402
+from dualtvm.cli import model_name, positive_int, ratio_list  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recheck", action="store_true",
                    help="no search: re-time each logged kernel's default, tuned record and loop-nest knobs side by "
                         "side and re-decide which the build uses")
+    p.add_argument("--in-step", action="store_true",
+                   help="decide the masked GEMV's knobs by timing whole decode steps of the model's build (no search)")
+    p.add_argument("--checkpoint", default=None, help="--in-step: trained weights (real masks on their own data)")
+    p.add_argument("--decoder-layer", type=int, default=0, help="--in-step: decoder layer of a train_nmt.py checkpoint")
+    p.add_argument("--build", default=None,
+                   help="--in-step: build folder (default build/<model>-<target-name>[-w4], made if it does not hold "
+                        "these weights)")
+    p.add_argument("--ratios", type=ratio_list, default="0.3,0.5,0.7", help="--in-step: insensitive ratios timed")
+    p.add_argument("--data-dir", default=None, help="--in-step: data root of the checkpoint's corpus")
     p.add_argument("--skip-bad-records", action="store_true", help="drop corrupted database lines instead of failing")
     p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on a fleet via TVM's RPC tracker")
     p.add_argument("--rpc-key", default=None, help="device key the RPC servers registered with")
@@ -94,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
+    if a.in_step:
+        return in_step(a, target)
     if a.recheck:
         try:
             summary = recheck(tasks, target, a.logs, rpc)
@@ -108,6 +124,30 @@ def main(argv: list[str] | None = None) -> int:
         tuned = "-" if s.get("tuned_ms") is None else f"{s['tuned_ms']:.4f}"
         nest = next((f"{v:.4f}" for key, v in s.items() if key.endswith("_ms") and key not in ("default_ms", "tuned_ms")), "-")
         print(f"{t.name:44s} {s.get('default_ms', float('nan')):9.4f} {tuned:>9s} {nest:>10s}  {s.get('use', '?')}")
+    return 0
+
+
+def in_step(a, target) -> int:
+    """--in-step: the build of the model (made if needed), its masked GEMV's knobs decided inside the step."""
+    from dualtvm import BUILD_ROOT
+    from dualtvm.build import BuildConfig, build_model, built_from
+    from dualtvm.little import variant_suffix
+    from dualtvm.step_tuning import InStepConfig, decide_in_step, write_decisions
+    from dualtvm.tuning import load_database
+
+    folder = Path(a.build) if a.build else BUILD_ROOT / f"{a.model}-{target.name}{variant_suffix(a.little_bits, 'activation')}"
+    if not built_from(folder, a.checkpoint, a.decoder_layer):
+        build_model(BuildConfig(model=a.model, target=a.target, checkpoint=a.checkpoint, out=str(folder),
+                                little_bits=a.little_bits, eps=a.eps, decoder_layer=a.decoder_layer,
+                                data_dir=a.data_dir, tuning_logs=a.logs))
+    decisions = decide_in_step(folder / "dual", target, load_database(target, a.logs), InStepConfig(ratios=tuple(a.ratios)),
+                               data_dir=a.data_dir)
+    path = write_decisions(target, decisions, a.logs)
+    for name, d in decisions.items():
+        print(f"{name}: {d.get('gather_knobs', 'kept the current verdict')}")
+        for label, rel in sorted(d["in_step"]["relative_time"].items(), key=lambda kv: kv[1]):
+            print(f"  {label:24s} {rel:.3f}× the current step's time")
+    print(f"verdicts written to {path}; rebuild (scripts/build.py, bench.py) to use them")
     return 0
 
 

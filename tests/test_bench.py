@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from dualtvm.bench import BenchConfig, _built_from, bench_model, break_even_ratio, markdown_table, step_bytes
+from dualtvm.bench import BenchConfig, bench_model, break_even_ratio, markdown_table, step_bytes
+from dualtvm.build import built_from
 from dualtvm.little import big_layers
 from dualtvm.peers import onnxruntime_session
 
@@ -123,11 +124,11 @@ def test_reused_builds_must_hold_the_asked_weights(tmp_path):
     trained = folder("t", checkpoint="cache/ptb-lstm-1500.best.pt", decoder_layer=None)
     older = folder("o", weights="checkpoint cache/ptb-lstm-1500.best.pt")  # a manifest without the fields
     old_format = folder("f", MANIFEST_VERSION - 1, checkpoint=None, decoder_layer=None)
-    assert not _built_from(old_format, None)
-    assert _built_from(random, None) and not _built_from(random, "cache/ptb-lstm-1500.best.pt")
-    assert _built_from(trained, "cache/ptb-lstm-1500.best.pt") and not _built_from(trained, None)
-    assert not _built_from(trained, "cache/ptb-lstm-750.best.pt") and not _built_from(tmp_path / "missing", None)
-    assert not _built_from(older, "cache/ptb-lstm-1500.best.pt")
+    assert not built_from(old_format, None)
+    assert built_from(random, None) and not built_from(random, "cache/ptb-lstm-1500.best.pt")
+    assert built_from(trained, "cache/ptb-lstm-1500.best.pt") and not built_from(trained, None)
+    assert not built_from(trained, "cache/ptb-lstm-750.best.pt") and not built_from(tmp_path / "missing", None)
+    assert not built_from(older, "cache/ptb-lstm-1500.best.pt")
 
 
 def test_bench_a_trained_seq2seq_decoder_layer(tiny_multi30k, tmp_path):
@@ -140,8 +141,8 @@ def test_bench_a_trained_seq2seq_decoder_layer(tiny_multi30k, tmp_path):
     assert info["weights"].startswith(f"checkpoint {ckpt} (seq2seq decoder layer 1)")
     assert "Multi30k, decoder layer 1 inputs" in info["weights"]
     assert {r["engine"] for r in rows} == {"tvm-dense", "tvm-dual", "torch"}
-    assert _built_from(tmp_path / "tiny-gnmt-layer-llvm-broadwell", str(ckpt), 1)
-    assert not _built_from(tmp_path / "tiny-gnmt-layer-llvm-broadwell", str(ckpt), 0)
+    assert built_from(tmp_path / "tiny-gnmt-layer-llvm-broadwell", str(ckpt), 1)
+    assert not built_from(tmp_path / "tiny-gnmt-layer-llvm-broadwell", str(ckpt), 0)
 
 
 def test_bench_cli_refuses_a_bad_target_before_measuring():

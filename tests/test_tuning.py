@@ -258,3 +258,31 @@ def test_recheck_redecides_from_side_by_side_timings(tiny_log, tmp_path):
     empty = subprocess.run(TUNE + ["--logs", str(tmp_path / "none"), "--recheck"], cwd=REPO, env=ENV,
                            capture_output=True, text=True, timeout=600)
     assert empty.returncode == 2 and "nothing to recheck" in empty.stderr
+
+
+def test_in_step_decides_the_masked_gemv_from_whole_steps(tiny_log, tmp_path):
+    """--in-step: the model's build (made here) recompiled once per knob setting and timed as whole steps; the verdict
+    switches only past the noise margin, records the step times, and a later --recheck (kernel alone) keeps it."""
+    from dualtvm.tuning import IN_STEP, SWITCH_MARGIN
+
+    run = subprocess.run(TUNE + ["--tasks", "masked_gemv", "--logs", str(tiny_log), "--in-step", "--ratios", "0.5",
+                                 "--build", str(tmp_path / "build")], cwd=REPO, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "build" / "dual" / "decoder.so").exists()
+    summary_file = tiny_log / "summary.json"
+    (name, entry), = json.loads(summary_file.read_text()).items()
+    assert entry["decided"] == IN_STEP and entry["in_step"]["ratios"] == [0.5]
+    rel = entry["in_step"]["relative_time"]
+    assert rel["current"] == 1.0 and len(rel) == 4  # the step as built + the search's 3 fastest, timed again
+    search = entry["in_step"]["search_relative_time"]
+    assert len(search) == 10 and set(rel) <= set(search)  # + the 9 knob settings
+    best = min((k for k in rel if k != "current"), key=rel.get)
+    if rel[best] < 1 - SWITCH_MARGIN:
+        knobs = entry["gather_knobs"]
+        assert entry["use"] == "gather" and best == f"rows{knobs['rows']}-pf{knobs['prefetch']}-loc{knobs['locality']}"
+        assert "gather_ms" not in entry  # the kernel-alone time of the knobs it replaced
+    again = subprocess.run(TUNE + ["--tasks", "masked_gemv", "--logs", str(tiny_log), "--recheck"], cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(summary_file.read_text())[name] == entry

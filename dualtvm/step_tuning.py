@@ -1,0 +1,179 @@
+"""The masked big GEMV's loop-nest knobs decided inside the decode step, on real masks.
+
+``tune`` picks every loop nest's knobs from the kernel timed alone after a cache sweep.  For the
+masked GEMV that picked 16-row blocks prefetched two blocks ahead (session 22's host); inside the
+LSTM-1500 step on PTB masks, in interleaved builds on the same host a week later, 4-row blocks
+without software prefetch were faster in 11 of 12 warm and cold comparisons at 30/50/70 %
+(30 % warm 1.22–1.38 vs 1.46–1.59 ms).  Alone, the kernel has the memory system to itself; in the
+step it runs right after the little GEMV, with both threads' row streams competing for the
+hardware prefetchers, and how many streams to keep in flight is a property of that mix, not of the
+kernel.  So the candidates here are whole steps: the build's spec compiled once per knob setting
+(every other kernel as the log decides), timed side by side with :func:`bench.measure` at a few
+insensitive ratios, warm and cold, and the step with the smallest geometric-mean time wins.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .target import TargetSpec
+from .tuning import IN_STEP, SWITCH_MARGIN, TuningLog, tuning_dir, write_summary
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class InStepConfig:
+    ratios: tuple[float, ...] = (0.3, 0.5, 0.7)  # where the masked GEMV's share of the step matters
+    caches: tuple[str, ...] = ("warm", "cold")
+    steps: int = 40  # timed steps per engine and round (cold: each after a sweep)
+    rounds: int = 6  # interleaved rounds of the search pass (the confirmation pass runs twice as many)
+    finalists: int = 3  # the search's fastest steps re-timed beside the current one
+
+
+def gather_grid(num_cores: int | None) -> list:
+    """Candidate knobs: rows in flight per thread × software prefetch (none, 1 or 2 blocks ahead)."""
+    from schedules import GatherKnobs
+
+    g = max(1, num_cores or 2)
+    return [GatherKnobs(g, rows, 16, pf, loc) for rows in (4, 8, 16) for pf, loc in ((0, 3), (1, 2), (2, 3))]
+
+
+def masked_kernels(spec) -> list[str]:
+    """Names of the masked big GEMVs of a dual-module step."""
+    from .kernels import layer_kernels
+
+    return sorted({n for s in spec.layers for n in layer_kernels(s, True) if n.startswith("masked_gemv")})
+
+
+def with_knobs(log_: TuningLog | None, names: list[str], knobs) -> TuningLog:
+    """A copy of ``log_`` whose verdict for each of ``names`` is the gather nest with ``knobs``."""
+    summary = json.loads(json.dumps(log_.summary)) if log_ is not None else {}
+    for n in names:
+        summary[n] = {**summary.get(n, {}), "use": "gather", "gather_knobs": asdict(knobs)}
+    return TuningLog(log_.database if log_ is not None else None, summary)
+
+
+def compile_variant(build_dir: str | os.PathLike, log_: TuningLog, out: str | os.PathLike):
+    """The build's dual step recompiled under ``log_``'s verdicts into ``out`` (its weights, little
+    module and manifest copied: no refit); returns the loaded :class:`~dualtvm.runtime.CompiledDecoder`."""
+    from .decoder import compile_decoder
+    from .runtime import CompiledDecoder
+
+    src = CompiledDecoder(build_dir)
+    shutil.copytree(build_dir, out, dirs_exist_ok=True)
+    compile_decoder(src.spec, src.target, log_).export_library(str(Path(out) / "decoder.so"))
+    return CompiledDecoder(out)
+
+
+def step_inputs(dec, n: int, data_dir: str | None = None) -> tuple[list[np.ndarray], str]:
+    """``n`` inputs of the build's model: its own data where it was built from a dualtvm checkpoint
+    (real masks), else Gaussian; and which."""
+    from .inputs import real_inputs
+    from .registry import read_checkpoint
+
+    model = dec.manifest["model"]
+    ck = model.get("checkpoint")
+    real = real_inputs(read_checkpoint(ck), 0, data_dir=data_dir, decoder_layer=model.get("decoder_layer") or 0) \
+        if ck else None
+    if real is not None:
+        return real.stream(n), real.description
+    rng = np.random.default_rng(0)
+    size = dec.spec.layers[0].input_size
+    return [(rng.standard_normal(size) * 0.5).astype(np.float32) for _ in range(n)], "Gaussian inputs"
+
+
+def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: TuningLog | None,
+                   cfg: InStepConfig = InStepConfig(), grid: list | None = None, data_dir: str | None = None,
+                   progress: bool = True) -> dict:
+    """Time the build's step under every knob setting of ``grid`` (default :func:`gather_grid`) beside
+    the step as built in ``build_dir`` ("current"); returns {masked kernel: summary entry update}.
+
+    A search pass times them all; the ``cfg.finalists`` fastest and the current step are then timed
+    again in a fresh pass with twice the rounds, which decides (on a shared machine two passes of the
+    same 9 steps ranked them differently; only the fresh pass is free of the search's winner's curse).
+    The current verdict stays unless a finalist's geometric-mean step time over ratios × caches is
+    lower by more than ``tuning.SWITCH_MARGIN``.
+    """
+    from tqdm.auto import tqdm
+
+    from .results import machine_description, short_machine, warn_if_busy
+    from .runtime import CompiledDecoder
+
+    current = CompiledDecoder(Path(build_dir))
+    names = masked_kernels(current.spec)
+    if not names:
+        raise ValueError(f"{build_dir} is not a dual-module build: no masked GEMV to decide")
+    grid = grid if grid is not None else gather_grid(target.num_cores)
+    xs, source = step_inputs(current, cfg.steps, data_dir)
+    warn_if_busy("in-step tuning")
+    with tempfile.TemporaryDirectory(prefix="dualtvm-in-step-") as tmp:
+        decs = {"current": current}
+        for i, kn in enumerate(tqdm(grid, desc="compiling steps", disable=not progress)):
+            decs[_label(kn)] = compile_variant(build_dir, with_knobs(log_, names, kn), Path(tmp) / str(i))
+        search = _relative_times(decs, xs, cfg, cfg.rounds, "search pass", progress)
+        finalists = sorted((k for k in search if k != "current"), key=search.get)[: cfg.finalists]
+        rel = _relative_times({k: decs[k] for k in ("current", *finalists)}, xs, cfg, 2 * cfg.rounds,
+                              "confirmation pass", progress)
+    best = min(finalists, key=rel.get)
+    switch = rel[best] < 1 - SWITCH_MARGIN
+    log.info("in-step (%s, ratios %s, %s): best %s at %.3f× the current step's time%s", source, list(cfg.ratios),
+             "/".join(cfg.caches), best, rel[best], "" if switch else ": kept the current verdict")
+    record = {"decided": IN_STEP, "in_step": {
+        "model": current.manifest["model"]["name"], "inputs": source, "machine": short_machine(machine_description()),
+        "ratios": list(cfg.ratios), "caches": list(cfg.caches),
+        "relative_time": {k: round(v, 3) for k, v in rel.items()},  # the confirmation pass: what decided
+        "search_relative_time": {k: round(v, 3) for k, v in search.items()}}}
+    if switch:
+        record.update({"use": "gather", "gather_knobs": asdict(next(kn for kn in grid if _label(kn) == best))})
+    return {n: record for n in names}
+
+
+def _relative_times(decs: dict, xs: list[np.ndarray], cfg: InStepConfig, rounds: int, desc: str,
+                    progress: bool) -> dict[str, float]:
+    """Each step's geometric-mean time over ratios × caches, relative to ``decs["current"]``'s (one interleaved
+    :func:`bench.measure` per ratio and cache)."""
+    from tqdm.auto import tqdm
+
+    from .bench import Evictor, decoder_engine, measure
+
+    medians: dict[str, list[float]] = {k: [] for k in decs}
+    evict = Evictor() if "cold" in cfg.caches else None
+    for ratio in tqdm(cfg.ratios, desc=desc, disable=not progress):
+        for cache in cfg.caches:
+            cold = cache == "cold"
+            engines = []
+            for label, d in decs.items():
+                d.set_insensitive_ratio(ratio)
+                engines.append(decoder_engine(label, ratio, d, xs, d.twin() if cold else None))
+            times = measure(engines, cfg.steps, rounds, evict if cold else False)
+            for label in decs:
+                medians[label].append(float(np.median(times[label])))
+    base = np.array(medians["current"])
+    return {k: math.exp(np.mean(np.log(np.array(v) / base))) for k, v in medians.items()}
+
+
+def _label(knobs) -> str:
+    return f"rows{knobs.rows}-pf{knobs.prefetch}-loc{knobs.locality}"
+
+
+def write_decisions(target: TargetSpec, decisions: dict, root: str | os.PathLike | None = None) -> Path:
+    """Merge :func:`decide_in_step`'s entries into the target's ``summary.json``; the kernel-alone
+    timings of a switched kernel's old nest knobs are dropped (they were for other knobs)."""
+    path = tuning_dir(target, root) / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    for name, update in decisions.items():
+        entry = summary.get(name, {})
+        if "gather_knobs" in update:
+            entry.pop("gather_ms", None)
+        summary[name] = {**entry, **update}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_summary(path, summary)
+    return path
