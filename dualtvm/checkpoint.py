@@ -38,13 +38,14 @@ def checkpoint_and_name(recipe: str, out: "str | os.PathLike | None") -> tuple[P
 
 def git_revision(short: bool = True) -> str:
     """HEAD of the checkout this code runs from, with ``-dirty`` when its tracked code (``dualtvm/``, ``schedules/``,
-    ``scripts/``) has uncommitted changes: a result or checkpoint then names a revision that did not make it."""
+    ``scripts/``) or the tuning verdicts builds take (``tuning_logs/``) have uncommitted changes: a result or
+    checkpoint then names a revision that did not make it."""
     root = Path(__file__).resolve().parent
     try:
         args = ["git", "rev-parse", "--short", "HEAD"] if short else ["git", "rev-parse", "HEAD"]
         rev = subprocess.run(args, capture_output=True, text=True, cwd=root, check=True).stdout.strip()
         changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/dualtvm",
-                                  ":/schedules", ":/scripts"],  # ":/": from the checkout's top, wherever cwd is
+                                  ":/schedules", ":/scripts", ":/tuning_logs"],  # ":/": from the checkout's top, wherever cwd is
                                  capture_output=True, text=True, cwd=root, check=True).stdout.strip()
         return rev + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
