@@ -37,3 +37,13 @@ python scripts/bench.py --models gnmt-1024-2048 --checkpoint cache/multi30k-gnmt
 # --epochs 6 --out cache/ptb-lstm-1500-r2.pt; the first checkpoint was lost): real masks on PTB text
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --target "llvm -mcpu=znver4" --threads 2 --rounds 16 --little-bits 8,4
+# session 26 on the AMD machine: each model's masked GEMV decided inside its step on its real masks (tune.py --in-step
+# writes tuning_logs/llvm-broadwell/summary.json), then its rows re-measured with the new verdict
+python scripts/tune.py --in-step --checkpoint cache/ptb-lstm-1500-r2.best.pt
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4
+python scripts/tune.py --in-step --model gnmt-1024-2048 --checkpoint cache/multi30k-gnmt-1024-r2.best.pt --decoder-layer 0
+python scripts/bench.py --models gnmt-1024-2048 --checkpoint cache/multi30k-gnmt-1024-r2.best.pt --decoder-layer 0 --threads 2 --rounds 8 --little-bits 8,4 --int8-float
+for m in lstm gru; do
+  python scripts/tune.py --in-step --model $m-750 --checkpoint cache/ptb-$m-750-r2.best.pt
+  python scripts/bench.py --models $m-750 --checkpoint cache/ptb-$m-750-r2.best.pt --threads 2 --rounds 8 --little-bits 8,4 --contribution
+done
