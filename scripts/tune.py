@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the parsed target and the tasks, then exit")
     p.add_argument("--threads", type=positive_int, default=None)
     a = p.parse_args(argv)
+    if a.in_step and (a.recheck or a.rpc_tracker):
+        p.error("--in-step times whole steps on this machine: it cannot be combined with --recheck or --rpc-tracker")
+    if not a.in_step and (a.checkpoint or a.build):
+        p.error("--checkpoint and --build are for --in-step (tune.py times kernels on generated arguments)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
 
