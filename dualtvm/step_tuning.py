@@ -34,7 +34,8 @@ class InStepConfig:
     ratios: tuple[float, ...] = (0.3, 0.5, 0.7)  # where the masked GEMV's share of the step matters
     caches: tuple[str, ...] = ("warm", "cold")
     steps: int = 40  # timed steps per engine and round (cold: each after a sweep)
-    rounds: int = 6  # interleaved rounds of the search pass (the confirmation pass runs twice as many)
+    rounds: int = 6  # interleaved rounds of the search pass
+    confirm_rounds: int = 30  # ... of the confirmation pass: at 12 it once kept a setting that 30 showed 6–9 % slower
     finalists: int = 3  # the search's fastest steps re-timed beside the current one
 
 
@@ -97,8 +98,8 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
     the step as built in ``build_dir`` ("current"); returns {masked kernel: summary entry update}.
 
     A search pass times them all; the ``cfg.finalists`` fastest and the current step are then timed
-    again in a fresh pass with twice the rounds, which decides (on a shared machine two passes of the
-    same 9 steps ranked them differently; only the fresh pass is free of the search's winner's curse).
+    again in a fresh, longer pass, which decides (on a shared machine two passes of the same 9 steps
+    ranked them differently; only the fresh pass is free of the search's winner's curse).
     The current verdict stays unless a finalist's geometric-mean step time over ratios × caches is
     lower by more than ``tuning.SWITCH_MARGIN``.
     """
@@ -120,7 +121,7 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
             decs[_label(kn)] = compile_variant(build_dir, with_knobs(log_, names, kn), Path(tmp) / str(i))
         search = _relative_times(decs, xs, cfg, cfg.rounds, "search pass", progress)
         finalists = sorted((k for k in search if k != "current"), key=search.get)[: cfg.finalists]
-        rel = _relative_times({k: decs[k] for k in ("current", *finalists)}, xs, cfg, 2 * cfg.rounds,
+        rel = _relative_times({k: decs[k] for k in ("current", *finalists)}, xs, cfg, cfg.confirm_rounds,
                               "confirmation pass", progress)
     best = min(finalists, key=rel.get)
     switch = rel[best] < 1 - SWITCH_MARGIN
