@@ -1,15 +1,16 @@
 """The masked big GEMV's loop-nest knobs decided inside the decode step, on real masks.
 
 ``tune`` picks every loop nest's knobs from the kernel timed alone after a cache sweep.  For the
-masked GEMV that picked 16-row blocks prefetched two blocks ahead (session 22's host); inside the
-LSTM-1500 step on PTB masks, in interleaved builds on the same host a week later, 4-row blocks
-without software prefetch were faster in 11 of 12 warm and cold comparisons at 30/50/70 %
-(30 % warm 1.22–1.38 vs 1.46–1.59 ms).  Alone, the kernel has the memory system to itself; in the
-step it runs right after the little GEMV, with both threads' row streams competing for the
-hardware prefetchers, and how many streams to keep in flight is a property of that mix, not of the
-kernel.  So the candidates here are whole steps: the build's spec compiled once per knob setting
-(every other kernel as the log decides), timed side by side with :func:`bench.measure` at a few
-insensitive ratios, warm and cold, and the step with the smallest geometric-mean time wins.
+masked GEMV that picked 16-row blocks prefetched two blocks ahead (session 22's host).  Alone, the
+kernel has the memory system to itself; in the step it runs right after the little GEMV, with both
+threads' row streams competing for the hardware prefetchers, and how many streams to keep in flight
+(and whether software prefetch helps them) is a property of that mix, not of the kernel.  So the
+candidates here are whole steps: the build's spec compiled once per knob setting (every other
+kernel as the log decides), timed side by side with :func:`bench.measure` at a few insensitive
+ratios, warm and cold.  On a shared host the neighbours' load drifts from second to second: each
+setting is compared with the current step round by round (paired), which made two runs on the
+LSTM-1500 step agree (no software prefetch, 4 or 8 rows: 0.93–0.96× the 16-row step) where pooled
+medians had picked three different settings in three runs.
 """
 from __future__ import annotations
 
@@ -139,13 +140,15 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
 
 def _relative_times(decs: dict, xs: list[np.ndarray], cfg: InStepConfig, rounds: int, desc: str,
                     progress: bool) -> dict[str, float]:
-    """Each step's geometric-mean time over ratios × caches, relative to ``decs["current"]``'s (one interleaved
-    :func:`bench.measure` per ratio and cache)."""
+    """Each step's time relative to ``decs["current"]``'s: per ratio and cache one interleaved
+    :func:`bench.measure`; in every round each step's median over the current step's median of the same round
+    (the neighbours' load drifts over seconds, a round takes one or two), the median of those over the
+    rounds, then the geometric mean over ratios × caches."""
     from tqdm.auto import tqdm
 
     from .bench import Evictor, decoder_engine, measure
 
-    medians: dict[str, list[float]] = {k: [] for k in decs}
+    logs: dict[str, list[float]] = {k: [] for k in decs}
     evict = Evictor() if "cold" in cfg.caches else None
     for ratio in tqdm(cfg.ratios, desc=desc, disable=not progress):
         for cache in cfg.caches:
@@ -155,10 +158,10 @@ def _relative_times(decs: dict, xs: list[np.ndarray], cfg: InStepConfig, rounds:
                 d.set_insensitive_ratio(ratio)
                 engines.append(decoder_engine(label, ratio, d, xs, d.twin() if cold else None))
             times = measure(engines, cfg.steps, rounds, evict if cold else False)
+            per_round = {k: np.median(v.reshape(rounds, -1), axis=1) for k, v in times.items()}
             for label in decs:
-                medians[label].append(float(np.median(times[label])))
-    base = np.array(medians["current"])
-    return {k: math.exp(np.mean(np.log(np.array(v) / base))) for k, v in medians.items()}
+                logs[label].append(float(np.log(np.median(per_round[label] / per_round["current"]))))
+    return {k: math.exp(np.mean(v)) for k, v in logs.items()}
 
 
 def _label(knobs) -> str:
