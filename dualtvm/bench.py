@@ -313,7 +313,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     import torch
 
     from .build import BuildConfig, build_model, built_from
-    from .inputs import real_inputs
+    from .inputs import decode_stream
     from .little import variant_suffix
     from .peers import OpenVINOStep, onnxruntime_session, torch_cell
     from .registry import model_config, read_checkpoint
@@ -341,13 +341,8 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]
     mc = model_config(model)
-    real = real_inputs(read_checkpoint(cfg.checkpoint), 0, data_dir=cfg.data_dir,
-                       decoder_layer=cfg.decoder_layer) if cfg.checkpoint else None
-    if real is not None:  # decode the trained model's own held-out data: its real masks
-        xs = real.stream(cfg.steps)
-    else:
-        rng = np.random.default_rng(0)
-        xs = [(rng.standard_normal(mc.input_size) * 0.5).astype(np.float32) for _ in range(cfg.steps)]
+    xs, _ = decode_stream(read_checkpoint(cfg.checkpoint) if cfg.checkpoint else None, mc.input_size, cfg.steps,
+                          cfg.data_dir, cfg.decoder_layer)  # a trained model's own held-out data: its real masks
     twins = "cold" in cfg.caches  # every engine gets a twin over its own weights (see measure)
     engines = [decoder_engine("tvm-dense", 0.0, dense, xs, dense.twin() if twins else None)]
     breakdowns = {"tvm-dense": step_breakdown(dense, xs)}  # warm, in-step; before any peer's threads exist

@@ -127,3 +127,14 @@ def real_inputs(payload: object | None, seed: int, corpus: str = "ptb", data_dir
     if kind == "seq2seq":
         return seq2seq_inputs(payload, seed, decoder_layer, data_dir)
     return None
+
+
+def decode_stream(payload: object | None, input_size: int, n: int, data_dir: str | None = None,
+                  decoder_layer: int = 0) -> tuple[list[np.ndarray], str]:
+    """``n`` step inputs to time a build with: held-out data of ``payload``'s model where it is a dualtvm
+    checkpoint (its real masks), else Gaussian vectors; and which ("Gaussian inputs" or the data's description)."""
+    real = real_inputs(payload, 0, data_dir=data_dir, decoder_layer=decoder_layer) if payload is not None else None
+    if real is not None:
+        return real.stream(n), real.description
+    rng = np.random.default_rng(0)
+    return [(rng.standard_normal(input_size) * 0.5).astype(np.float32) for _ in range(n)], "Gaussian inputs"

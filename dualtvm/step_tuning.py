@@ -10,7 +10,7 @@ kernel as the log decides), timed side by side with :func:`bench.measure` at a f
 ratios, warm and cold.  On a shared host the neighbours' load drifts from second to second: each
 setting is compared with the current step round by round (paired), which made two runs on the
 LSTM-1500 step agree (no software prefetch, 4 or 8 rows: 0.93–0.96× the 16-row step) where pooled
-medians had picked three different settings in three runs.
+medians had picked three different settings in four runs.
 """
 from __future__ import annotations
 
@@ -30,13 +30,16 @@ from .tuning import IN_STEP, SWITCH_MARGIN, TuningLog, tuning_dir, write_summary
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class InStepConfig:
+    """How the steps are timed (``bench.measure``'s steps and rounds) and at which ratios and caches."""
+
     ratios: tuple[float, ...] = (0.3, 0.5, 0.7)  # where the masked GEMV's share of the step matters
     caches: tuple[str, ...] = ("warm", "cold")
     steps: int = 40  # timed steps per engine and round (cold: each after a sweep)
     rounds: int = 6  # interleaved rounds of the search pass
-    confirm_rounds: int = 30  # ... of the confirmation pass: at 12 it once kept a setting that 30 showed 6–9 % slower
+    confirm_rounds: int = 30  # ... of the confirmation pass, which decides
     finalists: int = 3  # the search's fastest steps re-timed beside the current one
 
 
@@ -75,23 +78,6 @@ def compile_variant(build_dir: str | os.PathLike, log_: TuningLog, out: str | os
     return CompiledDecoder(out)
 
 
-def step_inputs(dec, n: int, data_dir: str | None = None) -> tuple[list[np.ndarray], str]:
-    """``n`` inputs of the build's model: its own data where it was built from a dualtvm checkpoint
-    (real masks), else Gaussian; and which."""
-    from .inputs import real_inputs
-    from .registry import read_checkpoint
-
-    model = dec.manifest["model"]
-    ck = model.get("checkpoint")
-    real = real_inputs(read_checkpoint(ck), 0, data_dir=data_dir, decoder_layer=model.get("decoder_layer") or 0) \
-        if ck else None
-    if real is not None:
-        return real.stream(n), real.description
-    rng = np.random.default_rng(0)
-    size = dec.spec.layers[0].input_size
-    return [(rng.standard_normal(size) * 0.5).astype(np.float32) for _ in range(n)], "Gaussian inputs"
-
-
 def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: TuningLog | None,
                    cfg: InStepConfig = InStepConfig(), grid: list | None = None, data_dir: str | None = None,
                    progress: bool = True) -> dict:
@@ -106,6 +92,8 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
     """
     from tqdm.auto import tqdm
 
+    from .inputs import decode_stream
+    from .registry import read_checkpoint
     from .results import machine_description, short_machine, warn_if_busy
     from .runtime import CompiledDecoder
 
@@ -114,7 +102,9 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
     if not names:
         raise ValueError(f"{build_dir} is not a dual-module build: no masked GEMV to decide")
     grid = grid if grid is not None else gather_grid(target.num_cores)
-    xs, source = step_inputs(current, cfg.steps, data_dir)
+    model = current.manifest["model"]
+    xs, source = decode_stream(read_checkpoint(model["checkpoint"]) if model.get("checkpoint") else None,
+                               current.spec.layers[0].input_size, cfg.steps, data_dir, model.get("decoder_layer") or 0)
     warn_if_busy("in-step tuning")
     with tempfile.TemporaryDirectory(prefix="dualtvm-in-step-") as tmp:
         decs = {"current": current}
@@ -129,7 +119,7 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
     log.info("in-step (%s, ratios %s, %s): best %s at %.3f× the current step's time%s", source, list(cfg.ratios),
              "/".join(cfg.caches), best, rel[best], "" if switch else ": kept the current verdict")
     record = {"decided": IN_STEP, "in_step": {
-        "model": current.manifest["model"]["name"], "inputs": source, "machine": short_machine(machine_description()),
+        "model": model["name"], "inputs": source, "machine": short_machine(machine_description()),
         "ratios": list(cfg.ratios), "caches": list(cfg.caches),
         "relative_time": {k: round(v, 3) for k, v in rel.items()},  # the confirmation pass: what decided
         "search_relative_time": {k: round(v, 3) for k, v in search.items()}}}
