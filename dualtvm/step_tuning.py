@@ -8,8 +8,8 @@ threads' row streams competing for the hardware prefetchers, and how many stream
 candidates here are whole steps: the build's spec compiled once per knob setting (every other
 kernel as the log decides), timed side by side with :func:`bench.measure` at a few insensitive
 ratios, warm and cold.  On a shared host the neighbours' load drifts from second to second: each
-setting is compared with the current step round by round (paired), which made two runs on the
-LSTM-1500 step agree (no software prefetch, 4 or 8 rows: 0.93–0.96× the 16-row step) where pooled
+setting is compared with the current step round by round (paired): three runs on the LSTM-1500 step
+then all put a no-prefetch 4- or 8-row setting first (0.93–0.97× the step before), where pooled
 medians had picked three different settings in four runs.
 """
 from __future__ import annotations
