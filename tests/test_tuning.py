@@ -289,3 +289,26 @@ def test_in_step_decides_the_masked_gemv_from_whole_steps(tiny_log, tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(summary_file.read_text())[name] == entry
+
+
+def test_in_step_verdicts_merge_into_the_summary(tmp_path):
+    """write_decisions: a switch replaces use and knobs and drops the replaced knobs' kernel-alone time; a kept verdict
+    only adds the step timings; with_knobs leaves the log it copies untouched."""
+    from schedules import GatherKnobs
+    from dualtvm.step_tuning import with_knobs, write_decisions
+    from dualtvm.target import parse_target
+    from dualtvm.tuning import TuningLog
+
+    target = parse_target("llvm -mcpu=broadwell -num-cores 2")
+    old = {"use": "default", "gather_knobs": {"rows": 16}, "gather_ms": 0.5, "default_ms": 0.4}
+    (tmp_path / "summary.json").write_text(json.dumps({"masked_gemv_a": old, "masked_gemv_b": old, "other": {"use": "x"}}))
+    timing = {"decided": "in-step", "in_step": {"relative_time": {"current": 1.0}}}
+    switched = {**timing, "use": "gather", "gather_knobs": {"rows": 4}}
+    write_decisions(target, {"masked_gemv_a": switched, "masked_gemv_b": timing}, tmp_path)
+    after = json.loads((tmp_path / "summary.json").read_text())
+    assert after["masked_gemv_a"] == {"use": "gather", "gather_knobs": {"rows": 4}, "default_ms": 0.4, **timing}
+    assert after["masked_gemv_b"] == {**old, **timing} and after["other"] == {"use": "x"}
+    log_ = TuningLog(None, after)
+    copy = with_knobs(log_, ["masked_gemv_b"], GatherKnobs(2, 8, 16, 0, 3))
+    assert copy.summary["masked_gemv_b"]["gather_knobs"]["rows"] == 8 and copy.summary["masked_gemv_b"]["use"] == "gather"
+    assert log_.summary["masked_gemv_b"]["gather_knobs"] == {"rows": 16}  # the original is not modified
