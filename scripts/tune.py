@@ -15,6 +15,7 @@ the model's build (made first if missing; real masks with --checkpoint) recompil
 timed side by side, warm and cold, at --ratios (dualtvm.step_tuning):
 
     python scripts/tune.py --in-step --checkpoint cache/ptb-lstm-1500-r2.best.pt
+
 With --rpc-tracker the candidates are measured on the RPC servers registered under --rpc-key
 (one MetaSchedule runner worker per server), compiled here for the target.  The closing table gives each kernel's
 latency with the default schedule and the tuned one; builds use whichever is faster.
