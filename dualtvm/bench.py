@@ -312,7 +312,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     """Rows for one model (every engine, cache mode and ratio) and facts about the run."""
     import torch
 
-    from .build import BuildConfig, build_model, built_from
+    from .build import BuildConfig, build_model, built_from, default_build_dir
     from .inputs import decode_stream
     from .little import variant_suffix
     from .peers import OpenVINOStep, onnxruntime_session, torch_cell
@@ -332,7 +332,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         variants.append((dual_engine(8, mask_rule="contribution"), 8, None, "contribution"))
     outs = {}
     for engine, bits, codes, rule in variants:
-        outs[engine] = f"{cfg.build_root}/{label}-{target.name}{variant_suffix(bits, rule, codes)}"
+        outs[engine] = str(default_build_dir(label, target, variant_suffix(bits, rule, codes), cfg.build_root))
         if not (cfg.reuse_builds and built_from(Path(outs[engine]), cfg.checkpoint, cfg.decoder_layer)):
             build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[engine],
                                     little_bits=bits, eps=cfg.eps, decoder_layer=cfg.decoder_layer,

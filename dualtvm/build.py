@@ -107,6 +107,13 @@ def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os
     return folders
 
 
+def default_build_dir(name: str, target: TargetSpec, suffix: str = "",
+                      root: "str | os.PathLike | None" = None) -> Path:
+    """``<root>/<name>-<target name><suffix>`` (root: ``build/``; suffix: ``little.variant_suffix``): where a build
+    goes unless told, and where bench and ``tune --in-step`` look for it."""
+    return Path(root or BUILD_ROOT) / f"{name}-{target.name}{suffix}"
+
+
 def build_model(cfg: BuildConfig) -> dict:
     """Returns a report: where weights came from, k, build folders, schedules used, verification."""
     target = parse_target(cfg.target).with_default_cores()
@@ -132,7 +139,7 @@ def build_model(cfg: BuildConfig) -> dict:
     fit_s = time.time() - t0
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
     suffix = variant_suffix(cfg.little_bits, cfg.mask_rule, cfg.int8_codes)
-    out = Path(cfg.out) if cfg.out else BUILD_ROOT / f"{cfg.model}-{target.name}{suffix}"
+    out = Path(cfg.out) if cfg.out else default_build_dir(cfg.model, target, suffix)
     info = {"name": cfg.model, "weights": source, "eps": cfg.eps, "sigmoid_tails": cfg.sigmoid_tails,
             "mask_rule": cfg.mask_rule,
             # the weights, for people and for reuse checks

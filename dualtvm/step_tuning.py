@@ -66,15 +66,14 @@ def with_knobs(log_: TuningLog | None, names: list[str], knobs) -> TuningLog:
     return TuningLog(log_.database if log_ is not None else None, summary)
 
 
-def compile_variant(build_dir: str | os.PathLike, log_: TuningLog, out: str | os.PathLike):
-    """The build's dual step recompiled under ``log_``'s verdicts into ``out`` (its weights, little
-    module and manifest copied: no refit); returns the loaded :class:`~dualtvm.runtime.CompiledDecoder`."""
+def compile_variant(current, log_: TuningLog, out: str | os.PathLike):
+    """``current``'s (a loaded :class:`~dualtvm.runtime.CompiledDecoder`) dual step recompiled under ``log_``'s
+    verdicts into ``out`` (its weights, little module and manifest copied: no refit); returns the loaded variant."""
     from .decoder import compile_decoder
     from .runtime import CompiledDecoder
 
-    src = CompiledDecoder(build_dir)
-    shutil.copytree(build_dir, out, dirs_exist_ok=True)
-    compile_decoder(src.spec, src.target, log_).export_library(str(Path(out) / "decoder.so"))
+    shutil.copytree(current.build_dir, out, dirs_exist_ok=True)
+    compile_decoder(current.spec, current.target, log_).export_library(str(Path(out) / "decoder.so"))
     return CompiledDecoder(out)
 
 
@@ -109,7 +108,7 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
     with tempfile.TemporaryDirectory(prefix="dualtvm-in-step-") as tmp:
         decs = {"current": current}
         for i, kn in enumerate(tqdm(grid, desc="compiling steps", disable=not progress)):
-            decs[_label(kn)] = compile_variant(build_dir, with_knobs(log_, names, kn), Path(tmp) / str(i))
+            decs[_label(kn)] = compile_variant(current, with_knobs(log_, names, kn), Path(tmp) / str(i))
         search = _relative_times(decs, xs, cfg, cfg.rounds, "search pass", progress)
         finalists = sorted((k for k in search if k != "current"), key=search.get)[: cfg.finalists]
         rel = _relative_times({k: decs[k] for k in ("current", *finalists)}, xs, cfg, cfg.confirm_rounds,

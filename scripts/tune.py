@@ -134,13 +134,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def in_step(a, target) -> int:
     """--in-step: the build of the model (made if needed), its masked GEMV's knobs decided inside the step."""
-    from dualtvm import BUILD_ROOT
-    from dualtvm.build import BuildConfig, build_model, built_from
+    from dualtvm.build import BuildConfig, build_model, built_from, default_build_dir
     from dualtvm.little import variant_suffix
     from dualtvm.step_tuning import InStepConfig, decide_in_step, write_decisions
     from dualtvm.tuning import load_database
 
-    folder = Path(a.build) if a.build else BUILD_ROOT / f"{a.model}-{target.name}{variant_suffix(a.little_bits, 'activation')}"
+    folder = Path(a.build) if a.build else default_build_dir(a.model, target, variant_suffix(a.little_bits))
     if not built_from(folder, a.checkpoint, a.decoder_layer):
         build_model(BuildConfig(model=a.model, target=a.target, checkpoint=a.checkpoint, out=str(folder),
                                 little_bits=a.little_bits, eps=a.eps, decoder_layer=a.decoder_layer,
