@@ -135,21 +135,20 @@ def _relative_times(decs: dict, xs: list[np.ndarray], cfg: InStepConfig, rounds:
     rounds, then the geometric mean over ratios × caches."""
     from tqdm.auto import tqdm
 
-    from .bench import Evictor, decoder_engine, measure
+    from .bench import Evictor, decoder_engine, measure, paired_speedup, per_round_medians
 
     logs: dict[str, list[float]] = {k: [] for k in decs}
     evict = Evictor() if "cold" in cfg.caches else None
+    twins = {k: d.twin() for k, d in decs.items()} if evict is not None else {}  # one weight copy each, all ratios
     for ratio in tqdm(cfg.ratios, desc=desc, disable=not progress):
+        for d in (*decs.values(), *twins.values()):
+            d.set_insensitive_ratio(ratio)
         for cache in cfg.caches:
             cold = cache == "cold"
-            engines = []
-            for label, d in decs.items():
-                d.set_insensitive_ratio(ratio)
-                engines.append(decoder_engine(label, ratio, d, xs, d.twin() if cold else None))
-            times = measure(engines, cfg.steps, rounds, evict if cold else False)
-            per_round = {k: np.median(v.reshape(rounds, -1), axis=1) for k, v in times.items()}
+            engines = [decoder_engine(label, ratio, d, xs, twins[label] if cold else None) for label, d in decs.items()]
+            per_round = per_round_medians(measure(engines, cfg.steps, rounds, evict if cold else False), rounds)
             for label in decs:
-                logs[label].append(float(np.log(np.median(per_round[label] / per_round["current"]))))
+                logs[label].append(-math.log(paired_speedup(per_round, label, "current")[0]))
     return {k: math.exp(np.mean(v)) for k, v in logs.items()}
 
 

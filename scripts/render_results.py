@@ -37,12 +37,13 @@ def latency(doc: dict) -> str:
 def _latency_table(rows: list[dict]) -> str:
     from dualtvm.bench import cache_label
 
-    out = ["| model | run target | cache | engine | ratio | median ms | × TVM dense | × best peer | byte bound × |",
+    out = ["| model | run target | cache | engine | ratio | median ms | × TVM dense (quartiles over rounds) | "
+           "× best peer (quartiles) | byte bound × |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         run = r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
         out.append(f"| {r['model']} | {run} | {cache_label(r)} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} | "
-                   f"{r.get('speedup_vs_tvm_dense', '') or ''} | {r.get('speedup_vs_best_peer', '') or ''} | "
+                   f"{_with_spread(r, 'speedup_vs_tvm_dense')} | {_with_spread(r, 'speedup_vs_best_peer')} | "
                    f"{r.get('byte_bound_speedup', '') or ''} |")
     return "\n".join(out)
 
@@ -332,9 +333,10 @@ def _nmt_speed_table(speed: list[dict]) -> str:
 
 
 def _with_spread(r: dict, key: str) -> str:
-    """A speed-up with, where the row has them, the lowest and highest of its per-quarter values (``key_blocks``)."""
-    blocks = r.get(f"{key}_blocks")
-    return f"{r.get(key, '')}" + (f" ({min(blocks)}–{max(blocks)})" if blocks else "")
+    """A speed-up with, where the row has them, the lowest and highest of its per-quarter values (``key_blocks``)
+    or the quartiles of its per-round values (``key_quartiles``)."""
+    spread = r.get(f"{key}_blocks") or r.get(f"{key}_quartiles")
+    return f"{r.get(key, '') or ''}" + (f" ({min(spread)}–{max(spread)})" if spread else "")
 
 
 def plot_nmt_quality(doc: dict, path: Path) -> None:

@@ -89,6 +89,8 @@ def test_bench_tiny_model(tmp_path):
     for key in ("model", "engine", "insensitive_ratio", "median_ms", "iqr_ms", "cache", "threads", "target",
                 "speedup_vs_tvm_dense", "speedup_vs_best_peer"):
         assert key in dual
+    lo, hi = dual["speedup_vs_tvm_dense_quartiles"]
+    assert lo <= dual["speedup_vs_tvm_dense"] <= hi and dual["speedup_pairing"] == "per round"
     assert "random weights" in info["weights"]
     assert "| tiny-gnmt-eps0.3 | warm | tvm-dual |" in markdown_table(rows)
     parts = dual["breakdown_ms"]
@@ -211,3 +213,15 @@ def test_gemv_bandwidth_runs_on_the_asked_threads_and_gives_them_back(monkeypatc
     gbps = gemv_bandwidth(1, nbytes=4 << 20, repeat=2)
     assert seen == [1, 1] and torch.get_num_threads() == before
     assert 0.1 < gbps < 10_000
+
+
+def test_speedups_pair_each_round_so_a_drifting_load_cancels():
+    from dualtvm.bench import paired_speedup, per_round_medians
+
+    load = np.array([1.0, 1.0, 1.0, 3.0, 3.0])  # the neighbours slow rounds 4-5 threefold
+    times = {"dense": np.outer(load, [2.0] * 4).ravel(), "dual": np.outer(load, [0.8, 0.9, 1.1, 1.2]).ravel()}
+    rounds = per_round_medians(times, len(load))
+    assert rounds["dual"] == pytest.approx(load) and rounds["dense"] == pytest.approx(2 * load)
+    assert paired_speedup(rounds, "dual", "dense") == pytest.approx((2.0, 2.0, 2.0))
+    # pooled over the run, the same steps give 2 / 1.2: dense's median sits in the quiet rounds, dual's at their edge
+    assert np.median(times["dense"]) / np.median(times["dual"]) == pytest.approx(2 / 1.2)
