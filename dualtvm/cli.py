@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 
 def positive_int(text: str) -> int:
@@ -32,6 +33,22 @@ def ratio_list(text: str) -> tuple[float, ...]:
         return tuple(unit_ratio(r) for r in text.split(","))
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected comma-separated ratios in [0, 1], got {text!r}") from None
+
+
+def choice_list(choices: "tuple | list", convert: Callable[[str], object] = str, what: str = "entries"):
+    """An ``argparse`` type for comma-separated entries, each one of ``choices`` (after ``convert``), as a tuple."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(convert(t) for t in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or set(values) - set(choices):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} from {', '.join(map(str, choices))}, "
+                                             f"got {text!r}")
+        return values
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
 def model_name(text: str) -> str:

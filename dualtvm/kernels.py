@@ -28,6 +28,8 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from .quantize import COMPILED_BITS
+
 PAD = 32
 
 
@@ -681,7 +683,7 @@ class LittlePath:
     shared by :class:`LayerShape` and :class:`OutputShape`."""
 
     def __post_init__(self) -> None:
-        if self.little_bits not in (8, 4):
+        if self.little_bits not in COMPILED_BITS:
             raise ValueError(f"the compiled little GEMV takes INT8 or INT4 weights, not INT{self.little_bits}")
         if self.int8_codes and self.little_bits != 8:
             raise ValueError("int8_codes is the INT8 little GEMV's integer path; INT4 always runs on codes")

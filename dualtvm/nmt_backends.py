@@ -25,6 +25,7 @@ from .models import Seq2Seq
 from .nmt import Backend, Translator, checkpoint_stem, dual_decoder, dual_output, little_artefact
 from .output import GATE as OUTPUT_GATE
 from .output import DualOutput
+from .quantize import COMPILED_BITS
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
-    if little_bits not in (8, 4):
+    if little_bits not in COMPILED_BITS:
         raise ValueError(f"little_bits must be 8 or 4 (the compiled little GEMVs), not {little_bits}")
     if backend == "torch":
         return None

@@ -31,7 +31,7 @@ import torch.nn as nn
 from .dual import MaskStats
 from .little import arrays_hash, design_matrix, least_squares, project_pair
 from .projection import SparseProjection
-from .quantize import QuantizedTensor, quantize
+from .quantize import COMPILED_BITS, QuantizedTensor, quantize
 from .thresholds import INF, QUANTILE_LEVELS, check_ratio
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def fit_output_little(linear: nn.Linear, inputs: Iterable[torch.Tensor], cfg: Ou
                       ) -> OutputLittle:
     """Fit W_LL, b_LL to ``linear``'s outputs over batches of its inputs (eq. 7 by least squares), then quantise."""
     cfg = cfg or OutputConfig()
-    if cfg.bits not in (8, 4):
+    if cfg.bits not in COMPILED_BITS:
         raise ValueError(f"output little module bits must be 8 or 4 (the compiled little GEMVs), got {cfg.bits}")
     t0 = time.time()
     rows, cols = linear.weight.shape

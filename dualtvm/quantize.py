@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 SUPPORTED_BITS = (32, 16, 8, 4, 2, 1)
+COMPILED_BITS = (8, 4)  # W_LL precisions the compiled little GEMVs run (Table 6's others: PyTorch only)
 CLIP_SEARCH_BITS = 2  # at 2 bits the max-abs grid {-1, 0, 1}·max|w| rounds most weights to 0
 
 
@@ -103,7 +104,7 @@ def max_rounding_error(qt: QuantizedTensor) -> torch.Tensor:
 
 def kernel_codes(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
     """INT8 or INT4 codes (as int8) and per-row fp32 scales, as the compiled little GEMVs take them."""
-    if qt.bits not in (8, 4):
+    if qt.bits not in COMPILED_BITS:
         raise ValueError(f"the compiled little GEMV takes INT8 or INT4 weights, got INT{qt.bits}")
     scale = qt.scale.reshape(-1).numpy().astype(np.float32)
     if scale.size == 1:

@@ -252,7 +252,10 @@ def best_from_database(log_: TuningLog | None, func, target: TargetSpec):
 
 
 def metaschedule_best(log_: TuningLog, func, target: TargetSpec):
-    """The database's best MetaSchedule record for ``func``, whether or not it beat the default; else None."""
+    """The database's best MetaSchedule record for ``func``, whether or not it beat the default; else None (also
+    where the log has no database: ``tune --in-step`` on a target never tuned writes only verdicts)."""
+    if log_.database is None:
+        return None
     sch = log_.database.query_schedule(_mod(func), target=target.to_tvm(), workload_name="main")
     if sch is None:
         return None

@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import model_names, positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import choice_list, model_names, positive_int, ratio_list  # noqa: E402
+from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
 def latency_markdown(rows: list[dict], bw: float, gemv_bw: float, threads: int) -> str:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=positive_int, default=os.cpu_count())
     p.add_argument("--steps", type=positive_int, default=60)
     p.add_argument("--rounds", type=positive_int, default=5)
-    p.add_argument("--caches", default="warm,cold",
+    p.add_argument("--caches", type=choice_list(("warm", "cold"), what="caches"), default="warm,cold",
                    help="cold: before every timed step a sweep of twice the last-level cache (at least 64 MB), "
                         "then the engine's copy on its own weights steps untimed: weights cold, code warm")
     p.add_argument("--cold-steps", type=positive_int, default=20, help="steps per round in cold mode (each waits for a sweep)")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="trained weights: a train_lm.py LM, a train_nmt.py seq2seq (see --decoder-layer) or a state_dict; "
                         "dualtvm checkpoints also give the real inputs (hence masks) the steps decode")
     p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
-    p.add_argument("--little-bits", default="8", help="W_LL precisions to time side by side: 8, 4 or 8,4 (INT4: tvm-dual-int4)")
+    p.add_argument("--little-bits", type=choice_list(COMPILED_BITS, int, "W_LL bits"), default="8", help="W_LL precisions to time side by side: 8, 4 or 8,4 (INT4: tvm-dual-int4)")
     p.add_argument("--int8-float", action="store_true",
                    help="also time the INT8 little module on floats (engine tvm-dual-int8float) beside tvm-dual, which "
                         "runs it on integer codes where the target has AVX2")
@@ -69,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except TargetError as e:
         p.error(str(e))
     cfg = BenchConfig(a.models, run_target, a.ratios, a.steps,
-                      a.cold_steps, a.rounds, a.threads, tuple(a.caches.split(",")), checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
-                      reuse_builds=a.reuse_builds, little_bits=tuple(int(b) for b in a.little_bits.split(",")), eps=a.eps,
+                      a.cold_steps, a.rounds, a.threads, a.caches, checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
+                      reuse_builds=a.reuse_builds, little_bits=a.little_bits, eps=a.eps,
                       int8_float=a.int8_float, contribution=a.contribution)
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     bw, gemv_bw = stream_bandwidth(), gemv_bandwidth(a.threads)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and numpy only: TVM is imported after --threads sets its thread count
 from dualtvm.cli import model_name, positive_int  # noqa: E402
+from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
     p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
     p.add_argument("--eps", type=float, default=0.5)
-    p.add_argument("--little-bits", type=int, default=8, choices=[8, 4],
+    p.add_argument("--little-bits", type=int, default=8, choices=COMPILED_BITS,
                    help="W_LL precision: INT8 (paper default) or INT4 (AVX2 integer path, half the little bytes)")
     p.add_argument("--sigmoid-tails", default="low", choices=SIGMOID_TAILS,
                    help="sigmoid gates' insensitive outputs: low (eq. 5) or both saturated ends (beyond the paper)")

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint  # noqa: E402
-from dualtvm.cli import ratio_list  # noqa: E402
+from dualtvm.cli import choice_list, ratio_list  # noqa: E402
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
@@ -50,11 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="ptb")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9")
-    p.add_argument("--parts", default=",".join(PARTS),
+    p.add_argument("--parts", type=choice_list(PARTS, what="parts"), default=",".join(PARTS),
                    help="which tables: ratios (2/3), allocation (per-gate, beyond the paper), search (largest ratio "
                         "within +1 %% PPL, per-gate and uniform), eps (5), precision (6), resilience (1)")
     p.add_argument("--noise", type=float, default=0.45, help="Table 1: error std relative to the pre-activation std")
-    p.add_argument("--allocation-costs", default="loss,activation",
+    p.add_argument("--allocation-costs", type=choice_list(ALLOCATION_COSTS, what="allocation costs"),
+                   default="loss,activation",
                    help="per-gate allocation costs (allocation, search parts): loss (diagonal-Fisher loss increase, "
                         "dualtvm.sensitivity), activation (squared activation error) and/or measured (valid loss, one "
                         "gate at a time: one evaluation per gate and grid ratio)")
@@ -74,14 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         check_mask_rule(a.mask_rule, a.sigmoid_tails)
     except ValueError as e:
         p.error(str(e))
-    costs = a.allocation_costs.split(",")
-    bad = sorted(set(costs) - set(ALLOCATION_COSTS))
-    if bad:
-        p.error(f"unknown allocation cost(s) {bad}: choose from {list(ALLOCATION_COSTS)}")
-    parts = a.parts.split(",")
-    bad = sorted(set(parts) - set(PARTS))
-    if bad:
-        p.error(f"unknown part(s) {bad}: choose from {list(PARTS)}")
+    costs, parts = a.allocation_costs, list(a.parts)
     if not Path(a.checkpoint).exists():
         p.error(f"checkpoint {a.checkpoint} not found: train one with scripts/train_lm.py")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -92,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if payload["vocab"] != corpus.dictionary.idx2word:
         raise SystemExit(f"{a.checkpoint} was trained on another vocabulary than {a.corpus}")
     if "resilience" in parts and not isinstance(model.rnn, torch.nn.LSTM):  # Table 1 is defined on LSTM gates
-        if a.parts != p.get_default("parts"):
+        if a.parts != PARTS:  # asked for, not the default's every part
             p.error("part 'resilience' (Table 1) is defined for LSTM gates; this checkpoint is a GRU")
         parts.remove("resilience")
     command = "python scripts/eval_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -142,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     base_valid = ppl(q, "valid", 0.0)[0] if {"allocation", "search"} & set(parts) else None
     if "allocation" in parts:
         for r in (0.5, 0.6, 0.7):
-            found = validated_allocations(q, r, tuple(costs))
+            found = validated_allocations(q, r, costs)
             pick = min(found, key=lambda c: found[c][1])  # the cost the validation set picks
             for cost, (ratios, valid_ppl) in found.items():
                 q.dual.set_insensitive_ratio(ratios)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import positive_int, ratio_list, unit_ratio  # noqa: E402
+from dualtvm.cli import choice_list, positive_int, ratio_list, unit_ratio  # noqa: E402
+from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
 SPEED_BLOCKS = 4  # the speed rows also give each dual engine's ratio over the dense one in 4 consecutive parts
@@ -41,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-name", required=True, help="e.g. multi30k-gnmt-256")
     p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9")
     p.add_argument("--beam", type=positive_int, default=1)
-    p.add_argument("--parts", default="quality,speed", help="quality (Table 4) and/or speed (tokens/s)")
+    p.add_argument("--parts", type=choice_list(("quality", "speed"), what="parts"), default="quality,speed", help="quality (Table 4) and/or speed (tokens/s)")
     p.add_argument("--speed-ratio", type=unit_ratio, default=0.5)
     p.add_argument("--speed-sentences", type=positive_int, default=300)
-    p.add_argument("--little-bits", default="8",
+    p.add_argument("--little-bits", type=choice_list(COMPILED_BITS, int, "W_LL bits"), default="8",
                    help="W_LL precision(s) of the little modules, e.g. 8,4: engines dual/tvm-dual (INT8, the paper's) "
                         "and dual-int4/tvm-dual-int4")
     p.add_argument("--output-ratio", type=unit_ratio, default=None,
@@ -68,15 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build-dir", type=Path, default=None, help="where compiled decoders go (default: build/)")
     p.add_argument("--out", type=Path, default=Path("results/nmt-quality.json"))
     a = p.parse_args(argv)
-    parts = a.parts.split(",")
-    if set(parts) - {"quality", "speed"}:
-        p.error(f"unknown part(s) {sorted(set(parts) - {'quality', 'speed'})}: choose from ['quality', 'speed']")
-    try:
-        bits = [int(b) for b in a.little_bits.split(",")]
-    except ValueError:
-        bits = []
-    if not bits or set(bits) - {8, 4}:
-        p.error(f"--little-bits takes 8 and/or 4 (the compiled engines' W_LL), got {a.little_bits!r}")
+    parts, bits = a.parts, a.little_bits
     if not a.checkpoint.exists():
         p.error(f"checkpoint {a.checkpoint} not found: train one with scripts/train_nmt.py")
     threads = a.threads or os.cpu_count()

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import positive_int, unit_ratio  # noqa: E402
+from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-ratio", type=unit_ratio, default=None,
                    help="dual backends: also run the dual-module output projection at this insensitive ratio "
                         "(dualtvm.output; e.g. 0.99)")
-    p.add_argument("--little-bits", type=int, choices=(8, 4), default=8,
+    p.add_argument("--little-bits", type=int, choices=COMPILED_BITS, default=8,
                    help="W_LL precision of the little modules (dual backends): 8, the paper's, or 4")
     p.add_argument("--mask-rule", choices=MASK_RULES, default="activation",
                    help="what the dual backends' masks test: activation (eq. 5) or contribution (dualtvm.contribution)")

@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import model_name, positive_int, ratio_list  # noqa: E402
+from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="llvm -mcpu=broadwell", help='CLI string, JSON dict or JSON file')
     p.add_argument("--model", type=model_name, default="lstm-1500", help="model config name (see dualtvm.registry.MODELS)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
-    p.add_argument("--little-bits", type=int, default=8, choices=[8, 4], help="W_LL precision of the little GEMV")
+    p.add_argument("--little-bits", type=int, default=8, choices=COMPILED_BITS, help="W_LL precision of the little GEMV")
     p.add_argument("--trials", type=int, default=32, help="MetaSchedule trials per kernel")
     p.add_argument("--tasks", default=None, help="comma-separated substrings: tune only matching kernels")
     p.add_argument("--logs", default=None, help="database folder (default tuning_logs/<target-name>)")
