@@ -126,7 +126,9 @@ def paired_speedup(per_round: dict[str, np.ndarray], engine: str, reference: str
 
     Both ran in the same round, a second or two apart: the load of a shared host's neighbours, which
     drifts over seconds, cancels in each round's ratio, where a ratio of medians pooled over all rounds
-    keeps it (one bench run moved LSTM-1500's 50 % speed-up by ±0.1 from run to run with pooled medians).
+    keeps it; and the quartiles say how far one run's ratio can be trusted. (It does not make runs agree
+    better than the host allows: three LSTM-1500 runs in a row gave 1.63 / 1.56 / 1.66 paired, 1.65 / 1.60 /
+    1.68 pooled at 50 % warm, about one run's interquartile range apart.)
     """
     r = per_round[reference] / per_round[engine]
     return float(np.median(r)), float(np.percentile(r, 25)), float(np.percentile(r, 75))

@@ -280,11 +280,14 @@ def target_database(target: "str | TargetSpec") -> TuningLog | None:
 
 
 def load_database(target: TargetSpec, root: str | os.PathLike | None = None) -> TuningLog | None:
+    """The target's tuning log under ``root`` (default ``tuning_logs/``), or None where it has none.  A log of
+    ``tune --in-step`` verdicts alone (a target never tuned by search) has a summary and no database."""
     d = tuning_dir(target, root)
-    if not (d / "database_tuning_record.json").exists():
+    searched = (d / "database_tuning_record.json").exists()
+    if not searched and not (d / "summary.json").exists():
         return None
     summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-    return TuningLog(open_database(d), summary)
+    return TuningLog(open_database(d) if searched else None, summary)
 
 
 FLUSH_BYTES = 64 << 20  # TVM's own flush on an RPC server (cache_flush_bytes): a copy of this many bytes

@@ -14,6 +14,7 @@ import math
 import re
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["variant"] += f" sigmoid-{a.sigmoid_tails}"
         if a.mask_rule != "activation" and extra["variant"] != "base":
             extra["variant"] += f" {a.mask_rule}"
+        if a.little_bits != 8 and part in ("per-gate", "largest-within-1pct", "eps"):  # uniform rows name their bits
+            extra["variant"] += f" int{a.little_bits}"
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
                "ppl": round(value, 3), "base_ppl": round(base, 3), "delta_ppl_pct": round(100 * (value / base - 1), 3),
                "big_epochs": epochs, **extra}
@@ -173,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             layer.little = little
     if "eps" in parts:
         for eps in (0.3, 0.7):
-            qe = setup(model, corpus, LittleConfig(eps=eps, sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule),
-                       a.max_rows)
+            qe = setup(model, corpus, replace(little_cfg, eps=eps), a.max_rows)
             v, m = ppl(qe, "test", 0.5)
             record("eps", 0.5, v, m, variant=f"eps{eps}", k=qe.dual.layers[0].little.k)
         record("eps", 0.5, *ppl(q, "test", 0.5), variant="eps0.5", k=q.dual.layers[0].little.k)

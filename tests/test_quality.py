@@ -67,6 +67,25 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
         "uniform, chosen on valid"}
 
 
+def test_eval_lm_int4_allocation_rows_do_not_replace_int8_ones(tiny_corpus, tmp_path):
+    """--little-bits 4: per-gate rows carry ' int4' in their variant (the results file keys rows by variant), so an
+    INT4 allocation lands beside the INT8 one of the same model and ratio."""
+    import eval_lm
+
+    corpus = load_lm_corpus(str(tiny_corpus))
+    ckpt = tmp_path / "lm.pt"
+    train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
+             LMTrainConfig(epochs=1, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
+    out = tmp_path / "q.json"
+    common = ["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny", "--corpus", str(tiny_corpus),
+              "--parts", "allocation", "--allocation-costs", "activation", "--max-rows", "2000", "--results", str(out)]
+    for bits in ("8", "4"):
+        assert eval_lm.main(common + ["--little-bits", bits]) == 0
+    rows = {(r["variant"], r["insensitive_ratio"]): r for r in json.loads(out.read_text())["rows"] if r["part"] == "per-gate"}
+    assert set(rows) == {(v, r) for v in ("greedy-allocation", "greedy-allocation int4") for r in (0.5, 0.6, 0.7)}
+    assert rows[("greedy-allocation int4", 0.5)]["ppl"] != rows[("greedy-allocation", 0.5)]["ppl"]
+
+
 def test_eval_lm_mask_rules_beyond_eq5(tiny_corpus, tmp_path):
     """--sigmoid-tails both and --mask-rule contribution: the rows say so in their variant (beside eq. 5's in the same
     file), carry no paper PPL, still decode at the asked ratio, and the study shows each rule in its own column."""

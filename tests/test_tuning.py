@@ -319,3 +319,13 @@ def test_in_step_verdicts_merge_into_the_summary(tmp_path):
 
     fresh = with_knobs(None, ["masked_gemv_b"], GatherKnobs(2, 8, 16, 0, 3))
     assert fresh.database is None and best_from_database(fresh, gemv(64, 64, "gemv_x"), target) is None
+    # ... and its verdicts, written, are what a build then loads (a summary without a database was ignored before)
+    from dualtvm.kernels import masked_gemv
+    from dualtvm.tuning import load_database
+
+    other = parse_target("llvm -mcpu=znver4 -num-cores 2")
+    write_decisions(other, {"masked_gemv_c": {**switched, "gather_knobs": {"rows": 4, "prefetch": 0}}}, tmp_path)
+    loaded = load_database(other, tmp_path)
+    assert loaded.database is None and loaded.summary["masked_gemv_c"]["use"] == "gather"
+    nest = best_from_database(loaded, masked_gemv(64, 64, "masked_gemv_c"), other)
+    assert nest is not None and "llvm.prefetch" not in nest.script()  # no prefetch, as the verdict says (default: 2)
