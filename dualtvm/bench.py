@@ -11,6 +11,7 @@ after 64 MB, 3.1 ms after 1 GB, 1.5 ms warm).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -530,13 +531,10 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .results import short_machine
-
     several = len({r.get("machine") for r in rows}) > 1
 
-    def panel(r: dict) -> str:  # one panel per model and TVM target of the run (and machine, where several)
-        run = r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
-        return f"{r['model']} ({run}" + (f", {short_machine(r.get('machine') or '?')})" if several else ")")
+    def panel(r: dict) -> str:
+        return _panel(r, several)
 
     models = sorted({panel(r) for r in rows})
     cols = min(3, len(models))
@@ -563,3 +561,88 @@ def plot(rows: list[dict], path: str) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _panel(r: dict, several_machines: bool) -> str:
+    """One plot panel per model and TVM target of the run (and machine, where the rows come from several)."""
+    from .results import short_machine
+
+    run = r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
+    return f"{r['model']} ({run}" + (f", {short_machine(r.get('machine') or '?')})" if several_machines else ")")
+
+
+def checkpoint_stem(weights: str) -> str | None:
+    """The checkpoint a row's ``weights`` names (``checkpoint cache/ptb-lstm-1500-r2.best.pt, …`` →
+    ``ptb-lstm-1500-r2``, the model name its quality rows carry), or None for random weights."""
+    m = re.search(r"checkpoint (?:\S*/)?([^/\s,]+?)(?:\.best)?\.pt", weights or "")
+    return m.group(1) if m else None
+
+
+def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None = None) -> None:
+    """Speed-up over the dense TVM step vs insensitive ratio, one panel per model and target: the dual engines'
+    paired speed-ups with their quartiles over rounds as error bars (rows from before pairing: a point), the byte
+    bound (dense bytes ÷ dual bytes) they are measured against, and, where the row's checkpoint has PTB quality rows
+    (``lm-quality-ptb.json``, one ratio for all gates, INT8 and INT4), the test ΔPPL % on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("speedup_vs_tvm_dense") is not None]
+    several = len({r.get("machine") for r in rows}) > 1
+    panels = sorted({_panel(r, several) for r in rows})
+    if not panels:
+        return
+    cols = min(3, len(panels))
+    fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(6 * cols, 4 * ((len(panels) + cols - 1) // cols)),
+                             squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, panels):
+        mine = [r for r in rows if _panel(r, several) == name]
+        for cache, style in (("warm", "-"), ("cold", "--")):
+            for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s")):
+                pts = sorted((r["insensitive_ratio"], r["speedup_vs_tvm_dense"],
+                              r.get("speedup_vs_tvm_dense_quartiles") or [r["speedup_vs_tvm_dense"]] * 2)
+                             for r in mine if r["cache"] == cache and r["engine"] == engine)
+                if pts:
+                    x, y, q = zip(*pts)
+                    err = [[v - lo for v, (lo, _) in zip(y, q)], [hi - v for v, (_, hi) in zip(y, q)]]
+                    ax.errorbar(x, y, yerr=err, fmt=marker + style, capsize=2, ms=4, label=f"{engine} ({cache})")
+        bound = sorted({(r["insensitive_ratio"], r["byte_bound_speedup"]) for r in mine
+                        if r["engine"] == "tvm-dual" and r["cache"] == "cold"})
+        if bound:
+            ax.plot(*zip(*bound), ":", color="gray", label="byte bound (INT8)")
+        ax.axhline(1.0, color="k", lw=0.6)
+        ax.plot([0.5], [1.67], "*", color="tab:red", ms=10, label="paper: 1.67× at 50 %")
+        ax.set_title(name)
+        ax.set_xlabel("insensitive ratio")
+        ax.set_ylabel("× dense TVM step (paired; quartiles)")
+        stem = checkpoint_stem(mine[0].get("weights", ""))
+        curves = {bits: sorted((q["insensitive_ratio"], q["delta_ppl_pct"]) for q in quality_rows or []
+                               if q["model"] == stem and q["part"] == "uniform"
+                               and q.get("variant") in ("base", f"eps0.5-int{bits}"))
+                  for bits in (8, 4)}
+        if stem and any(len(c) > 1 for c in curves.values()):
+            twin = ax.twinx()
+            for bits, color in ((8, "tab:purple"), (4, "tab:brown")):
+                if len(curves[bits]) > 1:
+                    twin.plot(*zip(*curves[bits]), "x:", color=color, label=f"test ΔPPL % (INT{bits}, {stem})")
+            twin.set_ylabel("test ΔPPL % (one ratio for all gates)")
+            twin.legend(fontsize=6, loc="center left")
+        ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(rows: list[dict], out: "str | Path") -> None:
+    """``<out>.png`` (ms per step, every engine) and ``<out>-speedup.png`` (:func:`plot_speedups`, with the PPL of
+    ``lm-quality-ptb.json`` beside ``out`` where it exists): what ``scripts/bench.py`` and ``render_results`` draw."""
+    import json
+
+    out = Path(out).with_suffix("")
+    plot(rows, str(out.with_suffix(".png")))
+    quality = out.parent / "lm-quality-ptb.json"
+    plot_speedups(rows, str(out.parent / f"{out.name}-speedup.png"),
+                  json.loads(quality.read_text())["rows"] if quality.exists() else None)

@@ -3,7 +3,8 @@
 
     python scripts/bench.py --models lstm-1500,lstm-750 --threads 2
 
-Writes results/latency.json (shared results format), results/latency.md and results/latency.png.
+Writes results/latency.json (shared results format), results/latency.md, results/latency.png (ms per step) and
+results/latency-speedup.png (speed-ups with their quartiles, the byte bound and, where measured, the test ΔPPL).
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
-    from dualtvm.bench import BenchConfig, bench_model, gemv_bandwidth, markdown_table, plot, stream_bandwidth
+    from dualtvm.bench import BenchConfig, bench_model, gemv_bandwidth, markdown_table, stream_bandwidth, write_plots
     from dualtvm.checkpoint import git_revision
     from dualtvm.results import merge_rows, read_rows
     from dualtvm.target import TargetError, check_llvm_cpu, parse_target
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                gemv_gbps=round(gemv_bw, 1))
     all_rows = read_rows(out.with_suffix(".json"))
     out.with_suffix(".md").write_text(latency_markdown(all_rows, bw, gemv_bw, a.threads))
-    plot(all_rows, str(out.with_suffix(".png")))
+    write_plots(all_rows, out)
     print(markdown_table(rows))
     return 0
 

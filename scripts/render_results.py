@@ -458,9 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     readme.write_text(rendered)
     latency_json = REPO / "results" / "latency.json"
     if latency_json.exists():
-        from dualtvm.bench import plot
+        from dualtvm.bench import write_plots
 
-        plot(json.loads(latency_json.read_text())["rows"], str(latency_json.with_suffix(".png")))
+        write_plots(json.loads(latency_json.read_text())["rows"], latency_json)
     quality = REPO / "results" / "lm-quality-ptb.json"
     if quality.exists():
         plot_lm_quality(json.loads(quality.read_text()), quality.with_suffix(".png"))

@@ -225,3 +225,22 @@ def test_speedups_pair_each_round_so_a_drifting_load_cancels():
     assert paired_speedup(rounds, "dual", "dense") == pytest.approx((2.0, 2.0, 2.0))
     # pooled over the run, the same steps give 2 / 1.2: dense's median sits in the quiet rounds, dual's at their edge
     assert np.median(times["dense"]) / np.median(times["dual"]) == pytest.approx(2 / 1.2)
+
+
+def test_speedup_plot_draws_quartiles_bound_and_the_checkpoints_ppl(tmp_path):
+    from dualtvm.bench import checkpoint_stem, write_plots
+
+    assert checkpoint_stem("checkpoint cache/ptb-lstm-1500-r2.best.pt, little module fitted on ptb text") == "ptb-lstm-1500-r2"
+    assert checkpoint_stem("checkpoint /x/y/my-model.pt") == "my-model" and checkpoint_stem("random weights") is None
+    weights = "checkpoint cache/ptb-tiny.best.pt, little module fitted and calibrated on ptb text"
+    rows = [{"model": "tiny", "engine": "tvm-dense", "insensitive_ratio": 0.0, "median_ms": 1.0, "cache": c,
+             "weights": weights} for c in ("warm", "cold")]
+    rows += [{"model": "tiny", "engine": "tvm-dual", "insensitive_ratio": r, "median_ms": 1 - r / 2, "cache": c,
+              "weights": weights, "speedup_vs_tvm_dense": 1 / (1 - r / 2), "byte_bound_speedup": 1 / (1 - r * 0.6),
+              "speedup_vs_tvm_dense_quartiles": [0.9 / (1 - r / 2), 1.1 / (1 - r / 2)]}
+             for r in (0.3, 0.5, 0.7) for c in ("warm", "cold")]
+    quality = [{"model": "ptb-tiny", "part": "uniform", "variant": v, "insensitive_ratio": r, "delta_ppl_pct": d}
+               for v, r, d in (("base", 0.0, 0.0), ("eps0.5-int8", 0.5, 1.0), ("eps0.5-int8", 0.9, 9.0))]
+    (tmp_path / "lm-quality-ptb.json").write_text(json.dumps({"rows": quality}))
+    write_plots(rows, tmp_path / "latency")
+    assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "latency-speedup.png").stat().st_size > 0
