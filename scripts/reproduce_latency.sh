@@ -47,8 +47,9 @@ for m in lstm gru; do
   python scripts/tune.py --in-step --model $m-750 --checkpoint cache/ptb-$m-750-r2.best.pt
   python scripts/bench.py --models $m-750 --checkpoint cache/ptb-$m-750-r2.best.pt --threads 2 --rounds 8 --little-bits 8,4 --contribution
 done
-# session 27 on the AMD machine: speed-ups paired round by round (bench.paired_speedup); the host's own -mcpu (znver4)
+# session 27 on the AMD machine: speed-ups paired round by round (bench.paired_speedup), the contribution-score engine
+# beside eq. 5's; the host's own -mcpu (znver4)
 # gets its masked GEMV decided in its step too (its first tuning log: tuning_logs/llvm-znver4/summary.json)
-python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4 --contribution
 python scripts/tune.py --in-step --target "llvm -mcpu=znver4" --checkpoint cache/ptb-lstm-1500-r2.best.pt
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --target "llvm -mcpu=znver4" --threads 2 --rounds 16 --little-bits 8,4
