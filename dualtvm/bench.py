@@ -594,8 +594,8 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
     if not panels:
         return
     cols = min(3, len(panels))
-    fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(6 * cols, 4 * ((len(panels) + cols - 1) // cols)),
-                             squeeze=False)
+    lines = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(lines, cols, figsize=(6 * cols, 4 * lines), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, panels):

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="trained weights: a train_lm.py LM, a train_nmt.py seq2seq (see --decoder-layer) or a state_dict; "
                         "dualtvm checkpoints also give the real inputs (hence masks) the steps decode")
     p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
-    p.add_argument("--little-bits", type=choice_list(COMPILED_BITS, int, "W_LL bits"), default="8", help="W_LL precisions to time side by side: 8, 4 or 8,4 (INT4: tvm-dual-int4)")
+    p.add_argument("--little-bits", type=choice_list(COMPILED_BITS, int, "W_LL bits"), default="8",
+                   help="W_LL precisions to time side by side: 8, 4 or 8,4 (INT4: tvm-dual-int4)")
     p.add_argument("--int8-float", action="store_true",
                    help="also time the INT8 little module on floats (engine tvm-dual-int8float) beside tvm-dual, which "
                         "runs it on integer codes where the target has AVX2")

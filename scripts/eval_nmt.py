@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-name", required=True, help="e.g. multi30k-gnmt-256")
     p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9")
     p.add_argument("--beam", type=positive_int, default=1)
-    p.add_argument("--parts", type=choice_list(("quality", "speed"), what="parts"), default="quality,speed", help="quality (Table 4) and/or speed (tokens/s)")
+    p.add_argument("--parts", type=choice_list(("quality", "speed"), what="parts"), default="quality,speed",
+                   help="quality (Table 4) and/or speed (tokens/s)")
     p.add_argument("--speed-ratio", type=unit_ratio, default=0.5)
     p.add_argument("--speed-sentences", type=positive_int, default=300)
     p.add_argument("--little-bits", type=choice_list(COMPILED_BITS, int, "W_LL bits"), default="8",
