@@ -21,12 +21,13 @@ from dualtvm.cli import choice_list, model_names, positive_int, ratio_list  # no
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
-def latency_markdown(rows: list[dict], bw: float, gemv_bw: float, threads: int) -> str:
+def latency_markdown(rows: list[dict], bw: dict[str, float], threads: int) -> str:
     from dualtvm.bench import markdown_table
 
     commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows if r.get("command")))
-    return (f"Made by {commands}\n\nThis run's read bandwidth: STREAM-like (numpy sum, 1 thread) {bw:.1f} GB/s; "
-            f"batch-1 GEMV over 1 GB on 2 MB pages (PyTorch, {threads} threads) {gemv_bw:.1f} GB/s\n\n"
+    return (f"Made by {commands}\n\nThis run's read bandwidth: STREAM-like on {threads} threads (PyTorch sum over 1 GB "
+            f"on 2 MB pages; the reference of column 'of read bw') {bw['read_gbps']:.1f} GB/s; numpy sum, 1 thread "
+            f"{bw['stream_gbps']:.1f} GB/s; batch-1 PyTorch GEMV over 1 GB {bw['gemv_gbps']:.1f} GB/s\n\n"
             + markdown_table(rows))
 
 
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
-    from dualtvm.bench import BenchConfig, bench_model, gemv_bandwidth, markdown_table, stream_bandwidth, write_plots
+    from dualtvm.bench import BenchConfig, bench_model, gemv_bandwidth, markdown_table, read_bandwidth, stream_bandwidth,
+                               write_plots
     from dualtvm.checkpoint import git_revision
     from dualtvm.results import merge_rows, read_rows
     from dualtvm.target import TargetError, check_llvm_cpu, parse_target
@@ -76,23 +78,25 @@ def main(argv: list[str] | None = None) -> int:
                       reuse_builds=a.reuse_builds, little_bits=a.little_bits, eps=a.eps,
                       int8_float=a.int8_float, contribution=a.contribution)
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
-    bw, gemv_bw = stream_bandwidth(), gemv_bandwidth(a.threads)
+    bw = {"stream_gbps": round(stream_bandwidth(), 1), "gemv_gbps": round(gemv_bandwidth(a.threads), 1),
+          "read_gbps": round(read_bandwidth(a.threads), 1)}
     rows = []
     for m in cfg.models:
         r, _ = bench_model(m, cfg)
         rows += r
     command = "python scripts/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     for r in rows:
-        r["stream_gbps"], r["gemv_gbps"] = round(bw, 1), round(gemv_bw, 1)
+        r.update(bw)
+        if "achieved_gbps" in r:  # TVM rows: the share of the read bandwidth their bytes per step stream at
+            r["fraction_of_read_bw"] = round(r["achieved_gbps"] / bw["read_gbps"], 3)
         r["run_target"] = run_target  # the TVM target of the run (peers' rows were measured beside it)
         r["command"], r["git"] = command, revision
     out = Path(a.out)
     # rerunning a model for a target on a machine replaces its rows; other machines' rows stay beside them
     merge_rows(out.with_suffix(".json"), "latency", rows, ("model", "run_target", "machine"),
-               "bash scripts/reproduce_latency.sh (each row also names its own command)", stream_gbps=round(bw, 1),
-               gemv_gbps=round(gemv_bw, 1))
+               "bash scripts/reproduce_latency.sh (each row also names its own command)", **bw)
     all_rows = read_rows(out.with_suffix(".json"))
-    out.with_suffix(".md").write_text(latency_markdown(all_rows, bw, gemv_bw, a.threads))
+    out.with_suffix(".md").write_text(latency_markdown(all_rows, bw, a.threads))
     write_plots(all_rows, out)
     print(markdown_table(rows))
     return 0

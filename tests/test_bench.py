@@ -244,3 +244,15 @@ def test_speedup_plot_draws_quartiles_bound_and_the_checkpoints_ppl(tmp_path):
     (tmp_path / "lm-quality-ptb.json").write_text(json.dumps({"rows": quality}))
     write_plots(rows, tmp_path / "latency")
     assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "latency-speedup.png").stat().st_size > 0
+
+
+def test_read_bandwidth_sums_on_the_asked_threads_and_gives_them_back(monkeypatch):
+    import torch
+
+    from dualtvm.bench import read_bandwidth
+
+    before, seen, real_sum = torch.get_num_threads(), [], torch.Tensor.sum
+    monkeypatch.setattr(torch.Tensor, "sum", lambda t: (seen.append(torch.get_num_threads()), real_sum(t))[1])
+    gbps = read_bandwidth(1, nbytes=4 << 20, repeat=2)
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    assert 0.1 < gbps < 10_000
