@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
-    from dualtvm.bench import BenchConfig, bench_model, gemv_bandwidth, markdown_table, read_bandwidth, stream_bandwidth,
-                               write_plots
+    from dualtvm.bench import (BenchConfig, bench_model, gemv_bandwidth, markdown_table, read_bandwidth,
+                               stream_bandwidth, write_plots)
     from dualtvm.checkpoint import git_revision
     from dualtvm.results import merge_rows, read_rows
     from dualtvm.target import TargetError, check_llvm_cpu, parse_target
