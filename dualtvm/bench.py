@@ -607,11 +607,16 @@ def checkpoint_stem(weights: str) -> str | None:
     return m.group(1) if m else None
 
 
+QUALITY_CURVES = {"INT8": "eps0.5-int8", "INT4": "eps0.5-int4", "INT8, contribution": "eps0.5-int8 contribution"}
+"""The quality rows (``eval_lm`` variants, one ratio for all gates) drawn beside the speed-ups."""
+
+
 def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None = None) -> None:
     """Speed-up over the dense TVM step vs insensitive ratio, one panel per model and target: the dual engines'
     paired speed-ups with their quartiles over rounds as error bars (rows from before pairing: a point), the byte
     bound (dense bytes ÷ dual bytes) they are measured against, and, where the row's checkpoint has PTB quality rows
-    (``lm-quality-ptb.json``, one ratio for all gates, INT8 and INT4), the test ΔPPL % on a second axis."""
+    (``lm-quality-ptb.json``, ``lm-allocation-ptb.json``: one ratio for all gates, :data:`QUALITY_CURVES`), the test
+    ΔPPL % on a second axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -630,7 +635,7 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
     for ax, name in zip(axes.flat, panels):
         mine = [r for r in rows if _panel(r, several) == name]
         for cache, style in (("warm", "-"), ("cold", "--")):
-            for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s")):
+            for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s"), ("tvm-dual-contribution", "^")):
                 pts = sorted((r["insensitive_ratio"], r["speedup_vs_tvm_dense"],
                               r.get("speedup_vs_tvm_dense_quartiles") or [r["speedup_vs_tvm_dense"]] * 2)
                              for r in mine if r["cache"] == cache and r["engine"] == engine)
@@ -648,15 +653,15 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
         ax.set_xlabel("insensitive ratio")
         ax.set_ylabel("× dense TVM step (paired; quartiles)")
         stem = checkpoint_stem(mine[0].get("weights", ""))
-        curves = {bits: sorted((q["insensitive_ratio"], q["delta_ppl_pct"]) for q in quality_rows or []
-                               if q["model"] == stem and q["part"] == "uniform"
-                               and q.get("variant") in ("base", f"eps0.5-int{bits}"))
-                  for bits in (8, 4)}
+        curves = {label: sorted({(q["insensitive_ratio"], q["delta_ppl_pct"]) for q in quality_rows or []
+                                 if q["model"] == stem and q["part"] == "uniform"
+                                 and q.get("variant") in ("base", variant)})
+                  for label, variant in QUALITY_CURVES.items()}
         if stem and any(len(c) > 1 for c in curves.values()):
             twin = ax.twinx()
-            for bits, color in ((8, "tab:purple"), (4, "tab:brown")):
-                if len(curves[bits]) > 1:
-                    twin.plot(*zip(*curves[bits]), "x:", color=color, label=f"test ΔPPL % (INT{bits}, {stem})")
+            for (label, points), color in zip(curves.items(), ("tab:purple", "tab:brown", "tab:olive")):
+                if len(points) > 1:
+                    twin.plot(*zip(*points), "x:", color=color, label=f"test ΔPPL % ({label}, {stem})")
             twin.set_ylabel("test ΔPPL % (one ratio for all gates)")
             twin.legend(fontsize=6, loc="center left")
         ax.legend(fontsize=6, loc="upper left")
@@ -666,12 +671,13 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
 
 
 def write_plots(rows: list[dict], out: "str | Path") -> None:
-    """``<out>.png`` (ms per step, every engine) and ``<out>-speedup.png`` (:func:`plot_speedups`, with the PPL of
-    ``lm-quality-ptb.json`` beside ``out`` where it exists): what ``scripts/bench.py`` and ``render_results`` draw."""
+    """``<out>.png`` (ms per step, every engine) and ``<out>-speedup.png`` (:func:`plot_speedups`, with the PPL rows
+    of ``lm-quality-ptb.json`` and ``lm-allocation-ptb.json`` beside ``out`` where they exist): what
+    ``scripts/bench.py`` and ``render_results`` draw."""
     import json
 
     out = Path(out).with_suffix("")
     plot(rows, str(out.with_suffix(".png")))
-    quality = out.parent / "lm-quality-ptb.json"
-    plot_speedups(rows, str(out.parent / f"{out.name}-speedup.png"),
-                  json.loads(quality.read_text())["rows"] if quality.exists() else None)
+    quality = [q for name in ("lm-quality-ptb.json", "lm-allocation-ptb.json") if (out.parent / name).exists()
+               for q in json.loads((out.parent / name).read_text())["rows"]]
+    plot_speedups(rows, str(out.parent / f"{out.name}-speedup.png"), quality)
