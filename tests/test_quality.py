@@ -119,7 +119,6 @@ def test_eval_lm_mask_rules_beyond_eq5(tiny_corpus, tmp_path):
     assert all(cells[4 + j].startswith(str(rows[n]["ppl"])) for j, n in enumerate(names))
 
 
-
 class _RatioKnob:
     ratio = 0.0
 
