@@ -168,8 +168,8 @@ def lm_allocation(doc: dict) -> str:
     costs = [(v + sfx, name + (f" ({rule_name})" if sfx else "")) for sfx, rule_name in (("", ""), *RULE_SUFFIXES)
              for v, name in ALLOCATION_VARIANTS if any(r.get("variant") == v + sfx for r in rows)]
     uniform = lambda m, ratio, sfx: next((r for r in rows if r["model"] == m and r["part"] == "uniform"  # noqa: E731
-                                          and r["insensitive_ratio"] == ratio and r["variant"] != "base"
-                                          and _rule_suffix(r) == sfx), None)
+                                          and r["insensitive_ratio"] == ratio and "-int8" in r["variant"]
+                                          and _rule_suffix(r) == sfx), None)  # the study's W_LL is INT8
     rules = [(sfx, name) for sfx, name in RULE_SUFFIXES if any(_rule_suffix(r) == sfx for r in rows)]
     how = lambda r: r["variant"][: len(r["variant"]) - len(_rule_suffix(r))] + (  # noqa: E731
         f" ({dict(RULE_SUFFIXES)[_rule_suffix(r)]})" if _rule_suffix(r) else "")
