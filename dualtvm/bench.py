@@ -558,7 +558,6 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     several = len({r.get("machine") for r in rows}) > 1
 
@@ -566,12 +565,8 @@ def plot(rows: list[dict], path: str) -> None:
         return _panel(r, several)
 
     models = sorted({panel(r) for r in rows})
-    cols = min(3, len(models))
-    nrows = (len(models) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4 * nrows), squeeze=False)
-    for ax in axes.flat[len(models):]:
-        ax.set_visible(False)
-    for ax, m in zip(axes.flat, models):
+    fig, axes = _panel_grid(len(models))
+    for ax, m in zip(axes, models):
         for cache, style in (("warm", "-"), ("cold", "--")):
             for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s"), ("tvm-dual-int8float", "x"),
                                    ("tvm-dual-contribution", "^")):
@@ -590,6 +585,18 @@ def plot(rows: list[dict], path: str) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _panel_grid(n: int):
+    """A figure of ``n`` panels, three to a line (the grid's unused axes hidden): (figure, its ``n`` axes)."""
+    import matplotlib.pyplot as plt
+
+    cols = min(3, n)
+    lines = (n + cols - 1) // cols
+    fig, axes = plt.subplots(lines, cols, figsize=(6 * cols, 4 * lines), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
 
 
 def _panel(r: dict, several_machines: bool) -> str:
@@ -627,12 +634,8 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
     panels = sorted({_panel(r, several) for r in rows})
     if not panels:
         return
-    cols = min(3, len(panels))
-    lines = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(lines, cols, figsize=(6 * cols, 4 * lines), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
-    for ax, name in zip(axes.flat, panels):
+    fig, axes = _panel_grid(len(panels))
+    for ax, name in zip(axes, panels):
         mine = [r for r in rows if _panel(r, several) == name]
         for cache, style in (("warm", "-"), ("cold", "--")):
             for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s"), ("tvm-dual-contribution", "^")):
