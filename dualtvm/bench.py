@@ -273,7 +273,7 @@ class BenchConfig:
     little_bits: tuple[int, ...] = (8,)  # one dual-module engine per W_LL precision (8: "tvm-dual", 4: "tvm-dual-int4")
     int8_float: bool = False  # also the INT8 little module on floats ("tvm-dual-int8float"; tvm-dual runs on codes on AVX2)
     eps: float = 0.5  # eq. 3's ε (sets k); rows of another ε are labelled ``<model>-eps<ε>``
-    contribution: bool = False  # also the INT8 little module with contribution-score masks ("tvm-dual-contribution")
+    contribution: bool = False  # also each little module with contribution-score masks ("tvm-dual[-int4]-contribution")
     reuse_builds: bool = False  # default: rebuild, so the current schedules/tuning logs are what is measured
 
 
@@ -375,7 +375,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     if cfg.int8_float:
         variants.append(("tvm-dual-int8float", 8, False, "activation"))
     if cfg.contribution:
-        variants.append((dual_engine(8, mask_rule="contribution"), 8, None, "contribution"))
+        variants += [(dual_engine(b, mask_rule="contribution"), b, None, "contribution") for b in cfg.little_bits]
     outs = {}
     for engine, bits, codes, rule in variants:
         outs[engine] = str(default_build_dir(label, target, variant_suffix(bits, rule, codes), cfg.build_root))
@@ -554,6 +554,11 @@ def markdown_table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+DUAL_MARKERS = (("tvm-dual", "o"), ("tvm-dual-int4", "s"), ("tvm-dual-contribution", "^"),
+                ("tvm-dual-int4-contribution", "v"))
+"""The dual-module engines the plots draw (W_LL bits × mask rule), with their markers."""
+
+
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
 
@@ -568,8 +573,7 @@ def plot(rows: list[dict], path: str) -> None:
     fig, axes = _panel_grid(len(models))
     for ax, m in zip(axes, models):
         for cache, style in (("warm", "-"), ("cold", "--")):
-            for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s"), ("tvm-dual-int8float", "x"),
-                                   ("tvm-dual-contribution", "^")):
+            for engine, marker in (*DUAL_MARKERS, ("tvm-dual-int8float", "x")):
                 dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in rows
                               if panel(r) == m and r["cache"] == cache and r["engine"] == engine)
                 if dual:
@@ -614,7 +618,8 @@ def checkpoint_stem(weights: str) -> str | None:
     return m.group(1) if m else None
 
 
-QUALITY_CURVES = {"INT8": "eps0.5-int8", "INT4": "eps0.5-int4", "INT8, contribution": "eps0.5-int8 contribution"}
+QUALITY_CURVES = {"INT8": "eps0.5-int8", "INT4": "eps0.5-int4", "INT8, contribution": "eps0.5-int8 contribution",
+                  "INT4, contribution": "eps0.5-int4 contribution"}
 """The quality rows (``eval_lm`` variants, one ratio for all gates) drawn beside the speed-ups."""
 
 
@@ -638,7 +643,7 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
     for ax, name in zip(axes, panels):
         mine = [r for r in rows if _panel(r, several) == name]
         for cache, style in (("warm", "-"), ("cold", "--")):
-            for engine, marker in (("tvm-dual", "o"), ("tvm-dual-int4", "s"), ("tvm-dual-contribution", "^")):
+            for engine, marker in DUAL_MARKERS:
                 pts = sorted((r["insensitive_ratio"], r["speedup_vs_tvm_dense"],
                               r.get("speedup_vs_tvm_dense_quartiles") or [r["speedup_vs_tvm_dense"]] * 2)
                              for r in mine if r["cache"] == cache and r["engine"] == engine)
@@ -662,7 +667,7 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
                   for label, variant in QUALITY_CURVES.items()}
         if stem and any(len(c) > 1 for c in curves.values()):
             twin = ax.twinx()
-            for (label, points), color in zip(curves.items(), ("tab:purple", "tab:brown", "tab:olive")):
+            for (label, points), color in zip(curves.items(), ("tab:purple", "tab:brown", "tab:olive", "tab:cyan")):
                 if len(points) > 1:
                     twin.plot(*zip(*points), "x:", color=color, label=f"test ΔPPL % ({label}, {stem})")
             twin.set_ylabel("test ΔPPL % (one ratio for all gates)")

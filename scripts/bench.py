@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time the INT8 little module on floats (engine tvm-dual-int8float) beside tvm-dual, which "
                         "runs it on integer codes where the target has AVX2")
     p.add_argument("--contribution", action="store_true",
-                   help="also time the INT8 little module with contribution-score masks (engine tvm-dual-contribution, "
-                        "beyond eq. 5: dualtvm.contribution)")
+                   help="also time each --little-bits module with contribution-score masks (engines "
+                        "tvm-dual-contribution, tvm-dual-int4-contribution; beyond eq. 5: dualtvm.contribution)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k); other than 0.5, rows are <model>-eps<ε>")
     p.add_argument("--out", default="results/latency")
     p.add_argument("--reuse-builds", action="store_true", help="do not rebuild existing build folders")

@@ -86,6 +86,8 @@ def test_bench_tiny_model(tmp_path):
     assert 0.3 < scored["measured_ratio"] < 0.7 and scored["little_bits"] == 8
     assert json.loads((tmp_path / "tiny-gnmt-eps0.3-llvm-broadwell-contribution" / "dual" / "manifest.json")
                       .read_text())["spec"]["layers"][0]["mask_rule"] == "contribution"
+    scored4 = next(r for r in rows if r["engine"] == "tvm-dual-int4-contribution")  # one per --little-bits
+    assert scored4["little_bits"] == 4 and 0.3 < scored4["measured_ratio"] < 0.7
     for key in ("model", "engine", "insensitive_ratio", "median_ms", "iqr_ms", "cache", "threads", "target",
                 "speedup_vs_tvm_dense", "speedup_vs_best_peer"):
         assert key in dual
