@@ -49,7 +49,8 @@ for m in lstm gru; do
 done
 # session 27 on the AMD machine: speed-ups paired round by round (bench.paired_speedup), the contribution-score engine
 # beside eq. 5's; the host's own -mcpu (znver4)
-# gets its masked GEMV decided in its step too (its first tuning log: tuning_logs/llvm-znver4/summary.json)
+# gets its masked GEMV decided in its step too (its first tuning log: tuning_logs/llvm-znver4/summary.json).
+# Session 28 re-ran the first command, which since then times INT4 W_LL with contribution-score masks too
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4 --contribution
 python scripts/tune.py --in-step --target "llvm -mcpu=znver4" --checkpoint cache/ptb-lstm-1500-r2.best.pt
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --target "llvm -mcpu=znver4" --threads 2 --rounds 16 --little-bits 8,4
