@@ -560,35 +560,37 @@ DUAL_MARKERS = (("tvm-dual", "o"), ("tvm-dual-int4", "s"), ("tvm-dual-contributi
 
 
 def plot(rows: list[dict], path: str) -> None:
+    """ms per step vs insensitive ratio, one panel per model and target: the dual engines as curves, the dense
+    step and the peers as horizontal lines (warm solid, cold dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     several = len({r.get("machine") for r in rows}) > 1
-
-    def panel(r: dict) -> str:
-        return _panel(r, several)
-
-    models = sorted({panel(r) for r in rows})
-    fig, axes = _panel_grid(len(models))
-    for ax, m in zip(axes, models):
+    by_panel: dict[str, list[dict]] = {}
+    for r in rows:
+        by_panel.setdefault(_panel(r, several), []).append(r)
+    fig, axes = _panel_grid(len(by_panel))
+    for ax, (name, mine) in zip(axes, sorted(by_panel.items())):
         for cache, style in (("warm", "-"), ("cold", "--")):
             for engine, marker in (*DUAL_MARKERS, ("tvm-dual-int8float", "x")):
-                dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in rows
-                              if panel(r) == m and r["cache"] == cache and r["engine"] == engine)
+                dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in mine
+                              if r["cache"] == cache and r["engine"] == engine)
                 if dual:
                     ax.plot(*zip(*dual), marker + style, label=f"{engine} ({cache})")
-            for r in rows:
-                if panel(r) == m and r["cache"] == cache and not r["engine"].startswith("tvm-dual"):
+            for r in mine:
+                if r["cache"] == cache and not r["engine"].startswith("tvm-dual"):
                     ax.axhline(r["median_ms"], ls=style, lw=0.8, color={"tvm-dense": "k", "torch": "tab:red",
                                                                           "onnxruntime": "tab:green"}.get(r["engine"], "gray"),
                                label=f"{r['engine']} ({cache})")
-        ax.set_title(m)
+        ax.set_title(name)
         ax.set_xlabel("insensitive ratio")
         ax.set_ylabel("ms per step (batch 1)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _panel_grid(n: int):

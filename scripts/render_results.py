@@ -420,6 +420,7 @@ def kernels(doc: dict) -> str:
 RENDERERS = {  # README marker -> (results file, renderer)
     "latency": ("latency", latency), "latency-breakdown": ("latency", breakdown), "baselines": ("baselines", baselines),
     "lm-quality-ptb": ("lm-quality-ptb", lm_quality), "lm-pruning": ("lm-quality-ptb", lm_pruning),
+    "lm-pruning-wikitext-2": ("lm-quality-wikitext-2", lm_pruning),
     "lm-allocation-ptb": ("lm-allocation-ptb", lm_allocation),
     "nmt-quality": ("nmt-quality", nmt_quality), "kernels": ("kernels", kernels),
 }
