@@ -63,7 +63,7 @@ done
 # Table 7 on the paper's corpus (results/lm-quality-wikitext-2.json): an LSTM-750 LM on WikiText-2 (the paper's is
 # LSTM-1500), its dual-module PPL at 50 %, then the same AGP pruning / fine-tuning and dual-module PPL as above
 [ -f cache/wikitext-2-lstm-750.best.pt ] || python scripts/train_lm.py --corpus wikitext-2 --rnn LSTM --hidden 750 \
-  --dropout 0.4 --epochs 2 --threads 2
+  --dropout 0.4 --epochs 1 --threads 2
 wt2=(--corpus wikitext-2 --parts ratios --ratios 0.5 --results results/lm-quality-wikitext-2.json)
 python scripts/eval_lm.py --checkpoint cache/wikitext-2-lstm-750.best.pt --model-name wikitext-2-lstm-750 "${wt2[@]}"
 for s in 80 90 0; do
