@@ -567,12 +567,9 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    several = len({r.get("machine") for r in rows}) > 1
-    by_panel: dict[str, list[dict]] = {}
-    for r in rows:
-        by_panel.setdefault(_panel(r, several), []).append(r)
+    by_panel = _rows_by_panel(rows)
     fig, axes = _panel_grid(len(by_panel))
-    for ax, (name, mine) in zip(axes, sorted(by_panel.items())):
+    for ax, (name, mine) in zip(axes, by_panel.items()):
         for cache, style in (("warm", "-"), ("cold", "--")):
             for engine, marker in (*DUAL_MARKERS, ("tvm-dual-int8float", "x")):
                 dual = sorted((r["insensitive_ratio"], r["median_ms"]) for r in mine
@@ -603,6 +600,16 @@ def _panel_grid(n: int):
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
+
+
+def _rows_by_panel(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows grouped by :func:`_panel`, panels in sorted order (the machine joins the label only where the rows
+    come from several)."""
+    several = len({r.get("machine") for r in rows}) > 1
+    by_panel: dict[str, list[dict]] = {}
+    for r in rows:
+        by_panel.setdefault(_panel(r, several), []).append(r)
+    return dict(sorted(by_panel.items()))
 
 
 def _panel(r: dict, several_machines: bool) -> str:
@@ -636,14 +643,11 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.get("speedup_vs_tvm_dense") is not None]
-    several = len({r.get("machine") for r in rows}) > 1
-    panels = sorted({_panel(r, several) for r in rows})
-    if not panels:
+    by_panel = _rows_by_panel([r for r in rows if r.get("speedup_vs_tvm_dense") is not None])
+    if not by_panel:
         return
-    fig, axes = _panel_grid(len(panels))
-    for ax, name in zip(axes, panels):
-        mine = [r for r in rows if _panel(r, several) == name]
+    fig, axes = _panel_grid(len(by_panel))
+    for ax, (name, mine) in zip(axes, by_panel.items()):
         for cache, style in (("warm", "-"), ("cold", "--")):
             for engine, marker in DUAL_MARKERS:
                 pts = sorted((r["insensitive_ratio"], r["speedup_vs_tvm_dense"],
