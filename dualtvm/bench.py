@@ -319,39 +319,73 @@ def step_breakdown(dec, xs: list[np.ndarray], evict: Callable[[], None] | None =
     ``evict`` (e.g. an :class:`Evictor`) runs before each timed step: the cold-cache breakdown, where
     ``twin`` (``dec.twin()``) then steps through the same VM untimed, as in :func:`measure`.
     """
-    import tvm_ffi
-    from tvm import relax
+    return _in_ms(_part_medians(_InstrumentedSequence(dec, xs, twin).run(evict)))
 
-    from .runtime import sequence_runner
 
-    vm = relax.VirtualMachine(dec._lib, dec.dev)  # noqa: SLF001 - a second, instrumented VM
-    current: dict[str, float] = {}
-    started = [0.0]
+def step_breakdowns(decs: dict[str, object], xs: list[np.ndarray], rounds: int) -> dict[str, dict[str, float]]:
+    """:func:`step_breakdown` (warm) of several builds, interleaved round by round as :func:`measure` times
+    them: per part the median over rounds of each round's median.  One pass per build, each a few seconds after
+    the last, took a neighbour's burst whole on a shared host (a 50 % LSTM-1500 row once read 12 ms for a
+    1.1 ms step); interleaved, a burst lands in one round of every build and the median drops it."""
+    runs = {name: _InstrumentedSequence(dec, xs) for name, dec in decs.items()}
+    per_round: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, run in (list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]):
+            per_round[name].append(_part_medians(run.run()))
+    return {name: _in_ms({part: float(np.median([m[part] for m in medians])) for part in (*PARTS, "step")})
+            for name, medians in per_round.items()}
 
-    def instrument(func, symbol, before_run, ret, *args) -> int:
-        now = time.perf_counter()
-        if before_run:
-            started[0] = now
-        elif not str(symbol).startswith("vm.builtin"):
-            part = kernel_part(str(symbol))
-            current[part] = current.get(part, 0.0) + now - started[0]
-        return 0  # VMInstrumentReturnKind: no-op
 
-    vm.set_instrument(tvm_ffi.convert(instrument))
-    prepare, step, _ = sequence_runner(dec, xs, vm=vm)
-    twin_prepare, twin_step, _ = sequence_runner(twin, xs, vm=vm) if twin is not None else (None, None, None)
-    prepare()
-    step(0)  # warm-up
-    if twin is not None:
-        twin_prepare()
-    per_step = []
-    for i in range(1, len(xs)):
-        _go_cold(evict, twin_step, i)
-        current.clear()
-        t0 = time.perf_counter()
-        step(i)
-        per_step.append({**current, "step": time.perf_counter() - t0})
-    return {part: round(float(np.median([d.get(part, 0.0) for d in per_step])) * 1e3, 4) for part in (*PARTS, "step")}
+class _InstrumentedSequence:
+    """``xs`` decoded by ``dec`` through a second VM whose instrument adds each kernel call's time to its part
+    (:func:`kernel_part`); ``twin`` (cold breakdowns) steps through the same VM."""
+
+    def __init__(self, dec, xs: list[np.ndarray], twin=None) -> None:
+        import tvm_ffi
+        from tvm import relax
+
+        from .runtime import sequence_runner
+
+        vm = relax.VirtualMachine(dec._lib, dec.dev)  # noqa: SLF001 - a second, instrumented VM
+        self.current: dict[str, float] = {}
+        started = [0.0]
+
+        def instrument(func, symbol, before_run, ret, *args) -> int:
+            now = time.perf_counter()
+            if before_run:
+                started[0] = now
+            elif not str(symbol).startswith("vm.builtin"):
+                part = kernel_part(str(symbol))
+                self.current[part] = self.current.get(part, 0.0) + now - started[0]
+            return 0  # VMInstrumentReturnKind: no-op
+
+        vm.set_instrument(tvm_ffi.convert(instrument))
+        self.steps = len(xs)
+        self.prepare, self.step, _ = sequence_runner(dec, xs, vm=vm)
+        self.twin = sequence_runner(twin, xs, vm=vm)[:2] if twin is not None else None
+
+    def run(self, evict: Callable[[], None] | None = None) -> list[dict[str, float]]:
+        """Seconds per part (and the whole ``step``) of each step after a warm-up step."""
+        self.prepare()
+        self.step(0)  # warm-up
+        if self.twin is not None:
+            self.twin[0]()
+        per_step = []
+        for i in range(1, self.steps):
+            _go_cold(evict, self.twin[1] if self.twin is not None else None, i)
+            self.current.clear()
+            t0 = time.perf_counter()
+            self.step(i)
+            per_step.append({**self.current, "step": time.perf_counter() - t0})
+        return per_step
+
+
+def _part_medians(per_step: list[dict[str, float]]) -> dict[str, float]:
+    return {part: float(np.median([d.get(part, 0.0) for d in per_step])) for part in (*PARTS, "step")}
+
+
+def _in_ms(seconds: dict[str, float]) -> dict[str, float]:
+    return {part: round(v * 1e3, 4) for part, v in seconds.items()}
 
 
 def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
@@ -391,7 +425,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                           cfg.data_dir, cfg.decoder_layer)  # a trained model's own held-out data: its real masks
     twins = "cold" in cfg.caches  # every engine gets a twin over its own weights (see measure)
     engines = [decoder_engine("tvm-dense", 0.0, dense, xs, dense.twin() if twins else None)]
-    breakdowns = {"tvm-dense": step_breakdown(dense, xs)}  # warm, in-step; before any peer's threads exist
+    decs = {"tvm-dense": dense}
     measured, bits_of, codes_of = {}, {}, {}
     for (engine, bits, _, _), r in ((v, r) for v in variants for r in cfg.ratios):
         name = f"{engine}@{r}"
@@ -401,7 +435,9 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         measured[name] = measured_insensitive_ratio(dec, sequence_runner(dec, xs), cfg.steps)  # this sequence's masks
         bits_of[name] = bits
         engines.append(decoder_engine(name, r, dec, xs, dec.twin() if twins else None))
-        breakdowns[name] = step_breakdown(dec, xs)
+        decs[name] = dec
+    breakdown_rounds = min(cfg.rounds, 8)
+    breakdowns = step_breakdowns(decs, xs, breakdown_rounds)  # warm, in-step; before any peer's threads exist
     layers = big_layers_from_params(dense)
     torch.set_num_threads(cfg.threads)
     if "torch" in cfg.peers:
@@ -465,12 +501,12 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                             "achieved_gbps": round(dual_bytes / med / 1e6, 2)})
                 row["fraction_of_bound"] = round(row["speedup_vs_tvm_dense"] / row["byte_bound_speedup"], 3)
                 if cache == "warm":
-                    _add_breakdown(row, breakdowns[e.name])
+                    _add_breakdown(row, breakdowns[e.name], breakdown_rounds)
             elif e.name == "tvm-dense":
                 row["achieved_gbps"] = round(dense_bytes / med / 1e6, 2)
                 row.update(speedups(e.name), speedup_pairing="per round")
                 if cache == "warm":
-                    _add_breakdown(row, breakdowns[e.name])
+                    _add_breakdown(row, breakdowns[e.name], breakdown_rounds)
             rows.append(row)
     return rows, {"weights": weights, "dense_bytes": dense_bytes, "busy_processes": busy}
 
@@ -525,12 +561,14 @@ def _step_graph_engine(name: str, sessions: list, xs: list[np.ndarray], mc) -> E
     return Engine(name, 0.0, prep, step)
 
 
-def _add_breakdown(row: dict, breakdown: dict[str, float]) -> None:
-    """Kernel times per part (in-step), their sum, the instrumented step and the rest (the VM's own work)."""
+def _add_breakdown(row: dict, breakdown: dict[str, float], rounds: int) -> None:
+    """Kernel times per part (in-step), their sum, the instrumented step and the rest (the VM's own work), and the
+    interleaved rounds they are medians over (:func:`step_breakdowns`; rows without: one pass)."""
     row["breakdown_ms"] = {part: breakdown[part] for part in PARTS}
     row["kernels_ms"] = round(sum(row["breakdown_ms"].values()), 4)
     row["breakdown_step_ms"] = breakdown["step"]
     row["overhead_ms"] = round(breakdown["step"] - row["kernels_ms"], 4)
+    row["breakdown_rounds"] = rounds
 
 
 def cache_label(row: dict) -> str:

@@ -24,6 +24,29 @@ def test_step_bytes_accounting():
     assert 0.05 < r < 0.1 and break_even_ratio(1500, 1500, 4, 417, little_bits=4) < r < break_even_ratio(750, 750, 3, 857)
 
 
+def test_breakdowns_interleave_builds_and_drop_a_burst(monkeypatch):
+    """The in-step breakdown runs every build once per round, alternating the order as ``measure`` does, and takes
+    the median over rounds: a neighbour's burst during one build's pass (one round) does not reach its row."""
+    from dualtvm import bench
+
+    calls = []
+
+    class Pass:  # stands in for one build's instrumented decode sequence: 2 steps, a burst in round 1 of "b"
+        def __init__(self, dec, xs, twin=None):
+            self.name = dec
+
+        def run(self, evict=None):
+            calls.append(self.name)
+            slow = 10.0 if self.name == "b" and calls.count("b") == 2 else 1.0
+            return [{"big": 1e-3 * slow, "little": 2e-4, "step": 1.5e-3 * slow}] * 2
+
+    monkeypatch.setattr(bench, "_InstrumentedSequence", Pass)
+    out = bench.step_breakdowns({"a": "a", "b": "b"}, [None] * 3, rounds=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert out["b"] == {"projection": 0.0, "little": 0.2, "mask": 0.0, "big": 1.0, "assembly": 0.0, "step": 1.5}
+    assert out["a"] == out["b"]
+
+
 def _peer_step(peer: str, layer, threads: int):
     if peer == "openvino":
         pytest.importorskip("openvino")
@@ -100,6 +123,7 @@ def test_bench_tiny_model(tmp_path):
     dense = next(r for r in rows if r["engine"] == "tvm-dense")
     assert dense["breakdown_ms"]["little"] == 0 and dense["breakdown_ms"]["big"] > 0
     assert dual["kernels_ms"] == pytest.approx(sum(parts.values()), abs=1e-3) and dual["breakdown_step_ms"] > 0
+    assert dual["breakdown_rounds"] == dense["breakdown_rounds"] == 1
 
 
 def test_readme_tables_are_rendered_from_the_results_files():
