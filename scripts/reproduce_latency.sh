@@ -54,3 +54,13 @@ done
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4 --contribution
 python scripts/tune.py --in-step --target "llvm -mcpu=znver4" --checkpoint cache/ptb-lstm-1500-r2.best.pt
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --target "llvm -mcpu=znver4" --threads 2 --rounds 16 --little-bits 8,4
+# session 29 on the AMD machine: every AMD row again at one revision in one sitting, the in-step breakdown interleaved
+# over rounds (bench.step_breakdowns); the random-weight layers (no trained model of those shapes survived) at 12 rounds
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4 --contribution
+python scripts/bench.py --models gnmt-1024-2048 --checkpoint cache/multi30k-gnmt-1024-r2.best.pt --decoder-layer 0 --threads 2 --rounds 16 --little-bits 8,4 --contribution
+python scripts/bench.py --models gru-1500 --threads 2 --rounds 12 --little-bits 8,4
+python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750-r2.best.pt --threads 2 --rounds 24 --little-bits 8,4 --contribution
+python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750-r2.best.pt --threads 2 --rounds 12 --little-bits 8,4 --contribution
+python scripts/bench.py --models gnmt-1024-1024 --threads 2 --rounds 12 --little-bits 8,4
+python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750-r2.best.pt --eps 0.3 --threads 2 --rounds 12 --little-bits 8,4
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --target "llvm -mcpu=znver4" --threads 2 --rounds 16 --little-bits 8,4
