@@ -29,3 +29,5 @@ python scripts/eval_nmt.py $S --little-bits 8,4 --threads 2 --output-ratio 0.99 
 # the same with each compiled engine's whole decode step as one build (dualtvm/gnmt_step.py)
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-name multi30k-gnmt-256 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99 --fused-step
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99 --fused-step
+# session 29 on the AMD machine: the retrained GNMT-1024's fused step again, built with the in-step verdicts of session 26
+python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024-r2.best.pt --model-name multi30k-gnmt-1024-r2 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99 --fused-step
