@@ -3,10 +3,10 @@
 Every engine runs the same decode sequence (inputs change each step, the state is fed back,
 so dual-module masks are the real, moving ones — a fixed mask would keep its rows in L3 and
 fake the speed-up).  Engines are interleaved round by round, medians and IQRs are taken per
-engine, and speed-ups are paired: the median over rounds of each round's ratio (:func:`paired_speedup`).  Cold cache = a buffer twice the
-last-level cache (at least 64 MB) is swept between steps, as the paper evicts the LLC for each RNN
-cell of a decoder: a fixed 64 MB sweep left most of a 480 MB L3 warm (LSTM-1500 dense step: 2.4 ms
-after 64 MB, 3.1 ms after 1 GB, 1.5 ms warm).
+engine, and speed-ups are paired: the median over rounds of each round's ratio (:func:`paired_speedup`).
+Cold cache = a buffer twice the last-level cache (at least 64 MB) is swept between steps, as the
+paper evicts the LLC for each RNN cell of a decoder: a fixed 64 MB sweep left most of a 480 MB L3
+warm (LSTM-1500 dense step: 2.4 ms after 64 MB, 3.1 ms after 1 GB, 1.5 ms warm).
 """
 from __future__ import annotations
 
