@@ -157,6 +157,16 @@ def _rule_suffix(row: dict) -> str:
     return next((sfx for sfx, _ in RULE_SUFFIXES if row["variant"].endswith(sfx)), "")
 
 
+def search_method(variant: str) -> str:
+    """A largest-ratio row's method in words: ``eval_lm`` appends the mask rule, then the W_LL bits where they are not
+    INT8 (``per-gate loss-aware, chosen on valid contribution int4`` →
+    ``per-gate loss-aware, chosen on valid (contribution score, INT4 W_LL)``)."""
+    variant, bits = re.fullmatch(r"(.*?)(?: int(\d+))?", variant).groups()
+    sfx = next((s for s, _ in RULE_SUFFIXES if variant.endswith(s)), "")
+    notes = ([dict(RULE_SUFFIXES)[sfx]] if sfx else []) + ([f"INT{bits} W_LL"] if bits else [])
+    return variant[: len(variant) - len(sfx)] + (f" ({', '.join(notes)})" if notes else "")
+
+
 def lm_allocation(doc: dict) -> str:
     """The per-gate allocation study: at each overall ratio, one ratio for all gates beside the greedy allocation
     under each cost the file has rows of, which one the validation set picked, and the largest overall ratio
@@ -171,8 +181,6 @@ def lm_allocation(doc: dict) -> str:
                                           and r["insensitive_ratio"] == ratio and "-int8" in r["variant"]
                                           and _rule_suffix(r) == sfx), None)  # the study's W_LL is INT8
     rules = [(sfx, name) for sfx, name in RULE_SUFFIXES if any(_rule_suffix(r) == sfx for r in rows)]
-    how = lambda r: r["variant"][: len(r["variant"]) - len(_rule_suffix(r))] + (  # noqa: E731
-        f" ({dict(RULE_SUFFIXES)[_rule_suffix(r)]})" if _rule_suffix(r) else "")
     table = []
     for m in dict.fromkeys(r["model"] for r in rows):
         base = find(m, "uniform", "base", 0.0)
@@ -191,7 +199,7 @@ def lm_allocation(doc: dict) -> str:
                   *(f"per gate: {name}" for _, name in costs), "validation picks", "its ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
-                  [[r["model"], how(r), r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
+                  [[r["model"], search_method(r["variant"]), r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
                     _gate_ratios(r)] for r in rows if r["part"] == "largest-within-1pct"])
     return "\n".join(out)
 

@@ -71,3 +71,5 @@ for s in 80 90 0; do
   [ -f "$ck" ] || python scripts/prune_lm.py --checkpoint cache/wikitext-2-lstm-750.best.pt --corpus wikitext-2 --sparsity "0.$s"
   python scripts/eval_lm.py --checkpoint "$ck" --model-name "wikitext-2-lstm-750-sparse$s" "${wt2[@]}"
 done
+# session 29: ptb-lstm-1500-r2's largest ratio within +1 % under contribution masks, with INT4 W_LL (the compiled engine's fastest little module)
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --mask-rule contribution --little-bits 4 --parts search --allocation-costs loss --results results/lm-allocation-ptb.json

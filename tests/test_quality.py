@@ -67,6 +67,16 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
         "uniform, chosen on valid"}
 
 
+def test_search_rows_name_their_mask_rule_and_little_bits():
+    from render_results import search_method
+
+    assert search_method("uniform, chosen on valid") == "uniform, chosen on valid"
+    assert search_method("per-gate, chosen on valid contribution") == "per-gate, chosen on valid (contribution score)"
+    assert (search_method("per-gate loss-aware, chosen on valid contribution int4")
+            == "per-gate loss-aware, chosen on valid (contribution score, INT4 W_LL)")
+    assert search_method("uniform, chosen on valid int4") == "uniform, chosen on valid (INT4 W_LL)"
+
+
 def test_eval_lm_int4_allocation_rows_do_not_replace_int8_ones(tiny_corpus, tmp_path):
     """--little-bits 4: per-gate rows carry ' int4' in their variant (the results file keys rows by variant), so an
     INT4 allocation lands beside the INT8 one of the same model and ratio."""
