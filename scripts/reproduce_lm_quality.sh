@@ -73,3 +73,5 @@ for s in 80 90 0; do
 done
 # session 29: ptb-lstm-1500-r2's largest ratio within +1 % under contribution masks, with INT4 W_LL (the compiled engine's fastest little module)
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --mask-rule contribution --little-bits 4 --parts search --allocation-costs loss --results results/lm-allocation-ptb.json
+# session 29: the same model under eq. 5's masks, per-gate ratios by activation error (and one ratio for all gates)
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts search --allocation-costs activation --results results/lm-allocation-ptb.json
