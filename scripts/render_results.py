@@ -152,9 +152,9 @@ ALLOCATION_VARIANTS = (("greedy-allocation", "activation error"), ("loss-aware-a
 RULE_SUFFIXES = ((" sigmoid-both", "both sigmoid tails"), (" contribution", "contribution score"))
 
 
-def _rule_suffix(row: dict) -> str:
-    """The row's mask-rule suffix from ``RULE_SUFFIXES`` ("" for eq. 5's rule)."""
-    return next((sfx for sfx, _ in RULE_SUFFIXES if row["variant"].endswith(sfx)), "")
+def _rule_suffix(variant: str) -> str:
+    """A row variant's mask-rule suffix from ``RULE_SUFFIXES`` ("" for eq. 5's rule)."""
+    return next((sfx for sfx, _ in RULE_SUFFIXES if variant.endswith(sfx)), "")
 
 
 def search_method(variant: str) -> str:
@@ -162,7 +162,7 @@ def search_method(variant: str) -> str:
     INT8 (``per-gate loss-aware, chosen on valid contribution int4`` →
     ``per-gate loss-aware, chosen on valid (contribution score, INT4 W_LL)``)."""
     variant, bits = re.fullmatch(r"(.*?)(?: int(\d+))?", variant).groups()
-    sfx = next((s for s, _ in RULE_SUFFIXES if variant.endswith(s)), "")
+    sfx = _rule_suffix(variant)
     notes = ([dict(RULE_SUFFIXES)[sfx]] if sfx else []) + ([f"INT{bits} W_LL"] if bits else [])
     return variant[: len(variant) - len(sfx)] + (f" ({', '.join(notes)})" if notes else "")
 
@@ -179,8 +179,8 @@ def lm_allocation(doc: dict) -> str:
              for v, name in ALLOCATION_VARIANTS if any(r.get("variant") == v + sfx for r in rows)]
     uniform = lambda m, ratio, sfx: next((r for r in rows if r["model"] == m and r["part"] == "uniform"  # noqa: E731
                                           and r["insensitive_ratio"] == ratio and "-int8" in r["variant"]
-                                          and _rule_suffix(r) == sfx), None)  # the study's W_LL is INT8
-    rules = [(sfx, name) for sfx, name in RULE_SUFFIXES if any(_rule_suffix(r) == sfx for r in rows)]
+                                          and _rule_suffix(r["variant"]) == sfx), None)  # the study's W_LL is INT8
+    rules = [(sfx, name) for sfx, name in RULE_SUFFIXES if any(_rule_suffix(r["variant"]) == sfx for r in rows)]
     table = []
     for m in dict.fromkeys(r["model"] for r in rows):
         base = find(m, "uniform", "base", 0.0)
@@ -199,8 +199,8 @@ def lm_allocation(doc: dict) -> str:
                   *(f"per gate: {name}" for _, name in costs), "validation picks", "its ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
-                  [[r["model"], search_method(r["variant"]), r["insensitive_ratio"], r["measured_ratio"], r["ppl"], r["delta_ppl_pct"],
-                    _gate_ratios(r)] for r in rows if r["part"] == "largest-within-1pct"])
+                  [[r["model"], search_method(r["variant"]), r["insensitive_ratio"], r["measured_ratio"], r["ppl"],
+                    r["delta_ppl_pct"], _gate_ratios(r)] for r in rows if r["part"] == "largest-within-1pct"])
     return "\n".join(out)
 
 
@@ -262,7 +262,8 @@ def plot_lm_allocation(doc: dict, path: Path) -> None:
             curves += [("per-gate", v + sfx, "s--", f"per gate ({cost}), {name}") for v, cost in ALLOCATION_VARIANTS]
             for part, variant, style, label in curves:
                 pts = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in mine if r["part"] == part
-                             and r["variant"] != "base" and _rule_suffix(r) == sfx and variant in (None, r["variant"]))
+                             and r["variant"] != "base" and _rule_suffix(r["variant"]) == sfx
+                             and variant in (None, r["variant"]))
                 if pts:
                     ax.plot(*zip(*[(0.0, 0.0), *pts]), style, label=label, ms=4)
         _delta_ppl_panel(ax, f"{m} (base PPL {mine[0]['base_ppl']})", 6)
