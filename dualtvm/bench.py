@@ -327,10 +327,10 @@ def step_breakdowns(decs: dict[str, object], xs: list[np.ndarray], rounds: int) 
     them: per part the median over rounds of each round's median.  One pass per build, each a few seconds after
     the last, took a neighbour's burst whole on a shared host (a 50 % LSTM-1500 row once read 12 ms for a
     1.1 ms step); interleaved, a burst lands in one round of every build and the median drops it."""
-    runs = {name: _InstrumentedSequence(dec, xs) for name, dec in decs.items()}
-    per_round: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    runs = [(name, _InstrumentedSequence(dec, xs)) for name, dec in decs.items()]
+    per_round: dict[str, list[dict[str, float]]] = {name: [] for name in decs}
     for r in range(rounds):
-        for name, run in (list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]):
+        for name, run in (runs if r % 2 == 0 else runs[::-1]):
             per_round[name].append(_part_medians(run.run()))
     return {name: _in_ms({part: float(np.median([m[part] for m in medians])) for part in (*PARTS, "step")})
             for name, medians in per_round.items()}
