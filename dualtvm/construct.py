@@ -25,7 +25,7 @@ RunFn = Callable[[nn.Module], None]
 def as_single_layers(rnn: nn.Module) -> tuple[list[BigLayer], nn.Module]:
     """Big layers and an equivalent :class:`StackedRNN` of single-layer modules to hook."""
     layers = big_layers(rnn)
-    return layers, StackedRNN(list(single_layers(rnn)), lstm=isinstance(rnn, nn.LSTM))
+    return layers, StackedRNN(list(single_layers(rnn)), lstm=isinstance(rnn, nn.LSTM), batch_first=rnn.batch_first)
 
 
 def record(modules: list[nn.Module], run: Callable[[], None], max_rows: int | None, cells: bool = False) -> list[list]:
@@ -90,9 +90,10 @@ def build_dual(rnn: nn.Module, run_train: RunFn, run_valid: RunFn, cfg: LittleCo
     """Dual-module version of a user's trained ``nn.LSTM``/``nn.GRU``.
 
     ``run_train(core)`` / ``run_valid(core)`` must run ``core`` — a stand-in with the RNN's call
-    signature — over the data (e.g. ``lambda core: model(tokens, hidden, rnn=core)``).
+    signature, ``batch_first`` and unbatched inputs included — over the data (e.g.
+    ``lambda core: model(tokens, hidden, rnn=core)``); the result is called the same way.
     """
     layers, stacked = as_single_layers(rnn)
     duals, _ = build_dual_layers(layers, list(stacked.layers), lambda: run_train(stacked),
                                  lambda: run_valid(stacked), cfg, max_rows, progress)
-    return DualModuleRNN(duals)
+    return DualModuleRNN(duals, batch_first=rnn.batch_first)

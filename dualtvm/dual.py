@@ -159,16 +159,32 @@ class DualModuleLayer(nn.Module):
 
 
 class StackedRNN(nn.Module):
-    """Single-layer RNN modules run in sequence, called like a multi-layer ``nn.LSTM``/``nn.GRU``."""
+    """Single-layer RNN modules run in sequence, called like a multi-layer ``nn.LSTM``/``nn.GRU``: input
+    (T, B, d), (B, T, d) with ``batch_first``, or unbatched (T, d) with state (layers, H); the layers
+    themselves always run seq-first on batches."""
 
-    def __init__(self, layers: list[nn.Module], lstm: bool) -> None:
+    def __init__(self, layers: list[nn.Module], lstm: bool, batch_first: bool = False) -> None:
         super().__init__()
         if not layers:
             raise ValueError("need at least one layer")
         self.layers = nn.ModuleList(layers)
         self.lstm = lstm
+        self.batch_first = batch_first
 
     def forward(self, x: torch.Tensor, state=None):
+        if x.dim() not in (2, 3):
+            raise ValueError(f"expected input of 3 dims ({'B, T' if self.batch_first else 'T, B'}, features) or 2 "
+                             f"(T, features: unbatched), got shape {tuple(x.shape)}")
+        if x.dim() == 2:  # unbatched, as nn.LSTM: a batch of one, state (layers, H) <-> (layers, 1, H)
+            state = None if state is None else _map_state(state, lambda s: s.unsqueeze(1))
+            out, state = self._seq_first(x.unsqueeze(1), state)
+            return out.squeeze(1), _map_state(state, lambda s: s.squeeze(1))
+        if self.batch_first:
+            out, state = self._seq_first(x.transpose(0, 1), state)
+            return out.transpose(0, 1), state
+        return self._seq_first(x, state)
+
+    def _seq_first(self, x: torch.Tensor, state):
         outs_h, outs_c = [], []
         for i, layer in enumerate(self.layers):
             st = None
@@ -179,6 +195,11 @@ class StackedRNN(nn.Module):
             if self.lstm:
                 outs_c.append(st[1])
         return x, ((torch.cat(outs_h), torch.cat(outs_c)) if self.lstm else torch.cat(outs_h))
+
+
+def _map_state(state, fn):
+    """``fn`` on an RNN state: one tensor (GRU) or an (h, c) pair (LSTM)."""
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
 
 
 # Helpers over any list of layers with ``set_insensitive_ratio`` and ``stats`` (PyTorch dual-module
@@ -207,8 +228,8 @@ def measured_layer_ratio(layers: list[nn.Module]) -> float:
 class DualModuleRNN(StackedRNN):
     """Stack of dual-module layers with the call signature of a multi-layer ``nn.LSTM``/``nn.GRU``."""
 
-    def __init__(self, layers: list[DualModuleLayer]) -> None:
-        super().__init__(layers, lstm=bool(layers) and layers[0].rnn_type == "LSTM")
+    def __init__(self, layers: list[DualModuleLayer], batch_first: bool = False) -> None:
+        super().__init__(layers, lstm=bool(layers) and layers[0].rnn_type == "LSTM", batch_first=batch_first)
 
     @property
     def rnn_type(self) -> str:

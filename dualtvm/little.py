@@ -71,11 +71,14 @@ class BigLayer:
 
 
 def big_layers(rnn: nn.Module) -> list[BigLayer]:
-    """Split a user's ``nn.LSTM``/``nn.GRU`` (any number of layers) into :class:`BigLayer` s."""
+    """Split a user's ``nn.LSTM``/``nn.GRU`` (any number of layers, seq- or batch-first) into :class:`BigLayer` s."""
     if not isinstance(rnn, (nn.LSTM, nn.GRU)):
         raise TypeError(f"expected nn.LSTM or nn.GRU, got {type(rnn).__name__}")
-    if rnn.bidirectional or getattr(rnn, "proj_size", 0) or rnn.batch_first:
-        raise ValueError("dual-module layers support unidirectional, seq-first RNNs without projections")
+    if rnn.bidirectional:  # a decode step runs forwards only: the backward direction needs the whole sequence
+        raise ValueError("bidirectional RNNs are not supported: a dual-module layer decodes step by step, forwards")
+    if getattr(rnn, "proj_size", 0):
+        raise ValueError(f"LSTMs with proj_size={rnn.proj_size} are not supported: the little module predicts the "
+                         "gates of an LSTM whose recurrent input is its hidden state")
     rnn_type = "LSTM" if isinstance(rnn, nn.LSTM) else "GRU"
     layers = []
     for l in range(rnn.num_layers):

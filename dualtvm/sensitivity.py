@@ -96,21 +96,21 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(True)
 
 
-def loss_gradients(layers: list[BigLayer], run_loss: Callable[[nn.Module], Iterable[torch.Tensor]]
-                   ) -> tuple[list[list], list[list]]:
+def loss_gradients(layers: list[BigLayer], run_loss: Callable[[nn.Module], Iterable[torch.Tensor]],
+                   batch_first: bool = False) -> tuple[list[list], list[list]]:
     """Per layer: (x, h) samples — (x, h, c) for an LSTM — of the big model's trajectory and ∂L/∂a per gate
     for their rows.
 
     ``run_loss(core)`` runs the caller's model with ``core`` (a stack of probes, called like a multi-layer
-    ``nn.LSTM``/``nn.GRU``) in place of its recurrent layers and yields one loss per segment; each is
-    back-propagated before the next segment runs (carry the state across segments detached, as in
-    truncated BPTT).  Freeze the model's own parameters around it (:func:`frozen`), or they collect
+    ``nn.LSTM``/``nn.GRU``; ``batch_first`` as the caller's) in place of its recurrent layers and yields one loss
+    per segment; each is back-propagated before the next segment runs (carry the state across segments
+    detached, as in truncated BPTT).  Freeze the model's own parameters around it (:func:`frozen`), or they collect
     gradients too.
     """
     if not layers:
         raise ValueError("need at least one layer")
     probes = [GateGradientProbe(layer) for layer in layers]
-    core = StackedRNN(probes, lstm=layers[0].rnn_type == "LSTM")
+    core = StackedRNN(probes, lstm=layers[0].rnn_type == "LSTM", batch_first=batch_first)
     with torch.enable_grad():
         for loss in run_loss(core):
             loss.backward()

@@ -265,6 +265,48 @@ def test_ratio_zero_equals_big_model(rnn_type):
 
 
 @pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_batch_first_and_unbatched_rnns_are_served_like_nn_rnn(rnn_type):
+    """A user's batch_first RNN: fitted on batch-first segments, called like it — batched, unbatched, with a state."""
+    torch.manual_seed(0)
+    rnn = getattr(nn, rnn_type)(12, 24, 2, batch_first=True)
+    xs = [torch.randn(4, 16, 12) for _ in range(10)]  # (B, T, d)
+    seen = []
+
+    def run(core, data):
+        for x in data:
+            out, _ = core(x)
+            seen.append(out.shape)
+
+    dual = build_dual(rnn, lambda c: run(c, xs[:8]), lambda c: run(c, xs[8:]), LittleConfig(k=16), progress=False)
+    assert seen and all(s == (4, 16, 24) for s in seen)  # the stand-in answered batch-first
+    x = torch.randn(3, 9, 12)
+    state0 = tuple(torch.randn(2, 3, 24) for _ in range(2 if rnn_type == "LSTM" else 1))
+    first = tuple(s[:, 0] for s in state0)  # the unbatched state of sequence 0
+    for args in ((x,), (x, state0), (x[0],), (x[0], first)):
+        if len(args) == 2 and rnn_type == "GRU":
+            args = (args[0], args[1][0])
+        ref, ref_state = rnn(*args)
+        out, state = dual(*args)
+        assert out.shape == ref.shape and torch.allclose(ref, out, atol=1e-5)
+        pairs = zip(ref_state, state) if rnn_type == "LSTM" else [(ref_state, state)]
+        for a, b in pairs:
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    dual.set_insensitive_ratio(0.5)
+    dual.reset_stats()
+    dual(x)
+    assert abs(dual.measured_ratio() - 0.5) < 0.15
+    with pytest.raises(ValueError, match=r"expected input of 3 dims \(B, T, features\)"):
+        dual(torch.randn(12))
+
+
+@pytest.mark.parametrize("kwargs, needle", [({"bidirectional": True}, "bidirectional RNNs are not supported"),
+                                            ({"proj_size": 8}, "proj_size=8 are not supported")])
+def test_unsupported_rnns_are_refused_by_name(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        big_layers(nn.LSTM(12, 24, **kwargs))
+
+
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
 def test_dual_module_ratios_and_error(rnn_type):
     rnn, dual = _tiny_dual(rnn_type)
     x = torch.randn(30, 4, 12)
