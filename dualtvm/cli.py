@@ -5,6 +5,17 @@ import argparse
 from typing import Callable
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The scripts' formatter: their descriptions as laid out, and each option's default after its help
+    (unless it has none, or the help already says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def positive_int(text: str) -> int:
     """An ``argparse`` type for counts (threads, steps, rounds, epochs, beam): an integer ≥ 1."""
     try:

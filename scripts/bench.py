@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import choice_list, model_names, positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import HelpFormatter, choice_list, model_names, positive_int, ratio_list  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
@@ -32,13 +32,17 @@ def latency_markdown(rows: list[dict], bw: dict[str, float], threads: int) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", type=model_names, default="lstm-1500")
-    p.add_argument("--target", default="llvm -mcpu=broadwell")
-    p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9")
-    p.add_argument("--threads", type=positive_int, default=os.cpu_count())
-    p.add_argument("--steps", type=positive_int, default=60)
-    p.add_argument("--rounds", type=positive_int, default=5)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--models", type=model_names, default="lstm-1500",
+                   help="comma-separated model shapes (dualtvm.registry.MODELS)")
+    p.add_argument("--target", default="llvm -mcpu=broadwell",
+                   help="CLI string, JSON dict or JSON file")
+    p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9",
+                   help="comma-separated insensitive ratios timed")
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="threads of TVM and of every peer")
+    p.add_argument("--steps", type=positive_int, default=60, help="steps per round in warm mode")
+    p.add_argument("--rounds", type=positive_int, default=5,
+                   help="interleaved rounds (engines alternate order); medians and quartiles over all timed steps")
     p.add_argument("--caches", type=choice_list(("warm", "cold"), what="caches"), default="warm,cold",
                    help="cold: before every timed step a sweep of twice the last-level cache (at least 64 MB), "
                         "then the engine's copy on its own weights steps untimed: weights cold, code warm")
@@ -56,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time each --little-bits module with contribution-score masks (engines "
                         "tvm-dual-contribution, tvm-dual-int4-contribution; beyond eq. 5: dualtvm.contribution)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k); other than 0.5, rows are <model>-eps<ε>")
-    p.add_argument("--out", default="results/latency")
+    p.add_argument("--out", default="results/latency",
+                   help="path stem of the outputs: .json (rows merged by model, target, machine), .md, .png, "
+                        "-speedup.png")
     p.add_argument("--reuse-builds", action="store_true", help="do not rebuild existing build folders")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

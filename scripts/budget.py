@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import positive_float, positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import HelpFormatter, positive_float, positive_int, ratio_list  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("build", help="a build folder written by scripts/build.py (holding dual/ and dense/), or its dual/")
     p.add_argument("--budget-ms", type=positive_float, required=True, help="latency budget of one decode step (median), ms")
     p.add_argument("--ratios", type=ratio_list, default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="candidate insensitive ratios")
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="cold weights: before every timed step sweep twice the last-level cache (at least 64 MB), "
                         "then step a copy of the build on its own weights (bench.measure)")
     p.add_argument("--inputs", default=None, help=".npy array of real step inputs (steps × input size)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random step inputs (without --inputs)")
     p.add_argument("--threads", type=positive_int, default=None, help="TVM threads (default: all cores)")
     p.add_argument("--json", default=None, help="also write the measured curve and the choice here")
     a = p.parse_args(argv)

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint  # noqa: E402
-from dualtvm.cli import choice_list, ratio_list  # noqa: E402
+from dualtvm.cli import HelpFormatter, choice_list, ratio_list  # noqa: E402
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
@@ -45,12 +45,13 @@ PAPER = {  # Tables 2 and 3: (base PPL, {ratio: PPL})
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a train_lm.py checkpoint")
     p.add_argument("--model-name", required=True, help="e.g. ptb-lstm-750")
-    p.add_argument("--corpus", default="ptb")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9")
+    p.add_argument("--corpus", default="ptb", help="ptb or wikitext-2")
+    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+    p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9",
+                   help="comma-separated insensitive ratios evaluated")
     p.add_argument("--parts", type=choice_list(PARTS, what="parts"), default=",".join(PARTS),
                    help="which tables: ratios (2/3), allocation (per-gate, beyond the paper), search (largest ratio "
                         "within +1 %% PPL, per-gate and uniform), eps (5), precision (6), resilience (1)")
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                         "multiplier in the new state, beyond the paper: dualtvm.contribution); rows of 'contribution' "
                         "carry the suffix ' contribution' in their variant")
     p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
-    p.add_argument("--results", default="results/lm-quality-ptb.json")
+    p.add_argument("--results", default="results/lm-quality-ptb.json",
+                   help="results file (one row per model, part, ratio and variant: a rerun replaces its rows)")
     a = p.parse_args(argv)
     try:
         check_mask_rule(a.mask_rule, a.sigmoid_tails)

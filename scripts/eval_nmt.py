@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import choice_list, positive_int, ratio_list, unit_ratio  # noqa: E402
+from dualtvm.cli import HelpFormatter, choice_list, positive_int, ratio_list, unit_ratio  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
@@ -37,15 +37,18 @@ SPEED_BLOCKS = 4  # the speed rows also give each dual engine's ratio over the d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a train_nmt.py checkpoint")
     p.add_argument("--model-name", required=True, help="e.g. multi30k-gnmt-256")
-    p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9")
-    p.add_argument("--beam", type=positive_int, default=1)
+    p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9",
+                   help="comma-separated insensitive ratios of the quality part")
+    p.add_argument("--beam", type=positive_int, default=1, help="beam width (1: greedy)")
     p.add_argument("--parts", type=choice_list(("quality", "speed"), what="parts"), default="quality,speed",
                    help="quality (Table 4) and/or speed (tokens/s)")
-    p.add_argument("--speed-ratio", type=unit_ratio, default=0.5)
-    p.add_argument("--speed-sentences", type=positive_int, default=300)
+    p.add_argument("--speed-ratio", type=unit_ratio, default=0.5,
+                   help="insensitive ratio of the speed part's dual-module decoders")
+    p.add_argument("--speed-sentences", type=positive_int, default=300,
+                   help="test sentences each backend translates in the speed part")
     p.add_argument("--little-bits", type=choice_list(COMPILED_BITS, int, "W_LL bits"), default="8",
                    help="W_LL precision(s) of the little modules, e.g. 8,4: engines dual/tvm-dual (INT8, the paper's) "
                         "and dual-int4/tvm-dual-int4")
@@ -64,11 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-rule", choices=MASK_RULES, default="activation",
                    help="what the decoder layers' masks test: activation (eq. 5) or contribution (beyond the paper: "
                         "dualtvm.contribution); engines of the contribution rule are named …-contribution")
-    p.add_argument("--target", default="llvm -mcpu=broadwell")
-    p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--target", default="llvm -mcpu=broadwell",
+                   help="CLI string, JSON dict or JSON file")
+    p.add_argument("--threads", type=positive_int, default=None, help="TVM and PyTorch threads (default: all cores)")
+    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
     p.add_argument("--build-dir", type=Path, default=None, help="where compiled decoders go (default: build/)")
-    p.add_argument("--out", type=Path, default=Path("results/nmt-quality.json"))
+    p.add_argument("--out", type=Path, default=Path("results/nmt-quality.json"), help="results file")
     a = p.parse_args(argv)
     parts, bits = a.parts, a.little_bits
     if not a.checkpoint.exists():

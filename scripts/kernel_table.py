@@ -17,19 +17,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import model_name, positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, model_name, positive_int  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default="llvm -mcpu=broadwell")
-    p.add_argument("--model", type=model_name, default="lstm-1500")
-    p.add_argument("--eps", type=float, default=0.5)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--target", default="llvm -mcpu=broadwell",
+                   help="CLI string, JSON dict or JSON file")
+    p.add_argument("--model", type=model_name, default="lstm-1500", help="model shape (dualtvm.registry.MODELS)")
+    p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
     p.add_argument("--little-bits", default="8,4", help="little-module kernels to include: 8, 4 or 8,4")
     p.add_argument("--repeat", type=int, default=30, help="flushed runs per kernel (median)")
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None, help="TVM threads (default: all cores)")
     p.add_argument("--logs", default=None, help="tuning database folder (default tuning_logs/<target-name>)")
-    p.add_argument("--out", default="results/kernels.json")
+    p.add_argument("--out", default="results/kernels.json", help="results file")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported

@@ -17,15 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import positive_int, unit_ratio  # noqa: E402
+from dualtvm.cli import HelpFormatter, positive_int, unit_ratio  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("build", help="a build folder (…/dual or …/dense) written by scripts/build.py")
     p.add_argument("--ratio", type=unit_ratio, default=None, help="insensitive ratio (dual builds; default: as built)")
-    p.add_argument("--steps", type=positive_int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=positive_int, default=100,
+                   help="decode steps run (the first, a warm-up, is not counted)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random step inputs")
     p.add_argument("--threads", type=positive_int, default=None, help="TVM threads (default: all cores)")
     p.add_argument("--cold", action="store_true",
                    help="cold weights: before every timed step sweep twice the last-level cache (at least 64 MB), "

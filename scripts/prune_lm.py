@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.cli import positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, positive_int  # noqa: E402
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.prune import PruneConfig, prune_finetune  # noqa: E402
@@ -33,17 +33,20 @@ from dualtvm.train_lm import evaluate  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True, help="a trained LM (scripts/train_lm.py)")
     p.add_argument("--sparsity", type=float, default=0.8,
                    help="final fraction of zero recurrent weights (0: fine-tune only, the dense control)")
-    p.add_argument("--corpus", default="ptb")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--corpus", default="ptb", help="ptb or wikitext-2")
+    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
     p.add_argument("--batches", type=int, default=PruneConfig.batches, help="fine-tuning batches")
-    p.add_argument("--lr", type=float, default=PruneConfig.lr)
-    p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
+    p.add_argument("--lr", type=float, default=PruneConfig.lr,
+                   help="learning rate of the fine-tuning between pruning steps")
+    p.add_argument("--threads", type=positive_int, default=None, help="PyTorch threads (default: PyTorch's)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="pruned checkpoint (default: beside --checkpoint, named by corpus and sparsity)")
+    p.add_argument("--results", type=Path, default=Path("results/baselines.json"),
+                   help="results file of the trained and pruned baselines")
     a = p.parse_args(argv)
     revision = git_revision()  # of the code this run loaded: commits made while it trains must not be named
     if not 0.0 <= a.sparsity < 1.0:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.cli import positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, positive_int  # noqa: E402
 from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg, git_revision  # noqa: E402
 from dualtvm.data import load_lm_corpus  # noqa: E402
 from dualtvm.models import LMConfig  # noqa: E402
@@ -24,21 +24,24 @@ from dualtvm.train_lm import LMTrainConfig, train_lm  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--corpus", default="ptb", help="ptb, wikitext-2, or a folder with train/valid/test.txt")
     p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
-    p.add_argument("--rnn", default="LSTM", choices=["LSTM", "GRU"])
-    p.add_argument("--hidden", type=int, default=750)
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--epochs", type=positive_int, default=6)
-    p.add_argument("--lr", type=float, default=20.0)
-    p.add_argument("--batch-size", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1111)
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--rnn", default="LSTM", choices=["LSTM", "GRU"], help="recurrent cell")
+    p.add_argument("--hidden", type=int, default=750, help="hidden units (and embedding size)")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout on embeddings and RNN outputs")
+    p.add_argument("--epochs", type=positive_int, default=6,
+                   help="training epochs (a rerun resumes from the checkpoint)")
+    p.add_argument("--lr", type=float, default=20.0,
+                   help="SGD learning rate, divided by 4 when validation loss stops improving")
+    p.add_argument("--batch-size", type=int, default=20, help="parallel streams of the batchified corpus")
+    p.add_argument("--seed", type=int, default=1111, help="seed of initialisation and dropout")
+    p.add_argument("--threads", type=positive_int, default=None, help="PyTorch threads (default: PyTorch's)")
     p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP)
     p.add_argument("--out", type=Path, default=None,
                    help="checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt); also names the baselines row")
-    p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
+    p.add_argument("--results", type=Path, default=Path("results/baselines.json"),
+                   help="results file of the trained baselines")
     a = p.parse_args(argv)
     revision = git_revision()  # of the code this run loaded: commits made while it trains must not be named
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

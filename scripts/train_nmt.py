@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.cli import positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, positive_int  # noqa: E402
 from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg, git_revision  # noqa: E402
 from dualtvm.data import load_multi30k  # noqa: E402
 from dualtvm.models import Seq2SeqConfig  # noqa: E402
@@ -29,20 +29,22 @@ from dualtvm.train_nmt import NMTTrainConfig, train_nmt  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--min-freq", type=int, default=2)
-    p.add_argument("--threads", type=positive_int, default=None)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+    p.add_argument("--hidden", type=int, default=256, help="hidden units of encoder and decoder layers")
+    p.add_argument("--epochs", type=positive_int, default=10,
+                   help="training epochs (a rerun resumes from the checkpoint)")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout on embeddings and between layers")
+    p.add_argument("--batch-size", type=int, default=64, help="sentence pairs per batch")
+    p.add_argument("--min-freq", type=int, default=2, help="words seen fewer times in training become <unk>")
+    p.add_argument("--threads", type=positive_int, default=None, help="PyTorch threads (default: PyTorch's)")
     p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP + ", BLEU is measured on the CPU")
     p.add_argument("--max-batches", type=int, default=None, help="cap per epoch (smoke runs)")
     p.add_argument("--bleu-limit", type=int, default=None, help="translate only the first N test sentences")
     p.add_argument("--out", type=Path, default=None,
                    help="checkpoint path (default cache/multi30k-gnmt-<hidden>.pt); also names the baselines row")
-    p.add_argument("--results", type=Path, default=Path("results/baselines.json"))
+    p.add_argument("--results", type=Path, default=Path("results/baselines.json"),
+                   help="results file of the trained baselines")
     a = p.parse_args(argv)
     revision = git_revision()  # of the code this run loaded: commits made while it trains must not be named
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

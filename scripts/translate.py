@@ -27,15 +27,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import positive_int, unit_ratio  # noqa: E402
+from dualtvm.cli import HelpFormatter, positive_int, unit_ratio  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=None, help="train_nmt.py checkpoint (default cache/multi30k-gnmt-256.best.pt)")
-    p.add_argument("--backend", choices=("torch", "dual", "tvm-dense", "tvm-dual"), default="torch")
+    p.add_argument("--backend", choices=("torch", "dual", "tvm-dense", "tvm-dual"), default="torch",
+                   help="decoder: PyTorch big (torch) or dual-module (dual), compiled dense (tvm-dense) or "
+                        "dual-module (tvm-dual)")
     p.add_argument("--ratio", type=unit_ratio, default=0.5, help="insensitive ratio (dual backends)")
     p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
     p.add_argument("--output-ratio", type=unit_ratio, default=None,
@@ -51,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N sentences only")
     p.add_argument("--input", type=Path, default=None, help="file of source sentences (default stdin)")
     p.add_argument("--output", type=Path, default=None, help="write translations here")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
     p.add_argument("--target", default="llvm -mcpu=broadwell", help="target of the compiled layers")
     p.add_argument("--build-dir", type=Path, default=None, help="where compiled decoders go (default: build/)")
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="TVM and PyTorch threads (default: all cores for TVM, PyTorch's own)")
     a = p.parse_args(argv)
     if a.output_ratio is not None and not a.backend.endswith("dual"):
         p.error(f"--output-ratio needs a dual backend, got {a.output_ratio} with {a.backend}")

@@ -32,12 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import model_name, positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import HelpFormatter, model_name, positive_int, ratio_list  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--target", default="llvm -mcpu=broadwell", help='CLI string, JSON dict or JSON file')
     p.add_argument("--model", type=model_name, default="lstm-1500", help="model config name (see dualtvm.registry.MODELS)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rpc-key", default=None, help="device key the RPC servers registered with")
     p.add_argument("--rpc-timeout", type=int, default=60, help="seconds per RPC session")
     p.add_argument("--dry-run", action="store_true", help="print the parsed target and the tasks, then exit")
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="TVM threads of the measurements (default: all cores)")
     a = p.parse_args(argv)
     if a.in_step and (a.recheck or a.rpc_tracker):
         p.error("--in-step times whole steps on this machine: it cannot be combined with --recheck or --rpc-tracker")

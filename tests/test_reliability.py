@@ -1,5 +1,6 @@
 """Reliability: corrupted tuning databases, bad model names and checkpoints, property tests of kernels."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -406,14 +407,40 @@ def test_build_manifest_load_refuses_and_reuse_rebuilds(tmp_path, monkeypatch):
     ("tune", ["--in-step", "--ratios", "0.5,2"], "expected comma-separated ratios in [0, 1], got '0.5,2'"),
 ])
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, needle, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / f"{script}.py"
-    spec = importlib.util.spec_from_file_location(f"cli_{script}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     with pytest.raises(SystemExit) as e:
-        mod.main(args)
+        _script(script).main(args)
     assert e.value.code == 2  # argparse's usage error, not a traceback minutes into the run
     assert needle in capsys.readouterr().err
+
+
+SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _script(name: str):
+    """scripts/<name>.py as a module (its ``main(argv)`` not run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"cli_{name}", SCRIPTS_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in SCRIPTS_DIR.glob("*.py")))
+def test_every_script_option_says_what_it_does(script, monkeypatch, capsys):
+    """``--help`` answers, and lists no option without a help text (defaults shown by cli.HelpFormatter)."""
+    import argparse
+
+    parsers, parse = [], argparse.ArgumentParser.parse_args
+
+    def spy(self, *args, **kwargs):
+        parsers.append(self)
+        return parse(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", spy)
+    with pytest.raises(SystemExit) as e:
+        _script(script).main(["--help"])
+    assert e.value.code == 0
+    silent = [a.option_strings or a.dest for a in parsers[0]._actions if not a.help]
+    assert not silent, f"scripts/{script}.py: options without help: {silent}"
+    assert "usage:" in capsys.readouterr().out
