@@ -1,6 +1,6 @@
 """Versioned little-module artefact: what the TVM side loads beside the big weights.
 
-One ``.npz`` holding, per layer: the ternary projections (int8 signs + seed), the quantised
+One ``.npz`` holding, per layer: the projections (int8 codes: eq. 2's signs + seed, or a learned one's), the quantised
 W_LL codes and scales, b_LL, the calibration quantiles (so any insensitive ratio maps to
 thresholds) and the sha256 of the big weights it was fitted to.  Loading it against other
 big weights is an error, not a silent mismatch.
@@ -15,14 +15,15 @@ import numpy as np
 import torch
 
 from .little import BigLayer, LittleModule
-from .projection import SparseProjection
+from .projection import Projection
 from .quantize import QuantizedTensor
 from .thresholds import GateCalibration
 
 FORMAT = "dualtvm-little"
-VERSION = 3  # 2: a sigmoid gate's calibration says which tails are insensitive ("tails"); 3: what its mask tests
-#              ("rule": a_LL or the contribution score)
-READABLE_VERSIONS = (1, 2, 3)  # version 1: every sigmoid gate as eq. 5; versions 1–2: every mask tests a_LL
+VERSION = 4  # 2: a sigmoid gate's calibration says which tails are insensitive ("tails"); 3: what its mask tests
+#              ("rule": a_LL or the contribution score); 4: which projection a layer has ("projection")
+READABLE_VERSIONS = (1, 2, 3, 4)  # version 1: every sigmoid gate as eq. 5; versions 1–2: every mask tests a_LL;
+#                                   versions 1–3: every projection is eq. 2's
 
 
 class ArtefactError(ValueError):
@@ -54,8 +55,8 @@ def save_little(path: str | os.PathLike, littles: list[LittleModule], config: di
     layers_meta = []
     for i, lm in enumerate(littles):
         p = f"l{i}_"
-        arrays[p + "px"] = lm.proj_x.signs
-        arrays[p + "ph"] = lm.proj_h.signs
+        arrays[p + "px"] = lm.proj_x.codes
+        arrays[p + "ph"] = lm.proj_h.codes
         arrays[p + "w_codes"] = lm.weight.codes.numpy()
         arrays[p + "w_scale"] = lm.weight.scale.numpy().astype(np.float32)
         arrays[p + "bias"] = lm.bias.numpy().astype(np.float32)
@@ -64,7 +65,7 @@ def save_little(path: str | os.PathLike, littles: list[LittleModule], config: di
         layers_meta.append({
             "rnn_type": lm.rnn_type, "hidden": lm.hidden, "input_size": lm.input_size, "k": lm.k,
             "bits": lm.weight.bits, "act_bits": lm.act_bits, "seeds": [lm.proj_x.seed, lm.proj_h.seed],
-            "big_hash": lm.big_hash, "fit_mse": lm.fit_mse, "fit_seconds": lm.fit_seconds,
+            "projection": lm.proj_x.kind, "big_hash": lm.big_hash, "fit_mse": lm.fit_mse, "fit_seconds": lm.fit_seconds,
             "calibration": {g: {"activation": c.activation, "symmetric": c.symmetric, "tails": c.tails,
                                 "rule": c.rule}
                             for g, c in lm.calibration.items()},
@@ -95,7 +96,8 @@ def load_little(path: str | os.PathLike, big: list[BigLayer] | None = None) -> t
         codes = torch.from_numpy(z[p + "w_codes"])
         little = LittleModule(
             lm["rnn_type"], lm["hidden"], lm["input_size"],
-            SparseProjection(z[p + "px"], lm["seeds"][0]), SparseProjection(z[p + "ph"], lm["seeds"][1]),
+            *(Projection(z[p + name], seed, kind=lm.get("projection", "sparse"))
+              for name, seed in zip(("px", "ph"), lm["seeds"])),
             QuantizedTensor(codes, torch.from_numpy(z[p + "w_scale"]), lm["bits"]),
             torch.from_numpy(z[p + "bias"]), lm["act_bits"], lm["big_hash"], lm["fit_mse"],
             {g: GateCalibration(c["activation"], z[p + "q_" + g], c["symmetric"], c.get("tails", "low"),
@@ -117,7 +119,7 @@ def save_output_little(path: str | os.PathLike, little) -> Path:
     meta = {"format": OUTPUT_FORMAT, "version": VERSION, "rows": little.rows, "cols": little.cols,
             "bits": little.weight.bits, "act_bits": little.act_bits, "seeds": [little.proj_lo.seed, little.proj_hi.seed],
             "big_hash": little.big_hash, "fit_seconds": little.fit_seconds}
-    arrays = {"p_lo": little.proj_lo.signs, "p_hi": little.proj_hi.signs, "w_codes": little.weight.codes.numpy(),
+    arrays = {"p_lo": little.proj_lo.codes, "p_hi": little.proj_hi.codes, "w_codes": little.weight.codes.numpy(),
               "w_scale": little.weight.scale.numpy().astype(np.float32), "bias": little.bias.numpy().astype(np.float32),
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     if little.gap_quantiles is not None:
@@ -137,8 +139,8 @@ def load_output_little(path: str | os.PathLike, big_hash: str | None = None):
     if big_hash is not None and big_hash != meta["big_hash"]:
         raise ArtefactError(f"{path} was fitted to an output projection hashing to {meta['big_hash'][:12]}…, not "
                             f"{big_hash[:12]}…: refit it for this model")
-    return OutputLittle(meta["rows"], meta["cols"], SparseProjection(z["p_lo"], meta["seeds"][0]),
-                        SparseProjection(z["p_hi"], meta["seeds"][1]),
+    return OutputLittle(meta["rows"], meta["cols"], Projection(z["p_lo"], meta["seeds"][0]),
+                        Projection(z["p_hi"], meta["seeds"][1]),
                         QuantizedTensor(torch.from_numpy(z["w_codes"]), torch.from_numpy(z["w_scale"]), meta["bits"]),
                         torch.from_numpy(z["bias"]), meta["act_bits"], meta["big_hash"],
                         z["gap_quantiles"] if "gap_quantiles" in z else None, meta["fit_seconds"])

@@ -273,6 +273,7 @@ class BenchConfig:
     little_bits: tuple[int, ...] = (8,)  # one dual-module engine per W_LL precision (8: "tvm-dual", 4: "tvm-dual-int4")
     int8_float: bool = False  # also the INT8 little module on floats ("tvm-dual-int8float"; tvm-dual runs on codes on AVX2)
     eps: float = 0.5  # eq. 3's ε (sets k); rows of another ε are labelled ``<model>-eps<ε>``
+    projection: str = "sparse"  # the little modules' projection; learned ones' rows are ``<model>[-eps<ε>]-learned``
     contribution: bool = False  # also each little module with contribution-score masks ("tvm-dual[-int4]-contribution")
     reuse_builds: bool = False  # default: rebuild, so the current schedules/tuning logs are what is measured
 
@@ -402,7 +403,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     from .target import parse_target
 
     target = parse_target(cfg.target).with_default_cores()
-    label = model if cfg.eps == 0.5 else f"{model}-eps{cfg.eps:g}"
+    label = (model if cfg.eps == 0.5 else f"{model}-eps{cfg.eps:g}") + ("" if cfg.projection == "sparse" else "-learned")
     # (engine, W_LL bits, INT8 path: None = the target's, mask rule) -> build folder (each holds a dense build too:
     # the first one's is timed)
     variants = [(dual_engine(b), b, None, "activation") for b in cfg.little_bits]
@@ -416,7 +417,8 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         if not (cfg.reuse_builds and built_from(Path(outs[engine]), cfg.checkpoint, cfg.decoder_layer)):
             build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[engine],
                                     little_bits=bits, eps=cfg.eps, decoder_layer=cfg.decoder_layer,
-                                    data_dir=cfg.data_dir, int8_codes=codes, mask_rule=rule))
+                                    data_dir=cfg.data_dir, int8_codes=codes, mask_rule=rule,
+                                    projection=cfg.projection))
     out = outs[variants[0][0]]
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]

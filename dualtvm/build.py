@@ -46,6 +46,7 @@ class BuildConfig:
     int8_codes: bool | None = None  # INT8 little GEMV on integer codes: None = where the target has AVX2; False = floats
     sigmoid_tails: str = "low"  # which saturated ends of a sigmoid gate may be insensitive (thresholds.SIGMOID_TAILS)
     mask_rule: str = "activation"  # what the mask tests: a_LL (eq. 5) or the contribution score (thresholds.MASK_RULES)
+    projection: str = "sparse"  # the little module's projection: eq. 2's, or "learned" (projection.Projection.learned)
 
 
 def layer_shapes(dual: DualModuleRNN, target: TargetSpec, int8_codes: bool | None = None) -> list[LayerShape]:
@@ -134,14 +135,14 @@ def build_model(cfg: BuildConfig) -> dict:
     t0 = time.time()
     dual = build_dual(rnn, run(train), run(valid), LittleConfig(eps=cfg.eps, seed=cfg.seed, bits=cfg.little_bits,
                                                                   sigmoid_tails=cfg.sigmoid_tails,
-                                                                  mask_rule=cfg.mask_rule),
+                                                                  mask_rule=cfg.mask_rule, projection=cfg.projection),
                       cfg.max_rows)
     fit_s = time.time() - t0
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
-    suffix = variant_suffix(cfg.little_bits, cfg.mask_rule, cfg.int8_codes)
+    suffix = variant_suffix(cfg.little_bits, cfg.mask_rule, cfg.int8_codes, cfg.projection)
     out = Path(cfg.out) if cfg.out else default_build_dir(cfg.model, target, suffix)
     info = {"name": cfg.model, "weights": source, "eps": cfg.eps, "sigmoid_tails": cfg.sigmoid_tails,
-            "mask_rule": cfg.mask_rule,
+            "mask_rule": cfg.mask_rule, "projection": cfg.projection,
             # the weights, for people and for reuse checks
             "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
             "decoder_layer": cfg.decoder_layer if payload is not None and payload["kind"] == "seq2seq" else None}

@@ -84,3 +84,12 @@ def unit_ratio(text: str) -> float:
         return check_ratio(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a ratio in [0, 1], got {text!r}") from None
+
+
+def add_projection_option(p: argparse.ArgumentParser) -> None:
+    """``--projection``, one spelling for every script that fits or builds a little module."""
+    from .projection import KINDS
+
+    p.add_argument("--projection", choices=KINDS, default="sparse",
+                   help="the little module's projection: sparse (eq. 2, random) or learned (beyond the paper: the k "
+                        "input directions that carry most of the big pre-activations' variance; same kernels and bytes)")

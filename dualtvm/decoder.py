@@ -92,8 +92,8 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
             raise ValueError(f"layer built for the {s.mask_rule!r} mask rule, the little module is calibrated for "
                              f"{little.mask_rule!r}")
         codes, scale = kernel_codes(little.weight)
-        out["px"] = pad_cols(little.proj_x.signs, s.dxp)
-        out["ph"] = pad_cols(little.proj_h.signs, s.hp)
+        out["px"] = pad_cols(little.proj_x.codes, s.dxp)
+        out["ph"] = pad_cols(little.proj_h.codes, s.hp)
         out["wq"] = pack_little_weight(s, codes)
         out["wscale"] = scale
         out["bias_ll"] = little.bias.numpy().astype(np.float32)

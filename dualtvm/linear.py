@@ -163,7 +163,7 @@ def pack_dual_linear(weight: np.ndarray, bias: np.ndarray, little, s: OutputShap
     codes, scale = kernel_codes(little.weight)
     pad = lambda a: np.pad(a, ((0, 0), (0, s.half_p - a.shape[1])))  # noqa: E731
     return {"w": split_layout(np.asarray(weight, np.float32), s), "b": np.asarray(bias, np.float32),
-            "p_lo": pad(little.proj_lo.signs), "p_hi": pad(little.proj_hi.signs), "w_ll": pack_little_weight(s, codes),
+            "p_lo": pad(little.proj_lo.codes), "p_hi": pad(little.proj_hi.codes), "w_ll": pack_little_weight(s, codes),
             "scale": scale, "b_ll": little.bias.numpy().astype(np.float32)}
 
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .gates import GateLayout, layout
-from .projection import SparseProjection, reduced_dim
+from .projection import CovarianceAccumulator, Projection, check_kind, reduced_dim
 from .quantize import QuantizedTensor, fake_quantize_activations, quantize
 from .thresholds import check_mask_rule
 
@@ -105,22 +105,26 @@ class LittleConfig:
     sgd_batch: int = 1024
     sigmoid_tails: str = "low"  # which saturated ends of a sigmoid gate may be insensitive (thresholds.SIGMOID_TAILS)
     mask_rule: str = "activation"  # what the mask tests: a_LL (eq. 5) or the contribution score (thresholds.MASK_RULES)
+    projection: str = "sparse"  # eq. 2's random projection, or "learned" (beyond the paper: Projection.learned)
 
     def __post_init__(self) -> None:
         check_mask_rule(self.mask_rule, self.sigmoid_tails)
+        check_kind(self.projection)
 
     @property
     def variant(self) -> str:
         """What this variant's little-module artefacts and builds are suffixed with (:func:`variant_suffix`)."""
-        return variant_suffix(self.bits, self.mask_rule)
+        return variant_suffix(self.bits, self.mask_rule, projection=self.projection)
 
 
-def variant_suffix(bits: int = 8, mask_rule: str = "activation", int8_codes: bool | None = None) -> str:
+def variant_suffix(bits: int = 8, mask_rule: str = "activation", int8_codes: bool | None = None,
+                   projection: str = "sparse") -> str:
     """The one spelling of a little-module variant in file and folder names: ``-w<bits>`` for W_LL other than INT8,
-    ``-int8float`` for the INT8 little GEMV forced onto floats, ``-<rule>`` for masks other than eq. 5. The paper's
-    variant (INT8, the target's INT8 path, eq. 5) keeps the bare name, so two variants never share a folder."""
+    ``-int8float`` for the INT8 little GEMV forced onto floats, ``-<rule>`` for masks other than eq. 5,
+    ``-learned`` for a learned projection. The paper's variant (INT8, the target's INT8 path, eq. 5, eq. 2's
+    projection) keeps the bare name, so two variants never share a folder."""
     return ("" if bits == 8 else f"-w{bits}") + ("-int8float" if int8_codes is False else "") + \
-        ("" if mask_rule == "activation" else f"-{mask_rule}")
+        ("" if mask_rule == "activation" else f"-{mask_rule}") + ("" if projection == "sparse" else f"-{projection}")
 
 
 @dataclass
@@ -130,8 +134,8 @@ class LittleModule:
     rnn_type: str
     hidden: int
     input_size: int
-    proj_x: SparseProjection
-    proj_h: SparseProjection
+    proj_x: Projection
+    proj_h: Projection
     weight: QuantizedTensor  # (n_little, 2k)
     bias: torch.Tensor  # (n_little,) fp32
     act_bits: int
@@ -158,7 +162,7 @@ class LittleModule:
 
     def content_hash(self) -> str:
         """sha256 of the weights a compiled build holds of this module (projections, W_LL codes and scales, b_LL)."""
-        return arrays_hash(self.proj_x.signs, self.proj_h.signs, self.weight.codes.numpy(), self.weight.scale.numpy(),
+        return arrays_hash(self.proj_x.codes, self.proj_h.codes, self.weight.codes.numpy(), self.weight.scale.numpy(),
                            self.bias.numpy())
 
     def project(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -177,8 +181,10 @@ class LittleModule:
         return clone
 
     def param_bytes(self) -> int:
-        """Little-module storage: W_LL codes + scales + fp32 bias (P is a seed, or 2 bits an entry)."""
-        return self.weight.nbytes() + 4 * self.bias.numel()
+        """Little-module storage: W_LL codes + scales + fp32 bias, and a learned projection's int8 codes
+        (eq. 2's P is a seed, or 2 bits an entry)."""
+        learned = sum(p.codes.size for p in (self.proj_x, self.proj_h) if p.kind == "learned")
+        return self.weight.nbytes() + 4 * self.bias.numel() + learned
 
 
 def single_layers(rnn: nn.Module) -> nn.ModuleList:
@@ -265,14 +271,14 @@ def arrays_hash(*arrays) -> str:
     return h.hexdigest()
 
 
-def project_pair(p_a: SparseProjection, p_b: SparseProjection, a: torch.Tensor, b: torch.Tensor, act_bits: int
+def project_pair(p_a: Projection, p_b: Projection, a: torch.Tensor, b: torch.Tensor, act_bits: int
                  ) -> torch.Tensor:
     """[Q(P_a a); Q(P_b b)]: two projections, each quantised at run time with its own scale (step 1)."""
     return torch.cat([fake_quantize_activations(p_a.apply(a), act_bits),
                       fake_quantize_activations(p_b.apply(b), act_bits)], dim=-1)
 
 
-def design_matrix(little_x: SparseProjection, little_h: SparseProjection, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def design_matrix(little_x: Projection, little_h: Projection, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """[P_x x, P_h h, 1] per row: the inputs of eq. 7's regression (projections before run-time quantisation)."""
     z = torch.cat([little_x.apply(x), little_h.apply(h)], dim=-1)
     return torch.cat([z, torch.ones(z.shape[0], 1, dtype=z.dtype)], dim=-1)
@@ -294,6 +300,18 @@ def least_squares(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], dim: int, 
     return sol[:-1].t().contiguous(), sol[-1].contiguous()
 
 
+def learned_projections(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]], k: int
+                        ) -> tuple[Projection, Projection]:
+    """P_x and P_h learned from the training samples' input covariances and the big weights W_ih, W_hh
+    (:meth:`Projection.learned`): the x and h halves stay apart, as eq. 2's do (§3.5)."""
+    cx, ch = CovarianceAccumulator(layer.input_size), CovarianceAccumulator(layer.hidden)
+    for x, h, *_ in samples:
+        cx.add(x)
+        ch.add(h)
+    return (Projection.learned(layer.w_ih, cx.covariance(), k),
+            Projection.learned(layer.w_hh, ch.covariance(), k))
+
+
 def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]], cfg: LittleConfig,
                valid_samples: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
                progress: bool = True) -> tuple[LittleModule, torch.Tensor]:
@@ -305,8 +323,10 @@ def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]]
     lay = layer.layout
     n_little = lay.little_outputs(layer.hidden)
     k = cfg.k or reduced_dim(layer.w_ih.shape[0], cfg.eps)
-    px = SparseProjection.draw(k, layer.input_size, cfg.seed)
-    ph = SparseProjection.draw(k, layer.hidden, cfg.seed + 1)
+    if cfg.projection == "learned":
+        px, ph = learned_projections(layer, samples, k)
+    else:
+        px, ph = Projection.draw(k, layer.input_size, cfg.seed), Projection.draw(k, layer.hidden, cfg.seed + 1)
     dim = 2 * k + 1
     if cfg.method == "lstsq":
         def pairs():
@@ -338,7 +358,8 @@ def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]]
     little.fit_seconds = time.time() - t0
     if valid_samples:
         little.fit_mse = little_mse(little, layer, valid_samples)
-    log.info("little module %s-%d: k=%d, %.1fs, MSE %s", layer.rnn_type, layer.hidden, k, little.fit_seconds,
+    log.info("little module %s-%d: k=%d (%s projection), %.1fs, MSE %s", layer.rnn_type, layer.hidden, k, px.kind,
+             little.fit_seconds,
              {g: round(v, 4) for g, v in little.fit_mse.items()})
     return little, w
 

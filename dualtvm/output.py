@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from .dual import MaskStats
 from .little import arrays_hash, design_matrix, least_squares, project_pair
-from .projection import SparseProjection
+from .projection import Projection
 from .quantize import COMPILED_BITS, QuantizedTensor, quantize
 from .thresholds import INF, QUANTILE_LEVELS, check_ratio
 
@@ -65,8 +65,8 @@ class OutputLittle:
 
     rows: int  # vocabulary size
     cols: int  # input width
-    proj_lo: SparseProjection  # k × split
-    proj_hi: SparseProjection  # k × (cols − split)
+    proj_lo: Projection  # k × split
+    proj_hi: Projection  # k × (cols − split)
     weight: QuantizedTensor  # (rows, 2k)
     bias: torch.Tensor  # (rows,)
     act_bits: int
@@ -105,7 +105,7 @@ class OutputLittle:
 
     def content_hash(self) -> str:
         """sha256 of everything a compiled build holds of this module (a build is reused only for it)."""
-        return arrays_hash(self.proj_lo.signs, self.proj_hi.signs, self.weight.codes.numpy(), self.weight.scale.numpy(),
+        return arrays_hash(self.proj_lo.codes, self.proj_hi.codes, self.weight.codes.numpy(), self.weight.scale.numpy(),
                            self.bias.numpy(), self.gap_quantiles if self.gap_quantiles is not None else np.zeros(0))
 
 
@@ -125,8 +125,8 @@ def fit_output_little(linear: nn.Linear, inputs: Iterable[torch.Tensor], cfg: Ou
     if cols < 2:
         raise ValueError(f"the output projection needs at least 2 input columns to split, got {cols}")
     split = (cols + 1) // 2
-    p_lo = SparseProjection.draw(cfg.k, split, cfg.seed)
-    p_hi = SparseProjection.draw(cfg.k, cols - split, cfg.seed + 1)
+    p_lo = Projection.draw(cfg.k, split, cfg.seed)
+    p_hi = Projection.draw(cfg.k, cols - split, cfg.seed + 1)
     w_big = linear.weight.detach().to(torch.float32)
     b_big = linear.bias.detach().to(torch.float32) if linear.bias is not None else torch.zeros(rows)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, choice_list, model_names, positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_projection_option, choice_list, model_names, positive_int, ratio_list  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time each --little-bits module with contribution-score masks (engines "
                         "tvm-dual-contribution, tvm-dual-int4-contribution; beyond eq. 5: dualtvm.contribution)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k); other than 0.5, rows are <model>-eps<ε>")
+    add_projection_option(p)
     p.add_argument("--out", default="results/latency",
                    help="path stem of the outputs: .json (rows merged by model, target, machine), .md, .png, "
                         "-speedup.png")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BenchConfig(a.models, run_target, a.ratios, a.steps,
                       a.cold_steps, a.rounds, a.threads, a.caches, checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
                       reuse_builds=a.reuse_builds, little_bits=a.little_bits, eps=a.eps,
-                      int8_float=a.int8_float, contribution=a.contribution)
+                      int8_float=a.int8_float, contribution=a.contribution, projection=a.projection)
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     bw = {"stream_gbps": round(stream_bandwidth(), 1), "gemv_gbps": round(gemv_bandwidth(a.threads), 1),
           "read_gbps": round(read_bandwidth(a.threads), 1)}

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and numpy only: TVM is imported after --threads sets its thread count
-from dualtvm.cli import HelpFormatter, model_name, positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_projection_option, model_name, positive_int  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-rule", default="activation", choices=MASK_RULES,
                    help="what the mask tests: activation (eq. 5) or contribution (φ' times the gate output's multiplier "
                         "in the new state, beyond the paper: dualtvm.contribution)")
+    add_projection_option(p)
     p.add_argument("--tuning-logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--no-tuned", action="store_true", help="use the default schedules even if a database exists")
     p.add_argument("--verify", action="store_true", help="check against the PyTorch reference (ratio 0 and 0.5)")
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     report = build_model(BuildConfig(a.model, a.target, a.checkpoint, a.out, a.eps, a.tuning_logs, not a.no_tuned,
                                      a.verify, a.steps, a.threads, corpus=a.corpus, data_dir=a.data_dir,
                                      little_bits=a.little_bits, decoder_layer=a.decoder_layer,
-                                     sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule))
+                                     sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule,
+                                     projection=a.projection))
     print(json.dumps(report, indent=2))
     return 0 if report.get("verified", True) else 1
 

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint  # noqa: E402
-from dualtvm.cli import HelpFormatter, choice_list, ratio_list  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_projection_option, choice_list, ratio_list  # noqa: E402
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                         "multiplier in the new state, beyond the paper: dualtvm.contribution); rows of 'contribution' "
                         "carry the suffix ' contribution' in their variant")
     p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
+    add_projection_option(p)
+    p.add_argument("--eps-values", type=choice_list((0.3, 0.6, 0.7, 0.8, 0.9), float, "ε values"), default="0.3,0.7",
+                   help="part eps: the ε of eq. 3 evaluated beside 0.5")
     p.add_argument("--results", default="results/lm-quality-ptb.json",
                    help="results file (one row per model, part, ratio and variant: a rerun replaces its rows)")
     a = p.parse_args(argv)
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     test = batchify(corpus.test, 10)
     base = math.exp(evaluate(model, test))
-    little_cfg = LittleConfig(bits=a.little_bits, sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule)
+    little_cfg = LittleConfig(bits=a.little_bits, sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule,
+                              projection=a.projection)
     q = setup(model, corpus, little_cfg, a.max_rows) if set(parts) - {"resilience"} else None
     # ptb-lstm-750 → lstm-750; a retraining (ptb-lstm-1500-r2) is the same paper model; no corpus prefix: itself
     paper_key = re.sub(r"-r\d+$", "", a.model_name.split("-", 1)[-1])
@@ -107,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["variant"] += f" sigmoid-{a.sigmoid_tails}"
         if a.mask_rule != "activation" and extra["variant"] != "base":
             extra["variant"] += f" {a.mask_rule}"
+        if a.projection != "sparse" and extra["variant"] != "base":
+            extra["variant"] += f" {a.projection}"
         if a.little_bits != 8 and part in ("per-gate", "largest-within-1pct", "eps"):  # uniform rows name their bits
             extra["variant"] += f" int{a.little_bits}"
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                "big_epochs": epochs, **extra}
         pb, pr = PAPER.get(paper_key, (None, {}))
         if part == "uniform" and (ratio == 0 and pb or a.little_bits == 8 and a.sigmoid_tails == "low"
-                                                  and a.mask_rule == "activation" and ratio in pr):
+                                                  and a.mask_rule == "activation" and a.projection == "sparse" and ratio in pr):
             # the paper's are INT8 on eq. 5
             row["paper_ppl"], row["paper_base_ppl"] = pr.get(ratio, pb), pb
         row["command"], row["git"] = command, revision
@@ -177,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         for layer, little in zip(q.dual.layers, fitted):
             layer.little = little
     if "eps" in parts:
-        for eps in (0.3, 0.7):
+        for eps in a.eps_values:
             qe = setup(model, corpus, replace(little_cfg, eps=eps), a.max_rows)
             v, m = ppl(qe, "test", 0.5)
             record("eps", 0.5, v, m, variant=f"eps{eps}", k=qe.dual.layers[0].little.k)

@@ -324,10 +324,11 @@ def test_compile_dual_takes_a_users_own_rnn(tmp_path):
         np.testing.assert_array_equal(masks[0][40:80], (z_ll > 0.25) & (z_ll < 0.75), err_msg=f"z mask, step {t}")
 
 
-@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
-def test_contribution_masks_compile_like_the_reference(rnn_type, tmp_path):
+@pytest.mark.parametrize("rnn_type, projection", [("LSTM", "sparse"), ("GRU", "sparse"), ("GRU", "learned")])
+def test_contribution_masks_compile_like_the_reference(rnn_type, projection, tmp_path):
     """A little module calibrated for the contribution rule compiles to the scoring mask kernel (scores from
-    y_LL and c(t−1) / h(t−1)); its masks and outputs follow the PyTorch reference step by step at 50 %."""
+    y_LL and c(t−1) / h(t−1)); its masks and outputs follow the PyTorch reference step by step at 50 % — with
+    eq. 2's projection or a learned one (int8 codes of any value: the same projection kernel)."""
     import torch
     import torch.nn as nn
 
@@ -339,7 +340,8 @@ def test_contribution_masks_compile_like_the_reference(rnn_type, tmp_path):
     rnn = getattr(nn, rnn_type)(20, 36).eval()
     segments = [torch.randn(12, 4, 20) for _ in range(6)]
     dual = build_dual(rnn, lambda core: [core(x) for x in segments[:4]], lambda core: [core(x) for x in segments[4:]],
-                      LittleConfig(mask_rule="contribution"), progress=False)
+                      LittleConfig(mask_rule="contribution", projection=projection), progress=False)
+    assert dual.layers[0].little.proj_h.kind == projection
     folders = compile_dual(dual, "llvm -mcpu=broadwell", tmp_path / "contribution")
     dec = CompiledDecoder(folders["dual"])
     assert dec.spec.layers[0].mask_rule == "contribution"

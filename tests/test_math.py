@@ -8,7 +8,7 @@ from dualtvm.artefact import ArtefactError, load_little, save_little
 from dualtvm.construct import build_dual
 from dualtvm.dual import DualModuleLayer
 from dualtvm.little import BigLayer, LittleConfig, big_layers, fit_little
-from dualtvm.projection import SparseProjection, reduced_dim
+from dualtvm.projection import Projection, reduced_dim
 from dualtvm.quantize import max_rounding_error, quantize, quantize_activations
 from dualtvm.thresholds import INF, GateCalibration, allocate_ratios, sensitive_mask
 
@@ -24,13 +24,13 @@ def test_reduced_dim_rejects_bad_eps():
 
 
 def test_projection_statistics():
-    p = SparseProjection.draw(400, 3000, seed=3)
-    vals, counts = np.unique(p.signs, return_counts=True)
+    p = Projection.draw(400, 3000, seed=3)
+    vals, counts = np.unique(p.codes, return_counts=True)
     assert set(vals) == {-1, 0, 1}
-    frac = counts / p.signs.size
+    frac = counts / p.codes.size
     assert abs(frac[0] - 1 / 6) < 0.005 and abs(frac[1] - 2 / 3) < 0.005 and abs(frac[2] - 1 / 6) < 0.005
     assert np.allclose(np.unique(p.dense()), [-1 / np.sqrt(3), 0, 1 / np.sqrt(3)])
-    assert np.array_equal(SparseProjection.draw(400, 3000, seed=3).signs, p.signs)  # reproducible from the seed
+    assert np.array_equal(Projection.draw(400, 3000, seed=3).codes, p.codes)  # reproducible from the seed
     # distances preserved up to the constant factor, within ε = 0.5 (eq. 3's guarantee) for these points
     x = torch.randn(30, 3000)
     px = p.apply(x)
@@ -46,12 +46,44 @@ def test_projection_statistics():
     assert np.allclose(manual, px[0].numpy(), atol=1e-4)
 
 
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_learned_projection_finds_the_low_rank_map_a_random_one_misses(rnn_type):
+    """Big weights of rank r ≤ k on correlated inputs: the learned projection's little module is exact (up to
+    int8 codes), eq. 2's at the same k is not; z has one scale per half (identity covariance before codes)."""
+    torch.manual_seed(0)
+    dx = dh = H = 32
+    k, r = 8, 6
+    n = (4 if rnn_type == "LSTM" else 3) * H
+    mix_x, mix_h = torch.randn(dx, dx), torch.randn(dh, dh)  # correlated inputs
+
+    def low_rank(d):
+        return torch.randn(n, r) @ torch.randn(r, d) * 0.1
+
+    layer = BigLayer(rnn_type, low_rank(dx), low_rank(dh), torch.randn(n) * 0.1, torch.zeros(n))
+    samples = [(torch.randn(512, dx) @ mix_x, torch.randn(512, dh) @ mix_h) for _ in range(6)]
+    mse = {}
+    for kind in ("sparse", "learned"):
+        little, _ = fit_little(layer, samples, LittleConfig(k=k, bits=32, projection=kind), samples[:2], progress=False)
+        mse[kind] = max(little.fit_mse.values())
+        assert little.proj_x.kind == little.proj_h.kind == kind
+    assert mse["learned"] < 1e-3 * mse["sparse"], mse
+    p = Projection.learned(layer.w_ih, torch.cov(samples[0][0].t()), k)
+    assert p.codes.dtype == np.int8 and np.abs(p.codes).max() == 127 and not p.codes[r:].any()  # rows past the rank
+    z = samples[0][0] @ torch.from_numpy(p.codes[:r].astype(np.float32)).t()
+    spread = z.std(0)
+    assert spread.max() < 1.5 * spread.min()  # whitened: every component on one scale (up to the codes' rounding)
+    with pytest.raises(ValueError, match="defined for eq. 2's ternary projection"):
+        p.distance_scale()
+    with pytest.raises(ValueError, match="projection must be one of sparse, learned"):
+        LittleConfig(projection="pca")
+
+
 @pytest.mark.parametrize("method", ["lstsq", "sgd"])
 def test_regression_recovers_known_linear_map(method):
     """If the big pre-activations are exactly linear in [P_x x; P_h h], the fit finds that map."""
     torch.manual_seed(0)
     dx, dh, H, k = 24, 16, 16, 12
-    px, ph = SparseProjection.draw(k, dx, 0), SparseProjection.draw(k, dh, 1)
+    px, ph = Projection.draw(k, dx, 0), Projection.draw(k, dh, 1)
     true_w = torch.randn(4 * H, 2 * k) * 0.3
     true_b = torch.randn(4 * H) * 0.1
     # big weights chosen so that W x = W_LL P x exactly
@@ -239,7 +271,7 @@ def test_allocation_prefers_cheap_gates():
     assert abs((alloc["a"] + alloc["b"]) / 2 - 0.5) < 1e-6
 
 
-def _tiny_dual(rnn_type, layers=2, seed=0):
+def _tiny_dual(rnn_type, layers=2, seed=0, projection="sparse"):
     torch.manual_seed(seed)
     rnn = getattr(nn, rnn_type)(12, 24, layers)
     xs = [torch.randn(16, 4, 12) for _ in range(10)]
@@ -249,7 +281,7 @@ def _tiny_dual(rnn_type, layers=2, seed=0):
             core(x)
 
     return rnn, build_dual(rnn, lambda c: run(c, xs[:8]), lambda c: run(c, xs[8:]),
-                           LittleConfig(eps=0.5, k=16), progress=False)
+                           LittleConfig(eps=0.5, k=16, projection=projection), progress=False)
 
 
 @pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
@@ -326,20 +358,24 @@ def test_dual_module_ratios_and_error(rnn_type):
 
 def test_variant_names_are_distinct_and_the_papers_is_bare():
     from dualtvm.little import variant_suffix
-    variants = [(b, rule, codes) for b in (8, 4, 2) for rule in ("activation", "contribution") for codes in (None, False)]
+    variants = [(b, rule, codes, proj) for b in (8, 4, 2) for rule in ("activation", "contribution")
+                for codes in (None, False) for proj in ("sparse", "learned")]
     names = {variant_suffix(*v) for v in variants}
     assert len(names) == len(variants) and variant_suffix() == ""  # no two variants share a build folder
     assert variant_suffix(4, "contribution") == "-w4-contribution" == LittleConfig(bits=4, mask_rule="contribution").variant
+    assert LittleConfig(projection="learned", mask_rule="contribution").variant == "-contribution-learned"
 
 
-def test_artefact_round_trip_and_hash_check(tmp_path):
-    rnn, dual = _tiny_dual("LSTM")
+@pytest.mark.parametrize("projection", ["sparse", "learned"])
+def test_artefact_round_trip_and_hash_check(tmp_path, projection):
+    rnn, dual = _tiny_dual("LSTM", projection=projection)
     littles = [l.little for l in dual.layers]
     path = save_little(tmp_path / "little.npz", littles, {"model": "tiny"})
     loaded, cfg = load_little(path, big_layers(rnn))
     assert cfg == {"model": "tiny"}
     for a, b in zip(littles, loaded):
-        assert torch.equal(a.weight.codes, b.weight.codes) and np.array_equal(a.proj_x.signs, b.proj_x.signs)
+        assert torch.equal(a.weight.codes, b.weight.codes) and np.array_equal(a.proj_x.codes, b.proj_x.codes)
+        assert b.proj_x.kind == b.proj_h.kind == projection
         assert a.calibration["g"].band(0.5) == b.calibration["g"].band(0.5)
     x, h = torch.randn(2, 12), torch.randn(2, 24)
     assert torch.allclose(littles[0].preactivations(x, h), loaded[0].preactivations(x, h))
@@ -372,20 +408,22 @@ def test_artefact_keeps_the_mask_rule_and_reads_older_versions(tmp_path):
     assert {g: c.tails for g, c in loaded.calibration.items()} == {"r": "both", "z": "both", "n": "low"}
     assert loaded.mask_rule == "activation" and loaded.calibration["z"].band(0.4) == little.calibration["z"].band(0.4)
     z = dict(np.load(path))
-    for version, ok in ((1, True), (2, True), (4, False)):
+    for version, ok in ((1, True), (2, True), (3, True), (5, False)):
         meta = json.loads(bytes(z["meta"]).decode())
         meta["version"] = version
+        meta["layers"][0].pop("projection")  # versions 1–3: eq. 2's projection
         for c in meta["layers"][0]["calibration"].values():
-            c.pop("rule")
+            if version < 3:
+                c.pop("rule")
             if version == 1:
                 c.pop("tails")
         np.savez(tmp_path / f"v{version}.npz", **{**z, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
         if ok:
             old = load_little(tmp_path / f"v{version}.npz")[0][0]
-            assert old.mask_rule == "activation"
+            assert old.mask_rule == "activation" and old.proj_x.kind == old.proj_h.kind == "sparse"
             assert old.calibration["z"].tails == ("low" if version == 1 else "both")
         else:
-            with pytest.raises(ArtefactError, match="artefact version 4"):
+            with pytest.raises(ArtefactError, match="artefact version 5"):
                 load_little(tmp_path / f"v{version}.npz")
 
 
