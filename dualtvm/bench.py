@@ -513,11 +513,12 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     return rows, {"weights": weights, "dense_bytes": dense_bytes, "busy_processes": busy}
 
 
-def dual_engine(little_bits: int, engine: str = "tvm-dual", mask_rule: str = "activation") -> str:
-    """Engine name of a dual-module engine with W_LL at ``little_bits`` and masks by ``mask_rule`` (INT8 and eq. 5,
-    the paper's, keep the bare name)."""
+def dual_engine(little_bits: int, engine: str = "tvm-dual", mask_rule: str = "activation",
+                projection: str = "sparse") -> str:
+    """Engine name of a dual-module engine with W_LL at ``little_bits``, masks by ``mask_rule`` and the ``projection``
+    (INT8, eq. 5 and eq. 2, the paper's, keep the bare name)."""
     return (engine + ("" if little_bits == 8 else f"-int{little_bits}")
-            + ("" if mask_rule == "activation" else f"-{mask_rule}"))
+            + ("" if mask_rule == "activation" else f"-{mask_rule}") + ("" if projection == "sparse" else f"-{projection}"))
 
 
 def _torch_engine(cells: list, xs: list[np.ndarray], mc) -> Engine:

@@ -136,11 +136,11 @@ def dual_decoder(tr: Translator, corpus: ParallelCorpus | None, artefact: Path,
     if artefact.exists():
         try:
             littles, _ = load_little(artefact, big)
-            held = {(lm.weight.bits, lm.mask_rule) for lm in littles}
-            if cfg is None or held == {(cfg.bits, cfg.mask_rule)}:
+            held = {(lm.weight.bits, lm.mask_rule, lm.proj_x.kind) for lm in littles}
+            if cfg is None or held == {(cfg.bits, cfg.mask_rule, cfg.projection)}:
                 return [DualModuleLayer(b, lm) for b, lm in zip(big, littles)]
-            log.warning("refitting the little modules: %s holds (INT bits, mask rule) %s, (%d, %s) asked", artefact,
-                        sorted(held), cfg.bits, cfg.mask_rule)
+            log.warning("refitting the little modules: %s holds (INT bits, mask rule, projection) %s, (%d, %s, %s) "
+                        "asked", artefact, sorted(held), cfg.bits, cfg.mask_rule, cfg.projection)
         except ArtefactError as e:
             log.warning("refitting the little modules: %s", e)
     if corpus is None:
@@ -162,7 +162,7 @@ def _beside(checkpoint: Path, kind: str) -> Path:
 
 def little_artefact(checkpoint: Path, cfg: LittleConfig) -> Path:
     """Where the decoder layers' little modules of ``checkpoint`` are cached
-    (``<stem>.little[-w4][-contribution].npz``)."""
+    (``<stem>.little[-w4][-contribution][-learned].npz``)."""
     return _beside(checkpoint, "little" + cfg.variant)
 
 

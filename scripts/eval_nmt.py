@@ -15,7 +15,7 @@ engine's speed-up over the dense one also per quarter of the run (``…_blocks``
 --allocation loss adds engines "<dual engine>-loss-aware": each ratio spread over the decoder's layers and gates
 by the loss-aware allocation (dualtvm.sensitivity).
 --mask-rule contribution runs every dual engine with contribution-score masks (dualtvm.contribution; engines
-"dual-contribution", "tvm-dual-contribution", …).
+"dual-contribution", "tvm-dual-contribution", …); --projection learned likewise (engines …-learned).
 Rows go to results/nmt-quality.json.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, choice_list, positive_int, ratio_list, unit_ratio  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_projection_option, choice_list, positive_int, ratio_list, unit_ratio  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-rule", choices=MASK_RULES, default="activation",
                    help="what the decoder layers' masks test: activation (eq. 5) or contribution (beyond the paper: "
                         "dualtvm.contribution); engines of the contribution rule are named …-contribution")
+    add_projection_option(p)  # engines of a learned projection are named …-learned
     p.add_argument("--target", default="llvm -mcpu=broadwell",
                    help="CLI string, JSON dict or JSON file")
     p.add_argument("--threads", type=positive_int, default=None, help="TVM and PyTorch threads (default: all cores)")
@@ -122,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
             out = dual_output(tr, corpus, a.checkpoint)
             out.set_insensitive_ratio(a.output_ratio)
         for b in bits:
-            duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b, mask_rule=a.mask_rule)
+            duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b, mask_rule=a.mask_rule,
+                                   projection=a.projection)
             gradients = None
             if a.allocation == "loss":  # on validation references: the test set only scores
                 gradients = loss_gradients([d.big for d in duals], reference_losses(
                     tr, *corpus.splits["valid"], max_batches=a.allocation_batches))
-            name = dual_engine(b, "dual", a.mask_rule)
+            name = dual_engine(b, "dual", a.mask_rule, a.projection)
             for r in a.ratios:
                 engines = [(name, r, None)]
                 if out is not None:
@@ -159,12 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         backends = {"torch": None, "tvm-dense": decoder_backend(tr, corpus, "tvm-dense", a.checkpoint, a.target,
                                                                build_root=a.build_dir, **fused)}
         for b in bits:
-            name = dual_engine(b, mask_rule=a.mask_rule)
+            name = dual_engine(b, mask_rule=a.mask_rule, projection=a.projection)
+            little = {"mask_rule": a.mask_rule, "projection": a.projection}
             backends[name] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
-                                             a.build_dir, b, mask_rule=a.mask_rule, **fused)
+                                             a.build_dir, b, **little, **fused)
             if a.output_ratio is not None:
                 backends[name + "+out"] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
-                                                          a.build_dir, b, a.output_ratio, mask_rule=a.mask_rule, **fused)
+                                                          a.build_dir, b, a.output_ratio, **little, **fused)
         duals = [e for e in backends if e.startswith("tvm-dual")]
         for e in duals:
             reset_layer_stats(backends[e].mask_layers)

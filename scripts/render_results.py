@@ -148,22 +148,25 @@ ALLOCATION_VARIANTS = (("greedy-allocation", "activation error"), ("loss-aware-a
                        ("measured-allocation", "measured"))  # eval_lm's per-gate rows, one per allocation cost
 
 
-# eval_lm's mask rules beyond eq. 5 (--sigmoid-tails both, --mask-rule contribution): their rows' variant suffixes
-RULE_SUFFIXES = ((" sigmoid-both", "both sigmoid tails"), (" contribution", "contribution score"))
+# eval_lm's little modules beyond the paper's (mask rules --sigmoid-tails both, --mask-rule contribution; the
+# projection --projection learned): their rows' variant suffixes, longest first where one ends another
+VARIANT_SUFFIXES = ((" sigmoid-both", "both sigmoid tails"),
+                    (" contribution learned", "contribution score, learned projection"),
+                    (" contribution", "contribution score"), (" learned", "learned projection"))
 
 
-def _rule_suffix(variant: str) -> str:
-    """A row variant's mask-rule suffix from ``RULE_SUFFIXES`` ("" for eq. 5's rule)."""
-    return next((sfx for sfx, _ in RULE_SUFFIXES if variant.endswith(sfx)), "")
+def _variant_suffix(variant: str) -> str:
+    """A row variant's suffix from ``VARIANT_SUFFIXES`` ("" for the paper's eq. 5 and eq. 2)."""
+    return next((sfx for sfx, _ in VARIANT_SUFFIXES if variant.endswith(sfx)), "")
 
 
 def search_method(variant: str) -> str:
-    """A largest-ratio row's method in words: ``eval_lm`` appends the mask rule, then the W_LL bits where they are not
-    INT8 (``per-gate loss-aware, chosen on valid contribution int4`` →
+    """A largest-ratio row's method in words: ``eval_lm`` appends the mask rule and the projection where they are not
+    the paper's, then the W_LL bits where they are not INT8 (``per-gate loss-aware, chosen on valid contribution int4`` →
     ``per-gate loss-aware, chosen on valid (contribution score, INT4 W_LL)``)."""
     variant, bits = re.fullmatch(r"(.*?)(?: int(\d+))?", variant).groups()
-    sfx = _rule_suffix(variant)
-    notes = ([dict(RULE_SUFFIXES)[sfx]] if sfx else []) + ([f"INT{bits} W_LL"] if bits else [])
+    sfx = _variant_suffix(variant)
+    notes = ([dict(VARIANT_SUFFIXES)[sfx]] if sfx else []) + ([f"INT{bits} W_LL"] if bits else [])
     return variant[: len(variant) - len(sfx)] + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -175,12 +178,12 @@ def lm_allocation(doc: dict) -> str:
     find = lambda m, part, variant, ratio: next((r for r in rows if (r["model"], r["part"], r["variant"]) ==  # noqa: E731
                                                  (m, part, variant) and r["insensitive_ratio"] == ratio), None)
     delta = lambda r: "" if r is None else f"{r['ppl']} ({r['delta_ppl_pct']:+.2f} %)"  # noqa: E731
-    costs = [(v + sfx, name + (f" ({rule_name})" if sfx else "")) for sfx, rule_name in (("", ""), *RULE_SUFFIXES)
+    costs = [(v + sfx, name + (f" ({rule_name})" if sfx else "")) for sfx, rule_name in (("", ""), *VARIANT_SUFFIXES)
              for v, name in ALLOCATION_VARIANTS if any(r.get("variant") == v + sfx for r in rows)]
     uniform = lambda m, ratio, sfx: next((r for r in rows if r["model"] == m and r["part"] == "uniform"  # noqa: E731
                                           and r["insensitive_ratio"] == ratio and "-int8" in r["variant"]
-                                          and _rule_suffix(r["variant"]) == sfx), None)  # the study's W_LL is INT8
-    rules = [(sfx, name) for sfx, name in RULE_SUFFIXES if any(_rule_suffix(r["variant"]) == sfx for r in rows)]
+                                          and _variant_suffix(r["variant"]) == sfx), None)  # the study's W_LL is INT8
+    rules = [(sfx, name) for sfx, name in VARIANT_SUFFIXES if any(_variant_suffix(r["variant"]) == sfx for r in rows)]
     table = []
     for m in dict.fromkeys(r["model"] for r in rows):
         base = find(m, "uniform", "base", 0.0)
@@ -201,6 +204,13 @@ def lm_allocation(doc: dict) -> str:
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
                   [[r["model"], search_method(r["variant"]), r["insensitive_ratio"], r["measured_ratio"], r["ppl"],
                     r["delta_ppl_pct"], _gate_ratios(r)] for r in rows if r["part"] == "largest-within-1pct"])
+    eps = [r for r in rows if r["part"] == "eps"]
+    if eps:
+        out += ["", "ε of eq. 3 at 50 % (k from it), by little module:", ""]
+        out += _table(["model", "little module", "ε", "k", "measured", "PPL", "ΔPPL %"],
+                      [[r["model"], dict(VARIANT_SUFFIXES).get(_variant_suffix(r["variant"]), "eq. 5, eq. 2"),
+                        r["variant"].split()[0].removeprefix("eps"), r.get("k"), r["measured_ratio"], r["ppl"],
+                        r["delta_ppl_pct"]] for r in eps])
     return "\n".join(out)
 
 
@@ -257,12 +267,12 @@ def plot_lm_allocation(doc: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
     for ax, m in zip(axes[0], models):
         mine = [r for r in rows if r["model"] == m]
-        for sfx, name in (("", "eq. 5"), *RULE_SUFFIXES):
+        for sfx, name in (("", "eq. 5"), *VARIANT_SUFFIXES):
             curves = [("uniform", None, "o-", f"one ratio, {name}")]
             curves += [("per-gate", v + sfx, "s--", f"per gate ({cost}), {name}") for v, cost in ALLOCATION_VARIANTS]
             for part, variant, style, label in curves:
                 pts = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in mine if r["part"] == part
-                             and r["variant"] != "base" and _rule_suffix(r["variant"]) == sfx
+                             and r["variant"] != "base" and _variant_suffix(r["variant"]) == sfx
                              and variant in (None, r["variant"]))
                 if pts:
                     ax.plot(*zip(*[(0.0, 0.0), *pts]), style, label=label, ms=4)

@@ -75,6 +75,9 @@ def test_search_rows_name_their_mask_rule_and_little_bits():
     assert (search_method("per-gate loss-aware, chosen on valid contribution int4")
             == "per-gate loss-aware, chosen on valid (contribution score, INT4 W_LL)")
     assert search_method("uniform, chosen on valid int4") == "uniform, chosen on valid (INT4 W_LL)"
+    assert (search_method("per-gate measured, chosen on valid contribution learned")
+            == "per-gate measured, chosen on valid (contribution score, learned projection)")
+    assert search_method("uniform, chosen on valid learned") == "uniform, chosen on valid (learned projection)"
 
 
 def test_eval_lm_int4_allocation_rows_do_not_replace_int8_ones(tiny_corpus, tmp_path):
