@@ -710,8 +710,8 @@ class LittlePath:
 
     @property
     def little_tag(self) -> str:
-        """The projection's and little GEMV's tag: their kernels differ with the path."""
-        return self.tag + ("_w4" if self.little_bits == 4 else "_c8" if self.int8_codes else "")
+        """The projection's and little GEMV's tag: the shape's, k, and the path (their kernels differ with both)."""
+        return f"{self.tag}_k{self.k}" + ("_w4" if self.little_bits == 4 else "_c8" if self.int8_codes else "")
 
     def check_target(self, target) -> None:
         """Refuse a target that cannot run this path: the integer little GEMVs need AVX2 (``pmaddubsw``)."""
@@ -755,7 +755,9 @@ class LayerShape(LittlePath):
 
     @property
     def tag(self) -> str:
-        return f"{self.rnn_type.lower()}_{self.hidden}_{self.input_size}_k{self.k}"
+        """The big side's tag (GEMVs, mask, assembly): none of its kernels depends on k, so builds of one layer shape
+        at any ε share their names — and their tuning verdicts.  The little kernels add k (``little_tag``)."""
+        return f"{self.rnn_type.lower()}_{self.hidden}_{self.input_size}"
 
 
 
@@ -785,7 +787,7 @@ class OutputShape(LittlePath):
 
     @property
     def tag(self) -> str:
-        return f"out_{self.rows}_{self.cols}_k{self.k}"
+        return f"out_{self.rows}_{self.cols}"
 
 
 

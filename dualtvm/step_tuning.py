@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .target import TargetSpec
-from .tuning import IN_STEP, SWITCH_MARGIN, TuningLog, tuning_dir, write_summary
+from .tuning import IN_STEP, SWITCH_MARGIN, TuningLog, read_summary, tuning_dir, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def write_decisions(target: TargetSpec, decisions: dict, root: str | os.PathLike
     """Merge :func:`decide_in_step`'s entries into the target's ``summary.json``; the kernel-alone
     timings of a switched kernel's old nest knobs are dropped (they were for other knobs)."""
     path = tuning_dir(target, root) / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = read_summary(path)
     for name, update in decisions.items():
         entry = summary.get(name, {})
         if "gather_knobs" in update:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -244,7 +245,7 @@ def best_from_database(log_: TuningLog | None, func, target: TargetSpec):
     if log_ is None:
         return None
     use = log_.summary.get(str(func.attrs["global_symbol"]), {}).get("use")
-    if use == "default":
+    if use in (None, "default"):  # no verdict: a record of the same workload under another name never beat anything
         return None
     from schedules import NESTS
 
@@ -286,8 +287,26 @@ def load_database(target: TargetSpec, root: str | os.PathLike | None = None) -> 
     searched = (d / "database_tuning_record.json").exists()
     if not searched and not (d / "summary.json").exists():
         return None
-    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-    return TuningLog(open_database(d) if searched else None, summary)
+    return TuningLog(open_database(d) if searched else None, read_summary(d / "summary.json"))
+
+
+def read_summary(path: Path) -> dict:
+    """The verdicts of a ``summary.json`` (empty if there is none), big GEMVs under their k-free names."""
+    return k_free_names(json.loads(path.read_text())) if path.exists() else {}
+
+
+OLD_BIG_NAME = re.compile(r"((?:masked_)?gemv(?:_[xh])?_(?:lstm|gru)_\d+_\d+)_k\d+")
+
+
+def k_free_names(summary: dict) -> dict:
+    """A summary with the big GEMVs' verdicts under their names since session 30 (no ``_k<k>``: they never
+    depended on k); a log written before keeps working.  Where two ks of one shape both have a verdict, the first
+    one's stands."""
+    out = {}
+    for name, verdict in summary.items():
+        m = OLD_BIG_NAME.fullmatch(name)
+        out.setdefault(m.group(1) if m else name, verdict)
+    return out
 
 
 FLUSH_BYTES = 64 << 20  # TVM's own flush on an RPC server (cache_flush_bytes): a copy of this many bytes
@@ -452,7 +471,7 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
     d = tuning_dir(target, root)
     db = open_database(d, skip_bad)
     summary_file = d / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    summary = read_summary(summary_file)
     tgt = target.to_tvm()
     runner = make_runner(rpc)
     if rpc is None:  # the candidates run here

@@ -234,6 +234,32 @@ def test_int4_little_gemv_is_tuned_as_a_loop_nest_grid(tmp_path):
     assert r["verified"] is True and r["little_bits"] == 4
 
 
+def test_big_gemv_verdicts_hold_at_every_k_and_no_verdict_builds_the_default(tiny_log):
+    """The big GEMVs never depend on k: a build at another ε finds their verdicts (logs written before session 30
+    name them with _k<k> and still load); a kernel without a verdict is not given the database's record of the same
+    workload (it had lost to the loop nest: session 30's first eps-0.9 build ran its masked GEMV on it)."""
+    from dualtvm.kernels import LayerShape, layer_kernels
+    from dualtvm.target import parse_target
+    from dualtvm.tuning import TuningLog, best_from_database, k_free_names, load_database
+
+    names = [set(layer_kernels(LayerShape("LSTM", 48, 48, k))) for k in (16, 32)]
+    shared = names[0] & names[1]
+    assert {"masked_gemv_lstm_48_48", "concat_lstm_48_48", "mask_lstm_48_48"} <= shared
+    assert not any(n.startswith(("project", "little_gemv")) for n in shared)  # these differ with k
+    old = {"masked_gemv_lstm_48_48_k16": {"use": "gather"}, "gemv_x_gru_8_8_k9": {"use": "default"},
+           "project_lstm_48_48_k16": {"use": "stream-project"}}
+    assert k_free_names(old) == {"masked_gemv_lstm_48_48": {"use": "gather"}, "gemv_x_gru_8_8": {"use": "default"},
+                                 "project_lstm_48_48_k16": {"use": "stream-project"}}
+    target = parse_target("llvm -mcpu=broadwell -num-cores 2")
+    log_ = load_database(target, tiny_log)
+    (name, verdict), = log_.summary.items()
+    assert "_k" not in name
+    func = layer_kernels(LayerShape("LSTM", 48, 48, 16))[name]
+    assert best_from_database(TuningLog(log_.database, {}), func, target) is None  # the record alone: default
+    tuned = best_from_database(TuningLog(log_.database, {name: {**verdict, "use": "tuned"}}), func, target)
+    assert tuned is not None and tuned.attrs["global_symbol"] == name
+
+
 def test_recheck_redecides_from_side_by_side_timings(tiny_log, tmp_path):
     """--recheck searches nothing: it re-times the logged candidates and takes the default unless one beats it
     by more than the noise margin (a stale 'use' is overwritten)."""
