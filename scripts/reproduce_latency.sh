@@ -64,3 +64,7 @@ python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750-r2.best.
 python scripts/bench.py --models gnmt-1024-1024 --threads 2 --rounds 12 --little-bits 8,4
 python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750-r2.best.pt --eps 0.3 --threads 2 --rounds 12 --little-bits 8,4
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --target "llvm -mcpu=znver4" --threads 2 --rounds 16 --little-bits 8,4
+# session 30 on the AMD machine: LSTM-1500 again (the paper's little module), then with the learned projection at
+# ε = 0.9 (k = 214 instead of 417: half the little module's bytes)
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4 --contribution
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --eps 0.9 --projection learned --threads 2 --rounds 16 --little-bits 8,4 --contribution
