@@ -29,6 +29,7 @@ def reduced_dim(n: int, eps: float = 0.5) -> int:
 
 
 def check_kind(kind: str) -> str:
+    """``kind`` if it names a projection (:data:`KINDS`), else a ValueError naming them."""
     if kind not in KINDS:
         raise ValueError(f"projection must be one of {', '.join(KINDS)}, got {kind!r}")
     return kind
@@ -62,8 +63,8 @@ class Projection:
         of u onto W u is W Σ^{1/2} V_k V_kᵀ Σ^{-1/2} u; the projection is P = V_kᵀ Σ^{-1/2}, so z = P u has
         identity covariance — every component on one scale, which suits the run-time quantisation's one range
         per half as eq. 2's do.  Eigenvalues of Σ below ``floor`` × the largest are raised to it; rows beyond
-        the rank of W Σ^{1/2} (singular values below ``floor`` × the largest) are zero.  Codes span ±127 (one range for the matrix).
-        """
+        the rank of W Σ^{1/2} (singular values below ``floor`` × the largest) are zero.  Codes span ±127 (one
+        range for the matrix)."""
         d = cov.shape[0]
         if weight.shape[1] != d or cov.shape != (d, d):
             raise ValueError(f"weight {tuple(weight.shape)} and covariance {tuple(cov.shape)} disagree on the input size")

@@ -149,15 +149,15 @@ ALLOCATION_VARIANTS = (("greedy-allocation", "activation error"), ("loss-aware-a
 
 
 # eval_lm's little modules beyond the paper's (mask rules --sigmoid-tails both, --mask-rule contribution; the
-# projection --projection learned): their rows' variant suffixes, longest first where one ends another
-VARIANT_SUFFIXES = ((" sigmoid-both", "both sigmoid tails"),
-                    (" contribution learned", "contribution score, learned projection"),
-                    (" contribution", "contribution score"), (" learned", "learned projection"))
+# projection --projection learned): their rows' variant suffixes, in the tables' column order
+VARIANT_SUFFIXES = ((" sigmoid-both", "both sigmoid tails"), (" contribution", "contribution score"),
+                    (" learned", "learned projection"),
+                    (" contribution learned", "contribution score, learned projection"))
 
 
 def _variant_suffix(variant: str) -> str:
-    """A row variant's suffix from ``VARIANT_SUFFIXES`` ("" for the paper's eq. 5 and eq. 2)."""
-    return next((sfx for sfx, _ in VARIANT_SUFFIXES if variant.endswith(sfx)), "")
+    """A row variant's longest suffix from ``VARIANT_SUFFIXES`` ("" for the paper's eq. 5 and eq. 2)."""
+    return max((sfx for sfx, _ in VARIANT_SUFFIXES if variant.endswith(sfx)), key=len, default="")
 
 
 def search_method(variant: str) -> str:

@@ -78,5 +78,5 @@ python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-na
 # session 30: the learned projection (--projection learned, beyond eq. 2) on the retrained GRU-750 and LSTM-1500, with
 # contribution masks (and LSTM-1500 under eq. 5's too), at ε = 0.5 and the smaller k of larger ε
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r2.best.pt --model-name ptb-gru-750-r2 --parts ratios,allocation,search --ratios 0.5,0.6,0.7 --allocation-costs activation,measured --mask-rule contribution --projection learned --results results/lm-allocation-ptb.json
-python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts ratios,eps --ratios 0.5,0.7 --eps-values 0.7,0.9 --mask-rule contribution --projection learned --results results/lm-allocation-ptb.json
-python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts ratios,eps --ratios 0.5,0.7 --eps-values 0.9 --projection learned --results results/lm-allocation-ptb.json
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts ratios,eps --ratios 0.5 --eps-values 0.9 --mask-rule contribution --projection learned --results results/lm-allocation-ptb.json
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts ratios,eps --ratios 0.5 --eps-values 0.9 --projection learned --results results/lm-allocation-ptb.json
