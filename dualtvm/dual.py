@@ -69,19 +69,23 @@ class MaskStats:
         return sum(self.insensitive.values()) / max(sum(self.total.values()), 1)
 
 
+def _map_state(state, fn):
+    """``fn`` on an RNN state: one tensor (GRU) or an (h, c) pair (LSTM)."""
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
 def run_steps(step, x: torch.Tensor, state, hidden: int, lstm: bool):
     """A single-layer cell run over x (T, B, d) with ``nn.LSTM``/``nn.GRU``'s call signature: state (1, B, H)
     (an (h, c) pair for LSTM; zeros when None) in and out; ``step(x_t, st)`` → (h, st) on (B, ·) tensors."""
     if state is None:
         z = x.new_zeros(1, x.shape[1], hidden)
         state = (z, z.clone()) if lstm else z
-    st = tuple(s[0] for s in state) if isinstance(state, tuple) else state[0]
+    st = _map_state(state, lambda s: s[0])
     outs = []
     for t in range(x.shape[0]):
         h, st = step(x[t], st)
         outs.append(h)
-    out_state = tuple(s.unsqueeze(0) for s in st) if isinstance(st, tuple) else st.unsqueeze(0)
-    return torch.stack(outs), out_state
+    return torch.stack(outs), _map_state(st, lambda s: s.unsqueeze(0))
 
 
 class DualModuleLayer(nn.Module):
@@ -195,11 +199,6 @@ class StackedRNN(nn.Module):
             if self.lstm:
                 outs_c.append(st[1])
         return x, ((torch.cat(outs_h), torch.cat(outs_c)) if self.lstm else torch.cat(outs_h))
-
-
-def _map_state(state, fn):
-    """``fn`` on an RNN state: one tensor (GRU) or an (h, c) pair (LSTM)."""
-    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
 
 
 # Helpers over any list of layers with ``set_insensitive_ratio`` and ``stats`` (PyTorch dual-module
