@@ -86,6 +86,16 @@ def unit_ratio(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a ratio in [0, 1], got {text!r}") from None
 
 
+def add_target_option(p: argparse.ArgumentParser) -> None:
+    """``--target``, as every script that compiles or times for one takes it (parsed by ``target.parse_target``)."""
+    p.add_argument("--target", default="llvm -mcpu=broadwell", help="CLI string, JSON dict or JSON file")
+
+
+def add_data_dir_option(p: argparse.ArgumentParser) -> None:
+    """``--data-dir``, as every script that reads a corpus takes it (resolved by ``data.default_data_dir``)."""
+    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+
+
 def add_projection_option(p: argparse.ArgumentParser) -> None:
     """``--projection``, one spelling for every script that fits or builds a little module."""
     from .projection import KINDS

@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, add_projection_option, choice_list, model_names, positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, add_projection_option, add_target_option, choice_list, model_names, positive_int, ratio_list)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
@@ -35,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--models", type=model_names, default="lstm-1500",
                    help="comma-separated model shapes (dualtvm.registry.MODELS)")
-    p.add_argument("--target", default="llvm -mcpu=broadwell",
-                   help="CLI string, JSON dict or JSON file")
+    add_target_option(p)
     p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9",
                    help="comma-separated insensitive ratios timed")
     p.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="threads of TVM and of every peer")

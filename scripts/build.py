@@ -22,15 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and numpy only: TVM is imported after --threads sets its thread count
-from dualtvm.cli import HelpFormatter, add_projection_option, model_name, positive_int  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, add_data_dir_option, add_projection_option, add_target_option, model_name, positive_int)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--target", default="llvm -mcpu=broadwell",
-                   help="CLI string, JSON dict or JSON file")
+    add_target_option(p)
     p.add_argument("--model", type=model_name, default="lstm-1500",
                    help="model shape (dualtvm.registry.MODELS); random weights of it unless --checkpoint")
     p.add_argument("--checkpoint", default=None,
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                    "each little-module variant its own, little.variant_suffix)")
     p.add_argument("--corpus", default="ptb", help="text an LM checkpoint's little module is fitted on")
     p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
-    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+    add_data_dir_option(p)
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
     p.add_argument("--little-bits", type=int, default=8, choices=COMPILED_BITS,
                    help="W_LL precision: INT8 (paper default) or INT4 (AVX2 integer path, half the little bytes)")

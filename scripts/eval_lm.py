@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint  # noqa: E402
-from dualtvm.cli import HelpFormatter, add_projection_option, choice_list, ratio_list  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_data_dir_option, add_projection_option, choice_list, ratio_list  # noqa: E402
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="a train_lm.py checkpoint")
     p.add_argument("--model-name", required=True, help="e.g. ptb-lstm-750")
     p.add_argument("--corpus", default="ptb", help="ptb or wikitext-2")
-    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+    add_data_dir_option(p)
     p.add_argument("--ratios", type=ratio_list, default="0.1,0.3,0.5,0.7,0.9",
                    help="comma-separated insensitive ratios evaluated")
     p.add_argument("--parts", type=choice_list(PARTS, what="parts"), default=",".join(PARTS),

@@ -29,7 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, add_projection_option, choice_list, positive_int, ratio_list, unit_ratio  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, add_data_dir_option, add_projection_option, add_target_option, choice_list, positive_int,
+    ratio_list, unit_ratio)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
@@ -68,10 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="what the decoder layers' masks test: activation (eq. 5) or contribution (beyond the paper: "
                         "dualtvm.contribution); engines of the contribution rule are named …-contribution")
     add_projection_option(p)  # engines of a learned projection are named …-learned
-    p.add_argument("--target", default="llvm -mcpu=broadwell",
-                   help="CLI string, JSON dict or JSON file")
+    add_target_option(p)
     p.add_argument("--threads", type=positive_int, default=None, help="TVM and PyTorch threads (default: all cores)")
-    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+    add_data_dir_option(p)
     p.add_argument("--build-dir", type=Path, default=None, help="where compiled decoders go (default: build/)")
     p.add_argument("--out", type=Path, default=Path("results/nmt-quality.json"), help="results file")
     a = p.parse_args(argv)

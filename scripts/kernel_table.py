@@ -17,13 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, model_name, positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_target_option, model_name, positive_int  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--target", default="llvm -mcpu=broadwell",
-                   help="CLI string, JSON dict or JSON file")
+    add_target_option(p)
     p.add_argument("--model", type=model_name, default="lstm-1500", help="model shape (dualtvm.registry.MODELS)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
     p.add_argument("--little-bits", default="8,4", help="little-module kernels to include: 8, 4 or 8,4")

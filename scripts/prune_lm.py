@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.cli import HelpFormatter, positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_data_dir_option, positive_int  # noqa: E402
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.prune import PruneConfig, prune_finetune  # noqa: E402
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sparsity", type=float, default=0.8,
                    help="final fraction of zero recurrent weights (0: fine-tune only, the dense control)")
     p.add_argument("--corpus", default="ptb", help="ptb or wikitext-2")
-    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+    add_data_dir_option(p)
     p.add_argument("--batches", type=int, default=PruneConfig.batches, help="fine-tuning batches")
     p.add_argument("--lr", type=float, default=PruneConfig.lr,
                    help="learning rate of the fine-tuning between pruning steps")

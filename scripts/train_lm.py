@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.cli import HelpFormatter, positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_data_dir_option, positive_int  # noqa: E402
 from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg, git_revision  # noqa: E402
 from dualtvm.data import load_lm_corpus  # noqa: E402
 from dualtvm.models import LMConfig  # noqa: E402
@@ -26,7 +26,7 @@ from dualtvm.train_lm import LMTrainConfig, train_lm  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--corpus", default="ptb", help="ptb, wikitext-2, or a folder with train/valid/test.txt")
-    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+    add_data_dir_option(p)
     p.add_argument("--rnn", default="LSTM", choices=["LSTM", "GRU"], help="recurrent cell")
     p.add_argument("--hidden", type=int, default=750, help="hidden units (and embedding size)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout on embeddings and RNN outputs")

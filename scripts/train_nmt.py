@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.cli import HelpFormatter, positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_data_dir_option, positive_int  # noqa: E402
 from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg, git_revision  # noqa: E402
 from dualtvm.data import load_multi30k  # noqa: E402
 from dualtvm.models import Seq2SeqConfig  # noqa: E402
@@ -30,7 +30,7 @@ from dualtvm.train_nmt import NMTTrainConfig, train_nmt  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+    add_data_dir_option(p)
     p.add_argument("--hidden", type=int, default=256, help="hidden units of encoder and decoder layers")
     p.add_argument("--epochs", type=positive_int, default=10,
                    help="training epochs (a rerun resumes from the checkpoint)")

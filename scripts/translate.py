@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, add_projection_option, positive_int, unit_ratio  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, add_data_dir_option, add_projection_option, positive_int, unit_ratio)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N sentences only")
     p.add_argument("--input", type=Path, default=None, help="file of source sentences (default stdin)")
     p.add_argument("--output", type=Path, default=None, help="write translations here")
-    p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
+    add_data_dir_option(p)
     p.add_argument("--target", default="llvm -mcpu=broadwell", help="target of the compiled layers")
     p.add_argument("--build-dir", type=Path, default=None, help="where compiled decoders go (default: build/)")
     p.add_argument("--threads", type=positive_int, default=None,

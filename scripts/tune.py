@@ -32,13 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, model_name, positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_target_option, model_name, positive_int, ratio_list  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--target", default="llvm -mcpu=broadwell", help='CLI string, JSON dict or JSON file')
+    add_target_option(p)
     p.add_argument("--model", type=model_name, default="lstm-1500", help="model config name (see dualtvm.registry.MODELS)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
     p.add_argument("--little-bits", type=int, default=8, choices=COMPILED_BITS, help="W_LL precision of the little GEMV")
