@@ -273,6 +273,7 @@ class BenchConfig:
     little_bits: tuple[int, ...] = (8,)  # one dual-module engine per W_LL precision (8: "tvm-dual", 4: "tvm-dual-int4")
     int8_float: bool = False  # also the INT8 little module on floats ("tvm-dual-int8float"; tvm-dual runs on codes on AVX2)
     eps: float = 0.5  # eq. 3's ε (sets k); rows of another ε are labelled ``<model>-eps<ε>``
+    k: int | None = None  # k set directly (overrides eps); rows ``<model>-k<k>`` (little.size_suffix)
     projection: str = "sparse"  # the little modules' projection; learned ones' rows are ``<model>[-eps<ε>]-learned``
     contribution: bool = False  # also each little module with contribution-score masks ("tvm-dual[-int4]-contribution")
     reuse_builds: bool = False  # default: rebuild, so the current schedules/tuning logs are what is measured
@@ -395,7 +396,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
 
     from .build import BuildConfig, build_model, built_from, default_build_dir
     from .inputs import decode_stream
-    from .little import variant_suffix
+    from .little import size_suffix, variant_suffix
     from .peers import OpenVINOStep, onnxruntime_session, torch_cell
     from .registry import model_config, read_checkpoint
     from .results import warn_if_busy
@@ -403,7 +404,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     from .target import parse_target
 
     target = parse_target(cfg.target).with_default_cores()
-    label = (model if cfg.eps == 0.5 else f"{model}-eps{cfg.eps:g}") + ("" if cfg.projection == "sparse" else "-learned")
+    label = model + size_suffix(cfg.eps, cfg.k) + variant_suffix(projection=cfg.projection)
     # (engine, W_LL bits, INT8 path: None = the target's, mask rule) -> build folder (each holds a dense build too:
     # the first one's is timed)
     variants = [(dual_engine(b), b, None, "activation") for b in cfg.little_bits]
@@ -416,7 +417,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         outs[engine] = str(default_build_dir(label, target, variant_suffix(bits, rule, codes), cfg.build_root))
         if not (cfg.reuse_builds and built_from(Path(outs[engine]), cfg.checkpoint, cfg.decoder_layer)):
             build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[engine],
-                                    little_bits=bits, eps=cfg.eps, decoder_layer=cfg.decoder_layer,
+                                    little_bits=bits, eps=cfg.eps, k=cfg.k, decoder_layer=cfg.decoder_layer,
                                     data_dir=cfg.data_dir, int8_codes=codes, mask_rule=rule,
                                     projection=cfg.projection))
     out = outs[variants[0][0]]
@@ -497,7 +498,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             if e.name in measured:
                 dual_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name], bits_of[e.name])
                                  for s in dual.spec.layers)
-                row.update({"little_bits": bits_of[e.name], "little_on_codes": codes_of[e.name], "eps": cfg.eps, "k": k,
+                row.update({"little_bits": bits_of[e.name], "little_on_codes": codes_of[e.name], "eps": None if cfg.k else cfg.eps, "k": k,
                             "measured_ratio": round(measured[e.name], 4), **speedups(e.name),
                             "speedup_pairing": "per round", "byte_bound_speedup": round(dense_bytes / dual_bytes, 3),
                             "achieved_gbps": round(dual_bytes / med / 1e6, 2)})

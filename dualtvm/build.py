@@ -16,7 +16,7 @@ from .dual import DualModuleRNN
 from .inputs import real_inputs, synthetic_segments
 from .decoder import MANIFEST_VERSION, DecoderSpec, compile_decoder, export, pack_layer
 from .kernels import LayerShape
-from .little import LittleConfig, variant_suffix
+from .little import LittleConfig, size_suffix, variant_suffix
 from .manifest import reusable_manifest
 from .registry import big_rnn, model_config, read_checkpoint
 from .target import TargetSpec, check_runs_on_host, parse_target
@@ -31,7 +31,7 @@ class BuildConfig:
     target: str = "llvm -mcpu=broadwell"
     checkpoint: str | None = None
     out: str | None = None
-    eps: float = 0.5
+    eps: float = 0.5  # eq. 3's ε, which sets k
     tuning_logs: str | None = None
     use_tuned: bool = True
     verify: bool = False
@@ -47,6 +47,7 @@ class BuildConfig:
     sigmoid_tails: str = "low"  # which saturated ends of a sigmoid gate may be insensitive (thresholds.SIGMOID_TAILS)
     mask_rule: str = "activation"  # what the mask tests: a_LL (eq. 5) or the contribution score (thresholds.MASK_RULES)
     projection: str = "sparse"  # the little module's projection: eq. 2's, or "learned" (projection.Projection.learned)
+    k: int | None = None  # projected dims set directly (overrides eps; little.LittleConfig)
 
 
 def layer_shapes(dual: DualModuleRNN, target: TargetSpec, int8_codes: bool | None = None) -> list[LayerShape]:
@@ -133,15 +134,14 @@ def build_model(cfg: BuildConfig) -> dict:
         return lambda core: [core(x) for x in data]
 
     t0 = time.time()
-    dual = build_dual(rnn, run(train), run(valid), LittleConfig(eps=cfg.eps, seed=cfg.seed, bits=cfg.little_bits,
-                                                                  sigmoid_tails=cfg.sigmoid_tails,
-                                                                  mask_rule=cfg.mask_rule, projection=cfg.projection),
-                      cfg.max_rows)
+    little_cfg = LittleConfig(eps=cfg.eps, k=cfg.k, seed=cfg.seed, bits=cfg.little_bits, sigmoid_tails=cfg.sigmoid_tails,
+                              mask_rule=cfg.mask_rule, projection=cfg.projection)
+    dual = build_dual(rnn, run(train), run(valid), little_cfg, cfg.max_rows)
     fit_s = time.time() - t0
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
     suffix = variant_suffix(cfg.little_bits, cfg.mask_rule, cfg.int8_codes, cfg.projection)
-    out = Path(cfg.out) if cfg.out else default_build_dir(cfg.model, target, suffix)
-    info = {"name": cfg.model, "weights": source, "eps": cfg.eps, "sigmoid_tails": cfg.sigmoid_tails,
+    out = Path(cfg.out) if cfg.out else default_build_dir(cfg.model + size_suffix(cfg.eps, cfg.k), target, suffix)
+    info = {"name": cfg.model, "weights": source, "eps": None if cfg.k else cfg.eps, "sigmoid_tails": cfg.sigmoid_tails,
             "mask_rule": cfg.mask_rule, "projection": cfg.projection,
             # the weights, for people and for reuse checks
             "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,

@@ -46,6 +46,14 @@ def ratio_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated ratios in [0, 1], got {text!r}") from None
 
 
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """An ``argparse`` type for comma-separated positive integers (e.g. ``--k-values``)."""
+    try:
+        return tuple(positive_int(t) for t in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+
+
 def choice_list(choices: "tuple | list", convert: Callable[[str], object] = str, what: str = "entries"):
     """An ``argparse`` type for comma-separated entries, each one of ``choices`` (after ``convert``), as a tuple."""
     def parse(text: str) -> tuple:
@@ -103,3 +111,11 @@ def add_projection_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--projection", choices=KINDS, default="sparse",
                    help="the little module's projection: sparse (eq. 2, random) or learned (beyond the paper: the k "
                         "input directions that carry most of the big pre-activations' variance; same kernels and bytes)")
+
+
+def add_k_option(p: argparse.ArgumentParser) -> None:
+    """``--k``: the little module's projected dims set directly, for every script that takes ``--eps``."""
+    p.add_argument("--k", type=positive_int, default=None,
+                   help="projected dims per input (P_x and P_h), overriding --eps: eq. 3 is a distance bound for eq. "
+                        "2's random projection and says nothing about a learned one's k; rows and build folders of "
+                        "a set k are <model>-k<k>")

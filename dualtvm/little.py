@@ -110,11 +110,19 @@ class LittleConfig:
     def __post_init__(self) -> None:
         check_mask_rule(self.mask_rule, self.sigmoid_tails)
         check_kind(self.projection)
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k must be a positive number of projected dims, got {self.k}")
 
     @property
     def variant(self) -> str:
         """What this variant's little-module artefacts and builds are suffixed with (:func:`variant_suffix`)."""
         return variant_suffix(self.bits, self.mask_rule, projection=self.projection)
+
+
+def size_suffix(eps: float = 0.5, k: int | None = None) -> str:
+    """The one spelling of how k was set, in row labels and build folders: ``-k<k>`` where k is set directly,
+    ``-eps<ε>`` for eq. 3 at another ε than the paper's 0.5, nothing for the paper's k."""
+    return f"-k{k}" if k else ("" if eps == 0.5 else f"-eps{eps:g}")
 
 
 def variant_suffix(bits: int = 8, mask_rule: str = "activation", int8_codes: bool | None = None,

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and numpy only: TVM is imported after --threads sets its thread count
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_projection_option, add_target_option, model_name, positive_int)
+    HelpFormatter, add_data_dir_option, add_k_option, add_projection_option, add_target_option, model_name, positive_int)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 
@@ -36,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None,
                    help="trained weights: a train_lm.py LM, a train_nmt.py seq2seq (see --decoder-layer) or a saved "
                         "nn.LSTM/nn.GRU (module or state_dict)")
-    p.add_argument("--out", default=None, help="build folder (default build/<model>-<target-name>[-w4][-contribution]: "
+    p.add_argument("--out", default=None, help="build folder (default build/<model>[-eps<ε>|-k<k>]-<target-name>[-w4][-contribution]: "
                    "each little-module variant its own, little.variant_suffix)")
     p.add_argument("--corpus", default="ptb", help="text an LM checkpoint's little module is fitted on")
     p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
     add_data_dir_option(p)
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
+    add_k_option(p)
     p.add_argument("--little-bits", type=int, default=8, choices=COMPILED_BITS,
                    help="W_LL precision: INT8 (paper default) or INT4 (AVX2 integer path, half the little bytes)")
     p.add_argument("--sigmoid-tails", default="low", choices=SIGMOID_TAILS,
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                                      a.verify, a.steps, a.threads, corpus=a.corpus, data_dir=a.data_dir,
                                      little_bits=a.little_bits, decoder_layer=a.decoder_layer,
                                      sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule,
-                                     projection=a.projection))
+                                     projection=a.projection, k=a.k))
     print(json.dumps(report, indent=2))
     return 0 if report.get("verified", True) else 1
 

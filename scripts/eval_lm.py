@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint  # noqa: E402
-from dualtvm.cli import HelpFormatter, add_data_dir_option, add_projection_option, choice_list, ratio_list  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, add_data_dir_option, add_projection_option, choice_list, positive_int_list, ratio_list)
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
@@ -35,7 +36,7 @@ from dualtvm.quantize import SUPPORTED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 from dualtvm.train_lm import evaluate  # noqa: E402
 
-PARTS = ("ratios", "allocation", "search", "eps", "precision", "resilience")
+PARTS = ("ratios", "allocation", "search", "eps", "k", "precision", "resilience")
 PAPER = {  # Tables 2 and 3: (base PPL, {ratio: PPL})
     "lstm-1500": (80.64, {0.1: 80.72, 0.3: 80.56, 0.5: 81.36, 0.7: 87.48, 0.9: 109.37}),
     "lstm-750": (84.32, {0.1: 84.42, 0.3: 84.43, 0.5: 84.29, 0.7: 84.89, 0.9: 88.44}),
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated insensitive ratios evaluated")
     p.add_argument("--parts", type=choice_list(PARTS, what="parts"), default=",".join(PARTS),
                    help="which tables: ratios (2/3), allocation (per-gate, beyond the paper), search (largest ratio "
-                        "within +1 %% PPL, per-gate and uniform), eps (5), precision (6), resilience (1)")
+                        "within +1 %% PPL, per-gate and uniform), eps (5), k (beyond eq. 3: k set directly), precision (6), "
+                        "resilience (1)")
     p.add_argument("--noise", type=float, default=0.45, help="Table 1: error std relative to the pre-activation std")
     p.add_argument("--allocation-costs", type=choice_list(ALLOCATION_COSTS, what="allocation costs"),
                    default="loss,activation",
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     add_projection_option(p)
     p.add_argument("--eps-values", type=choice_list((0.3, 0.6, 0.7, 0.8, 0.9), float, "ε values"), default="0.3,0.7",
                    help="part eps: the ε of eq. 3 evaluated beside 0.5")
+    p.add_argument("--k-values", type=positive_int_list, default="64,128,256",
+                   help="part k: projected dims set directly, evaluated at 50 %% beside eq. 3's k (which ε says nothing "
+                        "about for a learned projection)")
     p.add_argument("--results", default="results/lm-quality-ptb.json",
                    help="results file (one row per model, part, ratio and variant: a rerun replaces its rows)")
     a = p.parse_args(argv)
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             extra["variant"] += f" {a.mask_rule}"
         if a.projection != "sparse" and extra["variant"] != "base":
             extra["variant"] += f" {a.projection}"
-        if a.little_bits != 8 and part in ("per-gate", "largest-within-1pct", "eps"):  # uniform rows name their bits
+        if a.little_bits != 8 and part in ("per-gate", "largest-within-1pct", "eps", "k"):  # uniform rows name their bits
             extra["variant"] += f" int{a.little_bits}"
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
                "ppl": round(value, 3), "base_ppl": round(base, 3), "delta_ppl_pct": round(100 * (value / base - 1), 3),
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ratios" in parts:
         for r in a.ratios:
             v, m = ppl(q, "test", r)
-            record("uniform", r, v, m, variant=f"eps0.5-int{a.little_bits}")
+            record("uniform", r, v, m, variant=f"eps0.5-int{a.little_bits}", little_mse=_fit_mse(q))
     variants = {"activation": ("greedy-allocation", "per-gate, chosen on valid"),  # names of the first rows
                 "loss": ("loss-aware-allocation", "per-gate loss-aware, chosen on valid"),
                 "measured": ("measured-allocation", "per-gate measured, chosen on valid")}
@@ -186,9 +191,21 @@ def main(argv: list[str] | None = None) -> int:
         for eps in a.eps_values:
             qe = setup(model, corpus, replace(little_cfg, eps=eps), a.max_rows)
             v, m = ppl(qe, "test", 0.5)
-            record("eps", 0.5, v, m, variant=f"eps{eps}", k=qe.dual.layers[0].little.k)
-        record("eps", 0.5, *ppl(q, "test", 0.5), variant="eps0.5", k=q.dual.layers[0].little.k)
+            record("eps", 0.5, v, m, variant=f"eps{eps}", k=qe.dual.layers[0].little.k, little_mse=_fit_mse(qe))
+        record("eps", 0.5, *ppl(q, "test", 0.5), variant="eps0.5", k=q.dual.layers[0].little.k, little_mse=_fit_mse(q))
+    if "k" in parts:
+        eq3_k = q.dual.layers[0].little.k
+        for k in sorted(set(a.k_values) | {eq3_k}):
+            qk = q if k == eq3_k else setup(model, corpus, replace(little_cfg, k=k), a.max_rows)
+            v, m = ppl(qk, "test", 0.5)
+            record("k", 0.5, v, m, variant=f"k{k}", k=k, eq3=k == eq3_k, little_mse=_fit_mse(qk),
+                   little_param_mb=round(sum(l.little.param_bytes() for l in qk.dual.layers) / 1e6, 4))
     return 0
+
+
+def _fit_mse(q) -> list[dict[str, float]]:
+    """Each layer's little-module MSE per gate on validation (what eq. 7 minimises), as a row records it."""
+    return [{g: round(v, 5) for g, v in layer.little.fit_mse.items()} for layer in q.dual.layers]
 
 
 def _rounded(gate_ratios: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -132,6 +132,12 @@ def lm_quality(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _mean_mse(row: dict) -> float:
+    """A row's little-module MSE (per layer and gate) as one number: the mean over gates and layers."""
+    values = [v for layer in row["little_mse"] for v in layer.values()]
+    return round(sum(values) / len(values), 4)
+
+
 def _valid_delta(row: dict) -> str:
     """A per-gate row's validation ΔPPL, marked where the validation set picked its allocation cost."""
     if "valid_delta_ppl_pct" not in row:
@@ -211,6 +217,15 @@ def lm_allocation(doc: dict) -> str:
                       [[r["model"], dict(VARIANT_SUFFIXES).get(_variant_suffix(r["variant"]), "eq. 5, eq. 2"),
                         r["variant"].split()[0].removeprefix("eps"), r.get("k"), r["measured_ratio"], r["ppl"],
                         r["delta_ppl_pct"]] for r in eps])
+    by_k = [r for r in rows if r["part"] == "k"]
+    if by_k:
+        out += ["", "k set directly at 50 % (beyond eq. 3, whose distance bound says nothing about a learned "
+                "projection), by little module; *eq. 3* marks the k of ε = 0.5; MSE: the little pre-activations' on "
+                "valid, mean over gates and layers:", ""]
+        out += _table(["model", "little module", "k", "eq. 3", "little MB", "MSE", "measured", "PPL", "ΔPPL %"],
+                      [[r["model"], dict(VARIANT_SUFFIXES).get(_variant_suffix(r["variant"]), "eq. 5, eq. 2"), r["k"],
+                        "yes" if r.get("eq3") else "", r["little_param_mb"], _mean_mse(r), r["measured_ratio"], r["ppl"],
+                        r["delta_ppl_pct"]] for r in sorted(by_k, key=lambda r: (r["model"], r["variant"].split()[1:], r["k"]))])
     return "\n".join(out)
 
 

@@ -366,6 +366,18 @@ def test_variant_names_are_distinct_and_the_papers_is_bare():
     assert LittleConfig(projection="learned", mask_rule="contribution").variant == "-contribution-learned"
 
 
+def test_k_set_directly_overrides_eps_and_names_itself():
+    from dualtvm.little import size_suffix
+    torch.manual_seed(0)
+    layer = BigLayer("GRU", torch.randn(12, 5), torch.randn(12, 4), torch.randn(12), torch.randn(12))
+    samples = [(torch.randn(40, 5), torch.randn(40, 4))]
+    little, _ = fit_little(layer, samples, LittleConfig(eps=0.3, k=3), progress=False)
+    assert little.k == 3 == little.proj_h.shape[0]  # not eq. 3's k at ε = 0.3
+    assert (size_suffix(), size_suffix(0.9), size_suffix(0.9, 128), size_suffix(k=64)) == ("", "-eps0.9", "-k128", "-k64")
+    with pytest.raises(ValueError, match="k must be a positive number of projected dims, got 0"):
+        LittleConfig(k=0)
+
+
 @pytest.mark.parametrize("projection", ["sparse", "learned"])
 def test_artefact_round_trip_and_hash_check(tmp_path, projection):
     rnn, dual = _tiny_dual("LSTM", projection=projection)

@@ -24,8 +24,8 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     out = tmp_path / "lm-quality-ptb.json"
     # a 24-unit model named like the paper's LSTM-750, so that its rows carry Table 2's PPLs
     rc = eval_lm.main(["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-750",
-                       "--corpus", str(tiny_corpus), "--ratios", "0.5,0.6,0.9", "--parts", "ratios,allocation,search,precision",
-                       "--max-rows", "2000", "--allocation-costs", "loss,activation,measured", "--results", str(out)])
+                       "--corpus", str(tiny_corpus), "--ratios", "0.5,0.6,0.9", "--parts", "ratios,allocation,search,precision,k",
+                       "--k-values", "4,8", "--max-rows", "2000", "--allocation-costs", "loss,activation,measured", "--results", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
     rows = doc["rows"]
@@ -38,6 +38,12 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     # the paper's LSTM-750 PPL (Table 2) beside ours where the paper has the ratio, nothing where it has not
     assert (uniform[0.5]["paper_ppl"], uniform[0.5]["paper_base_ppl"], base["paper_ppl"]) == (84.29, 84.32, 84.32)
     assert "paper_ppl" not in uniform[0.6]
+    assert set(uniform[0.5]["little_mse"][0]) == {"i", "f", "g", "o"}  # the fit's MSE per gate on valid, per layer
+    by_k = {r["k"]: r for r in rows if r["part"] == "k"}
+    eq3_k = next(k for k, r in by_k.items() if r["eq3"])
+    assert set(by_k) == {4, 8, eq3_k} and eq3_k not in (4, 8) and all(r["insensitive_ratio"] == 0.5 for r in by_k.values())
+    assert by_k[4]["little_param_mb"] < by_k[8]["little_param_mb"] < by_k[eq3_k]["little_param_mb"]
+    assert by_k[4]["variant"] == "k4" and set(by_k[8]["little_mse"][0]) == {"i", "f", "g", "o"}
     per_gate = [r for r in rows if r["part"] == "per-gate"]
     assert {(r["variant"], r["insensitive_ratio"]) for r in per_gate} == {
         (v, r) for v in ("greedy-allocation", "loss-aware-allocation", "measured-allocation") for r in (0.5, 0.6, 0.7)}
@@ -62,6 +68,8 @@ def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     assert cells[8] in ("loss-aware", "activation error", "measured") and cells[9].startswith("i ")  # the pick, its gates
     # per-gate ratios 0.5, 0.6, 0.7, and 0.9 where only one ratio for all gates was measured
     assert sum(line.startswith("| tiny-lstm-750 | 2 | ") for line in table) == 4
+    k_table = table[table.index(next(line for line in table if line.startswith("k set directly at 50 %"))):]
+    assert sum(line.startswith("| tiny-lstm-750 | eq. 5, eq. 2 | ") for line in k_table) == 3
     assert {r["variant"] for r in rows if r["part"] == "largest-within-1pct"} == {
         "per-gate, chosen on valid", "per-gate loss-aware, chosen on valid", "per-gate measured, chosen on valid",
         "uniform, chosen on valid"}
