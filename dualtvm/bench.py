@@ -515,10 +515,10 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
 
 
 def dual_engine(little_bits: int, engine: str = "tvm-dual", mask_rule: str = "activation",
-                projection: str = "sparse") -> str:
-    """Engine name of a dual-module engine with W_LL at ``little_bits``, masks by ``mask_rule`` and the ``projection``
-    (INT8, eq. 5 and eq. 2, the paper's, keep the bare name)."""
-    return (engine + ("" if little_bits == 8 else f"-int{little_bits}")
+                projection: str = "sparse", k: int | None = None) -> str:
+    """Engine name of a dual-module engine with W_LL at ``little_bits``, masks by ``mask_rule``, the ``projection``
+    and ``k`` where set (INT8, eq. 5, eq. 2 and eq. 3's k, the paper's, keep the bare name)."""
+    return (engine + ("" if k is None else f"-k{k}") + ("" if little_bits == 8 else f"-int{little_bits}")
             + ("" if mask_rule == "activation" else f"-{mask_rule}") + ("" if projection == "sparse" else f"-{projection}"))
 
 

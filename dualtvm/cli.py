@@ -117,5 +117,5 @@ def add_k_option(p: argparse.ArgumentParser) -> None:
     """``--k``: the little module's projected dims set directly, for every script that takes ``--eps``."""
     p.add_argument("--k", type=positive_int, default=None,
                    help="projected dims per input (P_x and P_h), overriding --eps: eq. 3 is a distance bound for eq. "
-                        "2's random projection and says nothing about a learned one's k; rows and build folders of "
-                        "a set k are <model>-k<k>")
+                        "2's random projection and says nothing about a learned one's k; the rows, engines, builds "
+                        "and cached little modules of a set k are named …-k<k>")

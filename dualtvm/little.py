@@ -115,8 +115,9 @@ class LittleConfig:
 
     @property
     def variant(self) -> str:
-        """What this variant's little-module artefacts and builds are suffixed with (:func:`variant_suffix`)."""
-        return variant_suffix(self.bits, self.mask_rule, projection=self.projection)
+        """What this variant's little-module artefacts and builds are suffixed with (:func:`size_suffix`, then
+        :func:`variant_suffix`)."""
+        return size_suffix(self.eps, self.k) + variant_suffix(self.bits, self.mask_rule, projection=self.projection)
 
 
 def size_suffix(eps: float = 0.5, k: int | None = None) -> str:

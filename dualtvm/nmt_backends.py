@@ -274,14 +274,16 @@ def _built_for(folder: Path, dual: DualModuleLayer, database=None) -> bool:
 def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
                    target: str = "llvm -mcpu=broadwell", ratio: float = 0.5,
                    build_root: Path | None = None, little_bits: int = 8,
-                   mask_rule: str = "activation", projection: str = "sparse") -> list[nn.Module] | None:
+                   mask_rule: str = "activation", projection: str = "sparse", k: int | None = None
+                   ) -> list[nn.Module] | None:
     """Decoder layers of a backend (None = the big PyTorch LSTMs), dual ones set to ``ratio``.
 
     Little modules (W_LL in ``little_bits``: 8, the paper's, or 4; masks by ``mask_rule``, eq. 5's
-    "activation" or "contribution", see :mod:`dualtvm.contribution`; ``projection``: eq. 2's "sparse" or "learned")
-    are cached beside the checkpoint (``<stem>.little[-w4][-contribution][-learned].npz``; tied to the weights by
-    hash); compiled layers under ``build/<stem>-<target-name>[-w4][-contribution][-learned]/`` (rebuilt when the
-    little modules change).
+    "activation" or "contribution", see :mod:`dualtvm.contribution`; ``projection``: eq. 2's "sparse" or "learned";
+    ``k``: projected dims, eq. 3's at ε = 0.5 unless set) are cached beside the checkpoint
+    (``<stem>.little[-k<k>][-w4][-contribution][-learned].npz``, ``LittleConfig.variant``; tied to the weights by
+    hash); compiled layers under ``build/<stem>-<target-name><the same suffix>/`` (rebuilt when the little modules
+    change).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
@@ -289,7 +291,7 @@ def decoder_layers(tr: Translator, corpus: ParallelCorpus | None, backend: str, 
         raise ValueError(f"little_bits must be 8 or 4 (the compiled little GEMVs), not {little_bits}")
     if backend == "torch":
         return None
-    cfg = LittleConfig(bits=little_bits, mask_rule=mask_rule, projection=projection)
+    cfg = LittleConfig(bits=little_bits, mask_rule=mask_rule, projection=projection, k=k)
     duals = dual_decoder(tr, corpus, little_artefact(checkpoint, cfg), cfg)
     if backend == "dual":
         layers: list[nn.Module] = duals
@@ -317,7 +319,7 @@ def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix
 def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
                     target: str = "llvm -mcpu=broadwell", ratio: float = 0.5, build_root: Path | None = None,
                     little_bits: int = 8, output_ratio: float | None = None, fused_step: bool = False,
-                    mask_rule: str = "activation", projection: str = "sparse") -> Backend:
+                    mask_rule: str = "activation", projection: str = "sparse", k: int | None = None) -> Backend:
     """A backend by name: :func:`decoder_layers`, plus for the compiled ones the compiled output projection
     (``build/<stem>-<target-name>/output``).
 
@@ -334,10 +336,10 @@ def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str,
         dual_out.set_insensitive_ratio(output_ratio)
     if fused_step:
         return _step_backend(tr, corpus, backend, checkpoint, target, ratio, build_root,
-                             LittleConfig(bits=little_bits, mask_rule=mask_rule, projection=projection), dual_out,
+                             LittleConfig(bits=little_bits, mask_rule=mask_rule, projection=projection, k=k), dual_out,
                              output_ratio)
     layers = decoder_layers(tr, corpus, backend, checkpoint, target, ratio, build_root, little_bits, mask_rule,
-                            projection)
+                            projection, k)
     if not backend.startswith("tvm-"):
         return Backend(layers, dual_out)
     folder = _build_folder(checkpoint, target, build_root)

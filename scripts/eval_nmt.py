@@ -15,7 +15,8 @@ engine's speed-up over the dense one also per quarter of the run (``…_blocks``
 --allocation loss adds engines "<dual engine>-loss-aware": each ratio spread over the decoder's layers and gates
 by the loss-aware allocation (dualtvm.sensitivity).
 --mask-rule contribution runs every dual engine with contribution-score masks (dualtvm.contribution; engines
-"dual-contribution", "tvm-dual-contribution", …); --projection learned likewise (engines …-learned).
+"dual-contribution", "tvm-dual-contribution", …); --projection learned likewise (engines …-learned), and --k (engines
+"dual-k<k>…").
 Rows go to results/nmt-quality.json.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_projection_option, add_target_option, choice_list, positive_int,
+    HelpFormatter, add_data_dir_option, add_k_option, add_projection_option, add_target_option, choice_list, positive_int,
     ratio_list, unit_ratio)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="what the decoder layers' masks test: activation (eq. 5) or contribution (beyond the paper: "
                         "dualtvm.contribution); engines of the contribution rule are named …-contribution")
     add_projection_option(p)  # engines of a learned projection are named …-learned
+    add_k_option(p)
     add_target_option(p)
     p.add_argument("--threads", type=positive_int, default=None, help="TVM and PyTorch threads (default: all cores)")
     add_data_dir_option(p)
@@ -125,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             out.set_insensitive_ratio(a.output_ratio)
         for b in bits:
             duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b, mask_rule=a.mask_rule,
-                                   projection=a.projection)
+                                   projection=a.projection, k=a.k)
             gradients = None
             if a.allocation == "loss":  # on validation references: the test set only scores
                 gradients = loss_gradients([d.big for d in duals], reference_losses(
                     tr, *corpus.splits["valid"], max_batches=a.allocation_batches))
-            name = dual_engine(b, "dual", a.mask_rule, a.projection)
+            name = dual_engine(b, "dual", a.mask_rule, a.projection, a.k)
             for r in a.ratios:
                 engines = [(name, r, None)]
                 if out is not None:
@@ -162,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         backends = {"torch": None, "tvm-dense": decoder_backend(tr, corpus, "tvm-dense", a.checkpoint, a.target,
                                                                build_root=a.build_dir, **fused)}
         for b in bits:
-            name = dual_engine(b, mask_rule=a.mask_rule, projection=a.projection)
-            little = {"mask_rule": a.mask_rule, "projection": a.projection}
+            name = dual_engine(b, mask_rule=a.mask_rule, projection=a.projection, k=a.k)
+            little = {"mask_rule": a.mask_rule, "projection": a.projection, "k": a.k}
             backends[name] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
                                              a.build_dir, b, **little, **fused)
             if a.output_ratio is not None:

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_projection_option, positive_int, unit_ratio)
+    HelpFormatter, add_data_dir_option, add_k_option, add_projection_option, positive_int, unit_ratio)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-rule", choices=MASK_RULES, default="activation",
                    help="what the dual backends' masks test: activation (eq. 5) or contribution (dualtvm.contribution)")
     add_projection_option(p)
+    add_k_option(p)
     p.add_argument("--fused-step", action="store_true",
                    help="tvm backends: compile the whole decode step as one build (two VM calls per token)")
     p.add_argument("--split", choices=("valid", "test"), default=None, help="translate a Multi30k split and score it")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     tr = Translator.from_checkpoint(ckpt)
     corpus = load_multi30k(a.data_dir) if a.split or a.backend != "torch" else None
     backend = decoder_backend(tr, corpus, a.backend, ckpt, a.target, a.ratio, a.build_dir, a.little_bits,
-                              a.output_ratio, a.fused_step, a.mask_rule, a.projection)
+                              a.output_ratio, a.fused_step, a.mask_rule, a.projection, a.k)
 
     if a.split:
         src, refs = corpus.splits[a.split]

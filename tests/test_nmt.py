@@ -298,9 +298,14 @@ def test_eval_nmt_quality_rows_per_little_precision(tiny_multi30k, tmp_path):
     assert (tmp_path / "s.little.npz").exists() and (tmp_path / "s.little-w4.npz").exists()
 
 
-def test_eval_nmt_contribution_masks_get_their_own_engine_and_artefact(tiny_multi30k, tmp_path):
-    """--mask-rule contribution: the decoder's little modules are calibrated on contribution scores and cached
-    apart from eq. 5's; its engine is named for the rule, equals the big model at ratio 0 and meets the ratio."""
+@pytest.mark.parametrize("args,engine,held", [
+    (["--mask-rule", "contribution"], "dual-contribution", (None, "contribution", "sparse")),
+    (["--k", "6", "--projection", "learned"], "dual-k6-learned", (6, "activation", "learned")),
+], ids=["contribution", "k-learned"])
+def test_eval_nmt_little_variants_get_their_own_engine_and_artefact(tiny_multi30k, tmp_path, args, engine, held):
+    """--mask-rule contribution, or a set k with a learned projection: the decoder's little modules are fitted and
+    calibrated so and cached apart from the paper's; the engine is named for them, equals the big model at ratio 0
+    and meets the ratio."""
     import json
     import shutil
     import sys
@@ -316,15 +321,15 @@ def test_eval_nmt_contribution_masks_get_their_own_engine_and_artefact(tiny_mult
     ckpt, out = tmp_path / "s.best.pt", tmp_path / "q.json"
     shutil.copy(trained, ckpt)
     assert eval_nmt.main(["--checkpoint", str(ckpt), "--model-name", "tiny", "--data-dir", str(data), "--parts",
-                          "quality", "--ratios", "0.0,0.5", "--mask-rule", "contribution", "--out", str(out)]) == 0
+                          "quality", "--ratios", "0.0,0.5", *args, "--out", str(out)]) == 0
     rows = {(r["engine"], r["insensitive_ratio"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {("torch", 0.0), ("dual-contribution", 0.0), ("dual-contribution", 0.5)}
-    assert rows["dual-contribution", 0.0]["bleu"] == rows["torch", 0.0]["bleu"]
-    assert rows["dual-contribution", 0.5]["measured_ratio"] == pytest.approx(0.5, abs=0.15)  # 0.60 on an AMD EPYC
+    assert set(rows) == {("torch", 0.0), (engine, 0.0), (engine, 0.5)}
+    assert rows[engine, 0.0]["bleu"] == rows["torch", 0.0]["bleu"]
+    assert rows[engine, 0.5]["measured_ratio"] == pytest.approx(0.5, abs=0.15)  # 0.60 on an AMD EPYC (contribution)
     assert not (tmp_path / "s.little.npz").exists()
     tr = Translator.from_checkpoint(ckpt)
-    littles, _ = load_little(tmp_path / "s.little-contribution.npz", decoder_big_layers(tr.model))
-    assert {lm.mask_rule for lm in littles} == {"contribution"}
+    littles, _ = load_little(tmp_path / f"s.little{engine.removeprefix('dual')}.npz", decoder_big_layers(tr.model))
+    assert {(held[0] and lm.k, lm.mask_rule, lm.proj_x.kind) for lm in littles} == {held}  # (k where set, rule, P)
 
 
 @pytest.mark.slow
