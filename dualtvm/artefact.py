@@ -118,7 +118,7 @@ def save_output_little(path: str | os.PathLike, little) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": OUTPUT_FORMAT, "version": VERSION, "rows": little.rows, "cols": little.cols,
             "bits": little.weight.bits, "act_bits": little.act_bits, "seeds": [little.proj_lo.seed, little.proj_hi.seed],
-            "big_hash": little.big_hash, "fit_seconds": little.fit_seconds}
+            "projection": little.proj_lo.kind, "big_hash": little.big_hash, "fit_seconds": little.fit_seconds}
     arrays = {"p_lo": little.proj_lo.codes, "p_hi": little.proj_hi.codes, "w_codes": little.weight.codes.numpy(),
               "w_scale": little.weight.scale.numpy().astype(np.float32), "bias": little.bias.numpy().astype(np.float32),
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
@@ -139,8 +139,9 @@ def load_output_little(path: str | os.PathLike, big_hash: str | None = None):
     if big_hash is not None and big_hash != meta["big_hash"]:
         raise ArtefactError(f"{path} was fitted to an output projection hashing to {meta['big_hash'][:12]}…, not "
                             f"{big_hash[:12]}…: refit it for this model")
-    return OutputLittle(meta["rows"], meta["cols"], Projection(z["p_lo"], meta["seeds"][0]),
-                        Projection(z["p_hi"], meta["seeds"][1]),
+    kind = meta.get("projection", "sparse")  # files that do not say hold eq. 2's
+    return OutputLittle(meta["rows"], meta["cols"], Projection(z["p_lo"], meta["seeds"][0], kind=kind),
+                        Projection(z["p_hi"], meta["seeds"][1], kind=kind),
                         QuantizedTensor(torch.from_numpy(z["w_codes"]), torch.from_numpy(z["w_scale"]), meta["bits"]),
                         torch.from_numpy(z["bias"]), meta["act_bits"], meta["big_hash"],
                         z["gap_quantiles"] if "gap_quantiles" in z else None, meta["fit_seconds"])

@@ -113,6 +113,20 @@ def add_projection_option(p: argparse.ArgumentParser) -> None:
                         "input directions that carry most of the big pre-activations' variance; same kernels and bytes)")
 
 
+def add_output_little_options(p: argparse.ArgumentParser) -> None:
+    """``--output-k`` and ``--output-projection``: the dual-module output projection's little module
+    (``output.OutputConfig``), for the scripts that take ``--output-ratio``."""
+    from .output import OutputConfig
+    from .projection import KINDS
+
+    p.add_argument("--output-k", type=positive_int, default=OutputConfig.k,
+                   help="projected dims per input half of the output projection's little module (engines and its "
+                        "cached artefact of another k carry -k<k>)")
+    p.add_argument("--output-projection", choices=KINDS, default="sparse",
+                   help="the output little module's projection: sparse (eq. 2) or learned (the directions that carry "
+                        "most of the logits' variance; engines and artefact carry -learned)")
+
+
 def add_k_option(p: argparse.ArgumentParser) -> None:
     """``--k``: the little module's projected dims set directly, for every script that takes ``--eps``."""
     p.add_argument("--k", type=positive_int, default=None,

@@ -309,16 +309,22 @@ def least_squares(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], dim: int, 
     return sol[:-1].t().contiguous(), sol[-1].contiguous()
 
 
+def learned_pair(w_a: torch.Tensor, w_b: torch.Tensor, inputs: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int
+                 ) -> tuple[Projection, Projection]:
+    """P_a and P_b of the two input halves (a, b) of a GEMV [W_a W_b] [a; b], each learned from its half's
+    covariance over ``inputs`` and its weights (:meth:`Projection.learned`): the halves stay apart, as eq. 2's
+    do (§3.5), so the run-time quantisation keeps one range per half."""
+    ca, cb = CovarianceAccumulator(w_a.shape[1]), CovarianceAccumulator(w_b.shape[1])
+    for a, b in inputs:
+        ca.add(a)
+        cb.add(b)
+    return Projection.learned(w_a, ca.covariance(), k), Projection.learned(w_b, cb.covariance(), k)
+
+
 def learned_projections(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]], k: int
                         ) -> tuple[Projection, Projection]:
-    """P_x and P_h learned from the training samples' input covariances and the big weights W_ih, W_hh
-    (:meth:`Projection.learned`): the x and h halves stay apart, as eq. 2's do (§3.5)."""
-    cx, ch = CovarianceAccumulator(layer.input_size), CovarianceAccumulator(layer.hidden)
-    for x, h, *_ in samples:
-        cx.add(x)
-        ch.add(h)
-    return (Projection.learned(layer.w_ih, cx.covariance(), k),
-            Projection.learned(layer.w_hh, ch.covariance(), k))
+    """P_x and P_h learned from the training samples' x and h and the big weights W_ih, W_hh (:func:`learned_pair`)."""
+    return learned_pair(layer.w_ih, layer.w_hh, ((x, h) for x, h, *_ in samples), k)
 
 
 def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]], cfg: LittleConfig,

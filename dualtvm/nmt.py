@@ -105,13 +105,14 @@ def output_inputs(model: Seq2Seq, pairs: list[tuple[list[int], list[int]]], batc
 
 def dual_output(tr: Translator, corpus: ParallelCorpus | None, checkpoint: Path, cfg: OutputConfig | None = None,
                 max_rows: int = 200_000, batch_size: int = 64) -> DualOutput:
-    """The dual-module output projection (:mod:`dualtvm.output`): loaded from ``<stem>.little-output.npz`` beside
-    ``checkpoint`` if it fits the model's output projection, else fitted on training pairs, calibrated on
-    validation and saved there."""
+    """The dual-module output projection (:mod:`dualtvm.output`): loaded from ``<stem>.little-output[<variant>].npz``
+    beside ``checkpoint`` (``OutputConfig.variant``) if it fits the model's output projection, else fitted on
+    training pairs, calibrated on validation and saved there."""
     from .artefact import ArtefactError, load_output_little, save_output_little
 
     model = tr.model
-    artefact = _beside(checkpoint, "little-output")
+    cfg = cfg or OutputConfig()
+    artefact = _beside(checkpoint, "little-output" + cfg.variant)
     try:
         return DualOutput(model.out, load_output_little(artefact, linear_hash(model.out)))
     except ArtefactError as e:

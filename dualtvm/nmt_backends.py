@@ -24,7 +24,7 @@ from .little import LittleConfig
 from .models import Seq2Seq
 from .nmt import Backend, Translator, checkpoint_stem, dual_decoder, dual_output, little_artefact
 from .output import GATE as OUTPUT_GATE
-from .output import DualOutput
+from .output import DualOutput, OutputConfig
 from .quantize import COMPILED_BITS
 
 log = logging.getLogger(__name__)
@@ -319,12 +319,14 @@ def _build_folder(checkpoint: Path, target: str, build_root: Path | None, suffix
 def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str, checkpoint: Path,
                     target: str = "llvm -mcpu=broadwell", ratio: float = 0.5, build_root: Path | None = None,
                     little_bits: int = 8, output_ratio: float | None = None, fused_step: bool = False,
-                    mask_rule: str = "activation", projection: str = "sparse", k: int | None = None) -> Backend:
+                    mask_rule: str = "activation", projection: str = "sparse", k: int | None = None,
+                    output_little: OutputConfig | None = None) -> Backend:
     """A backend by name: :func:`decoder_layers`, plus for the compiled ones the compiled output projection
     (``build/<stem>-<target-name>/output``).
 
     ``output_ratio``: a dual backend also runs the dual-module output projection (:mod:`dualtvm.output`) at that
-    insensitive ratio; its little module is cached as ``<stem>.little-output.npz``, its build in ``output-dual``.
+    insensitive ratio; its little module (``output_little``: default ``OutputConfig()``) is cached as
+    ``<stem>.little-output[<variant>].npz``, its build in ``output-dual``.
     ``fused_step``: a compiled backend runs the whole decode step as one build (:mod:`dualtvm.gnmt_step`, two VM
     calls per token; ``step-dense``, ``step-dual``, ``step-dual-out``) instead of compiled pieces in the PyTorch loop.
     """
@@ -332,7 +334,7 @@ def decoder_backend(tr: Translator, corpus: ParallelCorpus | None, backend: str,
     if output_ratio is not None:
         if not backend.endswith("dual"):
             raise ValueError(f"output_ratio is for the dual-module backends, not {backend!r}")
-        dual_out = dual_output(tr, corpus, checkpoint)
+        dual_out = dual_output(tr, corpus, checkpoint, output_little)
         dual_out.set_insensitive_ratio(output_ratio)
     if fused_step:
         return _step_backend(tr, corpus, backend, checkpoint, target, ratio, build_root,

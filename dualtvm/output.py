@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 
 from .dual import MaskStats
-from .little import arrays_hash, design_matrix, least_squares, project_pair
-from .projection import Projection
+from .little import arrays_hash, design_matrix, learned_pair, least_squares, project_pair, variant_suffix
+from .projection import Projection, check_kind
 from .quantize import COMPILED_BITS, QuantizedTensor, quantize
 from .thresholds import INF, QUANTILE_LEVELS, check_ratio
 
@@ -48,6 +48,16 @@ class OutputConfig:
     act_bits: int = 8  # run-time precision of the projected input
     seed: int = 0
     ridge: float = 1e-6
+    projection: str = "sparse"  # eq. 2's random projection, or "learned" (little.learned_pair: fewer k for the ranking)
+
+    def __post_init__(self) -> None:
+        check_kind(self.projection)
+
+    @property
+    def variant(self) -> str:
+        """What this output little module's artefact and engines are suffixed with: ``-k<k>`` for another k than
+        the default's, then :func:`~dualtvm.little.variant_suffix` (``-w4``, ``-learned``)."""
+        return ("" if self.k == OutputConfig.k else f"-k{self.k}") + variant_suffix(self.bits, projection=self.projection)
 
 
 def linear_hash(linear: nn.Linear) -> str:
@@ -125,10 +135,14 @@ def fit_output_little(linear: nn.Linear, inputs: Iterable[torch.Tensor], cfg: Ou
     if cols < 2:
         raise ValueError(f"the output projection needs at least 2 input columns to split, got {cols}")
     split = (cols + 1) // 2
-    p_lo = Projection.draw(cfg.k, split, cfg.seed)
-    p_hi = Projection.draw(cfg.k, cols - split, cfg.seed + 1)
     w_big = linear.weight.detach().to(torch.float32)
     b_big = linear.bias.detach().to(torch.float32) if linear.bias is not None else torch.zeros(rows)
+    if cfg.projection == "learned":  # P is learned from the inputs before the fit reads them again
+        inputs = [x.detach().to(torch.float32).reshape(-1, cols) for x in inputs]
+        p_lo, p_hi = learned_pair(w_big[:, :split], w_big[:, split:], ((x[:, :split], x[:, split:]) for x in inputs),
+                                  cfg.k)
+    else:
+        p_lo, p_hi = Projection.draw(cfg.k, split, cfg.seed), Projection.draw(cfg.k, cols - split, cfg.seed + 1)
 
     def pairs():
         for x in inputs:
@@ -139,7 +153,8 @@ def fit_output_little(linear: nn.Linear, inputs: Iterable[torch.Tensor], cfg: Ou
     little = OutputLittle(rows, cols, p_lo, p_hi, quantize(w, cfg.bits, per_row=True), b, cfg.act_bits,
                           linear_hash(linear))
     little.fit_seconds = time.time() - t0
-    log.info("output little module %d x %d: k=%d per half, %.1fs", rows, cols, cfg.k, little.fit_seconds)
+    log.info("output little module %d x %d: k=%d per half (%s projection), %.1fs", rows, cols, cfg.k, cfg.projection,
+             little.fit_seconds)
     return little
 
 

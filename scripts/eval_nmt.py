@@ -9,7 +9,7 @@ and the share of translations identical to the big model's.  speed: greedy batch
 first --speed-sentences test sentences by the PyTorch model and the compiled dense and dual-module
 decoders (decoder layers and output projection compiled), interleaved sentence by sentence; each dual
 engine's speed-up over the dense one also per quarter of the run (``…_blocks``: the spread is the noise).
---output-ratio R adds engines "<dual engine>+out" that also run the dual-module output projection
+--output-ratio R adds engines "<dual engine>+out[-k<k>][-learned]" that also run the dual-module output projection
 (dualtvm.output: the little module picks the logits that can win the argmax) at insensitive ratio R.
 --fused-step compiles each compiled engine's whole decode step (dualtvm.gnmt_step; rows "decode_step": "fused").
 --allocation loss adds engines "<dual engine>-loss-aware": each ratio spread over the decoder's layers and gates
@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_k_option, add_projection_option, add_target_option, choice_list, positive_int,
+    HelpFormatter, add_data_dir_option, add_k_option, add_output_little_options, add_projection_option, add_target_option, choice_list, positive_int,
     ratio_list, unit_ratio)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-ratio", type=unit_ratio, default=None,
                    help="also run each dual engine with the dual-module output projection at this insensitive ratio "
                         "(e.g. 0.99): engines <engine>+out")
+    add_output_little_options(p)
     p.add_argument("--fused-step", action="store_true",
                    help="speed: the compiled engines run the whole decode step as one build (dualtvm.gnmt_step: two VM "
                         "calls per token) instead of compiled layers and projections in the PyTorch loop")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                              translate)
     from dualtvm.nmt_backends import decoder_backend, decoder_layers
     from dualtvm.nmt_speed import block_speedups, decode_speed
-    from dualtvm.output import GATE
+    from dualtvm.output import GATE, OutputConfig
     from dualtvm.results import update_rows
     from dualtvm.sensitivity import allocate, loss_gradients
 
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     command = "python scripts/eval_nmt.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     tr = Translator.from_checkpoint(a.checkpoint)
+    output_cfg = OutputConfig(k=a.output_k, projection=a.output_projection)
     corpus = load_multi30k(a.data_dir)
     src, refs = corpus.splits["test"]
 
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
               "reference_ppl": round(base_ppl, 3), "same_as_big": 1.0})
         out = None
         if a.output_ratio is not None:
-            out = dual_output(tr, corpus, a.checkpoint)
+            out = dual_output(tr, corpus, a.checkpoint, output_cfg)
             out.set_insensitive_ratio(a.output_ratio)
         for b in bits:
             duals = decoder_layers(tr, corpus, "dual", a.checkpoint, little_bits=b, mask_rule=a.mask_rule,
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in a.ratios:
                 engines = [(name, r, None)]
                 if out is not None:
-                    engines.append((name + "+out", r, out))
+                    engines.append((name + "+out" + output_cfg.variant, r, out))
                 if gradients is not None:
                     engines.append((name + "-loss-aware", allocate(duals, r, *gradients), None))
                 for engine, setting, output in engines:
@@ -169,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             backends[name] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
                                              a.build_dir, b, **little, **fused)
             if a.output_ratio is not None:
-                backends[name + "+out"] = decoder_backend(tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio,
-                                                          a.build_dir, b, a.output_ratio, **little, **fused)
+                backends[name + "+out" + output_cfg.variant] = decoder_backend(
+                    tr, corpus, "tvm-dual", a.checkpoint, a.target, a.speed_ratio, a.build_dir, b, a.output_ratio,
+                    **little, **fused, output_little=output_cfg)
         duals = [e for e in backends if e.startswith("tvm-dual")]
         for e in duals:
             reset_layer_stats(backends[e].mask_layers)
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["measured_ratio"] = round(measured_layer_ratio(backends[engine].mask_layers), 4)
                 row["measured_ratio_per_layer"] = [round(measured_layer_ratio([l]), 4)
                                                    for l in backends[engine].mask_layers]
-                if engine.endswith("+out"):
+                if "+out" in engine:
                     row.update(output_ratio=a.output_ratio,
                                output_measured_ratio=round(backends[engine].mask_output.stats.ratio(GATE), 4))
                 for key, loop in (("speedup_vs_tvm_dense_blocks", False), ("decoder_speedup_vs_tvm_dense_blocks", True)):

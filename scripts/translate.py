@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_k_option, add_projection_option, positive_int, unit_ratio)
+    HelpFormatter, add_data_dir_option, add_k_option, add_output_little_options, add_projection_option, positive_int, unit_ratio)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-ratio", type=unit_ratio, default=None,
                    help="dual backends: also run the dual-module output projection at this insensitive ratio "
                         "(dualtvm.output; e.g. 0.99)")
+    add_output_little_options(p)
     p.add_argument("--little-bits", type=int, choices=COMPILED_BITS, default=8,
                    help="W_LL precision of the little modules (dual backends): 8, the paper's, or 4")
     p.add_argument("--mask-rule", choices=MASK_RULES, default="activation",
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.data import load_multi30k
     from dualtvm.nmt import Translator, corpus_bleu, translate
     from dualtvm.nmt_backends import decoder_backend
+    from dualtvm.output import OutputConfig
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     tr = Translator.from_checkpoint(ckpt)
     corpus = load_multi30k(a.data_dir) if a.split or a.backend != "torch" else None
     backend = decoder_backend(tr, corpus, a.backend, ckpt, a.target, a.ratio, a.build_dir, a.little_bits,
-                              a.output_ratio, a.fused_step, a.mask_rule, a.projection, a.k)
+                              a.output_ratio, a.fused_step, a.mask_rule, a.projection, a.k,
+                              OutputConfig(k=a.output_k, projection=a.output_projection))
 
     if a.split:
         src, refs = corpus.splits[a.split]

@@ -300,12 +300,13 @@ def test_eval_nmt_quality_rows_per_little_precision(tiny_multi30k, tmp_path):
 
 @pytest.mark.parametrize("args,engine,held", [
     (["--mask-rule", "contribution"], "dual-contribution", (None, "contribution", "sparse")),
-    (["--k", "6", "--projection", "learned"], "dual-k6-learned", (6, "activation", "learned")),
+    (["--k", "6", "--projection", "learned", "--output-ratio", "0.9", "--output-k", "6", "--output-projection",
+      "learned"], "dual-k6-learned", (6, "activation", "learned")),
 ], ids=["contribution", "k-learned"])
 def test_eval_nmt_little_variants_get_their_own_engine_and_artefact(tiny_multi30k, tmp_path, args, engine, held):
     """--mask-rule contribution, or a set k with a learned projection: the decoder's little modules are fitted and
     calibrated so and cached apart from the paper's; the engine is named for them, equals the big model at ratio 0
-    and meets the ratio."""
+    and meets the ratio. The output projection's little module likewise (engine …+out-k6-learned)."""
     import json
     import shutil
     import sys
@@ -323,13 +324,21 @@ def test_eval_nmt_little_variants_get_their_own_engine_and_artefact(tiny_multi30
     assert eval_nmt.main(["--checkpoint", str(ckpt), "--model-name", "tiny", "--data-dir", str(data), "--parts",
                           "quality", "--ratios", "0.0,0.5", *args, "--out", str(out)]) == 0
     rows = {(r["engine"], r["insensitive_ratio"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {("torch", 0.0), (engine, 0.0), (engine, 0.5)}
+    output = "--output-ratio" in args
+    engines = [engine] + ([engine + "+out-k6-learned"] if output else [])
+    assert set(rows) == {("torch", 0.0)} | {(e, r) for e in engines for r in (0.0, 0.5)}
     assert rows[engine, 0.0]["bleu"] == rows["torch", 0.0]["bleu"]
     assert rows[engine, 0.5]["measured_ratio"] == pytest.approx(0.5, abs=0.15)  # 0.60 on an AMD EPYC (contribution)
     assert not (tmp_path / "s.little.npz").exists()
     tr = Translator.from_checkpoint(ckpt)
     littles, _ = load_little(tmp_path / f"s.little{engine.removeprefix('dual')}.npz", decoder_big_layers(tr.model))
     assert {(held[0] and lm.k, lm.mask_rule, lm.proj_x.kind) for lm in littles} == {held}  # (k where set, rule, P)
+    if output:
+        from dualtvm.artefact import load_output_little
+
+        little = load_output_little(tmp_path / "s.little-output-k6-learned.npz")
+        assert (little.k, little.proj_lo.kind) == (6, "learned")
+        assert rows[engines[1], 0.5]["output_measured_ratio"] == pytest.approx(0.9, abs=0.1)
 
 
 @pytest.mark.slow

@@ -65,6 +65,26 @@ def test_fit_recovers_an_exactly_representable_projection():
     assert err < 0.05 * lin(x).abs().max().item()
 
 
+def test_learned_projection_ranks_a_low_rank_projection_at_small_k(tmp_path):
+    """Logits of rank 4 on isotropic inputs: the learned projection's 4 dims per half span what they depend on
+    (only quantisation is lost), eq. 2's 4 random dims do not; the artefact keeps the kind."""
+    g = torch.Generator().manual_seed(3)
+    lin = nn.Linear(100, 300)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(300, 4, generator=g) @ torch.randn(4, 100, generator=g) / 10)
+    x, held_out = torch.randn(3000, 100, generator=g), torch.randn(500, 100, generator=g)
+    with torch.no_grad():
+        y = lin(held_out)
+        err = {kind: ((fit_output_little(lin, [x], OutputConfig(k=4, projection=kind)).logits(held_out) - y) ** 2).mean()
+               for kind in ("sparse", "learned")}
+    assert err["learned"] < 1e-3 * (y**2).mean() and err["sparse"] > 0.5 * (y**2).mean()
+    little = fit_output_little(lin, [x], OutputConfig(k=4, projection="learned"))
+    back = load_output_little(save_output_little(tmp_path / "out.npz", little), linear_hash(lin))
+    assert (back.proj_lo.kind, back.proj_hi.kind) == ("learned", "learned")
+    assert torch.equal(back.logits(held_out), little.logits(held_out))
+    assert OutputConfig(k=4, projection="learned").variant == "-k4-learned" and OutputConfig().variant == ""
+
+
 def test_artefact_round_trip_and_wrong_weights_are_refused(fitted, tmp_path):
     lin, little, held_out = fitted
     path = save_output_little(tmp_path / "out.npz", little)
@@ -88,18 +108,21 @@ def test_uncalibrated_module_and_bad_ratio_are_clear_errors(fitted):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bits,target", [(8, "llvm -mcpu=broadwell"), (4, "llvm -mcpu=broadwell"),
-                                         (8, "llvm -mtriple=x86_64-linux-gnu")], ids=["int8-codes", "int4", "int8-floats"])
-def test_compiled_dual_output_projection_equals_the_reference(fitted, tmp_path, bits, target):
+@pytest.mark.parametrize("bits,projection,target", [
+    (8, "sparse", "llvm -mcpu=broadwell"), (4, "sparse", "llvm -mcpu=broadwell"),
+    (8, "sparse", "llvm -mtriple=x86_64-linux-gnu"), (8, "learned", "llvm -mcpu=broadwell")],
+    ids=["int8-codes", "int4", "int8-floats", "learned"])
+def test_compiled_dual_output_projection_equals_the_reference(fitted, tmp_path, bits, projection, target):
     """The compiled build (layers' little kernels on the split input, band mask, masked GEMV, eq. 1) gives the
     PyTorch reference's logits and sensitive-row counts, on a width whose halves the kernels pad (50 → 64), on
-    each little GEMV path (INT8 on codes with AVX2, INT4, INT8 on floats without AVX2)."""
+    each little GEMV path (INT8 on codes with AVX2, INT4, INT8 on floats without AVX2) and with a learned
+    projection (int8 codes beyond eq. 2's ternary ones, same kernels)."""
     from dualtvm.linear import built_for
     from dualtvm.nmt_backends import CompiledProjection, compiled_projection
 
     lin, little, held_out = fitted
-    if bits != 8:
-        little = fit_output_little(lin, [held_out], OutputConfig(k=24, bits=bits))
+    if (bits, projection) != (8, "sparse"):
+        little = fit_output_little(lin, [held_out], OutputConfig(k=24, bits=bits, projection=projection))
         little.gap_quantiles = fitted[1].gap_quantiles
     proj = compiled_projection(lin, target, tmp_path / "out", little)
     assert proj.linear.shape.codes == (target.endswith("broadwell"))
