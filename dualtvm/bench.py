@@ -498,7 +498,8 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             if e.name in measured:
                 dual_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name], bits_of[e.name])
                                  for s in dual.spec.layers)
-                row.update({"little_bits": bits_of[e.name], "little_on_codes": codes_of[e.name], "eps": None if cfg.k else cfg.eps, "k": k,
+                row.update({"little_bits": bits_of[e.name], "little_on_codes": codes_of[e.name],
+                            "eps": None if cfg.k else cfg.eps, "k": k,
                             "measured_ratio": round(measured[e.name], 4), **speedups(e.name),
                             "speedup_pairing": "per round", "byte_bound_speedup": round(dense_bytes / dual_bytes, 3),
                             "achieved_gbps": round(dual_bytes / med / 1e6, 2)})
@@ -518,7 +519,9 @@ def dual_engine(little_bits: int, engine: str = "tvm-dual", mask_rule: str = "ac
                 projection: str = "sparse", k: int | None = None) -> str:
     """Engine name of a dual-module engine with W_LL at ``little_bits``, masks by ``mask_rule``, the ``projection``
     and ``k`` where set (INT8, eq. 5, eq. 2 and eq. 3's k, the paper's, keep the bare name)."""
-    return (engine + ("" if k is None else f"-k{k}") + ("" if little_bits == 8 else f"-int{little_bits}")
+    from .little import size_suffix
+
+    return (engine + size_suffix(k=k) + ("" if little_bits == 8 else f"-int{little_bits}")
             + ("" if mask_rule == "activation" else f"-{mask_rule}") + ("" if projection == "sparse" else f"-{projection}"))
 
 

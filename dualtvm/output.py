@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 
 from .dual import MaskStats
-from .little import arrays_hash, design_matrix, learned_pair, least_squares, project_pair, variant_suffix
+from .little import (arrays_hash, design_matrix, learned_pair, least_squares, project_pair, size_suffix,
+                     variant_suffix)
 from .projection import Projection, check_kind
 from .quantize import COMPILED_BITS, QuantizedTensor, quantize
 from .thresholds import INF, QUANTILE_LEVELS, check_ratio
@@ -57,7 +58,8 @@ class OutputConfig:
     def variant(self) -> str:
         """What this output little module's artefact and engines are suffixed with: ``-k<k>`` for another k than
         the default's, then :func:`~dualtvm.little.variant_suffix` (``-w4``, ``-learned``)."""
-        return ("" if self.k == OutputConfig.k else f"-k{self.k}") + variant_suffix(self.bits, projection=self.projection)
+        return (size_suffix(k=None if self.k == OutputConfig.k else self.k)
+                + variant_suffix(self.bits, projection=self.projection))
 
 
 def linear_hash(linear: nn.Linear) -> str:
