@@ -80,3 +80,9 @@ python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-na
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r2.best.pt --model-name ptb-gru-750-r2 --parts ratios,allocation,search --ratios 0.5,0.6,0.7 --allocation-costs activation,measured --mask-rule contribution --projection learned --results results/lm-allocation-ptb.json
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts ratios,eps --ratios 0.5 --eps-values 0.9 --mask-rule contribution --projection learned --results results/lm-allocation-ptb.json
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-name ptb-lstm-1500-r2 --parts ratios,eps --ratios 0.5 --eps-values 0.9 --projection learned --results results/lm-allocation-ptb.json
+# session 31 (Intel): ptb-gru-750 (train_lm.py --rnn GRU --hidden 750 --dropout 0.4 --epochs 3 --threads 1 reproduced it
+# on this machine to the last digit of its valid and test PPL) with the learned projection and contribution masks —
+# its eq. 2 rows of session 27 beside them — and k set directly (part k: 64, 128, 256 beside eq. 3's 370)
+C=(--checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --ratios 0.5,0.6,0.7 --allocation-costs measured --mask-rule contribution --k-values 64,128,256 --results results/lm-allocation-ptb.json)
+python scripts/eval_lm.py "${C[@]}" --parts ratios,allocation,search,k --projection learned
+python scripts/eval_lm.py "${C[@]}" --parts ratios,k

@@ -31,3 +31,10 @@ python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-256.best.pt --model-
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024.best.pt --model-name multi30k-gnmt-1024 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99 --fused-step
 # session 29 on the AMD machine: the retrained GNMT-1024's fused step again, built with the in-step verdicts of session 26
 python scripts/eval_nmt.py --checkpoint cache/multi30k-gnmt-1024-r2.best.pt --model-name multi30k-gnmt-1024-r2 --parts speed --speed-sentences 200 --little-bits 8,4 --threads 2 --output-ratio 0.99 --fused-step
+# session 31 (Intel): a second 256-unit training (train_nmt.py --hidden 256 --epochs 5 --threads 1 --out
+# cache/multi30k-gnmt-256-r2.pt); eq. 2's little modules at eq. 3's k (332) and at k = 64, the learned projection at
+# k = 64, and the output projection's little module at k = 32 (eq. 2's and learned) beside its default k = 128
+C="--checkpoint cache/multi30k-gnmt-256-r2.best.pt --model-name multi30k-gnmt-256-r2 --parts quality --threads 1"
+python scripts/eval_nmt.py $C --ratios 0,0.5,0.7,0.9 --output-ratio 0.99
+python scripts/eval_nmt.py $C --ratios 0.5,0.7,0.9 --projection learned --k 64 --output-ratio 0.99 --output-k 32 --output-projection learned
+python scripts/eval_nmt.py $C --ratios 0.5,0.7,0.9 --k 64 --output-ratio 0.99 --output-k 32
