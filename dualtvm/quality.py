@@ -124,11 +124,14 @@ def validated_allocations(q: QualitySetup, target: float, costs: tuple[str, ...]
 def largest_ratio_within(q: QualitySetup, base_valid_ppl: float, budget: float = 0.01, per_gate: bool = True,
                          lo: float = 0.3, hi: float = 0.95, iters: int = 6, cost: str = "loss") -> float:
     """Largest overall ratio whose *validation* PPL stays within ``budget`` of base (bisection in [lo, hi];
-    in [0, lo] where ``lo`` itself is over budget — a bisection never tests its lower end)."""
+    in [0, lo] where ``lo`` itself is over budget — a bisection never tests its lower end; ``hi`` itself where it is
+    within budget — nor its upper end: the answer is then "at least ``hi``")."""
     def within(ratio: float) -> bool:
         q.dual.set_insensitive_ratio(allocation(q, ratio, cost=cost) if per_gate else ratio)
         return ppl(q, "valid")[0] <= base_valid_ppl * (1 + budget)
 
+    if within(hi):
+        return hi
     if lo > 0 and not within(lo):
         lo, hi = 0.0, lo
     for _ in range(iters):

@@ -147,7 +147,7 @@ class _RatioKnob:
         self.ratio = ratio
 
 
-def test_largest_ratio_within_searches_below_its_lower_bound(monkeypatch):
+def test_largest_ratio_within_searches_below_its_lower_bound_and_stops_at_its_upper_one(monkeypatch):
     """PPL rising 3 % per 0.1 of ratio: +1 % is reached at 1/30, below the bisection's usual lower end 0.3."""
     from types import SimpleNamespace
 
@@ -160,6 +160,8 @@ def test_largest_ratio_within_searches_below_its_lower_bound(monkeypatch):
     # a budget met at the lower end: the bisection above it, as before
     high = quality.largest_ratio_within(q, 100.0, 0.2, per_gate=False, iters=8)
     assert 0.3 < high <= 2 / 3 and 2 / 3 - high < 0.65 / 2 ** 8 + 1e-9
+    # a budget met at the upper end: that end, not the bisection's last step below it
+    assert quality.largest_ratio_within(q, 100.0, 0.5, per_gate=False, iters=8) == 0.95
 
 
 def test_allocation_refuses_lstm_contribution_masks_on_samples_without_cells():
