@@ -134,8 +134,8 @@ def build_model(cfg: BuildConfig) -> dict:
         return lambda core: [core(x) for x in data]
 
     t0 = time.time()
-    little_cfg = LittleConfig(eps=cfg.eps, k=cfg.k, seed=cfg.seed, bits=cfg.little_bits, sigmoid_tails=cfg.sigmoid_tails,
-                              mask_rule=cfg.mask_rule, projection=cfg.projection)
+    little_cfg = LittleConfig(eps=cfg.eps, k=cfg.k, seed=cfg.seed, bits=cfg.little_bits,
+                              sigmoid_tails=cfg.sigmoid_tails, mask_rule=cfg.mask_rule, projection=cfg.projection)
     dual = build_dual(rnn, run(train), run(valid), little_cfg, cfg.max_rows)
     fit_s = time.time() - t0
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None

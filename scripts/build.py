@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and numpy only: TVM is imported after --threads sets its thread count
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_k_option, add_projection_option, add_target_option, model_name, positive_int)
+    HelpFormatter, add_data_dir_option, add_k_option, add_projection_option, add_target_option, model_name,
+    positive_int)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 
@@ -36,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None,
                    help="trained weights: a train_lm.py LM, a train_nmt.py seq2seq (see --decoder-layer) or a saved "
                         "nn.LSTM/nn.GRU (module or state_dict)")
-    p.add_argument("--out", default=None, help="build folder (default build/<model>[-eps<ε>|-k<k>]-<target-name>[-w4][-contribution]: "
-                   "each little-module variant its own, little.variant_suffix)")
+    p.add_argument("--out", default=None,
+                   help="build folder (default build/<model>[-eps<ε>|-k<k>]-<target-name>[-w4][-contribution]: each "
+                        "little-module variant its own, little.size_suffix and little.variant_suffix)")
     p.add_argument("--corpus", default="ptb", help="text an LM checkpoint's little module is fitted on")
     p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
     add_data_dir_option(p)

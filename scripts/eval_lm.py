@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated insensitive ratios evaluated")
     p.add_argument("--parts", type=choice_list(PARTS, what="parts"), default=",".join(PARTS),
                    help="which tables: ratios (2/3), allocation (per-gate, beyond the paper), search (largest ratio "
-                        "within +1 %% PPL, per-gate and uniform), eps (5), k (beyond eq. 3: k set directly), precision (6), "
-                        "resilience (1)")
+                        "within +1 %% PPL, per-gate and uniform), eps (5), k (beyond eq. 3: k set directly), "
+                        "precision (6), resilience (1)")
     p.add_argument("--noise", type=float, default=0.45, help="Table 1: error std relative to the pre-activation std")
     p.add_argument("--allocation-costs", type=choice_list(ALLOCATION_COSTS, what="allocation costs"),
                    default="loss,activation",
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps-values", type=choice_list((0.3, 0.6, 0.7, 0.8, 0.9), float, "ε values"), default="0.3,0.7",
                    help="part eps: the ε of eq. 3 evaluated beside 0.5")
     p.add_argument("--k-values", type=positive_int_list, default="64,128,256",
-                   help="part k: projected dims set directly, evaluated at 50 %% beside eq. 3's k (which ε says nothing "
-                        "about for a learned projection)")
+                   help="part k: projected dims set directly, evaluated at 50 %% beside eq. 3's k (which ε says "
+                        "nothing about for a learned projection)")
     p.add_argument("--results", default="results/lm-quality-ptb.json",
                    help="results file (one row per model, part, ratio and variant: a rerun replaces its rows)")
     a = p.parse_args(argv)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             extra["variant"] += f" {a.mask_rule}"
         if a.projection != "sparse" and extra["variant"] != "base":
             extra["variant"] += f" {a.projection}"
-        if a.little_bits != 8 and part in ("per-gate", "largest-within-1pct", "eps", "k"):  # uniform rows name their bits
+        if a.little_bits != 8 and part in ("per-gate", "largest-within-1pct", "eps", "k"):  # uniform rows name bits
             extra["variant"] += f" int{a.little_bits}"
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
                "ppl": round(value, 3), "base_ppl": round(base, 3), "delta_ppl_pct": round(100 * (value / base - 1), 3),

@@ -15,8 +15,8 @@ engine's speed-up over the dense one also per quarter of the run (``…_blocks``
 --allocation loss adds engines "<dual engine>-loss-aware": each ratio spread over the decoder's layers and gates
 by the loss-aware allocation (dualtvm.sensitivity).
 --mask-rule contribution runs every dual engine with contribution-score masks (dualtvm.contribution; engines
-"dual-contribution", "tvm-dual-contribution", …); --projection learned likewise (engines …-learned), and --k (engines
-"dual-k<k>…").
+"dual-contribution", "tvm-dual-contribution", …); --projection learned likewise (engines …-learned), and --k
+(engines "dual-k<k>…").
 Rows go to results/nmt-quality.json.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_k_option, add_output_little_options, add_projection_option, add_target_option, choice_list, positive_int,
-    ratio_list, unit_ratio)
+    HelpFormatter, add_data_dir_option, add_k_option, add_output_little_options, add_projection_option, add_target_option,
+    choice_list, positive_int, ratio_list, unit_ratio)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                         "and dual-int4/tvm-dual-int4")
     p.add_argument("--output-ratio", type=unit_ratio, default=None,
                    help="also run each dual engine with the dual-module output projection at this insensitive ratio "
-                        "(e.g. 0.99): engines <engine>+out")
+                        "(e.g. 0.99): engines <engine>+out[-k<k>][-learned]")
     add_output_little_options(p)
     p.add_argument("--fused-step", action="store_true",
                    help="speed: the compiled engines run the whole decode step as one build (dualtvm.gnmt_step: two VM "

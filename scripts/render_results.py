@@ -224,8 +224,9 @@ def lm_allocation(doc: dict) -> str:
                 "valid, mean over gates and layers:", ""]
         out += _table(["model", "little module", "k", "eq. 3", "little MB", "MSE", "measured", "PPL", "ΔPPL %"],
                       [[r["model"], dict(VARIANT_SUFFIXES).get(_variant_suffix(r["variant"]), "eq. 5, eq. 2"), r["k"],
-                        "yes" if r.get("eq3") else "", r["little_param_mb"], _mean_mse(r), r["measured_ratio"], r["ppl"],
-                        r["delta_ppl_pct"]] for r in sorted(by_k, key=lambda r: (r["model"], r["variant"].split()[1:], r["k"]))])
+                        "yes" if r.get("eq3") else "", r["little_param_mb"], _mean_mse(r), r["measured_ratio"],
+                        r["ppl"], r["delta_ppl_pct"]]
+                       for r in sorted(by_k, key=lambda r: (r["model"], r["variant"].split()[1:], r["k"]))])
     return "\n".join(out)
 
 
