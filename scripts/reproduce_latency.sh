@@ -68,3 +68,7 @@ python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.b
 # ε = 0.9 (k = 214 instead of 417: half the little module's bytes)
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --threads 2 --rounds 16 --little-bits 8,4 --contribution
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.best.pt --eps 0.9 --projection learned --threads 2 --rounds 16 --little-bits 8,4 --contribution
+# session 31 on the Intel machine: GRU-750 (ptb-gru-750) with the learned projection at k = 128 (its quality: the
+# allocation study's part k), then the paper's little module, in one sitting
+python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt --k 128 --projection learned --threads 2 --rounds 12 --little-bits 8,4 --contribution
+python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt --threads 2 --rounds 12 --little-bits 8,4 --contribution
