@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import BUILD_ROOT
+from . import BUILD_FIT_ROWS, BUILD_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,7 @@ class BenchConfig:
     threads: int = 2
     caches: tuple[str, ...] = ("warm", "cold")
     build_root: str = str(BUILD_ROOT)
+    max_rows: int = BUILD_FIT_ROWS  # rows the builds' little modules are fitted on (build.BuildConfig.max_rows)
     checkpoint: str | None = None
     decoder_layer: int = 0  # which decoder layer of a seq2seq checkpoint (gnmt-1024-2048 from a trained GNMT)
     data_dir: str | None = None  # data root of a checkpoint's corpus (default $DUALTVM_DATA)
@@ -394,9 +395,8 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     """Rows for one model (every engine, cache mode and ratio) and facts about the run."""
     import torch
 
-    from .build import BuildConfig, build_model, built_from, default_build_dir
+    from .build import BuildConfig, build_model, built_from
     from .inputs import decode_stream
-    from .little import size_suffix, variant_suffix
     from .peers import OpenVINOStep, onnxruntime_session, torch_cell
     from .registry import model_config, read_checkpoint
     from .results import warn_if_busy
@@ -404,7 +404,6 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     from .target import parse_target
 
     target = parse_target(cfg.target).with_default_cores()
-    label = model + size_suffix(cfg.eps, cfg.k) + variant_suffix(projection=cfg.projection)
     # (engine, W_LL bits, INT8 path: None = the target's, mask rule) -> build folder (each holds a dense build too:
     # the first one's is timed)
     variants = [(dual_engine(b), b, None, "activation") for b in cfg.little_bits]
@@ -412,14 +411,16 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         variants.append(("tvm-dual-int8float", 8, False, "activation"))
     if cfg.contribution:
         variants += [(dual_engine(b, mask_rule="contribution"), b, None, "contribution") for b in cfg.little_bits]
+    builds = {engine: BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, little_bits=bits,
+                                  eps=cfg.eps, k=cfg.k, decoder_layer=cfg.decoder_layer, data_dir=cfg.data_dir,
+                                  int8_codes=codes, mask_rule=rule, projection=cfg.projection, max_rows=cfg.max_rows)
+              for engine, bits, codes, rule in variants}
+    label = builds[variants[0][0]].label  # the rows' model name, the same for every variant
     outs = {}
-    for engine, bits, codes, rule in variants:
-        outs[engine] = str(default_build_dir(label, target, variant_suffix(bits, rule, codes), cfg.build_root))
-        if not (cfg.reuse_builds and built_from(Path(outs[engine]), cfg.checkpoint, cfg.decoder_layer)):
-            build_model(BuildConfig(model=model, target=cfg.target, checkpoint=cfg.checkpoint, out=outs[engine],
-                                    little_bits=bits, eps=cfg.eps, k=cfg.k, decoder_layer=cfg.decoder_layer,
-                                    data_dir=cfg.data_dir, int8_codes=codes, mask_rule=rule,
-                                    projection=cfg.projection))
+    for engine, build in builds.items():
+        outs[engine] = str(build.default_out(target, cfg.build_root))
+        if not (cfg.reuse_builds and built_from(Path(outs[engine]), build)):
+            build_model(replace(build, out=outs[engine]))
     out = outs[variants[0][0]]
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import BUILD_ROOT
+from . import BUILD_FIT_ROWS, BUILD_ROOT
 from .construct import build_dual
 from .dual import DualModuleRNN
 from .inputs import real_inputs, synthetic_segments
@@ -37,7 +37,7 @@ class BuildConfig:
     verify: bool = False
     steps: int = 100
     threads: int | None = None
-    max_rows: int = 60_000
+    max_rows: int = BUILD_FIT_ROWS  # rows (samples × steps) the little modules are fitted on
     seed: int = 0
     corpus: str = "ptb"  # the text an LM checkpoint's little module is fitted on
     decoder_layer: int = 0  # which decoder layer of a seq2seq checkpoint (its inputs are recorded on Multi30k)
@@ -48,6 +48,18 @@ class BuildConfig:
     mask_rule: str = "activation"  # what the mask tests: a_LL (eq. 5) or the contribution score (thresholds.MASK_RULES)
     projection: str = "sparse"  # the little module's projection: eq. 2's, or "learned" (projection.Projection.learned)
     k: int | None = None  # projected dims set directly (overrides eps; little.LittleConfig)
+
+    @property
+    def label(self) -> str:
+        """The model as bench rows name it: ``<model>[-k<k>|-eps<ε>][-learned]`` (little.size_suffix,
+        little.variant_suffix); the W_LL precision, INT8 path and mask rule are engines of its rows instead."""
+        return self.model + size_suffix(self.eps, self.k) + variant_suffix(projection=self.projection)
+
+    def default_out(self, target: TargetSpec, root: "str | os.PathLike | None" = None) -> Path:
+        """Where this build goes unless ``out`` says: ``<root>/<label>-<target name>[-w4][-int8float][-<rule>]``
+        (root: ``build/``), where bench and ``tune --in-step`` look for it too."""
+        return Path(root or BUILD_ROOT) / f"{self.label}-{target.name}" \
+            f"{variant_suffix(self.little_bits, self.mask_rule, self.int8_codes)}"
 
 
 def layer_shapes(dual: DualModuleRNN, target: TargetSpec, int8_codes: bool | None = None) -> list[LayerShape]:
@@ -109,13 +121,6 @@ def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os
     return folders
 
 
-def default_build_dir(name: str, target: TargetSpec, suffix: str = "",
-                      root: "str | os.PathLike | None" = None) -> Path:
-    """``<root>/<name>-<target name><suffix>`` (root: ``build/``; suffix: ``little.variant_suffix``): where a build
-    goes unless told, and where bench and ``tune --in-step`` look for it."""
-    return Path(root or BUILD_ROOT) / f"{name}-{target.name}{suffix}"
-
-
 def build_model(cfg: BuildConfig) -> dict:
     """Returns a report: where weights came from, k, build folders, schedules used, verification."""
     target = parse_target(cfg.target).with_default_cores()
@@ -139,12 +144,11 @@ def build_model(cfg: BuildConfig) -> dict:
     dual = build_dual(rnn, run(train), run(valid), little_cfg, cfg.max_rows)
     fit_s = time.time() - t0
     db = load_database(target, cfg.tuning_logs) if cfg.use_tuned else None
-    suffix = variant_suffix(cfg.little_bits, cfg.mask_rule, cfg.int8_codes, cfg.projection)
-    out = Path(cfg.out) if cfg.out else default_build_dir(cfg.model + size_suffix(cfg.eps, cfg.k), target, suffix)
+    out = Path(cfg.out) if cfg.out else cfg.default_out(target)
     info = {"name": cfg.model, "weights": source, "eps": None if cfg.k else cfg.eps, "sigmoid_tails": cfg.sigmoid_tails,
             "mask_rule": cfg.mask_rule, "projection": cfg.projection,
             # the weights, for people and for reuse checks
-            "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
+            "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, "little_fit_rows": cfg.max_rows,
             "decoder_layer": cfg.decoder_layer if payload is not None and payload["kind"] == "seq2seq" else None}
     folders = {k: str(v) for k, v in compile_dual(dual, target, out, mc.residual(), db, info, cfg.int8_codes).items()}
     shapes = layer_shapes(dual, target, cfg.int8_codes)
@@ -161,18 +165,22 @@ def build_model(cfg: BuildConfig) -> dict:
     return report
 
 
-def built_from(folder: Path, checkpoint: str | None, decoder_layer: int = 0) -> bool:
-    """Whether ``folder`` holds a build of these weights (``--reuse-builds`` must not time a random-weight
-    build when a checkpoint is asked for, nor the reverse, nor another decoder layer of a seq2seq)."""
+def built_from(folder: Path, cfg: BuildConfig) -> bool:
+    """Whether ``folder`` holds a build of ``cfg``'s weights (``--reuse-builds`` must not time a random-weight
+    build when a checkpoint is asked for, nor the reverse, nor another decoder layer of a seq2seq), its little
+    modules fitted on ``cfg.max_rows`` rows (manifests from before they said so: the default's). The rest of the
+    variant is in the folder's name (:meth:`BuildConfig.default_out`)."""
     manifest = reusable_manifest(folder / "dual", MANIFEST_VERSION)
     if manifest is None:
         return False
     model = manifest["model"]
     if "checkpoint" not in model:  # a build from before the manifest said so: rebuild
         return False
-    if checkpoint is None:
+    if model.get("little_fit_rows", BUILD_FIT_ROWS) != cfg.max_rows:
+        return False
+    if cfg.checkpoint is None:
         return model["checkpoint"] is None
-    return model["checkpoint"] == str(checkpoint) and model["decoder_layer"] in (None, decoder_layer)
+    return model["checkpoint"] == str(cfg.checkpoint) and model["decoder_layer"] in (None, cfg.decoder_layer)
 
 
 def _zero_state(mc):

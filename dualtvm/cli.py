@@ -127,6 +127,13 @@ def add_output_little_options(p: argparse.ArgumentParser) -> None:
                         "most of the logits' variance; engines and artefact carry -learned)")
 
 
+def add_max_rows_option(p: argparse.ArgumentParser, default: int) -> None:
+    """``--max-rows``: how many rows each little module's regression (eq. 4) is fitted on."""
+    p.add_argument("--max-rows", type=positive_int, default=default,
+                   help="rows (samples × time steps) each little module is fitted on: more rows, a better fit (a "
+                        "learned projection at small k gains most) and a longer fit")
+
+
 def add_k_option(p: argparse.ArgumentParser) -> None:
     """``--k``: the little module's projected dims set directly, for every script that takes ``--eps``."""
     p.add_argument("--k", type=positive_int, default=None,

@@ -18,8 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_k_option, add_projection_option, add_target_option, choice_list, model_names, positive_int,
-    ratio_list)
+    HelpFormatter, add_k_option, add_max_rows_option, add_projection_option, add_target_option, choice_list,
+    model_names, positive_int, ratio_list)
+from dualtvm import BUILD_FIT_ROWS  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k); other than 0.5, rows are <model>-eps<ε>")
     add_k_option(p)
     add_projection_option(p)
+    add_max_rows_option(p, BUILD_FIT_ROWS)
     p.add_argument("--out", default="results/latency",
                    help="path stem of the outputs: .json (rows merged by model, target, machine), .md, .png, "
                         "-speedup.png")
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BenchConfig(a.models, run_target, a.ratios, a.steps,
                       a.cold_steps, a.rounds, a.threads, a.caches, checkpoint=a.checkpoint, decoder_layer=a.decoder_layer,
                       reuse_builds=a.reuse_builds, little_bits=a.little_bits, eps=a.eps, k=a.k,
-                      int8_float=a.int8_float, contribution=a.contribution, projection=a.projection)
+                      int8_float=a.int8_float, contribution=a.contribution, projection=a.projection,
+                      max_rows=a.max_rows)
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     bw = {"stream_gbps": round(stream_bandwidth(), 1), "gemv_gbps": round(gemv_bandwidth(a.threads), 1),
           "read_gbps": round(read_bandwidth(a.threads), 1)}

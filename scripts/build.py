@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # torch and numpy only: TVM is imported after --threads sets its thread count
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_k_option, add_projection_option, add_target_option, model_name,
-    positive_int)
+    HelpFormatter, add_data_dir_option, add_k_option, add_max_rows_option, add_projection_option, add_target_option,
+    model_name, positive_int)
+from dualtvm import BUILD_FIT_ROWS  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 
@@ -38,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="trained weights: a train_lm.py LM, a train_nmt.py seq2seq (see --decoder-layer) or a saved "
                         "nn.LSTM/nn.GRU (module or state_dict)")
     p.add_argument("--out", default=None,
-                   help="build folder (default build/<model>[-eps<ε>|-k<k>]-<target-name>[-w4][-contribution]: each "
-                        "little-module variant its own, little.size_suffix and little.variant_suffix)")
+                   help="build folder (default build/<model>[-eps<ε>|-k<k>][-learned]-<target-name>[-w4][-contribution]: "
+                        "each little-module variant its own, the one bench.py and tune.py --in-step use; "
+                        "BuildConfig.default_out)")
     p.add_argument("--corpus", default="ptb", help="text an LM checkpoint's little module is fitted on")
     p.add_argument("--decoder-layer", type=int, default=0, help="which decoder layer of a train_nmt.py checkpoint")
     add_data_dir_option(p)
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="what the mask tests: activation (eq. 5) or contribution (φ' times the gate output's multiplier "
                         "in the new state, beyond the paper: dualtvm.contribution)")
     add_projection_option(p)
+    add_max_rows_option(p, BUILD_FIT_ROWS)
     p.add_argument("--tuning-logs", default=None, help="database folder (default tuning_logs/<target-name>)")
     p.add_argument("--no-tuned", action="store_true", help="use the default schedules even if a database exists")
     p.add_argument("--verify", action="store_true", help="check against the PyTorch reference (ratio 0 and 0.5)")
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                      a.verify, a.steps, a.threads, corpus=a.corpus, data_dir=a.data_dir,
                                      little_bits=a.little_bits, decoder_layer=a.decoder_layer,
                                      sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule,
-                                     projection=a.projection, k=a.k))
+                                     projection=a.projection, k=a.k, max_rows=a.max_rows))
     print(json.dumps(report, indent=2))
     return 0 if report.get("verified", True) else 1
 

@@ -24,7 +24,8 @@ import torch  # noqa: E402
 
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint  # noqa: E402
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_projection_option, choice_list, positive_int_list, ratio_list)
+    HelpFormatter, add_data_dir_option, add_max_rows_option, add_projection_option, choice_list, positive_int_list,
+    ratio_list)
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="what the mask tests: activation (eq. 5 on a_LL) or contribution (φ' times the gate output's "
                         "multiplier in the new state, beyond the paper: dualtvm.contribution); rows of 'contribution' "
                         "carry the suffix ' contribution' in their variant")
-    p.add_argument("--max-rows", type=int, default=200_000, help="training rows (samples × steps) for the fit")
+    add_max_rows_option(p, 200_000)
     add_projection_option(p)
     p.add_argument("--eps-values", type=choice_list((0.3, 0.6, 0.7, 0.8, 0.9), float, "ε values"), default="0.3,0.7",
                    help="part eps: the ε of eq. 3 evaluated beside 0.5")

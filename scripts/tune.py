@@ -28,11 +28,14 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, add_target_option, model_name, positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, add_k_option, add_projection_option, add_target_option, model_name, positive_int, ratio_list,
+)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     add_target_option(p)
     p.add_argument("--model", type=model_name, default="lstm-1500", help="model config name (see dualtvm.registry.MODELS)")
     p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
+    add_k_option(p)
     p.add_argument("--little-bits", type=int, default=8, choices=COMPILED_BITS, help="W_LL precision of the little GEMV")
     p.add_argument("--trials", type=int, default=32, help="MetaSchedule trials per kernel")
     p.add_argument("--tasks", default=None, help="comma-separated substrings: tune only matching kernels")
@@ -54,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None, help="--in-step: trained weights (real masks on their own data)")
     p.add_argument("--decoder-layer", type=int, default=0, help="--in-step: decoder layer of a train_nmt.py checkpoint")
     p.add_argument("--build", default=None,
-                   help="--in-step: build folder (default build/<model>-<target-name>[-w4], made if it does not hold "
-                        "these weights)")
+                   help="--in-step: build folder (default bench's, build/<model>[-eps<ε>|-k<k>][-learned]-<target-name>"
+                        "[-w4], made if it does not hold these weights)")
+    add_projection_option(p)  # the kernels are the same for both; --in-step's build (its masks) takes it
     p.add_argument("--ratios", type=ratio_list, default="0.3,0.5,0.7", help="--in-step: insensitive ratios timed")
     p.add_argument("--data-dir", default=None, help="--in-step: data root of the checkpoint's corpus")
     p.add_argument("--skip-bad-records", action="store_true", help="drop corrupted database lines instead of failing")
@@ -84,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except TargetError as e:
         p.error(str(e))
     mc = model_config(a.model)
-    layers = [LayerShape(mc.rnn_type, mc.hidden, d, mc.little_dim(a.eps), a.little_bits).for_target(target)
+    k = a.k or mc.little_dim(a.eps)
+    layers = [LayerShape(mc.rnn_type, mc.hidden, d, k, a.little_bits).for_target(target)
               for d in mc.input_sizes()]
     tasks = tasks_for(layers)
     if a.tasks:
@@ -136,16 +142,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def in_step(a, target) -> int:
     """--in-step: the build of the model (made if needed), its masked GEMV's knobs decided inside the step."""
-    from dualtvm.build import BuildConfig, build_model, built_from, default_build_dir
-    from dualtvm.little import variant_suffix
+    from dualtvm.build import BuildConfig, build_model, built_from
     from dualtvm.step_tuning import InStepConfig, decide_in_step, write_decisions
     from dualtvm.tuning import load_database
 
-    folder = Path(a.build) if a.build else default_build_dir(a.model, target, variant_suffix(a.little_bits))
-    if not built_from(folder, a.checkpoint, a.decoder_layer):
-        build_model(BuildConfig(model=a.model, target=a.target, checkpoint=a.checkpoint, out=str(folder),
-                                little_bits=a.little_bits, eps=a.eps, decoder_layer=a.decoder_layer,
-                                data_dir=a.data_dir, tuning_logs=a.logs))
+    build = BuildConfig(model=a.model, target=a.target, checkpoint=a.checkpoint, little_bits=a.little_bits, eps=a.eps,
+                        k=a.k, decoder_layer=a.decoder_layer, data_dir=a.data_dir, tuning_logs=a.logs,
+                        projection=a.projection)
+    folder = Path(a.build) if a.build else build.default_out(target)  # bench's folder for the same model and variant
+    if not built_from(folder, build):
+        build_model(replace(build, out=str(folder)))
     decisions = decide_in_step(folder / "dual", target, load_database(target, a.logs), InStepConfig(ratios=tuple(a.ratios)),
                                data_dir=a.data_dir)
     path = write_decisions(target, decisions, a.logs)

@@ -138,10 +138,15 @@ def test_readme_tables_are_rendered_from_the_results_files():
 
 
 def test_reused_builds_must_hold_the_asked_weights(tmp_path):
-    """--reuse-builds must not time a random-weight build when a checkpoint is asked for (or the reverse)."""
+    """--reuse-builds must not time a random-weight build when a checkpoint is asked for (or the reverse), nor one
+    whose little modules were fitted on another number of rows."""
     import json
 
+    from dualtvm.build import BuildConfig
     from dualtvm.decoder import MANIFEST_VERSION
+
+    def of(checkpoint: str | None, decoder_layer: int = 0, **kw) -> BuildConfig:
+        return BuildConfig(checkpoint=checkpoint, decoder_layer=decoder_layer, **kw)
 
     def folder(name: str, version: int = MANIFEST_VERSION, **model):
         (tmp_path / name / "dual").mkdir(parents=True)
@@ -152,11 +157,14 @@ def test_reused_builds_must_hold_the_asked_weights(tmp_path):
     trained = folder("t", checkpoint="cache/ptb-lstm-1500.best.pt", decoder_layer=None)
     older = folder("o", weights="checkpoint cache/ptb-lstm-1500.best.pt")  # a manifest without the fields
     old_format = folder("f", MANIFEST_VERSION - 1, checkpoint=None, decoder_layer=None)
-    assert not built_from(old_format, None)
-    assert built_from(random, None) and not built_from(random, "cache/ptb-lstm-1500.best.pt")
-    assert built_from(trained, "cache/ptb-lstm-1500.best.pt") and not built_from(trained, None)
-    assert not built_from(trained, "cache/ptb-lstm-750.best.pt") and not built_from(tmp_path / "missing", None)
-    assert not built_from(older, "cache/ptb-lstm-1500.best.pt")
+    more_rows = folder("m", checkpoint=None, decoder_layer=None, little_fit_rows=200_000)
+    assert not built_from(old_format, of(None))
+    assert built_from(random, of(None)) and not built_from(random, of("cache/ptb-lstm-1500.best.pt"))
+    assert built_from(trained, of("cache/ptb-lstm-1500.best.pt")) and not built_from(trained, of(None))
+    assert not built_from(trained, of("cache/ptb-lstm-750.best.pt")) and not built_from(tmp_path / "missing", of(None))
+    assert not built_from(older, of("cache/ptb-lstm-1500.best.pt"))
+    assert not built_from(random, of(None, max_rows=200_000))  # its manifest predates the field: the default's rows
+    assert built_from(more_rows, of(None, max_rows=200_000)) and not built_from(more_rows, of(None))
 
 
 def test_bench_a_trained_seq2seq_decoder_layer(tiny_multi30k, tmp_path):
@@ -169,8 +177,11 @@ def test_bench_a_trained_seq2seq_decoder_layer(tiny_multi30k, tmp_path):
     assert info["weights"].startswith(f"checkpoint {ckpt} (seq2seq decoder layer 1)")
     assert "Multi30k, decoder layer 1 inputs" in info["weights"]
     assert {r["engine"] for r in rows} == {"tvm-dense", "tvm-dual", "torch"}
-    assert built_from(tmp_path / "tiny-gnmt-layer-llvm-broadwell", str(ckpt), 1)
-    assert not built_from(tmp_path / "tiny-gnmt-layer-llvm-broadwell", str(ckpt), 0)
+    from dualtvm.build import BuildConfig
+
+    folder = tmp_path / "tiny-gnmt-layer-llvm-broadwell"
+    assert built_from(folder, BuildConfig(checkpoint=str(ckpt), decoder_layer=1))
+    assert not built_from(folder, BuildConfig(checkpoint=str(ckpt), decoder_layer=0))
 
 
 def test_bench_cli_refuses_a_bad_target_before_measuring():

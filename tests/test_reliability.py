@@ -401,6 +401,8 @@ def test_build_manifest_load_refuses_and_reuse_rebuilds(tmp_path, monkeypatch):
     ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--k-values", "64,0"],
      "--k-values: expected comma-separated positive integers, got '64,0'"),
     ("build", ["--k", "-8"], "argument --k: expected a positive integer, got -8"),
+    ("bench", ["--max-rows", "0"], "argument --max-rows: expected a positive integer, got 0"),
+    ("tune", ["--k", "0", "--dry-run"], "argument --k: expected a positive integer, got 0"),
     ("eval_lm", ["--checkpoint", "x.pt", "--model-name", "m", "--allocation-costs", "loss,hessian"],
      "--allocation-costs: expected comma-separated allocation costs from loss, activation, measured, got 'loss,hessian'"),
     ("translate", ["--ratio", "1.5"], "argument --ratio: expected a ratio in [0, 1], got '1.5'"),

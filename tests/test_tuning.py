@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -355,3 +356,22 @@ def test_in_step_verdicts_merge_into_the_summary(tmp_path):
     assert loaded.database is None and loaded.summary["masked_gemv_c"]["use"] == "gather"
     nest = best_from_database(loaded, masked_gemv(64, 64, "masked_gemv_c"), other)
     assert nest is not None and "llvm.prefetch" not in nest.script()  # no prefetch, as the verdict says (default: 2)
+
+
+def test_k_and_projection_reach_the_tuned_kernels_and_bench_s_build_folder(tmp_path):
+    """tune.py takes --k as build.py and bench.py do (session 32: a k = 128 build's little kernels had no verdicts,
+    and tune.py could not name them); --in-step looks in the folder bench.py builds, learned projection included."""
+    done = subprocess.run(TUNE + ["--k", "5", "--eps", "0.3", "--projection", "learned", "--dry-run"], cwd=REPO,
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kernels = {t["kernel"] for t in json.loads(done.stdout)["tasks"]}
+    little = {n for n in kernels if n.startswith(("project", "little_gemv"))}
+    assert little and all(re.search(r"_k5(_|$)", n) for n in little)  # not eq. 3's k at ε = 0.3
+    from dualtvm.build import BuildConfig
+    from dualtvm.target import parse_target
+
+    target = parse_target("llvm -mcpu=broadwell")
+    build = BuildConfig(model="lstm-1500", k=128, projection="learned", little_bits=4, mask_rule="contribution")
+    assert build.label == "lstm-1500-k128-learned"  # bench's row name
+    assert build.default_out(target, tmp_path) == tmp_path / "lstm-1500-k128-learned-llvm-broadwell-w4-contribution"
+    assert BuildConfig(eps=0.9).default_out(target).name == "lstm-1500-eps0.9-llvm-broadwell"
