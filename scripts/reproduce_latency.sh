@@ -72,3 +72,9 @@ python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r2.b
 # allocation study's part k), then the paper's little module, in one sitting
 python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt --k 128 --projection learned --threads 2 --rounds 12 --little-bits 8,4 --contribution
 python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt --threads 2 --rounds 12 --little-bits 8,4 --contribution
+# session 32 on the Intel machine: the learned projection at k = 128 on the two layers of the goals (random
+# weights: no trained LSTM-1500 or GNMT-1024 survived to this machine; the rows say so), then the masked GEMV's knobs
+# decided inside that LSTM-1500 step on this machine
+python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+python scripts/tune.py --in-step --model lstm-1500 --k 128 --projection learned
