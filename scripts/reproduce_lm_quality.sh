@@ -86,3 +86,7 @@ python scripts/eval_lm.py --checkpoint cache/ptb-lstm-1500-r2.best.pt --model-na
 C=(--checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --ratios 0.5,0.6,0.7 --allocation-costs measured --mask-rule contribution --k-values 64,128,256 --results results/lm-allocation-ptb.json)
 python scripts/eval_lm.py "${C[@]}" --parts ratios,allocation,search,k --projection learned
 python scripts/eval_lm.py "${C[@]}" --parts ratios,k
+# session 32 (Intel): the same part k under eq. 5's masks (the compiled tvm-dual engine's), learned and eq. 2
+C=(--checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts k --ratios 0.5 --k-values 64,128,256 --results results/lm-allocation-ptb.json)
+python scripts/eval_lm.py "${C[@]}" --projection learned
+python scripts/eval_lm.py "${C[@]}"
