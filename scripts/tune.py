@@ -34,8 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_k_option, add_projection_option, add_target_option, model_name, positive_int, ratio_list,
-)
+    HelpFormatter, add_k_option, add_projection_option, add_target_option, model_name, positive_int, ratio_list)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
 
