@@ -90,3 +90,8 @@ python scripts/eval_lm.py "${C[@]}" --parts ratios,k
 C=(--checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --parts k --ratios 0.5 --k-values 64,128,256 --results results/lm-allocation-ptb.json)
 python scripts/eval_lm.py "${C[@]}" --projection learned
 python scripts/eval_lm.py "${C[@]}"
+# session 32 (Intel): ptb-lstm-750 retrained (train_lm.py --rnn LSTM --hidden 750 --dropout 0.4 --epochs 3 --threads 1:
+# valid 112.30 / test 110.19, as in results/baselines.json), its part k under eq. 5's masks, learned and eq. 2
+C=(--checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts k --ratios 0.5 --k-values 64,128,256 --results results/lm-allocation-ptb.json)
+python scripts/eval_lm.py "${C[@]}" --projection learned
+python scripts/eval_lm.py "${C[@]}"
