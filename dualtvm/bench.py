@@ -492,7 +492,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             is_tvm = e.name.startswith("tvm")
             row = {"model": label, "engine": e.name.split("@")[0], "insensitive_ratio": e.ratio, "median_ms": round(med, 4),
                    "iqr_ms": round(iqr, 4), "cache": cache, "threads": cfg.threads,
-                   "target": target.cli if is_tvm else None, "weights": weights}
+                   "target": target.cli if is_tvm else None, "weights": weights, "weights_origin": weights_origin(weights)}
             if cold:
                 row["evict_mb"] = evictor.nbytes >> 20  # rows without it swept 64 MB
                 row["runtime_warm"] = e.twin is not None  # a twin's step warmed code and runtime (rows without: no)
@@ -627,7 +627,7 @@ def plot(rows: list[dict], path: str) -> None:
                     ax.axhline(r["median_ms"], ls=style, lw=0.8, color={"tvm-dense": "k", "torch": "tab:red",
                                                                           "onnxruntime": "tab:green"}.get(r["engine"], "gray"),
                                label=f"{r['engine']} ({cache})")
-        ax.set_title(name)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("insensitive ratio")
         ax.set_ylabel("ms per step (batch 1)")
         ax.legend(fontsize=7)
@@ -659,11 +659,12 @@ def _rows_by_panel(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def _panel(r: dict, several_machines: bool) -> str:
-    """One plot panel per model and TVM target of the run (and machine, where the rows come from several)."""
+    """One plot panel per model, TVM target of the run and weights (and machine, where the rows come from several)."""
     from .results import short_machine
 
     run = r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
-    return f"{r['model']} ({run}" + (f", {short_machine(r.get('machine') or '?')})" if several_machines else ")")
+    return (f"{r['model']} ({run}, {weights_origin(r.get('weights', ''))}"
+            + (f", {short_machine(r.get('machine') or '?')})" if several_machines else ")"))
 
 
 def checkpoint_stem(weights: str) -> str | None:
@@ -671,6 +672,17 @@ def checkpoint_stem(weights: str) -> str | None:
     ``ptb-lstm-1500-r2``, the model name its quality rows carry), or None for random weights."""
     m = re.search(r"checkpoint (?:\S*/)?([^/\s,]+?)(?:\.best)?\.pt", weights or "")
     return m.group(1) if m else None
+
+
+def weights_origin(weights: str) -> str:
+    """Whose weights a row timed: its checkpoint's stem, or ``random``.  Part of :data:`LATENCY_KEY` and of the
+    panel names, so a model's rows on random weights and on a trained checkpoint stand side by side (masks differ)."""
+    return checkpoint_stem(weights) or "random"
+
+
+LATENCY_KEY = ("model", "run_target", "machine", "weights_origin")
+"""What a rerun of ``scripts/bench.py`` replaces in ``results/latency.json``: the rows of the same model (label),
+TVM target, machine and weights; other machines' and other weights' rows stay beside them."""
 
 
 QUALITY_CURVES = {"INT8": "eps0.5-int8", "INT4": "eps0.5-int4", "INT8, contribution": "eps0.5-int8 contribution",
@@ -709,7 +721,7 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
             ax.plot(*zip(*bound), ":", color="gray", label="byte bound (INT8)")
         ax.axhline(1.0, color="k", lw=0.6)
         ax.plot([0.5], [1.67], "*", color="tab:red", ms=10, label="paper: 1.67× at 50 %")
-        ax.set_title(name)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("insensitive ratio")
         ax.set_ylabel("× dense TVM step (paired; quartiles)")
         stem = checkpoint_stem(mine[0].get("weights", ""))

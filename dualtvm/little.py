@@ -21,7 +21,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .gates import GateLayout, layout
-from .projection import CovarianceAccumulator, Projection, check_kind, reduced_dim
+from .projection import CovarianceAccumulator, Projection, check_kind, little_dim
 from .quantize import QuantizedTensor, fake_quantize_activations, quantize
 from .thresholds import check_mask_rule
 
@@ -337,7 +337,7 @@ def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]]
     t0 = time.time()
     lay = layer.layout
     n_little = lay.little_outputs(layer.hidden)
-    k = cfg.k or reduced_dim(layer.w_ih.shape[0], cfg.eps)
+    k = little_dim(layer.w_ih.shape[0], cfg.eps, cfg.k)
     if cfg.projection == "learned":
         px, ph = learned_projections(layer, samples, k)
     else:

@@ -28,6 +28,16 @@ def reduced_dim(n: int, eps: float = 0.5) -> int:
     return int(4.0 * math.log(n) / (eps**2 / 2.0 - eps**3 / 3.0))
 
 
+def little_dim(n: int, eps: float = 0.5, k: int | None = None) -> int:
+    """The little module's k: ``k`` where set (eq. 3 bounds eq. 2's distances and says nothing about a
+    learned projection's k), else eq. 3's for n rows at ``eps``."""
+    if k is not None:
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        return k
+    return reduced_dim(n, eps)
+
+
 def check_kind(kind: str) -> str:
     """``kind`` if it names a projection (:data:`KINDS`), else a ValueError naming them."""
     if kind not in KINDS:

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .gates import layout
 from .models import ModelError
-from .projection import reduced_dim
+from .projection import little_dim
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,10 @@ class ModelConfig:
         """Each layer's input width: the first takes the model's input, the others the hidden state below."""
         return [self.input_size if i == 0 else self.hidden for i in range(self.layers)]
 
-    def little_dim(self, eps: float) -> int:
-        """k of eq. 3 for this model's stacked gate matrix (n = gates × hidden rows)."""
-        return reduced_dim(layout(self.rnn_type).n_gates * self.hidden, eps)
+    def little_dim(self, eps: float, k: int | None = None) -> int:
+        """The little module's k for this model's stacked gate matrix (n = gates × hidden rows):
+        ``k`` where set, else eq. 3's (:func:`~dualtvm.projection.little_dim`)."""
+        return little_dim(layout(self.rnn_type).n_gates * self.hidden, eps, k)
 
 
 MODELS: dict[str, ModelConfig] = {

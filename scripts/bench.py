@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
-    from dualtvm.bench import (BenchConfig, bench_model, gemv_bandwidth, markdown_table, read_bandwidth,
+    from dualtvm.bench import (LATENCY_KEY, BenchConfig, bench_model, gemv_bandwidth, markdown_table, read_bandwidth,
                                stream_bandwidth, write_plots)
     from dualtvm.checkpoint import git_revision
     from dualtvm.results import merge_rows, read_rows
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         r["run_target"] = run_target  # the TVM target of the run (peers' rows were measured beside it)
         r["command"], r["git"] = command, revision
     out = Path(a.out)
-    # rerunning a model for a target on a machine replaces its rows; other machines' rows stay beside them
-    merge_rows(out.with_suffix(".json"), "latency", rows, ("model", "run_target", "machine"),
+    merge_rows(out.with_suffix(".json"), "latency", rows, LATENCY_KEY,
                "bash scripts/reproduce_latency.sh (each row also names its own command)", **bw)
     all_rows = read_rows(out.with_suffix(".json"))
     out.with_suffix(".md").write_text(latency_markdown(all_rows, bw, a.threads))

@@ -2,6 +2,7 @@
 """Each kernel of a model's layer alone: untuned default, MetaSchedule-tuned, loop-nest grid, numpy and PyTorch.
 
     python scripts/kernel_table.py --model lstm-1500 --little-bits 8,4     # -> results/kernels.json
+    python scripts/kernel_table.py --model lstm-1500 --k 128               # rows of model lstm-1500-k128
 
 Caches are flushed before every run (as inside a decode step); needs the machine to itself.
 """
@@ -17,14 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, add_target_option, model_name, positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_k_option, add_target_option, model_name, positive_int  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_target_option(p)
     p.add_argument("--model", type=model_name, default="lstm-1500", help="model shape (dualtvm.registry.MODELS)")
-    p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k)")
+    p.add_argument("--eps", type=float, default=0.5, help="ε of eq. 3 (sets k); other than 0.5, rows are <model>-eps<ε>")
+    add_k_option(p)
     p.add_argument("--little-bits", default="8,4", help="little-module kernels to include: 8, 4 or 8,4")
     p.add_argument("--repeat", type=int, default=30, help="flushed runs per kernel (median)")
     p.add_argument("--threads", type=positive_int, default=None, help="TVM threads (default: all cores)")
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
     from dualtvm.kernel_table import kernel_table
     from dualtvm.kernels import LayerShape
+    from dualtvm.little import size_suffix
     from dualtvm.registry import model_config
     from dualtvm.checkpoint import git_revision
     from dualtvm.results import merge_rows
@@ -47,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot time {target.cli!r} on this host", file=sys.stderr)
         return 2
     mc = model_config(a.model)
-    shapes = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size, mc.little_dim(a.eps), int(b)).for_target(target)
+    shapes = [LayerShape(mc.rnn_type, mc.hidden, mc.input_size, mc.little_dim(a.eps, a.k), int(b)).for_target(target)
               for b in a.little_bits.split(",")]
-    rows = [{"model": a.model, "target": target.cli, **asdict(r), "git": revision}
+    rows = [{"model": a.model + size_suffix(a.eps, a.k), "target": target.cli, **asdict(r), "git": revision}
             for r in kernel_table(shapes, target, load_database(target, a.logs), a.repeat)]
     command = "python scripts/kernel_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     merge_rows(a.out, "kernels", rows, ("model", "target", "machine"), command)  # other machines' rows stay

@@ -35,14 +35,14 @@ def latency(doc: dict) -> str:
 
 
 def _latency_table(rows: list[dict]) -> str:
-    from dualtvm.bench import cache_label
+    from dualtvm.bench import cache_label, weights_origin
 
-    out = ["| model | run target | cache | engine | ratio | median ms | × TVM dense (quartiles over rounds) | "
+    out = ["| model | weights | run target | cache | engine | ratio | median ms | × TVM dense (quartiles over rounds) | "
            "× best peer (quartiles) | byte bound × |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         run = r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
-        out.append(f"| {r['model']} | {run} | {cache_label(r)} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} | "
+        out.append(f"| {r['model']} | {weights_origin(r.get('weights', ''))} | {run} | {cache_label(r)} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} | "
                    f"{_with_spread(r, 'speedup_vs_tvm_dense')} | {_with_spread(r, 'speedup_vs_best_peer')} | "
                    f"{r.get('byte_bound_speedup', '') or ''} |")
     return "\n".join(out)

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except TargetError as e:
         p.error(str(e))
     mc = model_config(a.model)
-    k = a.k or mc.little_dim(a.eps)
+    k = mc.little_dim(a.eps, a.k)
     layers = [LayerShape(mc.rnn_type, mc.hidden, d, k, a.little_bits).for_target(target)
               for d in mc.input_sizes()]
     tasks = tasks_for(layers)

@@ -116,7 +116,7 @@ def test_bench_tiny_model(tmp_path):
         assert key in dual
     lo, hi = dual["speedup_vs_tvm_dense_quartiles"]
     assert lo <= dual["speedup_vs_tvm_dense"] <= hi and dual["speedup_pairing"] == "per round"
-    assert "random weights" in info["weights"]
+    assert "random weights" in info["weights"] and {r["weights_origin"] for r in rows} == {"random"}
     assert "| tiny-gnmt-eps0.3 | warm | tvm-dual |" in markdown_table(rows)
     parts = dual["breakdown_ms"]
     assert set(parts) == {"projection", "little", "mask", "big", "assembly"} and all(v > 0 for v in parts.values())
@@ -281,6 +281,27 @@ def test_speedup_plot_draws_quartiles_bound_and_the_checkpoints_ppl(tmp_path):
     (tmp_path / "lm-quality-ptb.json").write_text(json.dumps({"rows": quality}))
     write_plots(rows, tmp_path / "latency")
     assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "latency-speedup.png").stat().st_size > 0
+
+
+def test_rows_on_random_and_trained_weights_stand_side_by_side(tmp_path):
+    """A rerun replaces the rows of its own weights only: random-weight rows of a model do not replace its
+    trained checkpoint's rows (different masks, different speed-ups), nor are drawn in their panel."""
+    from dualtvm.bench import LATENCY_KEY, _rows_by_panel, weights_origin
+    from dualtvm.results import merge_rows, read_rows
+
+    trained = "checkpoint cache/ptb-lstm-1500-r2.best.pt, little module fitted on ptb text"
+    random_ = "random weights (seed 0): no trained checkpoint given"
+    assert weights_origin(trained) == "ptb-lstm-1500-r2" and weights_origin(random_) == "random"
+    row = lambda weights, ms: {"model": "lstm-1500", "engine": "tvm-dense", "insensitive_ratio": 0.0,  # noqa: E731
+                               "median_ms": ms, "cache": "warm", "run_target": "llvm -mcpu=broadwell", "machine": "m",
+                               "weights": weights, "weights_origin": weights_origin(weights)}
+    path = tmp_path / "latency.json"
+    merge_rows(path, "latency", [row(trained, 2.0)], LATENCY_KEY, "c")
+    merge_rows(path, "latency", [row(random_, 1.0)], LATENCY_KEY, "c")
+    merge_rows(path, "latency", [row(random_, 1.5)], LATENCY_KEY, "c")  # replaces the random row only
+    rows = read_rows(path)
+    assert sorted((r["weights_origin"], r["median_ms"]) for r in rows) == [("ptb-lstm-1500-r2", 2.0), ("random", 1.5)]
+    assert len(_rows_by_panel(rows)) == 2
 
 
 def test_read_bandwidth_sums_on_the_asked_threads_and_gives_them_back(monkeypatch):

@@ -8,7 +8,7 @@ from dualtvm.artefact import ArtefactError, load_little, save_little
 from dualtvm.construct import build_dual
 from dualtvm.dual import DualModuleLayer
 from dualtvm.little import BigLayer, LittleConfig, big_layers, fit_little
-from dualtvm.projection import Projection, reduced_dim
+from dualtvm.projection import Projection, little_dim, reduced_dim
 from dualtvm.quantize import max_rounding_error, quantize, quantize_activations
 from dualtvm.thresholds import INF, GateCalibration, allocate_ratios, sensitive_mask
 
@@ -21,6 +21,16 @@ def test_reduced_dim_matches_paper(eps, k):
 def test_reduced_dim_rejects_bad_eps():
     with pytest.raises(ValueError, match="epsilon"):
         reduced_dim(100, 1.5)
+
+
+def test_little_dim_is_the_set_k_else_eq3():
+    from dualtvm.registry import model_config
+
+    assert little_dim(6000, 0.5) == 417 and little_dim(6000, 0.3, k=128) == 128
+    assert model_config("lstm-1500").little_dim(0.7) == 266 and model_config("lstm-1500").little_dim(0.7, 64) == 64
+    assert model_config("gru-750").little_dim(0.5) == reduced_dim(3 * 750)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        little_dim(6000, 0.5, k=0)
 
 
 def test_projection_statistics():
