@@ -78,3 +78,8 @@ python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750.best.pt 
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
 python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
 python scripts/tune.py --in-step --model lstm-1500 --k 128 --projection learned
+# session 33 on the Intel machine: the k = 128 little kernels' verdicts, then the paper's little module on the same
+# random layers (rows keyed by their weights now stand beside the trained checkpoints' rows of those models)
+python scripts/tune.py --k 128 --projection learned --tasks project,little_gemv
+python scripts/bench.py --models lstm-1500 --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models gnmt-1024-2048 --threads 2 --rounds 8 --little-bits 8,4
