@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from . import BUILD_FIT_ROWS, BUILD_ROOT
+from .traffic import step_bytes, step_ops
 
 log = logging.getLogger(__name__)
 
@@ -229,30 +230,6 @@ def _best_gbps(read: Callable[[], object], nbytes: int, repeat: int) -> float:
         read()
         best = min(best, time.perf_counter() - t0)
     return nbytes / best / 1e9
-
-
-def step_bytes(hidden: int, input_size: int, gates: int, k: int, sensitive_fraction: float | None,
-               little_bits: int = 8) -> int:
-    """Bytes of weights (and index traffic) one step must read: the Figure 4 accounting.
-
-    Dense: all fp32 rows.  Dual: sensitive fp32 rows + int8 P_x, P_h + W_LL at ``little_bits``
-    + fp32 row scales and biases + the int32 row list and pos vector.
-    """
-    n = gates * hidden
-    dense = 4 * n * (input_size + hidden) + 4 * n
-    if sensitive_fraction is None:
-        return dense
-    little = k * (input_size + hidden) + 4 * hidden * 2 * k * little_bits // 8 + 4 * hidden * 4 * 2
-    index = 4 * n * 2
-    return int(4 * n * (input_size + hidden) * sensitive_fraction + 4 * n + little + index)
-
-
-def break_even_ratio(hidden: int, input_size: int, gates: int, k: int, little_bits: int = 8) -> float:
-    """The insensitive ratio below which a dual-module step reads more bytes than the dense one (``step_bytes``):
-    the little module, row list and pos vector are paid for only by the big rows the mask skips."""
-    rows = 4 * gates * hidden * (input_size + hidden)
-    extra = step_bytes(hidden, input_size, gates, k, 0.0, little_bits) - step_bytes(hidden, input_size, gates, k, None) + rows
-    return extra / rows
 
 
 @dataclass
@@ -466,6 +443,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     rows: list[dict] = []
     k = dual.spec.layers[0].k
     dense_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, None) for s in dual.spec.layers)
+    dense_ops = sum(step_ops(s.hidden, s.input_size, s.gates, k, None) for s in dual.spec.layers)
     busy: list[str] = []
     evictor = Evictor() if "cold" in cfg.caches else None
     for cache in cfg.caches:
@@ -499,16 +477,18 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             if e.name in measured:
                 dual_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name], bits_of[e.name])
                                  for s in dual.spec.layers)
+                dual_ops = sum(step_ops(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name]) for s in dual.spec.layers)
                 row.update({"little_bits": bits_of[e.name], "little_on_codes": codes_of[e.name],
                             "eps": None if cfg.k else cfg.eps, "k": k,
                             "measured_ratio": round(measured[e.name], 4), **speedups(e.name),
                             "speedup_pairing": "per round", "byte_bound_speedup": round(dense_bytes / dual_bytes, 3),
-                            "achieved_gbps": round(dual_bytes / med / 1e6, 2)})
+                            "achieved_gbps": round(dual_bytes / med / 1e6, 2),
+                            "bytes_per_step": dual_bytes, "ops_per_step": dual_ops})
                 row["fraction_of_bound"] = round(row["speedup_vs_tvm_dense"] / row["byte_bound_speedup"], 3)
                 if cache == "warm":
                     _add_breakdown(row, breakdowns[e.name], breakdown_rounds)
             elif e.name == "tvm-dense":
-                row["achieved_gbps"] = round(dense_bytes / med / 1e6, 2)
+                row.update(achieved_gbps=round(dense_bytes / med / 1e6, 2), bytes_per_step=dense_bytes, ops_per_step=dense_ops)
                 row.update(speedups(e.name), speedup_pairing="per round")
                 if cache == "warm":
                     _add_breakdown(row, breakdowns[e.name], breakdown_rounds)

@@ -74,9 +74,9 @@ BREAK_EVEN_WARNING = 0.25  # warn when a build needs a higher insensitive ratio 
 
 
 def break_even_of(shapes: list[LayerShape]) -> float:
-    """The highest of the layers' break-even ratios (``bench.break_even_ratio``): below it the dual-module step
+    """The highest of the layers' break-even ratios (``traffic.break_even_ratio``): below it the dual-module step
     reads more bytes than the dense one."""
-    from .bench import break_even_ratio
+    from .traffic import break_even_ratio
 
     return max(break_even_ratio(s.hidden, s.input_size, s.gates, s.k, s.little_bits) for s in shapes)
 

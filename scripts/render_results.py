@@ -452,12 +452,37 @@ def kernels(doc: dict) -> str:
           r["reference"]] for r in rows])))
 
 
+def traffic(doc: dict) -> str:
+    """Figure 4: per model, bytes and operations of the dense step against its little module's, and the dual step's
+    share at 50 %; then each variant's mean shares over the models beside the paper's averages."""
+    from dualtvm.traffic import PAPER_FIGURE4
+
+    rows = doc["rows"]
+    half = lambda r, key: r[key].get("0.5", "")  # noqa: E731
+    out = _table(["model", "little module", "k", "W_LL", "dense MB", "little MB (% of dense)", "dense Mops",
+                  "little Mops (% of dense)", "break-even ratio", "dual step at 50 %: bytes % / ops % of dense"],
+                 [[r["model"], r["little_module"], r["k"], f"INT{r['little_bits']}", r["base_mb"],
+                   f"{r['little_mb']} ({r['little_bytes_pct']} %)", r["base_mops"],
+                   f"{r['little_mops']} ({r['little_ops_pct']} %)", r["break_even_ratio"],
+                   f"{half(r, 'dual_bytes_pct')} / {half(r, 'dual_ops_pct')}"] for r in rows])
+    out += ["", f"Mean over these models, the little module in % of the dense layer (the paper's Figure 4: "
+                f"~{PAPER_FIGURE4['little_bytes_pct']:g} % of the bytes, ~{PAPER_FIGURE4['little_ops_pct']:g} % of the "
+                f"operations, on average over its layers):", ""]
+    variants = list(dict.fromkeys((r["little_module"], r["little_bits"]) for r in rows))
+    mean = lambda v, key: round(sum(r[key] for r in rows if (r["little_module"], r["little_bits"]) == v)  # noqa: E731
+                                / sum((r["little_module"], r["little_bits"]) == v for r in rows), 1)
+    out += _table(["little module", "W_LL", "bytes %", "operations %"],
+                  [[v, f"INT{bits}", mean((v, bits), "little_bytes_pct"), mean((v, bits), "little_ops_pct")]
+                   for v, bits in variants])
+    return "\n".join(out)
+
+
 RENDERERS = {  # README marker -> (results file, renderer)
     "latency": ("latency", latency), "latency-breakdown": ("latency", breakdown), "baselines": ("baselines", baselines),
     "lm-quality-ptb": ("lm-quality-ptb", lm_quality), "lm-pruning": ("lm-quality-ptb", lm_pruning),
     "lm-pruning-wikitext-2": ("lm-quality-wikitext-2", lm_pruning),
     "lm-allocation-ptb": ("lm-allocation-ptb", lm_allocation),
-    "nmt-quality": ("nmt-quality", nmt_quality), "kernels": ("kernels", kernels),
+    "nmt-quality": ("nmt-quality", nmt_quality), "kernels": ("kernels", kernels), "traffic": ("traffic", traffic),
 }
 
 
@@ -503,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     allocation = REPO / "results" / "lm-allocation-ptb.json"
     if allocation.exists():
         plot_lm_allocation(json.loads(allocation.read_text()), allocation.with_suffix(".png"))
+    traffic_json = REPO / "results" / "traffic.json"
+    if traffic_json.exists():
+        from dualtvm.traffic import plot_traffic
+
+        plot_traffic(json.loads(traffic_json.read_text())["rows"], str(traffic_json.with_suffix(".png")))
     nmt = REPO / "results" / "nmt-quality.json"
     if nmt.exists():
         plot_nmt_quality(json.loads(nmt.read_text()), nmt.with_suffix(".png"))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from dualtvm.bench import BenchConfig, bench_model, break_even_ratio, markdown_table, step_bytes
+from dualtvm.bench import BenchConfig, bench_model, markdown_table
+from dualtvm.traffic import break_even_ratio, step_bytes
 from dualtvm.build import built_from
 from dualtvm.little import big_layers
 from dualtvm.peers import onnxruntime_session
@@ -121,6 +122,8 @@ def test_bench_tiny_model(tmp_path):
     parts = dual["breakdown_ms"]
     assert set(parts) == {"projection", "little", "mask", "big", "assembly"} and all(v > 0 for v in parts.values())
     dense = next(r for r in rows if r["engine"] == "tvm-dense")
+    assert dense["bytes_per_step"] / dual["bytes_per_step"] == pytest.approx(dual["byte_bound_speedup"], rel=2e-3)
+    assert 0 < dual["ops_per_step"] and 0 < dense["ops_per_step"]  # Figure 4's accounting at the measured masks
     assert dense["breakdown_ms"]["little"] == 0 and dense["breakdown_ms"]["big"] > 0
     assert dual["kernels_ms"] == pytest.approx(sum(parts.values()), abs=1e-3) and dual["breakdown_step_ms"] > 0
     assert dual["breakdown_rounds"] == dense["breakdown_rounds"] == 1
