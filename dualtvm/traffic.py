@@ -10,7 +10,7 @@ GEMVs (big rows, projection, little GEMV): biases, φ, the mask and the assembly
 """
 from __future__ import annotations
 
-LITTLE_OUTPUTS_PER_HIDDEN = 4  # the little module's outputs per hidden unit (gates.GateLayout.little_outputs), LSTM and GRU alike
+LITTLE_OUTPUTS_PER_HIDDEN = 4  # per hidden unit, LSTM and GRU alike (gates.GateLayout.little_outputs)
 
 
 def little_bytes(hidden: int, input_size: int, k: int, little_bits: int = 8) -> int:
@@ -89,12 +89,13 @@ def traffic_row(model: str, eps: float = 0.5, k: int | None = None, little_bits:
 
 PAPER_FIGURE4 = {"little_bytes_pct": 10.0, "little_ops_pct": 40.0}
 """What the paper's Figure 4 reports on average over its layers: the little module's storage and operations in % of
-the base layer's (§3.5)."""
+the base layer's (§3.6)."""
 
 
 def plot_traffic(rows: list[dict], path: str) -> None:
     """Figure 4 as bars: per model, MB read and millions of operations per step of the dense layer and of each little
-    module variant of ``rows`` (log scale), the paper's average shares in the legend."""
+    module variant of ``rows`` (log scale), each little bar labelled with its share of the layer, the paper's average
+    shares in the titles."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,20 +105,20 @@ def plot_traffic(rows: list[dict], path: str) -> None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     variants = list(dict.fromkeys((r["little_module"], r["little_bits"]) for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    for ax, (unit, base_key, little_key, pct_key) in zip(axes, (("MB read per step", "base_mb", "little_mb", "little_bytes_pct"),
-                                                            ("million operations per step", "base_mops", "little_mops",
-                                                             "little_ops_pct"))):
-        # operations do not depend on W_LL's bits: one bar per k there
-        shown = variants if base_key == "base_mb" else list(dict.fromkeys((v, 8) for v, _ in variants))
+    panels = (("MB read per step", "base_mb", "little_mb", "little_bytes_pct"),
+              ("million operations per step", "base_mops", "little_mops", "little_ops_pct"))
+    for ax, (unit, base_key, little_key, pct_key) in zip(axes, panels):
+        by_bits = base_key == "base_mb"  # operations do not depend on W_LL's bits: one bar per k there
+        shown = variants if by_bits else list(dict.fromkeys((v, 8) for v, _ in variants))
         width = 0.8 / (1 + len(shown))
         x = np.arange(len(models))
         base = [next(r[base_key] for r in rows if r["model"] == m) for m in models]
         ax.bar(x, base, width, label="dense layer (fp32)", color="k")
         for j, (variant, bits) in enumerate(shown, start=1):
             pick = [next((r for r in rows if r["model"] == m and r["little_module"] == variant
-                          and (r["little_bits"] == bits or base_key != "base_mb")), None) for m in models]
+                          and (r["little_bits"] == bits or not by_bits)), None) for m in models]
             vals = [p[little_key] if p else 0 for p in pick]
-            bars = ax.bar(x + j * width, vals, width, label=f"little module, {variant}" + (f", INT{bits}" if base_key == "base_mb" else ""))
+            bars = ax.bar(x + j * width, vals, width, label=f"little module, {variant}" + (f", INT{bits}" if by_bits else ""))
             for b, p in zip(bars, pick):
                 if p:
                     ax.annotate(f"{p[pct_key]:.0f}%", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from dualtvm.traffic import plot_traffic, traffic_row
 
     try:
-        rows = [traffic_row(m, a.eps, k, bits, a.ratios) for m in a.models for k in (None, *a.k_values) for bits in a.little_bits]
+        rows = [traffic_row(m, a.eps, k, bits, a.ratios)
+                for m in a.models for k in (None, *a.k_values) for bits in a.little_bits]
     except ValueError as e:
         p.error(str(e))
     command = "python scripts/traffic.py " + shlex.join(argv if argv is not None else sys.argv[1:])
