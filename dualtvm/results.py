@@ -116,6 +116,12 @@ def update_rows(path: str | os.PathLike, experiment: str, row: dict[str, Any], k
     return merge_rows(path, experiment, [row], key, command)
 
 
+def record_baseline(path: str | os.PathLike, row: dict[str, Any], revision: str) -> Path:
+    """A trained (or pruned) model's row in the baselines file, replacing the row of the same ``model``; ``revision``
+    is the code's at the run's start (a long run must not name a commit made while it ran)."""
+    return update_rows(path, "baselines", {**row, "git": revision}, key=("model",), command="see each row's command")
+
+
 def merge_rows(path: str | os.PathLike, experiment: str, rows: list[dict[str, Any]], key: Iterable[str],
                command: str, **extra: Any) -> Path:
     """Write ``rows`` into a results file, replacing the old rows that match one of them on every ``key`` field.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import (  # noqa: E402
     HelpFormatter, add_k_option, add_max_rows_option, add_projection_option, add_target_option, choice_list,
-    model_names, positive_int, ratio_list)
+    command_line, model_names, positive_int, ratio_list)
 from dualtvm import BUILD_FIT_ROWS  # noqa: E402
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in cfg.models:
         r, _ = bench_model(m, cfg)
         rows += r
-    command = "python scripts/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     for r in rows:
         r.update(bw)
         if "achieved_gbps" in r:  # TVM rows: the share of the read bandwidth their bytes per step stream at

@@ -12,7 +12,6 @@ import argparse
 import logging
 import math
 import re
-import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,8 +23,8 @@ import torch  # noqa: E402
 
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint  # noqa: E402
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_max_rows_option, add_projection_option, choice_list, positive_int_list,
-    ratio_list)
+    HelpFormatter, add_data_dir_option, add_max_rows_option, add_projection_option, choice_list, command_line,
+    positive_int_list, ratio_list)
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.parts != PARTS:  # asked for, not the default's every part
             p.error("part 'resilience' (Table 1) is defined for LSTM gates; this checkpoint is a GRU")
         parts.remove("resilience")
-    command = "python scripts/eval_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
     test = batchify(corpus.test, 10)
     base = math.exp(evaluate(model, test))

@@ -24,15 +24,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_k_option, add_output_little_options, add_projection_option, add_target_option,
-    choice_list, positive_int, ratio_list, unit_ratio)
+    HelpFormatter, add_data_dir_option, add_k_option, add_output_little_options, add_projection_option,
+    add_target_option, choice_list, command_line, positive_int, ratio_list, unit_ratio)
 from dualtvm.quantize import COMPILED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES  # noqa: E402 (no TVM behind it: threads are set before TVM is imported)
 
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(threads)
     revision = git_revision()  # of the code this run loaded: a commit made while it runs must not be named
-    command = "python scripts/eval_nmt.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     tr = Translator.from_checkpoint(a.checkpoint)
     output_cfg = OutputConfig(k=a.output_k, projection=a.output_projection)
     corpus = load_multi30k(a.data_dir)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, add_k_option, add_target_option, model_name, positive_int  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, add_k_option, add_target_option, command_line, model_name, positive_int)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
               for b in a.little_bits.split(",")]
     rows = [{"model": a.model + size_suffix(a.eps, a.k), "target": target.cli, **asdict(r), "git": revision}
             for r in kernel_table(shapes, target, load_database(target, a.logs), a.repeat)]
-    command = "python scripts/kernel_table.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     merge_rows(a.out, "kernels", rows, ("model", "target", "machine"), command)  # other machines' rows stay
     fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8s}"  # noqa: E731
     print(f"{'kernel':40s} {'default':>8s} {'MS tuned':>8s} {'nest':>8s} {'numpy':>8s} {'torch':>8s}  used / numpy does")

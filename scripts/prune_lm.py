@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -24,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.cli import HelpFormatter, add_data_dir_option, positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_data_dir_option, command_line, positive_int  # noqa: E402
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.prune import PruneConfig, prune_finetune  # noqa: E402
-from dualtvm.results import update_rows  # noqa: E402
+from dualtvm.results import record_baseline  # noqa: E402
 from dualtvm.train_lm import evaluate  # noqa: E402
 
 
@@ -75,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     row = {"model": name, "pruned_from": base, "epochs": payload["train_state"]["epoch"], "sparsity": info["sparsity"],
            "finetune_batches": a.batches,
            "valid_ppl": round(valid, 2), "test_ppl": round(test, 2), "wall_s": round(wall, 1), "checkpoint": str(out),
-           "command": "python scripts/prune_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
-    update_rows(a.results, "baselines", {**row, "git": revision}, key=("model",), command="see each row's command")
+           "command": command_line(__file__, argv)}
+    record_baseline(a.results, row, revision)
     print(f"{name}: sparsity {info['sparsity']:.3f}, test PPL {test:.2f} (valid {valid:.2f}) -> {out}")
     return 0
 

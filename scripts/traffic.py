@@ -12,13 +12,13 @@ these numbers; bench.py's rows give the same accounting at the ratio their masks
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, choice_list, model_names, positive_int_list, ratio_list  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, choice_list, command_line, model_names, positive_int_list, ratio_list)
 
 FIGURE4_MODELS = ("lstm-750", "lstm-1500", "gru-750", "gru-1500", "gnmt-1024-1024", "gnmt-1024-2048")
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                 for m in a.models for k in (None, *a.k_values) for bits in a.little_bits]
     except ValueError as e:
         p.error(str(e))
-    command = "python scripts/traffic.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     out = write_results(a.out, "traffic", rows, command)
     plot_traffic(rows, str(out.with_suffix(".png")))
     for r in rows:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 from pathlib import Path
 
@@ -15,11 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.cli import HelpFormatter, add_data_dir_option, positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_data_dir_option, command_line, positive_int  # noqa: E402
 from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg, git_revision  # noqa: E402
 from dualtvm.data import load_lm_corpus  # noqa: E402
 from dualtvm.models import LMConfig  # noqa: E402
-from dualtvm.results import update_rows  # noqa: E402
+from dualtvm.results import record_baseline  # noqa: E402
 from dualtvm.train_lm import LMTrainConfig, train_lm  # noqa: E402
 
 
@@ -55,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     row = {"model": name, "epochs": res["epochs"], "train_ppl": round(res["train_ppl"], 2),
            "valid_ppl": round(res["valid_ppl"], 2), "test_ppl": round(res["test_ppl"], 2), "wall_s": res["wall_s"],
            "checkpoint": str(ckpt.with_suffix(".best.pt")),
-           "command": "python scripts/train_lm.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
-    update_rows(a.results, "baselines", {**row, "git": revision}, key=("model",), command="see each row's command")
+           "command": command_line(__file__, argv)}
+    record_baseline(a.results, row, revision)
     print(f"{name}: test PPL {res['test_ppl']:.2f} (valid {res['valid_ppl']:.2f}, {res['epochs']} epochs)")
     return 0
 

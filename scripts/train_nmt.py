@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 from pathlib import Path
 
@@ -19,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from dualtvm.cli import HelpFormatter, add_data_dir_option, positive_int  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_data_dir_option, command_line, positive_int  # noqa: E402
 from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg, git_revision  # noqa: E402
 from dualtvm.data import load_multi30k  # noqa: E402
 from dualtvm.models import Seq2SeqConfig  # noqa: E402
-from dualtvm.results import update_rows  # noqa: E402
+from dualtvm.results import record_baseline  # noqa: E402
 from dualtvm.nmt import bleu  # noqa: E402
 from dualtvm.train_nmt import NMTTrainConfig, train_nmt  # noqa: E402
 
@@ -59,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     val, _, _ = bleu(res["model"], corpus, "valid", limit=a.bleu_limit)
     row = {"model": name, "epochs": res["epochs"], "valid_bleu": round(val, 2), "test_bleu": round(score, 2),
            "sacrebleu_signature": sig, "wall_s": res["wall_s"], "checkpoint": str(ckpt.with_suffix(".best.pt")),
-           "command": "python scripts/train_nmt.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
-    update_rows(a.results, "baselines", {**row, "git": revision}, key=("model",), command="see each row's command")
+           "command": command_line(__file__, argv)}
+    record_baseline(a.results, row, revision)
     print(f"{name}: test BLEU {score:.2f} ({sig})")
     return 0
 

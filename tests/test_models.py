@@ -150,3 +150,28 @@ def test_a_second_training_of_a_recipe_keeps_the_first_ones_row(tmp_path, monkey
     second = checkpoint_and_name("ptb-gru-750", "cache/ptb-gru-750-r2.pt")
     assert second == (Path("cache/ptb-gru-750-r2.pt"), "ptb-gru-750-r2")
     assert checkpoint_and_name("multi30k-gnmt-256", tmp_path / "mine.best.pt")[1] == "mine"
+
+
+def test_training_scripts_record_their_baseline_rows(tiny_corpus, tmp_path):
+    """train_lm.py, then prune_lm.py on its checkpoint: each writes its row into the baselines file, with the command
+    that made it (pasteable: quoted) and the code's revision; a rerun replaces its own row, the other stays."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    results, out = tmp_path / "baselines.json", tmp_path / "tiny lm.pt"
+    train = ["scripts/train_lm.py", "--corpus", str(tiny_corpus), "--hidden", "16", "--epochs", "1", "--batch-size", "4",
+             "--out", str(out), "--results", str(results)]
+    prune = ["scripts/prune_lm.py", "--checkpoint", str(out.with_suffix(".best.pt")), "--corpus", str(tiny_corpus),
+             "--sparsity", "0.5", "--batches", "2", "--results", str(results)]
+    for cmd in (train, prune, train):
+        done = subprocess.run([sys.executable, *cmd], cwd=repo, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(results.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["tiny lm-sparse50", "tiny lm"]  # the rerun's row replaced the first one
+    trained = rows[1]
+    assert trained["command"] == "python " + shlex.join(train) and shlex.split(trained["command"])[1:] == train
+    assert trained["epochs"] == 1 and trained["git"] and trained["test_ppl"] > 0
+    assert rows[0]["pruned_from"] == "tiny lm" and rows[0]["sparsity"] == pytest.approx(0.5, abs=0.05)
