@@ -83,3 +83,7 @@ python scripts/tune.py --in-step --model lstm-1500 --k 128 --projection learned
 python scripts/tune.py --k 128 --projection learned --tasks project,little_gemv
 python scripts/bench.py --models lstm-1500 --threads 2 --rounds 8 --little-bits 8,4
 python scripts/bench.py --models gnmt-1024-2048 --threads 2 --rounds 8 --little-bits 8,4
+# then LSTM-1500 retrained on this machine (train_lm.py --rnn LSTM --hidden 1500 --dropout 0.65 --epochs 6 --threads 2
+# --out cache/ptb-lstm-1500-r3.pt) on its real masks: k = 128 learned, then the paper's little module, one sitting
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4 --contribution
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --threads 2 --rounds 8 --little-bits 8,4
