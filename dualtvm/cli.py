@@ -11,7 +11,7 @@ from typing import Callable
 def command_line(script: str, argv: "list[str] | None") -> str:
     """The command a results row names: ``python scripts/<script's file name> <its arguments>`` (``argv`` as the
     script's ``main`` got it, None for the process's own), shell-quoted so that it can be pasted back."""
-    return f"python scripts/{Path(script).name} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    return shlex.join(["python", f"scripts/{Path(script).name}", *(argv if argv is not None else sys.argv[1:])])
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
