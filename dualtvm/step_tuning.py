@@ -113,6 +113,8 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
         finalists = sorted((k for k in search if k != "current"), key=search.get)[: cfg.finalists]
         rel = _relative_times({k: decs[k] for k in ("current", *finalists)}, xs, cfg, cfg.confirm_rounds,
                               "confirmation pass", progress)
+    # decide on the times as recorded (3 digits), so that the record says exactly what decided
+    rel, search = ({k: round(v, 3) for k, v in times.items()} for times in (rel, search))
     best = min(finalists, key=rel.get)
     switch = rel[best] < 1 - SWITCH_MARGIN
     log.info("in-step (%s, ratios %s, %s): best %s at %.3f× the current step's time%s", source, list(cfg.ratios),
@@ -120,8 +122,8 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
     record = {"decided": IN_STEP, "in_step": {
         "model": model["name"], "inputs": source, "machine": short_machine(machine_description()),
         "ratios": list(cfg.ratios), "caches": list(cfg.caches),
-        "relative_time": {k: round(v, 3) for k, v in rel.items()},  # the confirmation pass: what decided
-        "search_relative_time": {k: round(v, 3) for k, v in search.items()}}}
+        "relative_time": rel,  # the confirmation pass: what decided
+        "search_relative_time": search}}
     if switch:
         record.update({"use": "gather", "gather_knobs": asdict(next(kn for kn in grid if _label(kn) == best))})
     return {n: record for n in names}
