@@ -665,17 +665,26 @@ LATENCY_KEY = ("model", "run_target", "machine", "weights_origin")
 TVM target, machine and weights; other machines' and other weights' rows stay beside them."""
 
 
-QUALITY_CURVES = {"INT8": "eps0.5-int8", "INT4": "eps0.5-int4", "INT8, contribution": "eps0.5-int8 contribution",
-                  "INT4, contribution": "eps0.5-int4 contribution"}
-"""The quality rows (``eval_lm`` variants, one ratio for all gates) drawn beside the speed-ups."""
+QUALITY_CURVES = {"INT8": ("int8", ""), "INT4": ("int4", ""), "INT8, contribution": ("int8", " contribution"),
+                  "INT4, contribution": ("int4", " contribution")}
+"""The quality curves drawn beside a panel's speed-ups: W_LL precision and mask rule of ``eval_lm``'s rows."""
+
+
+def quality_variants(label: str) -> dict[str, str]:
+    """The ``eval_lm`` variants (one ratio for all gates) whose little module is the one a latency panel timed,
+    by curve name: its row label's size and projection (``lstm-1500-k128-learned`` → ``k128-int8 learned``;
+    ``lstm-1500`` → ``eps0.5-int8``, the paper's), each W_LL precision and mask rule of :data:`QUALITY_CURVES`."""
+    m = re.search(r"(?:-(k\d+|eps[\d.]+))?(-learned)?$", label)
+    size, learned = (m.group(1) or "eps0.5"), (" learned" if m.group(2) else "")
+    return {name: f"{size}-{bits}{rule}{learned}" for name, (bits, rule) in QUALITY_CURVES.items()}
 
 
 def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None = None) -> None:
     """Speed-up over the dense TVM step vs insensitive ratio, one panel per model and target: the dual engines'
     paired speed-ups with their quartiles over rounds as error bars (rows from before pairing: a point), the byte
     bound (dense bytes ÷ dual bytes) they are measured against, and, where the row's checkpoint has PTB quality rows
-    (``lm-quality-ptb.json``, ``lm-allocation-ptb.json``: one ratio for all gates, :data:`QUALITY_CURVES`), the test
-    ΔPPL % on a second axis."""
+    (``lm-quality-ptb.json``, ``lm-allocation-ptb.json``: one ratio for all gates, the little module the panel timed:
+    :func:`quality_variants`), the test ΔPPL % on a second axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -708,7 +717,7 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
         curves = {label: sorted({(q["insensitive_ratio"], q["delta_ppl_pct"]) for q in quality_rows or []
                                  if q["model"] == stem and q["part"] == "uniform"
                                  and q.get("variant") in ("base", variant)})
-                  for label, variant in QUALITY_CURVES.items()}
+                  for label, variant in quality_variants(mine[0]["model"]).items()}
         if stem and any(len(c) > 1 for c in curves.values()):
             twin = ax.twinx()
             for (label, points), color in zip(curves.items(), ("tab:purple", "tab:brown", "tab:olive", "tab:cyan")):

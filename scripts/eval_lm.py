@@ -23,8 +23,8 @@ import torch  # noqa: E402
 
 from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint  # noqa: E402
 from dualtvm.cli import (  # noqa: E402
-    HelpFormatter, add_data_dir_option, add_max_rows_option, add_projection_option, choice_list, command_line,
-    positive_int_list, ratio_list)
+    HelpFormatter, add_data_dir_option, add_k_option, add_max_rows_option, add_projection_option, choice_list,
+    command_line, positive_int_list, ratio_list)
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                         "carry the suffix ' contribution' in their variant")
     add_max_rows_option(p, 200_000)
     add_projection_option(p)
+    add_k_option(p)
     p.add_argument("--eps-values", type=choice_list((0.3, 0.6, 0.7, 0.8, 0.9), float, "ε values"), default="0.3,0.7",
                    help="part eps: the ε of eq. 3 evaluated beside 0.5")
     p.add_argument("--k-values", type=positive_int_list, default="64,128,256",
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     costs, parts = a.allocation_costs, list(a.parts)
+    if a.k is not None and {"eps", "k"} & set(parts):
+        p.error("--k sets k for every part; parts eps and k vary k themselves: name the others with --parts")
     if not Path(a.checkpoint).exists():
         p.error(f"checkpoint {a.checkpoint} not found: train one with scripts/train_lm.py")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     test = batchify(corpus.test, 10)
     base = math.exp(evaluate(model, test))
     little_cfg = LittleConfig(bits=a.little_bits, sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule,
-                              projection=a.projection)
+                              projection=a.projection, k=a.k)
     q = setup(model, corpus, little_cfg, a.max_rows) if set(parts) - {"resilience"} else None
     # ptb-lstm-750 → lstm-750; a retraining (ptb-lstm-1500-r2) is the same paper model; no corpus prefix: itself
     paper_key = re.sub(r"-r\d+$", "", a.model_name.split("-", 1)[-1])
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["variant"] += f" {a.mask_rule}"
         if a.projection != "sparse" and extra["variant"] != "base":
             extra["variant"] += f" {a.projection}"
+        if a.k is not None and part not in ("uniform", "eps", "k") and extra["variant"] != "base":
+            extra["variant"] += f" k{a.k}"  # uniform rows name k in place of eps0.5
         if a.little_bits != 8 and part in ("per-gate", "largest-within-1pct", "eps", "k"):  # uniform rows name bits
             extra["variant"] += f" int{a.little_bits}"
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                "big_epochs": epochs, **extra}
         pb, pr = PAPER.get(paper_key, (None, {}))
         if part == "uniform" and (ratio == 0 and pb or a.little_bits == 8 and a.sigmoid_tails == "low"
-                                                  and a.mask_rule == "activation" and a.projection == "sparse" and ratio in pr):
+                                                  and a.mask_rule == "activation" and a.projection == "sparse" and a.k is None
+                                                  and ratio in pr):
             # the paper's are INT8 on eq. 5
             row["paper_ppl"], row["paper_base_ppl"] = pr.get(ratio, pb), pb
         row["command"], row["git"] = command, revision
@@ -145,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if "ratios" in parts:
         for r in a.ratios:
             v, m = ppl(q, "test", r)
-            record("uniform", r, v, m, variant=f"eps0.5-int{a.little_bits}", little_mse=_fit_mse(q))
+            size = f"k{a.k}" if a.k is not None else "eps0.5"  # how k was set: directly, or eq. 3 at ε = 0.5
+            record("uniform", r, v, m, variant=f"{size}-int{a.little_bits}", little_mse=_fit_mse(q))
     variants = {"activation": ("greedy-allocation", "per-gate, chosen on valid"),  # names of the first rows
                 "loss": ("loss-aware-allocation", "per-gate loss-aware, chosen on valid"),
                 "measured": ("measured-allocation", "per-gate measured, chosen on valid")}

@@ -154,26 +154,58 @@ ALLOCATION_VARIANTS = (("greedy-allocation", "activation error"), ("loss-aware-a
                        ("measured-allocation", "measured"))  # eval_lm's per-gate rows, one per allocation cost
 
 
-# eval_lm's little modules beyond the paper's (mask rules --sigmoid-tails both, --mask-rule contribution; the
-# projection --projection learned): their rows' variant suffixes, in the tables' column order
-VARIANT_SUFFIXES = ((" sigmoid-both", "both sigmoid tails"), (" contribution", "contribution score"),
-                    (" learned", "learned projection"),
-                    (" contribution learned", "contribution score, learned projection"))
+# eval_lm's little modules beyond the paper's: the words its rows' variants end with (mask rules --sigmoid-tails
+# both, --mask-rule contribution; the projection --projection learned; then --k and --little-bits), in that order
+LITTLE_WORDS = {"sigmoid-both": "both sigmoid tails", "contribution": "contribution score", "learned": "learned projection"}
 
 
-def _variant_suffix(variant: str) -> str:
-    """A row variant's longest suffix from ``VARIANT_SUFFIXES`` ("" for the paper's eq. 5 and eq. 2)."""
-    return max((sfx for sfx, _ in VARIANT_SUFFIXES if variant.endswith(sfx)), key=len, default="")
+def little_module(variant: str) -> tuple[str, list[str], int]:
+    """A row variant split into its method, its little module beyond the paper's in words, and its W_LL bits:
+    ``per-gate loss-aware, chosen on valid contribution learned k128 int4`` → (``per-gate loss-aware, chosen on
+    valid``, [contribution score, learned projection, k = 128], 4); a uniform row names k in its first word
+    (``k128-int8 learned`` → (``k128-int8``, [learned projection, k = 128], 8)). The paper's module: no words."""
+    words, notes, bits = variant.split(" "), [], 8
+    while len(words) > 1:
+        w = words[-1]
+        if m := re.fullmatch(r"int(\d+)", w):
+            bits = int(m.group(1))
+        elif m := re.fullmatch(r"k(\d+)", w):
+            notes.insert(0, f"k = {m.group(1)}")
+        elif w in LITTLE_WORDS:
+            notes.insert(0, LITTLE_WORDS[w])
+        else:
+            break
+        words.pop()
+    stem = " ".join(words)
+    if m := re.fullmatch(r"(?:eps[\d.]+|k(\d+))-int(\d+)", stem):  # a uniform row: how k was set, the bits
+        notes += [f"k = {m.group(1)}"] if m.group(1) else []
+        bits = int(m.group(2))
+    return stem, notes, bits
+
+
+def _little_tag(variant: str) -> str:
+    """A row's little module in words ("" for the paper's: eq. 5, eq. 2, eq. 3's k), without its W_LL bits."""
+    return ", ".join(little_module(variant)[1])
+
+
+def _little_tags(rows: list[dict], part: str) -> list[str]:
+    """The INT8 little modules the rows of ``part`` were run with, in words: the paper's ("") first, then by how many
+    things differ from it and in :data:`LITTLE_WORDS`' order (the tables' column order)."""
+    order = [*LITTLE_WORDS.values(), "k = "]
+    tags = {_little_tag(r["variant"]) for r in rows if r["part"] == part and r["variant"] != "base"
+            and little_module(r["variant"])[2] == 8}
+    notes = lambda t: t.split(", ") if t else []  # noqa: E731
+    return sorted(tags, key=lambda t: (len(notes(t)), [next(i for i, o in enumerate(order) if n.startswith(o))
+                                                       for n in notes(t)], t))
 
 
 def search_method(variant: str) -> str:
-    """A largest-ratio row's method in words: ``eval_lm`` appends the mask rule and the projection where they are not
-    the paper's, then the W_LL bits where they are not INT8 (``per-gate loss-aware, chosen on valid contribution int4`` →
-    ``per-gate loss-aware, chosen on valid (contribution score, INT4 W_LL)``)."""
-    variant, bits = re.fullmatch(r"(.*?)(?: int(\d+))?", variant).groups()
-    sfx = _variant_suffix(variant)
-    notes = ([dict(VARIANT_SUFFIXES)[sfx]] if sfx else []) + ([f"INT{bits} W_LL"] if bits else [])
-    return variant[: len(variant) - len(sfx)] + (f" ({', '.join(notes)})" if notes else "")
+    """A largest-ratio row's method in words: ``eval_lm`` appends the mask rule, the projection and k where they are
+    not the paper's, then the W_LL bits where they are not INT8 (``per-gate loss-aware, chosen on valid contribution
+    int4`` → ``per-gate loss-aware, chosen on valid (contribution score, INT4 W_LL)``)."""
+    stem, notes, bits = little_module(variant)
+    notes += [f"INT{bits} W_LL"] if bits != 8 else []
+    return stem + (f" ({', '.join(notes)})" if notes else "")
 
 
 def lm_allocation(doc: dict) -> str:
@@ -184,28 +216,31 @@ def lm_allocation(doc: dict) -> str:
     find = lambda m, part, variant, ratio: next((r for r in rows if (r["model"], r["part"], r["variant"]) ==  # noqa: E731
                                                  (m, part, variant) and r["insensitive_ratio"] == ratio), None)
     delta = lambda r: "" if r is None else f"{r['ppl']} ({r['delta_ppl_pct']:+.2f} %)"  # noqa: E731
-    costs = [(v + sfx, name + (f" ({rule_name})" if sfx else "")) for sfx, rule_name in (("", ""), *VARIANT_SUFFIXES)
-             for v, name in ALLOCATION_VARIANTS if any(r.get("variant") == v + sfx for r in rows)]
-    uniform = lambda m, ratio, sfx: next((r for r in rows if r["model"] == m and r["part"] == "uniform"  # noqa: E731
-                                          and r["insensitive_ratio"] == ratio and "-int8" in r["variant"]
-                                          and _variant_suffix(r["variant"]) == sfx), None)  # the study's W_LL is INT8
-    rules = [(sfx, name) for sfx, name in VARIANT_SUFFIXES if any(_variant_suffix(r["variant"]) == sfx for r in rows)]
+    module = lambda r: (little_module(r["variant"])[0], _little_tag(r["variant"]), little_module(r["variant"])[2])  # noqa: E731
+    costs = [(v, tag, name + (f" ({tag})" if tag else "")) for tag in _little_tags(rows, "per-gate")
+             for v, name in ALLOCATION_VARIANTS if any(module(r) == (v, tag, 8) for r in rows if r["part"] == "per-gate")]
+    per_gate = lambda m, v, tag, ratio: next((r for r in rows if (r["model"], r["part"], r["insensitive_ratio"]) ==  # noqa: E731
+                                              (m, "per-gate", ratio) and module(r) == (v, tag, 8)), None)
+    uniform = lambda m, ratio, tag: next((r for r in rows if (r["model"], r["part"], r["insensitive_ratio"]) ==  # noqa: E731
+                                          (m, "uniform", ratio) and r["variant"] != "base"
+                                          and module(r)[1:] == (tag, 8)), None)  # the study's W_LL is INT8
+    rules = [tag for tag in _little_tags(rows, "uniform") if tag]
     table = []
     for m in dict.fromkeys(r["model"] for r in rows):
         base = find(m, "uniform", "base", 0.0)
         for ratio in sorted({r["insensitive_ratio"] for r in rows if r["model"] == m and r["part"] in ("per-gate", "uniform")
                              and r["variant"] != "base"}):
-            found = [(name, find(m, "per-gate", v, ratio)) for v, name in costs]
+            found = [(name, per_gate(m, v, tag, ratio)) for v, tag, name in costs]
             # each run flags its own pick; across runs (mask rules) the lower validation PPL wins
             picked = min(((name, r) for name, r in found if r and r.get("valid_pick")),
                          key=lambda p: p[1]["valid_delta_ppl_pct"], default=("", None))
             shown = picked[1] or dict(found).get("loss-aware")  # rows from before the validation pick: loss-aware's
             table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uniform(m, ratio, "")),
-                          *(delta(uniform(m, ratio, sfx)) for sfx, _ in rules),
+                          *(delta(uniform(m, ratio, tag)) for tag in rules),
                           *(delta(r) for _, r in found), picked[0], shown and _gate_ratios(shown)])
     out = _table(["model", "big epochs", "base PPL", "ratio", "one ratio for all gates",
-                  *(f"one ratio, {name}" for _, name in rules),
-                  *(f"per gate: {name}" for _, name in costs), "validation picks", "its ratio per gate"], table)
+                  *(f"one ratio, {tag}" for tag in rules),
+                  *(f"per gate: {name}" for _, _, name in costs), "validation picks", "its ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],
                   [[r["model"], search_method(r["variant"]), r["insensitive_ratio"], r["measured_ratio"], r["ppl"],
@@ -214,7 +249,7 @@ def lm_allocation(doc: dict) -> str:
     if eps:
         out += ["", "ε of eq. 3 at 50 % (k from it), by little module:", ""]
         out += _table(["model", "little module", "ε", "k", "measured", "PPL", "ΔPPL %"],
-                      [[r["model"], dict(VARIANT_SUFFIXES).get(_variant_suffix(r["variant"]), "eq. 5, eq. 2"),
+                      [[r["model"], _little_tag(r["variant"]) or "eq. 5, eq. 2",
                         r["variant"].split()[0].removeprefix("eps"), r.get("k"), r["measured_ratio"], r["ppl"],
                         r["delta_ppl_pct"]] for r in eps])
     by_k = [r for r in rows if r["part"] == "k"]
@@ -223,7 +258,7 @@ def lm_allocation(doc: dict) -> str:
                 "projection), by little module; *eq. 3* marks the k of ε = 0.5; MSE: the little pre-activations' on "
                 "valid, mean over gates and layers:", ""]
         out += _table(["model", "little module", "k", "eq. 3", "little MB", "MSE", "measured", "PPL", "ΔPPL %"],
-                      [[r["model"], dict(VARIANT_SUFFIXES).get(_variant_suffix(r["variant"]), "eq. 5, eq. 2"), r["k"],
+                      [[r["model"], _little_tag(r["variant"]) or "eq. 5, eq. 2", r["k"],
                         "yes" if r.get("eq3") else "", r["little_param_mb"], _mean_mse(r), r["measured_ratio"],
                         r["ppl"], r["delta_ppl_pct"]]
                        for r in sorted(by_k, key=lambda r: (r["model"], r["variant"].split()[1:], r["k"]))])
@@ -283,13 +318,14 @@ def plot_lm_allocation(doc: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
     for ax, m in zip(axes[0], models):
         mine = [r for r in rows if r["model"] == m]
-        for sfx, name in (("", "eq. 5"), *VARIANT_SUFFIXES):
+        for tag in dict.fromkeys(_little_tags(mine, "uniform") + _little_tags(mine, "per-gate")):
+            name = tag or "eq. 5"
             curves = [("uniform", None, "o-", f"one ratio, {name}")]
-            curves += [("per-gate", v + sfx, "s--", f"per gate ({cost}), {name}") for v, cost in ALLOCATION_VARIANTS]
-            for part, variant, style, label in curves:
+            curves += [("per-gate", v, "s--", f"per gate ({cost}), {name}") for v, cost in ALLOCATION_VARIANTS]
+            for part, method, style, label in curves:
                 pts = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in mine if r["part"] == part
-                             and r["variant"] != "base" and _variant_suffix(r["variant"]) == sfx
-                             and variant in (None, r["variant"]))
+                             and r["variant"] != "base" and _little_tag(r["variant"]) == tag
+                             and little_module(r["variant"])[2] == 8 and method in (None, little_module(r["variant"])[0]))
                 if pts:
                     ax.plot(*zip(*[(0.0, 0.0), *pts]), style, label=label, ms=4)
         _delta_ppl_panel(ax, f"{m} (base PPL {mine[0]['base_ppl']})", 6)

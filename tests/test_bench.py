@@ -286,6 +286,19 @@ def test_speedup_plot_draws_quartiles_bound_and_the_checkpoints_ppl(tmp_path):
     assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "latency-speedup.png").stat().st_size > 0
 
 
+def test_a_panels_ppl_curves_are_its_own_little_modules():
+    """The ΔPPL beside a panel's speed-ups is of the little module the panel timed: its row label's k (or ε) and
+    projection, each W_LL precision and mask rule: a k = 128 learned panel does not borrow the paper's module's PPL."""
+    from dualtvm.bench import quality_variants
+
+    assert quality_variants("lstm-1500") == {"INT8": "eps0.5-int8", "INT4": "eps0.5-int4",
+                                             "INT8, contribution": "eps0.5-int8 contribution",
+                                             "INT4, contribution": "eps0.5-int4 contribution"}
+    assert quality_variants("lstm-1500-k128-learned")["INT4, contribution"] == "k128-int4 contribution learned"
+    assert quality_variants("gnmt-1024-2048-eps0.9-learned")["INT8"] == "eps0.9-int8 learned"
+    assert quality_variants("gru-750-k64")["INT8"] == "k64-int8"
+
+
 def test_rows_on_random_and_trained_weights_stand_side_by_side(tmp_path):
     """A rerun replaces the rows of its own weights only: random-weight rows of a model do not replace its
     trained checkpoint's rows (different masks, different speed-ups), nor are drawn in their panel."""

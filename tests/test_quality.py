@@ -86,6 +86,20 @@ def test_search_rows_name_their_mask_rule_and_little_bits():
     assert (search_method("per-gate measured, chosen on valid contribution learned")
             == "per-gate measured, chosen on valid (contribution score, learned projection)")
     assert search_method("uniform, chosen on valid learned") == "uniform, chosen on valid (learned projection)"
+    assert (search_method("per-gate loss-aware, chosen on valid contribution learned k128 int4")
+            == "per-gate loss-aware, chosen on valid (contribution score, learned projection, k = 128, INT4 W_LL)")
+
+
+def test_little_module_reads_every_variant_eval_lm_writes():
+    """Rows name their little module in their variant; the tables group and label them by it."""
+    from render_results import little_module
+
+    assert little_module("eps0.5-int8") == ("eps0.5-int8", [], 8)
+    assert little_module("eps0.5-int4 contribution") == ("eps0.5-int4", ["contribution score"], 4)
+    assert little_module("k128-int8 learned") == ("k128-int8", ["learned projection", "k = 128"], 8)
+    assert little_module("k128 learned") == ("k128", ["learned projection"], 8)  # part k: k is its own column
+    assert little_module("greedy-allocation learned k64 int4") == ("greedy-allocation", ["learned projection", "k = 64"], 4)
+    assert little_module("eps0.3") == ("eps0.3", [], 8) and little_module("base") == ("base", [], 8)
 
 
 def test_eval_lm_int4_allocation_rows_do_not_replace_int8_ones(tiny_corpus, tmp_path):
@@ -138,6 +152,34 @@ def test_eval_lm_mask_rules_beyond_eq5(tiny_corpus, tmp_path):
     cells = [c.strip() for c in next(line for line in table if "| 0.5 |" in line).strip("|").split("|")]
     assert header[4:7] == ["one ratio for all gates", "one ratio, both sigmoid tails", "one ratio, contribution score"]
     assert all(cells[4 + j].startswith(str(rows[n]["ppl"])) for j, n in enumerate(names))
+
+
+def test_eval_lm_k_set_directly(tiny_corpus, tmp_path):
+    """--k: every part runs the little module of that k (rows say so: ``k<k>-int8`` for one ratio for all gates,
+    `` k<k>`` after the others' names), beside eq. 3's rows of the same model; parts that vary k refuse it."""
+    import eval_lm
+    from render_results import lm_allocation
+
+    corpus = load_lm_corpus(str(tiny_corpus))
+    ckpt = tmp_path / "lm.pt"
+    train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
+             LMTrainConfig(epochs=1, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
+    out = tmp_path / "q.json"
+    common = ["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-750", "--corpus",
+              str(tiny_corpus), "--ratios", "0.5", "--max-rows", "2000", "--results", str(out)]
+    assert eval_lm.main(common + ["--parts", "ratios"]) == 0
+    assert eval_lm.main(common + ["--parts", "ratios,allocation", "--allocation-costs", "activation", "--k", "6"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    uniform = {r["variant"]: r for r in rows if r["part"] == "uniform" and r["insensitive_ratio"] == 0.5}
+    assert set(uniform) == {"eps0.5-int8", "k6-int8"}
+    assert "paper_ppl" in uniform["eps0.5-int8"] and "paper_ppl" not in uniform["k6-int8"]  # the paper's k is eq. 3's
+    assert uniform["k6-int8"]["ppl"] != uniform["eps0.5-int8"]["ppl"]
+    assert {r["variant"] for r in rows if r["part"] == "per-gate"} == {"greedy-allocation k6"}
+    header = [c.strip() for c in lm_allocation({"rows": rows}).splitlines()[0].strip("|").split("|")]
+    assert "one ratio, k = 6" in header and "per gate: activation error (k = 6)" in header
+    for parts in ("eps", "ratios,k"):
+        with pytest.raises(SystemExit):
+            eval_lm.main(common + ["--parts", parts, "--k", "6"])
 
 
 class _RatioKnob:
