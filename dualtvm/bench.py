@@ -401,6 +401,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     out = outs[variants[0][0]]
     dual, dense = CompiledDecoder(f"{out}/dual"), CompiledDecoder(f"{out}/dense")
     weights = dual.manifest["model"]["weights"]
+    origin = weights_origin(weights)
     mc = model_config(model)
     xs, _ = decode_stream(read_checkpoint(cfg.checkpoint) if cfg.checkpoint else None, mc.input_size, cfg.steps,
                           cfg.data_dir, cfg.decoder_layer)  # a trained model's own held-out data: its real masks
@@ -470,7 +471,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             is_tvm = e.name.startswith("tvm")
             row = {"model": label, "engine": e.name.split("@")[0], "insensitive_ratio": e.ratio, "median_ms": round(med, 4),
                    "iqr_ms": round(iqr, 4), "cache": cache, "threads": cfg.threads,
-                   "target": target.cli if is_tvm else None, "weights": weights, "weights_origin": weights_origin(weights)}
+                   "target": target.cli if is_tvm else None, "weights": weights, "weights_origin": origin}
             if cold:
                 row["evict_mb"] = evictor.nbytes >> 20  # rows without it swept 64 MB
                 row["runtime_warm"] = e.twin is not None  # a twin's step warmed code and runtime (rows without: no)

@@ -149,3 +149,32 @@ def add_k_option(p: argparse.ArgumentParser) -> None:
                    help="projected dims per input (P_x and P_h), overriding --eps: eq. 3 is a distance bound for eq. "
                         "2's random projection and says nothing about a learned one's k; the rows, engines, builds "
                         "and cached little modules of a set k are named …-k<k>")
+
+
+def add_baseline_options(p: argparse.ArgumentParser, out_help: str, device_note: "str | None" = "") -> None:
+    """``--threads``, ``--out``, ``--results`` and (unless ``device_note`` is None) ``--device``: what the scripts
+    that train or prune a baseline take; ``out_help`` says where the checkpoint goes by default."""
+    from .checkpoint import DEVICE_HELP, device_arg
+
+    p.add_argument("--threads", type=positive_int, default=None, help="PyTorch threads (default: PyTorch's)")
+    if device_note is not None:
+        p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP + device_note)
+    p.add_argument("--out", type=Path, default=None, help=out_help)
+    p.add_argument("--results", type=Path, default=Path("results/baselines.json"),
+                   help="results file of the trained (and pruned) baselines")
+
+
+def start_baseline_run(a: argparse.Namespace) -> str:
+    """What a training or pruning script does once its arguments parse: logging on, ``--threads`` applied; returns
+    the git revision of the code it loaded (taken now: a commit made while it trains must not be named)."""
+    import logging
+
+    import torch
+
+    from .checkpoint import git_revision
+
+    revision = git_revision()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return revision

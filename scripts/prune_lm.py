@@ -12,7 +12,6 @@ results/baselines.json with its valid/test PPL.  Then Table 7's dual-module colu
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import sys
 import time
@@ -21,10 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
 
-from dualtvm.cli import HelpFormatter, add_data_dir_option, command_line, positive_int  # noqa: E402
-from dualtvm.checkpoint import git_revision, load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
+from dualtvm.cli import HelpFormatter, add_baseline_options, add_data_dir_option, command_line, start_baseline_run  # noqa: E402
+from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.prune import PruneConfig, prune_finetune  # noqa: E402
 from dualtvm.results import record_baseline  # noqa: E402
@@ -41,18 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=PruneConfig.batches, help="fine-tuning batches")
     p.add_argument("--lr", type=float, default=PruneConfig.lr,
                    help="learning rate of the fine-tuning between pruning steps")
-    p.add_argument("--threads", type=positive_int, default=None, help="PyTorch threads (default: PyTorch's)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="pruned checkpoint (default: beside --checkpoint, named by corpus and sparsity)")
-    p.add_argument("--results", type=Path, default=Path("results/baselines.json"),
-                   help="results file of the trained and pruned baselines")
+    add_baseline_options(p, "pruned checkpoint (default: beside --checkpoint, named by corpus and sparsity)", None)
     a = p.parse_args(argv)
-    revision = git_revision()  # of the code this run loaded: commits made while it trains must not be named
     if not 0.0 <= a.sparsity < 1.0:
         p.error(f"--sparsity must be in [0, 1), got {a.sparsity} (0 = the same fine-tuning without pruning: the control)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    revision = start_baseline_run(a)
     payload = load_checkpoint(a.checkpoint)
     if payload["kind"] != "lm":
         p.error(f"{a.checkpoint} is a {payload['kind']} checkpoint, not a language model")

@@ -6,16 +6,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
 
-from dualtvm.cli import HelpFormatter, add_data_dir_option, command_line, positive_int  # noqa: E402
-from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg, git_revision  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, add_baseline_options, add_data_dir_option, command_line, positive_int, start_baseline_run)
+from dualtvm.checkpoint import checkpoint_and_name  # noqa: E402
 from dualtvm.data import load_lm_corpus  # noqa: E402
 from dualtvm.models import LMConfig  # noqa: E402
 from dualtvm.results import record_baseline  # noqa: E402
@@ -35,17 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="SGD learning rate, divided by 4 when validation loss stops improving")
     p.add_argument("--batch-size", type=int, default=20, help="parallel streams of the batchified corpus")
     p.add_argument("--seed", type=int, default=1111, help="seed of initialisation and dropout")
-    p.add_argument("--threads", type=positive_int, default=None, help="PyTorch threads (default: PyTorch's)")
-    p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP)
-    p.add_argument("--out", type=Path, default=None,
-                   help="checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt); also names the baselines row")
-    p.add_argument("--results", type=Path, default=Path("results/baselines.json"),
-                   help="results file of the trained baselines")
+    add_baseline_options(p, "checkpoint path (default cache/<corpus>-<rnn>-<hidden>.pt); also names the baselines row")
     a = p.parse_args(argv)
-    revision = git_revision()  # of the code this run loaded: commits made while it trains must not be named
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    revision = start_baseline_run(a)
     corpus = load_lm_corpus(a.corpus, a.data_dir)
     ckpt, name = checkpoint_and_name(f"{Path(a.corpus).name}-{a.rnn.lower()}-{a.hidden}", a.out)
     cfg = LMConfig(a.rnn, len(corpus.dictionary), a.hidden, 1, a.dropout, True)

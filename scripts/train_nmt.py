@@ -10,16 +10,15 @@ batch 64.  The paper's GNMT is hidden 1024; --hidden 1024 builds it (90 M parame
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
 
-from dualtvm.cli import HelpFormatter, add_data_dir_option, command_line, positive_int  # noqa: E402
-from dualtvm.checkpoint import DEVICE_HELP, checkpoint_and_name, device_arg, git_revision  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, add_baseline_options, add_data_dir_option, command_line, positive_int, start_baseline_run)
+from dualtvm.checkpoint import checkpoint_and_name  # noqa: E402
 from dualtvm.data import load_multi30k  # noqa: E402
 from dualtvm.models import Seq2SeqConfig  # noqa: E402
 from dualtvm.results import record_baseline  # noqa: E402
@@ -36,19 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropout", type=float, default=0.2, help="dropout on embeddings and between layers")
     p.add_argument("--batch-size", type=int, default=64, help="sentence pairs per batch")
     p.add_argument("--min-freq", type=int, default=2, help="words seen fewer times in training become <unk>")
-    p.add_argument("--threads", type=positive_int, default=None, help="PyTorch threads (default: PyTorch's)")
-    p.add_argument("--device", default="cpu", type=device_arg, help=DEVICE_HELP + ", BLEU is measured on the CPU")
     p.add_argument("--max-batches", type=int, default=None, help="cap per epoch (smoke runs)")
     p.add_argument("--bleu-limit", type=int, default=None, help="translate only the first N test sentences")
-    p.add_argument("--out", type=Path, default=None,
-                   help="checkpoint path (default cache/multi30k-gnmt-<hidden>.pt); also names the baselines row")
-    p.add_argument("--results", type=Path, default=Path("results/baselines.json"),
-                   help="results file of the trained baselines")
+    add_baseline_options(p, "checkpoint path (default cache/multi30k-gnmt-<hidden>.pt); also names the baselines row",
+                         ", BLEU is measured on the CPU")
     a = p.parse_args(argv)
-    revision = git_revision()  # of the code this run loaded: commits made while it trains must not be named
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    revision = start_baseline_run(a)
     corpus = load_multi30k(a.data_dir, a.min_freq)
     cfg = Seq2SeqConfig(len(corpus.src_vocab), len(corpus.tgt_vocab), a.hidden, dropout=a.dropout)
     ckpt, name = checkpoint_and_name(f"multi30k-gnmt-{a.hidden}", a.out)

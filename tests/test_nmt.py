@@ -440,3 +440,26 @@ def test_a_seq2seq_decoder_layer_as_a_named_model_with_its_real_inputs(tiny_mult
     assert not xs[0][32:].any() and xs[1][32:].any()  # layer 0 at step 0: no attention context yet
     with pytest.raises(ValueError, match="decoder layer 4 does not exist"):
         real_inputs(payload, seed=0, data_dir=str(data), decoder_layer=4)
+
+
+def test_train_nmt_script_records_its_baseline_row(tiny_multi30k, tmp_path):
+    """train_nmt.py end to end on the tiny Multi30k folder: checkpoint where --out says, one baselines row with
+    BLEU, the sacreBLEU signature and the command that made it; an unknown --device stops it before any work."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import train_nmt
+
+    data, _ = tiny_multi30k
+    out, results = tmp_path / "g.pt", tmp_path / "baselines.json"
+    args = ["--data-dir", str(data), "--hidden", "16", "--epochs", "1", "--threads", "1", "--out", str(out),
+            "--results", str(results)]
+    assert train_nmt.main(args) == 0
+    (row,) = json.loads(results.read_text())["rows"]
+    assert row["model"] == "g" and row["epochs"] == 1 and row["checkpoint"] == str(tmp_path / "g.best.pt")
+    assert 0 <= row["test_bleu"] <= 100 and row["sacrebleu_signature"].startswith("nrefs:1|")
+    assert row["command"].startswith("python scripts/train_nmt.py --data-dir ") and Path(row["checkpoint"]).exists()
+    with pytest.raises(SystemExit):
+        train_nmt.main(args + ["--device", "tpu"])

@@ -14,16 +14,22 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 
+def _tiny_lstm(tiny_corpus: Path, tmp_path: Path, epochs: int) -> Path:
+    """A 24-unit LSTM LM trained on the tiny corpus for ``epochs``: its best checkpoint."""
+    corpus = load_lm_corpus(str(tiny_corpus))
+    train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
+             LMTrainConfig(epochs=epochs, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), tmp_path / "lm.pt",
+             progress=False)
+    return tmp_path / "lm.best.pt"
+
+
 def test_eval_lm_script_on_tiny_model(tiny_corpus, tmp_path):
     import eval_lm
 
-    corpus = load_lm_corpus(str(tiny_corpus))
-    ckpt = tmp_path / "lm.pt"
-    train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
-             LMTrainConfig(epochs=2, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
+    ckpt = _tiny_lstm(tiny_corpus, tmp_path, epochs=2)
     out = tmp_path / "lm-quality-ptb.json"
     # a 24-unit model named like the paper's LSTM-750, so that its rows carry Table 2's PPLs
-    rc = eval_lm.main(["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-750",
+    rc = eval_lm.main(["--checkpoint", str(ckpt), "--model-name", "tiny-lstm-750",
                        "--corpus", str(tiny_corpus), "--ratios", "0.5,0.6,0.9", "--parts", "ratios,allocation,search,precision,k",
                        "--k-values", "4,8", "--max-rows", "2000", "--allocation-costs", "loss,activation,measured", "--results", str(out)])
     assert rc == 0
@@ -107,12 +113,9 @@ def test_eval_lm_int4_allocation_rows_do_not_replace_int8_ones(tiny_corpus, tmp_
     INT4 allocation lands beside the INT8 one of the same model and ratio."""
     import eval_lm
 
-    corpus = load_lm_corpus(str(tiny_corpus))
-    ckpt = tmp_path / "lm.pt"
-    train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
-             LMTrainConfig(epochs=1, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
+    ckpt = _tiny_lstm(tiny_corpus, tmp_path, epochs=1)
     out = tmp_path / "q.json"
-    common = ["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny", "--corpus", str(tiny_corpus),
+    common = ["--checkpoint", str(ckpt), "--model-name", "tiny", "--corpus", str(tiny_corpus),
               "--parts", "allocation", "--allocation-costs", "activation", "--max-rows", "2000", "--results", str(out)]
     for bits in ("8", "4"):
         assert eval_lm.main(common + ["--little-bits", bits]) == 0
@@ -126,12 +129,9 @@ def test_eval_lm_mask_rules_beyond_eq5(tiny_corpus, tmp_path):
     file), carry no paper PPL, still decode at the asked ratio, and the study shows each rule in its own column."""
     import eval_lm
 
-    corpus = load_lm_corpus(str(tiny_corpus))
-    ckpt = tmp_path / "lm.pt"
-    train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
-             LMTrainConfig(epochs=2, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
+    ckpt = _tiny_lstm(tiny_corpus, tmp_path, epochs=2)
     out = tmp_path / "q.json"
-    common = ["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-750", "--corpus",
+    common = ["--checkpoint", str(ckpt), "--model-name", "tiny-lstm-750", "--corpus",
               str(tiny_corpus), "--ratios", "0.5", "--parts", "ratios", "--max-rows", "2000", "--results", str(out)]
     for rule in (["--sigmoid-tails", "low"], ["--sigmoid-tails", "both"], ["--mask-rule", "contribution"]):
         assert eval_lm.main(common + rule) == 0
@@ -160,12 +160,9 @@ def test_eval_lm_k_set_directly(tiny_corpus, tmp_path):
     import eval_lm
     from render_results import lm_allocation
 
-    corpus = load_lm_corpus(str(tiny_corpus))
-    ckpt = tmp_path / "lm.pt"
-    train_lm(corpus, LMConfig("LSTM", len(corpus.dictionary), 24, 1, 0.0, True),
-             LMTrainConfig(epochs=1, lr=5.0, bptt=8, batch_size=4, eval_batch_size=2), ckpt, progress=False)
+    ckpt = _tiny_lstm(tiny_corpus, tmp_path, epochs=1)
     out = tmp_path / "q.json"
-    common = ["--checkpoint", str(ckpt.with_suffix(".best.pt")), "--model-name", "tiny-lstm-750", "--corpus",
+    common = ["--checkpoint", str(ckpt), "--model-name", "tiny-lstm-750", "--corpus",
               str(tiny_corpus), "--ratios", "0.5", "--max-rows", "2000", "--results", str(out)]
     assert eval_lm.main(common + ["--parts", "ratios"]) == 0
     assert eval_lm.main(common + ["--parts", "ratios,allocation", "--allocation-costs", "activation", "--k", "6"]) == 0
