@@ -3,7 +3,9 @@
 Weights are quantised once (per-row scales by default: every output row of W_LL gets its
 own scale, which costs n floats and keeps rows of small magnitude precise); the projected
 inputs are quantised at run time with one scale per vector (per-tensor, dynamic).  Scales are
-max|w| / qmax, except at 2 bits, where they are searched for the least squared error.
+max|w| / qmax at 8 bits and more; at 4 and 2 bits they are searched for the least squared error (a coarse grid
+spent on the few largest weights rounds the many small ones away: on the learned k = 128 little module of LSTM-1500,
+INT4 at 50 % lost +2.74 % PPL with max-abs scales and +1.72 % with searched ones).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 
 SUPPORTED_BITS = (32, 16, 8, 4, 2, 1)
 COMPILED_BITS = (8, 4)  # W_LL precisions the compiled little GEMVs run (Table 6's others: PyTorch only)
-CLIP_SEARCH_BITS = 2  # at 2 bits the max-abs grid {-1, 0, 1}·max|w| rounds most weights to 0
+CLIP_SEARCH_BITS = 4  # at 4 bits and fewer the max-abs grid rounds most weights to few codes (INT2: {-1, 0, 1}·max|w|)
 
 
 def qmax(bits: int) -> int:
@@ -98,7 +100,8 @@ def fake_quantize_activations(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
 
 
 def max_rounding_error(qt: QuantizedTensor) -> torch.Tensor:
-    """Bound on |w − dequantize(quantize(w))| per element: half a step (not valid for INT1)."""
+    """Bound on |w − dequantize(quantize(w))| per element within the grid (|w| ≤ qmax · scale: every weight where the
+    scale is max|w| / qmax): half a step (not valid for INT1)."""
     return qt.scale / 2
 
 

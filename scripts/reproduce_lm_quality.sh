@@ -95,3 +95,14 @@ python scripts/eval_lm.py "${C[@]}"
 C=(--checkpoint cache/ptb-lstm-750.best.pt --model-name ptb-lstm-750 --parts k --ratios 0.5 --k-values 64,128,256 --results results/lm-allocation-ptb.json)
 python scripts/eval_lm.py "${C[@]}" --projection learned
 python scripts/eval_lm.py "${C[@]}"
+# session 34 (Intel): ptb-lstm-1500-r3 (session 33: train_lm.py --rnn LSTM --hidden 1500 --dropout 0.65 --epochs 6
+# --threads 2 --out cache/ptb-lstm-1500-r3.pt, r2's command on this machine) with
+# the little module its latency rows time — k = 128 (--k, new), learned projection: INT8, contribution masks with the
+# largest ratio within +1 %, INT4 — then the paper's module (Tables 2/3) and part k under eq. 5's masks
+C=(--checkpoint cache/ptb-lstm-1500-r3.best.pt --model-name ptb-lstm-1500-r3)
+L=(--k 128 --projection learned --results results/lm-allocation-ptb.json)
+python scripts/eval_lm.py "${C[@]}" "${L[@]}" --parts ratios
+python scripts/eval_lm.py "${C[@]}" "${L[@]}" --parts ratios,search --mask-rule contribution --allocation-costs loss
+python scripts/eval_lm.py "${C[@]}" "${L[@]}" --parts ratios --little-bits 4
+python scripts/eval_lm.py "${C[@]}" --parts ratios
+python scripts/eval_lm.py "${C[@]}" --parts k --ratios 0.5 --k-values 64,128,256 --projection learned --results results/lm-allocation-ptb.json
