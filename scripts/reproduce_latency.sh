@@ -87,3 +87,6 @@ python scripts/bench.py --models gnmt-1024-2048 --threads 2 --rounds 8 --little-
 # --out cache/ptb-lstm-1500-r3.pt) on its real masks: k = 128 learned, then the paper's little module, one sitting
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4 --contribution
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --threads 2 --rounds 8 --little-bits 8,4
+# session 34 on the Intel machine: the same r3 model and little module (k = 128 learned; INT4 scales now searched) for
+# the host's own -mcpu (sapphirerapids: VNNI little GEMVs, no tuning database for it: default schedules)
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4 --contribution
