@@ -123,8 +123,8 @@ def lm_quality(doc: dict) -> str:
                   [[r["model"], r["variant"].removeprefix("eps"), r.get("k"), r["measured_ratio"], r["ppl"], r["delta_ppl_pct"]]
                    for r in part("eps")])
     out += ["", "Table 6, W_LL precision at 50 % (thresholds recalibrated for each precision; INT2 scales searched per row "
-            "for the least squared error, INT4's too in rows measured since session 34; MSE of the little pre-activations on valid; parameter sizes as the paper "
-            "counts them):", ""]
+            "for the least squared error, INT4's too in rows measured since session 34; MSE of the little "
+            "pre-activations on valid; parameter sizes as the paper counts them):", ""]
     out += _table(["model", "precision", "MSE", "little MB", "big MB", "little / big %", "measured", "PPL", "ΔPPL %"],
                   [[r["model"], r["variant"], r["mse"], r["little_param_mb"], r["big_param_mb"],
                     round(100 * r["little_param_mb"] / r["big_param_mb"], 1), r["measured_ratio"], r["ppl"], r["delta_ppl_pct"]]
@@ -183,9 +183,16 @@ def little_module(variant: str) -> tuple[str, list[str], int]:
     return stem, notes, bits
 
 
+def _module_key(variant: str) -> tuple[str, str, int]:
+    """What the tables group a row by: its method, its little module in words ("" for the paper's: eq. 5, eq. 2,
+    eq. 3's k) and its W_LL bits."""
+    stem, notes, bits = little_module(variant)
+    return stem, ", ".join(notes), bits
+
+
 def _little_tag(variant: str) -> str:
-    """A row's little module in words ("" for the paper's: eq. 5, eq. 2, eq. 3's k), without its W_LL bits."""
-    return ", ".join(little_module(variant)[1])
+    """A row's little module in words, without its W_LL bits (:func:`_module_key`)."""
+    return _module_key(variant)[1]
 
 
 def _little_tags(rows: list[dict], part: str) -> list[str]:
@@ -193,7 +200,7 @@ def _little_tags(rows: list[dict], part: str) -> list[str]:
     things differ from it and in :data:`LITTLE_WORDS`' order (the tables' column order)."""
     order = [*LITTLE_WORDS.values(), "k = "]
     tags = {_little_tag(r["variant"]) for r in rows if r["part"] == part and r["variant"] != "base"
-            and little_module(r["variant"])[2] == 8}
+            and _module_key(r["variant"])[2] == 8}
     notes = lambda t: t.split(", ") if t else []  # noqa: E731
     return sorted(tags, key=lambda t: (len(notes(t)), [next(i for i, o in enumerate(order) if n.startswith(o))
                                                        for n in notes(t)], t))
@@ -216,7 +223,7 @@ def lm_allocation(doc: dict) -> str:
     find = lambda m, part, variant, ratio: next((r for r in rows if (r["model"], r["part"], r["variant"]) ==  # noqa: E731
                                                  (m, part, variant) and r["insensitive_ratio"] == ratio), None)
     delta = lambda r: "" if r is None else f"{r['ppl']} ({r['delta_ppl_pct']:+.2f} %)"  # noqa: E731
-    module = lambda r: (little_module(r["variant"])[0], _little_tag(r["variant"]), little_module(r["variant"])[2])  # noqa: E731
+    module = lambda r: _module_key(r["variant"])  # noqa: E731
     costs = [(v, tag, name + (f" ({tag})" if tag else "")) for tag in _little_tags(rows, "per-gate")
              for v, name in ALLOCATION_VARIANTS if any(module(r) == (v, tag, 8) for r in rows if r["part"] == "per-gate")]
     per_gate = lambda m, v, tag, ratio: next((r for r in rows if (r["model"], r["part"], r["insensitive_ratio"]) ==  # noqa: E731
@@ -324,8 +331,8 @@ def plot_lm_allocation(doc: dict, path: Path) -> None:
             curves += [("per-gate", v, "s--", f"per gate ({cost}), {name}") for v, cost in ALLOCATION_VARIANTS]
             for part, method, style, label in curves:
                 pts = sorted((r["measured_ratio"], r["delta_ppl_pct"]) for r in mine if r["part"] == part
-                             and r["variant"] != "base" and _little_tag(r["variant"]) == tag
-                             and little_module(r["variant"])[2] == 8 and method in (None, little_module(r["variant"])[0]))
+                             and r["variant"] != "base" and _module_key(r["variant"])[1:] == (tag, 8)
+                             and method in (None, _module_key(r["variant"])[0]))
                 if pts:
                     ax.plot(*zip(*[(0.0, 0.0), *pts]), style, label=label, ms=4)
         _delta_ppl_panel(ax, f"{m} (base PPL {mine[0]['base_ppl']})", 6)
