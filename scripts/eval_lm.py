@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             record("resilience", 0.5, value, 0.0, variant=f"errors in the {region} half", relative_std=a.noise,
                    cos_before=cos["before"], cos_after=cos["after"])
     if "ratios" in parts:
+        size = f"k{a.k}" if a.k is not None else "eps0.5"  # how k was set: directly, or eq. 3 at ε = 0.5
         for r in a.ratios:
             v, m = ppl(q, "test", r)
-            size = f"k{a.k}" if a.k is not None else "eps0.5"  # how k was set: directly, or eq. 3 at ε = 0.5
             record("uniform", r, v, m, variant=f"{size}-int{a.little_bits}", little_mse=_fit_mse(q))
     variants = {"activation": ("greedy-allocation", "per-gate, chosen on valid"),  # names of the first rows
                 "loss": ("loss-aware-allocation", "per-gate loss-aware, chosen on valid"),

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-from dualtvm.cli import HelpFormatter, add_baseline_options, add_data_dir_option, command_line, start_baseline_run  # noqa: E402
+from dualtvm.cli import (  # noqa: E402
+    HelpFormatter, add_baseline_options, add_data_dir_option, command_line, start_baseline_run)
 from dualtvm.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.prune import PruneConfig, prune_finetune  # noqa: E402
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=PruneConfig.batches, help="fine-tuning batches")
     p.add_argument("--lr", type=float, default=PruneConfig.lr,
                    help="learning rate of the fine-tuning between pruning steps")
-    add_baseline_options(p, "pruned checkpoint (default: beside --checkpoint, named by corpus and sparsity)", None)
+    add_baseline_options(p, "pruned checkpoint (default: beside --checkpoint, named by corpus and sparsity)",
+                         device_note=None)
     a = p.parse_args(argv)
     if not 0.0 <= a.sparsity < 1.0:
         p.error(f"--sparsity must be in [0, 1), got {a.sparsity} (0 = the same fine-tuning without pruning: the control)")

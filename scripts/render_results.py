@@ -199,11 +199,11 @@ def _little_tags(rows: list[dict], part: str) -> list[str]:
     """The INT8 little modules the rows of ``part`` were run with, in words: the paper's ("") first, then by how many
     things differ from it and in :data:`LITTLE_WORDS`' order (the tables' column order)."""
     order = [*LITTLE_WORDS.values(), "k = "]
-    tags = {_little_tag(r["variant"]) for r in rows if r["part"] == part and r["variant"] != "base"
-            and _module_key(r["variant"])[2] == 8}
-    notes = lambda t: t.split(", ") if t else []  # noqa: E731
-    return sorted(tags, key=lambda t: (len(notes(t)), [next(i for i, o in enumerate(order) if n.startswith(o))
-                                                       for n in notes(t)], t))
+    modules = {tuple(notes) for r in rows if r["part"] == part and r["variant"] != "base"
+               for _, notes, bits in [little_module(r["variant"])] if bits == 8}
+    ranked = sorted(modules, key=lambda notes: (len(notes), [next(i for i, o in enumerate(order) if n.startswith(o))
+                                                             for n in notes], notes))
+    return [", ".join(notes) for notes in ranked]
 
 
 def search_method(variant: str) -> str:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
 from dualtvm.cli import (  # noqa: E402
     HelpFormatter, add_baseline_options, add_data_dir_option, command_line, positive_int, start_baseline_run)
 from dualtvm.checkpoint import checkpoint_and_name  # noqa: E402
