@@ -666,18 +666,24 @@ LATENCY_KEY = ("model", "run_target", "machine", "weights_origin")
 TVM target, machine and weights; other machines' and other weights' rows stay beside them."""
 
 
-QUALITY_CURVES = {"INT8": ("int8", ""), "INT4": ("int4", ""), "INT8, contribution": ("int8", " contribution"),
-                  "INT4, contribution": ("int4", " contribution")}
-"""The quality curves drawn beside a panel's speed-ups: W_LL precision and mask rule of ``eval_lm``'s rows."""
+QUALITY_CURVES = {"INT8": (8, "activation"), "INT4": (4, "activation"), "INT8, contribution": (8, "contribution"),
+                  "INT4, contribution": (4, "contribution")}
+"""The quality curves drawn beside a panel's speed-ups: W_LL bits and mask rule of ``eval_lm``'s rows."""
 
 
 def quality_variants(label: str) -> dict[str, str]:
     """The ``eval_lm`` variants (one ratio for all gates) whose little module is the one a latency panel timed,
     by curve name: its row label's size and projection (``lstm-1500-k128-learned`` → ``k128-int8 learned``;
-    ``lstm-1500`` → ``eps0.5-int8``, the paper's), each W_LL precision and mask rule of :data:`QUALITY_CURVES`."""
-    m = re.search(r"(?:-(k\d+|eps[\d.]+))?(-learned)?$", label)
-    size, learned = (m.group(1) or "eps0.5"), (" learned" if m.group(2) else "")
-    return {name: f"{size}-{bits}{rule}{learned}" for name, (bits, rule) in QUALITY_CURVES.items()}
+    ``lstm-1500`` → ``eps0.5-int8``, the paper's), each W_LL precision and mask rule of :data:`QUALITY_CURVES`,
+    spelled by :func:`dualtvm.little.quality_variant` as ``eval_lm`` spells them."""
+    from .little import LittleConfig, quality_variant, uniform_head
+
+    m = re.search(r"(?:-k(\d+)|-eps([\d.]+))?(-learned)?$", label)
+    size = {"k": int(m.group(1)) if m.group(1) else None, "eps": float(m.group(2)) if m.group(2) else 0.5,
+            "projection": "learned" if m.group(3) else "sparse"}
+    return {name: quality_variant("uniform", uniform_head(cfg), cfg)
+            for name, (bits, rule) in QUALITY_CURVES.items()
+            for cfg in [LittleConfig(bits=bits, mask_rule=rule, **size)]}
 
 
 def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None = None) -> None:

@@ -136,6 +136,30 @@ def variant_suffix(bits: int = 8, mask_rule: str = "activation", int8_codes: boo
         ("" if mask_rule == "activation" else f"-{mask_rule}") + ("" if projection == "sparse" else f"-{projection}")
 
 
+
+QUALITY_PARTS_NAMING_K = ("uniform", "eps", "k")  # parts whose row names carry k (or ε) in their head
+QUALITY_PARTS_NAMING_BITS = ("per-gate", "largest-within-1pct", "eps", "k")  # the others' heads name W_LL bits
+
+
+def uniform_head(cfg: LittleConfig) -> str:
+    """How a one-ratio quality row names its little module's size and W_LL bits: ``k<k>-int<bits>`` where k is set
+    directly, ``eps<ε>-int<bits>`` for eq. 3's k."""
+    return f"{size_suffix(cfg.eps, cfg.k)[1:] or 'eps0.5'}-int{cfg.bits}"
+
+
+def quality_variant(part: str, head: str, cfg: LittleConfig) -> str:
+    """The one spelling of a quality row's ``variant`` (``eval_lm`` writes it, the latency plot looks its rows up):
+    ``head`` names what the part varies (:func:`uniform_head` for one ratio, ``int4`` for precision, an allocation
+    method, …), then what else ``cfg`` departs from the paper in: sigmoid tails, mask rule, projection, a set k
+    (where the head does not name it) and W_LL bits (where the head does not name them). The base row is ``base``."""
+    if head == "base":
+        return head
+    return head + ("" if cfg.sigmoid_tails == "low" else f" sigmoid-{cfg.sigmoid_tails}") + \
+        ("" if cfg.mask_rule == "activation" else f" {cfg.mask_rule}") + \
+        ("" if cfg.projection == "sparse" else f" {cfg.projection}") + \
+        ("" if cfg.k is None or part in QUALITY_PARTS_NAMING_K else f" k{cfg.k}") + \
+        ("" if cfg.bits == 8 or part not in QUALITY_PARTS_NAMING_BITS else f" int{cfg.bits}")
+
 @dataclass
 class LittleModule:
     """Projection, quantised W_LL/b_LL and calibration of one layer."""

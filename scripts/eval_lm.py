@@ -28,7 +28,7 @@ from dualtvm.cli import (  # noqa: E402
 from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
-from dualtvm.little import LittleConfig, big_layers  # noqa: E402
+from dualtvm.little import LittleConfig, big_layers, quality_variant, uniform_head  # noqa: E402
 from dualtvm.quality import ALLOCATION_COSTS, allocation, largest_ratio_within, ppl, setup, validated_allocations  # noqa: E402
 from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
@@ -115,16 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs = payload["train_state"]["epoch"]
 
     def record(part: str, ratio: float, value: float, measured: float, **extra) -> None:
-        if a.sigmoid_tails != "low" and extra["variant"] != "base":
-            extra["variant"] += f" sigmoid-{a.sigmoid_tails}"
-        if a.mask_rule != "activation" and extra["variant"] != "base":
-            extra["variant"] += f" {a.mask_rule}"
-        if a.projection != "sparse" and extra["variant"] != "base":
-            extra["variant"] += f" {a.projection}"
-        if a.k is not None and part not in ("uniform", "eps", "k") and extra["variant"] != "base":
-            extra["variant"] += f" k{a.k}"  # uniform rows name k in place of eps0.5
-        if a.little_bits != 8 and part in ("per-gate", "largest-within-1pct", "eps", "k"):  # uniform rows name bits
-            extra["variant"] += f" int{a.little_bits}"
+        extra["variant"] = quality_variant(part, extra["variant"], little_cfg)
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
                "ppl": round(value, 3), "base_ppl": round(base, 3), "delta_ppl_pct": round(100 * (value / base - 1), 3),
                "big_epochs": epochs, **extra}
@@ -149,10 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             record("resilience", 0.5, value, 0.0, variant=f"errors in the {region} half", relative_std=a.noise,
                    cos_before=cos["before"], cos_after=cos["after"])
     if "ratios" in parts:
-        size = f"k{a.k}" if a.k is not None else "eps0.5"  # how k was set: directly, or eq. 3 at ε = 0.5
         for r in a.ratios:
             v, m = ppl(q, "test", r)
-            record("uniform", r, v, m, variant=f"{size}-int{a.little_bits}", little_mse=_fit_mse(q))
+            record("uniform", r, v, m, variant=uniform_head(little_cfg), little_mse=_fit_mse(q))
     variants = {"activation": ("greedy-allocation", "per-gate, chosen on valid"),  # names of the first rows
                 "loss": ("loss-aware-allocation", "per-gate loss-aware, chosen on valid"),
                 "measured": ("measured-allocation", "per-gate measured, chosen on valid")}

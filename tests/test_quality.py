@@ -108,6 +108,25 @@ def test_little_module_reads_every_variant_eval_lm_writes():
     assert little_module("eps0.3") == ("eps0.3", [], 8) and little_module("base") == ("base", [], 8)
 
 
+
+def test_quality_variant_is_spelled_as_the_tables_read_it():
+    """eval_lm names a row's little module with little.quality_variant; render_results reads it back word by word."""
+    from render_results import little_module
+
+    from dualtvm.little import LittleConfig, quality_variant, uniform_head
+
+    k64 = LittleConfig(k=64, bits=4, projection="learned")
+    assert quality_variant("uniform", uniform_head(k64), k64) == "k64-int4 learned"
+    assert little_module("k64-int4 learned") == ("k64-int4", ["learned projection", "k = 64"], 4)
+    assert quality_variant("per-gate", "greedy-allocation", k64) == "greedy-allocation learned k64 int4"
+    assert quality_variant("k", "k64", k64) == "k64 learned int4"  # part k names k itself
+    paper = LittleConfig()
+    assert quality_variant("uniform", uniform_head(paper), paper) == "eps0.5-int8"
+    wide = LittleConfig(eps=0.9, mask_rule="contribution", projection="learned")
+    assert quality_variant("eps", "eps0.9", wide) == "eps0.9 contribution learned"
+    assert quality_variant("uniform", "eps0.5-int8", LittleConfig(sigmoid_tails="both")) == "eps0.5-int8 sigmoid-both"
+    assert quality_variant("uniform", "base", wide) == "base"
+
 def test_eval_lm_int4_allocation_rows_do_not_replace_int8_ones(tiny_corpus, tmp_path):
     """--little-bits 4: per-gate rows carry ' int4' in their variant (the results file keys rows by variant), so an
     INT4 allocation lands beside the INT8 one of the same model and ratio."""
