@@ -1,6 +1,6 @@
 """Versioned little-module artefact: what the TVM side loads beside the big weights.
 
-One ``.npz`` holding, per layer: the projections (int8 codes: eq. 2's signs + seed, or a learned one's), the quantised
+One ``.npz`` holding, per layer: the projections (int8 codes: eq. 2's signs + seed, or a learned one's; row scales), the quantised
 W_LL codes and scales, b_LL, the calibration quantiles (so any insensitive ratio maps to
 thresholds) and the sha256 of the big weights it was fitted to.  Loading it against other
 big weights is an error, not a silent mismatch.
@@ -20,10 +20,11 @@ from .quantize import QuantizedTensor
 from .thresholds import GateCalibration
 
 FORMAT = "dualtvm-little"
-VERSION = 4  # 2: a sigmoid gate's calibration says which tails are insensitive ("tails"); 3: what its mask tests
-#              ("rule": a_LL or the contribution score); 4: which projection a layer has ("projection")
-READABLE_VERSIONS = (1, 2, 3, 4)  # version 1: every sigmoid gate as eq. 5; versions 1–2: every mask tests a_LL;
-#                                   versions 1–3: every projection is eq. 2's
+VERSION = 5  # 2: a sigmoid gate's calibration says which tails are insensitive ("tails"); 3: what its mask tests
+#              ("rule": a_LL or the contribution score); 4: which projection a layer has ("projection"); 5: each
+#              projection's row scales ("<name>_row_scale": W_LL's columns equalised, quantize.equalising_scale)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # version 1: every sigmoid gate as eq. 5; versions 1–2: every mask tests a_LL;
+#                                      versions 1–3: every projection is eq. 2's; versions 1–4: no row scales
 
 
 class ArtefactError(ValueError):
@@ -57,6 +58,8 @@ def save_little(path: str | os.PathLike, littles: list[LittleModule], config: di
         p = f"l{i}_"
         arrays[p + "px"] = lm.proj_x.codes
         arrays[p + "ph"] = lm.proj_h.codes
+        arrays[p + "px_row_scale"] = lm.proj_x.row_scales()
+        arrays[p + "ph_row_scale"] = lm.proj_h.row_scales()
         arrays[p + "w_codes"] = lm.weight.codes.numpy()
         arrays[p + "w_scale"] = lm.weight.scale.numpy().astype(np.float32)
         arrays[p + "bias"] = lm.bias.numpy().astype(np.float32)
@@ -96,7 +99,7 @@ def load_little(path: str | os.PathLike, big: list[BigLayer] | None = None) -> t
         codes = torch.from_numpy(z[p + "w_codes"])
         little = LittleModule(
             lm["rnn_type"], lm["hidden"], lm["input_size"],
-            *(Projection(z[p + name], seed, kind=lm.get("projection", "sparse"))
+            *(Projection(z[p + name], seed, kind=lm.get("projection", "sparse"), row_scale=_row_scale(z, p + name))
               for name, seed in zip(("px", "ph"), lm["seeds"])),
             QuantizedTensor(codes, torch.from_numpy(z[p + "w_scale"]), lm["bits"]),
             torch.from_numpy(z[p + "bias"]), lm["act_bits"], lm["big_hash"], lm["fit_mse"],
@@ -119,7 +122,8 @@ def save_output_little(path: str | os.PathLike, little) -> Path:
     meta = {"format": OUTPUT_FORMAT, "version": VERSION, "rows": little.rows, "cols": little.cols,
             "bits": little.weight.bits, "act_bits": little.act_bits, "seeds": [little.proj_lo.seed, little.proj_hi.seed],
             "projection": little.proj_lo.kind, "big_hash": little.big_hash, "fit_seconds": little.fit_seconds}
-    arrays = {"p_lo": little.proj_lo.codes, "p_hi": little.proj_hi.codes, "w_codes": little.weight.codes.numpy(),
+    arrays = {"p_lo": little.proj_lo.codes, "p_hi": little.proj_hi.codes, "p_lo_row_scale": little.proj_lo.row_scales(),
+              "p_hi_row_scale": little.proj_hi.row_scales(), "w_codes": little.weight.codes.numpy(),
               "w_scale": little.weight.scale.numpy().astype(np.float32), "bias": little.bias.numpy().astype(np.float32),
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     if little.gap_quantiles is not None:
@@ -140,8 +144,15 @@ def load_output_little(path: str | os.PathLike, big_hash: str | None = None):
         raise ArtefactError(f"{path} was fitted to an output projection hashing to {meta['big_hash'][:12]}…, not "
                             f"{big_hash[:12]}…: refit it for this model")
     kind = meta.get("projection", "sparse")  # files that do not say hold eq. 2's
-    return OutputLittle(meta["rows"], meta["cols"], Projection(z["p_lo"], meta["seeds"][0], kind=kind),
-                        Projection(z["p_hi"], meta["seeds"][1], kind=kind),
+    return OutputLittle(meta["rows"], meta["cols"],
+                        *(Projection(z[name], seed, kind=kind, row_scale=_row_scale(z, name))
+                          for name, seed in zip(("p_lo", "p_hi"), meta["seeds"])),
                         QuantizedTensor(torch.from_numpy(z["w_codes"]), torch.from_numpy(z["w_scale"]), meta["bits"]),
                         torch.from_numpy(z["bias"]), meta["act_bits"], meta["big_hash"],
                         z["gap_quantiles"] if "gap_quantiles" in z else None, meta["fit_seconds"])
+
+
+def _row_scale(z, name: str) -> np.ndarray | None:
+    """A projection's row scales as saved (version 5 on), None for files from before them (or all ones)."""
+    key = name + "_row_scale"
+    return z[key] if key in z and not np.all(z[key] == 1.0) else None

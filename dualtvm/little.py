@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .gates import GateLayout, layout
 from .projection import CovarianceAccumulator, Projection, check_kind, little_dim
-from .quantize import QuantizedTensor, fake_quantize_activations, quantize
+from .quantize import QuantizedTensor, equalising_scale, fake_quantize_activations, quantize
 from .thresholds import check_mask_rule
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,10 @@ class LittleModule:
         return layout(self.rnn_type)
 
     def content_hash(self) -> str:
-        """sha256 of the weights a compiled build holds of this module (projections, W_LL codes and scales, b_LL)."""
-        return arrays_hash(self.proj_x.codes, self.proj_h.codes, self.weight.codes.numpy(), self.weight.scale.numpy(),
-                           self.bias.numpy())
+        """sha256 of the weights a compiled build holds of this module (projections and their row scales, W_LL codes
+        and scales, b_LL)."""
+        return arrays_hash(self.proj_x.codes, self.proj_h.codes, self.proj_x.row_scales(), self.proj_h.row_scales(),
+                           self.weight.codes.numpy(), self.weight.scale.numpy(), self.bias.numpy())
 
     def project(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Steps 1 of Algorithm 1: [Q(P_x x); Q(P_h h)] (fake-quantised, per vector)."""
@@ -208,10 +209,12 @@ class LittleModule:
 
     def requantize(self, bits: int, per_row: bool = True, fp32_weight: torch.Tensor | None = None) -> "LittleModule":
         """The same fit at another precision (Table 6); needs the fp32 weight kept by the fit."""
-        w = fp32_weight if fp32_weight is not None else self.weight.dequantize()
+        if fp32_weight is None:  # undo this precision's equalisation, if any
+            fp32_weight = self.weight.dequantize() * torch.from_numpy(
+                np.concatenate([self.proj_x.row_scales(), self.proj_h.row_scales()]))
+        px, ph, w = equalised(self.proj_x.with_row_scale(None), self.proj_h.with_row_scale(None), fp32_weight, bits)
         fields = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-        clone = LittleModule(**{**fields, "weight": quantize(w, bits, per_row)})
-        return clone
+        return LittleModule(**{**fields, "proj_x": px, "proj_h": ph, "weight": quantize(w, bits, per_row)})
 
     def param_bytes(self) -> int:
         """Little-module storage: W_LL codes + scales + fp32 bias, and a learned projection's int8 codes
@@ -311,6 +314,18 @@ def project_pair(p_a: Projection, p_b: Projection, a: torch.Tensor, b: torch.Ten
                       fake_quantize_activations(p_b.apply(b), act_bits)], dim=-1)
 
 
+def equalised(p_a: Projection, p_b: Projection, w: torch.Tensor, bits: int
+              ) -> tuple[Projection, Projection, torch.Tensor]:
+    """(P_a, P_b, W) with W_LL's columns equalised for a ``bits`` grid (:func:`~dualtvm.quantize.equalising_scale`):
+    the column scale t becomes the projections' row scales and W / t is what gets quantised; the product is
+    unchanged.  As given at grids that need none."""
+    t = equalising_scale(w, bits)
+    if t is None:
+        return p_a, p_b, w
+    k = p_a.shape[0]
+    return p_a.with_row_scale(t[:k].numpy()), p_b.with_row_scale(t[k:].numpy()), w / t
+
+
 def design_matrix(little_x: Projection, little_h: Projection, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """[P_x x, P_h h, 1] per row: the inputs of eq. 7's regression (projections before run-time quantisation)."""
     z = torch.cat([little_x.apply(x), little_h.apply(h)], dim=-1)
@@ -392,7 +407,8 @@ def fit_little(layer: BigLayer, samples: list[tuple[torch.Tensor, torch.Tensor]]
         w, b = w.detach(), b.detach()
     else:
         raise ValueError(f"method must be 'lstsq' or 'sgd', got {cfg.method!r}")
-    little = LittleModule(layer.rnn_type, layer.hidden, layer.input_size, px, ph, quantize(w, cfg.bits, cfg.per_row),
+    px, ph, w_eq = equalised(px, ph, w, cfg.bits)
+    little = LittleModule(layer.rnn_type, layer.hidden, layer.input_size, px, ph, quantize(w_eq, cfg.bits, cfg.per_row),
                           b, cfg.act_bits, layer.weight_hash())
     little.fit_seconds = time.time() - t0
     if valid_samples:

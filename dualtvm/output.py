@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .dual import MaskStats
-from .little import (arrays_hash, design_matrix, learned_pair, least_squares, project_pair, size_suffix,
+from .little import (arrays_hash, design_matrix, equalised, learned_pair, least_squares, project_pair, size_suffix,
                      variant_suffix)
 from .projection import Projection, check_kind
 from .quantize import COMPILED_BITS, QuantizedTensor, quantize
@@ -117,7 +117,8 @@ class OutputLittle:
 
     def content_hash(self) -> str:
         """sha256 of everything a compiled build holds of this module (a build is reused only for it)."""
-        return arrays_hash(self.proj_lo.codes, self.proj_hi.codes, self.weight.codes.numpy(), self.weight.scale.numpy(),
+        return arrays_hash(self.proj_lo.codes, self.proj_hi.codes, self.proj_lo.row_scales(), self.proj_hi.row_scales(),
+                           self.weight.codes.numpy(), self.weight.scale.numpy(),
                            self.bias.numpy(), self.gap_quantiles if self.gap_quantiles is not None else np.zeros(0))
 
 
@@ -152,6 +153,7 @@ def fit_output_little(linear: nn.Linear, inputs: Iterable[torch.Tensor], cfg: Ou
             yield design_matrix(p_lo, p_hi, x[:, :split], x[:, split:]), x @ w_big.t() + b_big
 
     w, b = least_squares(pairs(), 2 * cfg.k + 1, rows, cfg.ridge)
+    p_lo, p_hi, w = equalised(p_lo, p_hi, w, cfg.bits)
     little = OutputLittle(rows, cols, p_lo, p_hi, quantize(w, cfg.bits, per_row=True), b, cfg.act_bits,
                           linear_hash(linear))
     little.fit_seconds = time.time() - t0

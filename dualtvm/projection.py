@@ -5,7 +5,9 @@ seed.  Learned: the k directions of the inputs that carry most of the big layer'
 variance (:meth:`Projection.learned`) — same shape, same int8 storage, same kernels, a far smaller
 regression error at the same k.  Either is stored as int8 codes times the constant 1/√3 that the
 compiled kernels apply: eq. 2's codes are its signs; a learned projection's own scale is absorbed by
-W_LL, which is fitted on top of it (eq. 7).
+W_LL, which is fitted on top of it (eq. 7).  Rows may carry an fp32 scale each (``row_scale``): where W_LL's
+columns are equalised for a coarse grid (:func:`dualtvm.quantize.equalising_scale`) their norms move here, before
+the run-time quantisation of z, and the kernels multiply each projected value by it.
 """
 from __future__ import annotations
 
@@ -47,13 +49,28 @@ def check_kind(kind: str) -> str:
 
 @dataclass
 class Projection:
-    """A k×d projection: int8 ``codes`` × ``scale``; ``kind`` "sparse" (eq. 2: codes are the ternary signs
-    drawn from ``seed``) or "learned" (:meth:`learned`; ``seed`` unused)."""
+    """A k×d projection: int8 ``codes`` × ``scale`` (× ``row_scale`` per row where set); ``kind`` "sparse" (eq. 2:
+    codes are the ternary signs drawn from ``seed``) or "learned" (:meth:`learned`; ``seed`` unused)."""
 
     codes: np.ndarray
     seed: int
     scale: float = SCALE
     kind: str = "sparse"
+    row_scale: np.ndarray | None = None  # (k,) fp32: W_LL's column norms moved onto z (quantize.equalising_scale)
+
+    def __post_init__(self) -> None:
+        if self.row_scale is not None:
+            self.row_scale = np.asarray(self.row_scale, dtype=np.float32)
+            if self.row_scale.shape != (self.codes.shape[0],):
+                raise ValueError(f"row_scale of shape {self.row_scale.shape} for a projection of {self.codes.shape[0]} rows")
+
+    def with_row_scale(self, row_scale: np.ndarray | None) -> "Projection":
+        """The same codes with another per-row scale (None: none)."""
+        return Projection(self.codes, self.seed, self.scale, self.kind, row_scale)
+
+    def row_scales(self) -> np.ndarray:
+        """``row_scale``, ones where unset: what the compiled projection multiplies each projected value by."""
+        return self.row_scale if self.row_scale is not None else np.ones(self.codes.shape[0], np.float32)
 
     @classmethod
     def draw(cls, k: int, d: int, seed: int) -> "Projection":
@@ -93,14 +110,15 @@ class Projection:
 
     def dense(self) -> np.ndarray:
         """fp32 P (for references and tests; kernels use the int8 codes)."""
-        return self.codes.astype(np.float32) * np.float32(self.scale)
+        return self.codes.astype(np.float32) * np.float32(self.scale) * self.row_scales()[:, None]
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., d) -> (..., k)."""
         cached = self.__dict__.get("_dense_t")
         if cached is None or cached.dtype != x.dtype:
             cached = self.__dict__["_dense_t"] = torch.from_numpy(self.codes).to(x.dtype).t().contiguous()
-        return (x @ cached) * self.scale
+        z = (x @ cached) * self.scale
+        return z * torch.from_numpy(self.row_scale).to(x.dtype) if self.row_scale is not None else z
 
     def index_lists(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """CSR form (pos_ptr, pos_idx, neg_ptr, neg_idx) of the +1 and −1 entries of each row (eq. 2's only)."""

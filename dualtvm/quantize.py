@@ -5,7 +5,9 @@ own scale, which costs n floats and keeps rows of small magnitude precise); the 
 inputs are quantised at run time with one scale per vector (per-tensor, dynamic).  Scales are
 max|w| / qmax at 8 bits and more; at 4 and 2 bits they are searched for the least squared error (a coarse grid
 spent on the few largest weights rounds the many small ones away: on the learned k = 128 little module of LSTM-1500,
-INT4 at 50 % lost +2.74 % PPL with max-abs scales and +1.72 % with searched ones).
+INT4 at 50 % lost +2.74 % PPL with max-abs scales and +1.72 % with searched ones).  At those grids W_LL's columns
+are also equalised first (:func:`equalising_scale`): their norms move onto the projected inputs, which the run-time
+INT8 quantisation resolves finely, so the coarse per-row grid spends its codes on columns of one size.
 """
 from __future__ import annotations
 
@@ -83,6 +85,21 @@ def _clipped_scale(w: torch.Tensor, scale: torch.Tensor, q: int, dims) -> torch.
             better = err < best_err
             best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
     return best
+
+
+def equalising_scale(w: torch.Tensor, bits: int) -> torch.Tensor | None:
+    """Per-column scale t (2k,) of a little module's fp32 W_LL to move onto its projected inputs before quantising
+    W_LL / t at ``bits``: z_j t_j · (W_LL)_ij / t_j is the same product, but the run-time INT8 grid of z resolves
+    the columns' range far better than a coarse per-row grid of W_LL does.  A learned projection whitens z, so W_LL's
+    columns carry the singular values of the big layer (their norms fall ~30× over k = 128 on LSTM-1500): a row's
+    INT4 step, set by the largest columns, rounds the small ones away.  t = column norm / largest, as in
+    activation-aware weight equalisation (AWQ, SmoothQuant) with the difficulty moved the other way, from the weights
+    to the activations.  On LSTM-1500's learned k = 128 module, INT4 little MSE 0.164 → 0.073 (INT8 0.047).
+    None at grids finer than :data:`CLIP_SEARCH_BITS` bits (INT8 unchanged: its MSE moves < 1 %)."""
+    if bits > CLIP_SEARCH_BITS:
+        return None
+    t = w.detach().to(torch.float32).norm(dim=0)
+    return (t / t.max().clamp_min(1e-30)).clamp_min(1e-6)
 
 
 def quantize_activations(x: torch.Tensor, bits: int = 8) -> QuantizedTensor:
