@@ -23,7 +23,7 @@ from .target import TargetSpec, parse_target
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 2  # 2: mask bounds on the pre-activation, no a_LL tensor
+MANIFEST_VERSION = 3  # 2: mask bounds on the pre-activation, no a_LL tensor; 3: the projection's row scales
 
 
 @dataclass
@@ -61,7 +61,7 @@ def layer_param_names(s: LayerShape, dual: bool) -> list[str]:
     """Weights of one layer in the order the step takes them."""
     names = ["w", "bias"] if s.rnn_type == "LSTM" else ["w_ih", "w_hh", "b_ih", "b_hh"]
     if dual:
-        names += ["px", "ph", "wq", "wscale", "bias_ll", "lo", "hi"]
+        names += ["px", "ph", "p_row_scale", "wq", "wscale", "bias_ll", "lo", "hi"]
     return names
 
 
@@ -94,6 +94,7 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
         codes, scale = kernel_codes(little.weight)
         out["px"] = pad_cols(little.proj_x.codes, s.dxp)
         out["ph"] = pad_cols(little.proj_h.codes, s.hp)
+        out["p_row_scale"] = np.concatenate([little.proj_x.row_scales(), little.proj_h.row_scales()])
         out["wq"] = pack_little_weight(s, codes)
         out["wscale"] = scale
         out["bias_ll"] = little.bias.numpy().astype(np.float32)
@@ -177,7 +178,7 @@ def emit_layer(bb, gvs: dict, s: LayerShape, dual: bool, x, st: dict, ws: dict):
 
     pos = None
     if dual:
-        pre = emit_little(bb, gvs, s, s.little_tag, [ws["px"], ws["ph"], x, st["h"]],
+        pre = emit_little(bb, gvs, s, s.little_tag, [ws["px"], ws["ph"], ws["p_row_scale"], x, st["h"]],
                           [ws["wq"], ws["wscale"], ws["bias_ll"]], 4 * s.hidden)
         weighed = [st["c" if s.rnn_type == "LSTM" else "h"]] if s.mask_rule == "contribution" else []  # scores weigh by it
         m = call("mask", [pre, *weighed, ws["lo"], ws["hi"]],
@@ -205,8 +206,8 @@ def emit_layer(bb, gvs: dict, s: LayerShape, dual: bool, x, st: dict, ws: dict):
 
 
 def emit_little(bb, gvs: dict, s: LittlePath, tag: str, project_args: list, weights: list, rows: int):
-    """Emit steps 1–2 into a Relax dataflow block: the projection of ``project_args`` (P_x, P_h, x, h) and the
-    little GEMV with ``weights`` (W_LL, scales, b_LL) on ``s``'s path; returns y_LL (``rows``)."""
+    """Emit steps 1–2 into a Relax dataflow block: the projection of ``project_args`` (P_x, P_h, the rows' scales,
+    x, h) and the little GEMV with ``weights`` (W_LL, scales, b_LL) on ``s``'s path; returns y_LL (``rows``)."""
     from tvm import relax
 
     ten = relax.TensorType
@@ -222,7 +223,7 @@ def _param_shapes(s: LayerShape, dual: bool) -> dict[str, tuple]:
     shapes = {"w": ((s.n, s.dxp + s.hp),), "bias": ((s.n,),), "w_ih": ((s.n, s.dxp),), "w_hh": ((s.n, s.hp),),
               "b_ih": ((s.n,),), "b_hh": ((s.n,),)}
     if dual:
-        shapes.update({"px": ((s.k, s.dxp), "int8"), "ph": ((s.k, s.hp), "int8"),
+        shapes.update({"px": ((s.k, s.dxp), "int8"), "ph": ((s.k, s.hp), "int8"), "p_row_scale": ((2 * s.k,),),
                        "wq": s.little_weight_shape(4 * s.hidden),
                        "wscale": ((4 * s.hidden,),), "bias_ll": ((4 * s.hidden,),), "lo": ((s.n,),), "hi": ((s.n,),)})
     return shapes

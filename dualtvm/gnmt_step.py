@@ -43,7 +43,7 @@ from .target import TargetSpec, parse_target
 
 log = logging.getLogger(__name__)
 
-STEP_VERSION = 2  # 2: one ``step`` function with the attention (1: ``bottom`` and ``top``)
+STEP_VERSION = 3  # 2: one ``step`` function with the attention (1: ``bottom`` and ``top``); 3: projections' row scales
 
 
 @dataclass
@@ -362,9 +362,11 @@ class CompiledStep(nn.Module):
 
     def _bind(self) -> None:
         """The weight lists of the call (after any threshold change)."""
+        from .linear import DUAL_LINEAR_PARAMS
+
         self._layer_w = [self._layer_weights(i) for i in range(len(self.spec.layers))]
-        names = (["out_w", "out_b"] if self.spec.output is None
-                 else ["out_w", "out_b", "out_p_lo", "out_p_hi", "out_w_ll", "out_scale", "out_b_ll", "out_theta"])
+        names = ["out_w", "out_b"] + ([] if self.spec.output is None
+                                      else [f"out_{n}" for n in DUAL_LINEAR_PARAMS] + ["out_theta"])
         self._out_w = [self._weights[n] for n in names]
 
     def set_insensitive_ratio(self, ratio: "float | list") -> None:

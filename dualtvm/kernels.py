@@ -142,11 +142,12 @@ S3 = 0.5773502691896258  # the 1/√3 of eq. 2
 
 
 def _projected(k: int, dx: int, dh: int):
-    """Macro shared by ``project`` and ``project_codes``: zx = P_x x, zh = P_h h (ternary P as int8)
-    and amax[half] = max |z|/√3, the run-time quantisation's per-half range."""
+    """Macro shared by ``project`` and ``project_codes``: zx = P_x x, zh = P_h h (P as int8 codes) and
+    amax[half] = max |z ⊙ r|/√3, the run-time quantisation's per-half range, where r = ``Pr`` are the rows' scales
+    (ones, or W_LL's equalised column norms: ``quantize.equalising_scale``); callers scale z by r as they quantise."""
 
     @T.macro
-    def projected(Px, Ph, x, h, zx, zh, amax):
+    def projected(Px, Ph, Pr, x, h, zx, zh, amax):
         for i, j in T.grid(k, dx):
             with T.sblock("dot_x"):
                 vi, vj = T.axis.remap("SR", [i, j])
@@ -164,13 +165,15 @@ def _projected(k: int, dx: int, dh: int):
                 vs, vi = T.axis.remap("SR", [s, i])
                 with T.init():
                     amax[vs] = T.float32(1e-12)
-                amax[vs] = T.max(amax[vs], T.abs(T.if_then_else(vs == 0, zx[vi], zh[vi])) * T.float32(S3))
+                amax[vs] = T.max(amax[vs], T.abs(T.if_then_else(vs == 0, zx[vi] * Pr[vi], zh[vi] * Pr[k + vi]))
+                                 * T.float32(S3))
 
     return projected
 
 
 def project(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "project"):
-    """Step 1: z = [Q(P_x x); Q(P_h h)] with P ternary int8 (× 1/√3) and per-half INT8 scales.
+    """Step 1: z = [Q(r_x ⊙ P_x x); Q(r_h ⊙ P_h h)] with P int8 codes (× 1/√3; eq. 2's are ternary), r = ``Pr``
+    the rows' scales (2k) and per-half INT8 scales.
 
     Output is the dequantised value (code × scale), length 2k padded to ``padded(2k)``.
     """
@@ -179,20 +182,22 @@ def project(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "project"):
     projected = _projected(k, dx, dh)
 
     @T.prim_func(s_tir=True)
-    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
-          h: T.Buffer((dh,), "float32"), z: T.Buffer((k2,), "float32")):
+    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), Pr: T.Buffer((2 * k,), "float32"),
+          x: T.Buffer((dx,), "float32"), h: T.Buffer((dh,), "float32"), z: T.Buffer((k2,), "float32")):
         T.func_attr({"tirx.noalias": True})
         zx = T.sblock_alloc_buffer((k,), "float32")
         zh = T.sblock_alloc_buffer((k,), "float32")
         amax = T.sblock_alloc_buffer((2,), "float32")
-        projected(Px, Ph, x, h, zx, zh, amax)
+        projected(Px, Ph, Pr, x, h, zx, zh, amax)
         for i in range(k2):
             with T.sblock("quant"):
                 vi = T.axis.remap("S", [i])
                 z[vi] = T.if_then_else(
-                    vi < k, T.round(zx[T.min(vi, k - 1)] * T.float32(S3) * T.float32(qmax) / amax[0]) * amax[0] / T.float32(qmax),
+                    vi < k, T.round(zx[T.min(vi, k - 1)] * Pr[T.min(vi, k - 1)] * T.float32(S3) * T.float32(qmax)
+                                    / amax[0]) * amax[0] / T.float32(qmax),
                     T.if_then_else(vi < 2 * k,
-                                   T.round(zh[T.max(T.min(vi - k, k - 1), 0)] * T.float32(S3) * T.float32(qmax) / amax[1])
+                                   T.round(zh[T.max(T.min(vi - k, k - 1), 0)] * Pr[T.max(T.min(vi, 2 * k - 1), k)]
+                                           * T.float32(S3) * T.float32(qmax) / amax[1])
                                    * amax[1] / T.float32(qmax), T.float32(0)))
 
     return _named(f, name)
@@ -244,18 +249,20 @@ def project_codes(k: int, dx: int, dh: int, act_bits: int = 8, name: str = "proj
     projected = _projected(k, dx, dh)
 
     @T.prim_func(s_tir=True)
-    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
-          h: T.Buffer((dh,), "float32"), zq: T.Buffer((2 * kp,), "int8"), zs: T.Buffer((2,), "float32")):
+    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), Pr: T.Buffer((2 * k,), "float32"),
+          x: T.Buffer((dx,), "float32"), h: T.Buffer((dh,), "float32"), zq: T.Buffer((2 * kp,), "int8"),
+          zs: T.Buffer((2,), "float32")):
         T.func_attr({"tirx.noalias": True})
         zx = T.sblock_alloc_buffer((k,), "float32")
         zh = T.sblock_alloc_buffer((k,), "float32")
         amax = T.sblock_alloc_buffer((2,), "float32")
-        projected(Px, Ph, x, h, zx, zh, amax)
+        projected(Px, Ph, Pr, x, h, zx, zh, amax)
         for i in range(2 * kp):
             with T.sblock("quant"):
                 vi = T.axis.remap("S", [i])
                 zq[vi] = T.if_then_else(vi % kp < k, T.Cast("int8", T.round(
-                    T.if_then_else(vi < kp, zx[T.min(vi % kp, k - 1)], zh[T.min(vi % kp, k - 1)]) * T.float32(S3)
+                    T.if_then_else(vi < kp, zx[T.min(vi % kp, k - 1)], zh[T.min(vi % kp, k - 1)])
+                    * Pr[(vi // kp) * k + T.min(vi % kp, k - 1)] * T.float32(S3)
                     * T.float32(qmax) / amax[vi // kp])), T.int8(0))
         for s in range(2):
             with T.sblock("scales"):

@@ -28,7 +28,8 @@ from .tuning import schedule_fingerprint
 
 log = logging.getLogger(__name__)
 
-LINEAR_VERSION = 2  # 2: dual output projections (manifest "dual")
+LINEAR_VERSION = 3  # 2: dual output projections (manifest "dual"); 3: the projections' row scales
+DUAL_LINEAR_PARAMS = ["p_lo", "p_hi", "p_row_scale", "w_ll", "scale", "b_ll"]  # after w, b: pack_dual_linear's arrays
 
 
 def weight_hash(weight: np.ndarray, bias: np.ndarray) -> str:
@@ -113,12 +114,14 @@ def build_dual_linear_ir(s: OutputShape, target: TargetSpec, database=None):
 
 
 def dual_linear_inputs(s: OutputShape, prefix: str = "") -> list:
-    """Relax vars of the dual output projection's parameters (W, b, P_lo, P_hi, W_LL, scale, b_LL, θ)."""
+    """Relax vars of the dual output projection's parameters (W, b, P_lo, P_hi, the rows' scales, W_LL, scale, b_LL,
+    θ)."""
     from tvm import relax
 
     ten = relax.TensorType
     return [relax.Var(prefix + "W", ten((s.rows, s.cols_p), "float32")), relax.Var(prefix + "b", ten((s.rows,), "float32")),
             relax.Var(prefix + "P_lo", ten((s.k, s.half_p), "int8")), relax.Var(prefix + "P_hi", ten((s.k, s.half_p), "int8")),
+            relax.Var(prefix + "P_row_scale", ten((2 * s.k,), "float32")),
             relax.Var(prefix + "W_LL", ten(*s.little_weight_shape(s.rows))),
             relax.Var(prefix + "scale", ten((s.rows,), "float32")), relax.Var(prefix + "b_LL", ten((s.rows,), "float32")),
             relax.Var(prefix + "theta", ten((1,), "float32"))]
@@ -134,10 +137,10 @@ def emit_dual_linear(bb, gvs: dict, s: OutputShape, x, params: list):
 
     ten = relax.TensorType
     t = s.tag
-    w, b, p_lo, p_hi, w_ll, scale, b_ll, theta = params
+    w, b, p_lo, p_hi, p_row_scale, w_ll, scale, b_ll, theta = params
     halves = bb.emit(relax.op.split(x, 2))
     lo, hi = (bb.emit(relax.TupleGetItem(halves, j)) for j in range(2))
-    pre = emit_little(bb, gvs, s, s.little_tag, [p_lo, p_hi, lo, hi], [w_ll, scale, b_ll], s.rows)
+    pre = emit_little(bb, gvs, s, s.little_tag, [p_lo, p_hi, p_row_scale, lo, hi], [w_ll, scale, b_ll], s.rows)
     m = bb.emit(relax.call_tir(gvs[f"band_mask_{t}"], [pre, theta],
                                [ten((s.rows,), "int32"), ten((s.rows,), "int32"), ten((1,), "int32")]))
     rows, pos, count = (bb.emit(relax.TupleGetItem(m, j)) for j in range(3))
@@ -163,7 +166,9 @@ def pack_dual_linear(weight: np.ndarray, bias: np.ndarray, little, s: OutputShap
     codes, scale = kernel_codes(little.weight)
     pad = lambda a: np.pad(a, ((0, 0), (0, s.half_p - a.shape[1])))  # noqa: E731
     return {"w": split_layout(np.asarray(weight, np.float32), s), "b": np.asarray(bias, np.float32),
-            "p_lo": pad(little.proj_lo.codes), "p_hi": pad(little.proj_hi.codes), "w_ll": pack_little_weight(s, codes),
+            "p_lo": pad(little.proj_lo.codes), "p_hi": pad(little.proj_hi.codes),
+            "p_row_scale": np.concatenate([little.proj_lo.row_scales(), little.proj_hi.row_scales()]),
+            "w_ll": pack_little_weight(s, codes),
             "scale": scale, "b_ll": little.bias.numpy().astype(np.float32)}
 
 
@@ -228,7 +233,7 @@ class CompiledLinear:
         dev = tvm.cpu()
         raw = np.load(d / "params.npz")
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(d / "linear.so")), dev)
-        names = ["w", "b"] + (["p_lo", "p_hi", "w_ll", "scale", "b_ll"] if self.dual else [])
+        names = ["w", "b"] + (DUAL_LINEAR_PARAMS if self.dual else [])
         tensors = weight_tensors({n: raw[n] for n in names}, dev, huge_pages)
         params = [tensors[n] for n in names]
         self.last_count = None

@@ -14,10 +14,10 @@ LITTLE_OUTPUTS_PER_HIDDEN = 4  # per hidden unit, LSTM and GRU alike (gates.Gate
 
 
 def little_bytes(hidden: int, input_size: int, k: int, little_bits: int = 8) -> int:
-    """Bytes of the little module: int8 P_x (k × input) and P_h (k × hidden), W_LL (4h × 2k at ``little_bits``), and
-    fp32 row scales and biases."""
+    """Bytes of the little module: int8 P_x (k × input) and P_h (k × hidden) with their fp32 row scales (2k), W_LL
+    (4h × 2k at ``little_bits``), and its fp32 row scales and biases."""
     rows = LITTLE_OUTPUTS_PER_HIDDEN * hidden
-    return k * (input_size + hidden) + rows * 2 * k * little_bits // 8 + rows * 4 * 2
+    return k * (input_size + hidden) + 4 * 2 * k + rows * 2 * k * little_bits // 8 + rows * 4 * 2
 
 
 def little_ops(hidden: int, input_size: int, k: int) -> int:

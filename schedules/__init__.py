@@ -57,10 +57,10 @@ class LoopNest:
 NESTS = {n.kind: n for n in (
     LoopNest("gather", ("W", "x", "rows", "count", "yc"), GatherKnobs, gather_gemv, weight_shape),  # masked GEMV
     LoopNest("stream", ("Wq", "z", "scale", "bias", "pre"), StreamKnobs, little_gemv_nest, weight_shape),
-    LoopNest("stream-project", ("Px", "Ph", "x", "h", "z"), StreamKnobs, project_nest, projection_shape),
+    LoopNest("stream-project", ("Px", "Ph", "Pr", "x", "h", "z"), StreamKnobs, project_nest, projection_shape),
     LoopNest("stream-int4", ("W4", "zq", "zs", "scale", "bias", "pre"), StreamKnobs, little_gemv_int4_nest, weight_shape),
     LoopNest("stream-int8", ("W8", "zq", "zs", "scale", "bias", "pre"), StreamKnobs, little_gemv_int8_nest, weight_shape),
-    LoopNest("stream-project-codes", ("Px", "Ph", "x", "h", "zq", "zs"), StreamKnobs, project_codes_nest,
+    LoopNest("stream-project-codes", ("Px", "Ph", "Pr", "x", "h", "zq", "zs"), StreamKnobs, project_codes_nest,
              projection_shape),
     LoopNest("attention", ("mem", "q", "ctx"), AttentionKnobs, attention_nest, query_shape))}
 

@@ -7,8 +7,8 @@ took 0.27 ms.  This nest gives each thread one contiguous slice of rows (one for
 for the hardware prefetchers), blocks of ``rows`` rows sharing each loaded z vector, and one
 ``llvm.prefetch`` per cache line of the block ``prefetch`` blocks ahead: 0.12 ms in the same
 in-step measurement (LSTM-1500, 2 threads, 50 % ratio), bit-identical results.  The projection
-(int8 P_x, P_h, 1.25 MB) is the same nest run twice in one parallel region, then the
-run-time quantisation (a serial pass over 2k values).
+(int8 P_x, P_h, 1.25 MB) is the same nest run twice in one parallel region, then the rows' scales and the
+run-time quantisation (serial passes over 2k values).
 
 INT4 weights (``little_gemv_int4_nest``) run on integers: each packed byte gives two unsigned
 nibbles, ``pmaddubsw`` multiplies them with the INT8 projection codes into exact int16 pairs
@@ -232,17 +232,19 @@ S3 = 0.5773502691896258  # the 1/√3 of eq. 2
 
 
 def _projected(k: int, dx: int, dh: int, knobs: StreamKnobs):
-    """Macro shared by both projection nests: raw = [P_x x; P_h h] (rows streamed in parallel slices)
-    and amax[half] = max |raw|/√3, the run-time quantisation's per-half range."""
+    """Macro shared by both projection nests: raw = [P_x x; P_h h] ⊙ Pr (rows streamed in parallel slices, then
+    each scaled by its row scale) and amax[half] = max |raw|/√3, the run-time quantisation's per-half range."""
     dot_x, dot_h = _rows_dot(k, dx, knobs), _rows_dot(k, dh, knobs)
 
     @T.macro
-    def projected(Px, Ph, x, h, raw, amax):
+    def projected(Px, Ph, Pr, x, h, raw, amax):
         flat_x = T.decl_buffer((k * dx,), "int8", data=Px.data)
         flat_h = T.decl_buffer((k * dh,), "int8", data=Ph.data)
         for g in T.parallel(knobs.groups):
             dot_x(Px, flat_x, x, raw, 0, g)
             dot_h(Ph, flat_h, h, raw, k, g)
+        for i in range(2 * k):
+            raw[i] = raw[i] * Pr[i]
         for half in range(2):
             amax[half] = T.float32(1e-12)
             for i in range(k):
@@ -259,12 +261,12 @@ def project_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnobs(), n
     projected = _projected(k, dx, dh, knobs)
 
     @T.prim_func
-    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
-          h: T.Buffer((dh,), "float32"), z: T.Buffer((k2,), "float32")):
+    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), Pr: T.Buffer((2 * k,), "float32"),
+          x: T.Buffer((dx,), "float32"), h: T.Buffer((dh,), "float32"), z: T.Buffer((k2,), "float32")):
         T.func_attr({"tirx.noalias": True})
         raw = T.alloc_buffer((2 * k,), "float32")
         amax = T.alloc_buffer((2,), "float32", scope="local")
-        projected(Px, Ph, x, h, raw, amax)
+        projected(Px, Ph, Pr, x, h, raw, amax)
         for i in range(k2):
             z[i] = T.if_then_else(
                 i < 2 * k, T.round(raw[T.min(i, 2 * k - 1)] * T.float32(S3) * T.float32(qmax) / amax[T.min(i // k, 1)])
@@ -282,12 +284,13 @@ def project_codes_nest(k: int, dx: int, dh: int, knobs: StreamKnobs = StreamKnob
     projected = _projected(k, dx, dh, knobs)
 
     @T.prim_func
-    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), x: T.Buffer((dx,), "float32"),
-          h: T.Buffer((dh,), "float32"), zq: T.Buffer((2 * kp,), "int8"), zs: T.Buffer((2,), "float32")):
+    def f(Px: T.Buffer((k, dx), "int8"), Ph: T.Buffer((k, dh), "int8"), Pr: T.Buffer((2 * k,), "float32"),
+          x: T.Buffer((dx,), "float32"), h: T.Buffer((dh,), "float32"), zq: T.Buffer((2 * kp,), "int8"),
+          zs: T.Buffer((2,), "float32")):
         T.func_attr({"tirx.noalias": True})
         raw = T.alloc_buffer((2 * k,), "float32")
         amax = T.alloc_buffer((2,), "float32", scope="local")
-        projected(Px, Ph, x, h, raw, amax)
+        projected(Px, Ph, Pr, x, h, raw, amax)
         for half in range(2):
             for i in range(kp):
                 zq[half * kp + i] = T.if_then_else(i < k, T.Cast("int8", T.round(

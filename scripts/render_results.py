@@ -195,12 +195,12 @@ def _little_tag(variant: str) -> str:
     return _module_key(variant)[1]
 
 
-def _little_tags(rows: list[dict], part: str) -> list[str]:
-    """The INT8 little modules the rows of ``part`` were run with, in words: the paper's ("") first, then by how many
-    things differ from it and in :data:`LITTLE_WORDS`' order (the tables' column order)."""
+def _little_tags(rows: list[dict], part: str, bits: int = 8) -> list[str]:
+    """The little modules with ``bits`` W_LL the rows of ``part`` were run with, in words: the paper's ("") first, then
+    by how many things differ from it and in :data:`LITTLE_WORDS`' order (the tables' column order)."""
     order = [*LITTLE_WORDS.values(), "k = "]
     modules = {tuple(notes) for r in rows if r["part"] == part and r["variant"] != "base"
-               for _, notes, bits in [little_module(r["variant"])] if bits == 8}
+               for _, notes, b in [little_module(r["variant"])] if b == bits}
     ranked = sorted(modules, key=lambda notes: (len(notes), [next(i for i, o in enumerate(order) if n.startswith(o))
                                                              for n in notes], notes))
     return [", ".join(notes) for notes in ranked]
@@ -228,10 +228,11 @@ def lm_allocation(doc: dict) -> str:
              for v, name in ALLOCATION_VARIANTS if any(module(r) == (v, tag, 8) for r in rows if r["part"] == "per-gate")]
     per_gate = lambda m, v, tag, ratio: next((r for r in rows if (r["model"], r["part"], r["insensitive_ratio"]) ==  # noqa: E731
                                               (m, "per-gate", ratio) and module(r) == (v, tag, 8)), None)
-    uniform = lambda m, ratio, tag: next((r for r in rows if (r["model"], r["part"], r["insensitive_ratio"]) ==  # noqa: E731
-                                          (m, "uniform", ratio) and r["variant"] != "base"
-                                          and module(r)[1:] == (tag, 8)), None)  # the study's W_LL is INT8
-    rules = [tag for tag in _little_tags(rows, "uniform") if tag]
+    uniform = lambda m, ratio, tag, bits=8: next((r for r in rows if (r["model"], r["part"], r["insensitive_ratio"]) ==  # noqa: E731
+                                                  (m, "uniform", ratio) and r["variant"] != "base"
+                                                  and module(r)[1:] == (tag, bits)), None)
+    # the study's W_LL is INT8; one-ratio INT4 rows (the compiled INT4 engines' quality) get columns after them
+    rules = [(tag, 8) for tag in _little_tags(rows, "uniform") if tag] + [(tag, 4) for tag in _little_tags(rows, "uniform", 4)]
     table = []
     for m in dict.fromkeys(r["model"] for r in rows):
         base = find(m, "uniform", "base", 0.0)
@@ -243,10 +244,10 @@ def lm_allocation(doc: dict) -> str:
                          key=lambda p: p[1]["valid_delta_ppl_pct"], default=("", None))
             shown = picked[1] or dict(found).get("loss-aware")  # rows from before the validation pick: loss-aware's
             table.append([m, base and base["big_epochs"], base and base["ppl"], ratio, delta(uniform(m, ratio, "")),
-                          *(delta(uniform(m, ratio, tag)) for tag in rules),
+                          *(delta(uniform(m, ratio, tag, bits)) for tag, bits in rules),
                           *(delta(r) for _, r in found), picked[0], shown and _gate_ratios(shown)])
     out = _table(["model", "big epochs", "base PPL", "ratio", "one ratio for all gates",
-                  *(f"one ratio, {tag}" for tag in rules),
+                  *(f"one ratio, {', '.join(filter(None, [tag, 'INT4 W_LL' if bits == 4 else '']))}" for tag, bits in rules),
                   *(f"per gate: {name}" for _, _, name in costs), "validation picks", "its ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],

@@ -103,6 +103,7 @@ def test_project_codes_are_project_before_dequantisation(rng):
     k, dx, dh = 20, 32, 64
     kp = K.int4_padded(k)
     args = [rng.integers(-1, 2, (k, dx), dtype=np.int8), rng.integers(-1, 2, (k, dh), dtype=np.int8),
+            rng.uniform(0.05, 1, 2 * k).astype(np.float32),
             rng.standard_normal(dx).astype(np.float32), rng.standard_normal(dh).astype(np.float32)]
     zq, zs = run(K.project_codes(k, dx, dh), *args, outs=[((2 * kp,), "int8"), ((2,), "float32")])
     (z,) = run(K.project(k, dx, dh), *args, outs=[((K.padded(2 * k),), "float32")])
@@ -110,14 +111,17 @@ def test_project_codes_are_project_before_dequantisation(rng):
     assert not zq[k:kp].any() and not zq[kp + k:].any()
 
 
-def test_projection_and_quantisation(rng):
+@pytest.mark.parametrize("row_scales", [False, True])
+def test_projection_and_quantisation(rng, row_scales):
+    """Each half quantised with its own scale, after each row's scale (ones, or W_LL's equalised column norms)."""
     k, dx, dh = 20, 32, 64
     Px = rng.integers(-1, 2, (k, dx), dtype=np.int8)
     Ph = rng.integers(-1, 2, (k, dh), dtype=np.int8)
+    r = rng.uniform(0.05, 1, 2 * k).astype(np.float32) if row_scales else np.ones(2 * k, np.float32)
     x, h = rng.standard_normal(dx).astype(np.float32), rng.standard_normal(dh).astype(np.float32)
-    (z,) = run(K.project(k, dx, dh), Px, Ph, x, h, outs=[((K.padded(2 * k),), "float32")])
-    for part, P, v in ((z[:k], Px, x), (z[k:2 * k], Ph, h)):
-        proj = (P @ v) / np.sqrt(3)
+    (z,) = run(K.project(k, dx, dh), Px, Ph, r, x, h, outs=[((K.padded(2 * k),), "float32")])
+    for part, P, v, rr in ((z[:k], Px, x, r[:k]), (z[k:2 * k], Ph, h, r[k:])):
+        proj = (P @ v) / np.sqrt(3) * rr
         s = np.abs(proj).max() / 127
         np.testing.assert_allclose(part, np.round(proj / s) * s, rtol=1e-5, atol=1e-5)
     assert not z[2 * k:].any()

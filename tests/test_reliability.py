@@ -163,6 +163,7 @@ def test_project_codes_nest_matches_definition(k, dx_blocks, dh_blocks, groups, 
     dx, dh, kp = K.PAD * dx_blocks, K.PAD * dh_blocks, K.int4_padded(k)
     rng = np.random.default_rng(seed)
     args = [rng.integers(-1, 2, (k, dx)).astype(np.int8), rng.integers(-1, 2, (k, dh)).astype(np.int8),
+            rng.uniform(0.05, 1, 2 * k).astype(np.float32),  # rows' scales
             rng.standard_normal(dx).astype(np.float32), rng.standard_normal(dh).astype(np.float32)]
     outs = []
     for f in (project_codes_nest(k, dx, dh, StreamKnobs(groups), "main"),
@@ -191,6 +192,7 @@ def test_project_nest_matches_definition(k, dx_blocks, dh_blocks, lanes, groups,
     dx, dh = K.PAD * dx_blocks, K.PAD * dh_blocks
     rng = np.random.default_rng(seed)
     args = [rng.integers(-1, 2, (k, dx)).astype(np.int8), rng.integers(-1, 2, (k, dh)).astype(np.int8),
+            rng.uniform(0.05, 1, 2 * k).astype(np.float32),  # rows' scales
             rng.standard_normal(dx).astype(np.float32), rng.standard_normal(dh).astype(np.float32)]
     outs = []
     for f in (project_nest(k, dx, dh, StreamKnobs(groups, rows, lanes, prefetch), "main"),
