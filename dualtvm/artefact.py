@@ -1,7 +1,7 @@
 """Versioned little-module artefact: what the TVM side loads beside the big weights.
 
-One ``.npz`` holding, per layer: the projections (int8 codes: eq. 2's signs + seed, or a learned one's; row scales), the quantised
-W_LL codes and scales, b_LL, the calibration quantiles (so any insensitive ratio maps to
+One ``.npz`` holding, per layer: the projections (int8 codes: eq. 2's signs + seed, or a learned one's; their row
+scales), the quantised W_LL codes and scales, b_LL, the calibration quantiles (so any insensitive ratio maps to
 thresholds) and the sha256 of the big weights it was fitted to.  Loading it against other
 big weights is an error, not a silent mismatch.
 """

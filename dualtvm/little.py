@@ -136,7 +136,6 @@ def variant_suffix(bits: int = 8, mask_rule: str = "activation", int8_codes: boo
         ("" if mask_rule == "activation" else f"-{mask_rule}") + ("" if projection == "sparse" else f"-{projection}")
 
 
-
 QUALITY_PARTS_NAMING_K = ("uniform", "eps", "k")  # parts whose row names carry k (or ε) in their head
 QUALITY_PARTS_NAMING_BITS = ("per-gate", "largest-within-1pct", "eps", "k")  # the others' heads name W_LL bits
 
@@ -159,6 +158,7 @@ def quality_variant(part: str, head: str, cfg: LittleConfig) -> str:
         ("" if cfg.projection == "sparse" else f" {cfg.projection}") + \
         ("" if cfg.k is None or part in QUALITY_PARTS_NAMING_K else f" k{cfg.k}") + \
         ("" if cfg.bits == 8 or part not in QUALITY_PARTS_NAMING_BITS else f" int{cfg.bits}")
+
 
 @dataclass
 class LittleModule:

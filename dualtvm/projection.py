@@ -62,7 +62,8 @@ class Projection:
         if self.row_scale is not None:
             self.row_scale = np.asarray(self.row_scale, dtype=np.float32)
             if self.row_scale.shape != (self.codes.shape[0],):
-                raise ValueError(f"row_scale of shape {self.row_scale.shape} for a projection of {self.codes.shape[0]} rows")
+                raise ValueError(f"row_scale of shape {self.row_scale.shape} for a projection of "
+                                 f"{self.codes.shape[0]} rows")
 
     def with_row_scale(self, row_scale: np.ndarray | None) -> "Projection":
         """The same codes with another per-row scale (None: none)."""

@@ -228,11 +228,13 @@ def lm_allocation(doc: dict) -> str:
              for v, name in ALLOCATION_VARIANTS if any(module(r) == (v, tag, 8) for r in rows if r["part"] == "per-gate")]
     per_gate = lambda m, v, tag, ratio: next((r for r in rows if (r["model"], r["part"], r["insensitive_ratio"]) ==  # noqa: E731
                                               (m, "per-gate", ratio) and module(r) == (v, tag, 8)), None)
-    uniform = lambda m, ratio, tag, bits=8: next((r for r in rows if (r["model"], r["part"], r["insensitive_ratio"]) ==  # noqa: E731
-                                                  (m, "uniform", ratio) and r["variant"] != "base"
+    uniform = lambda m, ratio, tag, bits=8: next((r for r in rows if r["variant"] != "base"  # noqa: E731
+                                                  and (r["model"], r["part"], r["insensitive_ratio"]) == (m, "uniform", ratio)
                                                   and module(r)[1:] == (tag, bits)), None)
     # the study's W_LL is INT8; one-ratio INT4 rows (the compiled INT4 engines' quality) get columns after them
-    rules = [(tag, 8) for tag in _little_tags(rows, "uniform") if tag] + [(tag, 4) for tag in _little_tags(rows, "uniform", 4)]
+    rules = [(tag, 8) for tag in _little_tags(rows, "uniform") if tag] + \
+        [(tag, 4) for tag in _little_tags(rows, "uniform", 4)]
+    module_words = lambda tag, bits: ", ".join(filter(None, [tag, "INT4 W_LL" if bits == 4 else ""]))  # noqa: E731
     table = []
     for m in dict.fromkeys(r["model"] for r in rows):
         base = find(m, "uniform", "base", 0.0)
@@ -247,7 +249,7 @@ def lm_allocation(doc: dict) -> str:
                           *(delta(uniform(m, ratio, tag, bits)) for tag, bits in rules),
                           *(delta(r) for _, r in found), picked[0], shown and _gate_ratios(shown)])
     out = _table(["model", "big epochs", "base PPL", "ratio", "one ratio for all gates",
-                  *(f"one ratio, {', '.join(filter(None, [tag, 'INT4 W_LL' if bits == 4 else '']))}" for tag, bits in rules),
+                  *(f"one ratio, {module_words(tag, bits)}" for tag, bits in rules),
                   *(f"per gate: {name}" for _, _, name in costs), "validation picks", "its ratio per gate"], table)
     out += ["", "The largest overall ratio within +1 % PPL (chosen on valid, reported on test):", ""]
     out += _table(["model", "how", "ratio", "measured", "PPL", "ΔPPL %", "per gate"],

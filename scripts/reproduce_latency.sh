@@ -90,3 +90,7 @@ python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.b
 # session 34 on the Intel machine: the same r3 model and little module (k = 128 learned; INT4 scales now searched) for
 # the host's own -mcpu (sapphirerapids: VNNI little GEMVs, no tuning database for it: default schedules)
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4 --contribution
+# session 35 on the Intel machine: the same (r3, k = 128 learned) after INT4 W_LL's columns were equalised onto the
+# projection's row scales (every projection kernel now multiplies by them), broadwell then the host's own -mcpu
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4 --contribution
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4 --contribution

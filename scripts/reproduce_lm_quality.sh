@@ -106,3 +106,6 @@ python scripts/eval_lm.py "${C[@]}" "${L[@]}" --parts ratios,search --mask-rule 
 python scripts/eval_lm.py "${C[@]}" "${L[@]}" --parts ratios --little-bits 4
 python scripts/eval_lm.py "${C[@]}" --parts ratios
 python scripts/eval_lm.py "${C[@]}" --parts k --ratios 0.5 --k-values 64,128,256 --projection learned --results results/lm-allocation-ptb.json
+# session 35 (Intel): INT4 W_LL with its columns equalised onto the projection's row scales (quantize.equalising_scale):
+# session 34's --little-bits 4 command above, rerun, replaced its rows; and under contribution masks
+python scripts/eval_lm.py "${C[@]}" "${L[@]}" --parts ratios --little-bits 4 --mask-rule contribution
