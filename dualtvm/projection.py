@@ -133,8 +133,12 @@ class Projection:
         return tuple(out)  # type: ignore[return-value]
 
     def distance_scale(self) -> float:
-        """E‖Px‖² / ‖x‖² = k · (1/3) · scale²: the factor by which eq. 2's P scales squared distances."""
+        """E‖Px‖² / ‖x‖² = k · (1/3) · scale²: the factor by which eq. 2's P scales squared distances (rows of one
+        scale: not after an equalisation moved W_LL's column norms onto them)."""
         self._check_sparse()
+        if self.row_scale is not None:
+            raise ValueError("distance scale is defined for eq. 2's rows of one scale; this projection's rows carry "
+                             "W_LL's equalised column norms (row_scale)")
         return self.codes.shape[0] * self.scale**2 / 3.0
 
     def _check_sparse(self) -> None:

@@ -148,6 +148,8 @@ def test_int4_columns_equalised_onto_the_projection(tmp_path):
                      torch.zeros(4 * H), torch.zeros(4 * H))
     a, b = torch.randn(5, dx), torch.randn(5, dh)
     ea, eb, ew = equalised(px, ph, true_w, 4)
+    with pytest.raises(ValueError, match="rows of one scale"):
+        ea.distance_scale()  # eq. 2's distance guarantee is for unscaled rows
     torch.testing.assert_close(torch.cat([ea.apply(a), eb.apply(b)], -1) @ ew.t(),
                                torch.cat([px.apply(a), ph.apply(b)], -1) @ true_w.t(), rtol=1e-5, atol=1e-5)
     assert all(a is b for a, b in zip(equalised(px, ph, true_w, 8), (px, ph, true_w)))
