@@ -218,7 +218,8 @@ class LittleModule:
 
     def param_bytes(self) -> int:
         """Little-module storage: W_LL codes + scales + fp32 bias, and a learned projection's int8 codes
-        (eq. 2's P is a seed, or 2 bits an entry)."""
+        (eq. 2's P is a seed, or 2 bits an entry), as Table 6 counts it (an equalised projection's 2k fp32 row scales,
+        a few KB, not counted)."""
         learned = sum(p.codes.size for p in (self.proj_x, self.proj_h) if p.kind == "learned")
         return self.weight.nbytes() + 4 * self.bias.numel() + learned
 

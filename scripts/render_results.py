@@ -123,8 +123,9 @@ def lm_quality(doc: dict) -> str:
                   [[r["model"], r["variant"].removeprefix("eps"), r.get("k"), r["measured_ratio"], r["ppl"], r["delta_ppl_pct"]]
                    for r in part("eps")])
     out += ["", "Table 6, W_LL precision at 50 % (thresholds recalibrated for each precision; INT2 scales searched per row "
-            "for the least squared error, INT4's too in rows measured since session 34; MSE of the little "
-            "pre-activations on valid; parameter sizes as the paper counts them):", ""]
+            "for the least squared error, INT4's too in rows measured since session 34, and at INT4 and below W_LL's "
+            "columns equalised onto the projection's row scales since session 35; MSE of the little "
+            "pre-activations on valid; parameter sizes as the paper counts them, without those 2k row scales):", ""]
     out += _table(["model", "precision", "MSE", "little MB", "big MB", "little / big %", "measured", "PPL", "ΔPPL %"],
                   [[r["model"], r["variant"], r["mse"], r["little_param_mb"], r["big_param_mb"],
                     round(100 * r["little_param_mb"] / r["big_param_mb"], 1), r["measured_ratio"], r["ppl"], r["delta_ppl_pct"]]

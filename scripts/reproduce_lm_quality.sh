@@ -109,3 +109,8 @@ python scripts/eval_lm.py "${C[@]}" --parts k --ratios 0.5 --k-values 64,128,256
 # session 35 (Intel): INT4 W_LL with its columns equalised onto the projection's row scales (quantize.equalising_scale):
 # session 34's --little-bits 4 command above, rerun, replaced its rows; and under contribution masks
 python scripts/eval_lm.py "${C[@]}" "${L[@]}" --parts ratios --little-bits 4 --mask-rule contribution
+# then Table 6 on the same model (the paper's module; INT4..INT1 equalised) and the GRU-750 of the k = 128 latency rows
+python scripts/eval_lm.py "${C[@]}" --parts precision
+G=(--checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --k 128 --projection learned --results results/lm-allocation-ptb.json --parts ratios --mask-rule contribution)
+python scripts/eval_lm.py "${G[@]}"
+python scripts/eval_lm.py "${G[@]}" --little-bits 4
