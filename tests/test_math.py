@@ -152,7 +152,7 @@ def test_int4_columns_equalised_onto_the_projection(tmp_path):
         ea.distance_scale()  # eq. 2's distance guarantee is for unscaled rows
     torch.testing.assert_close(torch.cat([ea.apply(a), eb.apply(b)], -1) @ ew.t(),
                                torch.cat([px.apply(a), ph.apply(b)], -1) @ true_w.t(), rtol=1e-5, atol=1e-5)
-    assert all(a is b for a, b in zip(equalised(px, ph, true_w, 8), (px, ph, true_w)))
+    assert all(got is given for got, given in zip(equalised(px, ph, true_w, 8), (px, ph, true_w)))  # INT8: as it was
     samples = [(torch.randn(256, dx), torch.randn(256, dh)) for _ in range(4)]
     little, w = fit_little(layer, samples, LittleConfig(k=k, bits=4, seed=0), progress=False)
     assert max(little.proj_x.row_scale.max(), little.proj_h.row_scale.max()) == 1.0
@@ -167,6 +167,7 @@ def test_int4_columns_equalised_onto_the_projection(tmp_path):
     loaded = load_little(save_little(tmp_path / "little.npz", [little]))[0][0]
     np.testing.assert_array_equal(loaded.proj_x.row_scale, little.proj_x.row_scale)
     assert loaded.content_hash() == little.content_hash() != plain.content_hash()
+
 
 @pytest.mark.parametrize("per_row", [True, False])
 def test_int2_scale_is_clipped_to_the_least_error(per_row):
