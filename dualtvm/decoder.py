@@ -18,6 +18,7 @@ import numpy as np
 
 from .kernels import LayerShape, LittlePath, layer_kernels, pack_little_weight
 from .little import BigLayer, LittleModule
+from .projection import pair_row_scales
 from .quantize import kernel_codes
 from .target import TargetSpec, parse_target
 
@@ -94,7 +95,7 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
         codes, scale = kernel_codes(little.weight)
         out["px"] = pad_cols(little.proj_x.codes, s.dxp)
         out["ph"] = pad_cols(little.proj_h.codes, s.hp)
-        out["p_row_scale"] = np.concatenate([little.proj_x.row_scales(), little.proj_h.row_scales()])
+        out["p_row_scale"] = pair_row_scales(little.proj_x, little.proj_h)
         out["wq"] = pack_little_weight(s, codes)
         out["wscale"] = scale
         out["bias_ll"] = little.bias.numpy().astype(np.float32)

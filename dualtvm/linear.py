@@ -161,13 +161,14 @@ def split_layout(a, s: OutputShape, out=None):
 def pack_dual_linear(weight: np.ndarray, bias: np.ndarray, little, s: OutputShape) -> dict[str, np.ndarray]:
     """The dual output projection's parameters in its kernels' layouts, in :func:`dual_linear_inputs` order
     (θ apart: it is the run-time knob)."""
+    from .projection import pair_row_scales
     from .quantize import kernel_codes
 
     codes, scale = kernel_codes(little.weight)
     pad = lambda a: np.pad(a, ((0, 0), (0, s.half_p - a.shape[1])))  # noqa: E731
     return {"w": split_layout(np.asarray(weight, np.float32), s), "b": np.asarray(bias, np.float32),
             "p_lo": pad(little.proj_lo.codes), "p_hi": pad(little.proj_hi.codes),
-            "p_row_scale": np.concatenate([little.proj_lo.row_scales(), little.proj_hi.row_scales()]),
+            "p_row_scale": pair_row_scales(little.proj_lo, little.proj_hi),
             "w_ll": pack_little_weight(s, codes),
             "scale": scale, "b_ll": little.bias.numpy().astype(np.float32)}
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .gates import GateLayout, layout
-from .projection import CovarianceAccumulator, Projection, check_kind, little_dim
+from .projection import CovarianceAccumulator, Projection, check_kind, little_dim, pair_row_scales
 from .quantize import QuantizedTensor, equalising_scale, fake_quantize_activations, quantize
 from .thresholds import check_mask_rule
 
@@ -210,8 +210,7 @@ class LittleModule:
     def requantize(self, bits: int, per_row: bool = True, fp32_weight: torch.Tensor | None = None) -> "LittleModule":
         """The same fit at another precision (Table 6); needs the fp32 weight kept by the fit."""
         if fp32_weight is None:  # undo this precision's equalisation, if any
-            fp32_weight = self.weight.dequantize() * torch.from_numpy(
-                np.concatenate([self.proj_x.row_scales(), self.proj_h.row_scales()]))
+            fp32_weight = self.weight.dequantize() * torch.from_numpy(pair_row_scales(self.proj_x, self.proj_h))
         px, ph, w = equalised(self.proj_x.with_row_scale(None), self.proj_h.with_row_scale(None), fp32_weight, bits)
         fields = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
         return LittleModule(**{**fields, "proj_x": px, "proj_h": ph, "weight": quantize(w, bits, per_row)})

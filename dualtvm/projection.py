@@ -146,6 +146,11 @@ class Projection:
             raise ValueError(f"defined for eq. 2's ternary projection, not a {self.kind} one")
 
 
+def pair_row_scales(p_a: Projection, p_b: Projection) -> np.ndarray:
+    """The 2k row scales of a projection pair (the two input halves), in the order z holds them: what the compiled
+    projections take as ``Pr`` and what :func:`dualtvm.little.equalised` split W_LL's column scale into."""
+    return np.concatenate([p_a.row_scales(), p_b.row_scales()])
+
 class CovarianceAccumulator:
     """Mean and covariance of rows streamed in batches (float64 sums, one pass, bounded memory)."""
 
