@@ -322,11 +322,10 @@ class _InstrumentedSequence:
 
     def __init__(self, dec, xs: list[np.ndarray], twin=None) -> None:
         import tvm_ffi
-        from tvm import relax
 
         from .runtime import sequence_runner
 
-        vm = relax.VirtualMachine(dec._lib, dec.dev)  # noqa: SLF001 - a second, instrumented VM
+        vm = dec.instrumentable_vm()  # a second VM, over the bytecode library: an instrument sees its calls
         self.current: dict[str, float] = {}
         started = [0.0]
 

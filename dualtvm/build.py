@@ -97,8 +97,8 @@ def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os
                  int8_codes: bool | None = None) -> dict[str, Path]:
     """Compile a dual-module RNN (e.g. ``construct.build_dual(your_nn_lstm, …)``) and its dense counterpart.
 
-    Writes ``out/dual`` and ``out/dense`` (``decoder.so`` + weights + manifest; the dual one also the
-    little-module artefact); load either with :class:`~dualtvm.runtime.CompiledDecoder`.  ``residual``
+    Writes ``out/dual`` and ``out/dense`` (``decoder.so`` and its bytecode twin + weights + manifest; the dual one
+    also the little-module artefact); load either with :class:`~dualtvm.runtime.CompiledDecoder`.  ``residual``
     marks the layers whose input is added to their output (GNMT); ``database`` a MetaSchedule
     database (``tuning.load_database``) whose records are used where they beat the default schedules;
     ``int8_codes`` overrides the target's INT8 little GEMV path (``layer_shapes``).
@@ -112,10 +112,10 @@ def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os
     for is_dual in (True, False):
         spec = DecoderSpec(shapes, residual or [False] * len(shapes), dual=is_dual)
         t1 = time.time()
-        ex = compile_decoder(spec, target, database)
+        executables = compile_decoder(spec, target, database)
         params = [pack_layer(s, l.big, l.little if is_dual else None) for s, l in zip(shapes, dual.layers)]
         kind = "dual" if is_dual else "dense"
-        folders[kind] = Path(export(ex, spec, target, Path(out) / kind, params,
+        folders[kind] = Path(export(executables, spec, target, Path(out) / kind, params,
                                     [l.little for l in dual.layers] if is_dual else None, info))
         log.info("built %s decoder in %.1fs -> %s", kind, time.time() - t1, folders[kind])
     return folders

@@ -24,7 +24,15 @@ from .target import TargetSpec, parse_target
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 3  # 2: mask bounds on the pre-activation, no a_LL tensor; 3: the projection's row scales
+MANIFEST_VERSION = 4  # 2: mask bounds on the pre-activation, no a_LL tensor; 3: the projection's row scales;
+# 4: two libraries (LIBRARIES)
+
+# The step's libraries by the VM's exec mode.  ``decoder.so`` runs ``step`` as native code ("compiled"): the bytecode
+# VM interprets ~25 instructions (call, allocation, tuple item) per dual LSTM step, and interpreting them cost 0.014
+# ms warm / 0.024 ms cold of an LSTM-1500 dual step (1.8 % / 2.1 %, side by side; the dense step, 10 instructions, no
+# change).  A compiled step calls no instrument, so ``decoder-bytecode.so`` holds the same kernels on the bytecode
+# VM: the one :mod:`dualtvm.bench`'s in-step breakdown and ``profile_step.py`` time kernel by kernel.
+LIBRARIES = {"compiled": "decoder.so", "bytecode": "decoder-bytecode.so"}
 
 
 @dataclass
@@ -230,27 +238,42 @@ def _param_shapes(s: LayerShape, dual: bool) -> dict[str, tuple]:
     return shapes
 
 
-def compile_decoder(spec: DecoderSpec, target: "str | TargetSpec", database=None):
-    """``tvm.compile`` the step for ``target``; returns the executable."""
-    import tvm
+def vm_executable(mod, target: TargetSpec, exec_mode: str = "compiled"):
+    """``relax.build`` a Relax module for ``target``: by default its functions compiled to native code, not
+    interpreted as VM bytecode (measured in :data:`LIBRARIES`'s note); ``exec_mode="bytecode"`` for a VM whose
+    calls an instrument sees."""
+    from tvm import relax
 
+    if exec_mode not in LIBRARIES:
+        raise ValueError(f"exec_mode must be one of {sorted(LIBRARIES)}, got {exec_mode!r}")
+    return relax.build(mod, target=target.to_tvm(), exec_mode=exec_mode)
+
+
+def compile_decoder(spec: DecoderSpec, target: "str | TargetSpec", database=None) -> dict:
+    """Compile the step for ``target``: {exec mode: executable}, one per :data:`LIBRARIES` entry."""
     target = parse_target(target)
     if spec.dual:
         for s in spec.layers:
             s.check_target(target)
     mod = build_ir(spec, target, database)
-    return tvm.compile(mod, target=target.to_tvm())
+    return {mode: vm_executable(mod, target, mode) for mode in LIBRARIES}
 
 
-def export(ex, spec: DecoderSpec, target: TargetSpec, out_dir: str | os.PathLike, params: list[dict[str, np.ndarray]],
-           littles: list[LittleModule] | None, model_info: dict) -> Path:
-    """Write ``decoder.so``, ``params.npz`` (+ ``little.npz``) and ``manifest.json``."""
+def write_libraries(executables: dict, out_dir: str | os.PathLike) -> None:
+    """``compile_decoder``'s executables into ``out_dir`` under their :data:`LIBRARIES` names."""
+    for mode, ex in executables.items():
+        ex.export_library(str(Path(out_dir) / LIBRARIES[mode]))
+
+
+def export(executables: dict, spec: DecoderSpec, target: TargetSpec, out_dir: str | os.PathLike,
+           params: list[dict[str, np.ndarray]], littles: list[LittleModule] | None, model_info: dict) -> Path:
+    """Write the libraries (``compile_decoder``'s), ``params.npz`` (+ ``little.npz``) and ``manifest.json``."""
     from .artefact import save_little
     from .manifest import write_manifest
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ex.export_library(str(out / "decoder.so"))
+    write_libraries(executables, out)
     np.savez(out / "params.npz", **{f"l{i}_{k}": v for i, p in enumerate(params) for k, v in p.items()})
     if littles:
         save_little(out / "little.npz", littles, model_info)

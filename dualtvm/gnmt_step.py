@@ -232,10 +232,9 @@ def build_step(model, target: str | TargetSpec, out_dir: str | os.PathLike, dual
     """Compile the decode step of ``model`` (dense; with ``duals`` the dual-module one, with ``output_little``
     also the dual output projection) and write ``step.so``, ``params.npz``, the little modules and
     ``manifest.json``."""
-    import tvm
-
     from .artefact import save_little, save_output_little
     from .build import warn_below_break_even
+    from .decoder import vm_executable
     from .tuning import schedule_fingerprint
 
     tgt = parse_target(target).with_default_cores()
@@ -246,7 +245,7 @@ def build_step(model, target: str | TargetSpec, out_dir: str | os.PathLike, dual
         warn_below_break_even(spec.layers)
     if spec.output is not None:
         spec.output.check_target(tgt)
-    ex = tvm.compile(build_step_ir(spec, tgt, database), target=tgt.to_tvm())
+    ex = vm_executable(build_step_ir(spec, tgt, database), tgt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ex.export_library(str(out / "step.so"))

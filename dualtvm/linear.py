@@ -75,13 +75,13 @@ def _kernel_names(manifest: dict) -> list[str]:
 def build_linear(weight: np.ndarray, bias: np.ndarray, target: str | TargetSpec, out_dir: str | os.PathLike,
                  database=None) -> Path:
     """Compile ``y = W x + b`` for ``target`` and write ``linear.so``, ``params.npz`` and ``manifest.json``."""
-    import tvm
+    from .decoder import vm_executable
 
     tgt = parse_target(target).with_default_cores()
     rows, cols = weight.shape
     if bias.shape != (rows,):
         raise ValueError(f"bias has shape {bias.shape}, the weight has {rows} rows")
-    ex = tvm.compile(build_linear_ir(rows, cols, tgt, database), target=tgt.to_tvm())
+    ex = vm_executable(build_linear_ir(rows, cols, tgt, database), tgt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ex.export_library(str(out / "linear.so"))
@@ -178,9 +178,8 @@ def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str 
     """Compile the dual output projection of ``y = W x + b`` with ``little`` (an :class:`~dualtvm.output.OutputLittle`
     fitted to these weights) for ``target``; writes ``linear.so``, ``params.npz``, ``little_output.npz`` and
     ``manifest.json``."""
-    import tvm
-
     from .artefact import save_output_little
+    from .decoder import vm_executable
 
     tgt = parse_target(target).with_default_cores()
     rows, cols = weight.shape
@@ -188,7 +187,7 @@ def build_dual_linear(weight: np.ndarray, bias: np.ndarray, little, target: str 
         raise ValueError("the output little module was fitted to other weights (hash mismatch)")
     s = OutputShape(rows, cols, little.k, little.weight.bits).for_target(tgt)
     s.check_target(tgt)
-    ex = tvm.compile(build_dual_linear_ir(s, tgt, database), target=tgt.to_tvm())
+    ex = vm_executable(build_dual_linear_ir(s, tgt, database), tgt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ex.export_library(str(out / "linear.so"))

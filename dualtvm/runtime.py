@@ -1,4 +1,4 @@
-"""Load and run a built decoder (``decoder.so`` + ``params.npz`` + ``manifest.json``).
+"""Load and run a built decoder (``decoder.so`` + ``params.npz`` + ``manifest.json``; ``decoder-bytecode.so`` to profile).
 
 The insensitive ratio is a run-time knob: :meth:`CompiledDecoder.set_insensitive_ratio`
 turns it into per-row thresholds from the calibration stored in ``little.npz`` — no rebuild.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decoder import MANIFEST_VERSION, DecoderSpec, layer_param_names, state_names
+from .decoder import LIBRARIES, MANIFEST_VERSION, DecoderSpec, layer_param_names, state_names
 from .manifest import BuildError, load_manifest
 from .target import parse_target
 from .thresholds import Thresholds, check_ratio
@@ -35,7 +35,8 @@ class CompiledDecoder:
         from .memory import weight_tensors
 
         d = Path(build_dir)
-        self.manifest = load_manifest(d, "decoder.so", MANIFEST_VERSION, "dualtvm build folder (run scripts/build.py)")
+        self.manifest = load_manifest(d, LIBRARIES["compiled"], MANIFEST_VERSION,
+                                      "dualtvm build folder (run scripts/build.py)")
         target = parse_target(self.manifest["target"])
         if expect_model is not None:
             built = {k: self.manifest["model"].get(k) for k in expect_model}
@@ -45,7 +46,7 @@ class CompiledDecoder:
         self.build_dir, self.huge_pages = d, huge_pages
         self.target = target
         self.dev = tvm.cpu()
-        self._lib = tvm.runtime.load_module(str(d / "decoder.so"))
+        self._lib = tvm.runtime.load_module(str(d / LIBRARIES["compiled"]))
         self._local = threading.local()  # a Relax VM keeps registers: one per calling thread
         raw = np.load(d / "params.npz")
         self.params = [{n: raw[f"l{i}_{n}"] for n in layer_param_names(s, self.spec.dual)}
@@ -71,6 +72,17 @@ class CompiledDecoder:
         if vm is None:
             vm = self._local.vm = relax.VirtualMachine(self._lib, self.dev)
         return vm
+
+    def instrumentable_vm(self):
+        """A new VirtualMachine over the build's bytecode library (``decoder.LIBRARIES``): the same kernels and
+        weights as :attr:`vm`, one call at a time, so ``set_instrument`` sees each kernel call."""
+        import tvm
+        from tvm import relax
+
+        lib = self.build_dir / LIBRARIES["bytecode"]
+        if not lib.exists():
+            raise BuildError(f"{lib} is missing: rebuild {self.build_dir} to profile its kernels")
+        return relax.VirtualMachine(tvm.runtime.load_module(str(lib)), self.dev)
 
     def twin(self) -> "CompiledDecoder":
         """The same build over its own copy of the weights, at the same thresholds: another cell of the same

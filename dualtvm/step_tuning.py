@@ -69,11 +69,11 @@ def with_knobs(log_: TuningLog | None, names: list[str], knobs) -> TuningLog:
 def compile_variant(current, log_: TuningLog, out: str | os.PathLike):
     """``current``'s (a loaded :class:`~dualtvm.runtime.CompiledDecoder`) dual step recompiled under ``log_``'s
     verdicts into ``out`` (its weights, little module and manifest copied: no refit); returns the loaded variant."""
-    from .decoder import compile_decoder
+    from .decoder import compile_decoder, write_libraries
     from .runtime import CompiledDecoder
 
     shutil.copytree(current.build_dir, out, dirs_exist_ok=True)
-    compile_decoder(current.spec, current.target, log_).export_library(str(Path(out) / "decoder.so"))
+    write_libraries(compile_decoder(current.spec, current.target, log_), out)
     return CompiledDecoder(out)
 
 

@@ -73,6 +73,39 @@ def test_twin_is_the_same_cell_on_its_own_weights(builds):
     np.testing.assert_array_equal(dec.step(x)[0], out)
 
 
+def test_bytecode_library_is_the_same_step_and_the_one_an_instrument_sees(builds):
+    """decoder.so runs the step compiled to native code and calls no instrument; decoder-bytecode.so, the same
+    kernels on the bytecode VM, gives the same outputs, masks and states bit for bit and reports each kernel call."""
+    import tvm_ffi
+
+    from dualtvm.runtime import sequence_runner
+
+    dec = CompiledDecoder(builds["tiny-lstm"]["builds"]["dual"])
+    dec.set_insensitive_ratio(0.5)
+    xs = [np.random.default_rng(i).standard_normal(48).astype(np.float32) for i in range(4)]
+    seen: dict[str, list[str]] = {}
+    outs = {}
+    for name, vm in (("compiled", dec.vm), ("bytecode", dec.instrumentable_vm())):
+        calls = seen[name] = []
+
+        def instrument(func, symbol, before_run, ret, *args, calls=calls) -> int:
+            calls.append(str(symbol))
+            return 0
+
+        vm.set_instrument(tvm_ffi.convert(instrument))
+        prepare, step, box = sequence_runner(dec, xs, vm=vm)
+        prepare()
+        outs[name] = []
+        for i in range(len(xs)):
+            step(i)
+            outs[name].append([t.numpy() for t in box["out"]])
+    for a, b in zip(outs["compiled"], outs["bytecode"]):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    assert not seen["compiled"]
+    assert any(s.startswith("masked_gemv") for s in seen["bytecode"])
+
+
 def test_export_load_in_fresh_process(builds):
     d = builds["tiny-gru"]["builds"]["dual"]
     x = np.linspace(-1, 1, 48, dtype=np.float32)
