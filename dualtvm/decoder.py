@@ -28,10 +28,11 @@ MANIFEST_VERSION = 4  # 2: mask bounds on the pre-activation, no a_LL tensor; 3:
 # 4: two libraries (LIBRARIES)
 
 # The step's libraries by the VM's exec mode.  ``decoder.so`` runs ``step`` as native code ("compiled"): the bytecode
-# VM interprets ~25 instructions (call, allocation, tuple item) per dual LSTM step, and interpreting them cost 0.014
-# ms warm / 0.024 ms cold of an LSTM-1500 dual step (1.8 % / 2.1 %, side by side; the dense step, 10 instructions, no
-# change).  A compiled step calls no instrument, so ``decoder-bytecode.so`` holds the same kernels on the bytecode
-# VM: the one :mod:`dualtvm.bench`'s in-step breakdown and ``profile_step.py`` time kernel by kernel.
+# VM interprets 77 instructions per dual LSTM step (26 check its 13 inputs, 6 call kernels, the rest allocate and
+# build tuples) against the dense step's 32, and interpreting them cost 0.014 ms warm / 0.024 ms cold of an LSTM-1500
+# dual step (1.8 % / 2.1 %, side by side; the dense step: no change).  A compiled step calls no instrument, so
+# ``decoder-bytecode.so`` holds the same kernels on the bytecode VM: the one :mod:`dualtvm.bench`'s in-step breakdown
+# and ``profile_step.py`` time kernel by kernel.
 LIBRARIES = {"compiled": "decoder.so", "bytecode": "decoder-bytecode.so"}
 
 

@@ -4,7 +4,8 @@
     python scripts/profile_step.py build/lstm-1500-llvm-broadwell/dual --ratio 0.5
 
 Runs a decode sequence (Gaussian inputs, state fed back, so masks move as in real decoding) through
-the build's VM with an instrument that timestamps every kernel call, and prints the median ms per
+the build's bytecode VM (``decoder-bytecode.so``: the step of ``decoder.so`` is compiled to native code and
+calls no instrument) with an instrument that timestamps every kernel call, and prints the median ms per
 step of projection / little / mask / big / assembly kernels beside the whole step.  Kernels timed
 alone look faster than they are in a step, where the big GEMV's stream has just evicted the rest.
 """

@@ -94,3 +94,9 @@ python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.b
 # projection's row scales (every projection kernel now multiplies by them), broadwell then the host's own -mcpu
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4 --contribution
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4 --contribution
+# session 36 on the Intel machine: the step's Relax function compiled to native code (decoder.so, exec_mode
+# "compiled"); the same model again, broadwell with 16 rounds (an 8-round run before it was replaced), the host's own
+# -mcpu, then the GNMT layer of session 32's k = 128 rows
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4 --contribution
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4 --contribution
+python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
