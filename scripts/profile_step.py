@@ -6,8 +6,9 @@
 Runs a decode sequence (Gaussian inputs, state fed back, so masks move as in real decoding) through
 the build's bytecode VM (``decoder-bytecode.so``: the step of ``decoder.so`` is compiled to native code and
 calls no instrument) with an instrument that timestamps every kernel call, and prints the median ms per
-step of projection / little / mask / big / assembly kernels beside the whole step.  Kernels timed
-alone look faster than they are in a step, where the big GEMV's stream has just evicted the rest.
+step of projection / little / mask / big / assembly kernels beside the whole instrumented step and the step as
+the benchmark times it (``decoder.so``, no instrument).  Kernels timed alone look faster than they are in a step,
+where the big GEMV's stream has just evicted the rest.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
     import numpy as np
 
-    from dualtvm.bench import PARTS, Evictor, step_breakdown
+    from dualtvm.bench import PARTS, Evictor, decoder_engine, measure, step_breakdown
     from dualtvm.manifest import BuildError
     from dualtvm.runtime import CompiledDecoder
 
@@ -50,12 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     rng = np.random.default_rng(a.seed)
     xs = [(rng.standard_normal(dec.spec.layers[0].input_size) * 0.5).astype(np.float32) for _ in range(a.steps)]
-    b = step_breakdown(dec, xs, Evictor(), dec.twin()) if a.cold else step_breakdown(dec, xs)
+    evict = Evictor() if a.cold else None
+    b = step_breakdown(dec, xs, evict, dec.twin() if a.cold else None)
+    plain = measure([decoder_engine("step", a.ratio or 0.0, dec, xs, dec.twin() if a.cold else None)], a.steps, 1,
+                    evict if a.cold else False)["step"]
     kernels = sum(b[part] for part in PARTS)
     print(f"{a.build} ({'dual, ratio ' + str(a.ratio) if dec.spec.dual else 'dense'}), median ms per step over {a.steps - 1} steps, {'cold weights' if a.cold else 'warm'} cache:")
     for part in PARTS:
         print(f"  {part:10s} {b[part]:8.4f}")
-    print(f"  {'kernels':10s} {kernels:8.4f}\n  {'step':10s} {b['step']:8.4f}  (the rest: VM and the timing instrument)")
+    print(f"  {'kernels':10s} {kernels:8.4f}\n  {'step':10s} {b['step']:8.4f}  (the rest: the bytecode VM and the timing "
+          f"instrument)\n  {'timed':10s} {float(np.median(plain)) * 1e3:8.4f}  (the step as bench.py times it: decoder.so, "
+          f"no instrument)")
     return 0
 
 
