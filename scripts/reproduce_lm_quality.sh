@@ -114,3 +114,5 @@ python scripts/eval_lm.py "${C[@]}" --parts precision
 G=(--checkpoint cache/ptb-gru-750.best.pt --model-name ptb-gru-750 --k 128 --projection learned --results results/lm-allocation-ptb.json --parts ratios --mask-rule contribution)
 python scripts/eval_lm.py "${G[@]}"
 python scripts/eval_lm.py "${G[@]}" --little-bits 4
+# session 36 (Intel): Tables 1 and 5 on the same model (the paper's module)
+python scripts/eval_lm.py "${C[@]}" --parts resilience,eps
