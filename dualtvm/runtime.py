@@ -1,4 +1,5 @@
-"""Load and run a built decoder (``decoder.so`` + ``params.npz`` + ``manifest.json``; ``decoder-bytecode.so`` to profile).
+"""Load and run a built decoder (``decoder.so`` + ``params.npz`` + ``manifest.json``; ``decoder-bytecode.so``
+to profile it).
 
 The insensitive ratio is a run-time knob: :meth:`CompiledDecoder.set_insensitive_ratio`
 turns it into per-row thresholds from the calibration stored in ``little.npz`` — no rebuild.

@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.build} ({'dual, ratio ' + str(a.ratio) if dec.spec.dual else 'dense'}), median ms per step over {a.steps - 1} steps, {'cold weights' if a.cold else 'warm'} cache:")
     for part in PARTS:
         print(f"  {part:10s} {b[part]:8.4f}")
-    print(f"  {'kernels':10s} {kernels:8.4f}\n  {'step':10s} {b['step']:8.4f}  (the rest: the bytecode VM and the timing "
-          f"instrument)\n  {'timed':10s} {float(np.median(plain)) * 1e3:8.4f}  (the step as bench.py times it: decoder.so, "
-          f"no instrument)")
+    print(f"  {'kernels':10s} {kernels:8.4f}")
+    print(f"  {'step':10s} {b['step']:8.4f}  (the rest: the bytecode VM and the timing instrument)")
+    print(f"  {'timed':10s} {float(np.median(plain)) * 1e3:8.4f}  (the step as bench.py times it: decoder.so, no instrument)")
     return 0
 
 
