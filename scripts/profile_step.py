@@ -56,12 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     plain = measure([decoder_engine("step", a.ratio or 0.0, dec, xs, dec.twin() if a.cold else None)], a.steps, 1,
                     evict if a.cold else False)["step"]
     kernels = sum(b[part] for part in PARTS)
-    print(f"{a.build} ({'dual, ratio ' + str(a.ratio) if dec.spec.dual else 'dense'}), median ms per step over {a.steps - 1} steps, {'cold weights' if a.cold else 'warm'} cache:")
+    kind = f"dual, ratio {a.ratio}" if dec.spec.dual else "dense"
+    print(f"{a.build} ({kind}), median ms per step over {a.steps - 1} steps, "
+          f"{'cold weights' if a.cold else 'warm'} cache:")
     for part in PARTS:
         print(f"  {part:10s} {b[part]:8.4f}")
     print(f"  {'kernels':10s} {kernels:8.4f}")
     print(f"  {'step':10s} {b['step']:8.4f}  (the rest: the bytecode VM and the timing instrument)")
-    print(f"  {'timed':10s} {float(np.median(plain)) * 1e3:8.4f}  (the step as bench.py times it: decoder.so, no instrument)")
+    timed = float(np.median(plain)) * 1e3
+    print(f"  {'timed':10s} {timed:8.4f}  (the step as bench.py times it: decoder.so, no instrument)")
     return 0
 
 
