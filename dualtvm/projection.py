@@ -151,6 +151,7 @@ def pair_row_scales(p_a: Projection, p_b: Projection) -> np.ndarray:
     projections take as ``Pr`` and what :func:`dualtvm.little.equalised` split W_LL's column scale into."""
     return np.concatenate([p_a.row_scales(), p_b.row_scales()])
 
+
 class CovarianceAccumulator:
     """Mean and covariance of rows streamed in batches (float64 sums, one pass, bounded memory)."""
 

@@ -51,10 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     rng = np.random.default_rng(a.seed)
     xs = [(rng.standard_normal(dec.spec.layers[0].input_size) * 0.5).astype(np.float32) for _ in range(a.steps)]
-    evict = Evictor() if a.cold else None
-    b = step_breakdown(dec, xs, evict, dec.twin() if a.cold else None)
-    plain = measure([decoder_engine("step", a.ratio or 0.0, dec, xs, dec.twin() if a.cold else None)], a.steps, 1,
-                    evict if a.cold else False)["step"]
+    evict, twin = (Evictor(), dec.twin()) if a.cold else (None, None)  # one twin (a copy of the weights) serves both
+    b = step_breakdown(dec, xs, evict, twin)
+    plain = measure([decoder_engine("step", a.ratio or 0.0, dec, xs, twin)], a.steps, 1, evict or False)["step"]
     kernels = sum(b[part] for part in PARTS)
     kind = f"dual, ratio {a.ratio}" if dec.spec.dual else "dense"
     print(f"{a.build} ({kind}), median ms per step over {a.steps - 1} steps, "
