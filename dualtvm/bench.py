@@ -60,15 +60,16 @@ class Engine:
     twin: "Engine | None" = None  # the same engine over its own copy of the weights (cold mode, see measure)
 
 
-def decoder_engine(name: str, ratio: float, dec, xs: list[np.ndarray], twin=None) -> Engine:
-    """An engine decoding ``xs`` with a :class:`~dualtvm.runtime.CompiledDecoder`; ``twin`` (``dec.twin()``)
-    runs through ``dec``'s VM, so in cold mode it warms that VM but not ``dec``'s weights."""
+def decoder_engine(name: str, ratio: float, dec, xs: list[np.ndarray], twin=None, vm=None) -> Engine:
+    """An engine decoding ``xs`` with a :class:`~dualtvm.runtime.CompiledDecoder` (through ``vm``, another VM over
+    its step such as ``dec.vm_only()``, where given); ``twin`` (``dec.twin()``) runs through the same VM, so in
+    cold mode it warms that VM but not ``dec``'s weights."""
     from .runtime import sequence_runner
 
-    prepare, step, _ = sequence_runner(dec, xs)
+    prepare, step, _ = sequence_runner(dec, xs, vm=vm)
     other = None
     if twin is not None:
-        twin_prepare, twin_step, _ = sequence_runner(twin, xs, vm=dec.vm)
+        twin_prepare, twin_step, _ = sequence_runner(twin, xs, vm=vm or dec.vm)
         other = Engine(f"{name} (twin)", ratio, twin_prepare, twin_step)
     return Engine(name, ratio, prepare, step, other)
 

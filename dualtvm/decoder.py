@@ -239,6 +239,16 @@ def _param_shapes(s: LayerShape, dual: bool) -> dict[str, tuple]:
     return shapes
 
 
+def without_kernels(mod):
+    """``build_ir``'s module with every kernel's body emptied: the same step (its calls, allocations, input
+    checks and tuples) doing no arithmetic, which times the VM's own share of a step (``scripts/profile_step.py``)."""
+    import tvm
+
+    empty = tvm.tirx.Evaluate(tvm.tirx.const(0, "int32"))
+    return tvm.IRModule({gv: f.with_body(empty) if isinstance(f, tvm.tirx.PrimFunc) else f
+                         for gv, f in mod.functions.items()}, attrs=mod.attrs)
+
+
 def vm_executable(mod, target: TargetSpec, exec_mode: str = "compiled"):
     """``relax.build`` a Relax module for ``target``: by default its functions compiled to native code, not
     interpreted as VM bytecode (measured in :data:`LIBRARIES`'s note); ``exec_mode="bytecode"`` for a VM whose

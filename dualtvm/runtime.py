@@ -85,6 +85,17 @@ class CompiledDecoder:
             raise BuildError(f"{lib} is missing: rebuild {self.build_dir} to profile its kernels")
         return relax.VirtualMachine(tvm.runtime.load_module(str(lib)), self.dev)
 
+    def vm_only(self):
+        """A VirtualMachine whose ``step`` is this build's with every kernel emptied (compiled here from the build's
+        spec for its target: seconds): run with this decoder's weights and state, it costs what the step spends
+        outside its kernels, the VM's calls, allocations and checks."""
+        from tvm import relax
+
+        from .decoder import build_ir, vm_executable, without_kernels
+
+        return relax.VirtualMachine(vm_executable(without_kernels(build_ir(self.spec, self.target)), self.target),
+                                    self.dev)
+
     def twin(self) -> "CompiledDecoder":
         """The same build over its own copy of the weights, at the same thresholds: another cell of the same
         shapes (the cold-cache benchmark runs it between the sweep and the timed step, ``bench.measure``)."""

@@ -7,8 +7,9 @@ Runs a decode sequence (Gaussian inputs, state fed back, so masks move as in rea
 the build's bytecode VM (``decoder-bytecode.so``: the step of ``decoder.so`` is compiled to native code and
 calls no instrument) with an instrument that timestamps every kernel call, and prints the median ms per
 step of projection / little / mask / big / assembly kernels beside the whole instrumented step and the step as
-the benchmark times it (``decoder.so``, no instrument).  Kernels timed alone look faster than they are in a step,
-where the big GEMV's stream has just evicted the rest.
+the benchmark times it (``decoder.so``, no instrument), and that step again with every kernel emptied (what the VM
+itself costs).  Kernels timed alone look faster than they are in a step, where the big GEMV's stream has just
+evicted the rest.
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     evict, twin = (Evictor(), dec.twin()) if a.cold else (None, None)  # one twin (a copy of the weights) serves both
     b = step_breakdown(dec, xs, evict, twin)
     plain = measure([decoder_engine("step", a.ratio or 0.0, dec, xs, twin)], a.steps, 1, evict or False)["step"]
+    vm_only = decoder_engine("vm", a.ratio or 0.0, dec, xs, twin, vm=dec.vm_only())
+    vm = measure([vm_only], a.steps, 1, evict or False)["vm"]
     kernels = sum(b[part] for part in PARTS)
     kind = f"dual, ratio {a.ratio}" if dec.spec.dual else "dense"
     print(f"{a.build} ({kind}), median ms per step over {a.steps - 1} steps, "
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'step':10s} {b['step']:8.4f}  (the rest: the bytecode VM and the timing instrument)")
     timed = float(np.median(plain)) * 1e3
     print(f"  {'timed':10s} {timed:8.4f}  (the step as bench.py times it: decoder.so, no instrument)")
+    print(f"  {'vm':10s} {float(np.median(vm)) * 1e3:8.4f}  (the timed step with every kernel emptied: its calls, "
+          "allocations and checks)")
     return 0
 
 

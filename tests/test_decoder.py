@@ -233,7 +233,7 @@ def test_profile_step_reports_every_part(builds, capsys):
     assert profile_step.main([builds["tiny-gnmt"]["builds"]["dual"], "--ratio", "0.5", "--steps", "8"]) == 0
     out = capsys.readouterr().out
     times = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()[1:]}
-    assert set(times) == {"projection", "little", "mask", "big", "assembly", "kernels", "step", "timed"}
+    assert set(times) == {"projection", "little", "mask", "big", "assembly", "kernels", "step", "timed", "vm"}
     assert all(v > 0 for v in times.values()) and times["step"] >= times["big"] and times["timed"] >= times["big"] / 2
     assert profile_step.main([builds["tiny-gnmt-w4"]["builds"]["dual"], "--ratio", "0.5", "--steps", "4", "--cold"]) == 0
     assert "cold weights cache" in capsys.readouterr().out
