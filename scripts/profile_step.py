@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     xs = [(rng.standard_normal(dec.spec.layers[0].input_size) * 0.5).astype(np.float32) for _ in range(a.steps)]
     evict, twin = (Evictor(), dec.twin()) if a.cold else (None, None)  # one twin (a copy of the weights) serves both
     b = step_breakdown(dec, xs, evict, twin)
-    plain = measure([decoder_engine("step", a.ratio or 0.0, dec, xs, twin)], a.steps, 1, evict or False)["step"]
-    vm_only = decoder_engine("vm", a.ratio or 0.0, dec, xs, twin, vm=dec.vm_only())
-    vm = measure([vm_only], a.steps, 1, evict or False)["vm"]
+    engines = [decoder_engine("step", a.ratio or 0.0, dec, xs, twin),
+               decoder_engine("vm", a.ratio or 0.0, dec, xs, twin, vm=dec.vm_only())]  # the step, kernels emptied
+    timed_runs = measure(engines, a.steps, 1, evict or False)
     kernels = sum(b[part] for part in PARTS)
     kind = f"dual, ratio {a.ratio}" if dec.spec.dual else "dense"
     print(f"{a.build} ({kind}), median ms per step over {a.steps - 1} steps, "
@@ -65,10 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {part:10s} {b[part]:8.4f}")
     print(f"  {'kernels':10s} {kernels:8.4f}")
     print(f"  {'step':10s} {b['step']:8.4f}  (the rest: the bytecode VM and the timing instrument)")
-    timed = float(np.median(plain)) * 1e3
+    timed, vm = (float(np.median(timed_runs[name])) * 1e3 for name in ("step", "vm"))
     print(f"  {'timed':10s} {timed:8.4f}  (the step as bench.py times it: decoder.so, no instrument)")
-    print(f"  {'vm':10s} {float(np.median(vm)) * 1e3:8.4f}  (the timed step with every kernel emptied: its calls, "
-          "allocations and checks)")
+    print(f"  {'vm':10s} {vm:8.4f}  (the timed step with every kernel emptied: its calls, allocations and checks)")
     return 0
 
 
