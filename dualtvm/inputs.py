@@ -138,3 +138,12 @@ def decode_stream(payload: object | None, input_size: int, n: int, data_dir: str
         return real.stream(n), real.description
     rng = np.random.default_rng(0)
     return [(rng.standard_normal(input_size) * 0.5).astype(np.float32) for _ in range(n)], "Gaussian inputs"
+
+
+def build_stream(model: dict, input_size: int, n: int, data_dir: str | None = None) -> tuple[list[np.ndarray], str]:
+    """``decode_stream`` for a build whose manifest describes its big model as ``model``: that checkpoint's
+    held-out data where the build was made from one (the masks it makes in use), else Gaussian vectors."""
+    from .registry import read_checkpoint
+
+    payload = read_checkpoint(model["checkpoint"]) if model.get("checkpoint") else None
+    return decode_stream(payload, input_size, n, data_dir, model.get("decoder_layer") or 0)

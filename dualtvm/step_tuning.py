@@ -91,8 +91,7 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
     """
     from tqdm.auto import tqdm
 
-    from .inputs import decode_stream
-    from .registry import read_checkpoint
+    from .inputs import build_stream
     from .results import machine_description, short_machine, warn_if_busy
     from .runtime import CompiledDecoder
 
@@ -102,8 +101,7 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
         raise ValueError(f"{build_dir} is not a dual-module build: no masked GEMV to decide")
     grid = grid if grid is not None else gather_grid(target.num_cores)
     model = current.manifest["model"]
-    xs, source = decode_stream(read_checkpoint(model["checkpoint"]) if model.get("checkpoint") else None,
-                               current.spec.layers[0].input_size, cfg.steps, data_dir, model.get("decoder_layer") or 0)
+    xs, source = build_stream(model, current.spec.layers[0].input_size, cfg.steps, data_dir)
     warn_if_busy("in-step tuning")
     with tempfile.TemporaryDirectory(prefix="dualtvm-in-step-") as tmp:
         decs = {"current": current}

@@ -1,6 +1,7 @@
 """The compiled decode step: verified against PyTorch, exported, loaded elsewhere, guarded."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +233,7 @@ def test_profile_step_reports_every_part(builds, capsys):
 
     assert profile_step.main([builds["tiny-gnmt"]["builds"]["dual"], "--ratio", "0.5", "--steps", "8"]) == 0
     out = capsys.readouterr().out
+    assert "steps of Gaussian inputs" in out.splitlines()[0]  # a random-weight build has no data of its own
     times = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()[1:]}
     assert set(times) == {"projection", "little", "mask", "big", "assembly", "kernels", "step", "timed", "vm"}
     assert all(v > 0 for v in times.values()) and times["step"] >= times["big"] and times["timed"] >= times["big"] / 2
@@ -240,6 +242,25 @@ def test_profile_step_reports_every_part(builds, capsys):
     with pytest.raises(SystemExit):
         profile_step.main([str(REPO / "tests"), "--steps", "8"])
     assert "not a dualtvm build folder" in capsys.readouterr().err
+
+
+def test_profile_step_decodes_the_builds_own_data(builds, tmp_path, capsys):
+    """A build made from a checkpoint is profiled on that checkpoint's data; a checkpoint gone is a clear error
+    that names the way out (``--inputs gaussian``)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import profile_step
+
+    build = tmp_path / "dual"
+    shutil.copytree(builds["tiny-lstm"]["builds"]["dual"], build)
+    manifest = json.loads((build / "manifest.json").read_text())
+    manifest["model"]["checkpoint"] = str(tmp_path / "gone.pt")
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit):
+        profile_step.main([str(build), "--steps", "3"])
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and "--inputs gaussian" in err
+    assert profile_step.main([str(build), "--steps", "3", "--inputs", "gaussian"]) == 0
+    assert "steps of Gaussian inputs" in capsys.readouterr().out
 
 
 def test_budget_measures_every_ratio_and_picks_the_cheapest_in_quality(builds, tmp_path, capsys):
