@@ -1,6 +1,7 @@
 """GNMT-like translation end to end: training, search, dual-module and compiled decoder layers."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -440,6 +441,13 @@ def test_a_seq2seq_decoder_layer_as_a_named_model_with_its_real_inputs(tiny_mult
     assert not xs[0][32:].any() and xs[1][32:].any()  # layer 0 at step 0: no attention context yet
     with pytest.raises(ValueError, match="decoder layer 4 does not exist"):
         real_inputs(payload, seed=0, data_dir=str(data), decoder_layer=4)
+    # a build's manifest names the checkpoint and layer: profiles and in-step tuning decode the same stream
+    from dualtvm.inputs import build_stream
+    ys, described = build_stream({"checkpoint": str(ckpt), "decoder_layer": 1}, 64, 5, str(data))
+    assert "decoder layer 1" in described and len(ys) == 5
+    assert not np.array_equal(ys[1], xs[1])  # layer 1's inputs, not layer 0's
+    zs, described = build_stream({"checkpoint": None}, 64, 5)  # a random-weight build
+    assert described == "Gaussian inputs" and zs[0].shape == (64,)
 
 
 def test_train_nmt_script_records_its_baseline_row(tiny_multi30k, tmp_path):
