@@ -100,3 +100,7 @@ python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.b
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4 --contribution
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4 --contribution
 python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+# session 38 on the Intel machine: the same three after the integer little GEMV's phaddd tail (session 37), 8 rounds each
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4 --contribution
+python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4 --contribution
+python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
