@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from dualtvm.bench import PARTS, Evictor, decoder_engine, measure, step_breakdown
+    from dualtvm.data import DataError
     from dualtvm.inputs import build_stream
     from dualtvm.manifest import BuildError
     from dualtvm.runtime import CompiledDecoder
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     model = dec.manifest["model"] if a.inputs == "data" else {}
     try:
         xs, source = build_stream(model, dec.spec.layers[0].input_size, a.steps, a.data_dir)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, DataError) as e:
         p.error(f"{e} (--inputs gaussian needs neither the checkpoint nor its data)")
     evict, twin = (Evictor(), dec.twin()) if a.cold else (None, None)  # one twin (a copy of the weights) serves both
     b = step_breakdown(dec, xs, evict, twin)

@@ -244,9 +244,9 @@ def test_profile_step_reports_every_part(builds, capsys):
     assert "not a dualtvm build folder" in capsys.readouterr().err
 
 
-def test_profile_step_decodes_the_builds_own_data(builds, tmp_path, capsys):
-    """A build made from a checkpoint is profiled on that checkpoint's data; a checkpoint gone is a clear error
-    that names the way out (``--inputs gaussian``)."""
+def test_profile_step_decodes_the_builds_own_data(builds, tiny_multi30k, tmp_path, capsys):
+    """A build made from a checkpoint is profiled on that checkpoint's data; a checkpoint gone, or its data not
+    where ``--data-dir`` says, is a clear error that names the way out (``--inputs gaussian``)."""
     sys.path.insert(0, str(REPO / "scripts"))
     import profile_step
 
@@ -259,6 +259,11 @@ def test_profile_step_decodes_the_builds_own_data(builds, tmp_path, capsys):
         profile_step.main([str(build), "--steps", "3"])
     err = capsys.readouterr().err
     assert "checkpoint not found" in err and "--inputs gaussian" in err
+    manifest["model"]["checkpoint"] = str(tiny_multi30k[1])  # a seq2seq checkpoint: its Multi30k inputs
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit):
+        profile_step.main([str(build), "--steps", "3", "--data-dir", str(tmp_path / "nothing")])
+    assert "--inputs gaussian" in capsys.readouterr().err
     assert profile_step.main([str(build), "--steps", "3", "--inputs", "gaussian"]) == 0
     assert "steps of Gaussian inputs" in capsys.readouterr().out
 
