@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     add_projection_option(p)  # the kernels are the same for both; --in-step's build (its masks) takes it
     p.add_argument("--ratios", type=ratio_list, default="0.3,0.5,0.7", help="--in-step: insensitive ratios timed")
     p.add_argument("--data-dir", default=None, help="--in-step: data root of the checkpoint's corpus")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="--in-step: timed steps per build, round, ratio and cache (default 40; cold: each after a sweep)")
+    p.add_argument("--rounds", type=positive_int, default=None,
+                   help="--in-step: interleaved rounds of the search pass (default 6)")
+    p.add_argument("--confirm-rounds", type=positive_int, default=None,
+                   help="--in-step: rounds of the confirmation pass, which decides (default 30): fewer decide faster "
+                        "and less surely")
     p.add_argument("--skip-bad-records", action="store_true", help="drop corrupted database lines instead of failing")
     p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on a fleet via TVM's RPC tracker")
     p.add_argument("--rpc-key", default=None, help="device key the RPC servers registered with")
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--in-step times whole steps on this machine: it cannot be combined with --recheck or --rpc-tracker")
     if not a.in_step and (a.checkpoint or a.build):
         p.error("--checkpoint and --build are for --in-step (tune.py times kernels on generated arguments)")
+    if not a.in_step and (a.steps or a.rounds or a.confirm_rounds):
+        p.error("--steps, --rounds and --confirm-rounds time --in-step's whole steps")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
 
@@ -151,8 +160,9 @@ def in_step(a, target) -> int:
     folder = Path(a.build) if a.build else build.default_out(target)  # bench's folder for the same model and variant
     if not built_from(folder, build):
         build_model(replace(build, out=str(folder)))
-    decisions = decide_in_step(folder / "dual", target, load_database(target, a.logs), InStepConfig(ratios=tuple(a.ratios)),
-                               data_dir=a.data_dir)
+    timing = {k: v for k, v in (("steps", a.steps), ("rounds", a.rounds), ("confirm_rounds", a.confirm_rounds)) if v}
+    decisions = decide_in_step(folder / "dual", target, load_database(target, a.logs),
+                               InStepConfig(ratios=tuple(a.ratios), **timing), data_dir=a.data_dir)
     path = write_decisions(target, decisions, a.logs)
     for name, d in decisions.items():
         print(f"{name}: {d.get('gather_knobs', 'kept the current verdict')}")

@@ -411,6 +411,8 @@ def test_build_manifest_load_refuses_and_reuse_rebuilds(tmp_path, monkeypatch):
     ("profile_step", ["build/none", "--ratio", "-0.1"], "argument --ratio: expected a ratio in [0, 1], got '-0.1'"),
     ("tune", ["--in-step", "--recheck"], "--in-step times whole steps on this machine"),
     ("tune", ["--checkpoint", "x.pt"], "--checkpoint and --build are for --in-step"),
+    ("tune", ["--confirm-rounds", "3"], "--steps, --rounds and --confirm-rounds time --in-step's whole steps"),
+    ("tune", ["--in-step", "--rounds", "0"], "argument --rounds: expected a positive integer, got 0"),
     ("tune", ["--in-step", "--ratios", "0.5,2"], "expected comma-separated ratios in [0, 1], got '0.5,2'"),
 ])
 def test_scripts_refuse_bad_arguments_before_any_work(script, args, needle, capsys):

@@ -295,8 +295,9 @@ def test_in_step_decides_the_masked_gemv_from_whole_steps(tiny_log, tmp_path):
     summary_file = tiny_log / "summary.json"
     (before,) = json.loads(summary_file.read_text()).values()
     run = subprocess.run(TUNE + ["--tasks", "masked_gemv", "--logs", str(tiny_log), "--in-step", "--ratios", "0.5",
-                                 "--build", str(tmp_path / "build")], cwd=REPO, env=ENV, capture_output=True, text=True,
-                         timeout=600)
+                                 "--build", str(tmp_path / "build"), "--steps", "10", "--rounds", "2",
+                                 "--confirm-rounds", "4"],  # the decision's machinery, not a sure decision
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "build" / "dual" / "decoder.so").exists()
     (name, entry), = json.loads(summary_file.read_text()).items()
