@@ -189,7 +189,8 @@ def test_eval_lm_k_set_directly(tiny_corpus, tmp_path):
     uniform = {r["variant"]: r for r in rows if r["part"] == "uniform" and r["insensitive_ratio"] == 0.5}
     assert set(uniform) == {"eps0.5-int8", "k6-int8"}
     assert "paper_ppl" in uniform["eps0.5-int8"] and "paper_ppl" not in uniform["k6-int8"]  # the paper's k is eq. 3's
-    assert uniform["k6-int8"]["ppl"] != uniform["eps0.5-int8"]["ppl"]
+    # another little module ran: its fit's error differs (the PPLs, rounded to 3 places, coincided on an AMD EPYC)
+    assert uniform["k6-int8"]["little_mse"] != uniform["eps0.5-int8"]["little_mse"]
     assert {r["variant"] for r in rows if r["part"] == "per-gate"} == {"greedy-allocation k6"}
     header = [c.strip() for c in lm_allocation({"rows": rows}).splitlines()[0].strip("|").split("|")]
     assert "one ratio, k = 6" in header and "per gate: activation error (k = 6)" in header
