@@ -10,20 +10,17 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .checkpoint import git_revision
+from .target import cpuinfo_field, host_target
 
 log = logging.getLogger(__name__)
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    """'<CPU model> (<host -mcpu>), <n> cores': a KVM guest names a Zen 3 and a Zen 4 both 'AMD EPYC', and rows
+    keyed by machine must not replace another CPU's (rows written before session 39 carry no -mcpu)."""
+    cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
+    mcpu = host_target().mcpu
+    return f"{cpu}{f' ({mcpu})' if mcpu else ''}, {os.cpu_count()} cores"
 
 
 def busy_processes(interval_s: float = 0.5, threshold: float = 20.0, ignore: set[int] | None = None) -> list[str]:

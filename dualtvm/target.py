@@ -229,7 +229,7 @@ def parse_target(spec: "str | dict | os.PathLike | TargetSpec") -> TargetSpec:
     return _from_cli(text)
 
 
-def _cpuinfo_field(name: str) -> str:
+def cpuinfo_field(name: str) -> str:
     """The first ``name : value`` line of /proc/cpuinfo ('' where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -243,7 +243,7 @@ def _cpuinfo_field(name: str) -> str:
 
 def host_cpu_features() -> set[str]:
     """Flags of this CPU from /proc/cpuinfo (empty set where it cannot be read)."""
-    return set(_cpuinfo_field("flags").split())
+    return set(cpuinfo_field("flags").split())
 
 
 def host_target(num_cores: int | None = None, features: set[str] | None = None, vendor: str | None = None) -> TargetSpec:
@@ -253,7 +253,7 @@ def host_target(num_cores: int | None = None, features: set[str] | None = None, 
     tune for an AMD core.  ``features`` / ``vendor`` default to this CPU's (/proc/cpuinfo).
     """
     feats = host_cpu_features() if features is None else set(features)
-    vendor = _cpuinfo_field("vendor_id") if vendor is None else vendor
+    vendor = cpuinfo_field("vendor_id") if vendor is None else vendor
     candidates = _HOST_MCPUS.get(vendor, ()) + ("cascadelake", "skylake-avx512", "haswell", "x86-64")
     for mcpu in candidates:
         if set(MCPU_FEATURES[mcpu]) <= feats:

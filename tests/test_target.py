@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -93,3 +94,11 @@ def test_parse_host():
     assert missing_host_features(t) == set()
     with pytest.raises(TargetError, match="or 'host'"):
         parse_target("hots")
+
+
+def test_machine_description_names_the_hosts_core():
+    """Results rows are keyed by machine: two CPUs a KVM guest names alike ('AMD EPYC') must not share one key."""
+    from dualtvm.results import machine_description
+
+    mcpu = host_target().mcpu
+    assert machine_description().endswith(f"{f' ({mcpu})' if mcpu else ''}, {os.cpu_count()} cores")
