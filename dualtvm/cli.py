@@ -113,6 +113,40 @@ def add_data_dir_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="data root (default $DUALTVM_DATA or ../shared/data)")
 
 
+def add_step_inputs_options(p: argparse.ArgumentParser) -> None:
+    """``--inputs`` and ``--data-dir``: the step inputs a script times a build on (``inputs.step_inputs``)."""
+    p.add_argument("--inputs", type=step_inputs_source, default="data",
+                   help="step inputs: 'data' (the held-out data of the checkpoint the build was made from: the masks "
+                        "it makes in use; Gaussian where the build has no checkpoint), 'gaussian', or a .npy file of "
+                        "your own (steps × input size)")
+    add_data_dir_option(p)
+
+
+def step_inputs_or_exit(p: argparse.ArgumentParser, a: argparse.Namespace, model: dict, input_size: int,
+                        n: int) -> tuple[list, str]:
+    """``inputs.step_inputs`` for ``add_step_inputs_options``'s ``a.inputs``; what cannot be read exits with
+    ``p.error`` (for 'data': naming 'gaussian', which needs neither the checkpoint nor its data)."""
+    from .data import DataError
+    from .inputs import step_inputs
+
+    try:
+        return step_inputs(a.inputs, model, input_size, n, a.data_dir)
+    except (OSError, ValueError, DataError) as e:
+        hint = " (--inputs gaussian needs neither the checkpoint nor its data)" if a.inputs == "data" else ""
+        p.error(f"{e}{hint}")
+
+
+def step_inputs_source(text: str) -> str:
+    """'data', 'gaussian' or an existing .npy file."""
+    if text in ("data", "gaussian"):
+        return text
+    if not text.endswith(".npy"):
+        raise argparse.ArgumentTypeError(f"want 'data', 'gaussian' or a .npy file, got {text!r}")
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return text
+
+
 def add_projection_option(p: argparse.ArgumentParser) -> None:
     """``--projection``, one spelling for every script that fits or builds a little module."""
     from .projection import KINDS

@@ -147,3 +147,16 @@ def build_stream(model: dict, input_size: int, n: int, data_dir: str | None = No
 
     payload = read_checkpoint(model["checkpoint"]) if model.get("checkpoint") else None
     return decode_stream(payload, input_size, n, data_dir, model.get("decoder_layer") or 0)
+
+
+def step_inputs(source: str, model: dict, input_size: int, n: int,
+                data_dir: str | None = None) -> tuple[list[np.ndarray], str]:
+    """The ``n`` step inputs a script times a build on, and their description: ``source`` 'data' is
+    ``build_stream`` (``model``: the build manifest's), 'gaussian' Gaussian vectors, else a .npy file of
+    the user's own (steps × ``input_size``; its first ``n`` rows)."""
+    if source in ("data", "gaussian"):
+        return build_stream(model if source == "data" else {}, input_size, n, data_dir)
+    xs = np.load(source)
+    if xs.ndim != 2 or xs.shape[1] != input_size:
+        raise ValueError(f"{source} holds an array of shape {xs.shape}; the decoder takes (steps, {input_size})")
+    return list(xs[:n].astype(np.float32)), source

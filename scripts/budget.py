@@ -6,8 +6,9 @@
 Times the build's dual-module step at each candidate ratio and its dense counterpart (when the build folder
 has one), interleaved in one run, and prints the curve and the choice: the dense step if it meets
 the budget (no quality loss), else the smallest ratio that does (quality at each ratio: Tables 2–4
-of the README).  Inputs are Gaussian with the state fed back unless ``--inputs`` gives real step
-inputs (a .npy array, steps × input size), whose masks are the ones a service would see.
+of the README).  The state is fed back; the inputs are the held-out data of the checkpoint the build was made
+from (the masks a service would see; Gaussian where the build has none), or ``--inputs``: 'gaussian' or your own
+step inputs (a .npy array, steps × input size).
 Exit status 1 when no ratio meets the budget.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, positive_float, positive_int, ratio_list  # noqa: E402
+from dualtvm.cli import (HelpFormatter, add_step_inputs_options, positive_float, positive_int,  # noqa: E402
+                         ratio_list, step_inputs_or_exit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold", action="store_true",
                    help="cold weights: before every timed step sweep twice the last-level cache (at least 64 MB), "
                         "then step a copy of the build on its own weights (bench.measure)")
-    p.add_argument("--inputs", default=None, help=".npy array of real step inputs (steps × input size)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random step inputs (without --inputs)")
+    add_step_inputs_options(p)
     p.add_argument("--threads", type=positive_int, default=None, help="TVM threads (default: all cores)")
     p.add_argument("--json", default=None, help="also write the measured curve and the choice here")
     a = p.parse_args(argv)
@@ -42,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps must be at least 2 (the first step of a round is a warm-up)")
     ratios = list(a.ratios)
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
-    import numpy as np
-
     from dualtvm.budget import latency_by_ratio, ratio_for_budget
     from dualtvm.manifest import BuildError
     from dualtvm.runtime import CompiledDecoder
@@ -54,20 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dual = CompiledDecoder(dual_dir)
         dense = CompiledDecoder(dense_dir) if (dense_dir / "manifest.json").exists() else None
-        d = dual.spec.layers[0].input_size
-        if a.inputs:
-            xs = np.load(a.inputs).astype(np.float32)
-            if xs.ndim != 2 or xs.shape[1] != d:
-                raise ValueError(f"{a.inputs} holds an array of shape {xs.shape}; the decoder takes (steps, {d})")
-            xs = list(xs[: a.steps])
-        else:
-            rng = np.random.default_rng(a.seed)
-            xs = [(rng.standard_normal(d) * 0.5).astype(np.float32) for _ in range(a.steps)]
-        curve = latency_by_ratio(dual, ratios, xs, a.rounds, a.cold, dense)
     except (BuildError, ValueError, OSError) as e:
         p.error(str(e))
+    xs, source = step_inputs_or_exit(p, a, dual.manifest["model"], dual.spec.layers[0].input_size, a.steps)
+    try:
+        curve = latency_by_ratio(dual, ratios, xs, a.rounds, a.cold, dense)
+    except ValueError as e:
+        p.error(str(e))
     print(f"{dual_dir}: median ms per decode step over {len(xs) - 1} steps × {a.rounds} rounds, "
-          f"{'cold weights' if a.cold else 'warm'} cache, {'inputs ' + a.inputs if a.inputs else 'Gaussian inputs'}")
+          f"{'cold weights' if a.cold else 'warm'} cache, steps of {source}")
     print(f"{'engine':10s} {'ratio':>6s} {'measured':>9s} {'median ms':>10s} {'IQR ms':>8s}")
     for c in curve:
         print(f"{c.engine:10s} {c.insensitive_ratio:6.2f} {c.measured_ratio:9.3f} {c.median_ms:10.3f} {c.iqr_ms:8.3f}")

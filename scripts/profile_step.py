@@ -4,7 +4,7 @@
     python scripts/profile_step.py build/lstm-1500-llvm-broadwell/dual --ratio 0.5
 
 Runs a decode sequence (state fed back, so masks move as in real decoding; its inputs are the held-out data of
-the checkpoint the build was made from, as ``bench.py`` decodes them, else Gaussian vectors) through
+the checkpoint the build was made from, as ``bench.py`` decodes them, else Gaussian vectors, or ``--inputs``) through
 the build's bytecode VM (``decoder-bytecode.so``: the step of ``decoder.so`` is compiled to native code and
 calls no instrument) with an instrument that timestamps every kernel call, and prints the median ms per
 step of projection / little / mask / big / assembly kernels beside the whole instrumented step and the step as
@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualtvm.cli import HelpFormatter, add_data_dir_option, positive_int, unit_ratio  # noqa: E402
+from dualtvm.cli import (HelpFormatter, add_step_inputs_options, positive_int, step_inputs_or_exit,  # noqa: E402
+                         unit_ratio)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio", type=unit_ratio, default=None, help="insensitive ratio (dual builds; default: as built)")
     p.add_argument("--steps", type=positive_int, default=100,
                    help="decode steps run (the first, a warm-up, is not counted)")
-    p.add_argument("--inputs", choices=("data", "gaussian"), default="data",
-                   help="step inputs: the build's checkpoint's held-out data (its real masks; Gaussian where the "
-                        "build has no checkpoint), or Gaussian vectors")
-    add_data_dir_option(p)
+    add_step_inputs_options(p)
     p.add_argument("--threads", type=positive_int, default=None, help="TVM threads (default: all cores)")
     p.add_argument("--cold", action="store_true",
                    help="cold weights: before every timed step sweep twice the last-level cache (at least 64 MB), "
@@ -45,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from dualtvm.bench import PARTS, Evictor, decoder_engine, measure, step_breakdown
-    from dualtvm.data import DataError
-    from dualtvm.inputs import build_stream
     from dualtvm.manifest import BuildError
     from dualtvm.runtime import CompiledDecoder
 
@@ -56,11 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             dec.set_insensitive_ratio(a.ratio)
     except (BuildError, ValueError) as e:
         p.error(str(e))
-    model = dec.manifest["model"] if a.inputs == "data" else {}
-    try:
-        xs, source = build_stream(model, dec.spec.layers[0].input_size, a.steps, a.data_dir)
-    except (OSError, ValueError, DataError) as e:
-        p.error(f"{e} (--inputs gaussian needs neither the checkpoint nor its data)")
+    xs, source = step_inputs_or_exit(p, a, dec.manifest["model"], dec.spec.layers[0].input_size, a.steps)
     evict, twin = (Evictor(), dec.twin()) if a.cold else (None, None)  # one twin (a copy of the weights) serves both
     b = step_breakdown(dec, xs, evict, twin)
     engines = [decoder_engine("step", a.ratio or 0.0, dec, xs, twin),

@@ -277,6 +277,7 @@ def test_budget_measures_every_ratio_and_picks_the_cheapest_in_quality(builds, t
     out = tmp_path / "curve.json"
     argv = [str(folder), "--steps", "6", "--rounds", "1", "--ratios", "0.2,0.8", "--json", str(out)]
     assert budget.main(argv + ["--budget-ms", "1000"]) == 0
+    assert "steps of Gaussian inputs" in capsys.readouterr().out.splitlines()[0]  # a random-weight build: no data
     doc = json.loads(out.read_text())
     assert [(c["engine"], c["insensitive_ratio"]) for c in doc["curve"]] == [("tvm-dual", 0.2), ("tvm-dual", 0.8),
                                                                                ("tvm-dense", 0.0)]
@@ -298,6 +299,15 @@ def test_budget_measures_every_ratio_and_picks_the_cheapest_in_quality(builds, t
     with pytest.raises(SystemExit):
         budget.main([str(folder), "--budget-ms", "1", "--inputs", str(tmp_path / "wrong.npy")])
     assert "holds an array of shape (6, 5); the decoder takes (steps, 48)" in capsys.readouterr().err
+    own = tmp_path / "steps.npy"  # a user's own step inputs: timed in order, and named
+    np.save(own, np.random.default_rng(0).standard_normal((8, 48)).astype(np.float32))
+    assert budget.main(argv + ["--budget-ms", "1000", "--inputs", str(own)]) == 0
+    assert f"5 steps × 1 rounds, warm cache, steps of {own}" in capsys.readouterr().out.splitlines()[0]
+    for bad, why in (("steps.txt", "want 'data', 'gaussian' or a .npy file, got 'steps.txt'"),
+                     (str(tmp_path / "gone.npy"), "gone.npy does not exist")):
+        with pytest.raises(SystemExit):  # refused by the argument's type, before the build is loaded
+            budget.main([str(folder), "--budget-ms", "1", "--inputs", bad])
+        assert why in capsys.readouterr().err
 
 
 def test_lm_checkpoint_build_fits_little_module_on_text(tiny_corpus, tmp_path):
