@@ -41,11 +41,15 @@ def _latency_table(rows: list[dict]) -> str:
            "× best peer (quartiles) | byte bound × |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        run = r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
-        out.append(f"| {r['model']} | {weights_origin(r.get('weights', ''))} | {run} | {cache_label(r)} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} | "
+        out.append(f"| {r['model']} | {weights_origin(r.get('weights', ''))} | {_run_target(r)} | {cache_label(r)} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r['median_ms']:.3f} | "
                    f"{_with_spread(r, 'speedup_vs_tvm_dense')} | {_with_spread(r, 'speedup_vs_best_peer')} | "
                    f"{r.get('byte_bound_speedup', '') or ''} |")
     return "\n".join(out)
+
+
+def _run_target(r: dict) -> str:
+    """The row's -mcpu ('broadwell' for rows written before rows named their target)."""
+    return r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
 
 
 def breakdown(doc: dict) -> str:
@@ -57,11 +61,12 @@ def breakdown(doc: dict) -> str:
 
 
 def _breakdown_table(rows: list[dict]) -> str:
-    out = ["| model | engine | ratio | step ms (instrumented) | projection | little | mask | big | assembly | kernels Σ | VM + instrument |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| model | run target | engine | ratio | step ms (instrumented) | projection | little | mask | big | assembly | "
+           "kernels Σ | VM + instrument |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b = r["breakdown_ms"]
-        out.append(f"| {r['model']} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r.get('breakdown_step_ms', r['median_ms']):.3f} | {b['projection']} | "
+        out.append(f"| {r['model']} | {_run_target(r)} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r.get('breakdown_step_ms', r['median_ms']):.3f} | {b['projection']} | "
                    f"{b['little']} | {b['mask']} | {b['big']} | {b['assembly']} | {r['kernels_ms']} | {r['overhead_ms']} |")
     return "\n".join(out)
 

@@ -104,3 +104,8 @@ python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --t
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4 --contribution
 python scripts/bench.py --models lstm-1500 --checkpoint cache/ptb-lstm-1500-r3.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4 --contribution
 python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+# session 39 on an AMD EPYC (Zen 3, AVX2, 32 MB L3) with no trained checkpoint: k = 128 learned on random weights,
+# broadwell, then the host's own znver3 after its masked GEMV was decided in the step (16 rounds each)
+python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4
+python scripts/tune.py --target host --model lstm-1500 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
+python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
