@@ -527,9 +527,9 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
 def tensor_intrinsics_unregistered():
     """While MetaSchedule tunes, a stand-in answers ``TuneContext``'s ``import tvm.s_tir.tensor_intrin``.
 
-    That import registers every backend's tensorize intrinsics (41 s once per process on an AMD EPYC) for the
-    schedule rules that tensorize; our design spaces pass none (``sch_rules=[]``) and tensorize nothing. A real
-    import before or after is untouched: the stand-in is used only when the module is not loaded yet, and removed.
+    That import (its cost: ``build_candidate``) serves the schedule rules that tensorize; our design spaces pass
+    none (``sch_rules=[]``) and tensorize nothing. A real import before or after is untouched: the stand-in is used
+    only when the module is not loaded yet, and removed.
     """
     name = "tvm.s_tir.tensor_intrin"
     if name in sys.modules:
