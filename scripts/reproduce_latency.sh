@@ -109,3 +109,4 @@ python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --t
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4
 python scripts/tune.py --target host --model lstm-1500 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
+python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
