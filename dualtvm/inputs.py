@@ -154,8 +154,10 @@ def step_inputs(source: str, model: dict, input_size: int, n: int,
     """The ``n`` step inputs a script times a build on, and their description: ``source`` 'data' is
     ``build_stream`` (``model``: the build manifest's), 'gaussian' Gaussian vectors, else a .npy file of
     the user's own (steps × ``input_size``; its first ``n`` rows)."""
-    if source in ("data", "gaussian"):
-        return build_stream(model if source == "data" else {}, input_size, n, data_dir)
+    if source == "data":
+        return build_stream(model, input_size, n, data_dir)
+    if source == "gaussian":
+        return decode_stream(None, input_size, n)
     xs = np.load(source)
     if xs.ndim != 2 or xs.shape[1] != input_size:
         raise ValueError(f"{source} holds an array of shape {xs.shape}; the decoder takes (steps, {input_size})")
