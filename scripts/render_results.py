@@ -47,6 +47,34 @@ def _latency_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def goals(doc: dict) -> str:
+    """Issue #5's goals at a glance, per machine: how many of the rows each goal judges meet it, the worst and the best."""
+    return by_machine(doc, doc["rows"], _goals_table)
+
+
+def _goals_table(rows: list[dict]) -> str:
+    from dualtvm.goals import goal_status
+
+    def value(goal, v: float) -> str:
+        return f"{v:.2f}{goal.unit}" if goal.unit else f"{100 * v:.0f} %"
+
+    def which(r: dict) -> str:
+        from dualtvm.bench import weights_origin
+
+        ratio = f", {100 * r['insensitive_ratio']:.0f} %" if r["engine"] != "tvm-dense" else ""
+        return f"{r['model']} ({weights_origin(r.get('weights', ''))}), {_run_target(r)}, {r['engine']}, {r['cache']}{ratio}"
+
+    out = []
+    for st in goal_status(rows):
+        if not st.values:
+            out.append([st.goal.text, 0, "", "no rows", ""])
+            continue
+        (worst, lo), (best, hi) = st.worst, st.best
+        out.append([st.goal.text, len(st.values), st.met, f"{value(st.goal, lo)} ({which(worst)})",
+                    f"{value(st.goal, hi)} ({which(best)})"])
+    return "\n".join(_table(["goal (issue #5)", "rows", "met", "worst row", "best row"], out))
+
+
 def _run_target(r: dict) -> str:
     """The row's -mcpu ('broadwell' for rows written before rows named their target)."""
     return r.get("run_target", "llvm -mcpu=broadwell").removeprefix("llvm -mcpu=")
@@ -530,7 +558,7 @@ def traffic(doc: dict) -> str:
 
 
 RENDERERS = {  # README marker -> (results file, renderer)
-    "latency": ("latency", latency), "latency-breakdown": ("latency", breakdown), "baselines": ("baselines", baselines),
+    "latency": ("latency", latency), "latency-goals": ("latency", goals), "latency-breakdown": ("latency", breakdown), "baselines": ("baselines", baselines),
     "lm-quality-ptb": ("lm-quality-ptb", lm_quality), "lm-pruning": ("lm-quality-ptb", lm_pruning),
     "lm-pruning-wikitext-2": ("lm-quality-wikitext-2", lm_pruning),
     "lm-allocation-ptb": ("lm-allocation-ptb", lm_allocation),

@@ -330,3 +330,37 @@ def test_read_bandwidth_sums_on_the_asked_threads_and_gives_them_back(monkeypatc
     gbps = read_bandwidth(1, nbytes=4 << 20, repeat=2)
     assert seen == [1, 1] and torch.get_num_threads() == before
     assert 0.1 < gbps < 10_000
+
+
+def test_goals_judge_their_own_rows_against_their_thresholds():
+    from dualtvm.goals import GOALS, goal_status, model_shape
+
+    assert model_shape("lstm-1500-k128-learned") == "lstm-1500" and model_shape("gru-750-eps0.3") == "gru-750"
+    assert model_shape("gnmt-1024-2048") == "gnmt-1024-2048" and model_shape("lstm-15000") is None
+
+    def dual(model, engine, ratio, cache, speedup, bound=None):
+        return {"model": model, "engine": engine, "insensitive_ratio": ratio, "cache": cache,
+                "speedup_vs_tvm_dense": speedup, "speedup_vs_best_peer": speedup * 1.1, "fraction_of_bound": bound}
+
+    rows = [dual("lstm-1500-k128-learned", "tvm-dual", 0.5, "warm", 1.70, 0.91),
+            dual("lstm-1500", "tvm-dual-int4", 0.5, "cold", 1.60, 0.85),
+            dual("lstm-1500", "tvm-dual-int8float", 0.5, "cold", 1.10, 0.60),  # comparison engine: not judged
+            dual("lstm-750", "tvm-dual", 0.5, "warm", 1.00),  # another shape
+            dual("gnmt-1024-2048", "tvm-dual", 0.5, "cold", 1.71),
+            dual("lstm-1500", "tvm-dual", 0.9, "cold", 3.4),
+            {"model": "lstm-1500", "engine": "tvm-dense", "insensitive_ratio": 0.0, "cache": "cold",
+             "speedup_vs_best_peer": 0.99, "fraction_of_read_bw": 0.81},
+            {"model": "lstm-1500", "engine": "onnxruntime", "insensitive_ratio": 0.0, "cache": "cold"}]
+    status = {s.goal.text: s for s in goal_status(rows)}
+    assert set(status) == {g.text for g in GOALS}
+    lstm50 = status["LSTM-1500 at 50 %: ≥ 1.67× over dense TVM"]
+    assert [v for _, v in lstm50.values] == [1.70, 1.60] and lstm50.met == 1
+    assert lstm50.worst[1] == 1.60 and lstm50.best[0]["model"] == "lstm-1500-k128-learned"
+    gnmt = status["GNMT layers at 50 %: ≥ 1.7× over dense TVM"]
+    assert (len(gnmt.values), gnmt.met) == (1, 1)
+    assert status["LSTM-1500 and GNMT layers at 90 %: ≥ 3.5× over dense TVM"].met == 0
+    assert status["dense TVM step ≥ best peer, every model"].met == 0
+    assert status["dense TVM step, LSTM-1500 cold: ≥ 80 % of the measured read bandwidth"].met == 1
+    bound = status["LSTM-1500 at 30–70 %: ≥ 90 % of the byte bound"]
+    assert (len(bound.values), bound.met) == (2, 1)
+    assert goal_status([])[0].worst is None
