@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +28,8 @@ from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
 from dualtvm.little import LittleConfig, big_layers, quality_variant, uniform_head  # noqa: E402
-from dualtvm.quality import ALLOCATION_COSTS, allocation, largest_ratio_within, ppl, setup, validated_allocations  # noqa: E402
+from dualtvm.quality import (ALLOCATION_COSTS, PAPER_PPL, allocation, largest_ratio_within, paper_model,  # noqa: E402
+                             ppl, setup, validated_allocations)
 from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
 from dualtvm.quantize import SUPPORTED_BITS  # noqa: E402
@@ -37,12 +37,6 @@ from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noq
 from dualtvm.train_lm import evaluate  # noqa: E402
 
 PARTS = ("ratios", "allocation", "search", "eps", "k", "precision", "resilience")
-PAPER = {  # Tables 2 and 3: (base PPL, {ratio: PPL})
-    "lstm-1500": (80.64, {0.1: 80.72, 0.3: 80.56, 0.5: 81.36, 0.7: 87.48, 0.9: 109.37}),
-    "lstm-750": (84.32, {0.1: 84.42, 0.3: 84.43, 0.5: 84.29, 0.7: 84.89, 0.9: 88.44}),
-    "gru-1500": (85.48, {0.1: 85.62, 0.3: 86.01, 0.5: 88.73, 0.7: 98.09, 0.9: 122.75}),
-    "gru-750": (89.64, {0.1: 89.81, 0.3: 89.63, 0.5: 89.69, 0.7: 92.51, 0.9: 102.37}),
-}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     little_cfg = LittleConfig(bits=a.little_bits, sigmoid_tails=a.sigmoid_tails, mask_rule=a.mask_rule,
                               projection=a.projection, k=a.k)
     q = setup(model, corpus, little_cfg, a.max_rows) if set(parts) - {"resilience"} else None
-    # ptb-lstm-750 → lstm-750; a retraining (ptb-lstm-1500-r2) is the same paper model; no corpus prefix: itself
-    paper_key = re.sub(r"-r\d+$", "", a.model_name.split("-", 1)[-1])
+    paper_key = paper_model(a.model_name)
     epochs = payload["train_state"]["epoch"]
 
     def record(part: str, ratio: float, value: float, measured: float, **extra) -> None:
@@ -119,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"model": a.model_name, "part": part, "insensitive_ratio": ratio, "measured_ratio": round(measured, 4),
                "ppl": round(value, 3), "base_ppl": round(base, 3), "delta_ppl_pct": round(100 * (value / base - 1), 3),
                "big_epochs": epochs, **extra}
-        pb, pr = PAPER.get(paper_key, (None, {}))
+        pb, pr = PAPER_PPL.get(paper_key, (None, {}))
         if part == "uniform" and (ratio == 0 and pb or a.little_bits == 8 and a.sigmoid_tails == "low"
                                                   and a.mask_rule == "activation" and a.projection == "sparse" and a.k is None
                                                   and ratio in pr):

@@ -332,8 +332,8 @@ def test_read_bandwidth_sums_on_the_asked_threads_and_gives_them_back(monkeypatc
     assert 0.1 < gbps < 10_000
 
 
-def test_goals_judge_their_own_rows_against_their_thresholds():
-    from dualtvm.goals import GOALS, goal_status, model_shape
+def test_goals_judge_their_own_rows_against_their_limits():
+    from dualtvm.goals import LATENCY_GOALS, QUALITY_GOALS, goal_status, model_shape
 
     assert model_shape("lstm-1500-k128-learned") == "lstm-1500" and model_shape("gru-750-eps0.3") == "gru-750"
     assert model_shape("gnmt-1024-2048") == "gnmt-1024-2048" and model_shape("lstm-15000") is None
@@ -351,16 +351,31 @@ def test_goals_judge_their_own_rows_against_their_thresholds():
             {"model": "lstm-1500", "engine": "tvm-dense", "insensitive_ratio": 0.0, "cache": "cold",
              "speedup_vs_best_peer": 0.99, "fraction_of_read_bw": 0.81},
             {"model": "lstm-1500", "engine": "onnxruntime", "insensitive_ratio": 0.0, "cache": "cold"}]
-    status = {s.goal.text: s for s in goal_status(rows)}
-    assert set(status) == {g.text for g in GOALS}
+    status = {s.goal.text: s for s in goal_status(rows, LATENCY_GOALS)}
+    assert set(status) == {g.text for g in LATENCY_GOALS}
     lstm50 = status["LSTM-1500 at 50 %: ≥ 1.67× over dense TVM"]
-    assert [v for _, v in lstm50.values] == [1.70, 1.60] and lstm50.met == 1
-    assert lstm50.worst[1] == 1.60 and lstm50.best[0]["model"] == "lstm-1500-k128-learned"
+    assert [r["speedup_vs_tvm_dense"] for r in lstm50.rows] == [1.70, 1.60] and lstm50.met == 1
+    assert lstm50.worst["speedup_vs_tvm_dense"] == 1.60 and lstm50.best["model"] == "lstm-1500-k128-learned"
     gnmt = status["GNMT layers at 50 %: ≥ 1.7× over dense TVM"]
-    assert (len(gnmt.values), gnmt.met) == (1, 1)
+    assert (len(gnmt.rows), gnmt.met) == (1, 1)
     assert status["LSTM-1500 and GNMT layers at 90 %: ≥ 3.5× over dense TVM"].met == 0
     assert status["dense TVM step ≥ best peer, every model"].met == 0
     assert status["dense TVM step, LSTM-1500 cold: ≥ 80 % of the measured read bandwidth"].met == 1
     bound = status["LSTM-1500 at 30–70 %: ≥ 90 % of the byte bound"]
-    assert (len(bound.values), bound.met) == (2, 1)
-    assert goal_status([])[0].worst is None
+    assert (len(bound.rows), bound.met) == (2, 1)
+    assert goal_status([], LATENCY_GOALS)[0].worst is None
+
+    def lm(model, part, ratio, delta):
+        return {"model": model, "part": part, "insensitive_ratio": ratio, "delta_ppl_pct": delta}
+
+    lstm, gru, largest = goal_status([
+        lm("ptb-lstm-1500-r2", "uniform", 0.5, 0.9), lm("ptb-lstm-750", "per-gate", 0.5, 1.2),
+        lm("ptb-lstm-750-sparse80", "uniform", 0.5, 0.1),  # a pruned model: Table 7's, not judged
+        lm("ptb-lstm-750", "uniform", 0.7, 0.1),  # another ratio
+        lm("ptb-gru-750", "uniform", 0.5, 1.0), lm("ptb-gru-1500", "uniform", 0.5, 3.7),  # the paper: +0.06, +3.80
+        lm("ptb-gru-750", "largest-within-1pct", 0.62, 0.9), lm("ptb-lstm-750", "largest-within-1pct", 0.41, 0.8),
+    ], QUALITY_GOALS)
+    assert (len(lstm.rows), lstm.met, lstm.worst["delta_ppl_pct"]) == (2, 1, 1.2)
+    # each GRU against the paper's own loss for its size: the worst is the one furthest past its limit
+    assert (len(gru.rows), gru.met, gru.worst["model"], gru.best["model"]) == (2, 1, "ptb-gru-750", "ptb-gru-1500")
+    assert (len(largest.rows), largest.met) == (2, 1)
