@@ -1,7 +1,8 @@
 """The masked big GEMV's loop-nest knobs decided inside the decode step, on real masks.
 
 ``tune`` picks every loop nest's knobs from the kernel timed alone after a cache sweep.  For the
-masked GEMV that picked 16-row blocks prefetched two blocks ahead (session 22's host).  Alone, the
+masked GEMV that picked 16-row blocks prefetched two blocks ahead (session 22's host), which every
+search here later beat (:func:`knob_ranking`; the default is now 4-row blocks without prefetch).  Alone, the
 kernel has the memory system to itself; in the step it runs right after the little GEMV, with both
 threads' row streams competing for the hardware prefetchers, and how many streams to keep in flight
 (and whether software prefetch helps them) is a property of that mix, not of the kernel.  So the
@@ -150,6 +151,32 @@ def _relative_times(decs: dict, xs: list[np.ndarray], cfg: InStepConfig, rounds:
             for label in decs:
                 logs[label].append(-math.log(paired_speedup(per_round, label, "current")[0]))
     return {k: math.exp(np.mean(v)) for k, v in logs.items()}
+
+
+def knob_ranking(logs_root: str | os.PathLike | None = None, reference: str | None = None) -> list[dict]:
+    """How each masked-GEMV knob setting did in every in-step search recorded in the tuning logs under
+    ``logs_root`` (default ``tuning_logs/``: every target's ``summary.json``): per setting, its step time relative to ``reference``'s (default: the
+    default knobs') in each search's search pass, as the geometric mean, worst and best over the searches that
+    timed both, fastest first.  Kernels decided by one search (a GRU's two masked GEMVs) count once."""
+    from schedules import GatherKnobs
+
+    from .tuning import REPO
+
+    reference = reference or _label(GatherKnobs())
+    ratios: dict[str, list[float]] = {}
+    for path in sorted(Path(logs_root or REPO / "tuning_logs").glob("*/summary.json")):
+        searches = {json.dumps(e["in_step"], sort_keys=True): e["in_step"] for e in read_summary(path).values()
+                    if "in_step" in e}
+        for record in searches.values():
+            times = record["search_relative_time"]
+            if reference not in times:
+                continue
+            for label, t in times.items():
+                if label != "current":
+                    ratios.setdefault(label, []).append(math.log(t / times[reference]))
+    rows = [{"knobs": label, "searches": len(v), "geomean": math.exp(np.mean(v)), "worst": math.exp(max(v)),
+             "best": math.exp(min(v))} for label, v in ratios.items()]
+    return sorted(rows, key=lambda r: r["geomean"])
 
 
 def _label(knobs) -> str:

@@ -12,8 +12,14 @@ rows sharing each loaded x vector, ``lanes``-wide accumulators) written out as l
 blocks prefetched two blocks ahead (locality 3) against 8 rows one block ahead into L2, side by side
 after a read sweep: 0.36 vs 0.49 ms at 50 % (30 %: 0.96 vs 1.14; 70 %: 0.29 vs 0.40), 3000×1536 0.13
 vs 0.19, 4096×2048 0.24 vs 0.26, 2250×768 0.056 vs 0.063, 4096×3072 a tie; inside the LSTM-1500 step
-(interleaved builds) the big part fell 15 % warm, 5 % cold.  Now the default; ``tune``'s grid still
-picks per machine.  Non-temporal prefetch (locality 0, ``prefetchnta``), meant to keep the little module in L3
+(interleaved builds) the big part fell 15 % warm, 5 % cold.  ``tune``'s grid still picks per machine.
+That kernel-alone default lost in the step: ``tune.py --in-step`` times whole decode steps under each knob
+setting, and over its seven searches on three machines (Zen 4, Xeon, Zen 3; LSTM-1500, LSTM-750, GRU-750,
+both GNMT layers) 4-row blocks without software prefetch took 0.83× the 16-row, two-ahead step's time on geometric
+mean, and were never slower (``tune.py --in-step-ranking`` reads this from the committed logs): the hardware
+prefetchers follow four 12 KB row streams per thread unaided, more streams or prefetches only compete with
+them.  That is the default now (session 40); a kernel the logs have no in-step verdict for (a user's own shape)
+gets it.  Non-temporal prefetch (locality 0, ``prefetchnta``), meant to keep the little module in L3
 across steps, lost on that host in the step: big part +6 % warm / +15 % cold, and the little GEMV no faster.
 """
 from __future__ import annotations
@@ -26,9 +32,9 @@ from tvm.script import tirx as T
 @dataclass(frozen=True)
 class GatherKnobs:
     groups: int = 2  # parallel row groups (= threads)
-    rows: int = 16  # rows per block (independent accumulators, concurrent streams)
+    rows: int = 4  # rows per block (independent accumulators, concurrent streams)
     lanes: int = 16  # accumulator width; one prefetch per ``lanes`` floats (64 B at 16)
-    prefetch: int = 2  # blocks ahead (0 = no prefetch)
+    prefetch: int = 0  # blocks ahead (0 = no prefetch)
     locality: int = 3  # llvm.prefetch locality: 3 = L1, 2 = L2, 1 = L3
 
     @classmethod

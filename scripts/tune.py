@@ -10,6 +10,7 @@ Records go to tuning_logs/<target-name>/ (JSON database, extended by every run: 
 resumes; finished tasks are skipped unless --redo; a killed task gets only its remaining trials).
 --recheck re-decides, from fresh side-by-side timings and without searching, which schedule each logged
 kernel's build takes.
+--in-step-ranking prints how each knob setting did in every in-step search the logs record.
 --in-step decides the masked big GEMV's loop-nest knobs from whole decode steps instead of the kernel alone:
 the model's build (made first if missing; real masks with --checkpoint) recompiled once per knob setting and
 timed side by side, warm and cold, at --ratios (dualtvm.step_tuning):
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confirm-rounds", type=positive_int, default=None,
                    help="--in-step: rounds of the confirmation pass, which decides (default 30): fewer decide faster "
                         "and less surely")
+    p.add_argument("--in-step-ranking", action="store_true",
+                   help="time nothing: print how each masked-GEMV knob setting did in every in-step search the "
+                        "tuning logs record (all targets), relative to the default knobs")
     p.add_argument("--skip-bad-records", action="store_true", help="drop corrupted database lines instead of failing")
     p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on a fleet via TVM's RPC tracker")
     p.add_argument("--rpc-key", default=None, help="device key the RPC servers registered with")
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="TVM threads of the measurements (default: all cores)")
     a = p.parse_args(argv)
+    if a.in_step_ranking:
+        return in_step_ranking(a.logs)
     if a.in_step and (a.recheck or a.rpc_tracker):
         p.error("--in-step times whole steps on this machine: it cannot be combined with --recheck or --rpc-tracker")
     if not a.in_step and (a.checkpoint or a.build):
@@ -145,6 +151,21 @@ def main(argv: list[str] | None = None) -> int:
         tuned = "-" if s.get("tuned_ms") is None else f"{s['tuned_ms']:.4f}"
         nest = next((f"{v:.4f}" for key, v in s.items() if key.endswith("_ms") and key not in ("default_ms", "tuned_ms")), "-")
         print(f"{t.name:44s} {s.get('default_ms', float('nan')):9.4f} {tuned:>9s} {nest:>10s}  {s.get('use', '?')}")
+    return 0
+
+
+def in_step_ranking(logs: str | None) -> int:
+    """``--in-step-ranking``: :func:`dualtvm.step_tuning.knob_ranking` of the logs' parent folder, as a table."""
+    from dualtvm.step_tuning import knob_ranking
+
+    rows = knob_ranking(Path(logs).parent if logs else None)
+    if not rows:
+        print("no in-step search is recorded in these tuning logs (tune.py --in-step records them)", file=sys.stderr)
+        return 1
+    print("step time relative to the default knobs' in each recorded in-step search (search pass):")
+    print(f"{'knobs':18s} {'searches':>8s} {'geomean':>8s} {'worst':>7s} {'best':>7s}")
+    for r in rows:
+        print(f"{r['knobs']:18s} {r['searches']:8d} {r['geomean']:7.3f}× {r['worst']:6.3f}× {r['best']:6.3f}×")
     return 0
 
 

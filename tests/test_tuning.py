@@ -352,11 +352,42 @@ def test_in_step_verdicts_merge_into_the_summary(tmp_path):
     from dualtvm.tuning import load_database
 
     other = parse_target("llvm -mcpu=znver4 -num-cores 2")
-    write_decisions(other, {"masked_gemv_c": {**switched, "gather_knobs": {"rows": 4, "prefetch": 0}}}, tmp_path)
+    write_decisions(other, {"masked_gemv_c": {**switched, "gather_knobs": {"rows": 8, "prefetch": 2}}}, tmp_path)
     loaded = load_database(other, tmp_path)
     assert loaded.database is None and loaded.summary["masked_gemv_c"]["use"] == "gather"
     nest = best_from_database(loaded, masked_gemv(64, 64, "masked_gemv_c"), other)
-    assert nest is not None and "llvm.prefetch" not in nest.script()  # no prefetch, as the verdict says (default: 2)
+    assert nest is not None and "llvm.prefetch" in nest.script()  # prefetch, as the verdict says (default: none)
+
+
+def test_knob_ranking_compares_every_recorded_search_with_the_default(tmp_path, capsys):
+    """``knob_ranking`` reads every target's in-step searches (one record shared by a GRU's two kernels counts once)
+    and gives each setting's step time relative to the default knobs'; ``tune.py --in-step-ranking`` prints it."""
+    from dualtvm.step_tuning import knob_ranking
+
+    def search(times):
+        return {"use": "gather", "in_step": {"model": "m", "search_relative_time": {"current": 1.0, **times}}}
+
+    one = search({"rows4-pf0-loc3": 0.8, "rows16-pf2-loc3": 1.0})
+    (tmp_path / "llvm-a").mkdir()
+    (tmp_path / "llvm-a" / "summary.json").write_text(json.dumps({"masked_gemv_x": one, "masked_gemv_h": one,
+                                                                  "project": {"use": "default"}}))
+    (tmp_path / "llvm-b").mkdir()
+    (tmp_path / "llvm-b" / "summary.json").write_text(json.dumps({
+        "masked_gemv": search({"rows4-pf0-loc3": 0.5, "rows16-pf2-loc3": 2.0}),
+        "masked_gemv_old": search({"rows16-pf2-loc3": 1.0})}))  # a search without the default's setting: skipped
+    rows = {r["knobs"]: r for r in knob_ranking(tmp_path)}
+    assert rows["rows4-pf0-loc3"] == {"knobs": "rows4-pf0-loc3", "searches": 2, "geomean": 1.0, "worst": 1.0,
+                                      "best": 1.0}
+    slow = rows["rows16-pf2-loc3"]
+    assert slow["searches"] == 2 and slow["geomean"] == pytest.approx((1.25 * 4) ** 0.5) and slow["worst"] == pytest.approx(4.0)
+    assert list(rows)[0] == "rows4-pf0-loc3"  # fastest first
+    sys.path.insert(0, str(REPO / "scripts"))
+    import tune
+
+    assert tune.main(["--in-step-ranking", "--logs", str(tmp_path / "llvm-a")]) == 0
+    assert "rows16-pf2-loc3" in capsys.readouterr().out
+    assert tune.main(["--in-step-ranking", "--logs", str(tmp_path / "nothing" / "llvm-a")]) == 1
+
 
 
 def test_k_and_projection_reach_the_tuned_kernels_and_bench_s_build_folder(tmp_path):
