@@ -110,3 +110,10 @@ python scripts/bench.py --models lstm-1500 --k 128 --projection learned --thread
 python scripts/tune.py --target host --model lstm-1500 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
 python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+# session 40 on the same Zen 3: the other four models (random weights, k = 128 learned); gnmt-1024-1024's masked GEMV
+# decided in the step first, then GRU-1500 and gnmt-1024-1024 re-measured on the new default knobs (4 rows, no prefetch)
+python scripts/bench.py --models lstm-750 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models gru-750 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+python scripts/tune.py --model gnmt-1024-1024 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
+python scripts/bench.py --models gru-1500 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
