@@ -1,8 +1,8 @@
 """The masked big GEMV's loop-nest knobs decided inside the decode step, on real masks.
 
 ``tune`` picks every loop nest's knobs from the kernel timed alone after a cache sweep.  For the
-masked GEMV that picked 16-row blocks prefetched two blocks ahead (session 22's host), which every
-search here later beat (:func:`knob_ranking`; the default is now 4-row blocks without prefetch).  Alone, the
+masked GEMV that picked 16-row blocks prefetched two blocks ahead (session 22's host), which the
+searches here later beat (:func:`knob_ranking`; the default is now 4-row blocks without prefetch).  Alone, the
 kernel has the memory system to itself; in the step it runs right after the little GEMV, with both
 threads' row streams competing for the hardware prefetchers, and how many streams to keep in flight
 (and whether software prefetch helps them) is a property of that mix, not of the kernel.  So the
@@ -155,9 +155,10 @@ def _relative_times(decs: dict, xs: list[np.ndarray], cfg: InStepConfig, rounds:
 
 def knob_ranking(logs_root: str | os.PathLike | None = None, reference: str | None = None) -> list[dict]:
     """How each masked-GEMV knob setting did in every in-step search recorded in the tuning logs under
-    ``logs_root`` (default ``tuning_logs/``: every target's ``summary.json``): per setting, its step time relative to ``reference``'s (default: the
-    default knobs') in each search's search pass, as the geometric mean, worst and best over the searches that
-    timed both, fastest first.  Kernels decided by one search (a GRU's two masked GEMVs) count once."""
+    ``logs_root`` (default ``tuning_logs/``: every target's ``summary.json``): per setting, its step time relative
+    to ``reference``'s (default: the default knobs') in each search's search pass, as the geometric mean, worst and
+    best over the searches that timed both, fastest first.  Kernels decided by one search (a GRU's two masked GEMVs)
+    count once."""
     from schedules import GatherKnobs
 
     from .tuning import REPO

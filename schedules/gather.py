@@ -16,10 +16,10 @@ vs 0.19, 4096×2048 0.24 vs 0.26, 2250×768 0.056 vs 0.063, 4096×3072 a tie; in
 That kernel-alone default lost in the step: ``tune.py --in-step`` times whole decode steps under each knob
 setting, and over its seven searches on three machines (Zen 4, Xeon, Zen 3; LSTM-1500, LSTM-750, GRU-750,
 both GNMT layers) 4-row blocks without software prefetch took 0.83× the 16-row, two-ahead step's time on geometric
-mean, and were never slower (``tune.py --in-step-ranking`` reads this from the committed logs): the hardware
-prefetchers follow four 12 KB row streams per thread unaided, more streams or prefetches only compete with
-them.  That is the default now (session 40); a kernel the logs have no in-step verdict for (a user's own shape)
-gets it.  Non-temporal prefetch (locality 0, ``prefetchnta``), meant to keep the little module in L3
+mean, and were never slower (``tune.py --in-step-ranking`` reads this from the committed logs; our reading, not measured: the hardware
+prefetchers follow four row streams per thread unaided, and more streams or prefetches compete with them).
+That is the default now (session 40); a kernel the logs have no in-step verdict for (a user's own shape) gets
+it.  Non-temporal prefetch (locality 0, ``prefetchnta``), meant to keep the little module in L3
 across steps, lost on that host in the step: big part +6 % warm / +15 % cold, and the little GEMV no faster.
 """
 from __future__ import annotations

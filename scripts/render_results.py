@@ -48,13 +48,15 @@ def _latency_table(rows: list[dict]) -> str:
 
 
 def latency_goals(doc: dict) -> str:
-    """Issue #5's goals at a glance, per machine: how many of the rows each goal judges meet it, the worst and the best."""
+    """Issue #5's goals at a glance, per machine: how many of the rows each goal judges meet it, the worst and the
+    best."""
     from dualtvm.bench import weights_origin
     from dualtvm.goals import LATENCY_GOALS
 
     def which(r: dict) -> str:
         ratio = f", {100 * r['insensitive_ratio']:.0f} %" if r["engine"] != "tvm-dense" else ""
-        return f"{r['model']} ({weights_origin(r.get('weights', ''))}), {_run_target(r)}, {r['engine']}, {r['cache']}{ratio}"
+        weights = weights_origin(r.get("weights", ""))
+        return f"{r['model']} ({weights}), {_run_target(r)}, {r['engine']}, {r['cache']}{ratio}"
 
     return by_machine(doc, doc["rows"], lambda rows: _goals_table(rows, LATENCY_GOALS, which))
 
@@ -78,7 +80,6 @@ def _goals_table(rows: list[dict], goals, which) -> str:
         def show(r: dict, goal=st.goal) -> str:
             own = f"limit {goal.show(goal.limit_of(r))}; " if callable(goal.limit) else ""  # a limit per row: say it
             return f"{goal.show(float(r[goal.field]))} ({own}{which(r)})"
-
 
         out.append([st.goal.text, len(st.rows), st.met, show(st.worst) if st.rows else "no rows",
                     show(st.best) if st.rows else ""])
@@ -567,9 +568,10 @@ def traffic(doc: dict) -> str:
     return "\n".join(out)
 
 
-RENDERERS = {  # README marker -> (results file, renderer)
+RENDERERS = {  # README marker -> (results file or files, renderer)
     "latency": ("latency", latency), "latency-goals": ("latency", latency_goals),
-    "lm-quality-goals": (("lm-quality-ptb", "lm-allocation-ptb"), quality_goals), "latency-breakdown": ("latency", breakdown), "baselines": ("baselines", baselines),
+    "lm-quality-goals": (("lm-quality-ptb", "lm-allocation-ptb"), quality_goals),
+    "latency-breakdown": ("latency", breakdown), "baselines": ("baselines", baselines),
     "lm-quality-ptb": ("lm-quality-ptb", lm_quality), "lm-pruning": ("lm-quality-ptb", lm_pruning),
     "lm-pruning-wikitext-2": ("lm-quality-wikitext-2", lm_pruning),
     "lm-allocation-ptb": ("lm-allocation-ptb", lm_allocation),
@@ -578,7 +580,7 @@ RENDERERS = {  # README marker -> (results file, renderer)
 
 
 def render(text: str) -> str:
-    """The README with every <!-- results:NAME --> block regenerated from its results file."""
+    """The README with every <!-- results:NAME --> block regenerated from its results file (or files)."""
     for name, (sources, fn) in RENDERERS.items():
         sources = (sources,) if isinstance(sources, str) else sources
         files = [REPO / "results" / f"{source}.json" for source in sources]
@@ -587,7 +589,8 @@ def render(text: str) -> str:
         docs = [json.loads(f.read_text()) for f in files]
         made = []
         for source, doc in zip(sources, docs):
-            runs = dict.fromkeys((r.get("git", doc["git"]), r.get("machine", doc.get("machine", "?"))) for r in doc["rows"])
+            runs = dict.fromkeys((r.get("git", doc["git"]), r.get("machine", doc.get("machine", "?")))
+                                 for r in doc["rows"])
             where = "; ".join(f"at {git} on {machine}" for git, machine in runs) or f"at {doc['git']}"
             made.append(f"`results/{source}.json` (made by `{doc['command']}` {where})")
         if len(docs) > 1:  # one document of every file's rows, each naming its own machine and revision
