@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None, help="--in-step: trained weights (real masks on their own data)")
     p.add_argument("--decoder-layer", type=int, default=0, help="--in-step: decoder layer of a train_nmt.py checkpoint")
     p.add_argument("--build", default=None,
-                   help="--in-step: build folder (default bench's, build/<model>[-eps<ε>|-k<k>][-learned]-<target-name>"
-                        "[-w4], made if it does not hold these weights)")
+                   help="--in-step: build folder: one already built (build.py, or compile_dual for your own RNN) is "
+                        "timed as it is; else the model is built there (default bench's folder, build/<model>"
+                        "[-eps<ε>|-k<k>][-learned]-<target-name>[-w4], remade if it does not hold these weights)")
     add_projection_option(p)  # the kernels are the same for both; --in-step's build (its masks) takes it
     p.add_argument("--ratios", type=ratio_list, default="0.3,0.5,0.7", help="--in-step: insensitive ratios timed")
     p.add_argument("--data-dir", default=None, help="--in-step: data root of the checkpoint's corpus")
@@ -169,21 +170,38 @@ def in_step_ranking(logs: str | None) -> int:
     return 0
 
 
+def existing_dual_build(path: str) -> Path | None:
+    """The dual build already in ``--build`` (the folder ``build.py``/``compile_dual`` wrote, or its ``dual/``), else
+    None.  It is timed as it is, never rebuilt over: it may be a user's own RNN, which no --model describes."""
+    for folder in (Path(path) / "dual", Path(path)):
+        if (folder / "manifest.json").exists():
+            return folder
+    return None
+
+
 def in_step(a, target) -> int:
     """--in-step: the build of the model (made if needed), its masked GEMV's knobs decided inside the step."""
     from dualtvm.build import BuildConfig, build_model, built_from
+    from dualtvm.manifest import BuildError
     from dualtvm.step_tuning import InStepConfig, decide_in_step, write_decisions
     from dualtvm.tuning import load_database
 
     build = BuildConfig(model=a.model, target=a.target, checkpoint=a.checkpoint, little_bits=a.little_bits, eps=a.eps,
                         k=a.k, decoder_layer=a.decoder_layer, data_dir=a.data_dir, tuning_logs=a.logs,
                         projection=a.projection)
-    folder = Path(a.build) if a.build else build.default_out(target)  # bench's folder for the same model and variant
-    if not built_from(folder, build):
-        build_model(replace(build, out=str(folder)))
+    dual = existing_dual_build(a.build) if a.build else None
+    if dual is None:  # bench's folder for the same model and variant (or an empty --build): made, or remade if stale
+        folder = Path(a.build) if a.build else build.default_out(target)
+        if not built_from(folder, build):
+            build_model(replace(build, out=str(folder)))
+        dual = folder / "dual"
     timing = {k: v for k, v in (("steps", a.steps), ("rounds", a.rounds), ("confirm_rounds", a.confirm_rounds)) if v}
-    decisions = decide_in_step(folder / "dual", target, load_database(target, a.logs),
-                               InStepConfig(ratios=tuple(a.ratios), **timing), data_dir=a.data_dir)
+    try:
+        decisions = decide_in_step(dual, target, load_database(target, a.logs),
+                                   InStepConfig(ratios=tuple(a.ratios), **timing), data_dir=a.data_dir)
+    except (BuildError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     path = write_decisions(target, decisions, a.logs)
     for name, d in decisions.items():
         print(f"{name}: {d.get('gather_knobs', 'kept the current verdict')}")

@@ -336,7 +336,7 @@ def test_lm_checkpoint_build_fits_little_module_on_text(tiny_corpus, tmp_path):
                                 use_tuned=False))
 
 
-def test_compile_dual_takes_a_users_own_rnn(tmp_path):
+def test_compile_dual_takes_a_users_own_rnn(tmp_path, monkeypatch):
     """The Python path for a user's nn.GRU (no checkpoint file, no model config): build_dual, then
     compile_dual; the compiled dense and ratio-0 dual steps run the user's module, and the dual step at
     50 % follows the PyTorch dual-module reference."""
@@ -393,6 +393,25 @@ def test_compile_dual_takes_a_users_own_rnn(tmp_path):
         np.testing.assert_allclose(out, ref_out[0, 0].numpy(), atol=2e-3, err_msg=f"both tails, step {t}")
         z_ll = torch.sigmoid(pre[0, 40:80]).numpy()
         np.testing.assert_array_equal(masks[0][40:80], (z_ll > 0.25) & (z_ll < 0.75), err_msg=f"z mask, step {t}")
+    # tune.py --in-step on this build times its own masked GEMVs; it rebuilt the default --model over a user's folder
+    # (one knob setting beside the build's own: each recompiled step takes seconds)
+    from schedules import GatherKnobs
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import tune
+
+    monkeypatch.setattr("dualtvm.step_tuning.gather_grid", lambda cores: [GatherKnobs(2, 8, 16, 0, 3)])
+
+    manifest = (folders["dual"] / "manifest.json").read_text()
+    logs = tmp_path / "logs"
+    assert tune.main(["--in-step", "--build", str(tmp_path / "mine"), "--logs", str(logs), "--ratios", "0.5",
+                      "--steps", "2", "--rounds", "1", "--confirm-rounds", "1"]) == 0
+    assert (folders["dual"] / "manifest.json").read_text() == manifest  # the user's build, untouched
+    decided = json.loads((logs / "summary.json").read_text())
+    assert decided["masked_gemv_x_gru_40_24"]["in_step"]["model"] == "own RNN (compile_dual)"
+    assert set(decided) == {"masked_gemv_x_gru_40_24", "masked_gemv_h_gru_40_24", "masked_gemv_x_gru_40_40",
+                            "masked_gemv_h_gru_40_40"}
+    assert tune.main(["--in-step", "--build", str(folders["dense"]), "--logs", str(logs)]) == 2  # no masked GEMV
 
 
 @pytest.mark.parametrize("rnn_type, projection", [("LSTM", "sparse"), ("GRU", "sparse"), ("GRU", "learned")])
