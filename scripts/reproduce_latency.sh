@@ -117,3 +117,4 @@ python scripts/bench.py --models gru-750 --k 128 --projection learned --threads 
 python scripts/tune.py --model gnmt-1024-1024 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
 python scripts/bench.py --models gru-1500 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
 python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+python scripts/tune.py --model gru-1500 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
