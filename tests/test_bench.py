@@ -333,6 +333,8 @@ def test_read_bandwidth_sums_on_the_asked_threads_and_gives_them_back(monkeypatc
 
 
 def test_goals_judge_their_own_rows_against_their_limits():
+    """Each goal judges only its own rows (shape, engine or part, ratio; not the comparison-only engine, not a
+    pruned model), counts those within its limit, and orders them by their margin to their own limit."""
     from dualtvm.goals import LATENCY_GOALS, QUALITY_GOALS, goal_status, model_shape
 
     assert model_shape("lstm-1500-k128-learned") == "lstm-1500" and model_shape("gru-750-eps0.3") == "gru-750"

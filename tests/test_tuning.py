@@ -390,7 +390,6 @@ def test_knob_ranking_compares_every_recorded_search_with_the_default(tmp_path, 
     assert tune.main(["--in-step-ranking", "--logs", str(tmp_path / "nothing" / "llvm-a")]) == 1
 
 
-
 def test_k_and_projection_reach_the_tuned_kernels_and_bench_s_build_folder(tmp_path):
     """tune.py takes --k as build.py and bench.py do (session 32: a k = 128 build's little kernels had no verdicts,
     and tune.py could not name them); --in-step looks in the folder bench.py builds, learned projection included."""
