@@ -315,6 +315,31 @@ def k_free_names(summary: dict) -> dict:
 FLUSH_BYTES = 64 << 20  # TVM's own flush on an RPC server (cache_flush_bytes): a copy of this many bytes
 SWITCH_MARGIN = 0.05  # flushed timings vary ~5-20 % run to run on a shared machine
 IN_STEP = "in-step"  # ``decided`` of a verdict chosen by timing whole steps (``step_tuning``): recheck keeps it
+STEP_DECIDED = ("gather",)
+"""Loop-nest kinds whose kernel-alone winners lose inside the step: the masked GEMV's (``tune.py --in-step-ranking``:
+the knobs fastest alone, 16-row blocks prefetched two ahead, took 1.2× the default's step time over every in-step
+search).  Searching and rechecking record their timings, but only ``tune.py --in-step`` moves them off the default."""
+
+
+def kept_off_the_default(func, decision: dict) -> dict:
+    """``decide``'s fields for ``func``, except that a kernel of a :data:`STEP_DECIDED` kind keeps the default: the
+    kernel-alone winner is recorded as ``alone_use``."""
+    from schedules import loop_nest
+
+    nest = loop_nest(func)
+    if nest is None or nest.kind not in STEP_DECIDED or decision["use"] == "default":
+        return decision
+    log.info("%s: %s was faster alone, but kernel-alone timings of this kernel mislead inside the step: it keeps the "
+             "default (tune.py --in-step decides it in the step)", func.attrs["global_symbol"], decision["use"])
+    return {**decision, "use": "default", "alone_use": decision["use"]}
+
+
+def with_step_verdict(previous: dict, entry: dict) -> dict:
+    """A kernel's new summary ``entry`` from a search, keeping the verdict of ``previous`` where that was decided
+    inside the step (its ``use``, knobs and record): a search after ``tune.py --in-step`` must not undo it."""
+    if previous.get("decided") != IN_STEP:
+        return entry
+    return {**entry, **{k: v for k, v in previous.items() if k in ("use", "decided", "in_step", "gather_knobs")}}
 READ_SWEEP = "dualtvm.tuning.read_sweep"  # time_evaluator f_preproc of local flushed timings
 
 
@@ -439,7 +464,8 @@ def recheck(tasks: list[Task], target: TargetSpec, root: str | os.PathLike | Non
         if nest is not None:
             finalists[loop_nest(task.func).kind] = nest
         before = log_.summary[task.name].get("use")
-        log_.summary[task.name].update(decide(finalists, target, rpc))
+        log_.summary[task.name].pop("alone_use", None)
+        log_.summary[task.name].update(kept_off_the_default(task.func, decide(finalists, target, rpc)))
         log.info("%s: %s -> %s (%s)", task.name, before, log_.summary[task.name]["use"],
                  ", ".join(f"{k} {v} ms" for k, v in log_.summary[task.name].items() if k.endswith("_ms") and v))
     write_summary(d / "summary.json", log_.summary)
@@ -461,7 +487,8 @@ def records_for(db, func) -> int:
 
 def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str | os.PathLike | None = None,
          redo: bool = False, progress: bool = True, skip_bad: bool = False, rpc: RPCTracker | None = None) -> dict:
-    """Tune each task with MetaSchedule + XGBoost, then keep the faster of tuned and default.
+    """Tune each task with MetaSchedule + XGBoost, then keep the faster of tuned and default (for the masked GEMV the
+    default stays: :func:`kept_off_the_default`; a verdict decided in the step stays: :func:`with_step_verdict`).
 
     Crash-safe: MetaSchedule appends each record as it is measured and ``summary.json`` is
     rewritten after every task, so a killed run loses at most the candidate in flight; a rerun
@@ -517,7 +544,8 @@ def tune(tasks: list[Task], target: TargetSpec, trials_per_task: int, root: str 
             best = min(grid_ms, key=grid_ms.get)
             finalists[nest.kind] = grid[best]
             entry[f"{nest.kind}_knobs"] = asdict(best)
-        summary[task.name] = {**entry, **decide(finalists, target, rpc)}
+        decision = kept_off_the_default(task.func, decide(finalists, target, rpc))
+        summary[task.name] = with_step_verdict(summary.get(task.name, {}), {**entry, **decision})
         write_summary(summary_file, summary)  # after every task, atomically: a kill loses nothing done
     prune_records(d)
     return summary

@@ -19,7 +19,8 @@ timed side by side, warm and cold, at --ratios (dualtvm.step_tuning):
 
 With --rpc-tracker the candidates are measured on the RPC servers registered under --rpc-key
 (one MetaSchedule runner worker per server), compiled here for the target.  The closing table gives each kernel's
-latency with the default schedule and the tuned one; builds use whichever is faster.
+latency with the default schedule and the tuned one; builds use whichever is faster — except the masked big GEMV,
+whose kernel-alone winners lose inside the step: only --in-step moves it off its default.
 """
 from __future__ import annotations
 

@@ -263,7 +263,8 @@ def test_big_gemv_verdicts_hold_at_every_k_and_no_verdict_builds_the_default(tin
 
 def test_recheck_redecides_from_side_by_side_timings(tiny_log, tmp_path):
     """--recheck searches nothing: it re-times the logged candidates and takes the default unless one beats it
-    by more than the noise margin (a stale 'use' is overwritten)."""
+    by more than the noise margin (a stale 'use' is overwritten); for the masked GEMV, whose kernel-alone winners
+    lose inside the step, that winner is only recorded (``alone_use``) and the default stays."""
     from dualtvm.tuning import SWITCH_MARGIN
 
     summary_file = tiny_log / "summary.json"
@@ -281,7 +282,7 @@ def test_recheck_redecides_from_side_by_side_timings(tiny_log, tmp_path):
     assert {"default", "tuned", "gather"} <= set(timed)
     best = min(timed, key=timed.get)
     expected = best if timed[best] < timed["default"] * (1 - SWITCH_MARGIN) else "default"
-    assert after["use"] == expected
+    assert after.get("alone_use", "default") == expected and after["use"] == "default"
     empty = subprocess.run(TUNE + ["--logs", str(tmp_path / "none"), "--recheck"], cwd=REPO, env=ENV,
                            capture_output=True, text=True, timeout=600)
     assert empty.returncode == 2 and "nothing to recheck" in empty.stderr
@@ -357,6 +358,24 @@ def test_in_step_verdicts_merge_into_the_summary(tmp_path):
     assert loaded.database is None and loaded.summary["masked_gemv_c"]["use"] == "gather"
     nest = best_from_database(loaded, masked_gemv(64, 64, "masked_gemv_c"), other)
     assert nest is not None and "llvm.prefetch" in nest.script()  # prefetch, as the verdict says (default: none)
+
+
+def test_searches_keep_the_masked_gemv_on_the_default_and_in_step_verdicts_as_they_are():
+    """A search's kernel-alone winner moves a little GEMV off its default but not a masked GEMV (it is recorded as
+    ``alone_use``); and a search after ``tune.py --in-step`` keeps that verdict (it used to overwrite it)."""
+    from dualtvm.kernels import little_gemv_int8, masked_gemv
+    from dualtvm.tuning import IN_STEP, kept_off_the_default, with_step_verdict
+
+    faster_alone = {"default_ms": 1.0, "gather_ms": 0.5, "use": "gather"}
+    assert kept_off_the_default(masked_gemv(64, 64, "m"), faster_alone) == {**faster_alone, "use": "default",
+                                                                             "alone_use": "gather"}
+    little = {"default_ms": 1.0, "stream-int8_ms": 0.5, "use": "stream-int8"}
+    assert kept_off_the_default(little_gemv_int8(64, 128, "l"), little) == little
+    in_step = {"use": "gather", "gather_knobs": {"rows": 8}, "decided": IN_STEP, "in_step": {"model": "m"},
+               "default_ms": 2.0}
+    searched = {"use": "default", "gather_knobs": {"rows": 16}, "default_ms": 1.0, "trials": 2}
+    assert with_step_verdict(in_step, searched) == {**in_step, "default_ms": 1.0, "trials": 2}
+    assert with_step_verdict({"use": "tuned"}, searched) == searched
 
 
 def test_knob_ranking_compares_every_recorded_search_with_the_default(tmp_path, capsys):
