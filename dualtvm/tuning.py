@@ -317,8 +317,8 @@ SWITCH_MARGIN = 0.05  # flushed timings vary ~5-20 % run to run on a shared mach
 IN_STEP = "in-step"  # ``decided`` of a verdict chosen by timing whole steps (``step_tuning``): recheck keeps it
 STEP_DECIDED = ("gather",)
 """Loop-nest kinds whose kernel-alone winners lose inside the step: the masked GEMV's (``tune.py --in-step-ranking``:
-the knobs fastest alone, 16-row blocks prefetched two ahead, took 1.2× the default's step time over every in-step
-search).  Searching and rechecking record their timings, but only ``tune.py --in-step`` moves them off the default."""
+the knobs fastest alone, 16-row blocks prefetched two ahead, took 1.2× the default's step time on geometric mean over
+the recorded in-step searches).  Searching and rechecking record their timings, but only ``tune.py --in-step`` moves them off the default."""
 
 
 def kept_off_the_default(func, decision: dict) -> dict:
@@ -340,6 +340,8 @@ def with_step_verdict(previous: dict, entry: dict) -> dict:
     if previous.get("decided") != IN_STEP:
         return entry
     return {**entry, **{k: v for k, v in previous.items() if k in ("use", "decided", "in_step", "gather_knobs")}}
+
+
 READ_SWEEP = "dualtvm.tuning.read_sweep"  # time_evaluator f_preproc of local flushed timings
 
 
