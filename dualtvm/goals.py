@@ -149,3 +149,14 @@ class GoalStatus:
 def goal_status(rows: list[dict], goals: tuple[Goal, ...] = LATENCY_GOALS) -> list[GoalStatus]:
     """Each goal against ``rows`` (latency: one machine's, compared side by side: speed-ups are within-run ratios)."""
     return [GoalStatus(g, tuple(g.judged(rows))) for g in goals]
+
+
+def summary_lines(rows: list[dict], goals: tuple[Goal, ...] = LATENCY_GOALS) -> list[str]:
+    """One line per goal that judges any of ``rows`` (a run's): how many meet it, the worst and the best value."""
+    lines = []
+    for st in goal_status(rows, goals):
+        if st.rows:
+            value = lambda r: st.goal.show(float(r[st.goal.field]))  # noqa: E731
+            lines.append(f"{st.goal.text}: {st.met} of {len(st.rows)} rows (worst {value(st.worst)}, "
+                         f"best {value(st.best)})")
+    return lines

@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(latency_markdown(all_rows, bw, a.threads))
     write_plots(all_rows, out)
     print(markdown_table(rows))
+    from dualtvm.goals import summary_lines
+
+    goals = summary_lines(rows)
+    if goals:
+        print("issue #5's goals in this run (the README's goals tables: every row, per machine):", *goals, sep="\n")
     return 0
 
 

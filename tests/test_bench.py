@@ -366,6 +366,12 @@ def test_goals_judge_their_own_rows_against_their_limits():
     bound = status["LSTM-1500 at 30–70 %: ≥ 90 % of the byte bound"]
     assert (len(bound.rows), bound.met) == (2, 1)
     assert goal_status([], LATENCY_GOALS)[0].worst is None
+    from dualtvm.goals import summary_lines
+
+    lines = summary_lines(rows)  # what bench.py prints after a run: the goals its rows were judged by
+    assert len(lines) == len(LATENCY_GOALS)
+    assert "LSTM-1500 at 50 %: ≥ 1.67× over dense TVM: 1 of 2 rows (worst 1.60×, best 1.70×)" in lines
+    assert summary_lines(rows[3:4]) == []  # an LSTM-750 row at 50 %: no goal names it
 
     def lm(model, part, ratio, delta):
         return {"model": model, "part": part, "insensitive_ratio": ratio, "delta_ppl_pct": delta}
