@@ -318,7 +318,8 @@ IN_STEP = "in-step"  # ``decided`` of a verdict chosen by timing whole steps (``
 STEP_DECIDED = ("gather",)
 """Loop-nest kinds whose kernel-alone winners lose inside the step: the masked GEMV's (``tune.py --in-step-ranking``:
 the knobs fastest alone, 16-row blocks prefetched two ahead, took 1.2× the default's step time on geometric mean over
-the recorded in-step searches).  Searching and rechecking record their timings, but only ``tune.py --in-step`` moves them off the default."""
+the recorded in-step searches).  Searching and rechecking record their timings, but only ``tune.py --in-step`` moves
+them off the default."""
 
 
 def kept_off_the_default(func, decision: dict) -> dict:
