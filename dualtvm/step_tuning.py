@@ -119,7 +119,8 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
     log.info("in-step (%s, ratios %s, %s): best %s at %.3f× the current step's time%s", source, list(cfg.ratios),
              "/".join(cfg.caches), best, rel[best], "" if switch else ": kept the current verdict")
     record = {"decided": IN_STEP, "in_step": {
-        "model": model.get("name", "own RNN (compile_dual)"), "inputs": source, "machine": short_machine(machine_description()),
+        "model": model.get("name", "own RNN (compile_dual)"),  # compile_dual's builds name no registry model
+        "inputs": source, "machine": short_machine(machine_description()),
         "ratios": list(cfg.ratios), "caches": list(cfg.caches),
         "relative_time": rel,  # the confirmation pass: what decided
         "search_relative_time": search}}
