@@ -76,6 +76,10 @@ class Goal:
         """The rows this goal judges: those it applies to that carry its field and have a limit."""
         return [r for r in rows if self.applies(r) and r.get(self.field) is not None and self.limit_of(r) is not None]
 
+    def shown(self, row: dict) -> str:
+        """The row's value as the goal states it (× or %)."""
+        return self.show(float(row[self.field]))
+
     def margin(self, row: dict) -> float:
         """How far the row is on the good side of its limit (negative: it misses the goal)."""
         value, limit = float(row[self.field]), self.limit_of(row)
@@ -156,7 +160,6 @@ def summary_lines(rows: list[dict], goals: tuple[Goal, ...] = LATENCY_GOALS) -> 
     lines = []
     for st in goal_status(rows, goals):
         if st.rows:
-            value = lambda r: st.goal.show(float(r[st.goal.field]))  # noqa: E731
-            lines.append(f"{st.goal.text}: {st.met} of {len(st.rows)} rows (worst {value(st.worst)}, "
-                         f"best {value(st.best)})")
+            lines.append(f"{st.goal.text}: {st.met} of {len(st.rows)} rows (worst {st.goal.shown(st.worst)}, "
+                         f"best {st.goal.shown(st.best)})")
     return lines

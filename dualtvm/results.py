@@ -85,9 +85,11 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     carried them take their file's): sessions land on different machines, and timings of two must not replace
     each other; the file's revision is its latest run's."""
     path = Path(path)
-    if not path.exists():
-        return []
-    doc = json.loads(path.read_text())
+    return doc_rows(json.loads(path.read_text())) if path.exists() else []
+
+
+def doc_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`read_rows` of a results document already read."""
     return [{**r, "machine": r.get("machine", doc.get("machine")), "git": r.get("git", doc.get("git"))}
             for r in doc["rows"]]
 
