@@ -20,9 +20,11 @@ from .little import LittleConfig, size_suffix, variant_suffix
 from .manifest import reusable_manifest
 from .registry import big_rnn, model_config, read_checkpoint
 from .target import TargetSpec, check_runs_on_host, parse_target
-from .tuning import load_database
+from .tuning import TuningLog, load_database
 
 log = logging.getLogger(__name__)
+
+TARGET_LOG = "target"  # compile_dual's default database: the target's own tuning log, as build.py and tune.py use
 
 
 @dataclass
@@ -93,17 +95,23 @@ def warn_below_break_even(shapes: list[LayerShape]) -> float:
 
 
 def compile_dual(dual: DualModuleRNN, target: "str | TargetSpec", out: "str | os.PathLike",
-                 residual: list[bool] | None = None, database=None, info: dict | None = None,
-                 int8_codes: bool | None = None) -> dict[str, Path]:
+                 residual: list[bool] | None = None, database: "TuningLog | str | None" = TARGET_LOG,
+                 info: dict | None = None, int8_codes: bool | None = None) -> dict[str, Path]:
     """Compile a dual-module RNN (e.g. ``construct.build_dual(your_nn_lstm, …)``) and its dense counterpart.
 
     Writes ``out/dual`` and ``out/dense`` (``decoder.so`` and its bytecode twin + weights + manifest; the dual one
     also the little-module artefact); load either with :class:`~dualtvm.runtime.CompiledDecoder`.  ``residual``
-    marks the layers whose input is added to their output (GNMT); ``database`` a MetaSchedule
-    database (``tuning.load_database``) whose records are used where they beat the default schedules;
-    ``int8_codes`` overrides the target's INT8 little GEMV path (``layer_shapes``).
+    marks the layers whose input is added to their output (GNMT); ``database`` the tuning log whose verdicts
+    the kernels take (MetaSchedule records where they beat the default schedules, loop-nest knobs, ``tune.py
+    --in-step`` verdicts): by default the target's own (``tuning_logs/<target-name>/``, where ``tune.py`` writes),
+    else a :class:`~dualtvm.tuning.TuningLog` (``tuning.target_database(target, root)``), or None for the default
+    schedules; ``int8_codes`` overrides the target's INT8 little GEMV path (``layer_shapes``).
     """
     target = parse_target(target).with_default_cores() if isinstance(target, str) else target
+    if isinstance(database, str):
+        if database != TARGET_LOG:
+            raise ValueError(f"database must be a TuningLog, None or {TARGET_LOG!r}, got {database!r}")
+        database = load_database(target)
     shapes = layer_shapes(dual, target, int8_codes)
     break_even = warn_below_break_even(shapes)
     info = {**(info or {}), "k": [s.k for s in shapes], "little_bits": shapes[0].little_bits,

@@ -276,11 +276,12 @@ def nest_from_log(log_: TuningLog, func):
     return nest.build(*nest.shape(func), nest.knobs(**knobs), name) if knobs else None
 
 
-def target_database(target: "str | TargetSpec") -> TuningLog | None:
-    """The committed tuning log of a target as users name it (at its default core count), or None."""
+def target_database(target: "str | TargetSpec", root: str | os.PathLike | None = None) -> TuningLog | None:
+    """The tuning log of a target as users name it (at its default core count) under ``root`` (default: the
+    committed one, ``tuning_logs/<target-name>/``), or None."""
     from .target import parse_target
 
-    return load_database(parse_target(target).with_default_cores())
+    return load_database(parse_target(target).with_default_cores(), root)
 
 
 def load_database(target: TargetSpec, root: str | os.PathLike | None = None) -> TuningLog | None:

@@ -413,6 +413,45 @@ def test_compile_dual_takes_a_users_own_rnn(tmp_path, monkeypatch):
     assert tune.main(["--in-step", "--build", str(folders["dense"]), "--logs", str(logs)]) == 2  # no masked GEMV
 
 
+def test_compile_dual_takes_the_targets_tuning_log_by_default(tmp_path, monkeypatch):
+    """compile_dual, like build.py, compiles under the target's own tuning log unless told otherwise: a user's
+    ``tune.py --in-step`` verdicts reached their build only when they passed the log (before session 41)."""
+    import torch
+    import torch.nn as nn
+
+    from dualtvm.build import compile_dual
+    from dualtvm.construct import build_dual
+
+    class Compiled(Exception):
+        pass
+
+    seen = []
+
+    def compile_decoder(spec, target, database):
+        seen.append(database)
+        raise Compiled  # what compile_dual hands the compiler is the point, not the build
+
+    monkeypatch.setattr("dualtvm.build.compile_decoder", compile_decoder)
+    monkeypatch.setattr("dualtvm.tuning.REPO", tmp_path)  # the target's log: tmp_path/tuning_logs/llvm-broadwell
+    verdict = {"masked_gemv_lstm_16_12": {"use": "gather", "gather_knobs": {"rows": 8, "prefetch": 0}}}
+    (tmp_path / "tuning_logs" / "llvm-broadwell").mkdir(parents=True)
+    (tmp_path / "tuning_logs" / "llvm-broadwell" / "summary.json").write_text(json.dumps(verdict))
+    torch.manual_seed(0)
+    rnn = nn.LSTM(12, 16).eval()
+    segments = [torch.randn(6, 2, 12) for _ in range(3)]
+    dual = build_dual(rnn, lambda core: [core(x) for x in segments[:2]], lambda core: [core(x) for x in segments[2:]],
+                      progress=False)
+    for database in ("target", None):
+        with pytest.raises(Compiled):
+            compile_dual(dual, "llvm -mcpu=broadwell", tmp_path / "out", database=database)
+    with pytest.raises(Compiled):
+        compile_dual(dual, "llvm -mcpu=broadwell", tmp_path / "out")
+    assert seen[0].summary == verdict and seen[0].database is None  # a log of in-step verdicts alone
+    assert seen[1] is None and seen[2].summary == verdict
+    with pytest.raises(ValueError, match="database must be a TuningLog, None or 'target'"):
+        compile_dual(dual, "llvm -mcpu=broadwell", tmp_path / "out", database="tuning_logs/llvm-broadwell")
+
+
 @pytest.mark.parametrize("rnn_type, projection", [("LSTM", "sparse"), ("GRU", "sparse"), ("GRU", "learned")])
 def test_contribution_masks_compile_like_the_reference(rnn_type, projection, tmp_path):
     """A little module calibrated for the contribution rule compiles to the scoring mask kernel (scores from
