@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .quality import paper_delta_pct, paper_model
+from .paper import paper_delta_pct, paper_model
 from .registry import MODELS
 
 DUAL_PREFIX = "tvm-dual"

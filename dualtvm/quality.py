@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,27 +74,6 @@ def lm_losses(model: RNNLanguageModel, data: torch.Tensor, bptt: int, max_batche
             for out, y in lm_segments(model, data, bptt, core, max_batches):
                 yield torch.nn.functional.cross_entropy(out.view(-1, out.size(-1)), y, reduction="sum")
     return run
-
-
-PAPER_PPL = {  # Tables 2 and 3: (base PPL, {insensitive ratio: PPL})
-    "lstm-1500": (80.64, {0.1: 80.72, 0.3: 80.56, 0.5: 81.36, 0.7: 87.48, 0.9: 109.37}),
-    "lstm-750": (84.32, {0.1: 84.42, 0.3: 84.43, 0.5: 84.29, 0.7: 84.89, 0.9: 88.44}),
-    "gru-1500": (85.48, {0.1: 85.62, 0.3: 86.01, 0.5: 88.73, 0.7: 98.09, 0.9: 122.75}),
-    "gru-750": (89.64, {0.1: 89.81, 0.3: 89.63, 0.5: 89.69, 0.7: 92.51, 0.9: 102.37}),
-}
-
-
-def paper_model(name: str) -> str:
-    """The paper's model a quality row's model name is: ``ptb-lstm-750`` → ``lstm-750``; a retraining
-    (``ptb-lstm-1500-r2``) is the same paper model; one of the paper's names is itself."""
-    name = re.sub(r"-r\d+$", "", name)
-    return name if name in PAPER_PPL else name.split("-", 1)[-1]
-
-
-def paper_delta_pct(model: str, ratio: float) -> float | None:
-    """The paper's test-PPL change (%) at ``ratio`` for a quality row's model (Tables 2/3), None where it has none."""
-    base, at = PAPER_PPL.get(paper_model(model), (None, {}))
-    return None if base is None or ratio not in at else 100 * (at[ratio] / base - 1)
 
 
 ALLOCATION_COSTS = ("loss", "activation", "measured")

@@ -10,6 +10,8 @@ GEMVs (big rows, projection, little GEMV): biases, φ, the mask and the assembly
 """
 from __future__ import annotations
 
+from .paper import FIGURE4
+
 LITTLE_OUTPUTS_PER_HIDDEN = 4  # per hidden unit, LSTM and GRU alike (gates.GateLayout.little_outputs)
 
 
@@ -87,9 +89,6 @@ def traffic_row(model: str, eps: float = 0.5, k: int | None = None, little_bits:
     }
 
 
-PAPER_FIGURE4 = {"little_bytes_pct": 10.0, "little_ops_pct": 40.0}
-"""What the paper's Figure 4 reports on average over its layers: the little module's storage and operations in % of
-the base layer's (§3.6)."""
 
 
 def plot_traffic(rows: list[dict], path: str) -> None:
@@ -126,7 +125,7 @@ def plot_traffic(rows: list[dict], path: str) -> None:
         ax.set_xticks(x + width * len(shown) / 2, models, fontsize=8, rotation=15)
         ax.set_yscale("log")
         ax.set_ylabel(unit)
-        paper = PAPER_FIGURE4[pct_key]
+        paper = FIGURE4[pct_key]
         ax.set_title(f"{unit} (paper's Figure 4: little module ≈ {paper:.0f} % of the layer on average)", fontsize=9)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
     fig.tight_layout()

@@ -28,8 +28,9 @@ from dualtvm.construct import calibrate  # noqa: E402
 from dualtvm.data import batchify, load_lm_corpus  # noqa: E402
 from dualtvm.dual import StackedRNN  # noqa: E402
 from dualtvm.little import LittleConfig, big_layers, quality_variant, uniform_head  # noqa: E402
-from dualtvm.quality import (ALLOCATION_COSTS, PAPER_PPL, allocation, largest_ratio_within, paper_model,  # noqa: E402
-                             ppl, setup, validated_allocations)
+from dualtvm.paper import PPL as PAPER_PPL, paper_model  # noqa: E402
+from dualtvm.quality import (ALLOCATION_COSTS, allocation, largest_ratio_within, ppl, setup,  # noqa: E402
+                             validated_allocations)
 from dualtvm.resilience import REGIONS, NoisyLSTMLayer  # noqa: E402
 from dualtvm.results import update_rows  # noqa: E402
 from dualtvm.quantize import SUPPORTED_BITS  # noqa: E402

@@ -15,6 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from dualtvm.paper import FIGURE4, TABLE4_BLEU, TABLE7_PPL  # noqa: E402  (data only: no torch, no TVM)
+
 
 def by_machine(doc: dict, rows: list[dict], table) -> str:
     """``table(rows)`` once per machine the rows were timed on, each under its machine's name when there are
@@ -388,9 +390,6 @@ def plot_lm_allocation(doc: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-PAPER_TABLE7 = {0: (85.52, 86.21), 80: (86.42, 88.46), 90: (88.75, 90.96)}  # WikiText-2 LSTM-1500: PPL w/o, w/ dual
-
-
 def lm_pruning(doc: dict) -> str:
     """Table 7: magnitude-pruned (AGP) LMs with and without dual-module inference at 50 %."""
     out = ["| model | sparsity % | little module | PPL w/o dual-module | PPL w/ dual-module (50 %) | Δ % | paper w/o | paper w/ |",
@@ -404,14 +403,11 @@ def lm_pruning(doc: dict) -> str:
         if r["model"] in bases:  # the model pruning started from, without the fine-tuning
             name, sparsity, paper = r["model"], "0 (before fine-tuning)", ("", "")
         elif m:
-            name, sparsity, paper = m.group(1), m.group(2), PAPER_TABLE7.get(int(m.group(2)), ("", ""))
+            name, sparsity, paper = m.group(1), m.group(2), TABLE7_PPL.get(int(m.group(2)), ("", ""))
         else:
             continue
         out.append(f"| {name} | {sparsity} | {r['variant']} | {r['base_ppl']} | {r['ppl']} | {r['delta_ppl_pct']} | {paper[0]} | {paper[1]} |")
     return "\n".join(out)
-
-
-PAPER_TABLE4_BLEU = {0.0: 24.32, 0.1: 24.33, 0.3: 24.18, 0.5: 23.73, 0.7: 21.92, 0.9: 11.77}  # paper, Table 4
 
 
 def nmt_quality(doc: dict) -> str:
@@ -424,7 +420,7 @@ def nmt_quality(doc: dict) -> str:
     models = list(dict.fromkeys(r["model"] for r in quality))
     for r in sorted(quality, key=lambda r: (models.index(r["model"]), r["engine"] != "torch", r["engine"],
                                             r["insensitive_ratio"])):
-        paper = PAPER_TABLE4_BLEU.get(r["insensitive_ratio"])
+        paper = TABLE4_BLEU.get(r["insensitive_ratio"])
         out.append(f"| {r['model']} | {r.get('big_epochs', '')} | {r['engine']} | {r['insensitive_ratio']} | "
                    f"{r.get('measured_ratio', '')} | {_output_ratio(r)} | {r['bleu']} | {r['delta_bleu']} | "
                    f"{'' if paper is None else round(paper - 24.32, 2)} | {r.get('reference_ppl', '')} | "
@@ -477,7 +473,7 @@ def plot_nmt_quality(doc: dict, path: Path) -> None:
     quality = [r for r in doc["rows"] if r["part"] == "quality"]
     models = list(dict.fromkeys(r["model"] for r in quality))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
-    paper = sorted((r, b - PAPER_TABLE4_BLEU[0.0]) for r, b in PAPER_TABLE4_BLEU.items())
+    paper = sorted((r, b - TABLE4_BLEU[0.0]) for r, b in TABLE4_BLEU.items())
     for ax, m in zip(axes[0], models):
         rows = [r for r in quality if r["model"] == m]
         base = next((r for r in rows if r["engine"] == "torch"), None)
@@ -546,7 +542,6 @@ def kernels(doc: dict) -> str:
 def traffic(doc: dict) -> str:
     """Figure 4: per model, bytes and operations of the dense step against its little module's, and the dual step's
     share at 50 %; then each variant's mean shares over the models beside the paper's averages."""
-    from dualtvm.traffic import PAPER_FIGURE4
 
     rows = doc["rows"]
     half = lambda r, key: r[key].get("0.5", "")  # noqa: E731
@@ -557,7 +552,7 @@ def traffic(doc: dict) -> str:
                    f"{r['little_mops']} ({r['little_ops_pct']} %)", r["break_even_ratio"],
                    f"{half(r, 'dual_bytes_pct')} / {half(r, 'dual_ops_pct')}"] for r in rows])
     out += ["", f"Mean over these models, the little module in % of the dense layer (the paper's Figure 4: "
-                f"~{PAPER_FIGURE4['little_bytes_pct']:g} % of the bytes, ~{PAPER_FIGURE4['little_ops_pct']:g} % of the "
+                f"~{FIGURE4['little_bytes_pct']:g} % of the bytes, ~{FIGURE4['little_ops_pct']:g} % of the "
                 f"operations, on average over its layers):", ""]
     variants = list(dict.fromkeys((r["little_module"], r["little_bits"]) for r in rows))
     mean = lambda v, key: round(sum(r[key] for r in rows if (r["little_module"], r["little_bits"]) == v)  # noqa: E731

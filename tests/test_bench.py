@@ -387,3 +387,21 @@ def test_goals_judge_their_own_rows_against_their_limits():
     # each GRU against the paper's own loss for its size: the worst is the one furthest past its limit
     assert (len(gru.rows), gru.met, gru.worst["model"], gru.best["model"]) == (2, 1, "ptb-gru-750", "ptb-gru-1500")
     assert (len(largest.rows), largest.met) == (2, 1)
+
+
+def test_the_papers_numbers_are_found_by_our_model_names_without_heavy_imports():
+    """Quality rows name retrainings and corpora (``ptb-lstm-1500-r2``); the paper's tables name the model. The
+    module is data only: the README renderer and the goals read it without loading torch or TVM."""
+    import subprocess
+    import sys
+
+    from dualtvm import REPO
+    from dualtvm.paper import paper_delta_pct, paper_model
+
+    assert paper_model("ptb-lstm-1500-r2") == "lstm-1500" and paper_model("gru-750") == "gru-750"
+    assert round(paper_delta_pct("ptb-lstm-1500-r3", 0.5), 2) == 0.89  # 80.64 → 81.36, the brief's +0.9 %
+    assert paper_delta_pct("ptb-lstm-1500", 0.2) is None and paper_delta_pct("wikitext-2-lstm-750", 0.5) is None
+    loaded = subprocess.run([sys.executable, "-c", "import sys, dualtvm.paper; "
+                             "print(sorted(m for m in ('torch', 'tvm', 'numpy') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
+    assert loaded == "[]"
