@@ -13,7 +13,7 @@ PPL = {  # Tables 2 and 3, PTB test: (base PPL, {insensitive ratio: PPL})
     "gru-750": (89.64, {0.1: 89.81, 0.3: 89.63, 0.5: 89.69, 0.7: 92.51, 0.9: 102.37}),
 }
 TABLE4_BLEU = {0.0: 24.32, 0.1: 24.33, 0.3: 24.18, 0.5: 23.73, 0.7: 21.92, 0.9: 11.77}  # GNMT En→De, by ratio
-TABLE7_PPL = {0: (85.52, 86.21), 80: (86.42, 88.46), 90: (88.75, 90.96)}  # WikiText-2 LSTM-1500 by sparsity %: w/o, w/ dual
+TABLE7_PPL = {0: (85.52, 86.21), 80: (86.42, 88.46), 90: (88.75, 90.96)}  # WikiText-2 LSTM-1500 by sparsity: w/o, w/
 FIGURE4 = {"little_bytes_pct": 10.0, "little_ops_pct": 40.0}
 """Figure 4 on average over the paper's layers: the little module's storage and operations in % of the base
 layer's (§3.6)."""

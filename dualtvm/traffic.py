@@ -89,8 +89,6 @@ def traffic_row(model: str, eps: float = 0.5, k: int | None = None, little_bits:
     }
 
 
-
-
 def plot_traffic(rows: list[dict], path: str) -> None:
     """Figure 4 as bars: per model, MB read and millions of operations per step of the dense layer and of each little
     module variant of ``rows`` (log scale), each little bar labelled with its share of the layer, the paper's average

@@ -21,6 +21,10 @@ prefetchers follow four row streams per thread unaided, and more streams or pref
 That is the default now (session 40); a kernel the logs have no in-step verdict for (a user's own shape) gets
 it.  Non-temporal prefetch (locality 0, ``prefetchnta``), meant to keep the little module in L3
 across steps, lost on that host in the step: big part +6 % warm / +15 % cold, and the little GEMV no faster.
+Nor did prefetching only the first 2–16 cache lines of each row of the next block (to start the hardware
+prefetchers' streams early; session 41, Zen 3): alone, with the row list changing every call and no sweep, it
+took 0.78–0.88× the time of the 4-row default, but in the LSTM-1500 step its best setting came out at 1.001×
+(confirmation pass of an in-step search; 0.956× in the search pass): not kept.
 """
 from __future__ import annotations
 
