@@ -118,3 +118,5 @@ python scripts/tune.py --model gnmt-1024-1024 --k 128 --projection learned --in-
 python scripts/bench.py --models gru-1500 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
 python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
 python scripts/tune.py --model gru-1500 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
+# session 41 on the same Zen 3: gnmt-1024-2048 again with 16 rounds (its 8-round quartiles had spanned 1.24–1.85×)
+python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4
