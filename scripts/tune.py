@@ -208,7 +208,8 @@ def in_step(a, target) -> int:
         print(f"{name}: {d.get('gather_knobs', 'kept the current verdict')}")
         for label, rel in sorted(d["in_step"]["relative_time"].items(), key=lambda kv: kv[1]):
             print(f"  {label:24s} {rel:.3f}× the current step's time")
-    print(f"verdicts written to {path}; rebuild (scripts/build.py, bench.py) to use them")
+    own_logs = "" if a.logs is None else f" with database=tuning.target_database({a.target!r}, {a.logs!r})"
+    print(f"verdicts written to {path}; rebuild (scripts/build.py, bench.py, compile_dual{own_logs}) to use them")
     return 0
 
 

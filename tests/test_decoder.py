@@ -336,7 +336,7 @@ def test_lm_checkpoint_build_fits_little_module_on_text(tiny_corpus, tmp_path):
                                 use_tuned=False))
 
 
-def test_compile_dual_takes_a_users_own_rnn(tmp_path, monkeypatch):
+def test_compile_dual_takes_a_users_own_rnn(tmp_path, monkeypatch, capsys):
     """The Python path for a user's nn.GRU (no checkpoint file, no model config): build_dual, then
     compile_dual; the compiled dense and ratio-0 dual steps run the user's module, and the dual step at
     50 % follows the PyTorch dual-module reference."""
@@ -410,6 +410,12 @@ def test_compile_dual_takes_a_users_own_rnn(tmp_path, monkeypatch):
     assert decided["masked_gemv_x_gru_40_24"]["in_step"]["model"] == "own RNN (compile_dual)"
     assert set(decided) == {"masked_gemv_x_gru_40_24", "masked_gemv_h_gru_40_24", "masked_gemv_x_gru_40_40",
                             "masked_gemv_h_gru_40_40"}
+    # what it tells the user to rebuild with reads those verdicts
+    from dualtvm.tuning import target_database
+
+    said = f"compile_dual with database=tuning.target_database('llvm -mcpu=broadwell', {str(logs)!r})"
+    assert said in capsys.readouterr().out
+    assert target_database("llvm -mcpu=broadwell", logs).summary.keys() == decided.keys()
     assert tune.main(["--in-step", "--build", str(folders["dense"]), "--logs", str(logs)]) == 2  # no masked GEMV
 
 
