@@ -120,3 +120,6 @@ python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --t
 python scripts/tune.py --model gru-1500 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
 # session 41 on the same Zen 3: gnmt-1024-2048 again with 16 rounds (its 8-round quartiles had spanned 1.24–1.85×)
 python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4
+# then the 750-unit PTB recipes retrained here (train_lm.py … --threads 1 --out cache/ptb-{lstm,gru}-750-r4.pt), real masks
+python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750-r4.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750-r4.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
