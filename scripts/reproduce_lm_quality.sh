@@ -116,3 +116,6 @@ python scripts/eval_lm.py "${G[@]}"
 python scripts/eval_lm.py "${G[@]}" --little-bits 4
 # session 36 (Intel): Tables 1 and 5 on the same model (the paper's module)
 python scripts/eval_lm.py "${C[@]}" --parts resilience,eps
+# session 41 (Zen 3): the GRU-750 retrained here (train_lm.py --rnn GRU --hidden 750 --dropout 0.4 --epochs 3 --threads 1
+# --out cache/ptb-gru-750-r4.pt) with the k = 128 learned little module under contribution masks, as G above
+python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r4.best.pt --model-name ptb-gru-750-r4 --k 128 --projection learned --results results/lm-allocation-ptb.json --parts ratios --mask-rule contribution
