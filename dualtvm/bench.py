@@ -621,10 +621,14 @@ def plot(rows: list[dict], path: str) -> None:
 def save_figure(fig, path: str) -> None:
     """``fig`` as a PNG of 256 colours: the latency plots (a panel per model, target and machine) reached 2 MB as
     full-colour PNGs, about 0.7 MB so; line plots lose nothing visible."""
+    import io
+
     from PIL import Image
 
-    fig.savefig(path, dpi=110)
-    with Image.open(path) as im:
+    full = io.BytesIO()  # rendered in memory: the file is written once, as 256 colours
+    fig.savefig(full, format="png", dpi=110)
+    full.seek(0)
+    with Image.open(full) as im:
         palette = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     palette.save(path, optimize=True)
 

@@ -341,7 +341,8 @@ def with_step_verdict(previous: dict, entry: dict) -> dict:
     inside the step (its ``use``, knobs and record): a search after ``tune.py --in-step`` must not undo it."""
     if previous.get("decided") != IN_STEP:
         return entry
-    return {**entry, **{k: v for k, v in previous.items() if k in ("use", "decided", "in_step", "gather_knobs")}}
+    kept = ("use", "decided", "in_step", *(f"{kind}_knobs" for kind in STEP_DECIDED))
+    return {**entry, **{k: v for k, v in previous.items() if k in kept}}
 
 
 READ_SWEEP = "dualtvm.tuning.read_sweep"  # time_evaluator f_preproc of local flushed timings
