@@ -119,3 +119,6 @@ python scripts/eval_lm.py "${C[@]}" --parts resilience,eps
 # session 41 (Zen 3): the GRU-750 retrained here (train_lm.py --rnn GRU --hidden 750 --dropout 0.4 --epochs 3 --threads 1
 # --out cache/ptb-gru-750-r4.pt) with the k = 128 learned little module under contribution masks, as G above
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r4.best.pt --model-name ptb-gru-750-r4 --k 128 --projection learned --results results/lm-allocation-ptb.json --parts ratios --mask-rule contribution
+# session 42 (Zen 3): the LSTM-750 retrained there in session 41 (train_lm.py --rnn LSTM --hidden 750 --dropout 0.4
+# --epochs 3 --threads 1 --out cache/ptb-lstm-750-r4.pt), same little module, and its largest ratio within +1 %
+python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750-r4.best.pt --model-name ptb-lstm-750-r4 --k 128 --projection learned --results results/lm-allocation-ptb.json --parts ratios,search --mask-rule contribution --allocation-costs loss
