@@ -123,3 +123,14 @@ python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --t
 # then the 750-unit PTB recipes retrained here (train_lm.py … --threads 1 --out cache/ptb-{lstm,gru}-750-r4.pt), real masks
 python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750-r4.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
 python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750-r4.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+# session 42 on the same Zen 3: the host's own znver3 for the models that had only broadwell rows here (its tuning log
+# holds in-step verdicts alone: every other kernel builds its default schedule, as broadwell's k = 128 kernels do)
+python scripts/bench.py --models gnmt-1024-2048 --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750-r4.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750-r4.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models gru-1500 --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4
+# then LSTM-750's masked GEMV decided in the step on znver3 (default kept) and its two targets run back to back
+python scripts/tune.py --target host --model lstm-750 --checkpoint cache/ptb-lstm-750-r4.best.pt --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
+python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750-r4.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
+python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750-r4.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4
