@@ -122,3 +122,5 @@ python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r4.best.pt --model-name
 # session 42 (Zen 3): the LSTM-750 retrained there in session 41 (train_lm.py --rnn LSTM --hidden 750 --dropout 0.4
 # --epochs 3 --threads 1 --out cache/ptb-lstm-750-r4.pt), same little module, and its largest ratio within +1 %
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750-r4.best.pt --model-name ptb-lstm-750-r4 --k 128 --projection learned --results results/lm-allocation-ptb.json --parts ratios,search --mask-rule contribution --allocation-costs loss
+# then both r4 models' same little modules under eq. 5's masks (the tvm-dual engine's, which their latency rows time)
+for m in lstm gru; do python scripts/eval_lm.py --checkpoint cache/ptb-$m-750-r4.best.pt --model-name ptb-$m-750-r4 --k 128 --projection learned --results results/lm-allocation-ptb.json --parts ratios; done
