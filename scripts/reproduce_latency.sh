@@ -134,3 +134,6 @@ python scripts/bench.py --models gru-1500 --k 128 --projection learned --target 
 python scripts/tune.py --target host --model lstm-750 --checkpoint cache/ptb-lstm-750-r4.best.pt --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
 python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750-r4.best.pt --k 128 --projection learned --threads 2 --rounds 8 --little-bits 8,4
 python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750-r4.best.pt --k 128 --projection learned --target host --threads 2 --rounds 8 --little-bits 8,4
+# session 43 on the same Zen 3: LSTM-1500 again on both targets, back to back (replacing session 39's rows)
+python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4
+python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
