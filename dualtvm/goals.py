@@ -108,6 +108,9 @@ LATENCY_GOALS: tuple[Goal, ...] = (
 """Issue #5's goals (ratios measured side by side in one run, 2 threads, batch 1)."""
 
 
+LARGEST_PART = "largest-within-1pct"  # the quality rows' part of a search for the largest ratio within +1 % PPL
+
+
 def _lm_at_half(row: dict, rnn: str) -> bool:
     """A PTB quality row of an unpruned ``rnn`` model at 50 %, one ratio for all gates or allocated per gate."""
     return (row["part"] in ("uniform", "per-gate") and _at(row, 0.5) and "-sparse" not in row["model"]
@@ -122,7 +125,7 @@ QUALITY_GOALS: tuple[Goal, ...] = (
          "delta_ppl_pct", lambda r: paper_delta_pct(r["model"], 0.5), lambda r: _lm_at_half(r, "gru"), _delta_pct,
          at_most=True),
     Goal("largest overall ratio within +1 % PPL (chosen on valid): ≥ 60 %", "insensitive_ratio", 0.6,
-         lambda r: r["part"] == "largest-within-1pct" and "-sparse" not in r["model"], _percent_of),
+         lambda r: r["part"] == LARGEST_PART and "-sparse" not in r["model"], _percent_of),
 )
 """Issue #3's goals (PTB test PPL; the paper: LSTM-1500 +0.9 % at 50 %)."""
 
@@ -153,6 +156,26 @@ class GoalStatus:
 def goal_status(rows: list[dict], goals: tuple[Goal, ...] = LATENCY_GOALS) -> list[GoalStatus]:
     """Each goal against ``rows`` (latency: one machine's, compared side by side: speed-ups are within-run ratios)."""
     return [GoalStatus(g, tuple(g.judged(rows))) for g in goals]
+
+
+PAPER_METHOD_VARIANTS = ("eps0.5-int8", "uniform, chosen on valid")
+"""The quality rows' variants made as the paper makes its little module and mask — eq. 2's random projection at
+ε = 0.5, eq. 5's mask, INT8 W_LL, one ratio for every gate (at 50 %; and the search for the largest such ratio):
+every other variant uses an option beyond the paper (learned projection, its own k, contribution masks, per-gate
+allocation, other bit widths)."""
+
+
+def is_paper_method(row: dict) -> bool:
+    return row.get("variant") in PAPER_METHOD_VARIANTS
+
+
+def goal_status_by_model(rows: list[dict], goal: Goal) -> dict[str, GoalStatus]:
+    """``goal`` against each model's rows apart (a model name is one training), in the rows' order: which
+    configurations meet the goal for that training, where :func:`goal_status` pools every training's rows."""
+    by_model: dict[str, list[dict]] = {}
+    for r in goal.judged(rows):
+        by_model.setdefault(r["model"], []).append(r)
+    return {m: GoalStatus(goal, tuple(rs)) for m, rs in by_model.items()}
 
 
 def summary_lines(rows: list[dict], goals: tuple[Goal, ...] = LATENCY_GOALS) -> list[str]:

@@ -388,6 +388,19 @@ def test_goals_judge_their_own_rows_against_their_limits():
     assert (len(gru.rows), gru.met, gru.worst["model"], gru.best["model"]) == (2, 1, "ptb-gru-750", "ptb-gru-1500")
     assert (len(largest.rows), largest.met) == (2, 1)
 
+    # per model (one training each): which configurations meet the goal there, the paper's own method told apart
+    from dualtvm.goals import goal_status_by_model, is_paper_method
+
+    rows = [dict(lm("ptb-lstm-1500", "uniform", 0.5, 1.3), variant="eps0.5-int8"),
+            dict(lm("ptb-lstm-1500", "uniform", 0.5, 0.4), variant="eps0.5-int8 contribution learned"),
+            dict(lm("ptb-lstm-1500-r2", "per-gate", 0.5, 0.8), variant="loss-aware-allocation"),
+            dict(lm("ptb-gru-750", "uniform", 0.5, 0.1), variant="eps0.5-int8")]  # not an LSTM: not judged
+    by_model = goal_status_by_model(rows, QUALITY_GOALS[0])
+    assert list(by_model) == ["ptb-lstm-1500", "ptb-lstm-1500-r2"]
+    first = by_model["ptb-lstm-1500"]
+    assert (len(first.rows), first.met, first.best["variant"]) == (2, 1, "eps0.5-int8 contribution learned")
+    assert [r["delta_ppl_pct"] for r in first.rows if is_paper_method(r)] == [1.3]
+
 
 def test_the_papers_numbers_are_found_by_our_model_names_without_heavy_imports():
     """Quality rows name retrainings and corpora (``ptb-lstm-1500-r2``); the paper's tables name the model. The
