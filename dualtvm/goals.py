@@ -166,6 +166,7 @@ allocation, other bit widths)."""
 
 
 def is_paper_method(row: dict) -> bool:
+    """Whether a quality row was made with the paper's own method (:data:`PAPER_METHOD_VARIANTS`)."""
     return row.get("variant") in PAPER_METHOD_VARIANTS
 
 
