@@ -124,3 +124,8 @@ python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r4.best.pt --model-name
 python scripts/eval_lm.py --checkpoint cache/ptb-lstm-750-r4.best.pt --model-name ptb-lstm-750-r4 --k 128 --projection learned --results results/lm-allocation-ptb.json --parts ratios,search --mask-rule contribution --allocation-costs loss
 # then both r4 models' same little modules under eq. 5's masks (the tvm-dual engine's, which their latency rows time)
 for m in lstm gru; do python scripts/eval_lm.py --checkpoint cache/ptb-$m-750-r4.best.pt --model-name ptb-$m-750-r4 --k 128 --projection learned --results results/lm-allocation-ptb.json --parts ratios; done
+# session 43: both r4 trainings with the paper's own little module (Tables 2/3), then the learned projection at eq. 3's k
+# under contribution masks, and the GRU's per-gate allocation (measured cost) and largest ratio within +1 %
+for m in gru lstm; do python scripts/eval_lm.py --checkpoint cache/ptb-$m-750-r4.best.pt --model-name ptb-$m-750-r4 --parts ratios; done
+for m in gru lstm; do python scripts/eval_lm.py --checkpoint cache/ptb-$m-750-r4.best.pt --model-name ptb-$m-750-r4 --projection learned --results results/lm-allocation-ptb.json --parts ratios --mask-rule contribution; done
+python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r4.best.pt --model-name ptb-gru-750-r4 --parts allocation,search --ratios 0.5 --allocation-costs measured --mask-rule contribution --projection learned --results results/lm-allocation-ptb.json
