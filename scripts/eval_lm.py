@@ -37,6 +37,15 @@ from dualtvm.quantize import SUPPORTED_BITS  # noqa: E402
 from dualtvm.thresholds import MASK_RULES, SIGMOID_TAILS, check_mask_rule  # noqa: E402
 from dualtvm.train_lm import evaluate  # noqa: E402
 
+PRECISIONS = [(32, True)] + [(bits, per_row) for bits in (16, 8, 4, 2, 1) for per_row in (True, False)]
+"""Table 6's W_LL precisions, each with per-row scales (the library's default) and one scale for the whole tensor."""
+
+
+def precision_variant(bits: int, per_row: bool) -> str:
+    """A precision row's variant: ``int8``, ``int8 per-tensor``, ``fp32``."""
+    return "fp32" if bits == 32 else f"int{bits}" + ("" if per_row else " per-tensor")
+
+
 PARTS = ("ratios", "allocation", "search", "eps", "k", "precision", "resilience")
 
 
@@ -162,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         record("largest-within-1pct", round(best_u, 4), v, m, variant="uniform, chosen on valid")
     if "precision" in parts:
         fitted = [layer.little for layer in q.dual.layers]
-        for bits in (32, 16, 8, 4, 2, 1):
+        for bits, per_row in PRECISIONS:
             for i, (layer, w) in enumerate(zip(q.dual.layers, q.fp32_weights)):
-                layer.little = fitted[i].requantize(bits, fp32_weight=w)
+                layer.little = fitted[i].requantize(bits, per_row, fp32_weight=w)
                 # another precision moves a_LL: thresholds calibrated again, so every row is at the asked ratio
                 calibrate(layer.little, layer.big, q.valid_samples[i], sigmoid_tails=a.sigmoid_tails,
                           mask_rule=a.mask_rule)
@@ -174,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             mse = float(np.mean([np.mean(list(little_mse(l.little, l.big, q.valid_samples[i][:20]).values()))
                                  for i, l in enumerate(q.dual.layers)]))
             size = sum(l.little.param_bytes() for l in q.dual.layers) / 1e6
-            record("precision", 0.5, v, m, variant=f"int{bits}" if bits < 32 else "fp32", mse=round(mse, 5),
+            record("precision", 0.5, v, m, variant=precision_variant(bits, per_row), mse=round(mse, 5),
                    little_param_mb=round(size, 3), big_param_mb=round(sum(l.big.weight_bytes() for l in q.dual.layers) / 1e6, 2))
         for layer, little in zip(q.dual.layers, fitted):
             layer.little = little

@@ -190,7 +190,8 @@ def lm_quality(doc: dict) -> str:
                    for r in part("eps")])
     out += ["", "Table 6, W_LL precision at 50 % (thresholds recalibrated for each precision; INT2 scales searched per row "
             "for the least squared error, INT4's too in rows measured since session 34, and at INT4 and below W_LL's "
-            "columns equalised onto the projection's row scales since session 35; MSE of the little "
+            "columns equalised onto the projection's row scales since session 35; *per-tensor*: one scale for the whole of "
+            "W_LL instead of one per row (rows since session 43); MSE of the little "
             "pre-activations on valid; parameter sizes as the paper counts them, without those 2k row scales):", ""]
     out += _table(["model", "precision", "MSE", "little MB", "big MB", "little / big %", "measured", "PPL", "ΔPPL %"],
                   [[r["model"], r["variant"], r["mse"], r["little_param_mb"], r["big_param_mb"],
