@@ -137,3 +137,5 @@ python scripts/bench.py --models lstm-750 --checkpoint cache/ptb-lstm-750-r4.bes
 # session 43 on the same Zen 3: LSTM-1500 again on both targets, back to back (replacing session 39's rows)
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
+# then both r4 750-unit trainings with the little modules that meet the quality goals (learned, eq. 3's k, contribution)
+for m in gru lstm; do python scripts/bench.py --models $m-750 --checkpoint cache/ptb-$m-750-r4.best.pt --projection learned --threads 2 --rounds 8 --little-bits 8,4 --contribution; done
