@@ -129,3 +129,5 @@ for m in lstm gru; do python scripts/eval_lm.py --checkpoint cache/ptb-$m-750-r4
 for m in gru lstm; do python scripts/eval_lm.py --checkpoint cache/ptb-$m-750-r4.best.pt --model-name ptb-$m-750-r4 --parts ratios; done
 for m in gru lstm; do python scripts/eval_lm.py --checkpoint cache/ptb-$m-750-r4.best.pt --model-name ptb-$m-750-r4 --projection learned --results results/lm-allocation-ptb.json --parts ratios --mask-rule contribution; done
 python scripts/eval_lm.py --checkpoint cache/ptb-gru-750-r4.best.pt --model-name ptb-gru-750-r4 --parts allocation,search --ratios 0.5 --allocation-costs measured --mask-rule contribution --projection learned --results results/lm-allocation-ptb.json
+# and Table 6 with per-row and per-tensor W_LL scales on both (the precision part writes both since session 43)
+for m in lstm gru; do python scripts/eval_lm.py --checkpoint cache/ptb-$m-750-r4.best.pt --model-name ptb-$m-750-r4 --parts precision; done
