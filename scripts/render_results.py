@@ -76,7 +76,7 @@ def quality_goals(doc: dict) -> str:
 def quality_goals_by_model(rows: list[dict]) -> str:
     """Each quality goal per model (one training each): its best row and that row's configuration, beside the rows
     made with the paper's own method — which options a model needs to meet the goal."""
-    from dualtvm.goals import LARGEST_PART, QUALITY_GOALS, goal_status_by_model, is_paper_method
+    from dualtvm.goals import QUALITY_GOALS, goal_status_by_model, is_paper_method
 
     out = ["Per model (each training apart): the best row and its configuration; *paper's method*: the rows made as "
            "the paper makes its little module and mask (eq. 2 at ε = 0.5, eq. 5, INT8, one ratio for every gate)."]
@@ -85,7 +85,7 @@ def quality_goals_by_model(rows: list[dict]) -> str:
         for model, st in goal_status_by_model(rows, goal).items():
             paper = [goal.shown(r) for r in st.rows if is_paper_method(r)]
             best = st.best
-            configuration = " ".join(v for v in ("" if best["part"] == LARGEST_PART else best["part"],
+            configuration = " ".join(v for v in ("" if best["part"] == "largest-within-1pct" else best["part"],
                                                  best.get("variant", "")) if v)
             lines.append([model, len(st.rows), st.met, f"{goal.shown(best)} ({configuration})", ", ".join(paper)])
         out += ["", f"{goal.text}:", "", *_table(["model", "rows", "met", "best row (configuration)",
