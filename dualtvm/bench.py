@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from . import BUILD_FIT_ROWS, BUILD_ROOT
+from .fixed_cost import plot_latest_machine
 from .paper import LSTM_1500_SPEEDUP_AT_HALF
 from .traffic import step_bytes, step_ops
 
@@ -758,7 +759,8 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
 def write_plots(rows: list[dict], out: "str | Path") -> None:
     """``<out>.png`` (ms per step, every engine) and ``<out>-speedup.png`` (:func:`plot_speedups`, with the PPL rows
     of ``lm-quality-ptb.json`` and ``lm-allocation-ptb.json`` beside ``out`` where they exist): what
-    ``scripts/bench.py`` and ``render_results`` draw."""
+    ``scripts/bench.py`` and ``render_results`` draw; and ``<out>-fixed-cost.png``
+    (:func:`fixed_cost.plot_latest_machine`)."""
     import json
 
     out = Path(out).with_suffix("")
@@ -766,3 +768,4 @@ def write_plots(rows: list[dict], out: "str | Path") -> None:
     quality = [q for name in ("lm-quality-ptb.json", "lm-allocation-ptb.json") if (out.parent / name).exists()
                for q in json.loads((out.parent / name).read_text())["rows"]]
     plot_speedups(rows, str(out.parent / f"{out.name}-speedup.png"), quality)
+    plot_latest_machine(rows, str(out.parent / f"{out.name}-fixed-cost.png"))

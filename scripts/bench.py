@@ -109,11 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(latency_markdown(all_rows, bw, a.threads))
     write_plots(all_rows, out)
     print(markdown_table(rows))
-    from dualtvm.goals import summary_lines
+    from dualtvm import fixed_cost, goals
 
-    goals = summary_lines(rows)
-    if goals:
-        print("issue #5's goals in this run (the README's goals tables: every row, per machine):", *goals, sep="\n")
+    for title, lines in (
+            ("issue #5's goals in this run (the README's goals tables: every row, per machine):",
+             goals.summary_lines(rows)),
+            ("the little side's fixed cost in this run (each engine's times fitted to fixed + s · rows; the README's "
+             "fixed-cost table):", fixed_cost.summary_lines(rows))):
+        if lines:
+            print(title, *lines, sep="\n")
     return 0
 
 

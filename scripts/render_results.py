@@ -551,6 +551,33 @@ def amdahl(speed: list[dict]) -> list[str]:
     return lines[:-1]
 
 
+def fixed_cost(doc: dict) -> str:
+    """The dual step's time split, per run, into the little side's fixed cost and the big rows' share
+    (:mod:`dualtvm.fixed_cost`): the models issue #5 sets a speed-up goal for, the INT8 eq. 5 engine."""
+    from dualtvm.bench import cache_label, weights_origin
+    from dualtvm.fixed_cost import fixed_cost_fits, goal_model
+    from dualtvm.results import doc_rows
+
+    rows = [{**r, "weights_origin": weights_origin(r.get("weights", "")), "run_target": _run_target(r)}
+            for r in doc_rows(doc)]  # rows from before rows named their weights or target
+
+    def table(mine: list[dict]) -> str:
+        fits = [f for f in fixed_cost_fits(mine, ("tvm-dual",)) if goal_model(f)]
+        cache = {tuple(r.get(k) for k in ("model", "weights_origin", "run_target", "cache")): cache_label(r)
+                 for r in mine}
+        return "\n".join(_table(
+            ["model", "weights", "run target", "cache", "dense ms", "fixed ms (fitted)", "its bytes' ms",
+             "rows ÷ dense", "largest residual", "× at 50 %: measured (fitted)", "fixed ms the goal allows"],
+            [[f.key[1], f.key[2], f.key[3], cache[f.key[1:]], f"{f.dense_ms:.3f}", f"{f.fixed_ms:.3f}",
+              f"{f.fixed_bytes_ms:.3f}", f"{f.rows_vs_dense:.2f}", f"{f.max_residual_pct:.1f} %",
+              f"{'–' if f.speedup_at_half is None else f'{f.speedup_at_half:.2f}'} ({f.fitted_speedup_at_half:.2f})",
+              f"{f.fixed_allowed_ms:.3f} (for {f.goal:g}×)"] for f in fits]))
+
+    timed = {f.key[0] for f in fixed_cost_fits(rows, ("tvm-dual",)) if goal_model(f)}  # machines with such runs
+    return by_machine(doc, [r for r in rows if r["engine"] in ("tvm-dense", "tvm-dual") and r["machine"] in timed],
+                      table)
+
+
 def kernels(doc: dict) -> str:
     """Issue #4's kernel table: each kernel alone (caches flushed), untuned and as tuned, beside numpy/PyTorch."""
     return by_machine(doc, doc["rows"], lambda rows: "\n".join(_table(
@@ -587,7 +614,8 @@ def traffic(doc: dict) -> str:
 RENDERERS = {  # README marker -> (results file or files, renderer)
     "latency": ("latency", latency), "latency-goals": ("latency", latency_goals),
     "lm-quality-goals": (("lm-quality-ptb", "lm-allocation-ptb"), quality_goals),
-    "latency-breakdown": ("latency", breakdown), "baselines": ("baselines", baselines),
+    "latency-breakdown": ("latency", breakdown), "latency-fixed-cost": ("latency", fixed_cost),
+    "baselines": ("baselines", baselines),
     "lm-quality-ptb": ("lm-quality-ptb", lm_quality), "lm-pruning": ("lm-quality-ptb", lm_pruning),
     "lm-pruning-wikitext-2": ("lm-quality-wikitext-2", lm_pruning),
     "lm-allocation-ptb": ("lm-allocation-ptb", lm_allocation),

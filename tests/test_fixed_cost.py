@@ -1,0 +1,71 @@
+"""The fixed-cost fit of a run's latency rows (dualtvm.fixed_cost): pure functions of the rows, no timing."""
+from __future__ import annotations
+
+import pytest
+
+from dualtvm.fixed_cost import fit_run, fixed_cost_fits, goal_at_half, plot_latest_machine, summary_lines
+
+DENSE_BYTES = 72_000_000
+
+
+def run(model: str, fixed: float, rows_ms: float, dense_ms: float, cache: str = "cold", machine: str = "m",
+        fixed_bytes: int = 2_000_000, ratios=(0.1, 0.3, 0.5, 0.7, 0.9), noise=()) -> list[dict]:
+    """One benchmark run's dense row and tvm-dual rows on the line fixed + s · rows_ms (plus ``noise`` per row)."""
+    key = {"model": model, "machine": machine, "weights_origin": "random", "run_target": "llvm -mcpu=broadwell",
+           "cache": cache}
+    out = [{**key, "engine": "tvm-dense", "insensitive_ratio": 0.0, "median_ms": dense_ms, "bytes_per_step": DENSE_BYTES}]
+    for i, r in enumerate(ratios):
+        s = 1 - r
+        out.append({**key, "engine": "tvm-dual", "insensitive_ratio": r, "measured_ratio": r,
+                    "median_ms": fixed + s * rows_ms + (noise[i] if noise else 0.0),
+                    "bytes_per_step": int(s * DENSE_BYTES + fixed_bytes),
+                    "speedup_vs_tvm_dense": round(dense_ms / (fixed + s * rows_ms), 3)})
+    return out
+
+
+def test_a_run_on_a_line_gives_back_its_fixed_cost_rows_and_bytes():
+    rows = run("lstm-1500-k128-learned", fixed=0.2, rows_ms=2.0, dense_ms=2.0)
+    (f,) = fixed_cost_fits(rows)
+    assert f.fixed_ms == pytest.approx(0.2) and f.rows_ms == pytest.approx(2.0) and f.rows_vs_dense == pytest.approx(1)
+    assert f.max_residual_pct == pytest.approx(0, abs=1e-9) and f.ratios == 5
+    # 2 MB beyond s of the dense step's 72 MB, at the dense step's 72 MB per 2 ms
+    assert f.fixed_bytes_ms == pytest.approx(2.0 * 2 / 72, rel=1e-6)
+    assert f.goal == 1.67 and f.speedup_at_half == pytest.approx(2.0 / 1.2, abs=1e-3)
+    assert f.fitted_speedup_at_half == pytest.approx(2.0 / 1.2)
+    # the goal's room at 50 %: dense / 1.67 − rows / 2
+    assert f.fixed_allowed_ms == pytest.approx(2.0 / 1.67 - 1.0)
+    (line,) = summary_lines(rows)
+    assert line.startswith("lstm-1500-k128-learned tvm-dual cold: fixed 0.200 ms (its bytes 0.056 ms)")
+
+
+def test_residuals_are_the_rows_distance_from_the_fitted_line():
+    noisy = run("gnmt-1024-1024", fixed=0.1, rows_ms=1.0, dense_ms=1.0, noise=(0, 0, 0.05, 0, 0))
+    (f,) = fixed_cost_fits(noisy)
+    assert 3 < f.max_residual_pct < 10  # 0.05 ms off a 0.6 ms row, the line pulled towards it
+    assert f.goal == 1.7
+
+
+def test_only_runs_with_a_dense_row_and_enough_ratios_are_fitted():
+    lstm750 = run("lstm-750", fixed=0.1, rows_ms=0.2, dense_ms=0.2, cache="warm")
+    two_ratios = run("lstm-1500", fixed=0.1, rows_ms=2.0, dense_ms=2.0, ratios=(0.5, 0.9))
+    no_dense = run("lstm-1500", fixed=0.1, rows_ms=2.0, dense_ms=2.0, machine="other")[1:]
+    fits = fixed_cost_fits(lstm750 + two_ratios + no_dense)
+    assert [(f.key[1], f.goal, f.fixed_allowed_ms) for f in fits] == [("lstm-750", None, None)]
+    assert fixed_cost_fits(lstm750, engines=("tvm-dual-int4",)) == []
+    with pytest.raises(ValueError, match="3 ratios"):
+        fit_run(two_ratios[1:], two_ratios[0])
+
+
+def test_goal_at_half_names_issue_5s_limit_for_the_models_it_sets_one_for():
+    assert goal_at_half({"model": "lstm-1500-k128-learned"}) == 1.67
+    assert goal_at_half({"model": "gnmt-1024-2048"}) == 1.7
+    assert goal_at_half({"model": "gru-1500"}) is None
+
+
+def test_the_plot_shows_the_latest_machines_goal_models(tmp_path):
+    rows = run("lstm-1500", 0.2, 2.0, 2.0, machine="old") + run("lstm-750", 0.1, 0.2, 0.2, machine="new")
+    assert not plot_latest_machine(rows, str(tmp_path / "none.png"))  # the latest machine timed no goal model
+    assert not (tmp_path / "none.png").exists()
+    rows += run("gnmt-1024-2048", 0.2, 1.6, 1.6, machine="new") + run("gnmt-1024-2048", 0.1, 1.3, 1.2, "warm", "new")
+    assert plot_latest_machine(rows, str(tmp_path / "fit.png"))
+    assert (tmp_path / "fit.png").stat().st_size > 10_000
