@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Render results/*.json into the README between <!-- results:NAME --> markers (never typed by hand).
+"""Render results/*.json between <!-- results:NAME --> markers of the README and docs/results.md (never typed by hand).
 
-    python scripts/render_results.py            # rewrite the README's tables and the plots
-    python scripts/render_results.py --check    # CI: fail when the README lags the results files
+    python scripts/render_results.py            # rewrite both files' tables and the plots
+    python scripts/render_results.py --check    # CI: fail when either file lags the results files
 """
 from __future__ import annotations
 
@@ -34,6 +34,43 @@ def by_machine(doc: dict, rows: list[dict], table) -> str:
 def latency(doc: dict) -> str:
     rows = [r for r in doc["rows"] if not r["engine"].startswith("tvm-dual") or r["insensitive_ratio"] in (0.5, 0.9)]
     return by_machine(doc, rows, _latency_table)
+
+
+def latency_latest(doc: dict) -> str:
+    """The machine of the latest run, one line per model, weights, target and cache: the dense step against the best
+    peer, and the INT8 / INT4 dual steps at 50 % and 90 % (every ratio and engine: the full table); then the commands
+    that made the lines."""
+    from dualtvm.bench import cache_label, weights_origin
+    from dualtvm.results import doc_rows, short_machine
+
+    rows = [{**r, "weights_origin": weights_origin(r.get("weights", ""))} for r in doc_rows(doc)]
+    machine = rows[-1]["machine"]
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["machine"] == machine:
+            runs.setdefault((r["model"], r["weights_origin"], _run_target(r), cache_label(r)), []).append(r)
+    commands = list(dict.fromkeys(r["command"] for rs in runs.values() for r in rs))
+
+    def dual(rs: list[dict], engine: str, ratio: float, key: str = "speedup_vs_tvm_dense") -> str:
+        found = [r for r in rs if r["engine"] == engine and abs(r["insensitive_ratio"] - ratio) < 1e-9]
+        return _with_spread(found[0], key) if found and key.startswith("speedup") else (
+            str(found[0].get(key, "")) if found else "–")
+
+    lines = []
+    for (model, weights, target, cache), rs in sorted(runs.items(), key=lambda kv: (*kv[0][:3], kv[0][3] != "warm")):
+        dense = next(r for r in rs if r["engine"] == "tvm-dense")
+        peer = min((r for r in rs if not r["engine"].startswith("tvm")), key=lambda r: r["median_ms"])
+        lines.append([model, weights, target, cache, f"{dense['median_ms']:.3f}",
+                      f"{peer['median_ms']:.3f} ({peer['engine']})", _with_spread(dense, "speedup_vs_best_peer"),
+                      dual(rs, "tvm-dual", 0.5), dual(rs, "tvm-dual-int4", 0.5),
+                      dual(rs, "tvm-dual", 0.5, "byte_bound_speedup"), dual(rs, "tvm-dual", 0.9),
+                      f"[{commands.index(rs[0]['command']) + 1}]"])
+    out = [f"{short_machine(machine)}:", ""]
+    out += _table(["model", "weights", "run target", "cache", "dense TVM ms", "best peer ms", "dense × best peer",
+                   "INT8 50 %: × dense (quartiles)", "INT4 50 %: × dense", "byte bound × at 50 %", "INT8 90 %: × dense",
+                   "run"], lines)
+    out += ["", "Runs:", ""] + [f"{i}. `{c}`" for i, c in enumerate(commands, 1)]
+    return "\n".join(out)
 
 
 def _latency_table(rows: list[dict]) -> str:
@@ -611,8 +648,12 @@ def traffic(doc: dict) -> str:
     return "\n".join(out)
 
 
+DOCUMENTS = ("README.md", "docs/results.md")
+"""The files whose <!-- results:NAME --> blocks are rendered: the README's summary, and every table in docs/."""
+
 RENDERERS = {  # README marker -> (results file or files, renderer)
     "latency": ("latency", latency), "latency-goals": ("latency", latency_goals),
+    "latency-latest": ("latency", latency_latest),
     "lm-quality-goals": (("lm-quality-ptb", "lm-allocation-ptb"), quality_goals),
     "latency-breakdown": ("latency", breakdown), "latency-fixed-cost": ("latency", fixed_cost),
     "baselines": ("baselines", baselines),
@@ -624,7 +665,8 @@ RENDERERS = {  # README marker -> (results file or files, renderer)
 
 
 def render(text: str) -> str:
-    """The README with every <!-- results:NAME --> block regenerated from its results file (or files)."""
+    """``text`` (the README or docs/results.md) with every <!-- results:NAME --> block regenerated from its results
+    file (or files)."""
     for name, (sources, fn) in RENDERERS.items():
         sources = (sources,) if isinstance(sources, str) else sources
         files = [REPO / "results" / f"{source}.json" for source in sources]
@@ -652,17 +694,23 @@ def render(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 when the README's tables differ from what the results files give")
+                   help="write nothing; exit 1 when the tables of the README or docs/results.md differ from what the "
+                        "results files give")
     a = p.parse_args(argv)
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    rendered = render(text)
-    if a.check:
+    stale = []
+    for doc in DOCUMENTS:
+        path = REPO / doc
+        text = path.read_text()
+        rendered = render(text)
         if rendered != text:
-            print("README.md is out of date with results/*.json: run python scripts/render_results.py", file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(rendered)
+            stale.append(doc)
+            if not a.check:
+                path.write_text(rendered)
+    if a.check:
+        if stale:
+            print(f"{', '.join(stale)} out of date with results/*.json: run python scripts/render_results.py",
+                  file=sys.stderr)
+        return 1 if stale else 0
     latency_json = REPO / "results" / "latency.json"
     if latency_json.exists():
         from dualtvm.bench import write_plots
