@@ -118,7 +118,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
 
 def plot_latest_machine(rows: list[dict], path: str, engine: str = "tvm-dual") -> bool:
     """:func:`plot_fits` of ``engine``'s runs of the models with a goal, timed on the machine of the last row (the
-    latest run's; other machines' rows stay in the README's table); False, and nothing written, where none."""
+    latest run's; other machines' rows stay in the README's table of fits); False, and nothing written, where none."""
     machine = rows[-1].get("machine") if rows else None
     mine = [r for r in rows if r.get("machine") == machine]
     fits = [f for f in fixed_cost_fits(mine, (engine,)) if goal_model(f)]

@@ -1,7 +1,7 @@
 """The issues' goals checked against the committed results rows: issue #5's latency goals against
 ``results/latency.json``, issue #3's quality goals against the PTB quality and allocation rows.
 
-The README's results sections are a chronicle of runs on several machines; a reader who asks "is the paper's
+The results (docs/results.md) are a chronicle of runs on several machines; a reader who asks "is the paper's
 1.67× met here?" or "does the LSTM lose at most 1 % at 50 %?" should not have to read them.  Each :class:`Goal`
 names the rows it judges (model shape, engine or part, insensitive ratio) and the row value it compares with its
 limit; :func:`goal_status` says, per goal, how many of those rows meet it and which rows are the worst and the

@@ -96,7 +96,7 @@ def equalising_scale(w: torch.Tensor, bits: int) -> torch.Tensor | None:
     INT4 step, set by the largest columns, rounds the small ones away.  t = column norm / largest, as in
     activation-aware weight equalisation (AWQ, SmoothQuant) with the difficulty moved the other way, from the weights
     to the activations.  On LSTM-1500's learned k = 128 module (``ptb-lstm-1500-r3``), INT4 little MSE per gate
-    fell ~2.3× (near INT8's) and its PPL loss at 50 % from +1.72 % to +0.95 % (README, allocation study).  None at
+    fell ~2.3× (near INT8's) and its PPL loss at 50 % from +1.72 % to +0.95 % (docs/results.md, allocation study).  None at
     grids finer than :data:`CLIP_SEARCH_BITS` bits: INT8 resolves the small columns already."""
     if bits > CLIP_SEARCH_BITS:
         return None

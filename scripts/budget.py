@@ -6,7 +6,7 @@
 Times the build's dual-module step at each candidate ratio and its dense counterpart (when the build folder
 has one), interleaved in one run, and prints the curve and the choice: the dense step if it meets
 the budget (no quality loss), else the smallest ratio that does (quality at each ratio: Tables 2–4
-of the README).  The state is fed back; the inputs are the held-out data of the checkpoint the build was made
+of docs/results.md).  The state is fed back; the inputs are the held-out data of the checkpoint the build was made
 from (the masks a service would see; Gaussian where the build has none), or ``--inputs``: 'gaussian' or your own
 step inputs (a .npy array, steps × input size).
 Exit status 1 when no ratio meets the budget.
