@@ -614,9 +614,21 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_xlabel("insensitive ratio")
         ax.set_ylabel("ms per step (batch 1)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
+    _finish(fig, rows, path)
     plt.close(fig)
+
+
+def _finish(fig, rows: list[dict], path: str) -> None:
+    """Lay ``fig`` out under the name of the machine its rows were timed on (where one), and save it."""
+    from .results import short_machine
+
+    machines = {r.get("machine") for r in rows}
+    if len(machines) == 1 and None not in machines:
+        fig.suptitle(f"timed on {short_machine(machines.pop())}", fontsize=11)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    else:
+        fig.tight_layout()
+    save_figure(fig, path)
 
 
 def save_figure(fig, path: str) -> None:
@@ -703,12 +715,12 @@ def quality_variants(label: str) -> dict[str, str]:
             for cfg in [LittleConfig(bits=bits, mask_rule=rule, **size)]}
 
 
-def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None = None) -> None:
+def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None = None) -> bool:
     """Speed-up over the dense TVM step vs insensitive ratio, one panel per model and target: the dual engines'
     paired speed-ups with their quartiles over rounds as error bars (rows from before pairing: a point), the byte
     bound (dense bytes ÷ dual bytes) they are measured against, and, where the row's checkpoint has PTB quality rows
     (``lm-quality-ptb.json``, ``lm-allocation-ptb.json``: one ratio for all gates, the little module the panel timed:
-    :func:`quality_variants`), the test ΔPPL % on a second axis."""
+    :func:`quality_variants`), the test ΔPPL % on a second axis.  False, and nothing written, without speed-ups."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -716,7 +728,7 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
 
     by_panel = _rows_by_panel([r for r in rows if r.get("speedup_vs_tvm_dense") is not None])
     if not by_panel:
-        return
+        return False
     fig, axes = _panel_grid(len(by_panel))
     for ax, (name, mine) in zip(axes, by_panel.items()):
         for cache, style in (("warm", "-"), ("cold", "--")):
@@ -751,21 +763,39 @@ def plot_speedups(rows: list[dict], path: str, quality_rows: list[dict] | None =
             twin.set_ylabel("test ΔPPL % (one ratio for all gates)")
             twin.legend(fontsize=6, loc="center left")
         ax.legend(fontsize=6, loc="upper left")
-    fig.tight_layout()
-    save_figure(fig, path)
+    _finish(fig, rows, path)
     plt.close(fig)
+    return True
 
 
-def write_plots(rows: list[dict], out: "str | Path") -> None:
-    """``<out>.png`` (ms per step, every engine) and ``<out>-speedup.png`` (:func:`plot_speedups`, with the PPL rows
-    of ``lm-quality-ptb.json`` and ``lm-allocation-ptb.json`` beside ``out`` where they exist): what
-    ``scripts/bench.py`` and ``render_results`` draw; and ``<out>-fixed-cost.png``
-    (:func:`fixed_cost.plot_latest_machine`)."""
+def machine_slug(machine: str) -> str:
+    """'AMD EPYC (znver3), 2 cores' → 'amd-epyc-znver3-2-cores': a machine's name in a file name."""
+    from .results import short_machine
+
+    return re.sub(r"[^a-z0-9]+", "-", short_machine(machine).lower()).strip("-")
+
+
+def write_plots(rows: list[dict], out: "str | Path") -> list[Path]:
+    """The latency plots, one set per machine (a figure of every machine's panels was 44 panels, unreadable):
+    ``<out>.png`` (ms per step, every engine), ``<out>-speedup.png`` (:func:`plot_speedups`, with the PPL rows of
+    ``lm-quality-ptb.json`` and ``lm-allocation-ptb.json`` beside ``out`` where they exist) and
+    ``<out>-fixed-cost.png`` (:func:`fixed_cost.plot_latest_machine`) for the machine of the latest run (the last
+    row's), ``<out>-<machine>.png`` and ``<out>-<machine>-speedup.png`` for each other: what ``scripts/bench.py``
+    and ``render_results`` draw.  Returns the files written."""
     import json
 
     out = Path(out).with_suffix("")
-    plot(rows, str(out.with_suffix(".png")))
     quality = [q for name in ("lm-quality-ptb.json", "lm-allocation-ptb.json") if (out.parent / name).exists()
                for q in json.loads((out.parent / name).read_text())["rows"]]
-    plot_speedups(rows, str(out.parent / f"{out.name}-speedup.png"), quality)
-    plot_latest_machine(rows, str(out.parent / f"{out.name}-fixed-cost.png"))
+    latest = rows[-1].get("machine") if rows else None
+    written = []
+    for machine in dict.fromkeys(r.get("machine") for r in rows):
+        mine = [r for r in rows if r.get("machine") == machine]
+        stem = out.name if machine == latest else f"{out.name}-{machine_slug(machine or 'unnamed')}"
+        plot(mine, str(out.parent / f"{stem}.png"))
+        written.append(out.parent / f"{stem}.png")
+        if plot_speedups(mine, str(out.parent / f"{stem}-speedup.png"), quality):
+            written.append(out.parent / f"{stem}-speedup.png")
+    if plot_latest_machine(rows, str(out.parent / f"{out.name}-fixed-cost.png")):
+        written.append(out.parent / f"{out.name}-fixed-cost.png")
+    return written

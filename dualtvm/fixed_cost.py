@@ -136,6 +136,8 @@ def plot_fits(rows: list[dict], fits: list[FixedCostFit], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .bench import save_figure  # bench imports this module
+
     panels: dict[tuple, list[FixedCostFit]] = {}
     for f in fits:
         panels.setdefault((f.key[1], f.key[2], f.key[3]), []).append(f)
@@ -168,5 +170,5 @@ def plot_fits(rows: list[dict], fits: list[FixedCostFit], path: str) -> None:
     fig.suptitle(f"{engines} on {machines}: measured (dots), fitted line, the bytes' line (dotted), dense step "
                  "(square)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)

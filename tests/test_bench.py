@@ -282,8 +282,14 @@ def test_speedup_plot_draws_quartiles_bound_and_the_checkpoints_ppl(tmp_path):
     quality = [{"model": "ptb-tiny", "part": "uniform", "variant": v, "insensitive_ratio": r, "delta_ppl_pct": d}
                for v, r, d in (("base", 0.0, 0.0), ("eps0.5-int8", 0.5, 1.0), ("eps0.5-int8", 0.9, 9.0))]
     (tmp_path / "lm-quality-ptb.json").write_text(json.dumps({"rows": quality}))
-    write_plots(rows, tmp_path / "latency")
-    assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "latency-speedup.png").stat().st_size > 0
+    written = write_plots(rows, tmp_path / "latency")  # rows without a machine: one set, as the latest machine's
+    assert [p.name for p in written] == ["latency.png", "latency-speedup.png"]
+    assert all(p.stat().st_size > 0 for p in written)
+    # one set per machine: the latest run's machine (the last row's) under the plain names, each other apart
+    older = [dict(r, machine="Intel(R) Xeon(R) Processor, 2 cores") for r in rows]
+    written = write_plots(older + [dict(r, machine="AMD EPYC (znver3), 2 cores") for r in rows], tmp_path / "latency")
+    assert [p.name for p in written] == ["latency-intel-xeon-2-cores.png", "latency-intel-xeon-2-cores-speedup.png",
+                                         "latency.png", "latency-speedup.png"]
 
 
 def test_a_panels_ppl_curves_are_its_own_little_modules():
