@@ -58,10 +58,11 @@ def latency_latest(doc: dict) -> str:
 
     lines = []
     for (model, weights, target, cache), rs in sorted(runs.items(), key=lambda kv: (*kv[0][:3], kv[0][3] != "warm")):
-        dense = next(r for r in rs if r["engine"] == "tvm-dense")
-        peer = min((r for r in rs if not r["engine"].startswith("tvm")), key=lambda r: r["median_ms"])
-        lines.append([model, weights, target, cache, f"{dense['median_ms']:.3f}",
-                      f"{peer['median_ms']:.3f} ({peer['engine']})", _with_spread(dense, "speedup_vs_best_peer"),
+        dense = next((r for r in rs if r["engine"] == "tvm-dense"), {})
+        peer = min((r for r in rs if not r["engine"].startswith("tvm")), key=lambda r: r["median_ms"], default=None)
+        lines.append([model, weights, target, cache, f"{dense['median_ms']:.3f}" if dense else "–",
+                      f"{peer['median_ms']:.3f} ({peer['engine']})" if peer else "–",
+                      _with_spread(dense, "speedup_vs_best_peer") if dense else "–",
                       dual(rs, "tvm-dual", 0.5), dual(rs, "tvm-dual-int4", 0.5),
                       dual(rs, "tvm-dual", 0.5, "byte_bound_speedup"), dual(rs, "tvm-dual", 0.9),
                       f"[{commands.index(rs[0]['command']) + 1}]"])
