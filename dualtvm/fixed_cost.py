@@ -22,6 +22,7 @@ DENSE_ENGINE = "tvm-dense"
 RUN_KEY = ("machine", "model", "weights_origin", "run_target", "cache")
 """The fields one benchmark run shares across its engines (``bench.LATENCY_KEY`` and the cache mode)."""
 MIN_RATIOS = 3  # a line through two points says nothing about how well a line fits
+NO_ROWS = 1e-3  # a sensitive share below this reads no big row (a step at ratio 1)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class FixedCostFit:
     ratios: int
     speedup_at_half: float | None  # the run's own paired speed-up at 50 %, where it timed 50 %
     goal: float | None  # issue #5's speed-up goal at 50 % for this model, if it has one
+    no_rows_ms: float | None = None  # the step at ratio 1 (no big row read: the little side alone), where timed
+
+    @property
+    def big_start_ms(self) -> float | None:
+        """What the fixed cost holds beyond the little side alone (where the run timed ratio 1): a per-step cost of
+        reading any big rows at all, which the dense step pays too."""
+        return None if self.no_rows_ms is None else self.fixed_ms - self.no_rows_ms
 
     @property
     def rows_vs_dense(self) -> float:
@@ -67,7 +75,11 @@ def sensitive_share(row: dict) -> float:
 
 
 def fit_run(dual_rows: list[dict], dense: dict) -> FixedCostFit:
-    """The line through one engine's rows of one run (each at least :data:`MIN_RATIOS` ratios) and its dense row."""
+    """The line through one engine's rows of one run (at least :data:`MIN_RATIOS` ratios that read big rows) and its
+    dense row.  A row at ratio 1 reads none: it is not on the line (cold, it came out under it: the first big rows'
+    start is part of the fixed cost) and is kept apart as ``no_rows_ms``."""
+    no_rows = [r for r in dual_rows if sensitive_share(r) < NO_ROWS]
+    dual_rows = [r for r in dual_rows if sensitive_share(r) >= NO_ROWS]
     if len(dual_rows) < MIN_RATIOS:
         raise ValueError(f"a fixed cost needs rows at {MIN_RATIOS} ratios or more, got {len(dual_rows)}")
     s = np.array([sensitive_share(r) for r in dual_rows])
@@ -83,7 +95,8 @@ def fit_run(dual_rows: list[dict], dense: dict) -> FixedCostFit:
         fixed_ms=float(fixed), rows_ms=float(per_rows),
         fixed_bytes_ms=float(fixed_bytes / dense["bytes_per_step"] * dense["median_ms"]),
         max_residual_pct=float(100 * residual.max()), ratios=len(dual_rows),
-        speedup_at_half=half[0] if half else None, goal=goal_at_half(first))
+        speedup_at_half=half[0] if half else None, goal=goal_at_half(first),
+        no_rows_ms=float(no_rows[0]["median_ms"]) if no_rows else None)
 
 
 def fixed_cost_fits(rows: list[dict], engines: tuple[str, ...] | None = None) -> list[FixedCostFit]:
@@ -98,7 +111,8 @@ def fixed_cost_fits(rows: list[dict], engines: tuple[str, ...] | None = None) ->
         elif is_dual(r) and "bytes_per_step" in r and (engines is None or r["engine"] in engines):
             runs.setdefault(key + (r["engine"],), []).append(r)
     return [fit_run(rs, dense[key[:-1]]) for key, rs in runs.items()
-            if len(rs) >= MIN_RATIOS and "bytes_per_step" in dense.get(key[:-1], {})]
+            if sum(sensitive_share(r) >= NO_ROWS for r in rs) >= MIN_RATIOS
+            and "bytes_per_step" in dense.get(key[:-1], {})]
 
 
 def goal_model(fit: FixedCostFit) -> bool:
@@ -111,6 +125,8 @@ def summary_lines(rows: list[dict]) -> list[str]:
     lines = []
     for f in fixed_cost_fits(rows):
         room = "" if f.fixed_allowed_ms is None else f"; the goal at 50 % leaves {f.fixed_allowed_ms:.3f} ms"
+        if f.no_rows_ms is not None:
+            room += f"; the step reading no big row {f.no_rows_ms:.3f} ms"
         lines.append(f"{f.key[1]} {f.engine} {f.key[4]}: fixed {f.fixed_ms:.3f} ms (its bytes "
                      f"{f.fixed_bytes_ms:.3f} ms), rows at {f.rows_vs_dense:.2f}× the dense step's time{room}")
     return lines

@@ -45,6 +45,19 @@ def test_residuals_are_the_rows_distance_from_the_fitted_line():
     assert f.goal == 1.7
 
 
+def test_a_step_reading_no_big_row_is_kept_apart_from_the_line():
+    """Ratio 1 reads no big row: cold it ran under the line (the big stream's start is part of the fixed cost), so
+    it is not fitted, and the part of the fixed cost beyond it is reported."""
+    rows = run("lstm-1500", fixed=0.2, rows_ms=2.0, dense_ms=2.0, ratios=(0.1, 0.5, 0.9, 1.0))
+    rows[-1]["median_ms"] = 0.13  # the ratio-1 step, under the line's 0.2
+    (f,) = fixed_cost_fits(rows)
+    assert f.ratios == 3 and f.fixed_ms == pytest.approx(0.2) and f.max_residual_pct == pytest.approx(0, abs=1e-9)
+    assert f.no_rows_ms == 0.13 and f.big_start_ms == pytest.approx(0.07)
+    assert summary_lines(rows)[0].endswith("; the step reading no big row 0.130 ms")
+    assert fixed_cost_fits(rows[:2] + rows[-1:]) == []  # one ratio reading rows, and ratio 1: no line
+    assert fixed_cost_fits(run("lstm-750", 0.1, 0.2, 0.2))[0].no_rows_ms is None
+
+
 def test_only_runs_with_a_dense_row_and_enough_ratios_are_fitted():
     lstm750 = run("lstm-750", fixed=0.1, rows_ms=0.2, dense_ms=0.2, cache="warm")
     two_ratios = run("lstm-1500", fixed=0.1, rows_ms=2.0, dense_ms=2.0, ratios=(0.5, 0.9))
