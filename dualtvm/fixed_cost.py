@@ -3,7 +3,9 @@
 A decode step at insensitive ratio r reads the sensitive share s = 1 − r of the big rows and, whatever s is, runs
 the little side (projection, little GEMV, mask, assembly, the VM's extra calls).  So one run's rows of one engine
 should lie on a line, t(s) = ``fixed_ms`` + s · ``rows_ms``, where ``rows_ms`` is what streaming every row through
-the masked GEMV would take (the dense step's time if it streams at the dense rate) and ``fixed_ms`` the little side.
+the masked GEMV would take (the dense step's time if it streams at the dense rate) and ``fixed_ms`` what every step
+pays whatever s: the little side and, cold, the start of the big rows' stream (a step at ratio 1, which reads no big
+row, times the little side alone: ``no_rows_ms``).
 The byte bound of a row (``traffic.step_bytes``) counts the little side only by its bytes, ``fixed_bytes``; here it
 is set beside its time at the dense step's rate (``fixed_bytes_ms``), and the fixed cost a speed-up goal leaves room
 for at 50 % (``fixed_allowed_ms`` = dense / goal − rows / 2) is set beside the fitted one.  When a goal is missed
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .goals import LATENCY_GOALS, is_dual, model_shape
+from .goals import LATENCY_GOALS, is_dual
 
 DENSE_ENGINE = "tvm-dense"
 RUN_KEY = ("machine", "model", "weights_origin", "run_target", "cache")
