@@ -604,9 +604,11 @@ def fixed_cost(doc: dict) -> str:
         cache = {tuple(r.get(k) for k in ("model", "weights_origin", "run_target", "cache")): cache_label(r)
                  for r in mine}
         return "\n".join(_table(
-            ["model", "weights", "run target", "cache", "dense ms", "fixed ms (fitted)", "its bytes' ms",
-             "rows ÷ dense", "largest residual", "× at 50 %: measured (fitted)", "fixed ms the goal allows"],
+            ["model", "weights", "run target", "cache", "dense ms", "fixed ms (fitted)", "ratio 1 ms",
+             "its bytes' ms", "rows ÷ dense", "largest residual", "× at 50 %: measured (fitted)",
+             "fixed ms the goal allows"],
             [[f.key[1], f.key[2], f.key[3], cache[f.key[1:]], f"{f.dense_ms:.3f}", f"{f.fixed_ms:.3f}",
+              "–" if f.no_rows_ms is None else f"{f.no_rows_ms:.3f}",
               f"{f.fixed_bytes_ms:.3f}", f"{f.rows_vs_dense:.2f}", f"{f.max_residual_pct:.1f} %",
               f"{'–' if f.speedup_at_half is None else f'{f.speedup_at_half:.2f}'} ({f.fitted_speedup_at_half:.2f})",
               f"{f.fixed_allowed_ms:.3f} (for {f.goal:g}×)"] for f in fits]))

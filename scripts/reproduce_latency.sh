@@ -139,3 +139,9 @@ python scripts/bench.py --models lstm-1500 --k 128 --projection learned --thread
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
 # then both r4 750-unit trainings with the little modules that meet the quality goals (learned, eq. 3's k, contribution)
 for m in gru lstm; do python scripts/bench.py --models $m-750 --checkpoint cache/ptb-$m-750-r4.best.pt --projection learned --threads 2 --rounds 8 --little-bits 8,4 --contribution; done
+# session 44 on the same Zen 3: gnmt-1024-1024 on both targets back to back with 16 rounds (replacing the 8-round runs),
+# then LSTM-1500 on both with ratio 1 added (the step reading no big row: the little side alone, fixed_cost.py)
+python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4
+python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
+python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
+python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
