@@ -785,10 +785,12 @@ def write_plots(rows: list[dict], out: "str | Path") -> list[Path]:
     and ``render_results`` draw.  Returns the files written."""
     import json
 
+    from .results import latest_machine
+
     out = Path(out).with_suffix("")
     quality = [q for name in ("lm-quality-ptb.json", "lm-allocation-ptb.json") if (out.parent / name).exists()
                for q in json.loads((out.parent / name).read_text())["rows"]]
-    latest = rows[-1].get("machine") if rows else None
+    latest = latest_machine(rows)
     written = []
     for machine in dict.fromkeys(r.get("machine") for r in rows):
         mine = [r for r in rows if r.get("machine") == machine]

@@ -23,6 +23,13 @@ from .goals import LATENCY_GOALS, is_dual
 DENSE_ENGINE = "tvm-dense"
 RUN_KEY = ("machine", "model", "weights_origin", "run_target", "cache")
 """The fields one benchmark run shares across its engines (``bench.LATENCY_KEY`` and the cache mode)."""
+
+
+def run_key(row: dict) -> tuple:
+    """The row's :data:`RUN_KEY` values: which run (and cache mode) it belongs to."""
+    return tuple(row.get(f) for f in RUN_KEY)
+
+
 MIN_RATIOS = 3  # a line through two points says nothing about how well a line fits
 NO_ROWS = 1e-3  # a sensitive share below this reads no big row (a step at ratio 1)
 
@@ -93,7 +100,7 @@ def fit_run(dual_rows: list[dict], dense: dict) -> FixedCostFit:
     half = [r.get("speedup_vs_tvm_dense") for r in dual_rows if abs(r["insensitive_ratio"] - 0.5) < 1e-9]
     first = dual_rows[0]
     return FixedCostFit(
-        key=tuple(first.get(f) for f in RUN_KEY), engine=first["engine"], dense_ms=float(dense["median_ms"]),
+        key=run_key(first), engine=first["engine"], dense_ms=float(dense["median_ms"]),
         fixed_ms=float(fixed), rows_ms=float(per_rows),
         fixed_bytes_ms=float(fixed_bytes / dense["bytes_per_step"] * dense["median_ms"]),
         max_residual_pct=float(100 * residual.max()), ratios=len(dual_rows),
@@ -107,7 +114,7 @@ def fixed_cost_fits(rows: list[dict], engines: tuple[str, ...] | None = None) ->
     dense: dict[tuple, dict] = {}
     runs: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = tuple(r.get(f) for f in RUN_KEY)
+        key = run_key(r)
         if r["engine"] == DENSE_ENGINE:
             dense[key] = r
         elif is_dual(r) and "bytes_per_step" in r and (engines is None or r["engine"] in engines):
@@ -137,7 +144,9 @@ def summary_lines(rows: list[dict]) -> list[str]:
 def plot_latest_machine(rows: list[dict], path: str, engine: str = "tvm-dual") -> bool:
     """:func:`plot_fits` of ``engine``'s runs of the models with a goal, timed on the machine of the last row (the
     latest run's; other machines' rows stay in the README's table of fits); False, and nothing written, where none."""
-    machine = rows[-1].get("machine") if rows else None
+    from .results import latest_machine
+
+    machine = latest_machine(rows)
     mine = [r for r in rows if r.get("machine") == machine]
     fits = [f for f in fixed_cost_fits(mine, (engine,)) if goal_model(f)]
     if fits:
@@ -165,7 +174,7 @@ def plot_fits(rows: list[dict], fits: list[FixedCostFit], path: str) -> None:
     s = np.linspace(0.0, 1.0, 11)
     for ax, ((model, weights, target), group) in zip(axes.flat, panels.items()):
         for f, color in zip(group, ("tab:blue", "tab:red", "tab:green", "tab:purple")):
-            mine = [r for r in rows if tuple(r.get(k) for k in RUN_KEY) == f.key and r["engine"] == f.engine]
+            mine = [r for r in rows if run_key(r) == f.key and r["engine"] == f.engine]
             ax.plot([sensitive_share(r) for r in mine], [r["median_ms"] for r in mine], "o", color=color)
             ax.plot(s, f.fixed_ms + s * f.rows_ms, "-", color=color,
                     label=f"{f.key[4]}: fixed {f.fixed_ms:.3f} + s · {f.rows_ms:.3f} ms")

@@ -80,6 +80,11 @@ def short_machine(machine: str) -> str:
     return " ".join(machine.split())
 
 
+def latest_machine(rows: list[dict[str, Any]]) -> str | None:
+    """The machine of the latest run: the last row's (runs append their rows), None without rows or a name."""
+    return rows[-1].get("machine") if rows else None
+
+
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a results file, each naming its ``machine`` and ``git`` revision (rows written before rows
     carried them take their file's): sessions land on different machines, and timings of two must not replace

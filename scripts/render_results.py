@@ -36,19 +36,29 @@ def latency(doc: dict) -> str:
     return by_machine(doc, rows, _latency_table)
 
 
+def _latency_rows(doc: dict) -> list[dict]:
+    """The latency rows, each naming its machine, weights and run target (``-mcpu`` only: :func:`_run_target`), rows
+    from before rows named them included: the keys the per-run tables group by."""
+    from dualtvm.bench import weights_origin
+    from dualtvm.results import doc_rows
+
+    return [{**r, "weights_origin": weights_origin(r.get("weights", "")), "run_target": _run_target(r)}
+            for r in doc_rows(doc)]
+
+
 def latency_latest(doc: dict) -> str:
     """The machine of the latest run, one line per model, weights, target and cache: the dense step against the best
     peer, and the INT8 / INT4 dual steps at 50 % and 90 % (every ratio and engine: the full table); then the commands
     that made the lines."""
-    from dualtvm.bench import cache_label, weights_origin
-    from dualtvm.results import doc_rows, short_machine
+    from dualtvm.bench import cache_label
+    from dualtvm.results import latest_machine, short_machine
 
-    rows = [{**r, "weights_origin": weights_origin(r.get("weights", ""))} for r in doc_rows(doc)]
-    machine = rows[-1]["machine"]
+    rows = _latency_rows(doc)
+    machine = latest_machine(rows)
     runs: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["machine"] == machine:
-            runs.setdefault((r["model"], r["weights_origin"], _run_target(r), cache_label(r)), []).append(r)
+            runs.setdefault((r["model"], r["weights_origin"], r["run_target"], cache_label(r)), []).append(r)
     commands = list(dict.fromkeys(r["command"] for rs in runs.values() for r in rs))
 
     def dual(rs: list[dict], engine: str, ratio: float, key: str = "speedup_vs_tvm_dense") -> str:
@@ -592,28 +602,26 @@ def amdahl(speed: list[dict]) -> list[str]:
 def fixed_cost(doc: dict) -> str:
     """The dual step's time split, per run, into the little side's fixed cost and the big rows' share
     (:mod:`dualtvm.fixed_cost`): the models issue #5 sets a speed-up goal for, the INT8 eq. 5 engine."""
-    from dualtvm.bench import cache_label, weights_origin
-    from dualtvm.fixed_cost import fixed_cost_fits, goal_model
-    from dualtvm.results import doc_rows
+    from dualtvm.bench import cache_label
+    from dualtvm.fixed_cost import fixed_cost_fits, goal_model, run_key
 
-    rows = [{**r, "weights_origin": weights_origin(r.get("weights", "")), "run_target": _run_target(r)}
-            for r in doc_rows(doc)]  # rows from before rows named their weights or target
+    rows = _latency_rows(doc)
+    all_fits = [f for f in fixed_cost_fits(rows, ("tvm-dual",)) if goal_model(f)]
 
     def table(mine: list[dict]) -> str:
-        fits = [f for f in fixed_cost_fits(mine, ("tvm-dual",)) if goal_model(f)]
-        cache = {tuple(r.get(k) for k in ("model", "weights_origin", "run_target", "cache")): cache_label(r)
-                 for r in mine}
+        fits = [f for f in all_fits if f.key[0] == mine[0]["machine"]]
+        cache = {run_key(r): cache_label(r) for r in mine}
         return "\n".join(_table(
             ["model", "weights", "run target", "cache", "dense ms", "fixed ms (fitted)", "ratio 1 ms",
              "its bytes' ms", "rows ÷ dense", "largest residual", "× at 50 %: measured (fitted)",
              "fixed ms the goal allows"],
-            [[f.key[1], f.key[2], f.key[3], cache[f.key[1:]], f"{f.dense_ms:.3f}", f"{f.fixed_ms:.3f}",
+            [[f.key[1], f.key[2], f.key[3], cache[f.key], f"{f.dense_ms:.3f}", f"{f.fixed_ms:.3f}",
               "–" if f.no_rows_ms is None else f"{f.no_rows_ms:.3f}",
               f"{f.fixed_bytes_ms:.3f}", f"{f.rows_vs_dense:.2f}", f"{f.max_residual_pct:.1f} %",
               f"{'–' if f.speedup_at_half is None else f'{f.speedup_at_half:.2f}'} ({f.fitted_speedup_at_half:.2f})",
               f"{f.fixed_allowed_ms:.3f} (for {f.goal:g}×)"] for f in fits]))
 
-    timed = {f.key[0] for f in fixed_cost_fits(rows, ("tvm-dual",)) if goal_model(f)}  # machines with such runs
+    timed = {f.key[0] for f in all_fits}  # machines with such runs
     return by_machine(doc, [r for r in rows if r["engine"] in ("tvm-dense", "tvm-dual") and r["machine"] in timed],
                       table)
 
