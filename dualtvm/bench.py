@@ -22,7 +22,7 @@ import numpy as np
 from . import BUILD_FIT_ROWS, BUILD_ROOT
 from .fixed_cost import plot_latest_machine
 from .paper import LSTM_1500_SPEEDUP_AT_HALF
-from .traffic import step_bytes, step_ops
+from .traffic import PARTS, part_bytes, step_bytes, step_ops
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +283,6 @@ STEP_PARTS = (("project", "projection"), ("little_gemv", "little"), ("masked_gem
               ("mask", "mask"))  # first matching prefix wins; the rest (concat, assembly, cell) is "assembly"
 
 
-PARTS = ("projection", "little", "mask", "big", "assembly")
-
-
 def kernel_part(name: str) -> str:
     return next((part for prefix, part in STEP_PARTS if name.startswith(prefix)), "assembly")
 
@@ -305,16 +302,18 @@ def step_breakdown(dec, xs: list[np.ndarray], evict: Callable[[], None] | None =
     return _in_ms(_part_medians(_InstrumentedSequence(dec, xs, twin).run(evict)))
 
 
-def step_breakdowns(decs: dict[str, object], xs: list[np.ndarray], rounds: int) -> dict[str, dict[str, float]]:
-    """:func:`step_breakdown` (warm) of several builds, interleaved round by round as :func:`measure` times
+def step_breakdowns(decs: dict[str, object], xs: list[np.ndarray], rounds: int, evict: Callable[[], None] | None = None,
+                    twins: dict[str, object] | None = None) -> dict[str, dict[str, float]]:
+    """:func:`step_breakdown` of several builds, interleaved round by round as :func:`measure` times
     them: per part the median over rounds of each round's median.  One pass per build, each a few seconds after
     the last, took a neighbour's burst whole on a shared host (a 50 % LSTM-1500 row once read 12 ms for a
-    1.1 ms step); interleaved, a burst lands in one round of every build and the median drops it."""
-    runs = [(name, _InstrumentedSequence(dec, xs)) for name, dec in decs.items()]
+    1.1 ms step); interleaved, a burst lands in one round of every build and the median drops it.  ``evict`` and
+    ``twins`` (a twin per build, by name): the cold breakdown, each timed step after a sweep and its twin's step."""
+    runs = [(name, _InstrumentedSequence(dec, xs, (twins or {}).get(name))) for name, dec in decs.items()]
     per_round: dict[str, list[dict[str, float]]] = {name: [] for name in decs}
     for r in range(rounds):
         for name, run in (runs if r % 2 == 0 else runs[::-1]):
-            per_round[name].append(_part_medians(run.run()))
+            per_round[name].append(_part_medians(run.run(evict)))
     return {name: _in_ms({part: float(np.median([m[part] for m in medians])) for part in (*PARTS, "step")})
             for name, medians in per_round.items()}
 
@@ -407,8 +406,9 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     mc = model_config(model)
     xs, _ = decode_stream(read_checkpoint(cfg.checkpoint) if cfg.checkpoint else None, mc.input_size, cfg.steps,
                           cfg.data_dir, cfg.decoder_layer)  # a trained model's own held-out data: its real masks
-    twins = "cold" in cfg.caches  # every engine gets a twin over its own weights (see measure)
-    engines = [decoder_engine("tvm-dense", 0.0, dense, xs, dense.twin() if twins else None)]
+    cold_run = "cold" in cfg.caches  # every engine gets a twin over its own weights (see measure)
+    twins = {"tvm-dense": dense.twin()} if cold_run else {}
+    engines = [decoder_engine("tvm-dense", 0.0, dense, xs, twins.get("tvm-dense"))]
     decs = {"tvm-dense": dense}
     measured, bits_of, codes_of = {}, {}, {}
     for (engine, bits, _, _), r in ((v, r) for v in variants for r in cfg.ratios):
@@ -418,15 +418,20 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
         dec.set_insensitive_ratio(r)
         measured[name] = measured_insensitive_ratio(dec, sequence_runner(dec, xs), cfg.steps)  # this sequence's masks
         bits_of[name] = bits
-        engines.append(decoder_engine(name, r, dec, xs, dec.twin() if twins else None))
+        if cold_run:
+            twins[name] = dec.twin()
+        engines.append(decoder_engine(name, r, dec, xs, twins.get(name)))
         decs[name] = dec
     breakdown_rounds = min(cfg.rounds, 8)
-    breakdowns = step_breakdowns(decs, xs, breakdown_rounds)  # warm, in-step; before any peer's threads exist
+    evictor = Evictor() if cold_run else None
+    breakdowns = {"warm": step_breakdowns(decs, xs, breakdown_rounds)}  # in-step; before any peer's threads exist
+    if cold_run:
+        breakdowns["cold"] = step_breakdowns(decs, xs[:min(cfg.cold_steps, cfg.steps)], breakdown_rounds, evictor, twins)
     layers = big_layers_from_params(dense)
     torch.set_num_threads(cfg.threads)
     if "torch" in cfg.peers:
         engine = _torch_engine([torch_cell(l) for l in layers], xs, mc)
-        engine.twin = _torch_engine([torch_cell(l) for l in layers], xs, mc) if twins else None
+        engine.twin = _torch_engine([torch_cell(l) for l in layers], xs, mc) if cold_run else None
         engines.append(engine)
     for peer in ("onnxruntime", "openvino"):
         if peer not in cfg.peers:
@@ -439,7 +444,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             else:
                 make = make_twin = lambda l: OpenVINOStep(l, cfg.threads)  # noqa: E731
             engine = _step_graph_engine(peer, [make(l) for l in layers], xs, mc)
-            engine.twin = _step_graph_engine(peer, [make_twin(l) for l in layers], xs, mc) if twins else None
+            engine.twin = _step_graph_engine(peer, [make_twin(l) for l in layers], xs, mc) if cold_run else None
             engines.append(engine)
         except ImportError:
             log.warning("%s is not installed: skipping that peer", peer)
@@ -448,7 +453,6 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
     dense_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, None) for s in dual.spec.layers)
     dense_ops = sum(step_ops(s.hidden, s.input_size, s.gates, k, None) for s in dual.spec.layers)
     busy: list[str] = []
-    evictor = Evictor() if "cold" in cfg.caches else None
     for cache in cfg.caches:
         busy += warn_if_busy(f"{label} {cache}")
         cold = cache == "cold"
@@ -481,6 +485,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                 dual_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name], bits_of[e.name])
                                  for s in dual.spec.layers)
                 dual_ops = sum(step_ops(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name]) for s in dual.spec.layers)
+                row["part_bytes"] = _layers_part_bytes(dual.spec.layers, k, 1 - measured[e.name], bits_of[e.name])
                 row.update({"little_bits": bits_of[e.name], "little_on_codes": codes_of[e.name],
                             "eps": None if cfg.k else cfg.eps, "k": k,
                             "measured_ratio": round(measured[e.name], 4), **speedups(e.name),
@@ -488,13 +493,12 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                             "achieved_gbps": round(dual_bytes / med / 1e6, 2),
                             "bytes_per_step": dual_bytes, "ops_per_step": dual_ops})
                 row["fraction_of_bound"] = round(row["speedup_vs_tvm_dense"] / row["byte_bound_speedup"], 3)
-                if cache == "warm":
-                    _add_breakdown(row, breakdowns[e.name], breakdown_rounds)
+                _add_breakdown(row, breakdowns[cache][e.name], breakdown_rounds)
             elif e.name == "tvm-dense":
-                row.update(achieved_gbps=round(dense_bytes / med / 1e6, 2), bytes_per_step=dense_bytes, ops_per_step=dense_ops)
+                row.update(achieved_gbps=round(dense_bytes / med / 1e6, 2), bytes_per_step=dense_bytes, ops_per_step=dense_ops,
+                           part_bytes=_layers_part_bytes(dual.spec.layers, k, None, 8))
                 row.update(speedups(e.name), speedup_pairing="per round")
-                if cache == "warm":
-                    _add_breakdown(row, breakdowns[e.name], breakdown_rounds)
+                _add_breakdown(row, breakdowns[cache][e.name], breakdown_rounds)
             rows.append(row)
     return rows, {"weights": weights, "dense_bytes": dense_bytes, "busy_processes": busy}
 
@@ -550,6 +554,12 @@ def _step_graph_engine(name: str, sessions: list, xs: list[np.ndarray], mc) -> E
             inp = res[0] + inp if mc.residual()[j] else res[0]
 
     return Engine(name, 0.0, prep, step)
+
+
+def _layers_part_bytes(layers, k: int, sensitive_fraction: float | None, little_bits: int) -> dict[str, int]:
+    """:func:`~dualtvm.traffic.part_bytes` summed over a stack's layers."""
+    per_layer = [part_bytes(s.hidden, s.input_size, s.gates, k, sensitive_fraction, little_bits) for s in layers]
+    return {part: sum(b[part] for b in per_layer) for part in PARTS}
 
 
 def _add_breakdown(row: dict, breakdown: dict[str, float], rounds: int) -> None:

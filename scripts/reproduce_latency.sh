@@ -145,3 +145,7 @@ python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --t
 python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
+# session 45 on the same Zen 3: the same LSTM-1500 runs again, now with the cold in-step breakdown (Table 5 as the paper
+# measures it, cold) and each phase's bytes in the rows (rows replace session 44's)
+python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
+python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0

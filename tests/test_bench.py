@@ -86,6 +86,9 @@ def test_bench_cold_rows_ran_behind_a_twin(tmp_path):
     assert {r["engine"] for r in rows} >= {"tvm-dense", "tvm-dual", "torch", "onnxruntime"}
     assert all(r["cache"] == "cold" and r["runtime_warm"] is True and r["evict_mb"] >= 64 for r in rows)
     assert {cache_label(r) for r in rows} == {f"cold weights ({rows[0]['evict_mb']} MB)"}
+    dual = next(r for r in rows if r["engine"] == "tvm-dual")  # Table 5's breakdown, cold as the paper measures it
+    assert all(v > 0 for v in dual["breakdown_ms"].values()) and dual["breakdown_step_ms"] > 0
+    assert sum(dual["part_bytes"].values()) == dual["bytes_per_step"]
 
 
 def test_bench_tiny_model(tmp_path):
@@ -123,6 +126,7 @@ def test_bench_tiny_model(tmp_path):
     assert set(parts) == {"projection", "little", "mask", "big", "assembly"} and all(v > 0 for v in parts.values())
     dense = next(r for r in rows if r["engine"] == "tvm-dense")
     assert dense["bytes_per_step"] / dual["bytes_per_step"] == pytest.approx(dual["byte_bound_speedup"], rel=2e-3)
+    assert sum(dense["part_bytes"].values()) == dense["bytes_per_step"] and dense["part_bytes"]["little"] == 0
     assert 0 < dual["ops_per_step"] and 0 < dense["ops_per_step"]  # Figure 4's accounting at the measured masks
     assert dense["breakdown_ms"]["little"] == 0 and dense["breakdown_ms"]["big"] > 0
     assert dual["kernels_ms"] == pytest.approx(sum(parts.values()), abs=1e-3) and dual["breakdown_step_ms"] > 0

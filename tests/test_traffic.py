@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dualtvm.traffic import little_bytes, little_ops, step_bytes, step_ops, traffic_row
+from dualtvm.traffic import PARTS, little_bytes, little_ops, part_bytes, step_bytes, step_ops, traffic_row
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,9 +23,24 @@ def test_operations_count_the_gemvs_a_step_runs():
 
 
 def test_little_bytes_are_what_the_dual_step_adds_besides_its_rows():
-    index = 4 * 6000 * 2  # the int32 row list and pos vector
-    assert step_bytes(1500, 1500, 4, 128, 0.0) == 4 * 6000 + little_bytes(1500, 1500, 128) + index
+    index, bounds = 4 * 6000 * 2, 4 * 6000 * 2  # the int32 row list and pos vector; the mask's lo and hi
+    assert step_bytes(1500, 1500, 4, 128, 0.0) == 4 * 6000 + little_bytes(1500, 1500, 128) + index + bounds
     assert little_bytes(1500, 1500, 128, 8) - little_bytes(1500, 1500, 128, 4) == 6000 * 256 // 2
+
+
+def test_part_bytes_split_the_step_by_phase():
+    """Each phase reads its own arrays; the parts sum to the step's bytes, dense and dual alike."""
+    half = part_bytes(1500, 1500, 4, 128, 0.5)
+    assert tuple(half) == PARTS and sum(half.values()) == step_bytes(1500, 1500, 4, 128, 0.5)
+    assert half["projection"] == 128 * 3000 + 8 * 128  # int8 P_x, P_h and their fp32 row scales
+    assert half["little"] == 6000 * 256 + 8 * 6000  # INT8 W_LL (4h × 2k) and its row scales and biases
+    assert half["big"] == 4 * 6000 * 3000 // 2 + 4 * 6000 and half["mask"] == half["assembly"] == 8 * 6000
+    assert part_bytes(1500, 1500, 4, 128, 0.5, little_bits=4)["little"] == half["little"] - 6000 * 128
+    dense = part_bytes(1500, 1500, 4, 128, None)
+    assert dense["little"] == dense["projection"] == dense["mask"] == 0
+    assert sum(dense.values()) == step_bytes(1500, 1500, 4, 128, None) == 4 * 6000 * 3001
+    gru = part_bytes(750, 750, 3, 128, 0.5)  # the little module predicts 4h outputs, the mask tests n = 3h rows
+    assert gru["little"] == 3000 * 256 + 8 * 3000 and gru["mask"] == 8 * 2250
 
 
 def test_traffic_row_of_a_model():
