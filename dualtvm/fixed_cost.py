@@ -10,7 +10,9 @@ The byte bound of a row (``traffic.step_bytes``) counts the little side only by 
 is set beside its time at the dense step's rate (``fixed_bytes_ms``), and the fixed cost a speed-up goal leaves room
 for at 50 % (``fixed_allowed_ms`` = dense / goal − rows / 2) is set beside the fitted one.  When a goal is missed
 while the rows stream at the dense rate, this says by how much the little side is too slow, and whether its bytes
-or its latency are to blame.  Pure functions of the rows: nothing is measured here.
+or its latency are to blame.  :func:`phase_costs` then splits a step by phase (Table 5's right half, measured in the
+step, cold as the paper measures it): each phase's share of the dense step and how many times its bytes' time it takes.
+Pure functions of the rows: nothing is measured here.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .goals import LATENCY_GOALS, is_dual
+from .traffic import PARTS
 
 DENSE_ENGINE = "tvm-dense"
 RUN_KEY = ("machine", "model", "weights_origin", "run_target", "cache")
@@ -139,6 +142,62 @@ def summary_lines(rows: list[dict]) -> list[str]:
         lines.append(f"{f.key[1]} {f.engine} {f.key[4]}: fixed {f.fixed_ms:.3f} ms (its bytes "
                      f"{f.fixed_bytes_ms:.3f} ms), rows at {f.rows_vs_dense:.2f}× the dense step's time{room}")
     return lines
+
+
+@dataclass(frozen=True)
+class PhaseCost:
+    """One phase of a dual step (:data:`~dualtvm.traffic.PARTS`) in Table 5's normalisation: its time in % of its run's
+    dense step, and its time over its bytes' time at the dense step's rate (the rate the fixed-cost fit uses)."""
+
+    part: str
+    ms: float
+    bytes: int
+    share_pct: float  # of the dense step's time
+    bytes_ms: float  # its bytes at the dense step's rate
+
+    @property
+    def over_bytes(self) -> float | None:
+        """How many times its bytes' time the phase takes; None for a phase that reads nothing counted."""
+        return self.ms / self.bytes_ms if self.bytes_ms > 0 else None
+
+    @property
+    def label(self) -> str:
+        """``share % (over_bytes×)``: how the tables and ``bench.py`` print a phase."""
+        return f"{self.share_pct:.1f} %" + ("" if self.over_bytes is None else f" ({self.over_bytes:.1f}×)")
+
+
+def phase_costs(dual: dict, dense: dict) -> list[PhaseCost]:
+    """The phases of ``dual`` (a row with ``breakdown_ms`` and ``part_bytes``) against ``dense``, the dense row of
+    its run and cache mode, as timed.  Projection, little GEMV, mask and assembly are their kernels' times inside the
+    step (the breakdown's instrumented pass; a few µs of the instrument's own each); the big GEMV is the rest of the
+    timed step, as in the paper's Table 5, whose parts sum to the step: the instrumented pass runs minutes before the
+    timed ones and this host's streaming rate drifts between them by more than a small phase takes, so its own big
+    GEMV (and dense step) would not be comparable with the timed steps.  The rest holds the VM's own work too.
+    A phase far over its bytes' time is bound by latency (dependent reads, thread start, a serial scan), not bytes."""
+    dense_ms = dense["median_ms"]
+    rate = dense["bytes_per_step"] / dense_ms  # bytes per ms: the dense step's stream
+    small = {p: dual["breakdown_ms"][p] for p in PARTS if p != "big"}
+    ms = {**small, "big": dual["median_ms"] - sum(small.values())}
+    return [PhaseCost(p, ms[p], dual["part_bytes"][p], 100 * ms[p] / dense_ms, dual["part_bytes"][p] / rate)
+            for p in PARTS]
+
+
+def phase_pairs(rows: list[dict], engines: tuple[str, ...], ratio: float = 0.5) -> list[tuple[dict, dict]]:
+    """(dual row, dense row of its run and cache) for ``engines``' rows at ``ratio`` that carry a breakdown and
+    each phase's bytes (rows since session 45), in the rows' order."""
+    dense = {run_key(r): r for r in rows if r["engine"] == DENSE_ENGINE and "part_bytes" in r and "breakdown_ms" in r}
+    return [(r, dense[run_key(r)]) for r in rows
+            if r["engine"] in engines and abs(r["insensitive_ratio"] - ratio) < 1e-9 and "part_bytes" in r
+            and "breakdown_ms" in r and run_key(r) in dense]
+
+
+def phase_lines(rows: list[dict], ratio: float = 0.5) -> list[str]:
+    """One line per dual engine and cache of a run's rows at ``ratio``: each phase's share of the dense step and, in
+    brackets, its time over its bytes' time (:func:`phase_costs`)."""
+    engines = tuple(dict.fromkeys(r["engine"] for r in rows if is_dual(r)))
+    return [f"{d['model']} {d['engine']} {d['cache']} at {ratio:g}: "
+            + ", ".join(f"{c.part} {c.label}" for c in phase_costs(d, dense))
+            for d, dense in phase_pairs(rows, engines, ratio)]
 
 
 def plot_latest_machine(rows: list[dict], path: str, engine: str = "tvm-dual") -> bool:

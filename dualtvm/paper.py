@@ -18,6 +18,10 @@ FIGURE4 = {"little_bytes_pct": 10.0, "little_ops_pct": 40.0}
 """Figure 4 on average over the paper's layers: the little module's storage and operations in % of the base
 layer's (§3.6)."""
 LSTM_1500_SPEEDUP_AT_HALF = 1.67  # Table 2: LSTM-1500 at 50 %, over the dense step
+TABLE5_DENSE_MS = 1.477  # Table 5: the dense LSTM-1500 step (cold cache, Xeon E5-2698 v4)
+TABLE5_TIME = {  # Table 5's right half, LSTM-1500 at 50 %, INT8: k -> (ε, step ms, SRP %, little %, big %)
+    966: (0.3, 1.076, 8, 14, 44), 417: (0.5, 0.885, 4, 8, 47), 266: (0.7, 0.866, 3, 5, 46)}
+"""Each part in % of the dense step's time; mask and assembly are not listed apart."""
 
 
 def paper_model(name: str) -> str:

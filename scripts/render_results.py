@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dualtvm.paper import FIGURE4, TABLE4_BLEU, TABLE7_PPL  # noqa: E402  (data only: no torch, no TVM)
+from dualtvm.paper import FIGURE4, TABLE4_BLEU, TABLE5_DENSE_MS, TABLE5_TIME, TABLE7_PPL  # noqa: E402  (data only: no torch, no TVM)
 
 
 def by_machine(doc: dict, rows: list[dict], table) -> str:
@@ -170,12 +170,13 @@ def breakdown(doc: dict) -> str:
 
 
 def _breakdown_table(rows: list[dict]) -> str:
-    out = ["| model | run target | engine | ratio | step ms (instrumented) | projection | little | mask | big | assembly | "
-           "kernels Σ | VM + instrument |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| model | run target | engine | cache | ratio | step ms (instrumented) | projection | little | mask | big | "
+           "assembly | kernels Σ | VM + instrument |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b = r["breakdown_ms"]
-        out.append(f"| {r['model']} | {_run_target(r)} | {r['engine']} | {r['insensitive_ratio']:.1f} | {r.get('breakdown_step_ms', r['median_ms']):.3f} | {b['projection']} | "
+        out.append(f"| {r['model']} | {_run_target(r)} | {r['engine']} | {r['cache']} | {r['insensitive_ratio']:.1f} | "
+                   f"{r.get('breakdown_step_ms', r['median_ms']):.3f} | {b['projection']} | "
                    f"{b['little']} | {b['mask']} | {b['big']} | {b['assembly']} | {r['kernels_ms']} | {r['overhead_ms']} |")
     return "\n".join(out)
 
@@ -626,6 +627,31 @@ def fixed_cost(doc: dict) -> str:
                       table)
 
 
+def phases(doc: dict) -> str:
+    """Table 5's right half beside the paper's: each phase of the INT8 / INT4 dual steps at 50 %, timed inside the
+    step (the big GEMV: the rest of the timed step), in % of the dense step and, in brackets, as a multiple of its
+    bytes' time at the dense rate (:func:`dualtvm.fixed_cost.phase_costs`); then the paper's LSTM-1500 rows (cold)."""
+    from dualtvm.bench import cache_label
+    from dualtvm.fixed_cost import phase_costs, phase_pairs
+    from dualtvm.traffic import PARTS
+
+    pairs = phase_pairs(_latency_rows(doc), ("tvm-dual", "tvm-dual-int4"))
+
+    def table(duals: list[dict]) -> str:
+        mine = [(d, dense) for d, dense in pairs if any(d is x for x in duals)]
+        body = [[d["model"], d["run_target"], d["engine"], cache_label(d), f"{dense['median_ms']:.3f}",
+                 f"{100 * d['median_ms'] / dense['median_ms']:.1f} %", *(c.label for c in phase_costs(d, dense)),
+                 f"{d['speedup_vs_tvm_dense']:.2f}"] for d, dense in mine]
+        paper = [[f"paper: lstm-1500, k = {k} (ε = {eps:g})", "Xeon E5-2698 v4", "INT8 (MKL)", "cold",
+                  f"{TABLE5_DENSE_MS:.3f}", f"{100 * ms / TABLE5_DENSE_MS:.1f} %", f"{srp} %", f"{little} %", "–",
+                  f"{big} %", "–", f"{TABLE5_DENSE_MS / ms:.2f}"] for k, (eps, ms, srp, little, big) in TABLE5_TIME.items()]
+        return "\n".join(_table(["model", "run target", "engine", "cache", "dense ms", "dual step",
+                                 *(f"{p} (the rest)" if p == "big" else p for p in PARTS), "× at 50 % (paired)"],
+                                body + paper))
+
+    return by_machine(doc, [d for d, _ in pairs], table)
+
+
 def kernels(doc: dict) -> str:
     """Issue #4's kernel table: each kernel alone (caches flushed), untuned and as tuned, beside numpy/PyTorch."""
     return by_machine(doc, doc["rows"], lambda rows: "\n".join(_table(
@@ -667,6 +693,7 @@ RENDERERS = {  # README marker -> (results file or files, renderer)
     "latency-latest": ("latency", latency_latest),
     "lm-quality-goals": (("lm-quality-ptb", "lm-allocation-ptb"), quality_goals),
     "latency-breakdown": ("latency", breakdown), "latency-fixed-cost": ("latency", fixed_cost),
+    "latency-phases": ("latency", phases),
     "baselines": ("baselines", baselines),
     "lm-quality-ptb": ("lm-quality-ptb", lm_quality), "lm-pruning": ("lm-quality-ptb", lm_pruning),
     "lm-pruning-wikitext-2": ("lm-quality-wikitext-2", lm_pruning),

@@ -82,3 +82,33 @@ def test_the_plot_shows_the_latest_machines_goal_models(tmp_path):
     rows += run("gnmt-1024-2048", 0.2, 1.6, 1.6, machine="new") + run("gnmt-1024-2048", 0.1, 1.3, 1.2, "warm", "new")
     assert plot_latest_machine(rows, str(tmp_path / "fit.png"))
     assert (tmp_path / "fit.png").stat().st_size > 10_000
+
+
+def test_phases_are_shares_of_the_dense_step_and_multiples_of_their_bytes_time():
+    """Table 5's normalisation (each phase in % of the dense step's time, the big GEMV the rest of the timed step) and
+    how far a phase is from its bytes' time at the dense step's rate; rows without a breakdown or phase bytes are left
+    out."""
+    from dualtvm.fixed_cost import phase_costs, phase_lines, phase_pairs
+
+    rows = run("lstm-1500-k128-learned", fixed=0.2, rows_ms=2.0, dense_ms=2.0, ratios=(0.5, 0.9))
+    dense, half, ninety = rows
+    dense.update(kernels_ms=2.2, breakdown_ms={"projection": 0, "little": 0, "mask": 0, "big": 1.99, "assembly": 0.01},
+                 part_bytes={"projection": 0, "little": 0, "mask": 0, "big": 71_976_000, "assembly": 24_000})
+    half.update(breakdown_ms={"projection": 0.02, "little": 0.04, "mask": 0.01, "big": 1.0, "assembly": 0.01},
+                part_bytes={"projection": 385_024, "little": 1_584_000, "mask": 48_000, "big": 36_024_000,
+                            "assembly": 0})
+    ninety.update(breakdown_ms=half["breakdown_ms"], part_bytes=half["part_bytes"])
+    assert phase_pairs(rows, ("tvm-dual",)) == [(half, dense)]  # at 50 % only, by default
+    assert phase_pairs(rows, ("tvm-dual-int4",)) == []
+    assert phase_pairs([dict(dense, cache="warm"), half], ("tvm-dual",)) == []  # no dense row of its run and cache
+    costs = {c.part: c for c in phase_costs(half, dense)}
+    rate = 72_000_000 / 2.0  # the dense step's bytes per ms
+    assert costs["projection"].share_pct == pytest.approx(1.0)
+    assert costs["big"].ms == pytest.approx(half["median_ms"] - 0.08)  # the timed step (1.2 ms) less the other phases
+    assert sum(c.ms for c in costs.values()) == pytest.approx(half["median_ms"])
+    assert costs["little"].bytes_ms == pytest.approx(1_584_000 / rate)
+    assert costs["little"].over_bytes == pytest.approx(0.04 / (1_584_000 / rate))
+    assert costs["assembly"].over_bytes is None and costs["assembly"].label == "0.5 %"  # reads nothing counted
+    assert costs["little"].label == "2.0 % (0.9×)"
+    assert phase_lines(rows) == ["lstm-1500-k128-learned tvm-dual cold at 0.5: projection 1.0 % (1.9×), little 2.0 % "
+                                 "(0.9×), mask 0.5 % (7.5×), big 56.0 % (1.1×), assembly 0.5 %"]
