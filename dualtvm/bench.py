@@ -22,7 +22,7 @@ import numpy as np
 from . import BUILD_FIT_ROWS, BUILD_ROOT
 from .fixed_cost import plot_latest_machine
 from .paper import LSTM_1500_SPEEDUP_AT_HALF
-from .traffic import PARTS, part_bytes, step_bytes, step_ops
+from .traffic import PARTS, layers_part_bytes, step_bytes, step_ops
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +485,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                 dual_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name], bits_of[e.name])
                                  for s in dual.spec.layers)
                 dual_ops = sum(step_ops(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name]) for s in dual.spec.layers)
-                row["part_bytes"] = _layers_part_bytes(dual.spec.layers, k, 1 - measured[e.name], bits_of[e.name])
+                row["part_bytes"] = layers_part_bytes(dual.spec.layers, k, 1 - measured[e.name], bits_of[e.name])
                 row.update({"little_bits": bits_of[e.name], "little_on_codes": codes_of[e.name],
                             "eps": None if cfg.k else cfg.eps, "k": k,
                             "measured_ratio": round(measured[e.name], 4), **speedups(e.name),
@@ -496,7 +496,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                 _add_breakdown(row, breakdowns[cache][e.name], breakdown_rounds)
             elif e.name == "tvm-dense":
                 row.update(achieved_gbps=round(dense_bytes / med / 1e6, 2), bytes_per_step=dense_bytes, ops_per_step=dense_ops,
-                           part_bytes=_layers_part_bytes(dual.spec.layers, k, None, 8))
+                           part_bytes=layers_part_bytes(dual.spec.layers, k, None, 8))
                 row.update(speedups(e.name), speedup_pairing="per round")
                 _add_breakdown(row, breakdowns[cache][e.name], breakdown_rounds)
             rows.append(row)
@@ -554,12 +554,6 @@ def _step_graph_engine(name: str, sessions: list, xs: list[np.ndarray], mc) -> E
             inp = res[0] + inp if mc.residual()[j] else res[0]
 
     return Engine(name, 0.0, prep, step)
-
-
-def _layers_part_bytes(layers, k: int, sensitive_fraction: float | None, little_bits: int) -> dict[str, int]:
-    """:func:`~dualtvm.traffic.part_bytes` summed over a stack's layers."""
-    per_layer = [part_bytes(s.hidden, s.input_size, s.gates, k, sensitive_fraction, little_bits) for s in layers]
-    return {part: sum(b[part] for b in per_layer) for part in PARTS}
 
 
 def _add_breakdown(row: dict, breakdown: dict[str, float], rounds: int) -> None:

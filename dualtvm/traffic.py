@@ -50,6 +50,13 @@ def part_bytes(hidden: int, input_size: int, gates: int, k: int, sensitive_fract
             "big": int(big * sensitive_fraction) + 4 * n, "assembly": 4 * n * 2}
 
 
+def layers_part_bytes(layers, k: int, sensitive_fraction: float | None, little_bits: int = 8) -> dict[str, int]:
+    """:func:`part_bytes` summed over a stack's ``layers`` (each with ``hidden``, ``input_size`` and ``gates``, as a
+    build's ``LayerShape``)."""
+    per_layer = [part_bytes(s.hidden, s.input_size, s.gates, k, sensitive_fraction, little_bits) for s in layers]
+    return {part: sum(b[part] for b in per_layer) for part in PARTS}
+
+
 def step_bytes(hidden: int, input_size: int, gates: int, k: int, sensitive_fraction: float | None,
                little_bits: int = 8) -> int:
     """Bytes of weights (and index traffic) one step must read (:func:`part_bytes` summed); ``sensitive_fraction``

@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
              goals.summary_lines(rows)),
             ("the little side's fixed cost in this run (each engine's times fitted to fixed + s · rows; the README's "
              "fixed-cost table):", fixed_cost.summary_lines(rows)),
-            ("where a step's time goes at 50 % (each phase in % of the dense step's kernels, in brackets over its bytes' "
-             "time at the dense rate; the README's phase table):", fixed_cost.phase_lines(rows))):
+            ("where a step's time goes at 50 % (each phase in % of the dense step, in brackets over its bytes' time at "
+             "the dense rate; the big GEMV the rest of the timed step; the README's phase table):",
+             fixed_cost.phase_lines(rows))):
         if lines:
             print(title, *lines, sep="\n")
     return 0

@@ -42,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
     import numpy as np
 
-    from dualtvm.bench import PARTS, Evictor, decoder_engine, measure, step_breakdown
+    from dualtvm.bench import PARTS, Evictor, decoder_engine, measure, measured_insensitive_ratio, step_breakdown
+    from dualtvm.traffic import layers_part_bytes
     from dualtvm.manifest import BuildError
-    from dualtvm.runtime import CompiledDecoder
+    from dualtvm.runtime import CompiledDecoder, sequence_runner
 
     try:
         dec = CompiledDecoder(a.build)
@@ -59,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
                decoder_engine("vm", a.ratio or 0.0, dec, xs, twin, vm=dec.vm_only())]  # the step, kernels emptied
     timed_runs = measure(engines, a.steps, 1, evict or False)
     kernels = sum(b[part] for part in PARTS)
-    kind = f"dual, ratio {a.ratio}" if dec.spec.dual else "dense"
+    layers = dec.spec.layers
+    measured = measured_insensitive_ratio(dec, sequence_runner(dec, xs), a.steps) if dec.spec.dual else None
+    nbytes = layers_part_bytes(layers, layers[0].k, None if measured is None else 1 - measured, layers[0].little_bits)
+    kind = f"dual, ratio {a.ratio} (measured {measured:.3f})" if dec.spec.dual else "dense"
     print(f"{a.build} ({kind}), median ms per step over {a.steps - 1} steps of {source}, "
-          f"{'cold weights' if a.cold else 'warm'} cache:")
+          f"{'cold weights' if a.cold else 'warm'} cache; each part's bytes (traffic.part_bytes) and the rate they "
+          "were read at:")
     for part in PARTS:
-        print(f"  {part:10s} {b[part]:8.4f}")
+        rate = f"{nbytes[part] / b[part] / 1e6:7.1f} GB/s" if nbytes[part] and b[part] > 0 else ""
+        print(f"  {part:10s} {b[part]:8.4f}  {nbytes[part] / 1e3:9.1f} KB  {rate}")
     print(f"  {'kernels':10s} {kernels:8.4f}")
     print(f"  {'step':10s} {b['step']:8.4f}  (the rest: the bytecode VM and the timing instrument)")
     timed, vm = (float(np.median(timed_runs[name])) * 1e3 for name in ("step", "vm"))

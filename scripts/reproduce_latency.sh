@@ -145,7 +145,12 @@ python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --t
 python scripts/bench.py --models gnmt-1024-1024 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
-# session 45 on the same Zen 3: the same LSTM-1500 runs again, now with the cold in-step breakdown (Table 5 as the paper
-# measures it, cold) and each phase's bytes in the rows (rows replace session 44's)
+# session 45 on the same Zen 3: the three goal models again on both targets, now with the cold in-step breakdown (Table 5
+# as the paper measures it) and each phase's bytes in the rows (the README's phase table; rows replace sessions 40-44's),
+# then GRU-750 r4 with 16 rounds (its 8-round rows had the dense step at 0.31 ms against 0.18-0.22 in its other runs)
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
+for m in gnmt-1024-1024 gnmt-1024-2048; do for t in "" "--target host"; do
+  python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4
+done; done
+python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750-r4.best.pt --projection learned --threads 2 --rounds 16 --little-bits 8,4 --contribution

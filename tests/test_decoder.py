@@ -238,6 +238,9 @@ def test_profile_step_reports_every_part(builds, capsys):
     times = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()[1:]}
     assert set(times) == {"projection", "little", "mask", "big", "assembly", "kernels", "step", "timed", "vm"}
     assert all(v > 0 for v in times.values()) and times["step"] >= times["big"] and times["timed"] >= times["big"] / 2
+    kb = {line.split()[0]: float(line.split()[2]) for line in out.splitlines()[1:6]}  # each part's bytes, and its rate
+    assert all(v > 0 for v in kb.values()) and all(line.endswith("GB/s") for line in out.splitlines()[1:6])
+    assert "(measured 0." in out.splitlines()[0]  # the ratio its masks made, beside the one asked
     assert profile_step.main([builds["tiny-gnmt-w4"]["builds"]["dual"], "--ratio", "0.5", "--steps", "4", "--cold"]) == 0
     assert "cold weights cache" in capsys.readouterr().out
     with pytest.raises(SystemExit):
