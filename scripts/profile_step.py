@@ -7,7 +7,8 @@ Runs a decode sequence (state fed back, so masks move as in real decoding; its i
 the checkpoint the build was made from, as ``bench.py`` decodes them, else Gaussian vectors, or ``--inputs``) through
 the build's bytecode VM (``decoder-bytecode.so``: the step of ``decoder.so`` is compiled to native code and
 calls no instrument) with an instrument that timestamps every kernel call, and prints the median ms per
-step of projection / little / mask / big / assembly kernels beside the whole instrumented step and the step as
+step of projection / little / mask / big / assembly kernels (each with the bytes it reads, ``traffic.part_bytes`` at
+the masks the sequence made, and the rate it read them at) beside the whole instrumented step and the step as
 the benchmark times it (``decoder.so``, no instrument), and that step again with every kernel emptied (what the VM
 itself costs).  Kernels timed alone look faster than they are in a step, where the big GEMV's stream has just
 evicted the rest.
