@@ -22,7 +22,7 @@ import numpy as np
 from . import BUILD_FIT_ROWS, BUILD_ROOT
 from .fixed_cost import plot_latest_machine
 from .paper import LSTM_1500_SPEEDUP_AT_HALF
-from .traffic import PARTS, layers_part_bytes, step_bytes, step_ops
+from .traffic import PARTS, layers_part_bytes, step_ops
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +450,8 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
             log.warning("%s is not installed: skipping that peer", peer)
     rows: list[dict] = []
     k = dual.spec.layers[0].k
-    dense_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, None) for s in dual.spec.layers)
+    dense_parts = layers_part_bytes(dual.spec.layers, k, None)  # traffic.step_bytes per phase, summed over layers
+    dense_bytes = sum(dense_parts.values())
     dense_ops = sum(step_ops(s.hidden, s.input_size, s.gates, k, None) for s in dual.spec.layers)
     busy: list[str] = []
     for cache in cfg.caches:
@@ -482,10 +483,9 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                 row["evict_mb"] = evictor.nbytes >> 20  # rows without it swept 64 MB
                 row["runtime_warm"] = e.twin is not None  # a twin's step warmed code and runtime (rows without: no)
             if e.name in measured:
-                dual_bytes = sum(step_bytes(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name], bits_of[e.name])
-                                 for s in dual.spec.layers)
-                dual_ops = sum(step_ops(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name]) for s in dual.spec.layers)
                 row["part_bytes"] = layers_part_bytes(dual.spec.layers, k, 1 - measured[e.name], bits_of[e.name])
+                dual_bytes = sum(row["part_bytes"].values())
+                dual_ops = sum(step_ops(s.hidden, s.input_size, s.gates, k, 1 - measured[e.name]) for s in dual.spec.layers)
                 row.update({"little_bits": bits_of[e.name], "little_on_codes": codes_of[e.name],
                             "eps": None if cfg.k else cfg.eps, "k": k,
                             "measured_ratio": round(measured[e.name], 4), **speedups(e.name),
@@ -496,7 +496,7 @@ def bench_model(model: str, cfg: BenchConfig) -> tuple[list[dict], dict]:
                 _add_breakdown(row, breakdowns[cache][e.name], breakdown_rounds)
             elif e.name == "tvm-dense":
                 row.update(achieved_gbps=round(dense_bytes / med / 1e6, 2), bytes_per_step=dense_bytes, ops_per_step=dense_ops,
-                           part_bytes=layers_part_bytes(dual.spec.layers, k, None, 8))
+                           part_bytes=dict(dense_parts))
                 row.update(speedups(e.name), speedup_pairing="per round")
                 _add_breakdown(row, breakdowns[cache][e.name], breakdown_rounds)
             rows.append(row)
