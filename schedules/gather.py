@@ -32,6 +32,11 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
+from dualtvm.kernels import ROW_LIST_SLACK
+
+
+SPLITS = ("interleave", "contiguous")
+
 
 @dataclass(frozen=True)
 class GatherKnobs:
@@ -40,6 +45,7 @@ class GatherKnobs:
     lanes: int = 16  # accumulator width; one prefetch per ``lanes`` floats (64 B at 16)
     prefetch: int = 0  # blocks ahead (0 = no prefetch)
     locality: int = 3  # llvm.prefetch locality: 3 = L1, 2 = L2, 1 = L3
+    split: str = "interleave"  # the row list over threads: blocks dealt in turn, or one contiguous share each
 
     @classmethod
     def for_target(cls, num_cores: int | None, features: "frozenset[str] | set[str]" = frozenset()) -> "GatherKnobs":
@@ -52,11 +58,26 @@ class GatherKnobs:
 
 
 def gather_gemv(n: int, k: int, knobs: GatherKnobs = GatherKnobs(), name: str = "masked_gemv"):
-    """Scheduled PrimFunc with ``kernels.masked_gemv``'s signature (rows past ``count`` hold 0)."""
+    """Scheduled PrimFunc with ``kernels.masked_gemv``'s signature; a block of ``rows`` places starting before
+    ``count`` is read whole, up to ``rows`` − 1 places past it (the mask zeroes ``ROW_LIST_SLACK`` of them)."""
     G, R, L, PF, LOC = knobs.groups, knobs.rows, knobs.lanes, knobs.prefetch, knobs.locality
+    if knobs.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {knobs.split!r}")
+    contiguous = knobs.split == "contiguous"
     if k % L:
         raise ValueError(f"reduction length {k} is not a multiple of lanes={L} (kernels pad to 32)")
+    if R - 1 > ROW_LIST_SLACK:
+        raise ValueError(f"blocks of {R} rows read past the {ROW_LIST_SLACK} zeroed places after a row list's count")
     blocks = (n + G * R - 1) // (G * R)  # per group; a partial last block reads clamped rows
+
+    def first(g, j, share):
+        """List place of thread g's block j's first row: interleaved, block j·G + g of the list; contiguous, the
+        j-th block of thread g's share (a whole number of blocks, so the shares do not overlap)."""
+        return g * share + j * R if contiguous else (j * G + g) * R
+
+    def limit(g, share, count):
+        """End of thread g's places in the list."""
+        return T.min((g + 1) * share, count) if contiguous else count
 
     @T.prim_func
     def f(W: T.Buffer((n, k), "float32"), x: T.Buffer((k,), "float32"), rows: T.Buffer((n,), "int32"),
@@ -64,26 +85,27 @@ def gather_gemv(n: int, k: int, knobs: GatherKnobs = GatherKnobs(), name: str = 
         T.func_attr({"tirx.noalias": True})
         for g in T.parallel(G):
             acc = T.alloc_buffer((R, L), "float32", scope="local")
+            share: T.int32 = (count[0] + G * R - 1) // (G * R) * R
             for j in range(blocks):
-                if (j * G + g) * R < count[0]:
+                if first(g, j, share) < limit(g, share, count[0]):
                     for r in T.unroll(R):
                         for l in T.vectorized(L):
                             acc[r, l] = T.float32(0)
                     for ko in range(k // L):
                         if PF > 0:
-                            if ((j + PF) * G + g) * R < count[0]:
+                            if first(g, j + PF, share) < limit(g, share, count[0]):
                                 for r in T.unroll(R):
                                     T.evaluate(T.call_llvm_intrin(
                                         "void", "llvm.prefetch.p0",
-                                        T.address_of(W[rows[T.min(((j + PF) * G + g) * R + r, n - 1)], ko * L]),
+                                        T.address_of(W[rows[T.min(first(g, j + PF, share) + r, n - 1)], ko * L]),
                                         T.int32(0), T.int32(LOC), T.int32(1)))
                         for r in T.unroll(R):
                             for l in T.vectorized(L):
-                                acc[r, l] = acc[r, l] + W[rows[T.min((j * G + g) * R + r, n - 1)], ko * L + l] * x[ko * L + l]
+                                acc[r, l] = acc[r, l] + W[rows[T.min(first(g, j, share) + r, n - 1)], ko * L + l] * x[ko * L + l]
                     for r in range(R):
-                        if (j * G + g) * R + r < count[0]:
-                            yc[(j * G + g) * R + r] = T.float32(0)
+                        if first(g, j, share) + r < limit(g, share, count[0]):
+                            yc[first(g, j, share) + r] = T.float32(0)
                             for l in range(L):
-                                yc[(j * G + g) * R + r] = yc[(j * G + g) * R + r] + acc[r, l]
+                                yc[first(g, j, share) + r] = yc[first(g, j, share) + r] + acc[r, l]
 
     return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)

@@ -10,10 +10,10 @@ TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "broadwell"})
 pytestmark = pytest.mark.slow
 
 
-def run(func, *arrays, outs, knobs=Knobs()):
+def run(func, *arrays, outs, knobs=Knobs(), fill=0):
     lib = tvm.tirx.build(tvm.IRModule({"main": apply_default(func, knobs).with_attr("global_symbol", "main")}), target=TARGET)
     dev = tvm.cpu()
-    args = [tvm.runtime.tensor(a, dev) for a in arrays] + [tvm.runtime.tensor(np.zeros(s, d), dev) for s, d in outs]
+    args = [tvm.runtime.tensor(a, dev) for a in arrays] + [tvm.runtime.tensor(np.full(s, fill, d), dev) for s, d in outs]
     lib["main"](*args)
     return [a.numpy() for a in args[len(arrays):]]
 
@@ -153,6 +153,23 @@ def test_mask_eq5_and_compaction(rng, rnn_type):
     assert count[0] == sensitive.sum()
     assert np.array_equal(rows[: count[0]], np.flatnonzero(sensitive)) and not rows[count[0]:].any()
     assert np.array_equal(pos >= 0, sensitive) and np.array_equal(rows[pos[sensitive]], np.flatnonzero(sensitive))
+
+
+@pytest.mark.parametrize("sensitive_rows", [0, 5, 390, 400])
+def test_mask_zeroes_the_slack_past_count(sensitive_rows):
+    """The row list's ``ROW_LIST_SLACK`` places past the count hold 0 whatever the buffer held (a masked GEMV
+    nest reads up to a block of them), clamped at the list's end; the rest of the list is not the mask's to write."""
+    H = 100
+    n = 4 * H
+    pre = np.zeros(4 * H, np.float32)
+    lo, hi = np.full(n, np.inf, np.float32), np.full(n, np.inf, np.float32)
+    lo[:sensitive_rows] = -np.inf
+    rows, pos, count = run(K.mask(H, "LSTM"), pre, lo, hi, outs=[((n,), "int32"), ((n,), "int32"), ((1,), "int32")],
+                           fill=-7)
+    assert count[0] == sensitive_rows and np.array_equal(rows[:sensitive_rows], np.arange(sensitive_rows))
+    assert not rows[sensitive_rows:sensitive_rows + K.ROW_LIST_SLACK].any()
+    assert (rows[sensitive_rows + K.ROW_LIST_SLACK:] == -7).all()
+    assert np.array_equal(pos, np.where(np.arange(n) < sensitive_rows, np.arange(n), -1))
 
 
 @pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])

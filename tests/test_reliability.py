@@ -44,8 +44,9 @@ TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "broadwell"})
 @settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 200), k_blocks=st.integers(1, 4), density=st.sampled_from([0.0, 1.0, 0.3, 0.77]),
        lanes=st.sampled_from([8, 16, 32]), groups=st.sampled_from([1, 2, 3]), rows=st.sampled_from([1, 4, 8, 16]),
-       prefetch=st.sampled_from([0, 1, 2]), locality=st.sampled_from([1, 2, 3]), seed=st.integers(0, 1000))
-def test_gather_gemv_property(n, k_blocks, density, lanes, groups, rows, prefetch, locality, seed):
+       prefetch=st.sampled_from([0, 1, 2]), locality=st.sampled_from([1, 2, 3]),
+       split=st.sampled_from(["interleave", "contiguous"]), seed=st.integers(0, 1000))
+def test_gather_gemv_property(n, k_blocks, density, lanes, groups, rows, prefetch, locality, split, seed):
     """The prefetching loop nest matches numpy for any row count (odd ones too), density and knobs."""
     from schedules import GatherKnobs, gather_gemv
 
@@ -56,7 +57,7 @@ def test_gather_gemv_property(n, k_blocks, density, lanes, groups, rows, prefetc
     idx = np.flatnonzero(rng.random(n) < density).astype(np.int32)
     row_list = np.zeros(n, np.int32)  # as the mask kernel leaves it: zeros past count
     row_list[: len(idx)] = idx
-    f = gather_gemv(n, k, GatherKnobs(groups, rows, lanes, prefetch, locality), "main")
+    f = gather_gemv(n, k, GatherKnobs(groups, rows, lanes, prefetch, locality, split), "main")
     lib = tvm.tirx.build(tvm.IRModule({"main": f}), target=TARGET)
     dev = tvm.cpu()
     yc = tvm.runtime.tensor(np.full(n, np.nan, np.float32), dev)

@@ -291,6 +291,9 @@ def test_recheck_redecides_from_side_by_side_timings(tiny_log, tmp_path):
 def test_in_step_decides_the_masked_gemv_from_whole_steps(tiny_log, tmp_path):
     """--in-step: the model's build (made here) recompiled once per knob setting and timed as whole steps; the verdict
     switches only past the noise margin, records the step times, and a later --recheck (kernel alone) keeps it."""
+    from schedules import GatherKnobs
+
+    from dualtvm.step_tuning import gather_grid, knob_label
     from dualtvm.tuning import IN_STEP, SWITCH_MARGIN
 
     summary_file = tiny_log / "summary.json"
@@ -306,11 +309,11 @@ def test_in_step_decides_the_masked_gemv_from_whole_steps(tiny_log, tmp_path):
     rel = entry["in_step"]["relative_time"]
     assert rel["current"] == 1.0 and len(rel) == 4  # the step as built + the search's 3 fastest, timed again
     search = entry["in_step"]["search_relative_time"]
-    assert len(search) == 10 and set(rel) <= set(search)  # + the 9 knob settings
+    assert len(search) == len(gather_grid(2)) + 1 and set(rel) <= set(search)  # + every knob setting
     best = min((k for k in rel if k != "current"), key=rel.get)
     if rel[best] < 1 - SWITCH_MARGIN:
         knobs = entry["gather_knobs"]
-        assert entry["use"] == "gather" and best == f"rows{knobs['rows']}-pf{knobs['prefetch']}-loc{knobs['locality']}"
+        assert entry["use"] == "gather" and best == knob_label(GatherKnobs(**knobs))
         assert "gather_ms" not in entry  # the kernel-alone time of the knobs it replaced
     else:  # within the margin: the verdict the build had stays
         assert (entry["use"], entry.get("gather_knobs")) == (before["use"], before.get("gather_knobs"))
