@@ -154,3 +154,12 @@ for m in gnmt-1024-1024 gnmt-1024-2048; do for t in "" "--target host"; do
   python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4
 done; done
 python scripts/bench.py --models gru-750 --checkpoint cache/ptb-gru-750-r4.best.pt --projection learned --threads 2 --rounds 16 --little-bits 8,4 --contribution
+# session 46 on the same Zen 3: the masked GEMV's in-step grid gained each thread a contiguous share of the row list;
+# the goal models' masked GEMVs decided again on both targets, then the goal models re-timed on both (16 rounds)
+for m in gnmt-1024-1024 gnmt-1024-2048; do python scripts/tune.py --target host --model $m --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16; done
+python scripts/tune.py --target host --model lstm-1500 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
+for m in gnmt-1024-1024 gnmt-1024-2048; do python scripts/tune.py --model $m --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16; done
+for m in gnmt-1024-1024 gnmt-1024-2048; do for t in "" "--target host"; do
+  python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4
+done; done
+python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0

@@ -165,9 +165,10 @@ def in_step_ranking(logs: str | None) -> int:
         print("no in-step search is recorded in these tuning logs (tune.py --in-step records them)", file=sys.stderr)
         return 1
     print("step time relative to the default knobs' in each recorded in-step search (search pass):")
-    print(f"{'knobs':18s} {'searches':>8s} {'geomean':>8s} {'worst':>7s} {'best':>7s}")
+    width = max(len("knobs"), *(len(r["knobs"]) for r in rows))
+    print(f"{'knobs':{width}s} {'searches':>8s} {'geomean':>8s} {'worst':>7s} {'best':>7s}")
     for r in rows:
-        print(f"{r['knobs']:18s} {r['searches']:8d} {r['geomean']:7.3f}× {r['worst']:6.3f}× {r['best']:6.3f}×")
+        print(f"{r['knobs']:{width}s} {r['searches']:8d} {r['geomean']:7.3f}× {r['worst']:6.3f}× {r['best']:6.3f}×")
     return 0
 
 
