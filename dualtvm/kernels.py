@@ -348,7 +348,8 @@ def _compaction(n: int, sensitive):
     ``pos[i]`` their places (−1 where insensitive) and ``count``; serial and branch-free: every row index is
     written, the count advances by the test's 0/1.  Only the :data:`ROW_LIST_SLACK` places past ``count`` are zeroed
     (the rest of ``rows`` is never read): zeroing all n − count took 2 of the 9 µs of LSTM-1500's mask alone on a
-    Zen 3, as AVX2 masked stores."""
+    Zen 3, as AVX2 masked stores, and inside its ``znver3`` step the mask fell from 1.4 to 0.5 % of the dense
+    step's time without them."""
 
     @T.macro
     def compact(a, b, c, rows, pos, count):

@@ -46,9 +46,8 @@ class InStepConfig:
 
 def gather_grid(num_cores: int | None) -> list:
     """Candidate knobs: rows in flight per thread × software prefetch (none, 1 or 2 blocks ahead), the row list
-    dealt to the threads block by block; and without prefetch, each thread a contiguous share of it (its row
-    addresses then only move forward: on ``gnmt-1024-1024``'s step, Zen 3, 0.99–1.01× the interleaved 4-row
-    step and 0.98–0.99× the 8-row one in two runs)."""
+    dealt to the threads block by block; and without prefetch, each thread a contiguous share of it (``split``:
+    ``schedules/gather.py`` has what the searches made of it)."""
     from schedules import GatherKnobs
 
     g = max(1, num_cores or 2)

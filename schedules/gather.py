@@ -61,7 +61,7 @@ class GatherKnobs:
 
     def space(self) -> list["GatherKnobs"]:
         """The small grid ``tune`` measures around these knobs."""
-        return [GatherKnobs(self.groups, r, self.lanes, pf, loc)
+        return [GatherKnobs(self.groups, r, self.lanes, pf, loc, self.split)
                 for r in (4, 8, 16) for pf, loc in ((0, 3), (1, 2), (2, 2), (1, 1), (1, 3), (2, 3))]
 
 
