@@ -412,6 +412,23 @@ def test_knob_ranking_compares_every_recorded_search_with_the_default(tmp_path, 
     assert tune.main(["--in-step-ranking", "--logs", str(tmp_path / "nothing" / "llvm-a")]) == 1
 
 
+def test_knob_labels_keep_the_names_of_earlier_searches():
+    """A setting's label names its split only when it is not the interleaved one, so the records of searches made
+    before the knob (every committed log before session 46) still rank against the same default."""
+    from schedules import GatherKnobs, gather_gemv
+
+    from dualtvm.step_tuning import gather_grid, knob_label
+
+    assert knob_label(GatherKnobs()) == "rows4-pf0-loc3"
+    assert knob_label(GatherKnobs(2, 8, 16, 0, 3, "contiguous")) == "rows8-pf0-loc3-contiguous"
+    labels = [knob_label(k) for k in gather_grid(2)]
+    assert len(set(labels)) == len(labels) and knob_label(GatherKnobs()) in labels
+    with pytest.raises(ValueError, match="split"):
+        gather_gemv(8, 32, GatherKnobs(split="round-robin"))
+    with pytest.raises(ValueError, match="zeroed places"):  # a block would read past what the mask zeroes
+        gather_gemv(128, 32, GatherKnobs(rows=66))
+
+
 def test_k_and_projection_reach_the_tuned_kernels_and_bench_s_build_folder(tmp_path):
     """tune.py takes --k as build.py and bench.py do (session 32: a k = 128 build's little kernels had no verdicts,
     and tune.py could not name them); --in-step looks in the folder bench.py builds, learned projection included."""
