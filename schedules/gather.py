@@ -28,11 +28,11 @@ took 0.78–0.88× the time of the 4-row default, but in the LSTM-1500 step its 
 ``split`` (session 46): the row list's blocks are dealt to the threads in turn, so the two threads read neighbouring
 rows at once; with ``"contiguous"`` each thread takes one share of the list and reads its own region of W, as a dense
 GEMV's threads do (why that could pay, our reading, not measured: each core's prefetchers run on past a row's end
-into rows the other thread reads).  In five in-step searches on a Zen 3 (both GNMT layers on both targets,
-LSTM-1500 on ``znver3``) 8-row blocks split so took 0.959× the default step's time on geometric mean (search passes;
-worst 1.021×), and against 8 interleaved rows 0.93–1.00× in the four confirmation passes that timed both, but
-0.89–1.07× in the search passes: one pass's noise on this host is about that size.  Three of the five verdicts took
-it; the default stays until more machines say so.
+into rows the other thread reads).  In six in-step searches on a Zen 3 (both GNMT layers and LSTM-1500, each
+on both targets) 8-row blocks split so took 0.958× the default step's time on geometric mean (search passes; worst
+1.021×), and against 8 interleaved rows 0.93–1.00× in the five confirmation passes that timed both, but 0.89–1.07×
+in the search passes: one pass's noise on this host is about that size.  Four of the six verdicts took it; the
+default stays until more machines say so.
 """
 from __future__ import annotations
 
