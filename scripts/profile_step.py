@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
     import numpy as np
 
-    from dualtvm.bench import PARTS, Evictor, decoder_engine, measure, measured_insensitive_ratio, step_breakdown
-    from dualtvm.traffic import layers_part_bytes
+    from dualtvm.bench import Evictor, decoder_engine, measure, measured_insensitive_ratio, step_breakdown
+    from dualtvm.traffic import PARTS, layers_part_bytes
     from dualtvm.manifest import BuildError
     from dualtvm.runtime import CompiledDecoder, sequence_runner
 
