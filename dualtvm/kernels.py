@@ -31,6 +31,7 @@ from tvm.script import tirx as T
 from .quantize import COMPILED_BITS
 
 PAD = 32
+LANES = 8  # fp32 lanes of an AVX2 register: cell updates and contribution scores go this many units at a time
 
 
 def padded(n: int) -> int:
@@ -404,9 +405,6 @@ def mask(hidden: int, rnn_type: str, name: str = "mask"):
     return _named(f, name)
 
 
-LANES = 8  # fp32 lanes of an AVX2 register: the contribution scores are computed this many units at a time
-
-
 def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribution_mask"):
     """Step 3 under the contribution rule (:mod:`dualtvm.contribution`, beyond eq. 5): each row's score
     φ'(y_LL) · |multiplier| against its band (lo, hi) = (θ, +∞), compacted like :func:`mask`.
@@ -423,8 +421,8 @@ def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribu
     compact = _compaction(n, lambda score, lo, hi, i: tvm.tirx.all(score[i // H * hp + i % H] > lo[i],
                                                                     score[i // H * hp + i % H] < hi[i]))
 
-    def at(pre, j, u):
-        return pre[T.min(j * H + u, 4 * H - 1)]
+    def at(pre, j, u):  # only gate 3's units past H would read past pre's end: a clamped load is a gather
+        return pre[T.min(j * H + u, 4 * H - 1)] if j == 3 else pre[j * H + u]
 
     def d(a):  # σ'(y) = a (1 − a) from a = σ(y)
         return a * (T.float32(1) - a)
@@ -520,9 +518,24 @@ def band_assemble(n: int, name: str = "band_assemble"):
 
 
 # ----------------------------------------------------------------------------- assembly + cells
+def vector_units(hidden: int) -> int:
+    """Hidden units a cell update computes in whole vectors with unclamped loads: H rounded down to :data:`LANES`.
+
+    The rest of the padded state (< LANES units of H, then the padding) is a scalar tail whose loads are clamped to
+    H − 1.  Clamping every load (``T.min(j, H − 1)``) in the vectorised loop made each of them a gather: LSTM-1500's
+    assembly took 7.9 µs alone, 5.9 split so (H = 1024 is a whole number of vectors either way)."""
+    return hidden // LANES * LANES
+
+
 def lstm_assemble(hidden: int, hp: int, name: str = "lstm_assemble"):
     """Step 5 + eq. 6: gate = φ(yc[pos] + b) where sensitive else φ(pre_LL); c' = f c + i g; h' = o tanh c'."""
-    H = hidden
+    H, U = hidden, vector_units(hidden)
+
+    def cell(gate, c, j):
+        return gate[j + H] * c[j] + gate[j] * gate[j + 2 * H]
+
+    def hidden_state(gate, c_out, j):
+        return gate[j + 3 * H] * tanh(c_out[j])
 
     @T.prim_func(s_tir=True)
     def f(pre: T.Buffer((4 * H,), "float32"), yc: T.Buffer((4 * H,), "float32"), pos: T.Buffer((4 * H,), "int32"),
@@ -538,22 +551,36 @@ def lstm_assemble(hidden: int, hp: int, name: str = "lstm_assemble"):
                     T.Select(vi // H == 2, T.float32(2), T.float32(1))
                     * T.Select(pos[vi] >= 0, yc[T.max(pos[vi], 0)] + bias[vi], pre[vi])) \
                     - T.Select(vi // H == 2, T.float32(1), T.float32(0))
-        for j in range(hp):
+        for j in range(U):
             with T.sblock("cell"):
                 vj = T.axis.remap("S", [j])
-                c_out[vj] = in_hidden(vj, H) * (gate[T.min(vj, H - 1) + H] * c[vj]
-                                                + gate[T.min(vj, H - 1)] * gate[T.min(vj, H - 1) + 2 * H])
-        for j in range(hp):
+                c_out[vj] = cell(gate, c, vj)
+        for j in range(hp - U):
+            with T.sblock("cell_tail"):
+                vj = T.axis.remap("S", [j])
+                c_out[U + vj] = in_hidden(U + vj, H) * cell(gate, c, T.min(U + vj, H - 1))
+        for j in range(U):
             with T.sblock("hidden"):
                 vj = T.axis.remap("S", [j])
-                h_out[vj] = in_hidden(vj, H) * gate[T.min(vj, H - 1) + 3 * H] * tanh(c_out[vj])
+                h_out[vj] = hidden_state(gate, c_out, vj)
+        for j in range(hp - U):
+            with T.sblock("hidden_tail"):
+                vj = T.axis.remap("S", [j])
+                h_out[U + vj] = in_hidden(U + vj, H) * hidden_state(gate, c_out, T.min(U + vj, H - 1))
 
     return _named(f, name)
 
 
 def gru_assemble(hidden: int, hp: int, name: str = "gru_assemble"):
     """Step 5 for the GRU: r, z, n from big rows where sensitive, else from pre_LL; h' = (1 − z) n + z h."""
-    H = hidden
+    H, U = hidden, vector_units(hidden)
+
+    def hidden_state(pre, ycx, ych, pos, b_ih, b_hh, rz, h, j):
+        return ((T.float32(1) - rz[j + H]) * tanh(T.Select(
+            pos[j + 2 * H] >= 0,
+            ycx[T.max(pos[j + 2 * H], 0)] + b_ih[j + 2 * H] + rz[j] * (ych[T.max(pos[j + 2 * H], 0)] + b_hh[j + 2 * H]),
+            pre[j + 2 * H] + rz[j] * pre[j + 3 * H]))
+            + rz[j + H] * h[j])
 
     @T.prim_func(s_tir=True)
     def f(pre: T.Buffer((4 * H,), "float32"), ycx: T.Buffer((3 * H,), "float32"),
@@ -565,64 +592,79 @@ def gru_assemble(hidden: int, hp: int, name: str = "gru_assemble"):
             with T.sblock("rz"):
                 vi = T.axis.remap("S", [i])
                 rz[vi] = sigmoid(T.Select(pos[vi] >= 0, ycx[T.max(pos[vi], 0)] + b_ih[vi]
-                                                  + ych[T.max(pos[vi], 0)] + b_hh[vi], pre[vi]))
-        for j in range(hp):
+                                          + ych[T.max(pos[vi], 0)] + b_hh[vi], pre[vi]))
+        for j in range(U):
             with T.sblock("hidden"):
                 vj = T.axis.remap("S", [j])
-                h_out[vj] = in_hidden(vj, H) * (
-                    (T.float32(1) - rz[T.min(vj, H - 1) + H]) * tanh(T.Select(
-                        pos[T.min(vj, H - 1) + 2 * H] >= 0,
-                        ycx[T.max(pos[T.min(vj, H - 1) + 2 * H], 0)] + b_ih[T.min(vj, H - 1) + 2 * H]
-                        + rz[T.min(vj, H - 1)] * (ych[T.max(pos[T.min(vj, H - 1) + 2 * H], 0)] + b_hh[T.min(vj, H - 1) + 2 * H]),
-                        pre[T.min(vj, H - 1) + 2 * H] + rz[T.min(vj, H - 1)] * pre[T.min(vj, H - 1) + 3 * H]))
-                    + rz[T.min(vj, H - 1) + H] * h[vj])
+                h_out[vj] = hidden_state(pre, ycx, ych, pos, b_ih, b_hh, rz, h, vj)
+        for j in range(hp - U):
+            with T.sblock("hidden_tail"):
+                vj = T.axis.remap("S", [j])
+                h_out[U + vj] = in_hidden(U + vj, H) * hidden_state(pre, ycx, ych, pos, b_ih, b_hh, rz, h,
+                                                                    T.min(U + vj, H - 1))
 
     return _named(f, name)
 
 
 def lstm_dense_cell(hidden: int, hp: int, name: str = "lstm_dense_cell"):
     """Dense baseline cell (eq. 6) on y = W [x; h]."""
-    H = hidden
+    H, U = hidden, vector_units(hidden)
+
+    def cell(y, bias, c, j):
+        return (sigmoid(y[j + H] + bias[j + H]) * c[j]
+                + sigmoid(y[j] + bias[j]) * tanh(y[j + 2 * H] + bias[j + 2 * H]))
+
+    def hidden_state(y, bias, c_out, j):
+        return sigmoid(y[j + 3 * H] + bias[j + 3 * H]) * tanh(c_out[j])
 
     @T.prim_func(s_tir=True)
     def f(y: T.Buffer((4 * H,), "float32"), bias: T.Buffer((4 * H,), "float32"), c: T.Buffer((hp,), "float32"),
           h_out: T.Buffer((hp,), "float32"), c_out: T.Buffer((hp,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for j in range(hp):
+        for j in range(U):
             with T.sblock("cell"):
                 vj = T.axis.remap("S", [j])
-                c_out[vj] = in_hidden(vj, H) * (
-                    sigmoid(y[T.min(vj, H - 1) + H] + bias[T.min(vj, H - 1) + H]) * c[vj]
-                    + sigmoid(y[T.min(vj, H - 1)] + bias[T.min(vj, H - 1)])
-                    * tanh(y[T.min(vj, H - 1) + 2 * H] + bias[T.min(vj, H - 1) + 2 * H]))
-        for j in range(hp):
+                c_out[vj] = cell(y, bias, c, vj)
+        for j in range(hp - U):
+            with T.sblock("cell_tail"):
+                vj = T.axis.remap("S", [j])
+                c_out[U + vj] = in_hidden(U + vj, H) * cell(y, bias, c, T.min(U + vj, H - 1))
+        for j in range(U):
             with T.sblock("hidden"):
                 vj = T.axis.remap("S", [j])
-                h_out[vj] = in_hidden(vj, H) * sigmoid(y[T.min(vj, H - 1) + 3 * H] + bias[T.min(vj, H - 1) + 3 * H]) \
-                    * tanh(c_out[vj])
+                h_out[vj] = hidden_state(y, bias, c_out, vj)
+        for j in range(hp - U):
+            with T.sblock("hidden_tail"):
+                vj = T.axis.remap("S", [j])
+                h_out[U + vj] = in_hidden(U + vj, H) * hidden_state(y, bias, c_out, T.min(U + vj, H - 1))
 
     return _named(f, name)
 
 
 def gru_dense_cell(hidden: int, hp: int, name: str = "gru_dense_cell"):
     """Dense baseline GRU cell on yx = W_ih x, yh = W_hh h."""
-    H = hidden
+    H, U = hidden, vector_units(hidden)
+
+    def hidden_state(yx, yh, b_ih, b_hh, h, j):
+        def z():  # built twice: an activation's let-bound variables may be defined once in a PrimFunc
+            return sigmoid(yx[j + H] + b_ih[j + H] + yh[j + H] + b_hh[j + H])
+
+        r = sigmoid(yx[j] + b_ih[j] + yh[j] + b_hh[j])
+        return (T.float32(1) - z()) * tanh(yx[j + 2 * H] + b_ih[j + 2 * H] + r * (yh[j + 2 * H] + b_hh[j + 2 * H])) \
+            + z() * h[j]
 
     @T.prim_func(s_tir=True)
     def f(yx: T.Buffer((3 * H,), "float32"), yh: T.Buffer((3 * H,), "float32"), b_ih: T.Buffer((3 * H,), "float32"),
           b_hh: T.Buffer((3 * H,), "float32"), h: T.Buffer((hp,), "float32"), h_out: T.Buffer((hp,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for j in range(hp):
+        for j in range(U):
             with T.sblock("hidden"):
                 vj = T.axis.remap("S", [j])
-                h_out[vj] = in_hidden(vj, H) * (
-                    (T.float32(1) - sigmoid(yx[T.min(vj, H - 1) + H] + b_ih[T.min(vj, H - 1) + H] + yh[T.min(vj, H - 1) + H]
-                                              + b_hh[T.min(vj, H - 1) + H]))
-                    * tanh(yx[T.min(vj, H - 1) + 2 * H] + b_ih[T.min(vj, H - 1) + 2 * H]
-                             + sigmoid(yx[T.min(vj, H - 1)] + b_ih[T.min(vj, H - 1)] + yh[T.min(vj, H - 1)] + b_hh[T.min(vj, H - 1)])
-                             * (yh[T.min(vj, H - 1) + 2 * H] + b_hh[T.min(vj, H - 1) + 2 * H]))
-                    + sigmoid(yx[T.min(vj, H - 1) + H] + b_ih[T.min(vj, H - 1) + H] + yh[T.min(vj, H - 1) + H]
-                                + b_hh[T.min(vj, H - 1) + H]) * h[vj])
+                h_out[vj] = hidden_state(yx, yh, b_ih, b_hh, h, vj)
+        for j in range(hp - U):
+            with T.sblock("hidden_tail"):
+                vj = T.axis.remap("S", [j])
+                h_out[U + vj] = in_hidden(U + vj, H) * hidden_state(yx, yh, b_ih, b_hh, h, T.min(U + vj, H - 1))
 
     return _named(f, name)
 
@@ -633,10 +675,14 @@ def concat(a: int, b: int, name: str = "concat"):
     @T.prim_func(s_tir=True)
     def f(x: T.Buffer((a,), "float32"), h: T.Buffer((b,), "float32"), out: T.Buffer((a + b,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for i in range(a + b):
+        for i in range(a):  # two copies, not one loop choosing per element: its clamped loads were gathers (5×)
             with T.sblock("concat"):
                 vi = T.axis.remap("S", [i])
-                out[vi] = T.if_then_else(vi < a, x[T.min(vi, a - 1)], h[T.max(vi - a, 0)])
+                out[vi] = x[vi]
+        for i in range(b):
+            with T.sblock("concat_h"):
+                vi = T.axis.remap("S", [i])
+                out[a + vi] = h[vi]
 
     return _named(f, name)
 

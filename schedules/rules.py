@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from tvm import s_tir
 
 ROW_DOT_BLOCKS = ("dot", "dot_x", "dot_h")
-ELEMENTWISE_BLOCKS = ("epilogue", "quant", "gate", "cell", "hidden", "rz", "concat")
+ELEMENTWISE_BLOCKS = ("epilogue", "quant", "gate", "cell", "hidden", "rz", "concat", "concat_h")
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,15 @@ def row_dot(sch: s_tir.Schedule, block, knobs: Knobs | None) -> None:
     sch.decompose_reduction(rf, ko)
 
 
-def elementwise(sch: s_tir.Schedule, block, lanes: int = 8) -> None:
+def elementwise(sch: s_tir.Schedule, block, lanes: tuple[int, ...] = (8, 4)) -> None:
+    """Vectorise a one-loop element-wise block by the widest of ``lanes`` that divides its extent (none: scalar).
+
+    Half-width vectors for extents that are not whole ymm registers: a GRU-750's r, z gates (1500 rows)."""
     (i,) = sch.get_loops(block)
     extent = int(sch.get(i).extent)
-    if extent % lanes == 0 and extent >= lanes:
-        _, vi = sch.split(i, [None, lanes])
+    width = next((w for w in lanes if extent % w == 0 and extent >= w), None)
+    if width is not None:
+        _, vi = sch.split(i, [None, width])
         sch.vectorize(vi)
 
 

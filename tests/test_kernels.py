@@ -212,20 +212,28 @@ def test_pre_activation_bounds_ends():
     assert np.all(lo == -np.inf) and np.all(hi == np.inf)
 
 
-def test_lstm_assemble_and_dense_cell(rng):
-    H, hp = 8, 32
+def _sensitive_rows(rng, n):
+    """A random half of n rows as a mask kernel lists them: ``pos`` (place or −1) and their indices."""
+    sens = rng.random(n) < 0.5
+    rows = np.flatnonzero(sens)
+    pos = np.full(n, -1, np.int32)
+    pos[rows] = np.arange(len(rows))
+    return sens, rows, pos
+
+
+# H = 8: whole vectors, then padding; 13: a partial vector in the scalar tail; 32: no tail (K.vector_units)
+@pytest.mark.parametrize("H", [8, 13, 32])
+def test_lstm_assemble_and_dense_cell(rng, H):
+    hp = K.padded(H)
     pre_ll = rng.standard_normal(4 * H).astype(np.float32)
     y = rng.standard_normal(4 * H).astype(np.float32)
     bias = rng.standard_normal(4 * H).astype(np.float32)
     c = np.zeros(hp, np.float32)
     c[:H] = rng.standard_normal(H)
-    sens = rng.random(4 * H) < 0.5
-    rows = np.flatnonzero(sens)
-    pos = np.full(4 * H, -1, np.int32)
-    pos[rows] = np.arange(len(rows))
+    sens, rows, pos = _sensitive_rows(rng, 4 * H)
     yc = np.zeros(4 * H, np.float32)
     yc[: len(rows)] = y[rows]
-    h_out, c_out = run(K.lstm_assemble(H, hp), pre_ll, yc, pos, bias, c, outs=[((hp,), "float32")] * 2)
+    h_out, c_out = run(K.lstm_assemble(H, hp), pre_ll, yc, pos, bias, c, outs=[((hp,), "float32")] * 2, fill=7)
     big = sigmoid(y + bias)
     big[2 * H:3 * H] = np.tanh(y[2 * H:3 * H] + bias[2 * H:3 * H])
     a_ll = sigmoid(pre_ll)
@@ -235,10 +243,43 @@ def test_lstm_assemble_and_dense_cell(rng):
     np.testing.assert_allclose(c_out[:H], c_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h_out[:H], g[3 * H:] * np.tanh(c_ref), rtol=1e-5, atol=1e-6)
     assert not h_out[H:].any() and not c_out[H:].any()  # padding stays zero
-    h_d, c_d = run(K.lstm_dense_cell(H, hp), y, bias, c, outs=[((hp,), "float32")] * 2)
+    h_d, c_d = run(K.lstm_dense_cell(H, hp), y, bias, c, outs=[((hp,), "float32")] * 2, fill=7)
     c_dense = big[H:2 * H] * c[:H] + big[:H] * big[2 * H:3 * H]
     np.testing.assert_allclose(c_d[:H], c_dense, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h_d[:H], big[3 * H:] * np.tanh(c_dense), rtol=1e-5, atol=1e-6)
+    assert not h_d[H:].any() and not c_d[H:].any()
+
+
+@pytest.mark.parametrize("H", [8, 13, 32])
+def test_gru_assemble_and_dense_cell(rng, H):
+    """r, z, n from the big rows where sensitive (n's from both halves: W_in x + b_in + r (W_hn h + b_hn)), else from
+    the little pre-activations (n: pre_n,x + r · pre_n,h); h' = (1 − z) n + z h; the padding stays zero."""
+    hp = K.padded(H)
+    pre_ll, yx, yh, b_ih, b_hh = (rng.standard_normal(m).astype(np.float32) for m in (4 * H, 3 * H, 3 * H, 3 * H, 3 * H))
+    h = np.zeros(hp, np.float32)
+    h[:H] = rng.standard_normal(H)
+    sens, rows, pos = _sensitive_rows(rng, 3 * H)
+    ycx, ych = np.zeros(3 * H, np.float32), np.zeros(3 * H, np.float32)
+    ycx[: len(rows)], ych[: len(rows)] = yx[rows], yh[rows]
+    (h_out,) = run(K.gru_assemble(H, hp), pre_ll, ycx, ych, pos, b_ih, b_hh, h, outs=[((hp,), "float32")], fill=7)
+    rz = np.where(sens[:2 * H], sigmoid(yx[:2 * H] + b_ih[:2 * H] + yh[:2 * H] + b_hh[:2 * H]), sigmoid(pre_ll[:2 * H]))
+    r, z = rz[:H], rz[H:]
+    n = np.where(sens[2 * H:], np.tanh(yx[2 * H:] + b_ih[2 * H:] + r * (yh[2 * H:] + b_hh[2 * H:])),
+                 np.tanh(pre_ll[2 * H:3 * H] + r * pre_ll[3 * H:]))
+    np.testing.assert_allclose(h_out[:H], (1 - z) * n + z * h[:H], rtol=1e-5, atol=1e-6)
+    assert not h_out[H:].any()
+    (h_d,) = run(K.gru_dense_cell(H, hp), yx, yh, b_ih, b_hh, h, outs=[((hp,), "float32")], fill=7)
+    r, z = (sigmoid(yx[g * H:(g + 1) * H] + b_ih[g * H:(g + 1) * H] + yh[g * H:(g + 1) * H] + b_hh[g * H:(g + 1) * H])
+            for g in range(2))
+    n = np.tanh(yx[2 * H:] + b_ih[2 * H:] + r * (yh[2 * H:] + b_hh[2 * H:]))
+    np.testing.assert_allclose(h_d[:H], (1 - z) * n + z * h[:H], rtol=1e-5, atol=1e-6)
+    assert not h_d[H:].any()
+
+
+def test_concat(rng):
+    x, h = rng.standard_normal(64).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    (out,) = run(K.concat(64, 32), x, h, outs=[((96,), "float32")], fill=7)
+    np.testing.assert_array_equal(out, np.concatenate([x, h]))
 
 
 def test_vectorised_activations_match_numpy():
