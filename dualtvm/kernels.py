@@ -344,20 +344,40 @@ ROW_LIST_SLACK = 64  # places of a mask's row list past ``count`` that hold 0: a
 # of rows may read up to its block size − 1 of them (schedules/gather.py)
 
 
-def _compaction(n: int, sensitive):
-    """Macro of the mask kernels: the rows i < n where ``sensitive(a, b, c, i)`` holds, compacted into ``rows``,
-    ``pos[i]`` their places (−1 where insensitive) and ``count``; serial and branch-free: every row index is
-    written, the count advances by the test's 0/1.  Only the :data:`ROW_LIST_SLACK` places past ``count`` are zeroed
-    (the rest of ``rows`` is never read): zeroing all n − count took 2 of the 9 µs of LSTM-1500's mask alone on a
-    Zen 3, as AVX2 masked stores, and inside its ``znver3`` step the mask fell from 1.4 to 0.5 % of the dense
+def _marks(units: int, test, offset: int = 0):
+    """Macro of the mask kernels' first pass: ``pos[r] = 1`` where ``test(a, b, c, r, g)`` holds, else 0, for the
+    ``units`` rows r = offset + g · units + j (j < units) of part ``g``; in whole vectors of :data:`LANES` rows, then
+    a scalar tail.  Vectorised apart from the serial compaction (:func:`_compaction`), which then only reads these
+    marks: the GRU candidate gate's σ per row ran in the serial scan (its mask took 38–42× its bytes' time inside
+    GRU-750's step)."""
+    whole = units // LANES * LANES
+
+    @T.macro
+    def mark(a, b, c, pos, g):
+        for jo in range(whole // LANES):
+            for ji in T.vectorized(LANES):
+                pos[offset + g * units + jo * LANES + ji] = T.Cast(
+                    "int32", test(a, b, c, offset + g * units + jo * LANES + ji, g))
+        for j in range(units - whole):
+            pos[offset + g * units + whole + j] = T.Cast("int32", test(a, b, c, offset + g * units + whole + j, g))
+
+    return mark
+
+
+def _compaction(n: int):
+    """Macro of the mask kernels' second pass: the rows i < n that :func:`_marks` marked in ``pos`` compacted into
+    ``rows``, ``pos[i]`` replaced by their places (−1 where unmarked), and ``count``; serial and branch-free: every row
+    index is written, the count advances by the mark.  Only the :data:`ROW_LIST_SLACK` places past ``count`` are
+    zeroed (the rest of ``rows`` is never read): zeroing all n − count took 2 of the 9 µs of LSTM-1500's mask alone
+    on a Zen 3, as AVX2 masked stores, and inside its ``znver3`` step the mask fell from 1.4 to 0.5 % of the dense
     step's time without them."""
 
     @T.macro
-    def compact(a, b, c, rows, pos, count):
+    def compact(rows, pos, count):
         cnt = T.decl_buffer((1,), "int32", scope="local")
         cnt[0] = 0
         for i in range(n):
-            sens: T.int32 = T.Cast("int32", sensitive(a, b, c, i))
+            sens: T.int32 = pos[i]
             rows[cnt[0]] = i
             pos[i] = T.if_then_else(sens == 1, cnt[0], -1)
             cnt[0] = cnt[0] + sens
@@ -367,6 +387,12 @@ def _compaction(n: int, sensitive):
         count[0] = cnt[0]
 
     return compact
+
+
+def _in_band(value, lo, hi, i):
+    """lo[i] < value < hi[i], the value let-bound (a compound value written twice would define its lets twice)."""
+    v = tvm.tirx.Var("v", "float32")
+    return tvm.tirx.Let(v, value, tvm.tirx.all(v > lo[i], v < hi[i]))
 
 
 def mask(hidden: int, rnn_type: str, name: str = "mask"):
@@ -379,29 +405,34 @@ def mask(hidden: int, rnn_type: str, name: str = "mask"):
     offset) it was slower, timed alone on a Zen 3: 62 against 47 µs after a cache sweep, 27 against 16 without.
     ``pos[i]`` is row i's place in ``rows`` or −1.  For the GRU candidate gate the tested value is
     u = pre_n,x + r_LL · pre_n,h with r_LL = σ(pre_r) (the final r is not known before the big GEMV),
-    as in the PyTorch reference; σ is :func:`sigmoid`'s inline polynomial (``T.sigmoid`` called libm's ``expf`` once
-    per candidate row: the GRU-750 mask took 58–76× its bytes' time inside the step, the LSTM's 10–29×).
+    as in the PyTorch reference; σ is :func:`sigmoid`'s inline polynomial, computed in the vectorised first pass
+    (:func:`_marks`).
     """
     H = hidden
     n = (4 if rnn_type == "LSTM" else 3) * H
     nl = 4 * H
-
-    def scan(value):
-        compact = _compaction(n, lambda pre, lo, hi, i: tvm.tirx.all(value(pre, i) > lo[i], value(pre, i) < hi[i]))
+    compact = _compaction(n)
+    if rnn_type == "LSTM":
+        mark = _marks(n, lambda pre, lo, hi, i, g: _in_band(pre[i], lo, hi, i))
 
         @T.prim_func
         def f(pre: T.Buffer((nl,), "float32"), lo: T.Buffer((n,), "float32"), hi: T.Buffer((n,), "float32"),
               rows: T.Buffer((n,), "int32"), pos: T.Buffer((n,), "int32"), count: T.Buffer((1,), "int32")):
             T.func_attr({"tirx.noalias": True})
-            compact(pre, lo, hi, rows, pos, count)
-
-        return f
-
-    if rnn_type == "LSTM":
-        f = scan(lambda pre, i: pre[i])
+            mark(pre, lo, hi, pos, 0)
+            compact(rows, pos, count)
     else:
-        f = scan(lambda pre, i: T.if_then_else(
-            i // H == 2, pre[i] + sigmoid(pre[T.max(i - 2 * H, 0)]) * pre[T.min(i + H, nl - 1)], pre[i]))
+        mark_rz = _marks(2 * H, lambda pre, lo, hi, i, g: _in_band(pre[i], lo, hi, i))
+        mark_n = _marks(H, lambda pre, lo, hi, i, g: _in_band(pre[i] + sigmoid(pre[i - 2 * H]) * pre[i + H], lo, hi, i),
+                        offset=2 * H)
+
+        @T.prim_func
+        def f(pre: T.Buffer((nl,), "float32"), lo: T.Buffer((n,), "float32"), hi: T.Buffer((n,), "float32"),
+              rows: T.Buffer((n,), "int32"), pos: T.Buffer((n,), "int32"), count: T.Buffer((1,), "int32")):
+            T.func_attr({"tirx.noalias": True})
+            mark_rz(pre, lo, hi, pos, 0)
+            mark_n(pre, lo, hi, pos, 0)
+            compact(rows, pos, count)
     return _named(f, name)
 
 
@@ -418,8 +449,8 @@ def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribu
     H = hidden
     G = 4 if rnn_type == "LSTM" else 3
     n = G * H
-    compact = _compaction(n, lambda score, lo, hi, i: tvm.tirx.all(score[i // H * hp + i % H] > lo[i],
-                                                                    score[i // H * hp + i % H] < hi[i]))
+    compact = _compaction(n)
+    mark = _marks(H, lambda score, lo, hi, i, g: _in_band(score[i + g * (hp - H)], lo, hi, i))  # gate g at g · hp
 
     def at(pre, j, u):  # only gate 3's units past H would read past pre's end: a clamped load is a gather
         return pre[T.min(j * H + u, 4 * H - 1)] if j == 3 else pre[j * H + u]
@@ -450,7 +481,9 @@ def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribu
                     score[3 * hp + uo * LANES + ui] = d(a[3 * hp + uo * LANES + ui]) * T.fabs(tanh(
                         a[hp + uo * LANES + ui] * state[uo * LANES + ui]
                         + a[uo * LANES + ui] * a[2 * hp + uo * LANES + ui]))
-            compact(score, lo, hi, rows, pos, count)
+            for g in range(G):
+                mark(score, lo, hi, pos, g)
+            compact(rows, pos, count)
     else:
         @T.prim_func
         def f(pre: T.Buffer((4 * H,), "float32"), state: T.Buffer((hp,), "float32"), lo: T.Buffer((n,), "float32"),
@@ -479,7 +512,9 @@ def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribu
                 for ui in T.vectorized(LANES):
                     score[uo * LANES + ui] = (d(a[uo * LANES + ui]) * score[2 * hp + uo * LANES + ui]
                                               * T.fabs(at(pre, 3, uo * LANES + ui)))
-            compact(score, lo, hi, rows, pos, count)
+            for g in range(G):
+                mark(score, lo, hi, pos, g)
+            compact(rows, pos, count)
     return _named(f, name)
 
 
@@ -487,7 +522,8 @@ def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribu
 def band_mask(n: int, name: str = "band_mask"):
     """The output projection's step 3 (:mod:`dualtvm.output`): rows with y_LL ≥ max(y_LL) − θ compacted into
     ``rows``; serial and branch-free like :func:`mask` (θ = +inf marks every row)."""
-    compact = _compaction(n, lambda pre, top, theta, i: pre[i] >= top[0] - theta[0])
+    compact = _compaction(n)
+    mark = _marks(n, lambda pre, top, theta, i, g: pre[i] >= top[0] - theta[0])
 
     @T.prim_func
     def f(pre: T.Buffer((n,), "float32"), theta: T.Buffer((1,), "float32"), rows: T.Buffer((n,), "int32"),
@@ -497,7 +533,8 @@ def band_mask(n: int, name: str = "band_mask"):
         top[0] = pre[0]
         for i in range(n):
             top[0] = T.max(top[0], pre[i])
-        compact(pre, top, theta, rows, pos, count)
+        mark(pre, top, theta, pos, 0)
+        compact(rows, pos, count)
 
     return _named(f, name)
 

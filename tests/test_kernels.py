@@ -127,13 +127,13 @@ def test_projection_and_quantisation(rng, row_scales):
     assert not z[2 * k:].any()
 
 
+@pytest.mark.parametrize("H", [16, 13])  # 13: each gate's marks end in a scalar tail (K._marks)
 @pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
-def test_mask_eq5_and_compaction(rng, rnn_type):
+def test_mask_eq5_and_compaction(rng, rnn_type, H):
     """Bands set on the activation, mapped through φ⁻¹: the kernel's test on y_LL is eq. 5 on φ(y_LL)."""
     from dualtvm.gates import layout
     from dualtvm.thresholds import Thresholds
 
-    H = 16
     n = (4 if rnn_type == "LSTM" else 3) * H
     pre = rng.standard_normal(4 * H).astype(np.float32) * 2
     lay = layout(rnn_type)
