@@ -441,7 +441,7 @@ def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribu
     φ'(y_LL) · |multiplier| against its band (lo, hi) = (θ, +∞), compacted like :func:`mask`.
 
     The scores need φ itself (four or five exp per hidden unit), so vectorised passes (``LANES`` units at a
-    time, branch-free; lanes past ``hidden`` compute unused values from clamped loads) first store the little
+    time, branch-free; lanes past ``hidden`` compute unused values, see ``at``) first store the little
     activations, then the scores, in (gates × hp) buffers, and the serial scan only compares.  Each pass is
     plain stores: a let-bound value inside a vectorised loop came out wrong (lane 0's value in every lane).
     It reads the state the scores weigh by: c(t−1) for an LSTM, h(t−1) for a GRU (``state``, hp long).
@@ -452,8 +452,23 @@ def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribu
     compact = _compaction(n)
     mark = _marks(H, lambda score, lo, hi, i, g: _in_band(score[i + g * (hp - H)], lo, hi, i))  # gate g at g · hp
 
-    def at(pre, j, u):  # only gate 3's units past H would read past pre's end: a clamped load is a gather
-        return pre[T.min(j * H + u, 4 * H - 1)] if j == 3 else pre[j * H + u]
+    def at(pre, last, j, u):
+        """Gate j's unit u (u < hp): lanes past H read the next gate, gate 3's a zero-padded copy (``last``); a
+        clamped load, in a vector pass a gather, only where a tiny H would read past pre's end."""
+        if j == 3:
+            return last[u]
+        return pre[j * H + u] if j * H + hp <= 4 * H else pre[T.min(j * H + u, 4 * H - 1)]
+
+    U = vector_units(H)
+
+    @T.macro
+    def copy_last(pre, last):
+        """last = gate 3's pre-activations, zeros past H: a clamped load in the vector passes would be a gather."""
+        for uo in range(U // LANES):
+            for ui in T.vectorized(LANES):
+                last[uo * LANES + ui] = pre[3 * H + uo * LANES + ui]
+        for u in range(hp - U):
+            last[U + u] = T.if_then_else(U + u < H, pre[T.min(3 * H + U + u, 4 * H - 1)], T.float32(0))
 
     def d(a):  # σ'(y) = a (1 − a) from a = σ(y)
         return a * (T.float32(1) - a)
@@ -465,13 +480,15 @@ def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribu
               count: T.Buffer((1,), "int32")):
             T.func_attr({"tirx.noalias": True})
             a = T.decl_buffer((G * hp,), "float32")  # i, f, g, o
+            last = T.decl_buffer((hp,), "float32")
+            copy_last(pre, last)
             score = T.decl_buffer((G * hp,), "float32")
             for uo in range(hp // LANES):
                 for ui in T.vectorized(LANES):
-                    a[uo * LANES + ui] = sigmoid(at(pre, 0, uo * LANES + ui))
-                    a[hp + uo * LANES + ui] = sigmoid(at(pre, 1, uo * LANES + ui))
-                    a[2 * hp + uo * LANES + ui] = tanh(at(pre, 2, uo * LANES + ui))
-                    a[3 * hp + uo * LANES + ui] = sigmoid(at(pre, 3, uo * LANES + ui))
+                    a[uo * LANES + ui] = sigmoid(at(pre, last, 0, uo * LANES + ui))
+                    a[hp + uo * LANES + ui] = sigmoid(at(pre, last, 1, uo * LANES + ui))
+                    a[2 * hp + uo * LANES + ui] = tanh(at(pre, last, 2, uo * LANES + ui))
+                    a[3 * hp + uo * LANES + ui] = sigmoid(at(pre, last, 3, uo * LANES + ui))
             for uo in range(hp // LANES):
                 for ui in T.vectorized(LANES):
                     score[uo * LANES + ui] = d(a[uo * LANES + ui]) * T.fabs(a[2 * hp + uo * LANES + ui])
@@ -491,15 +508,17 @@ def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribu
               count: T.Buffer((1,), "int32")):
             T.func_attr({"tirx.noalias": True})
             a = T.decl_buffer((G * hp,), "float32")  # r, z, n (with r_LL)
+            last = T.decl_buffer((hp,), "float32")
+            copy_last(pre, last)
             score = T.decl_buffer((G * hp,), "float32")
             for uo in range(hp // LANES):
                 for ui in T.vectorized(LANES):
-                    a[uo * LANES + ui] = sigmoid(at(pre, 0, uo * LANES + ui))
-                    a[hp + uo * LANES + ui] = sigmoid(at(pre, 1, uo * LANES + ui))
+                    a[uo * LANES + ui] = sigmoid(at(pre, last, 0, uo * LANES + ui))
+                    a[hp + uo * LANES + ui] = sigmoid(at(pre, last, 1, uo * LANES + ui))
             for uo in range(hp // LANES):
                 for ui in T.vectorized(LANES):
-                    a[2 * hp + uo * LANES + ui] = tanh(at(pre, 2, uo * LANES + ui)
-                                                       + a[uo * LANES + ui] * at(pre, 3, uo * LANES + ui))
+                    a[2 * hp + uo * LANES + ui] = tanh(at(pre, last, 2, uo * LANES + ui)
+                                                       + a[uo * LANES + ui] * at(pre, last, 3, uo * LANES + ui))
             for uo in range(hp // LANES):
                 for ui in T.vectorized(LANES):
                     # dn = (1 − n²)(1 − z): the candidate's weight in h' (score of n, factor of r's)
@@ -511,7 +530,7 @@ def contribution_mask(hidden: int, rnn_type: str, hp: int, name: str = "contribu
             for uo in range(hp // LANES):
                 for ui in T.vectorized(LANES):
                     score[uo * LANES + ui] = (d(a[uo * LANES + ui]) * score[2 * hp + uo * LANES + ui]
-                                              * T.fabs(at(pre, 3, uo * LANES + ui)))
+                                              * T.fabs(at(pre, last, 3, uo * LANES + ui)))
             for g in range(G):
                 mark(score, lo, hi, pos, g)
             compact(rows, pos, count)
