@@ -167,3 +167,17 @@ python scripts/bench.py --models lstm-1500 --k 128 --projection learned --target
 # decided on this host, and re-timed
 python scripts/tune.py --model lstm-1500 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
 python scripts/bench.py --models lstm-1500 --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
+# session 47, on an AMD EPYC of the Zen 4 generation (znver4: AVX-512 with VNNI, 2 cores, 32 MB of L3): cell updates
+# without clamped loads and two-pass masks (be01bd6); the goal models on both targets, 16 rounds each
+for m in lstm-1500; do for t in "" "--target host"; do
+  python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
+done; done
+for m in gnmt-1024-1024 gnmt-1024-2048; do for t in "" "--target host"; do
+  python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4
+done; done
+# then the GNMT layers' masked GEMVs decided for the host's znver4 (it had a verdict for LSTM-1500 only, from the Zen 4 of
+# session 40) and the two layers re-timed on it
+for m in gnmt-1024-1024 gnmt-1024-2048; do python scripts/tune.py --target host --model $m --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16; done
+for m in gnmt-1024-1024 gnmt-1024-2048; do
+  python scripts/bench.py --models $m --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
+done
