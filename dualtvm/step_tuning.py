@@ -2,7 +2,8 @@
 
 ``tune`` picks every loop nest's knobs from the kernel timed alone after a cache sweep.  For the
 masked GEMV that picked 16-row blocks prefetched two blocks ahead (session 22's host), which the
-searches here later beat (:func:`knob_ranking`; the default is now 4-row blocks without prefetch).  Alone, the
+searches here later beat (:func:`knob_ranking`; the default is now 8-row blocks without prefetch, each thread a
+contiguous share of the row list: ``schedules/gather.py``).  Alone, the
 kernel has the memory system to itself; in the step it runs right after the little GEMV, with both
 threads' row streams competing for the hardware prefetchers, and how many streams to keep in flight
 (and whether software prefetch helps them) is a property of that mix, not of the kernel.  So the
@@ -51,7 +52,7 @@ def gather_grid(num_cores: int | None) -> list:
     from schedules import GatherKnobs
 
     g = max(1, num_cores or 2)
-    return ([GatherKnobs(g, rows, 16, pf, loc) for rows in (4, 8, 16) for pf, loc in ((0, 3), (1, 2), (2, 3))]
+    return ([GatherKnobs(g, rows, 16, pf, loc, "interleave") for rows in (4, 8, 16) for pf, loc in ((0, 3), (1, 2), (2, 3))]
             + [GatherKnobs(g, rows, 16, 0, 3, "contiguous") for rows in (4, 8)])
 
 
@@ -157,17 +158,17 @@ def _relative_times(decs: dict, xs: list[np.ndarray], cfg: InStepConfig, rounds:
     return {k: math.exp(np.mean(v)) for k, v in logs.items()}
 
 
-def knob_ranking(logs_root: str | os.PathLike | None = None, reference: str | None = None) -> list[dict]:
+RANKING_REFERENCE = "rows4-pf0-loc3"  # timed by every recorded search: 4 interleaved rows, the default of sessions 40-46
+
+
+def knob_ranking(logs_root: str | os.PathLike | None = None, reference: str = RANKING_REFERENCE) -> list[dict]:
     """How each masked-GEMV knob setting did in every in-step search recorded in the tuning logs under
     ``logs_root`` (default ``tuning_logs/``: every target's ``summary.json``): per setting, its step time relative
-    to ``reference``'s (default: the default knobs') in each search's search pass, as the geometric mean, worst and
-    best over the searches that timed both, fastest first.  Kernels decided by one search (a GRU's two masked GEMVs)
-    count once."""
-    from schedules import GatherKnobs
-
+    to ``reference``'s (default :data:`RANKING_REFERENCE`, a setting every search timed, so that every search counts
+    whatever the default knobs are now) in each search's search pass, as the geometric mean, worst and best over the
+    searches that timed both, fastest first.  Kernels decided by one search (a GRU's two masked GEMVs) count once."""
     from .tuning import REPO
 
-    reference = reference or knob_label(GatherKnobs())
     ratios: dict[str, list[float]] = {}
     for path in sorted(Path(logs_root or REPO / "tuning_logs").glob("*/summary.json")):
         searches = {json.dumps(e["in_step"], sort_keys=True): e["in_step"] for e in read_summary(path).values()

@@ -273,7 +273,10 @@ def nest_from_log(log_: TuningLog, func):
     name = str(func.attrs["global_symbol"])
     nest = loop_nest(func)
     knobs = log_.summary.get(name, {}).get(f"{nest.kind}_knobs") if nest is not None else None
-    return nest.build(*nest.shape(func), nest.knobs(**knobs), name) if knobs else None
+    if not knobs:
+        return None
+    from_record = getattr(nest.knobs, "from_record", None)  # a knob class whose defaults moved reads old records
+    return nest.build(*nest.shape(func), from_record(knobs) if from_record else nest.knobs(**knobs), name)
 
 
 def target_database(target: "str | TargetSpec", root: str | os.PathLike | None = None) -> TuningLog | None:

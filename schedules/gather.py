@@ -18,8 +18,7 @@ setting, and over its seven searches on three machines (Zen 4, Xeon, Zen 3; LSTM
 both GNMT layers) 4-row blocks without software prefetch took 0.83× the 16-row, two-ahead step's time on geometric
 mean, and were never slower (``tune.py --in-step-ranking`` reads this from the committed logs; our reading, not measured: the hardware
 prefetchers follow four row streams per thread unaided, and more streams or prefetches compete with them).
-That is the default now (session 40); a kernel the logs have no in-step verdict for (a user's own shape) gets
-it.  Non-temporal prefetch (locality 0, ``prefetchnta``), meant to keep the little module in L3
+That was the default from session 40 to 46 (see ``split`` below for today's).  Non-temporal prefetch (locality 0, ``prefetchnta``), meant to keep the little module in L3
 across steps, lost on that host in the step: big part +6 % warm / +15 % cold, and the little GEMV no faster.
 Nor did prefetching only the first 2–16 cache lines of each row of the next block (to start the hardware
 prefetchers' streams early; session 41, Zen 3): alone, with the row list changing every call and no sweep, it
@@ -31,8 +30,11 @@ GEMV's threads do (why that could pay, our reading, not measured: each core's pr
 into rows the other thread reads).  In six in-step searches on a Zen 3 (both GNMT layers and LSTM-1500, each
 on both targets) 8-row blocks split so took 0.958× the default step's time on geometric mean (search passes; worst
 1.021×), and against 8 interleaved rows 0.93–1.00× in the five confirmation passes that timed both, but 0.89–1.07×
-in the search passes: one pass's noise on this host is about that size.  Four of the six verdicts took it; the
-default stays until more machines say so.
+in the search passes: one pass's noise on this host is about that size.  Four of the six verdicts took it.  Session
+47's Zen 4 decided the two GNMT layers for ``znver4`` and took it too (0.820×, 0.915×); over the eight searches with
+the knob, two machines, 8 contiguous rows took 0.933× the step time of 4 interleaved rows on geometric mean (worst
+1.021×, best 0.850×), ahead of 8 interleaved rows (0.958× over those searches and the five before the knob).  It is the
+default since session 47: what a masked GEMV without a verdict (a user's own layer shape) builds.
 """
 from __future__ import annotations
 
@@ -49,15 +51,21 @@ SPLITS = ("interleave", "contiguous")
 @dataclass(frozen=True)
 class GatherKnobs:
     groups: int = 2  # parallel row groups (= threads)
-    rows: int = 4  # rows per block (independent accumulators, concurrent streams)
+    rows: int = 8  # rows per block (independent accumulators, concurrent streams)
     lanes: int = 16  # accumulator width; one prefetch per ``lanes`` floats (64 B at 16)
     prefetch: int = 0  # blocks ahead (0 = no prefetch)
     locality: int = 3  # llvm.prefetch locality: 3 = L1, 2 = L2, 1 = L3
-    split: str = "interleave"  # the row list over threads: blocks dealt in turn, or one contiguous share each
+    split: str = "contiguous"  # the row list over threads: one contiguous share each, or blocks dealt in turn
 
     @classmethod
     def for_target(cls, num_cores: int | None, features: "frozenset[str] | set[str]" = frozenset()) -> "GatherKnobs":
         return cls(groups=max(1, num_cores or 2))
+
+    @classmethod
+    def from_record(cls, record: dict) -> "GatherKnobs":
+        """Knobs as a tuning log stores them: verdicts written before session 46 have no ``split``, and theirs was
+        the interleaved one (the default until session 47), not today's default."""
+        return cls(**{"split": "interleave", **record})
 
     def space(self) -> list["GatherKnobs"]:
         """The small grid ``tune`` measures around these knobs."""

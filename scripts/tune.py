@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                         "and less surely")
     p.add_argument("--in-step-ranking", action="store_true",
                    help="time nothing: print how each masked-GEMV knob setting did in every in-step search the "
-                        "tuning logs record (all targets), relative to the default knobs")
+                        "tuning logs record (all targets), relative to 4 interleaved rows (a setting every search "
+                        "timed)")
     p.add_argument("--skip-bad-records", action="store_true", help="drop corrupted database lines instead of failing")
     p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on a fleet via TVM's RPC tracker")
     p.add_argument("--rpc-key", default=None, help="device key the RPC servers registered with")
@@ -158,13 +159,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def in_step_ranking(logs: str | None) -> int:
     """``--in-step-ranking``: :func:`dualtvm.step_tuning.knob_ranking` of the logs' parent folder, as a table."""
-    from dualtvm.step_tuning import knob_ranking
+    from dualtvm.step_tuning import RANKING_REFERENCE, knob_ranking
 
     rows = knob_ranking(Path(logs).parent if logs else None)
     if not rows:
         print("no in-step search is recorded in these tuning logs (tune.py --in-step records them)", file=sys.stderr)
         return 1
-    print("step time relative to the default knobs' in each recorded in-step search (search pass):")
+    print(f"step time relative to {RANKING_REFERENCE}'s (timed by every search) in each recorded in-step search "
+          "(search pass):")
     width = max(len("knobs"), *(len(r["knobs"]) for r in rows))
     print(f"{'knobs':{width}s} {'searches':>8s} {'geomean':>8s} {'worst':>7s} {'best':>7s}")
     for r in rows:

@@ -381,9 +381,10 @@ def test_searches_keep_the_masked_gemv_on_the_default_and_in_step_verdicts_as_th
     assert with_step_verdict({"use": "tuned"}, searched) == searched
 
 
-def test_knob_ranking_compares_every_recorded_search_with_the_default(tmp_path, capsys):
+def test_knob_ranking_compares_every_recorded_search_with_the_reference(tmp_path, capsys):
     """``knob_ranking`` reads every target's in-step searches (one record shared by a GRU's two kernels counts once)
-    and gives each setting's step time relative to the default knobs'; ``tune.py --in-step-ranking`` prints it."""
+    and gives each setting's step time relative to the reference setting's (4 interleaved rows, which every search
+    timed); ``tune.py --in-step-ranking`` prints it."""
     from dualtvm.step_tuning import knob_ranking
 
     def search(times):
@@ -396,7 +397,7 @@ def test_knob_ranking_compares_every_recorded_search_with_the_default(tmp_path, 
     (tmp_path / "llvm-b").mkdir()
     (tmp_path / "llvm-b" / "summary.json").write_text(json.dumps({
         "masked_gemv": search({"rows4-pf0-loc3": 0.5, "rows16-pf2-loc3": 2.0}),
-        "masked_gemv_old": search({"rows16-pf2-loc3": 1.0})}))  # a search without the default's setting: skipped
+        "masked_gemv_old": search({"rows16-pf2-loc3": 1.0})}))  # a search without the reference setting: skipped
     rows = {r["knobs"]: r for r in knob_ranking(tmp_path)}
     assert rows["rows4-pf0-loc3"] == {"knobs": "rows4-pf0-loc3", "searches": 2, "geomean": 1.0, "worst": 1.0,
                                       "best": 1.0}
@@ -414,17 +415,31 @@ def test_knob_ranking_compares_every_recorded_search_with_the_default(tmp_path, 
 
 def test_knob_labels_keep_the_names_of_earlier_searches():
     """A setting's label names its split only when it is not the interleaved one, so the records of searches made
-    before the knob (every committed log before session 46) still rank against the same default."""
+    before the knob (every committed log before session 46) still rank against the same reference setting."""
     from schedules import GatherKnobs, gather_gemv
 
-    from dualtvm.step_tuning import gather_grid, knob_label
+    from dualtvm.step_tuning import RANKING_REFERENCE, gather_grid, knob_label
 
-    assert knob_label(GatherKnobs()) == "rows4-pf0-loc3"
+    assert knob_label(GatherKnobs(rows=4, split="interleave")) == RANKING_REFERENCE == "rows4-pf0-loc3"
+    assert knob_label(GatherKnobs()) == "rows8-pf0-loc3-contiguous"  # the default since session 47
     assert knob_label(GatherKnobs(2, 8, 16, 0, 3, "contiguous")) == "rows8-pf0-loc3-contiguous"
     labels = [knob_label(k) for k in gather_grid(2)]
-    assert len(set(labels)) == len(labels) and knob_label(GatherKnobs()) in labels
+    assert len(set(labels)) == len(labels) and {knob_label(GatherKnobs()), RANKING_REFERENCE} <= set(labels)
     with pytest.raises(ValueError, match="split"):
         gather_gemv(8, 32, GatherKnobs(split="round-robin"))
+    # a verdict written before the knob has no split: a build reads it as the interleaved nest it was decided as,
+    # not as today's default
+    import tvm
+
+    from dualtvm.kernels import masked_gemv
+    from dualtvm.tuning import TuningLog, nest_from_log
+
+    legacy = {"groups": 2, "rows": 8, "lanes": 16, "prefetch": 0, "locality": 3}
+    built = nest_from_log(TuningLog(None, {"masked_gemv_t": {"use": "gather", "gather_knobs": legacy}}),
+                          masked_gemv(64, 32, "masked_gemv_t"))
+    tvm.ir.assert_structural_equal(built, gather_gemv(64, 32, GatherKnobs(**legacy, split="interleave"), "masked_gemv_t"))
+    with pytest.raises(ValueError):
+        tvm.ir.assert_structural_equal(built, gather_gemv(64, 32, GatherKnobs(**legacy), "masked_gemv_t"))
     with pytest.raises(ValueError, match="zeroed places"):  # a block would read past what the mask zeroes
         gather_gemv(128, 32, GatherKnobs(rows=66))
 
