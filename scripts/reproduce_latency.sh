@@ -181,3 +181,7 @@ for m in gnmt-1024-1024 gnmt-1024-2048; do python scripts/tune.py --target host 
 for m in gnmt-1024-1024 gnmt-1024-2048; do
   python scripts/bench.py --models $m --k 128 --projection learned --target host --threads 2 --rounds 16 --little-bits 8,4
 done
+# then the other models on both targets (random weights, 16 rounds): the dense step against the peers
+for m in lstm-750 gru-750 gru-1500; do for t in "" "--target host"; do
+  python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4
+done; done
