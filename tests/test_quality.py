@@ -160,8 +160,11 @@ def test_eval_lm_mask_rules_beyond_eq5(tiny_corpus, tmp_path):
     names = ["eps0.5-int8", "eps0.5-int8 sigmoid-both", "eps0.5-int8 contribution"]
     assert set(rows) == set(names)
     assert "paper_ppl" in rows[names[0]] and not any("paper_ppl" in rows[n] for n in names[1:])
-    for n in names[1:]:
-        assert abs(rows[n]["measured_ratio"] - 0.5) < 0.15 and rows[n]["ppl"] != rows[names[0]]["ppl"]
+    eq5 = rows[names[0]]
+    for n in names[1:]:  # each rule decodes with its own masks: its PPL or the share of rows they leave out differs
+        # (PPL alone is kept to three decimals, and a tiny model's can agree under other masks: session 47's CI)
+        assert abs(rows[n]["measured_ratio"] - 0.5) < 0.15
+        assert (rows[n]["ppl"], rows[n]["measured_ratio"]) != (eq5["ppl"], eq5["measured_ratio"])
     with pytest.raises(SystemExit):  # the contribution score has no tails to choose
         eval_lm.main(common + ["--mask-rule", "contribution", "--sigmoid-tails", "both"])
     from render_results import lm_allocation, plot_lm_allocation
