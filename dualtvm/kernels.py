@@ -579,7 +579,7 @@ def vector_units(hidden: int) -> int:
 
     The rest of the padded state (< LANES units of H, then the padding) is a scalar tail whose loads are clamped to
     H − 1.  Clamping every load (``T.min(j, H − 1)``) in the vectorised loop made each of them a gather: LSTM-1500's
-    assembly took 7.9 µs alone, 5.9 split so (H = 1024 is a whole number of vectors either way)."""
+    assembly took 7.9 µs alone, 5.8 split so (H = 1024 is a whole number of vectors either way)."""
     return hidden // LANES * LANES
 
 
