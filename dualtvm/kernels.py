@@ -412,27 +412,27 @@ def mask(hidden: int, rnn_type: str, name: str = "mask"):
     n = (4 if rnn_type == "LSTM" else 3) * H
     nl = 4 * H
     compact = _compaction(n)
+    banded = _marks(n if rnn_type == "LSTM" else 2 * H, lambda pre, lo, hi, i, g: _in_band(pre[i], lo, hi, i))
     if rnn_type == "LSTM":
-        mark = _marks(n, lambda pre, lo, hi, i, g: _in_band(pre[i], lo, hi, i))
-
-        @T.prim_func
-        def f(pre: T.Buffer((nl,), "float32"), lo: T.Buffer((n,), "float32"), hi: T.Buffer((n,), "float32"),
-              rows: T.Buffer((n,), "int32"), pos: T.Buffer((n,), "int32"), count: T.Buffer((1,), "int32")):
-            T.func_attr({"tirx.noalias": True})
-            mark(pre, lo, hi, pos, 0)
-            compact(rows, pos, count)
+        @T.macro
+        def mark(pre, lo, hi, pos):
+            banded(pre, lo, hi, pos, 0)
     else:
-        mark_rz = _marks(2 * H, lambda pre, lo, hi, i, g: _in_band(pre[i], lo, hi, i))
-        mark_n = _marks(H, lambda pre, lo, hi, i, g: _in_band(pre[i] + sigmoid(pre[i - 2 * H]) * pre[i + H], lo, hi, i),
-                        offset=2 * H)
+        candidate = _marks(H, lambda pre, lo, hi, i, g: _in_band(pre[i] + sigmoid(pre[i - 2 * H]) * pre[i + H], lo, hi, i),
+                           offset=2 * H)
 
-        @T.prim_func
-        def f(pre: T.Buffer((nl,), "float32"), lo: T.Buffer((n,), "float32"), hi: T.Buffer((n,), "float32"),
-              rows: T.Buffer((n,), "int32"), pos: T.Buffer((n,), "int32"), count: T.Buffer((1,), "int32")):
-            T.func_attr({"tirx.noalias": True})
-            mark_rz(pre, lo, hi, pos, 0)
-            mark_n(pre, lo, hi, pos, 0)
-            compact(rows, pos, count)
+        @T.macro
+        def mark(pre, lo, hi, pos):
+            banded(pre, lo, hi, pos, 0)
+            candidate(pre, lo, hi, pos, 0)
+
+    @T.prim_func
+    def f(pre: T.Buffer((nl,), "float32"), lo: T.Buffer((n,), "float32"), hi: T.Buffer((n,), "float32"),
+          rows: T.Buffer((n,), "int32"), pos: T.Buffer((n,), "int32"), count: T.Buffer((1,), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        mark(pre, lo, hi, pos)
+        compact(rows, pos, count)
+
     return _named(f, name)
 
 

@@ -18,8 +18,9 @@ setting, and over its seven searches on three machines (Zen 4, Xeon, Zen 3; LSTM
 both GNMT layers) 4-row blocks without software prefetch took 0.83× the 16-row, two-ahead step's time on geometric
 mean, and were never slower (``tune.py --in-step-ranking`` reads this from the committed logs; our reading, not measured: the hardware
 prefetchers follow four row streams per thread unaided, and more streams or prefetches compete with them).
-That was the default from session 40 to 46 (see ``split`` below for today's).  Non-temporal prefetch (locality 0, ``prefetchnta``), meant to keep the little module in L3
-across steps, lost on that host in the step: big part +6 % warm / +15 % cold, and the little GEMV no faster.
+That was the default from session 40 to 46 (see ``split`` below for today's).  Non-temporal prefetch (locality 0,
+``prefetchnta``), meant to keep the little module in L3 across steps, lost on that host in the step: big part +6 %
+warm / +15 % cold, and the little GEMV no faster.
 Nor did prefetching only the first 2–16 cache lines of each row of the next block (to start the hardware
 prefetchers' streams early; session 41, Zen 3): alone, with the row list changing every call and no sweep, it
 took 0.78–0.88× the time of the 4-row default, but in the LSTM-1500 step its best setting came out at 1.001×
