@@ -698,6 +698,11 @@ LATENCY_KEY = ("model", "run_target", "machine", "weights_origin")
 """What a rerun of ``scripts/bench.py`` replaces in ``results/latency.json``: the rows of the same model (label),
 TVM target, machine and weights; other machines' and other weights' rows stay beside them."""
 
+LATENCY_RUN_FIELDS = ("command", "git", "machine", "run_target", "weights", "weights_origin", "stream_gbps",
+                      "gemv_gbps", "read_gbps")
+"""What one ``scripts/bench.py`` run gives every row of a model: stored once per run in ``results/latency.json``
+(:func:`dualtvm.results.write_results`)."""
+
 
 QUALITY_CURVES = {"INT8": (8, "activation"), "INT4": (4, "activation"), "INT8, contribution": (8, "contribution"),
                   "INT4, contribution": (4, "contribution")}
@@ -787,13 +792,10 @@ def write_plots(rows: list[dict], out: "str | Path") -> list[Path]:
     ``<out>-fixed-cost.png`` (:func:`fixed_cost.plot_latest_machine`) for the machine of the latest run (the last
     row's), ``<out>-<machine>.png`` and ``<out>-<machine>-speedup.png`` for each other: what ``scripts/bench.py``
     and ``render_results`` draw.  Returns the files written."""
-    import json
-
-    from .results import latest_machine
+    from .results import latest_machine, read_rows
 
     out = Path(out).with_suffix("")
-    quality = [q for name in ("lm-quality-ptb.json", "lm-allocation-ptb.json") if (out.parent / name).exists()
-               for q in json.loads((out.parent / name).read_text())["rows"]]
+    quality = [q for name in ("lm-quality-ptb.json", "lm-allocation-ptb.json") for q in read_rows(out.parent / name)]
     latest = latest_machine(rows)
     written = []
     for machine in dict.fromkeys(r.get("machine") for r in rows):

@@ -93,23 +93,66 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     return doc_rows(json.loads(path.read_text())) if path.exists() else []
 
 
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """A results document with its rows whole (:func:`doc_rows`): what every reader of a results file works on."""
+    doc = json.loads(Path(path).read_text())
+    return {**{k: v for k, v in doc.items() if k != "runs"}, "rows": doc_rows(doc)}
+
+
 def doc_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """:func:`read_rows` of a results document already read."""
-    return [{**r, "machine": r.get("machine", doc.get("machine")), "git": r.get("git", doc.get("git"))}
+    """:func:`read_rows` of a results document already read: each row with the fields of its run (``runs``) put
+    back, as :func:`write_results` was given it."""
+    runs = doc.get("runs", [])
+    rows = [{**runs[r["run"]], **{k: v for k, v in r.items() if k != "run"}} if "run" in r else r
             for r in doc["rows"]]
+    return [{**r, "machine": r.get("machine", doc.get("machine")), "git": r.get("git", doc.get("git"))}
+            for r in rows]
+
+
+def _runs_table(rows: list[dict[str, Any]], run_fields: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    """``rows`` without their ``run_fields``, each naming by index (``run``) the entry of the returned runs table
+    that holds them: one entry per distinct set of those fields, in the order rows first use it."""
+    runs: dict[str, int] = {}
+    table, slim = [], []
+    for r in rows:
+        shared = {k: r[k] for k in run_fields if k in r}
+        index = runs.setdefault(json.dumps(shared, sort_keys=True), len(runs))
+        if index == len(table):
+            table.append(shared)
+        slim.append({"run": index, **{k: v for k, v in r.items() if k not in shared}})
+    return table, slim
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    """The document as JSON, one line per row and per run: a rerun's diff shows the rows it replaced (indented,
+    a latency row with its nested fields took ~50 lines)."""
+    def block(key: str, value: Any) -> str:
+        if key in ("runs", "rows") and value:
+            return f"  {json.dumps(key)}: [\n" + ",\n".join(f"    {json.dumps(v)}" for v in value) + "\n  ]"
+        return f"  {json.dumps(key)}: " + json.dumps(value, indent=2).replace("\n", "\n  ")
+
+    return "{\n" + ",\n".join(block(k, v) for k, v in doc.items()) + "\n}\n"
 
 
 def write_results(path: str | os.PathLike, experiment: str, rows: list[dict[str, Any]], command: str,
-                  **extra: Any) -> Path:
-    """Write ``results/<experiment>.json``; its ``machine`` lists the rows' machines where rows name theirs."""
+                  run_fields: Iterable[str] = (), **extra: Any) -> Path:
+    """Write ``results/<experiment>.json``; its ``machine`` lists the rows' machines where rows name theirs.
+
+    ``run_fields`` — what one run gives all its rows (command, revision, machine, weights) — are stored once per
+    run in the file's ``runs`` table, rows naming theirs by index: repeated in every latency row they were ~40 %
+    of a file over 2 MB.  :func:`doc_rows` (and :func:`read_rows`, :func:`load_results`) put them back.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     machines = list(dict.fromkeys(r["machine"] for r in rows if r.get("machine")))
     doc = {"experiment": experiment, "command": command, "git": git_revision(),
-           "machine": "; ".join(machines) if machines else machine_description(), "versions": versions(), **extra,
-           "rows": rows}
+           "machine": "; ".join(machines) if machines else machine_description(), "versions": versions(), **extra}
+    run_fields = tuple(run_fields)
+    if run_fields:
+        doc["runs"], rows = _runs_table(rows, run_fields)
+    doc["rows"] = rows
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.write_text(_dumps(doc))
     os.replace(tmp, path)
     return path
 
@@ -127,12 +170,13 @@ def record_baseline(path: str | os.PathLike, row: dict[str, Any], revision: str)
 
 
 def merge_rows(path: str | os.PathLike, experiment: str, rows: list[dict[str, Any]], key: Iterable[str],
-               command: str, **extra: Any) -> Path:
+               command: str, run_fields: Iterable[str] = (), **extra: Any) -> Path:
     """Write ``rows`` into a results file, replacing the old rows that match one of them on every ``key`` field.
 
     Rows are stamped with this ``machine`` and ``git`` revision unless they carry their own (a long run names
     the revision it started from, not a commit made while it ran); put ``"machine"`` in ``key`` for timings, so
     that a run on another machine adds its rows beside the first one's instead of replacing them.
+    ``run_fields``: as :func:`write_results`.
     Runs writing the same file at once (two evaluations in the background) take turns on a lock file, so
     neither drops the other's rows between its read and its write.
     """
@@ -147,4 +191,4 @@ def merge_rows(path: str | os.PathLike, experiment: str, rows: list[dict[str, An
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         kept = [r for r in read_rows(path) if tuple(r.get(k) for k in key) not in new]
-        return write_results(path, experiment, kept + rows, command, **extra)
+        return write_results(path, experiment, kept + rows, command, run_fields, **extra)

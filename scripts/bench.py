@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before tvm is imported
-    from dualtvm.bench import (LATENCY_KEY, BenchConfig, bench_model, gemv_bandwidth, markdown_table, read_bandwidth,
-                               stream_bandwidth, write_plots)
+    from dualtvm.bench import (LATENCY_KEY, LATENCY_RUN_FIELDS, BenchConfig, bench_model, gemv_bandwidth,
+                               markdown_table, read_bandwidth, stream_bandwidth, write_plots)
     from dualtvm.checkpoint import git_revision
     from dualtvm.results import merge_rows, read_rows
     from dualtvm.target import TargetError, check_llvm_cpu, parse_target
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         r["command"], r["git"] = command, revision
     out = Path(a.out)
     merge_rows(out.with_suffix(".json"), "latency", rows, LATENCY_KEY,
-               "bash scripts/reproduce_latency.sh (each row also names its own command)", **bw)
+               "bash scripts/reproduce_latency.sh (each row also names its own command)", LATENCY_RUN_FIELDS, **bw)
     all_rows = read_rows(out.with_suffix(".json"))
     out.with_suffix(".md").write_text(latency_markdown(all_rows, bw, a.threads))
     write_plots(all_rows, out)

@@ -312,7 +312,7 @@ def test_a_panels_ppl_curves_are_its_own_little_modules():
 def test_rows_on_random_and_trained_weights_stand_side_by_side(tmp_path):
     """A rerun replaces the rows of its own weights only: random-weight rows of a model do not replace its
     trained checkpoint's rows (different masks, different speed-ups), nor are drawn in their panel."""
-    from dualtvm.bench import LATENCY_KEY, _rows_by_panel, weights_origin
+    from dualtvm.bench import LATENCY_KEY, LATENCY_RUN_FIELDS, _rows_by_panel, weights_origin
     from dualtvm.results import merge_rows, read_rows
 
     trained = "checkpoint cache/ptb-lstm-1500-r2.best.pt, little module fitted on ptb text"
@@ -322,9 +322,9 @@ def test_rows_on_random_and_trained_weights_stand_side_by_side(tmp_path):
                                "median_ms": ms, "cache": "warm", "run_target": "llvm -mcpu=broadwell", "machine": "m",
                                "weights": weights, "weights_origin": weights_origin(weights)}
     path = tmp_path / "latency.json"
-    merge_rows(path, "latency", [row(trained, 2.0)], LATENCY_KEY, "c")
-    merge_rows(path, "latency", [row(random_, 1.0)], LATENCY_KEY, "c")
-    merge_rows(path, "latency", [row(random_, 1.5)], LATENCY_KEY, "c")  # replaces the random row only
+    merge_rows(path, "latency", [row(trained, 2.0)], LATENCY_KEY, "c", LATENCY_RUN_FIELDS)
+    merge_rows(path, "latency", [row(random_, 1.0)], LATENCY_KEY, "c", LATENCY_RUN_FIELDS)
+    merge_rows(path, "latency", [row(random_, 1.5)], LATENCY_KEY, "c", LATENCY_RUN_FIELDS)  # replaces the random row only
     rows = read_rows(path)
     assert sorted((r["weights_origin"], r["median_ms"]) for r in rows) == [("ptb-lstm-1500-r2", 2.0), ("random", 1.5)]
     assert len(_rows_by_panel(rows)) == 2

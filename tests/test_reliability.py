@@ -359,6 +359,28 @@ def test_rows_keep_the_revision_their_run_started_from(tmp_path):
     assert {r["model"]: r["git"] for r in read_rows(path)} == {"a": "abc1234", "b": git_revision()}
 
 
+def test_a_runs_fields_are_stored_once_and_read_back_on_every_row(tmp_path):
+    """Latency rows of one run share their command, revision, machine and weights: the file holds them once per
+    run, each row on one line, and every reader gets the rows back as they were given."""
+    from dualtvm.results import load_results, merge_rows, read_rows
+
+    path = tmp_path / "latency.json"
+    run = lambda c: {"command": c, "git": "abc1234", "machine": "m", "weights": "w " * 50}  # noqa: E731
+    first = [{"model": f"x{i}", "median_ms": float(i), **run("bench a")} for i in range(3)]
+    merge_rows(path, "latency", first, ("model",), "c", run_fields=("command", "git", "machine", "weights"))
+    second = [{"model": "x1", "median_ms": 9.0, **run("bench b")}, {"model": "x7", "median_ms": 7.0, "weights": "v"}]
+    merge_rows(path, "latency", second, ("model",), "c", run_fields=("command", "git", "machine", "weights"))
+    text = path.read_text()
+    assert text.count("bench a") == 1 and text.count("bench b") == 1 and len(text.splitlines()) < 30
+    doc = json.loads(text)
+    assert len(doc["runs"]) == 3 and all(set(r) == {"run", "model", "median_ms"} for r in doc["rows"])
+    expected = [first[0], first[2], second[0], {**second[1], "machine": read_rows(path)[-1]["machine"]}]
+    got = read_rows(path)
+    assert [{k: r[k] for k in e} for r, e in zip(got, expected)] == expected
+    assert got[-1]["git"] and "command" not in got[-1]  # a row without a field of its run does not gain one
+    assert load_results(path)["rows"] == got and "runs" not in load_results(path)
+
+
 def test_build_manifest_load_refuses_and_reuse_rebuilds(tmp_path, monkeypatch):
     """A build folder is loaded only whole, in this format and for an ISA this CPU has; reuse says "rebuild" instead."""
     from dualtvm import target as T
