@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -239,13 +240,15 @@ def _param_shapes(s: LayerShape, dual: bool) -> dict[str, tuple]:
     return shapes
 
 
-def without_kernels(mod):
-    """``build_ir``'s module with every kernel's body emptied: the same step (its calls, allocations, input
-    checks and tuples) doing no arithmetic, which times the VM's own share of a step (``scripts/profile_step.py``)."""
+def without_kernels(mod, emptied: Callable[[str], bool] | None = None):
+    """``build_ir``'s module with every kernel's body emptied (or those whose name ``emptied`` picks): the same step
+    (its calls, allocations, input checks and tuples) doing no arithmetic, which times the VM's own share of a step,
+    or what the step spends in the kernels emptied (``scripts/profile_step.py``)."""
     import tvm
 
     empty = tvm.tirx.Evaluate(tvm.tirx.const(0, "int32"))
-    return tvm.IRModule({gv: f.with_body(empty) if isinstance(f, tvm.tirx.PrimFunc) else f
+    return tvm.IRModule({gv: f.with_body(empty) if isinstance(f, tvm.tirx.PrimFunc)
+                         and (emptied is None or emptied(gv.name_hint)) else f
                          for gv, f in mod.functions.items()}, attrs=mod.attrs)
 
 

@@ -11,7 +11,8 @@ step of projection / little / mask / big / assembly kernels (each with the bytes
 the masks the sequence made, and the rate it read them at) beside the whole instrumented step and the step as
 the benchmark times it (``decoder.so``, no instrument), and that step again with every kernel emptied (what the VM
 itself costs).  Kernels timed alone look faster than they are in a step, where the big GEMV's stream has just
-evicted the rest.
+evicted the rest.  ``--ablate`` also times, without any instrument, the step compiled again with one more part
+emptied at a time (big GEMV first, projection last): each part's marginal cost (``bench.step_ablation``).
 """
 from __future__ import annotations
 
@@ -37,13 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold", action="store_true",
                    help="cold weights: before every timed step sweep twice the last-level cache (at least 64 MB), "
                         "then step a copy of the build on its own weights (bench.measure)")
+    p.add_argument("--ablate", type=positive_int, default=None, metavar="ROUNDS",
+                   help="also time the step with one more part emptied at a time (compiled here from the build's spec "
+                        "and its target's tuning log), ROUNDS interleaved rounds: each part's marginal ms per step")
     a = p.parse_args(argv)
     if a.steps < 2:
         p.error("--steps must be at least 2 (the first step is a warm-up)")
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads or os.cpu_count()))  # before tvm is imported
     import numpy as np
 
-    from dualtvm.bench import Evictor, decoder_engine, measure, measured_insensitive_ratio, step_breakdown
+    from dualtvm.bench import (Evictor, decoder_engine, measure, measured_insensitive_ratio, step_ablation,
+                               step_breakdown)
     from dualtvm.traffic import PARTS, layers_part_bytes
     from dualtvm.manifest import BuildError
     from dualtvm.runtime import CompiledDecoder, sequence_runner
@@ -76,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     timed, vm = (float(np.median(timed_runs[name])) * 1e3 for name in ("step", "vm"))
     print(f"  {'timed':10s} {timed:8.4f}  (the step as bench.py times it: decoder.so, no instrument)")
     print(f"  {'vm':10s} {vm:8.4f}  (the timed step with every kernel emptied: its calls, allocations and checks)")
+    if a.ablate:
+        ablation = step_ablation(dec, xs, a.ablate, evict, twin)
+        print(f"marginal ms per step, the step compiled here again with one more part emptied at a time (no "
+              f"instrument; {a.ablate} interleaved rounds):")
+        for part, ms in ablation.items():
+            note = {"step": "(nothing emptied)", "vm": "(every kernel emptied)"}.get(part, "")
+            print(f"  {part:10s} {ms:8.4f}  {note}")
     return 0
 
 

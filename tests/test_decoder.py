@@ -248,6 +248,34 @@ def test_profile_step_reports_every_part(builds, capsys):
     assert "not a dualtvm build folder" in capsys.readouterr().err
 
 
+def test_ablation_empties_one_more_part_at_a_time(builds, capsys):
+    """``--ablate``: the step compiled again with the parts emptied in ABLATION_ORDER; only the picked kernels lose
+    their bodies, every variant runs, and the parts' marginal costs and the VM's add up to the whole step."""
+    import tvm
+
+    from dualtvm.bench import ABLATION_ORDER, kernel_part
+    from dualtvm.decoder import build_ir, without_kernels
+    from dualtvm.runtime import CompiledDecoder
+
+    dec = CompiledDecoder(builds["tiny-gnmt"]["builds"]["dual"])
+    mod = build_ir(dec.spec, dec.target)
+    emptied = without_kernels(mod, lambda name: kernel_part(name) == "big")
+    kernels = {gv.name_hint: (f, emptied[gv.name_hint]) for gv, f in mod.functions.items()
+               if isinstance(f, tvm.tirx.PrimFunc)}
+    assert {kernel_part(n) for n in kernels} == set(ABLATION_ORDER)
+    for name, (before, after) in kernels.items():
+        assert isinstance(after.body, tvm.tirx.Evaluate) == (kernel_part(name) == "big"), name
+    sys.path.insert(0, str(REPO / "scripts"))
+    import profile_step
+
+    for kind, parts in (("dual", ABLATION_ORDER), ("dense", ("big", "assembly"))):
+        args = [builds["tiny-gnmt"]["builds"][kind], "--steps", "6", "--ablate", "1"]
+        assert profile_step.main(args + (["--ratio", "0.5"] if kind == "dual" else [])) == 0
+        lines = capsys.readouterr().out.split("one more part emptied at a time")[1].splitlines()[1:]
+        ms = {line.split()[0]: float(line.split()[1]) for line in lines}
+        assert list(ms) == ["step", *parts, "vm"] and ms["step"] > 0 and ms["vm"] > 0
+        assert abs(sum(ms[p] for p in parts) + ms["vm"] - ms["step"]) < 1e-3
+
 def test_profile_step_decodes_the_builds_own_data(builds, tiny_multi30k, tmp_path, capsys):
     """A build made from a checkpoint is profiled on that checkpoint's data; a checkpoint gone, or its data not
     where ``--data-dir`` says, is a clear error that names the way out (``--inputs gaussian``)."""
