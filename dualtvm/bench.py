@@ -273,9 +273,9 @@ def big_layers_from_params(dec) -> list:
             layers.append(BigLayer("LSTM", w[:, : s.input_size].clone(), w[:, s.dxp : s.dxp + s.hidden].clone(),
                                    torch.from_numpy(p["bias"]), torch.zeros(s.n)))
         else:
-            layers.append(BigLayer("GRU", torch.from_numpy(p["w_ih"][:, : s.input_size]).clone(),
-                                   torch.from_numpy(p["w_hh"][:, : s.hidden]).clone(), torch.from_numpy(p["b_ih"]),
-                                   torch.from_numpy(p["b_hh"])))
+            w = torch.from_numpy(p["w"])
+            layers.append(BigLayer("GRU", w[:, : s.input_size].clone(), w[:, s.dxp : s.dxp + s.hidden].clone(),
+                                   torch.from_numpy(p["b_ih"]), torch.from_numpy(p["b_hh"])))
     return layers
 
 

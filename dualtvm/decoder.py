@@ -25,8 +25,8 @@ from .target import TargetSpec, parse_target
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 4  # 2: mask bounds on the pre-activation, no a_LL tensor; 3: the projection's row scales;
-# 4: two libraries (LIBRARIES)
+MANIFEST_VERSION = 5  # 2: mask bounds on the pre-activation, no a_LL tensor; 3: the projection's row scales;
+# 4: two libraries (LIBRARIES); 5: a GRU layer's [W_ih | W_hh] as one matrix ``w`` (kernels.gemv_pair)
 
 # The step's libraries by the VM's exec mode.  ``decoder.so`` runs ``step`` as native code ("compiled"): the bytecode
 # VM interprets 77 instructions per dual LSTM step (26 check its 13 inputs, 6 call kernels, the rest allocate and
@@ -70,7 +70,7 @@ class DecoderSpec:
 
 def layer_param_names(s: LayerShape, dual: bool) -> list[str]:
     """Weights of one layer in the order the step takes them."""
-    names = ["w", "bias"] if s.rnn_type == "LSTM" else ["w_ih", "w_hh", "b_ih", "b_hh"]
+    names = ["w", "bias"] if s.rnn_type == "LSTM" else ["w", "b_ih", "b_hh"]
     if dual:
         names += ["px", "ph", "p_row_scale", "wq", "wscale", "bias_ll", "lo", "hi"]
     return names
@@ -87,14 +87,14 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
         out[:, : a.shape[1]] = a
         return out
 
-    w_ih = big.w_ih.numpy().astype(np.float32)
-    w_hh = big.w_hh.numpy().astype(np.float32)
+    w_ih = pad_cols(big.w_ih.numpy().astype(np.float32), s.dxp)
+    w_hh = pad_cols(big.w_hh.numpy().astype(np.float32), s.hp)
     out: dict[str, np.ndarray] = {}
     if s.rnn_type == "LSTM":
-        out["w"] = np.concatenate([pad_cols(w_ih, s.dxp), pad_cols(w_hh, s.hp)], axis=1)
+        out["w"] = np.concatenate([w_ih, w_hh], axis=1)
         out["bias"] = (big.b_ih + big.b_hh).numpy().astype(np.float32)
-    else:
-        out["w_ih"], out["w_hh"] = pad_cols(w_ih, s.dxp), pad_cols(w_hh, s.hp)
+    else:  # the same [W_ih | W_hh], each half read into its own output (kernels.gemv_pair, masked_gemv_pair)
+        out["w"] = np.concatenate([w_ih, w_hh], axis=1)
         out["b_ih"], out["b_hh"] = big.b_ih.numpy().astype(np.float32), big.b_hh.numpy().astype(np.float32)
     if little is not None:
         if little.weight.bits != s.little_bits:
@@ -206,12 +206,12 @@ def emit_layer(bb, gvs: dict, s: LayerShape, dual: bool, x, st: dict, ws: dict):
         h_new, c_new = bb.emit(relax.TupleGetItem(res, 0)), bb.emit(relax.TupleGetItem(res, 1))
         return h_new, [h_new, c_new], pos
     if dual:
-        ycx = call("masked_gemv_x", [ws["w_ih"], x, rows, count], ten((s.n,), "float32"))
-        ych = call("masked_gemv_h", [ws["w_hh"], st["h"], rows, count], ten((s.n,), "float32"))
+        yc = call("masked_gemv_pair", [ws["w"], x, st["h"], rows, count], [ten((s.n,), "float32")] * 2)
+        ycx, ych = bb.emit(relax.TupleGetItem(yc, 0)), bb.emit(relax.TupleGetItem(yc, 1))
         h_new = call("gru_assemble", [pre, ycx, ych, pos, ws["b_ih"], ws["b_hh"], st["h"]], ten((s.hp,), "float32"))
     else:
-        yx = call("gemv_x", [ws["w_ih"], x], ten((s.n,), "float32"))
-        yh = call("gemv_h", [ws["w_hh"], st["h"]], ten((s.n,), "float32"))
+        y = call("gemv_pair", [ws["w"], x, st["h"]], [ten((s.n,), "float32")] * 2)
+        yx, yh = bb.emit(relax.TupleGetItem(y, 0)), bb.emit(relax.TupleGetItem(y, 1))
         h_new = call("gru_dense_cell", [yx, yh, ws["b_ih"], ws["b_hh"], st["h"]], ten((s.hp,), "float32"))
     return h_new, [h_new], pos
 
@@ -231,8 +231,7 @@ def emit_little(bb, gvs: dict, s: LittlePath, tag: str, project_args: list, weig
 
 
 def _param_shapes(s: LayerShape, dual: bool) -> dict[str, tuple]:
-    shapes = {"w": ((s.n, s.dxp + s.hp),), "bias": ((s.n,),), "w_ih": ((s.n, s.dxp),), "w_hh": ((s.n, s.hp),),
-              "b_ih": ((s.n,),), "b_hh": ((s.n,),)}
+    shapes = {"w": ((s.n, s.dxp + s.hp),), "bias": ((s.n,),), "b_ih": ((s.n,),), "b_hh": ((s.n,),)}
     if dual:
         shapes.update({"px": ((s.k, s.dxp), "int8"), "ph": ((s.k, s.hp), "int8"), "p_row_scale": ((2 * s.k,),),
                        "wq": s.little_weight_shape(4 * s.hidden),

@@ -250,9 +250,9 @@ def best_from_database(log_: TuningLog | None, func, target: TargetSpec):
     use = log_.summary.get(str(func.attrs["global_symbol"]), {}).get("use")
     if use in (None, "default"):  # no verdict: a record of the same workload under another name never beat anything
         return None
-    from schedules import NESTS
+    from schedules import NEST_KINDS
 
-    return nest_from_log(log_, func) if use in NESTS else metaschedule_best(log_, func, target)
+    return nest_from_log(log_, func) if use in NEST_KINDS else metaschedule_best(log_, func, target)
 
 
 def metaschedule_best(log_: TuningLog, func, target: TargetSpec):

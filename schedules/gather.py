@@ -74,27 +74,34 @@ class GatherKnobs:
                 for r in (4, 8, 16) for pf, loc in ((0, 3), (1, 2), (2, 2), (1, 1), (1, 3), (2, 3))]
 
 
+def _places(n: int, knobs: GatherKnobs):
+    """(blocks per thread, first, limit) of a masked GEMV nest over ``n`` places: ``first(g, j, share)`` is the list
+    place of thread g's block j's first row, ``limit(g, share, count)`` the end of thread g's places."""
+    G, R = knobs.groups, knobs.rows
+    if knobs.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {knobs.split!r}")
+    if R - 1 > ROW_LIST_SLACK:
+        raise ValueError(f"blocks of {R} rows read past the {ROW_LIST_SLACK} zeroed places after a row list's count")
+    contiguous = knobs.split == "contiguous"
+
+    def first(g, j, share):
+        """Interleaved, block j·G + g of the list; contiguous, the j-th block of thread g's share (a whole number of
+        blocks, so the shares do not overlap)."""
+        return g * share + j * R if contiguous else (j * G + g) * R
+
+    def limit(g, share, count):
+        return T.min((g + 1) * share, count) if contiguous else count
+
+    return (n + G * R - 1) // (G * R), first, limit  # a partial last block reads clamped rows
+
+
 def gather_gemv(n: int, k: int, knobs: GatherKnobs = GatherKnobs(), name: str = "masked_gemv"):
     """Scheduled PrimFunc with ``kernels.masked_gemv``'s signature; a block of ``rows`` places starting before
     ``count`` is read whole, up to ``rows`` − 1 places past it (the mask zeroes ``ROW_LIST_SLACK`` of them)."""
     G, R, L, PF, LOC = knobs.groups, knobs.rows, knobs.lanes, knobs.prefetch, knobs.locality
-    if knobs.split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {knobs.split!r}")
-    contiguous = knobs.split == "contiguous"
     if k % L:
         raise ValueError(f"reduction length {k} is not a multiple of lanes={L} (kernels pad to 32)")
-    if R - 1 > ROW_LIST_SLACK:
-        raise ValueError(f"blocks of {R} rows read past the {ROW_LIST_SLACK} zeroed places after a row list's count")
-    blocks = (n + G * R - 1) // (G * R)  # per group; a partial last block reads clamped rows
-
-    def first(g, j, share):
-        """List place of thread g's block j's first row: interleaved, block j·G + g of the list; contiguous, the
-        j-th block of thread g's share (a whole number of blocks, so the shares do not overlap)."""
-        return g * share + j * R if contiguous else (j * G + g) * R
-
-    def limit(g, share, count):
-        """End of thread g's places in the list."""
-        return T.min((g + 1) * share, count) if contiguous else count
+    blocks, first, limit = _places(n, knobs)
 
     @T.prim_func
     def f(W: T.Buffer((n, k), "float32"), x: T.Buffer((k,), "float32"), rows: T.Buffer((n,), "int32"),
@@ -124,5 +131,65 @@ def gather_gemv(n: int, k: int, knobs: GatherKnobs = GatherKnobs(), name: str = 
                             yc[first(g, j, share) + r] = T.float32(0)
                             for l in range(L):
                                 yc[first(g, j, share) + r] = yc[first(g, j, share) + r] + acc[r, l]
+
+    return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+
+
+def gather_pair_gemv(n: int, kx: int, kh: int, knobs: GatherKnobs = GatherKnobs(), name: str = "masked_gemv_pair"):
+    """Scheduled PrimFunc with ``kernels.masked_gemv_pair``'s signature: :func:`gather_gemv`'s nest over the rows of
+    [W_ih | W_hh], W_ih's part of each into one set of accumulators (ycx) and W_hh's into another (ych): a GRU's two
+    masked GEMVs in one pass over rows twice as long (``schedules.pair`` has the dense one).  Alone at 50 % rows
+    (8 contiguous rows, session 48's Zen 4, both targets, warm and after a read sweep) it took 0.65–0.97× the time of
+    the two masked GEMVs over the halves, GRU-1500's and GRU-750's shapes.  Two reduction loops, not one with a test
+    of which half a column is in: that one took 1.09–1.67× warm."""
+    G, R, L, PF, LOC = knobs.groups, knobs.rows, knobs.lanes, knobs.prefetch, knobs.locality
+    if kx % L or kh % L:
+        raise ValueError(f"reduction lengths {kx}, {kh} are not multiples of lanes={L} (kernels pad to 32)")
+    blocks, first, limit = _places(n, knobs)
+
+    @T.prim_func
+    def f(W: T.Buffer((n, kx + kh), "float32"), x: T.Buffer((kx,), "float32"), h: T.Buffer((kh,), "float32"),
+          rows: T.Buffer((n,), "int32"), count: T.Buffer((1,), "int32"), ycx: T.Buffer((n,), "float32"),
+          ych: T.Buffer((n,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for g in T.parallel(G):
+            ax = T.alloc_buffer((R, L), "float32", scope="local")
+            ah = T.alloc_buffer((R, L), "float32", scope="local")
+            share: T.int32 = (count[0] + G * R - 1) // (G * R) * R
+            for j in range(blocks):
+                if first(g, j, share) < limit(g, share, count[0]):
+                    for r in T.unroll(R):
+                        for l in T.vectorized(L):
+                            ax[r, l] = T.float32(0)
+                            ah[r, l] = T.float32(0)
+                    for ko in range(kx // L):
+                        if PF > 0:
+                            if first(g, j + PF, share) < limit(g, share, count[0]):
+                                for r in T.unroll(R):
+                                    T.evaluate(T.call_llvm_intrin(
+                                        "void", "llvm.prefetch.p0",
+                                        T.address_of(W[rows[T.min(first(g, j + PF, share) + r, n - 1)], ko * L]),
+                                        T.int32(0), T.int32(LOC), T.int32(1)))
+                        for r in T.unroll(R):
+                            for l in T.vectorized(L):
+                                ax[r, l] = ax[r, l] + W[rows[T.min(first(g, j, share) + r, n - 1)], ko * L + l] * x[ko * L + l]
+                    for ko in range(kh // L):
+                        if PF > 0:
+                            if first(g, j + PF, share) < limit(g, share, count[0]):
+                                for r in T.unroll(R):
+                                    T.evaluate(T.call_llvm_intrin(
+                                        "void", "llvm.prefetch.p0",
+                                        T.address_of(W[rows[T.min(first(g, j + PF, share) + r, n - 1)], kx + ko * L]),
+                                        T.int32(0), T.int32(LOC), T.int32(1)))
+                        for r in T.unroll(R):
+                            for l in T.vectorized(L):
+                                ah[r, l] = ah[r, l] + W[rows[T.min(first(g, j, share) + r, n - 1)], kx + ko * L + l] * h[ko * L + l]
+                    for r in range(R):
+                        if first(g, j, share) + r < limit(g, share, count[0]):
+                            ycx[first(g, j, share) + r] = T.float32(0)
+                            ych[first(g, j, share) + r] = T.float32(0)
+                            for l in range(L):
+                                ycx[first(g, j, share) + r] = ycx[first(g, j, share) + r] + ax[r, l]
+                                ych[first(g, j, share) + r] = ych[first(g, j, share) + r] + ah[r, l]
 
     return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)

@@ -438,9 +438,8 @@ def test_compile_dual_takes_a_users_own_rnn(tmp_path, monkeypatch, capsys):
                       "--steps", "2", "--rounds", "1", "--confirm-rounds", "1"]) == 0
     assert (folders["dual"] / "manifest.json").read_text() == manifest  # the user's build, untouched
     decided = json.loads((logs / "summary.json").read_text())
-    assert decided["masked_gemv_x_gru_40_24"]["in_step"]["model"] == "own RNN (compile_dual)"
-    assert set(decided) == {"masked_gemv_x_gru_40_24", "masked_gemv_h_gru_40_24", "masked_gemv_x_gru_40_40",
-                            "masked_gemv_h_gru_40_40"}
+    assert decided["masked_gemv_pair_gru_40_24"]["in_step"]["model"] == "own RNN (compile_dual)"
+    assert set(decided) == {"masked_gemv_pair_gru_40_24", "masked_gemv_pair_gru_40_40"}
     # what it tells the user to rebuild with reads those verdicts
     from dualtvm.tuning import target_database
 
