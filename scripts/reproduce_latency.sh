@@ -185,3 +185,8 @@ done
 for m in lstm-750 gru-750 gru-1500; do for t in "" "--target host"; do
   python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4
 done; done
+# session 48 (the same Zen 4): a GRU's two GEMVs one pass over [W_ih | W_hh] (kernels.gemv_pair, masked_gemv_pair);
+# the GRU models re-timed on both targets (random weights, 16 rounds)
+for m in gru-1500 gru-750; do for t in "" "--target host"; do
+  python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4
+done; done
