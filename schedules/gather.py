@@ -74,10 +74,15 @@ class GatherKnobs:
                 for r in (4, 8, 16) for pf, loc in ((0, 3), (1, 2), (2, 2), (1, 1), (1, 3), (2, 3))]
 
 
-def _places(n: int, knobs: GatherKnobs):
-    """(blocks per thread, first, limit) of a masked GEMV nest over ``n`` places: ``first(g, j, share)`` is the list
-    place of thread g's block j's first row, ``limit(g, share, count)`` the end of thread g's places."""
-    G, R = knobs.groups, knobs.rows
+def _block_macros(n: int, knobs: GatherKnobs):
+    """(blocks per thread, first, limit, zero, accumulate, write): the pieces of a masked GEMV nest over ``n`` places.
+
+    ``first(g, j, share)`` is the list place of thread g's block j's first row (interleaved, block j·G + g of the
+    list; contiguous, the j-th block of thread g's share, a whole number of blocks, so the shares do not overlap),
+    ``limit(g, share, count)`` the end of thread g's places.  The macros zero a block's accumulators, add the
+    columns ``col0`` … ``col0 + length`` of its rows times ``v`` into them (prefetching the rows ``prefetch``
+    blocks ahead), and write their sums to the block's places."""
+    G, R, L, PF, LOC = knobs.groups, knobs.rows, knobs.lanes, knobs.prefetch, knobs.locality
     if knobs.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {knobs.split!r}")
     if R - 1 > ROW_LIST_SLACK:
@@ -85,23 +90,49 @@ def _places(n: int, knobs: GatherKnobs):
     contiguous = knobs.split == "contiguous"
 
     def first(g, j, share):
-        """Interleaved, block j·G + g of the list; contiguous, the j-th block of thread g's share (a whole number of
-        blocks, so the shares do not overlap)."""
         return g * share + j * R if contiguous else (j * G + g) * R
 
     def limit(g, share, count):
         return T.min((g + 1) * share, count) if contiguous else count
 
-    return (n + G * R - 1) // (G * R), first, limit  # a partial last block reads clamped rows
+    @T.macro
+    def zero(acc):
+        for r in T.unroll(R):
+            for l in T.vectorized(L):
+                acc[r, l] = T.float32(0)
+
+    @T.macro
+    def accumulate(acc, W, v, rows, count, col0, length, g, j, share):
+        for ko in range(length // L):
+            if PF > 0:
+                if first(g, j + PF, share) < limit(g, share, count[0]):
+                    for r in T.unroll(R):
+                        T.evaluate(T.call_llvm_intrin(
+                            "void", "llvm.prefetch.p0",
+                            T.address_of(W[rows[T.min(first(g, j + PF, share) + r, n - 1)], col0 + ko * L]),
+                            T.int32(0), T.int32(LOC), T.int32(1)))
+            for r in T.unroll(R):
+                for l in T.vectorized(L):
+                    acc[r, l] = acc[r, l] + W[rows[T.min(first(g, j, share) + r, n - 1)], col0 + ko * L + l] * v[ko * L + l]
+
+    @T.macro
+    def write(acc, yc, count, g, j, share):
+        for r in range(R):
+            if first(g, j, share) + r < limit(g, share, count[0]):
+                yc[first(g, j, share) + r] = T.float32(0)
+                for l in range(L):
+                    yc[first(g, j, share) + r] = yc[first(g, j, share) + r] + acc[r, l]
+
+    return (n + G * R - 1) // (G * R), first, limit, zero, accumulate, write  # a partial last block: clamped rows
 
 
 def gather_gemv(n: int, k: int, knobs: GatherKnobs = GatherKnobs(), name: str = "masked_gemv"):
     """Scheduled PrimFunc with ``kernels.masked_gemv``'s signature; a block of ``rows`` places starting before
     ``count`` is read whole, up to ``rows`` − 1 places past it (the mask zeroes ``ROW_LIST_SLACK`` of them)."""
-    G, R, L, PF, LOC = knobs.groups, knobs.rows, knobs.lanes, knobs.prefetch, knobs.locality
+    G, R, L = knobs.groups, knobs.rows, knobs.lanes
     if k % L:
         raise ValueError(f"reduction length {k} is not a multiple of lanes={L} (kernels pad to 32)")
-    blocks, first, limit = _places(n, knobs)
+    blocks, first, limit, zero, accumulate, write = _block_macros(n, knobs)
 
     @T.prim_func
     def f(W: T.Buffer((n, k), "float32"), x: T.Buffer((k,), "float32"), rows: T.Buffer((n,), "int32"),
@@ -112,25 +143,9 @@ def gather_gemv(n: int, k: int, knobs: GatherKnobs = GatherKnobs(), name: str = 
             share: T.int32 = (count[0] + G * R - 1) // (G * R) * R
             for j in range(blocks):
                 if first(g, j, share) < limit(g, share, count[0]):
-                    for r in T.unroll(R):
-                        for l in T.vectorized(L):
-                            acc[r, l] = T.float32(0)
-                    for ko in range(k // L):
-                        if PF > 0:
-                            if first(g, j + PF, share) < limit(g, share, count[0]):
-                                for r in T.unroll(R):
-                                    T.evaluate(T.call_llvm_intrin(
-                                        "void", "llvm.prefetch.p0",
-                                        T.address_of(W[rows[T.min(first(g, j + PF, share) + r, n - 1)], ko * L]),
-                                        T.int32(0), T.int32(LOC), T.int32(1)))
-                        for r in T.unroll(R):
-                            for l in T.vectorized(L):
-                                acc[r, l] = acc[r, l] + W[rows[T.min(first(g, j, share) + r, n - 1)], ko * L + l] * x[ko * L + l]
-                    for r in range(R):
-                        if first(g, j, share) + r < limit(g, share, count[0]):
-                            yc[first(g, j, share) + r] = T.float32(0)
-                            for l in range(L):
-                                yc[first(g, j, share) + r] = yc[first(g, j, share) + r] + acc[r, l]
+                    zero(acc)
+                    accumulate(acc, W, x, rows, count, 0, k, g, j, share)
+                    write(acc, yc, count, g, j, share)
 
     return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
 
@@ -142,10 +157,10 @@ def gather_pair_gemv(n: int, kx: int, kh: int, knobs: GatherKnobs = GatherKnobs(
     (8 contiguous rows, session 48's Zen 4, both targets, warm and after a read sweep) it took 0.65–0.97× the time of
     the two masked GEMVs over the halves, GRU-1500's and GRU-750's shapes.  Two reduction loops, not one with a test
     of which half a column is in: that one took 1.09–1.67× warm."""
-    G, R, L, PF, LOC = knobs.groups, knobs.rows, knobs.lanes, knobs.prefetch, knobs.locality
+    G, R, L = knobs.groups, knobs.rows, knobs.lanes
     if kx % L or kh % L:
         raise ValueError(f"reduction lengths {kx}, {kh} are not multiples of lanes={L} (kernels pad to 32)")
-    blocks, first, limit = _places(n, knobs)
+    blocks, first, limit, zero, accumulate, write = _block_macros(n, knobs)
 
     @T.prim_func
     def f(W: T.Buffer((n, kx + kh), "float32"), x: T.Buffer((kx,), "float32"), h: T.Buffer((kh,), "float32"),
@@ -158,38 +173,11 @@ def gather_pair_gemv(n: int, kx: int, kh: int, knobs: GatherKnobs = GatherKnobs(
             share: T.int32 = (count[0] + G * R - 1) // (G * R) * R
             for j in range(blocks):
                 if first(g, j, share) < limit(g, share, count[0]):
-                    for r in T.unroll(R):
-                        for l in T.vectorized(L):
-                            ax[r, l] = T.float32(0)
-                            ah[r, l] = T.float32(0)
-                    for ko in range(kx // L):
-                        if PF > 0:
-                            if first(g, j + PF, share) < limit(g, share, count[0]):
-                                for r in T.unroll(R):
-                                    T.evaluate(T.call_llvm_intrin(
-                                        "void", "llvm.prefetch.p0",
-                                        T.address_of(W[rows[T.min(first(g, j + PF, share) + r, n - 1)], ko * L]),
-                                        T.int32(0), T.int32(LOC), T.int32(1)))
-                        for r in T.unroll(R):
-                            for l in T.vectorized(L):
-                                ax[r, l] = ax[r, l] + W[rows[T.min(first(g, j, share) + r, n - 1)], ko * L + l] * x[ko * L + l]
-                    for ko in range(kh // L):
-                        if PF > 0:
-                            if first(g, j + PF, share) < limit(g, share, count[0]):
-                                for r in T.unroll(R):
-                                    T.evaluate(T.call_llvm_intrin(
-                                        "void", "llvm.prefetch.p0",
-                                        T.address_of(W[rows[T.min(first(g, j + PF, share) + r, n - 1)], kx + ko * L]),
-                                        T.int32(0), T.int32(LOC), T.int32(1)))
-                        for r in T.unroll(R):
-                            for l in T.vectorized(L):
-                                ah[r, l] = ah[r, l] + W[rows[T.min(first(g, j, share) + r, n - 1)], kx + ko * L + l] * h[ko * L + l]
-                    for r in range(R):
-                        if first(g, j, share) + r < limit(g, share, count[0]):
-                            ycx[first(g, j, share) + r] = T.float32(0)
-                            ych[first(g, j, share) + r] = T.float32(0)
-                            for l in range(L):
-                                ycx[first(g, j, share) + r] = ycx[first(g, j, share) + r] + ax[r, l]
-                                ych[first(g, j, share) + r] = ych[first(g, j, share) + r] + ah[r, l]
+                    zero(ax)
+                    zero(ah)
+                    accumulate(ax, W, x, rows, count, 0, kx, g, j, share)
+                    accumulate(ah, W, h, rows, count, kx, kh, g, j, share)
+                    write(ax, ycx, count, g, j, share)
+                    write(ah, ych, count, g, j, share)
 
     return f.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
