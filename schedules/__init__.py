@@ -73,7 +73,8 @@ NEST_KINDS = frozenset(n.kind for n in NESTS)
 
 
 def loop_nest(func) -> LoopNest | None:
-    """The loop nest that computes ``func`` (a masked GEMV, little GEMV or projection), else None."""
+    """The loop nest that computes ``func`` (a masked GEMV, a GRU's pair of GEMVs, a little GEMV, a projection,
+    attention), else None."""
     params = tuple(str(p.name) for p in func.params)
     return next((n for n in NESTS if n.params == params), None)
 
