@@ -79,18 +79,45 @@ def tanh(x):
 
 
 # ----------------------------------------------------------------------------- GEMVs
+def _row_dot(n: int, length: int, col0: int, block: str):
+    """Macro: y[i] = W[i, col0 : col0 + length] · v for every row i (one reduction block named ``block``)."""
+
+    @T.macro
+    def dot(W, v, y):
+        for i, j in T.grid(n, length):
+            with T.sblock(block):
+                vi, vj = T.axis.remap("SR", [i, j])
+                with T.init():
+                    y[vi] = T.float32(0)
+                y[vi] = y[vi] + W[vi, col0 + vj] * v[vj]
+
+    return dot
+
+
+def _masked_row_dot(n: int, length: int, col0: int, block: str):
+    """Macro: y[p] = W[rows[p], col0 : col0 + length] · v for p < count (one reduction block named ``block``)."""
+
+    @T.macro
+    def dot(W, v, rows, count, y):
+        for p, j in T.grid(n, length):
+            with T.sblock(block):
+                vp, vj = T.axis.remap("SR", [p, j])
+                T.where(p < count[0])
+                with T.init():
+                    y[vp] = T.float32(0)
+                y[vp] = y[vp] + W[rows[vp], col0 + vj] * v[vj]
+
+    return dot
+
+
 def gemv(n: int, k: int, name: str = "gemv"):
     """Dense fp32 y = W x (W row-major, k padded)."""
+    dot = _row_dot(n, k, 0, "dot")
 
     @T.prim_func(s_tir=True)
     def f(W: T.Buffer((n, k), "float32"), x: T.Buffer((k,), "float32"), y: T.Buffer((n,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for i, j in T.grid(n, k):
-            with T.sblock("dot"):
-                vi, vj = T.axis.remap("SR", [i, j])
-                with T.init():
-                    y[vi] = T.float32(0)
-                y[vi] = y[vi] + W[vi, vj] * x[vj]
+        dot(W, x, y)
 
     return _named(f, name)
 
@@ -100,23 +127,14 @@ def gemv_pair(n: int, k_x: int, k_h: int, name: str = "gemv_pair"):
     yx = W_ih x and yh = W_hh h, kept apart because the candidate gate weighs W_hh h by r.  Read as rows twice as long
     in one kernel (``schedules.pair``), they took 0.74–0.96× the time of two GEMVs (GRU-1500 and GRU-750 shapes,
     warm and cold, both targets; session 48)."""
+    dot_x, dot_h = _row_dot(n, k_x, 0, "pair_x"), _row_dot(n, k_h, k_x, "pair_h")
 
     @T.prim_func(s_tir=True)
     def f(W: T.Buffer((n, k_x + k_h), "float32"), x: T.Buffer((k_x,), "float32"), h: T.Buffer((k_h,), "float32"),
           yx: T.Buffer((n,), "float32"), yh: T.Buffer((n,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for i, j in T.grid(n, k_x):
-            with T.sblock("pair_x"):
-                vi, vj = T.axis.remap("SR", [i, j])
-                with T.init():
-                    yx[vi] = T.float32(0)
-                yx[vi] = yx[vi] + W[vi, vj] * x[vj]
-        for i, j in T.grid(n, k_h):
-            with T.sblock("pair_h"):
-                vi, vj = T.axis.remap("SR", [i, j])
-                with T.init():
-                    yh[vi] = T.float32(0)
-                yh[vi] = yh[vi] + W[vi, k_x + vj] * h[vj]
+        dot_x(W, x, yx)
+        dot_h(W, h, yh)
 
     return _named(f, name)
 
@@ -124,18 +142,13 @@ def gemv_pair(n: int, k_x: int, k_h: int, name: str = "gemv_pair"):
 def masked_gemv(n: int, k: int, name: str = "masked_gemv"):
     """Step 4: yc[p] = W[rows[p]] · x for p < count — places past ``count`` are never read (a scheduled nest may
     read :data:`ROW_LIST_SLACK` of them, zeros)."""
+    dot = _masked_row_dot(n, k, 0, "dot")
 
     @T.prim_func(s_tir=True)
     def f(W: T.Buffer((n, k), "float32"), x: T.Buffer((k,), "float32"), rows: T.Buffer((n,), "int32"),
           count: T.Buffer((1,), "int32"), yc: T.Buffer((n,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for p, j in T.grid(n, k):
-            with T.sblock("dot"):
-                vp, vj = T.axis.remap("SR", [p, j])
-                T.where(p < count[0])
-                with T.init():
-                    yc[vp] = T.float32(0)
-                yc[vp] = yc[vp] + W[rows[vp], vj] * x[vj]
+        dot(W, x, rows, count, yc)
 
     return _named(f, name)
 
@@ -143,26 +156,15 @@ def masked_gemv(n: int, k: int, name: str = "masked_gemv"):
 def masked_gemv_pair(n: int, k_x: int, k_h: int, name: str = "masked_gemv_pair"):
     """Step 4 of a GRU: :func:`masked_gemv` of W_ih with x and of W_hh with h over one row list, W = [W_ih | W_hh]
     as :func:`gemv_pair` reads it (the nest: ``schedules.gather.gather_pair_gemv``)."""
+    dot_x, dot_h = _masked_row_dot(n, k_x, 0, "pair_x"), _masked_row_dot(n, k_h, k_x, "pair_h")
 
     @T.prim_func(s_tir=True)
     def f(W: T.Buffer((n, k_x + k_h), "float32"), x: T.Buffer((k_x,), "float32"), h: T.Buffer((k_h,), "float32"),
           rows: T.Buffer((n,), "int32"), count: T.Buffer((1,), "int32"), ycx: T.Buffer((n,), "float32"),
           ych: T.Buffer((n,), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for p, j in T.grid(n, k_x):
-            with T.sblock("pair_x"):
-                vp, vj = T.axis.remap("SR", [p, j])
-                T.where(p < count[0])
-                with T.init():
-                    ycx[vp] = T.float32(0)
-                ycx[vp] = ycx[vp] + W[rows[vp], vj] * x[vj]
-        for p, j in T.grid(n, k_h):
-            with T.sblock("pair_h"):
-                vp, vj = T.axis.remap("SR", [p, j])
-                T.where(p < count[0])
-                with T.init():
-                    ych[vp] = T.float32(0)
-                ych[vp] = ych[vp] + W[rows[vp], k_x + vj] * h[vj]
+        dot_x(W, x, rows, count, ycx)
+        dot_h(W, h, rows, count, ych)
 
     return _named(f, name)
 
