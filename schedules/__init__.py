@@ -84,4 +84,4 @@ def default_kernel(func, num_cores: int | None, features: "frozenset[str] | set[
     nest = loop_nest(func)
     if nest is not None:
         return nest.build(*nest.shape(func), nest.knobs.for_target(num_cores, features), str(func.attrs["global_symbol"]))
-    return apply_default(func, Knobs.for_target(num_cores))
+    return apply_default(func, Knobs.for_target(num_cores, features))

@@ -21,19 +21,31 @@ ELEMENTWISE_BLOCKS = ("epilogue", "quant", "gate", "cell", "hidden", "rz", "conc
 
 @dataclass(frozen=True)
 class Knobs:
-    """Defaults measured on LSTM-1500 shapes (6000×3008, 2 threads, random 50 % row lists):
-    16 lanes, one row group per thread (each thread streams its own part of the list, 8-row
-    blocks interleaved between threads), 8-row register blocks.  groups = 8 instead: masked
-    1.43 ms at 50 % and 2.31 ms at 100 %; groups = threads: 1.02 ms and 1.67 ms."""
+    """One row group per thread (each thread streams its own part of the rows; groups = 8 instead, on a masked
+    6000×3008 GEMV at 50 %: 1.43 ms against 1.02), ``rows``-row register blocks, ``lanes``-wide accumulators.
+
+    12 rows in flight, one vector register of lanes each (:meth:`for_target`: 8 on AVX2, so 12 accumulators fit its 16
+    ymm registers with x; 16 on AVX-512).  Session 49, Zen 4, the dense LSTM step (interleaved, 10–16 rounds) against
+    the 8-row blocks of 16 lanes before: LSTM-750 (its 18 MB in L3) 0.88× warm, 0.975× cold on ``broadwell``,
+    0.865× / 0.958× on ``znver4``; LSTM-1500 0.94–1.005×; the GNMT layer 0.96–0.97× on ``broadwell`` (2048 rows a
+    thread, which 12 does not divide: :func:`row_dot` takes the largest block that does, 8).  Alone, 15 rows took
+    as long as 12 and 20 longer (1.06–1.14× the 8-row time): what pays is more rows streaming, up to a point."""
 
     lanes: int = 16
     groups: int = 2
-    rows: int = 8
+    rows: int = 12
     unroll: int = 0
 
     @classmethod
-    def for_target(cls, num_cores: int | None) -> "Knobs":
-        return cls(groups=max(1, num_cores or 2))
+    def for_target(cls, num_cores: int | None, features: "frozenset[str] | set[str]" = frozenset()) -> "Knobs":
+        return cls(lanes=vector_lanes(features), groups=max(1, num_cores or 2))
+
+
+def vector_lanes(features: "frozenset[str] | set[str]") -> int:
+    """fp32 lanes of one vector register, the default accumulator width of the GEMV rules and nests: 16 (zmm) where the
+    target has AVX-512, else 8 (ymm).  At 16 lanes on AVX2 every accumulator takes two of its 16 registers, and 8-row
+    blocks (a GRU pair's two sets of them even more) spill accumulators to the stack in the inner loop."""
+    return 16 if "avx512f" in features else 8
 
 
 DEFAULT_KNOBS = Knobs()
@@ -112,7 +124,7 @@ def schedule_kernel(sch: s_tir.Schedule, knobs: Knobs | None = DEFAULT_KNOBS) ->
 def apply_default(func, knobs: Knobs = DEFAULT_KNOBS):
     """The untuned, hand-scheduled PrimFunc (marked scheduled so the default pipeline keeps it).
 
-    Pass ``Knobs.for_target(num_cores)`` so row groups match the target's threads.
+    Pass ``Knobs.for_target(num_cores, features)`` so row groups match the target's threads, lanes its vectors.
     """
     if not _has_sblocks(func):
         return func.with_attr("tirx.is_scheduled", True)

@@ -27,12 +27,24 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.mark.parametrize("knobs", [Knobs(), Knobs(8, 4, 1, 0), Knobs(32, 2, 8, 4)])
-def test_dense_gemv(rng, knobs):
-    W = rng.standard_normal((96, 64)).astype(np.float32)
+@pytest.mark.parametrize("n", [96, 80])  # 80: 40 rows a thread, which 12-row blocks do not divide
+@pytest.mark.parametrize("knobs", [Knobs(), Knobs(8, 2, 12), Knobs(8, 4, 1, 0), Knobs(32, 2, 8, 4)])
+def test_dense_gemv(rng, knobs, n):
+    W = rng.standard_normal((n, 64)).astype(np.float32)
     x = rng.standard_normal(64).astype(np.float32)
-    (y,) = run(K.gemv(96, 64), W, x, outs=[((96,), "float32")], knobs=knobs)
+    (y,) = run(K.gemv(n, 64), W, x, outs=[((n,), "float32")], knobs=knobs)
     np.testing.assert_allclose(y, W @ x, rtol=1e-5, atol=1e-4)
+
+
+def test_row_dot_knobs_take_one_vector_register_of_lanes():
+    """12 accumulators of one register each: 8 lanes (ymm) where the target has no AVX-512, 16 (zmm) where it has."""
+    from dualtvm.target import parse_target
+
+    avx2, avx512 = (Knobs.for_target(2, parse_target(f"llvm -mcpu={c}").required_features())
+                    for c in ("broadwell", "znver4"))
+    assert (avx2.lanes, avx2.rows, avx2.groups) == (8, 12, 2)
+    assert (avx512.lanes, avx512.rows) == (16, 12)
+    assert Knobs.for_target(None).groups == 2 and Knobs.for_target(4).groups == 4
 
 
 @pytest.mark.parametrize("density", [0.0, 1.0, 0.5, 0.07])
