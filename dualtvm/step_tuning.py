@@ -45,15 +45,20 @@ class InStepConfig:
     finalists: int = 3  # the search's fastest steps re-timed beside the current one
 
 
-def gather_grid(num_cores: int | None) -> list:
+def gather_grid(num_cores: int | None, features: "frozenset[str] | set[str]" = frozenset()) -> list:
     """Candidate knobs: rows in flight per thread × software prefetch (none, 1 or 2 blocks ahead), the row list
     dealt to the threads block by block; and without prefetch, each thread a contiguous share of it (``split``:
-    ``schedules/gather.py`` has what the searches made of it)."""
+    ``schedules/gather.py`` has what the searches made of it).  All of 16 lanes, as every search before session 49
+    timed; on a target whose vector register holds fewer (``features`` without AVX-512: ``rules.vector_lanes``)
+    also 8 and 12 rows without prefetch at its width, either split."""
     from schedules import GatherKnobs
+    from schedules.rules import vector_lanes
 
-    g = max(1, num_cores or 2)
-    return ([GatherKnobs(g, rows, 16, pf, loc, "interleave") for rows in (4, 8, 16) for pf, loc in ((0, 3), (1, 2), (2, 3))]
+    g, lanes = max(1, num_cores or 2), vector_lanes(features)
+    grid = ([GatherKnobs(g, rows, 16, pf, loc, "interleave") for rows in (4, 8, 16) for pf, loc in ((0, 3), (1, 2), (2, 3))]
             + [GatherKnobs(g, rows, 16, 0, 3, "contiguous") for rows in (4, 8)])
+    return grid + ([GatherKnobs(g, rows, lanes, 0, 3, split) for rows in (8, 12) for split in ("interleave", "contiguous")]
+                   if lanes < 16 else [])
 
 
 def masked_kernels(spec) -> list[str]:
@@ -104,7 +109,7 @@ def decide_in_step(build_dir: str | os.PathLike, target: TargetSpec, log_: Tunin
     names = masked_kernels(current.spec)
     if not names:
         raise ValueError(f"{build_dir} is not a dual-module build: no masked GEMV to decide")
-    grid = grid if grid is not None else gather_grid(target.num_cores)
+    grid = grid if grid is not None else gather_grid(target.num_cores, target.required_features())
     model = current.manifest["model"]
     xs, source = build_stream(model, current.spec.layers[0].input_size, cfg.steps, data_dir)
     warn_if_busy("in-step tuning")
@@ -188,7 +193,8 @@ def knob_ranking(logs_root: str | os.PathLike | None = None, reference: str = RA
 def knob_label(knobs) -> str:
     """A knob setting's name in an in-step record."""
     split = "" if knobs.split == "interleave" else f"-{knobs.split}"  # the labels of searches before the knob stand
-    return f"rows{knobs.rows}-pf{knobs.prefetch}-loc{knobs.locality}{split}"
+    lanes = "" if knobs.lanes == 16 else f"-lanes{knobs.lanes}"  # ... and before 8 lanes were searched
+    return f"rows{knobs.rows}-pf{knobs.prefetch}-loc{knobs.locality}{split}{lanes}"
 
 
 def write_decisions(target: TargetSpec, decisions: dict, root: str | os.PathLike | None = None) -> Path:

@@ -190,3 +190,8 @@ done; done
 for m in gru-1500 gru-750; do for t in "" "--target host"; do
   python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4
 done; done
+# session 49 (the same Zen 4): the GEMV rules and the GRU pair nest at 12 rows in flight and one vector register of
+# lanes (schedules.rules.vector_lanes); every model re-timed on both targets (random weights, 16 rounds)
+for m in lstm-750 lstm-1500 gru-750 gru-1500 gnmt-1024-1024 gnmt-1024-2048; do for t in "" "--target host"; do
+  python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4
+done; done

@@ -431,7 +431,7 @@ def test_compile_dual_takes_a_users_own_rnn(tmp_path, monkeypatch, capsys):
     sys.path.insert(0, str(REPO / "scripts"))
     import tune
 
-    monkeypatch.setattr("dualtvm.step_tuning.gather_grid", lambda cores: [GatherKnobs(2, 8, 16, 0, 3)])
+    monkeypatch.setattr("dualtvm.step_tuning.gather_grid", lambda cores, features: [GatherKnobs(2, 8, 16, 0, 3)])
     manifest = (folders["dual"] / "manifest.json").read_text()
     logs = tmp_path / "logs"
     assert tune.main(["--in-step", "--build", str(tmp_path / "mine"), "--logs", str(logs), "--ratios", "0.5",

@@ -294,6 +294,7 @@ def test_in_step_decides_the_masked_gemv_from_whole_steps(tiny_log, tmp_path):
     from schedules import GatherKnobs
 
     from dualtvm.step_tuning import gather_grid, knob_label
+    from dualtvm.target import parse_target
     from dualtvm.tuning import IN_STEP, SWITCH_MARGIN
 
     summary_file = tiny_log / "summary.json"
@@ -309,7 +310,8 @@ def test_in_step_decides_the_masked_gemv_from_whole_steps(tiny_log, tmp_path):
     rel = entry["in_step"]["relative_time"]
     assert rel["current"] == 1.0 and len(rel) == 4  # the step as built + the search's 3 fastest, timed again
     search = entry["in_step"]["search_relative_time"]
-    assert len(search) == len(gather_grid(2)) + 1 and set(rel) <= set(search)  # + every knob setting
+    avx2 = parse_target("llvm -mcpu=broadwell").required_features()  # the log's target: 8-lane settings too
+    assert len(search) == len(gather_grid(2, avx2)) + 1 and set(rel) <= set(search)  # + every knob setting
     best = min((k for k in rel if k != "current"), key=rel.get)
     if rel[best] < 1 - SWITCH_MARGIN:
         knobs = entry["gather_knobs"]
@@ -423,8 +425,11 @@ def test_knob_labels_keep_the_names_of_earlier_searches():
     assert knob_label(GatherKnobs(rows=4, split="interleave")) == RANKING_REFERENCE == "rows4-pf0-loc3"
     assert knob_label(GatherKnobs()) == "rows8-pf0-loc3-contiguous"  # the default since session 47
     assert knob_label(GatherKnobs(2, 8, 16, 0, 3, "contiguous")) == "rows8-pf0-loc3-contiguous"
-    labels = [knob_label(k) for k in gather_grid(2)]
-    assert len(set(labels)) == len(labels) and {knob_label(GatherKnobs()), RANKING_REFERENCE} <= set(labels)
+    labels = [knob_label(k) for k in gather_grid(2, {"avx512f"})]
+    assert len(set(labels)) == len(labels) and {knob_label(GatherKnobs(lanes=16)), RANKING_REFERENCE} <= set(labels)
+    avx2 = [knob_label(k) for k in gather_grid(2, {"avx2", "fma"})]  # the same settings, and 8-lane ones named so
+    assert avx2[: len(labels)] == labels and len(set(avx2)) == len(avx2) == len(labels) + 4
+    assert "rows12-pf0-loc3-contiguous-lanes8" in avx2
     with pytest.raises(ValueError, match="split"):
         gather_gemv(8, 32, GatherKnobs(split="round-robin"))
     # a verdict written before the knob has no split: a build reads it as the interleaved nest it was decided as,
