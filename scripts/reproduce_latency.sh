@@ -195,3 +195,11 @@ done; done
 for m in lstm-750 lstm-1500 gru-750 gru-1500 gnmt-1024-1024 gnmt-1024-2048; do for t in "" "--target host"; do
   python scripts/bench.py --models $m --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4
 done; done
+# then the masked GEMVs of the GNMT layers and LSTM-1500 decided in the step for broadwell on this host (the grid with
+# 8-lane settings since 3e9086a; their verdicts had been made on the Zen 3), and the three re-timed on broadwell
+for m in gnmt-1024-1024 gnmt-1024-2048 lstm-1500; do
+  python scripts/tune.py --target "llvm -mcpu=broadwell" --model $m --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
+done
+for m in gnmt-1024-1024 gnmt-1024-2048 lstm-1500; do
+  python scripts/bench.py --models $m --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4
+done
