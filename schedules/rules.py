@@ -29,7 +29,7 @@ class Knobs:
     the 8-row blocks of 16 lanes before: LSTM-750 (its 18 MB in L3) 0.88× warm, 0.975× cold on ``broadwell``,
     0.865× / 0.958× on ``znver4``; LSTM-1500 0.94–1.005×; the GNMT layer 0.96–0.97× on ``broadwell`` (2048 rows a
     thread, which 12 does not divide: :func:`row_dot` takes the largest block that does, 8).  Alone, 15 rows took
-    as long as 12 and 20 longer (1.06–1.14× the 8-row time): what pays is more rows streaming, up to a point."""
+    as long as 12 and 20 longer (1.06–1.13× the 8-row time): what pays is more rows streaming, up to a point."""
 
     lanes: int = 16
     groups: int = 2
