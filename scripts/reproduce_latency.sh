@@ -203,3 +203,5 @@ done
 for m in gnmt-1024-1024 gnmt-1024-2048 lstm-1500; do
   python scripts/bench.py --models $m --k 128 --projection learned --threads 2 --rounds 16 --little-bits 8,4
 done
+# and LSTM-1500's masked GEMV searched in the step on this host for znver4 (kept its verdict: no re-timing)
+python scripts/tune.py --target host --model lstm-1500 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
