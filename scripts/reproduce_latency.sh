@@ -205,3 +205,8 @@ for m in gnmt-1024-1024 gnmt-1024-2048 lstm-1500; do
 done
 # and LSTM-1500's masked GEMV searched in the step on this host for znver4 (kept its verdict: no re-timing)
 python scripts/tune.py --target host --model lstm-1500 --k 128 --projection learned --in-step --rounds 4 --confirm-rounds 16
+# then LSTM-1500 once more on both targets with the ratio-1 rows the fixed-cost fit reads (the loops above ran the
+# default ratios, and a run replaces every row of its model and target)
+for t in "" "--target host"; do
+  python scripts/bench.py --models lstm-1500 --k 128 --projection learned $t --threads 2 --rounds 16 --little-bits 8,4 --ratios 0.1,0.3,0.5,0.7,0.9,1.0
+done
