@@ -268,14 +268,11 @@ def big_layers_from_params(dec) -> list:
 
     layers = []
     for s, p in zip(dec.spec.layers, dec.params):
-        if s.rnn_type == "LSTM":
-            w = torch.from_numpy(p["w"])
-            layers.append(BigLayer("LSTM", w[:, : s.input_size].clone(), w[:, s.dxp : s.dxp + s.hidden].clone(),
-                                   torch.from_numpy(p["bias"]), torch.zeros(s.n)))
-        else:
-            w = torch.from_numpy(p["w"])
-            layers.append(BigLayer("GRU", w[:, : s.input_size].clone(), w[:, s.dxp : s.dxp + s.hidden].clone(),
-                                   torch.from_numpy(p["b_ih"]), torch.from_numpy(p["b_hh"])))
+        w = torch.from_numpy(p["w"])  # [W_ih | W_hh], each half padded (decoder.pack_layer)
+        biases = ((torch.from_numpy(p["bias"]), torch.zeros(s.n)) if s.rnn_type == "LSTM"
+                  else (torch.from_numpy(p["b_ih"]), torch.from_numpy(p["b_hh"])))
+        layers.append(BigLayer(s.rnn_type, w[:, : s.input_size].clone(), w[:, s.dxp : s.dxp + s.hidden].clone(),
+                               *biases))
     return layers
 
 

@@ -89,12 +89,11 @@ def pack_layer(s: LayerShape, big: BigLayer, little: LittleModule | None) -> dic
 
     w_ih = pad_cols(big.w_ih.numpy().astype(np.float32), s.dxp)
     w_hh = pad_cols(big.w_hh.numpy().astype(np.float32), s.hp)
-    out: dict[str, np.ndarray] = {}
+    # [W_ih | W_hh] for both cells; a GRU reads each half into its own output (kernels.gemv_pair, masked_gemv_pair)
+    out: dict[str, np.ndarray] = {"w": np.concatenate([w_ih, w_hh], axis=1)}
     if s.rnn_type == "LSTM":
-        out["w"] = np.concatenate([w_ih, w_hh], axis=1)
         out["bias"] = (big.b_ih + big.b_hh).numpy().astype(np.float32)
-    else:  # the same [W_ih | W_hh], each half read into its own output (kernels.gemv_pair, masked_gemv_pair)
-        out["w"] = np.concatenate([w_ih, w_hh], axis=1)
+    else:
         out["b_ih"], out["b_hh"] = big.b_ih.numpy().astype(np.float32), big.b_hh.numpy().astype(np.float32)
     if little is not None:
         if little.weight.bits != s.little_bits:

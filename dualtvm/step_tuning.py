@@ -52,12 +52,13 @@ def gather_grid(num_cores: int | None, features: "frozenset[str] | set[str]" = f
     timed; on a target whose vector register holds fewer (``features`` without AVX-512: ``rules.vector_lanes``)
     also 8 and 12 rows without prefetch at its width, either split."""
     from schedules import GatherKnobs
+    from schedules.gather import SPLITS
     from schedules.rules import vector_lanes
 
     g, lanes = max(1, num_cores or 2), vector_lanes(features)
     grid = ([GatherKnobs(g, rows, 16, pf, loc, "interleave") for rows in (4, 8, 16) for pf, loc in ((0, 3), (1, 2), (2, 3))]
             + [GatherKnobs(g, rows, 16, 0, 3, "contiguous") for rows in (4, 8)])
-    return grid + ([GatherKnobs(g, rows, lanes, 0, 3, split) for rows in (8, 12) for split in ("interleave", "contiguous")]
+    return grid + ([GatherKnobs(g, rows, lanes, 0, 3, split) for rows in (8, 12) for split in SPLITS]
                    if lanes < 16 else [])
 
 
